@@ -1,0 +1,48 @@
+# agent-finops: the two commands that matter are `make run` and `make test`; both start with `make setup`.
+# Needs Python 3.11+ and Java 17+ on PATH. Everything else (virtualenv, Python packages, Kafka jars, Maven if
+# missing) is installed by `make setup`, which is idempotent: a second run only checks.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help setup run test test-unit bench stack-up stack-down clean
+
+help:            ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -e 's/:.*##/\t/'
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed ## install everything: virtualenv, packages, Kafka artifacts (idempotent)
+	@java -version 2>&1 | head -1 || (echo "Java 17+ is needed (apt-get install openjdk-17-jre-headless)"; exit 1)
+	$(BIN)/python -c 'from finops.stack import KafkaStack, DEFAULT_CACHE; from pathlib import Path; \
+	  print("kafka artifacts:", KafkaStack(Path(".finops/kafka")).ensure_artifacts())'
+
+run: setup       ## the whole system on one machine with a demo fleet (Ctrl-C stops it)
+	$(BIN)/finops demo
+
+test: setup      ## the whole suite: unit, integration, e2e, faults (starts its own broker)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup ## the fast tests only
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+bench: setup     ## benchmarks, printed as a table and written to bench-results/
+	$(BIN)/finops bench all
+
+stack-up: setup  ## start the local broker and create topics
+	$(BIN)/finops stack up
+
+stack-down:      ## stop the local broker
+	$(BIN)/finops stack down
+
+clean:           ## remove local state (broker data, chdb data, spool) but keep the caches
+	rm -rf .finops

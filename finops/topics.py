@@ -1,0 +1,151 @@
+"""Every Kafka topic of agent-finops, declared once: name, partitions, retention, cleanup policy.
+
+``finops stack up`` and every worker call :func:`ensure_topics` at start; it creates what is missing and leaves
+existing topics alone (Kafka topic creation is idempotent only if "already exists" is treated as success).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.errors import FinopsError
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic declaration. ``partitions=None`` means "the configured usage partition count"."""
+
+    base_name: str
+    doc: str
+    partitions: int | None = None
+    retention_ms: int | None = 7 * DAY_MS
+    cleanup_policy: str = "delete"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def config(self) -> dict[str, str]:
+        conf = {"cleanup.policy": self.cleanup_policy, **self.extra}
+        if self.retention_ms is not None:
+            conf["retention.ms"] = str(self.retention_ms)
+        else:
+            conf["retention.ms"] = "-1"
+        return conf
+
+
+USAGE = TopicSpec("agent.usage.v1", "raw usage events from agents (UsageEvent, key agent_id)")
+PRICED = TopicSpec("agent.usage.priced.v1", "priced usage events (PricedUsageEvent, key agent_id)")
+DLQ = TopicSpec("agent.usage.dlq.v1", "bad input with provenance headers", retention_ms=30 * DAY_MS)
+SPEND = TopicSpec("finops.spend.1m.v1", "closed 1-minute spend windows (SpendAggregate)")
+ALERTS = TopicSpec("finops.alerts.v1", "alert events (Alert, key dedup_key)", partitions=3, retention_ms=30 * DAY_MS)
+POLICIES = TopicSpec(
+    "finops.policies.v1",
+    "budget policies as code (BudgetPolicy, key policy_id, tombstone deletes)",
+    partitions=1,
+    retention_ms=None,
+    cleanup_policy="compact",
+    extra={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
+)
+CONTROL = TopicSpec(
+    "agent.control.v1",
+    "enforcement commands agents obey (ControlCommand, key scope_type:scope_value)",
+    partitions=1,
+    retention_ms=None,
+    cleanup_policy="compact",
+    extra={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (USAGE, PRICED, DLQ, SPEND, ALERTS, POLICIES, CONTROL)
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Concrete topic names under a prefix (``FINOPS_KAFKA_TOPIC_PREFIX``; tests use one per test)."""
+
+    prefix: str = ""
+
+    def name(self, spec: TopicSpec) -> str:
+        return f"{self.prefix}{spec.base_name}"
+
+    @property
+    def usage(self) -> str:
+        return self.name(USAGE)
+
+    @property
+    def priced(self) -> str:
+        return self.name(PRICED)
+
+    @property
+    def dlq(self) -> str:
+        return self.name(DLQ)
+
+    @property
+    def spend(self) -> str:
+        return self.name(SPEND)
+
+    @property
+    def alerts(self) -> str:
+        return self.name(ALERTS)
+
+    @property
+    def policies(self) -> str:
+        return self.name(POLICIES)
+
+    @property
+    def control(self) -> str:
+        return self.name(CONTROL)
+
+
+def ensure_topics(
+    client_config: dict[str, Any],
+    *,
+    prefix: str = "",
+    usage_partitions: int = 6,
+    replication_factor: int = 1,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Create the declared topics that do not exist yet; return the names created.
+
+    Blocks until the broker answers or ``timeout`` passes. Raises FinopsError naming the topic and the broker's
+    reason when a creation fails for any reason but "already exists".
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(client_config)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as err:
+        raise FinopsError(
+            f"cannot reach Kafka at {client_config.get('bootstrap.servers')}: {err}; "
+            "start it with `finops stack up` or set FINOPS_KAFKA_BOOTSTRAP"
+        ) from err
+    names = TopicNames(prefix)
+    wanted = [
+        NewTopic(
+            names.name(spec),
+            num_partitions=spec.partitions or usage_partitions,
+            replication_factor=replication_factor,
+            config=spec.config(),
+        )
+        for spec in ALL_TOPICS
+        if names.name(spec) not in existing
+    ]
+    if not wanted:
+        return []
+    created: list[str] = []
+    for topic, fut in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            fut.result()
+            created.append(topic)
+        except KafkaException as err:
+            if err.args and err.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # created concurrently by another worker: that is success
+            raise FinopsError(f"cannot create topic {topic}: {err}") from err
+    if created:
+        log.info("created topics: %s", ", ".join(sorted(created)))
+    return created
