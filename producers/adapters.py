@@ -38,7 +38,8 @@ slug). The upstream vendor stays recoverable from the slug with :func:`split_ope
 Money: ``reported_cost`` is a ``Decimal``. JSON numbers parsed as ``float`` are converted through ``str(float)``
 (the shortest repr that round-trips, so the JSON text ``0.0021693`` becomes ``Decimal("0.0021693")``, not the
 binary float's 50-digit expansion). Pass the raw JSON text (``str``/``bytes``) to :func:`usage_from_response` to
-have it parsed with ``parse_float=Decimal`` and skip floats altogether.
+have it parsed with ``parse_float=Decimal`` and skip floats altogether. Amounts with more than 12 decimal places
+(money is ``Decimal(38, 12)`` everywhere) are rounded half-even to 12.
 
 Errors: every adapter raises :class:`ProviderUsageError` (a ``FinopsError``) naming the provider, the missing or
 bad path (e.g. ``usage.prompt_tokens``) and what to do. Adapters never guess a zero for a required count: an
@@ -51,18 +52,13 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from typing import Any, Final
 
-try:
-    from schemas.errors import FinopsError
-except ImportError:  # pragma: no cover - schemas/errors.py is being written in parallel; remove once it lands.
-
-    class FinopsError(Exception):  # type: ignore[no-redef]
-        """Stand-in for ``schemas.errors.FinopsError`` until that module exists."""
-
+from schemas.errors import FinopsError
 
 __all__ = [
+    "MONEY_SCALE",
     "OPENROUTER_PROVIDER",
     "USAGE_FIELD_NAMES",
     "ProviderUsage",
@@ -78,6 +74,9 @@ __all__ = [
 ]
 
 OPENROUTER_PROVIDER: Final = "openrouter"
+MONEY_SCALE: Final = 12  # decimal places of money on the wire and in ClickHouse, Decimal(38, 12)
+_MONEY_QUANTUM: Final = Decimal(1).scaleb(-MONEY_SCALE)
+_MONEY_LIMIT: Final = Decimal(10) ** (38 - MONEY_SCALE)
 
 # The fields of ProviderUsage that are UsageEvent fields (response_id is provenance, not part of the event).
 USAGE_FIELD_NAMES: Final[tuple[str, ...]] = (
@@ -103,11 +102,11 @@ _COUNT_FIELDS: Final[tuple[str, ...]] = tuple(
 )
 
 
-class ProviderUsageError(FinopsError, ValueError):
+class ProviderUsageError(FinopsError):
     """A response body cannot be mapped onto canonical usage (missing or malformed usage fields).
 
-    Also a ``ValueError`` so callers that validate generic input can catch it without importing us.
-    ``provider`` and ``path`` say which provider's body and which field; the message says what to do.
+    ``provider`` and ``path`` say which provider's body and which field; the message says what to do. Not a
+    ``ValueError``, like every ``FinopsError`` (see schemas/errors.py): it must pass through pydantic validators.
     """
 
     def __init__(self, provider: str, path: str, message: str) -> None:
@@ -147,12 +146,11 @@ class ProviderUsage:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ProviderUsageError(self.provider, name, f"must be a non-negative int, got {value!r}")
         for name in ("provider", "model"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ProviderUsageError(str(self.provider), name, f"must be a non-empty string, got {getattr(self, name)!r}")
+            text = getattr(self, name)
+            if not isinstance(text, str) or not text:
+                raise ProviderUsageError(str(self.provider), name, f"must be a non-empty string, got {text!r}")
         if self.reported_cost is not None and (
-            not isinstance(self.reported_cost, Decimal)
-            or not self.reported_cost.is_finite()
-            or self.reported_cost < 0
+            not isinstance(self.reported_cost, Decimal) or not self.reported_cost.is_finite() or self.reported_cost < 0
         ):
             raise ProviderUsageError(
                 self.provider, "reported_cost", f"must be a finite non-negative Decimal, got {self.reported_cost!r}"
@@ -237,13 +235,6 @@ class _Reader:
     def fail(self, path: str, message: str) -> ProviderUsageError:
         return ProviderUsageError(self.provider, path, message)
 
-    def require(self, path: str) -> Any:
-        """The value at ``path``; raises when it is absent or null."""
-        name, value = self.first(path)
-        if value is None:
-            raise self.fail(name, f"missing from the response body; {self.hint}")
-        return value
-
     def count(self, path: str, *, required: bool = False) -> int:
         """A token count; absent optional counts are 0 (providers omit zero details), required ones raise."""
         name, value = self.first(path)
@@ -312,6 +303,15 @@ class _Reader:
             raise self.fail(name, f"expected a cost in USD, got {value!r}") from err
         if not amount.is_finite() or amount < 0:
             raise self.fail(name, f"expected a finite non-negative cost, got {value!r}")
+        if amount >= _MONEY_LIMIT:
+            raise self.fail(name, f"cost out of range for Decimal(38, 12), got {value!r}")
+        exponent = amount.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -MONEY_SCALE:
+            # Money is Decimal(38, 12) everywhere (CONTRACTS.md); digits past a picodollar are float noise
+            # (str(1.2345678901234e-05) has 17 places) and would make UsageEvent refuse the event.
+            with localcontext() as ctx:
+                ctx.prec = 38  # the default 28 digits cannot hold every Decimal(38, 12)
+                amount = amount.quantize(_MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
         return amount
 
     def items(self, path: str) -> list[Any]:
@@ -497,8 +497,7 @@ def usage_from_gemini(body: Any, *, provider: str = "google") -> ProviderUsage:
     reader = _Reader(
         provider,
         _as_body(body, provider),
-        "pass the whole generateContent response (for streams, the last chunk, which carries the final "
-        "usageMetadata)",
+        "pass the whole generateContent response (for streams, the last chunk, which carries the final usageMetadata)",
     )
     reader.mapping(_g("usageMetadata"))
     prompt = reader.count(_g("usageMetadata.promptTokenCount"), required=True)
