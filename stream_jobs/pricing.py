@@ -1,0 +1,782 @@
+"""Price one usage event: genai-prices catalogue as of ``occurred_at``, overlaid by the organisation price book.
+
+Pure logic: no Kafka, Faust or ClickHouse; no clock (the event's ``occurred_at`` is the only time used).
+
+How a cost is computed (the same decomposition genai-prices uses, made fast)
+-------------------------------------------------------------------------------
+Our token fields are canonical (DESIGN §3): ``input_tokens`` is ALL input, and the cache, audio and image counts are
+*parts* of it; ``output_tokens`` is ALL output, reasoning and audio output are parts of it. genai-prices uses the very
+same semantics (its Anthropic extractor adds cache reads and writes back into ``input_tokens``), so the mapping is
+one to one (``to_genai_usage``): ``reasoning_tokens`` -> ``output_reasoning_tokens``, ``image_tokens`` ->
+``input_image_tokens``, ``web_search_calls`` -> ``web_searches``, and the 5-minute writes are
+``cache_write_tokens - cache_write_1h_tokens``.
+
+genai-prices prices every unit a model has a price for on its *leaf* count: the unit's count minus the counts of its
+priced sub-units. With input, cache-read and cache-write prices that gives::
+
+    uncached input = input_tokens - cache_read_tokens - cache_write_tokens      at input_mtok
+    cache reads    = cache_read_tokens                                          at cache_read_mtok
+    5-minute writes= cache_write_tokens - cache_write_1h_tokens                 at cache_write_mtok
+    1-hour writes  = cache_write_1h_tokens                                      at cache_write_1h_mtok
+    output         = output_tokens (reasoning included)                         at output_mtok
+
+A part that has no price of its own stays in its parent (OpenAI has no cache-write price, so cache writes are billed
+as input; a model without an audio price bills audio tokens as input). Leaf counts are linear in the usage fields,
+so for each price set we precompute, once, every priced unit's leaf as integer coefficients over our fields
+(``_compile``); pricing an event is then a few integer sums and one Decimal multiply per priced unit.
+
+Rate cache (the performance rule)
+---------------------------------
+``genai_prices.calc_price`` costs ~100 µs (model matching, price-set validation, Usage objects); the hot path
+needs < 10 µs. We cache compiled RATES, never results, keyed by (provider, model) and then by the price *period*:
+
+- the catalogue's conditional prices change on UTC dates (``StartDateConstraint``) and at UTC times of day
+  (``TimeOfDateConstraint``, DeepSeek off-peak); between two consecutive boundaries the active price is constant,
+  so the period key is ``(bisect(date boundaries, date), bisect(time boundaries, time), bisect(book boundaries,
+  instant))``. A model with no conditions and no price-book entries has one static rate set and skips even that.
+- tiered prices (``TieredPrices``: the whole call pays the tier that ``input_tokens`` exceeds, the "cliff" rule of
+  genai-prices ``calc_unit_price``) are computed in the fast path from the compiled tiers, not by a slow fallback.
+
+``tests/unit/test_pricing_parity.py`` checks the fast path against ``calc_price`` on every catalogue model.
+
+Money
+-----
+Catalogue prices are already ``Decimal`` parsed from their text; a unit price per token is ``mtok.scaleb(-6)``
+(exact). Products of a Decimal price and an integer count are exact at the default 28-digit context for any
+realistic count. Results are quantized to 12 places (ClickHouse ``Decimal(38, 12)``) with ROUND_HALF_EVEN: the total
+is the correctly rounded exact total, each part is rounded the same way, and if the rounded parts do not add up to
+the rounded total the difference (at most a few 1e-12) goes to the largest part, so the parts always sum exactly.
+
+The 1-hour cache-write rule
+---------------------------
+The catalogue has ``cache_write_1h_mtok`` for Anthropic's own API. Where a Claude model is sold by a first-party
+cloud (AWS Bedrock, Google Vertex, Azure) with a 5-minute write price but no 1-hour price, we derive the 1-hour
+price from Anthropic's published convention, 2 x the base input price (tiers scaled the same way), and say so in
+``explain``. Elsewhere a 1-hour write without its own price is billed at the cache-write price (genai-prices'
+rule). A price-book override can always set ``cache_write_1h_mtok`` explicitly.
+
+Not modelled: genai-prices ``price_variants`` (batch processing, service tiers) need request context the usage
+event does not carry yet; calls are priced at standard rates.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import importlib.util
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, time
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Final, Literal, NamedTuple
+
+import genai_prices
+from genai_prices import data_snapshot
+from genai_prices import types as gp_types
+from genai_prices.units import UnitDef, _get_registry  # private: pinned by genai-prices>=0.2.3,<0.3
+from genai_prices.validation import validate_priced_units
+
+from stream_jobs.pricebook import (
+    DiscountEntry,
+    OverrideEntry,
+    PriceBook,
+    boundaries,
+    pick_discount,
+    pick_override,
+)
+
+try:
+    from schemas.errors import FinopsError
+except ImportError:  # pragma: no cover - only while schemas/errors.py is being written
+
+    class FinopsError(Exception):  # type: ignore[no-redef]
+        """Local stand-in for schemas.errors.FinopsError."""
+
+
+__all__ = [
+    "InvalidUsageError",
+    "PriceResult",
+    "Pricer",
+    "PricingError",
+    "PricingStatus",
+    "PriceSource",
+    "catalogue_version",
+    "to_genai_usage",
+]
+
+PricingStatus = Literal["priced", "unpriced"]
+PriceSource = Literal["catalogue", "price_book", "none"]
+
+_Q12: Final = Decimal("1e-12")
+_ZERO12: Final = Decimal("0").quantize(_Q12)
+_TWO: Final = Decimal(2)
+
+#: Our canonical usage fields, in the order ``to_genai_usage`` reads them.
+USAGE_FIELDS: Final[tuple[str, ...]] = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "cache_audio_read_tokens",
+    "image_tokens",
+    "web_search_calls",
+    "requests",
+)
+
+# genai-prices usage key -> the same count as integer coefficients over our fields. Keys not listed are units the
+# usage event does not carry (video, characters, pages, seconds, ...): their count is 0, as genai-prices infers.
+_GENAI_FROM_OURS: Final[Mapping[str, tuple[tuple[str, int], ...]]] = {
+    "input_tokens": (("input_tokens", 1),),
+    "output_tokens": (("output_tokens", 1),),
+    "cache_read_tokens": (("cache_read_tokens", 1),),
+    "cache_write_tokens": (("cache_write_tokens", 1),),
+    "cache_write_5m_tokens": (("cache_write_tokens", 1), ("cache_write_1h_tokens", -1)),
+    "cache_write_1h_tokens": (("cache_write_1h_tokens", 1),),
+    "output_reasoning_tokens": (("reasoning_tokens", 1),),
+    "input_audio_tokens": (("input_audio_tokens", 1),),
+    "output_audio_tokens": (("output_audio_tokens", 1),),
+    "cache_audio_read_tokens": (("cache_audio_read_tokens", 1),),
+    "input_image_tokens": (("image_tokens", 1),),
+    "web_searches": (("web_search_calls", 1),),
+}
+
+# Cost buckets of PriceResult.
+_INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE, _OTHER = range(5)
+_BUCKET_NAMES: Final = ("input", "output", "cache read", "cache write", "other")
+
+# Which price key fills which price_*_mtok column of PriceResult.
+_DISPLAY_SLOT: Final[Mapping[str, int]] = {
+    "input_mtok": 0,
+    "output_mtok": 1,
+    "cache_read_mtok": 2,
+    "cache_write_mtok": 3,
+    "cache_write_5m_mtok": 3,
+    "cache_write_1h_mtok": 4,
+}
+
+# Clouds that resell Claude at Anthropic's list prices, where the 2 x input 1-hour cache-write rule holds.
+_ONE_HOUR_CONVENTION_PROVIDERS: Final = frozenset({"anthropic", "aws", "google", "azure"})
+
+# A requests line counts calls, not tokens: the event's ``requests`` (1 when absent or 0, like genai-prices).
+_REQUESTS_TERMS: Final[tuple[tuple[str, int], ...]] = (("requests", 1),)
+
+
+class PricingError(FinopsError):
+    """Root of the pricing errors."""
+
+
+class InvalidUsageError(PricingError):
+    """The usage cannot be priced as given: a part exceeds its whole (e.g. ``cache_read_tokens > input_tokens``),
+    a count is not an integer, or ``occurred_at`` is missing or not a datetime. Route the event to the DLQ."""
+
+
+class PriceResult(NamedTuple):
+    """The price of one usage event (a NamedTuple: cheap to build on the hot path).
+
+    Promises: every ``cost_*`` is a Decimal with exactly 12 places and ``cost_input_usd + cost_output_usd +
+    cost_cache_read_usd + cost_cache_write_usd + cost_other_usd == cost_usd``. When unpriced all costs are 0, every
+    ``price_*`` is None, ``price_source == "none"`` and ``unpriced_reason`` names the provider and model.
+
+    ``price_*_mtok`` are the unit prices used, USD per million tokens (the tier applied, after any discount). None
+    means the model has no separate price for that part and those tokens were billed with their parent (cache reads
+    as input, 1-hour writes as cache writes).
+    """
+
+    cost_usd: Decimal
+    cost_input_usd: Decimal
+    cost_output_usd: Decimal
+    cost_cache_read_usd: Decimal
+    cost_cache_write_usd: Decimal
+    cost_other_usd: Decimal
+    price_input_mtok: Decimal | None
+    price_output_mtok: Decimal | None
+    price_cache_read_mtok: Decimal | None
+    price_cache_write_mtok: Decimal | None
+    price_cache_write_1h_mtok: Decimal | None
+    pricing_status: PricingStatus
+    unpriced_reason: str | None
+    catalogue_version: str
+    price_book_version: str | None
+    price_source: PriceSource
+    cost_delta_usd: Decimal | None
+    cost_mismatch: bool
+
+
+_tuple_new: Final = tuple.__new__
+
+# --- compiled rates ------------------------------------------------------------------------------------------------
+
+# Tier of a line: (start, unit price per unit counted, price per ``per`` units as published), highest start first.
+_Tier = tuple[int, Decimal, Decimal]
+# One priced unit: (bucket, terms over our fields, unit price per counted unit, published price, tiers or None,
+# price column slot or -1). A plain tuple because the hot loop unpacks it.
+_Line = tuple[int, tuple[tuple[str, int], ...], Decimal, Decimal, tuple[_Tier, ...] | None, int]
+
+
+class _LineInfo(NamedTuple):
+    """What ``explain`` prints about a line (kept out of the hot tuple)."""
+
+    usage_key: str
+    price_key: str
+    per: int
+
+
+class _Rates(NamedTuple):
+    """Compiled prices of one model for one period; immutable and shared by every event of that period."""
+
+    lines: tuple[_Line, ...]
+    display: tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None, Decimal | None]
+    tiered: bool
+    source: PriceSource
+    unpriced_reason: str | None
+    info: tuple[_LineInfo, ...]
+    notes: tuple[str, ...]
+
+
+def _unpriced_rates(reason: str, notes: tuple[str, ...] = ()) -> _Rates:
+    return _Rates((), (None, None, None, None, None), False, "none", reason, (), notes)
+
+
+def _bucket(unit: UnitDef) -> int:
+    dims = unit.dimensions
+    if dims.get("family") != "tokens":
+        return _OTHER  # web searches, requests, and units the event does not carry
+    token_type = dims.get("token_type")
+    if token_type == "cache_read":
+        return _CACHE_READ
+    if token_type == "cache_write":
+        return _CACHE_WRITE
+    if dims.get("modality") not in (None, "text", "audio"):
+        return _OTHER  # image / video tokens (PricedUsageEvent.cost_other_usd)
+    if dims.get("direction") == "input" and token_type is None:
+        return _INPUT
+    if dims.get("direction") == "output" and token_type in (None, "reasoning", "citation"):
+        return _OUTPUT
+    return _OTHER
+
+
+def _formula(terms: tuple[tuple[str, int], ...]) -> str:
+    """``input_tokens - cache_read_tokens - cache_write_tokens`` for people."""
+    pieces: list[str] = []
+    for index, (field, k) in enumerate(terms):
+        name = field if abs(k) == 1 else f"{abs(k)} x {field}"
+        if index == 0:
+            pieces.append(name if k > 0 else f"-{name}")
+        else:
+            pieces.append(f"{'+' if k > 0 else '-'} {name}")
+    return " ".join(pieces)
+
+
+def _per_unit(price: Decimal, per: int) -> Decimal:
+    """Price of one counted unit; exact when ``per`` is a power of ten (every unit the event carries)."""
+    digits = str(per)
+    if digits[0] == "1" and digits.count("0") == len(digits) - 1:
+        return price.scaleb(-(len(digits) - 1))
+    return price / per  # pragma: no cover - per 60/3600 units (seconds) are never fed by our fields
+
+
+def _scale(value: Decimal | gp_types.TieredPrices, factor: Decimal) -> Decimal | gp_types.TieredPrices:
+    if isinstance(value, gp_types.TieredPrices):
+        return gp_types.TieredPrices(
+            base=value.base * factor, tiers=[gp_types.Tier(start=t.start, price=t.price * factor) for t in value.tiers]
+        )
+    return value * factor
+
+
+def _compile(price_map: Mapping[str, Any], source: PriceSource, notes: tuple[str, ...], label: str) -> _Rates:
+    """Turn a genai-prices price set into leaf terms over our fields (see the module docstring)."""
+    registry = _get_registry()
+    units: list[tuple[UnitDef, Decimal | gp_types.TieredPrices]] = []
+    ignored: list[str] = []
+    for price_key, value in price_map.items():
+        try:
+            units.append((registry.unit_for_price_key(price_key), value))
+        except KeyError:
+            ignored.append(price_key)
+    if ignored:
+        notes = (*notes, f"price keys unknown to genai-prices, ignored: {', '.join(sorted(ignored))}")
+    try:
+        validate_priced_units(tuple(unit for unit, _ in units), registry)
+    except ValueError as err:
+        return _unpriced_rates(f"price set of {label} is incoherent: {err}", notes)
+
+    # Leaf of u = count(u) - sum of leaves of its priced descendants: linear, so compute it as coefficients.
+    token_units = sorted(
+        (unit for unit, _ in units if unit.usage_key != "requests"),
+        key=lambda unit: (-len(unit.dimensions), unit.usage_key),
+    )
+    coefficients: dict[str, dict[str, int]] = {}
+    for unit in token_units:
+        coef = {unit.usage_key: 1}
+        for other in token_units:
+            if other is not unit and unit.dimensions.items() <= other.dimensions.items():
+                for key, c in coefficients[other.usage_key].items():
+                    coef[key] = coef.get(key, 0) - c
+        coefficients[unit.usage_key] = coef
+
+    lines: list[_Line] = []
+    info: list[_LineInfo] = []
+    display: list[Decimal | None] = [None] * 5
+    tiered = False
+    uncarried: list[str] = []
+    for unit, value in units:
+        if unit.usage_key == "requests":
+            terms = _REQUESTS_TERMS
+        else:
+            ours: dict[str, int] = {}
+            for genai_key, c in coefficients[unit.usage_key].items():
+                for field, k in _GENAI_FROM_OURS.get(genai_key, ()):
+                    ours[field] = ours.get(field, 0) + c * k
+            # Wholes first, then the parts taken out of them: reads as "input - cache_read - cache_write".
+            terms = tuple(sorted(((f, k) for f, k in ours.items() if k != 0), key=lambda fk: (fk[1] < 0, USAGE_FIELDS.index(fk[0]))))
+            if not terms:
+                uncarried.append(unit.usage_key)  # always 0 for our events: no line needed
+                continue
+        slot = _DISPLAY_SLOT.get(unit.price_key, -1)
+        if isinstance(value, gp_types.TieredPrices):
+            tiered = True
+            base = value.base
+            tiers: tuple[_Tier, ...] | None = tuple(
+                (t.start, _per_unit(t.price, unit.per), t.price) for t in sorted(value.tiers, key=lambda t: -t.start)
+            )
+        else:
+            base, tiers = value, None
+        if slot >= 0 and display[slot] is None:
+            display[slot] = base
+        lines.append((_bucket(unit), terms, _per_unit(base, unit.per), base, tiers, slot))
+        info.append(_LineInfo(unit.usage_key, unit.price_key, unit.per))
+    if not lines:
+        carried = ", ".join(sorted(uncarried)) or "nothing"
+        return _unpriced_rates(f"{label} is priced only by units the usage event does not carry ({carried})", notes)
+    if uncarried:
+        notes = (*notes, f"priced units the usage event does not carry (counted as 0): {', '.join(sorted(uncarried))}")
+    d = display
+    return _Rates(tuple(lines), (d[0], d[1], d[2], d[3], d[4]), tiered, source, None, tuple(info), notes)
+
+
+# --- catalogue identity ----------------------------------------------------------------------------------------------
+
+_BUNDLED_VERSION: str | None = None
+
+
+def catalogue_version(snapshot: data_snapshot.DataSnapshot | None = None) -> str:
+    """``<genai-prices version>+data.<sha256 of its bundled data module, 12 hex>`` for the bundled catalogue, or
+    ``<version>+snapshot.<fetch time>`` for a snapshot from genai-prices' auto-update. genai-prices has no data
+    version of its own, so the hash identifies the price data exactly (two builds with the same data agree)."""
+    global _BUNDLED_VERSION
+    if snapshot is not None and snapshot.from_auto_update:
+        return f"{genai_prices.__version__}+snapshot.{snapshot.timestamp.isoformat()}"
+    if _BUNDLED_VERSION is None:
+        spec = importlib.util.find_spec("genai_prices.data")
+        digest = "unknown"
+        if spec is not None and spec.origin:
+            with open(spec.origin, "rb") as handle:
+                digest = hashlib.sha256(handle.read()).hexdigest()[:12]
+        _BUNDLED_VERSION = f"{genai_prices.__version__}+data.{digest}"
+    return _BUNDLED_VERSION
+
+
+# --- usage access ----------------------------------------------------------------------------------------------------
+
+
+def _getter(usage: Any) -> Callable[[str], Any]:
+    if isinstance(usage, dict):  # the hot path: decoded Avro records
+        return usage.get
+    if isinstance(usage, Mapping):
+        return usage.get
+
+    def get(name: str) -> Any:
+        return getattr(usage, name, None)
+
+    return get
+
+
+def to_genai_usage(usage: Mapping[str, Any] | object) -> dict[str, int]:
+    """Our canonical usage as genai-prices usage keys (for ``genai_prices.Usage(**...)``); zero counts omitted.
+
+    ``requests`` is not included: genai-prices always counts one request per call.
+    """
+    get = _getter(usage)
+    values = {name: int(get(name) or 0) for name in USAGE_FIELDS}
+    out: dict[str, int] = {}
+    for genai_key, terms in _GENAI_FROM_OURS.items():
+        count = sum(k * values[field] for field, k in terms)
+        if count:
+            out[genai_key] = count
+    return out
+
+
+def _utc(at: Any) -> datetime:
+    if not isinstance(at, datetime):
+        raise InvalidUsageError(f"occurred_at must be a datetime, got {type(at).__name__}: {at!r}")
+    if at.tzinfo is UTC:
+        return at
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+# --- per-model entries -----------------------------------------------------------------------------------------------
+
+
+class _ModelEntry:
+    """Everything about one (provider, model) pair of events: its catalogue model, the price-book entries that can
+    apply, the boundaries of its price periods and the compiled rates per period."""
+
+    __slots__ = (
+        "provider",
+        "model",
+        "info",
+        "catalogue_provider",
+        "date_bounds",
+        "time_bounds",
+        "book_bounds",
+        "overrides",
+        "discounts",
+        "static",
+        "by_period",
+        "lookup_error",
+    )
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        info: gp_types.ModelInfo | None,
+        catalogue_provider: gp_types.Provider | None,
+        overrides: tuple[OverrideEntry, ...],
+        discounts: tuple[DiscountEntry, ...],
+        lookup_error: str | None,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.info = info
+        self.catalogue_provider = catalogue_provider
+        self.overrides = overrides
+        self.discounts = discounts
+        self.lookup_error = lookup_error
+        dates: set[date] = set()
+        times: set[time] = set()
+        if info is not None and not isinstance(info.prices, gp_types.ModelPrice):
+            for conditional in info.prices:
+                constraint = conditional.constraint
+                if isinstance(constraint, gp_types.StartDateConstraint):
+                    dates.add(constraint.start_date)
+                elif isinstance(constraint, gp_types.TimeOfDateConstraint):
+                    for moment in (constraint.start_time, constraint.end_time):
+                        times.add(_naive_utc_time(moment))
+        self.date_bounds: tuple[date, ...] = tuple(sorted(dates))
+        self.time_bounds: tuple[time, ...] = tuple(sorted(times))
+        self.book_bounds: tuple[datetime, ...] = boundaries((*overrides, *discounts))
+        self.by_period: dict[tuple[int, int, int], _Rates] = {}
+        self.static: _Rates | None = None
+
+    def period_key(self, at: datetime) -> tuple[int, int, int]:
+        """Equal for two instants exactly when every date, time-of-day and price-book condition agrees."""
+        return (
+            bisect.bisect_right(self.date_bounds, at.date()) if self.date_bounds else 0,
+            bisect.bisect_right(self.time_bounds, at.time()) if self.time_bounds else 0,
+            bisect.bisect_right(self.book_bounds, at) if self.book_bounds else 0,
+        )
+
+    @property
+    def is_static(self) -> bool:
+        return not (self.date_bounds or self.time_bounds or self.book_bounds)
+
+
+def _naive_utc_time(value: time) -> time:
+    if value.tzinfo is None:
+        return value
+    return datetime.combine(date(1970, 1, 1), value).astimezone(UTC).time()
+
+
+class Pricer:
+    """Prices usage events; build one per process (or per price-book reload) and call :meth:`price` per event.
+
+    Not thread-safe for concurrent first use of a model (the caches are plain dicts; a race only builds the same
+    rates twice). The catalogue snapshot is captured at construction: to pick up new genai-prices data, build a new
+    Pricer.
+    """
+
+    def __init__(
+        self,
+        price_book: PriceBook | None = None,
+        *,
+        abs_tolerance: Decimal = Decimal("0.0001"),
+        rel_tolerance: Decimal = Decimal("0.01"),
+        snapshot: data_snapshot.DataSnapshot | None = None,
+        max_cached_models: int = 50_000,
+    ) -> None:
+        """``abs_tolerance`` (USD) and ``rel_tolerance`` (fraction of the computed cost): a reported cost is a
+        mismatch only when it differs from ours by more than BOTH (small absolute noise on tiny calls and small
+        relative noise on big calls are tolerated). ``max_cached_models`` bounds the (provider, model) cache against
+        a flood of junk model names; when exceeded the cache is cleared and rebuilt on demand."""
+        if abs_tolerance < 0 or rel_tolerance < 0:
+            raise PricingError("tolerances must be non-negative")
+        self._book = price_book
+        self._abs_tol = abs_tolerance
+        self._rel_tol = rel_tolerance
+        self._snapshot = snapshot or data_snapshot.get_snapshot()
+        self._max_models = max_cached_models
+        self._entries: dict[tuple[Any, Any], _ModelEntry] = {}
+        self.catalogue_version: str = catalogue_version(self._snapshot)
+        self.price_book_version: str | None = price_book.version if price_book is not None else None
+        self._unpriced_reason_tail = (
+            f"in genai-prices {self.catalogue_version} and price book {self.price_book_version or '(none)'}"
+        )
+
+    # -- the hot path --
+
+    def price(self, usage: Mapping[str, Any] | object) -> PriceResult:
+        """Price one usage event (a Mapping, e.g. a decoded Avro dict, or an object with the usage attributes).
+
+        Promises: an unknown model or provider gives ``pricing_status == "unpriced"`` with a reason, never $0
+        priced. Blocks on nothing; the first event of a (provider, model, period) compiles its rates (~0.1-1 ms).
+
+        Raises:
+            InvalidUsageError: a priced part exceeds its whole, a count is not an integer, or ``occurred_at`` is
+                not a datetime when the model's price depends on time.
+        """
+        get = usage.get if isinstance(usage, dict) else _getter(usage)
+        key = (get("provider"), get("model"))
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entry(key[0], key[1])
+        rates = entry.static
+        if rates is None:
+            rates = self._rates_at(entry, _utc(get("occurred_at")))
+        if rates.unpriced_reason is not None:
+            return PriceResult(
+                _ZERO12, _ZERO12, _ZERO12, _ZERO12, _ZERO12, _ZERO12, None, None, None, None, None,
+                "unpriced", rates.unpriced_reason, self.catalogue_version, self.price_book_version, "none",
+                None, False,
+            )  # fmt: skip
+
+        costs = [_ZERO12, _ZERO12, _ZERO12, _ZERO12, _ZERO12]
+        display = rates.display
+        if rates.tiered:
+            shown = list(display)
+            total_input = get("input_tokens") or 0
+        try:
+            for bucket, terms, unit, mtok, tiers, slot in rates.lines:
+                count = 0
+                for field, k in terms:
+                    value = get(field)
+                    if value:
+                        count += value if k == 1 else k * value
+                if terms is _REQUESTS_TERMS and not count:
+                    count = 1
+                elif count < 0:
+                    raise InvalidUsageError(self._negative_leaf_message(terms, get))
+                if tiers is not None:
+                    for start, tier_unit, tier_mtok in tiers:
+                        if total_input > start:
+                            unit = tier_unit
+                            mtok = tier_mtok
+                            break
+                    if slot >= 0:
+                        shown[slot] = mtok
+                if count:
+                    # Zero counts add nothing and leave the part the identical 12-place zero (no quantize needed).
+                    costs[bucket] += unit * count
+        except TypeError as err:
+            raise InvalidUsageError(f"usage counts must be integers: {err}") from err
+        if rates.tiered:
+            display = (shown[0], shown[1], shown[2], shown[3], shown[4])
+
+        total = (costs[0] + costs[1] + costs[2] + costs[3] + costs[4]).quantize(_Q12, ROUND_HALF_EVEN)
+        # Untouched parts are already the 12-place zero; skip their quantize (~0.15 µs each).
+        parts = [c if c is _ZERO12 else c.quantize(_Q12, ROUND_HALF_EVEN) for c in costs]
+        residual = total - (parts[0] + parts[1] + parts[2] + parts[3] + parts[4])
+        if residual:
+            # Rounded parts can miss the rounded total by a few 1e-12; the largest part absorbs it (least relative
+            # distortion), so the parts add up exactly.
+            largest = max(range(5), key=lambda i: abs(parts[i]))
+            parts[largest] += residual
+
+        reported = get("reported_cost")
+        if reported is None:
+            delta: Decimal | None = None
+            mismatch = False
+        else:
+            if not isinstance(reported, Decimal):
+                reported = self._reported_decimal(reported)
+            delta = (reported - total).quantize(_Q12, ROUND_HALF_EVEN)
+            off = abs(delta)
+            mismatch = off > self._abs_tol and off > self._rel_tol * total
+        # tuple.__new__ skips the NamedTuple's generated __new__ (~0.15 µs); same fields, same order.
+        return _tuple_new(
+            PriceResult,
+            (
+                total, parts[0], parts[1], parts[2], parts[3], parts[4], *display,
+                "priced", None, self.catalogue_version, self.price_book_version, rates.source, delta, mismatch,
+            ),
+        )  # fmt: skip
+
+    # -- explanation --
+
+    def explain(self, usage: Mapping[str, Any] | object) -> str:
+        """The arithmetic of :meth:`price` for ``usage``, line by line (count x price / per = USD), or why it is
+        unpriced. Slow; for people (CLI, alerts, audits), not for the hot path.
+
+        Raises:
+            InvalidUsageError: as :meth:`price`.
+        """
+        get = _getter(usage)
+        result = self.price(usage)
+        provider, model = get("provider"), get("model")
+        entry = self._entries.get((provider, model)) or self._entry(provider, model)
+        at = get("occurred_at")
+        rates = entry.static or self._rates_at(entry, _utc(at))
+        out = [f"provider {provider!r} model {model!r} at {at}"]
+        if entry.info is not None and entry.catalogue_provider is not None:
+            out.append(f"catalogue: {entry.catalogue_provider.id}/{entry.info.id} (genai-prices {self.catalogue_version})")
+        else:
+            out.append(f"catalogue: no match (genai-prices {self.catalogue_version}): {entry.lookup_error}")
+        out.append(f"price book: {self.price_book_version or '(none)'}; price source: {result.price_source}")
+        out.extend(f"note: {note}" for note in rates.notes)
+        if result.pricing_status == "unpriced":
+            out.append(f"UNPRICED: {result.unpriced_reason}")
+            out.append("cost_usd = 0 (flagged unpriced, not free)")
+            return "\n".join(out)
+        total_input = get("input_tokens") or 0
+        for (bucket, terms, unit, mtok, tiers, _slot), line_info in zip(rates.lines, rates.info, strict=True):
+            count = sum((get(field) or 0) * k for field, k in terms)
+            if terms is _REQUESTS_TERMS and not count:
+                count = 1
+            tier_note = ""
+            if tiers is not None:
+                for start, tier_unit, tier_mtok in tiers:
+                    if total_input > start:
+                        unit, mtok, tier_note = tier_unit, tier_mtok, f" (tier: input_tokens {total_input} > {start})"
+                        break
+                else:
+                    tier_note = " (base tier)"
+            formula = _formula(terms)
+            out.append(
+                f"{_BUCKET_NAMES[bucket]:<11} {line_info.usage_key}: {count} [{formula}] x ${mtok} / {line_info.per:,}"
+                f" = ${unit * count:f}{tier_note}"
+            )
+        out.append(
+            f"parts (12 dp): input {result.cost_input_usd:f} + output {result.cost_output_usd:f} + cache read "
+            f"{result.cost_cache_read_usd:f} + cache write {result.cost_cache_write_usd:f} + other "
+            f"{result.cost_other_usd:f}"
+        )
+        out.append(f"total cost_usd = ${result.cost_usd:f}")
+        if result.cost_delta_usd is not None:
+            verdict = "MISMATCH" if result.cost_mismatch else "within tolerance"
+            out.append(
+                f"reported ${get('reported_cost')} - computed ${result.cost_usd:f} = ${result.cost_delta_usd:f} ({verdict}: "
+                f"tolerance ${self._abs_tol} or {self._rel_tol * 100}%)"
+            )
+        return "\n".join(out)
+
+    # -- cold paths --
+
+    def _entry(self, provider: Any, model: Any) -> _ModelEntry:
+        if len(self._entries) >= self._max_models:
+            self._entries.clear()
+        provider_s = str(provider) if provider is not None else ""
+        model_s = str(model) if model is not None else ""
+        info: gp_types.ModelInfo | None = None
+        catalogue_provider: gp_types.Provider | None = None
+        lookup_error: str | None = None
+        if not model_s.strip():
+            lookup_error = "no model name"
+        else:
+            try:
+                catalogue_provider, info = self._snapshot.find_provider_model(
+                    model_s, None, provider_s.strip() or None, None
+                )
+            except LookupError as err:
+                lookup_error = str(err)
+        overrides: tuple[OverrideEntry, ...] = ()
+        discounts: tuple[DiscountEntry, ...] = ()
+        if self._book is not None:
+            providers = {provider_s}
+            models = {model_s}
+            if catalogue_provider is not None and info is not None:
+                providers.add(catalogue_provider.id)
+                models.add(info.id)
+            overrides = self._book.overrides_for(providers, models)
+            discounts = self._book.discounts_for(providers, models)
+        entry = _ModelEntry(provider_s, model_s, info, catalogue_provider, overrides, discounts, lookup_error)
+        if entry.is_static:
+            # Any instant gives the same rates; the epoch is as good as any.
+            entry.static = self._build_rates(entry, datetime(1970, 1, 1, tzinfo=UTC))
+        self._entries[(provider, model)] = entry
+        return entry
+
+    def _rates_at(self, entry: _ModelEntry, at: datetime) -> _Rates:
+        key = entry.period_key(at)
+        rates = entry.by_period.get(key)
+        if rates is None:
+            rates = entry.by_period[key] = self._build_rates(entry, at)
+        return rates
+
+    def _build_rates(self, entry: _ModelEntry, at: datetime) -> _Rates:
+        """Compile the rates active at ``at`` (any instant of the period gives the same result)."""
+        notes: list[str] = []
+        override = pick_override(entry.overrides, at) if entry.overrides else None
+        if override is not None:
+            until = override.effective_to.isoformat() if override.effective_to else "open-ended"
+            notes.append(
+                f"override {override.provider}/{override.model} from price book {self.price_book_version} "
+                f"({override.effective_from.isoformat()} .. {until}){': ' + override.note if override.note else ''}"
+            )
+            return _compile(override.prices.as_dict(), "price_book", tuple(notes), f"{entry.provider}/{entry.model}")
+        if entry.info is None or entry.catalogue_provider is None:
+            return _unpriced_rates(
+                f"unknown model {entry.model!r} for provider {entry.provider!r} {self._unpriced_reason_tail}"
+                + (" (no override active at this time)" if entry.overrides else ""),
+                (f"catalogue lookup: {entry.lookup_error}",),
+            )
+        model_price = entry.info.get_prices(at)
+        price_map: dict[str, Any] = {
+            key: value for key, value in model_price.__dict__.items() if not key.startswith("_") and value is not None
+        }
+        label = f"{entry.catalogue_provider.id}/{entry.info.id}"
+        if (
+            "cache_write_mtok" in price_map
+            and "cache_write_1h_mtok" not in price_map
+            and "input_mtok" in price_map
+            and entry.catalogue_provider.id in _ONE_HOUR_CONVENTION_PROVIDERS
+            and "claude" in entry.info.id
+        ):
+            price_map["cache_write_1h_mtok"] = _scale(price_map["input_mtok"], _TWO)
+            notes.append("1-hour cache-write price derived as 2 x input price (Anthropic's published rule)")
+        source: PriceSource = "catalogue"
+        discount = pick_discount(entry.discounts, at) if entry.discounts else None
+        if discount is not None:
+            factor = discount.multiplier
+            price_map = {key: _scale(value, factor) for key, value in price_map.items()}
+            scope = f"{discount.provider}/{discount.model}" if discount.model else f"{discount.provider} (all models)"
+            notes.append(
+                f"discount {discount.percent_off}% off {scope} from price book {self.price_book_version} "
+                f"(catalogue prices x {factor}){': ' + discount.note if discount.note else ''}"
+            )
+            source = "price_book"
+        return _compile(price_map, source, tuple(notes), label)
+
+    @staticmethod
+    def _negative_leaf_message(terms: tuple[tuple[str, int], ...], get: Callable[[str], Any]) -> str:
+        whole = [f"{field}={get(field) or 0}" for field, k in terms if k > 0]
+        parts = [f"{field}={get(field) or 0}" for field, k in terms if k < 0]
+        return (
+            f"usage parts exceed their whole: {' + '.join(whole)} minus {' + '.join(parts) or 'nothing'} is negative "
+            "(token fields are canonical: cache, audio and image counts are parts of input_tokens, reasoning and "
+            "audio output parts of output_tokens)"
+        )
+
+    @staticmethod
+    def _reported_decimal(reported: Any) -> Decimal:
+        if isinstance(reported, bool) or isinstance(reported, float):
+            # A float cost has already lost exactness; take its shortest repr rather than its binary expansion.
+            if isinstance(reported, bool):
+                raise InvalidUsageError(f"reported_cost must be a number, got {reported!r}")
+            return Decimal(repr(reported))
+        try:
+            return Decimal(reported)
+        except (ArithmeticError, TypeError, ValueError) as err:
+            raise InvalidUsageError(f"reported_cost is not a number: {reported!r}") from err
