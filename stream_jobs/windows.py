@@ -1,0 +1,401 @@
+"""Tumbling spend windows for the usage hot path: pure window math and one aggregator per source partition.
+
+Model: quix-streams' time windows (a window closes when the partition's event-time watermark passes its end plus a
+grace period; a closed window never reopens) and faust's window ranges as pure functions of timestamps. Everything
+here is plain Python on integers: event time in microseconds since the epoch (UTC), the wall clock passed in as an
+argument, money as :class:`decimal.Decimal`. No Kafka, Faust or ClickHouse import.
+
+Vocabulary (all times in microseconds):
+
+- A window is ``[start, start + size)``; ``start`` is a multiple of ``size`` (epoch-aligned, so every worker and
+  every replay cuts the same windows).
+- The *watermark* of a partition is the largest event time this aggregator has seen.
+- The *close horizon* ``closed_before_us`` is a window boundary: every window whose end is ``<= closed_before_us``
+  is closed. It only grows. It is the largest boundary ``<=`` the greatest of
+  (a) ``watermark - grace`` (the event-time rule: ``[s, s+size)`` closes when ``watermark >= s + size + grace``),
+  (b) ``now_wall - idle_timeout - grace`` from :meth:`WindowAggregator.close_idle` on a quiet partition, and
+  (c) the horizon restored at start-up (see "Replay" below).
+- An event is *late* when its window is already closed: ``window_end(event_time) <= closed_before_us`` at the
+  moment it is added. A late event is not counted in any window (a closed window never reopens); the caller still
+  sends it to the ledger, flagged late, so ClickHouse's ledger and the rollups built from it stay complete.
+
+Why one aggregator per source partition: usage events are keyed by ``agent_id``, so an agent's events are ordered
+within one partition and the partition's offsets give the commit rule (``stream_jobs/offsets.py``) something to
+hold on to. Each closed window is a *partial* for ``(window, dimension, key, partition)``; the sink sums partials
+over partitions. State is dropped on revoke; the replay after a rebalance or crash rebuilds it.
+
+Cost per event (the hot path budget is 2-3 us for dedupe + window + commit bookkeeping): :meth:`add` does one
+modulo, one tuple key ``(agent_id, team, project, model)`` and one dict lookup, then in-place list updates. The four
+dimensions (agent, team, project, model) are rolled up from those fine-grained cells only when a window closes, so
+the per-event work does not grow with the number of dimensions.
+
+Replay: after a crash the hot path restarts at the committed offset ``P`` with empty state. To make the re-emitted
+windows identical to the first emission (same ``aggregate_id``, same sums), the commit stores, as Kafka offset
+metadata, the close horizon returned by ``CommitTracker.replay_horizon_us(aggregator.polled_before_us)`` and the
+new aggregator is built with ``closed_before_us=`` that value. With it, replayed events of windows that were already
+emitted and acknowledged are classified late (so those windows are not re-emitted as partial sums under the same
+id), and every window not yet safely emitted has all of its events at offsets ``>= P`` (the commit rule guarantees
+it) and is rebuilt whole. What can differ on replay is only the ``late`` flag of a replayed priced event, and only
+if a wall-clock idle close moved the horizon differently; the ledger deduplicates by event id either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final
+
+__all__ = [
+    "DIMENSIONS",
+    "MINUTE_US",
+    "ClosedWindow",
+    "WindowAggregator",
+    "compute_closes_at",
+    "window_end",
+    "window_start",
+]
+
+MINUTE_US: Final = 60_000_000
+DIMENSIONS: Final = ("agent", "team", "project", "model")
+
+# "Nothing closed yet" / "nothing seen yet": far below any real epoch-microsecond timestamp, still a small int.
+_NEVER: Final = -(1 << 62)
+_ZERO: Final = Decimal(0)
+
+# Indexes into a cell (a plain list: in-place ``c[i] += x`` is the cheapest mutable accumulator in CPython).
+_COST, _IN, _OUT, _CR, _CW, _REASON, _CALLS, _ERRORS, _RETRIES, _UNPRICED, _MIN_OFF, _MAX_OFF = range(12)
+
+
+def window_start(ts_us: int, size_us: int) -> int:
+    """The start of the tumbling window of ``size_us`` holding ``ts_us``: the largest multiple of ``size_us``
+    that is ``<= ts_us`` (floor semantics, also for timestamps before the epoch)."""
+    return ts_us - ts_us % size_us
+
+
+def window_end(ts_us: int, size_us: int) -> int:
+    """The exclusive end of the tumbling window holding ``ts_us``."""
+    return ts_us - ts_us % size_us + size_us
+
+
+def compute_closes_at(start_us: int, size_us: int, grace_us: int) -> int:
+    """The watermark at which window ``[start_us, start_us + size_us)`` closes: ``start + size + grace``."""
+    return start_us + size_us + grace_us
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """The final partial aggregate of one ``(window, dimension, key, source partition)``.
+
+    ``aggregate_id`` is ``f"{window_start_us}:{dimension}:{key}:{partition}"`` and is the same on every
+    re-emission of the same window (the sink deduplicates on it). ``min_offset`` / ``max_offset`` are the lowest
+    and highest input offsets that contributed. ``cost_usd`` sums priced events only; unpriced events add nothing
+    to it and are counted in ``unpriced_calls`` (an unknown model is never $0). ``partition`` is the Avro
+    ``source_partition``.
+    """
+
+    aggregate_id: str
+    window_start_us: int
+    window_end_us: int
+    dimension: str
+    key: str
+    partition: int
+    cost_usd: Decimal
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    calls: int
+    errors: int
+    retries: int
+    unpriced_calls: int
+    min_offset: int
+    max_offset: int
+
+
+class _OpenWindow:
+    """One open time window: fine-grained cells keyed by (agent_id, team, project, model)."""
+
+    __slots__ = ("cells", "min_offset")
+
+    def __init__(self, first_offset: int) -> None:
+        self.cells: dict[tuple[str, str, str, str], list[object]] = {}
+        # Offsets reach add() in increasing order (one Kafka partition), so the first offset is the lowest.
+        self.min_offset = first_offset
+
+
+class WindowAggregator:
+    """Tumbling-window spend aggregates of ONE source partition.
+
+    Promises:
+
+    - :meth:`add` counts an event in its window unless the event is late, and says which; it never blocks and
+      never raises on a late or out-of-order event.
+    - A window, once closed, never receives another event; :meth:`poll_closed` hands each closed window out
+      exactly once per aggregator, as one :class:`ClosedWindow` per (dimension, key), in window order.
+    - :meth:`min_open_offset` is the lowest input offset of any window not yet handed out by :meth:`poll_closed`
+      (open, or closed but not polled): an input offset ``>=`` the commit position must still be replayable for it.
+
+    Preconditions (not checked per event, for speed): offsets passed to :meth:`add` increase (they come from one
+    partition in order), and event times are validated upstream (a timestamp far in the future moves the watermark
+    and closes every window of the partition early; the validator should refuse or clamp future ``occurred_at``).
+
+    Not thread-safe: the hot path calls it from the consumer thread only.
+    """
+
+    __slots__ = (
+        "partition",
+        "size_us",
+        "grace_us",
+        "idle_timeout_us",
+        "_windows",
+        "_watermark_us",
+        "_horizon_us",
+        "_idle_seen_watermark_us",
+        "_idle_since_wall_us",
+        "_cur_start",
+        "_cur_cells",
+        "_polled_before_us",
+    )
+
+    def __init__(
+        self,
+        partition: int,
+        *,
+        size_us: int = MINUTE_US,
+        grace_us: int = 10_000_000,
+        idle_timeout_us: int = 30_000_000,
+        closed_before_us: int | None = None,
+    ) -> None:
+        """Build an empty aggregator for source ``partition``.
+
+        ``grace_us`` is how long after a window's end (in event time) events may still join it; ``idle_timeout_us``
+        is how long (wall clock) a partition must show no watermark progress before :meth:`close_idle` closes
+        windows by the wall clock. ``closed_before_us`` restores the close horizon stored with the last commit
+        (rounded down to a window boundary); ``None`` for a partition without one.
+        """
+        if size_us <= 0:
+            raise ValueError(f"size_us must be positive, got {size_us}")
+        if grace_us < 0 or idle_timeout_us < 0:
+            raise ValueError("grace_us and idle_timeout_us must not be negative")
+        self.partition = partition
+        self.size_us = size_us
+        self.grace_us = grace_us
+        self.idle_timeout_us = idle_timeout_us
+        self._windows: dict[int, _OpenWindow] = {}
+        self._watermark_us = _NEVER
+        # Kept unaligned internally (one subtraction per watermark advance); lateness only ever compares it with
+        # aligned window ends, so "end <= horizon" and "end <= aligned(horizon)" agree.
+        self._horizon_us = _NEVER if closed_before_us is None else window_start(closed_before_us, size_us)
+        self._polled_before_us = window_start(self._horizon_us, size_us)
+        self._idle_seen_watermark_us = _NEVER
+        self._idle_since_wall_us: int | None = None
+        # Cache of the window the previous event went to; _NEVER is never a real window start.
+        self._cur_start = _NEVER
+        self._cur_cells: dict[tuple[str, str, str, str], list[object]] = {}
+
+    # ---- hot path --------------------------------------------------------------------------------------------
+    def add(
+        self,
+        event_time_us: int,
+        agent_id: str,
+        team: str,
+        project: str,
+        model: str,
+        cost_usd: Decimal,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int,
+        cache_write_tokens: int,
+        reasoning_tokens: int,
+        status_ok: bool,
+        attempt: int,
+        priced: bool,
+        offset: int,
+    ) -> bool:
+        """Count one (deduplicated) event in its window; return ``False`` if it is late and was NOT counted.
+
+        ``model`` is the model dimension key as the sink expects it (``provider/model``). ``cost_usd`` is ignored
+        when ``priced`` is false (the event counts in ``unpriced_calls``). ``offset`` is the event's input offset.
+        Late means ``window_end(event_time_us) <= closed_before_us``; see the module docstring.
+        """
+        size = self.size_us
+        start = event_time_us - event_time_us % size
+        if start + size <= self._horizon_us:
+            return False
+        if start == self._cur_start:
+            # Most events fall into the same window as the one before: skip the dict lookup.
+            cells = self._cur_cells
+        else:
+            window = self._windows.get(start)
+            if window is None:
+                window = self._windows[start] = _OpenWindow(offset)
+            cells = self._cur_cells = window.cells
+            self._cur_start = start
+        if event_time_us > self._watermark_us:
+            self._watermark_us = event_time_us
+            # The event's own window cannot close here: its end + grace > event_time_us.
+            if event_time_us - self.grace_us > self._horizon_us:
+                self._horizon_us = event_time_us - self.grace_us
+        key = (agent_id, team, project, model)
+        cell = cells.get(key)
+        if cell is None:
+            cells[key] = [
+                cost_usd if priced else _ZERO,
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_write_tokens,
+                reasoning_tokens,
+                1,
+                0 if status_ok else 1,
+                1 if attempt > 1 else 0,
+                0 if priced else 1,
+                offset,
+                offset,
+            ]
+            return True
+        # mypy sees list[object]; the layout is fixed above, so the ignores are local and safe.
+        if priced:
+            cell[_COST] += cost_usd  # type: ignore[operator]
+        else:
+            cell[_UNPRICED] += 1  # type: ignore[operator]
+        cell[_IN] += input_tokens  # type: ignore[operator]
+        cell[_OUT] += output_tokens  # type: ignore[operator]
+        if cache_read_tokens:
+            cell[_CR] += cache_read_tokens  # type: ignore[operator]
+        if cache_write_tokens:
+            cell[_CW] += cache_write_tokens  # type: ignore[operator]
+        if reasoning_tokens:
+            cell[_REASON] += reasoning_tokens  # type: ignore[operator]
+        cell[_CALLS] += 1  # type: ignore[operator]
+        if not status_ok:
+            cell[_ERRORS] += 1  # type: ignore[operator]
+        if attempt > 1:
+            cell[_RETRIES] += 1  # type: ignore[operator]
+        cell[_MAX_OFF] = offset
+        return True
+
+    # ---- closing ---------------------------------------------------------------------------------------------
+    def close_idle(self, now_wall_us: int) -> bool:
+        """Close windows by the wall clock on a quiet partition; return ``True`` if the horizon moved.
+
+        Rule: once the partition's watermark has not moved for ``idle_timeout_us`` of wall-clock time (measured
+        between calls of this method), every window with ``end + grace <= now_wall_us - idle_timeout_us`` closes.
+        Call it once per consumed batch for every assigned partition (also those that returned no message).
+
+        Trade-off: without it, the last window of a partition that goes quiet would wait for the next event, maybe
+        for hours, and budgets and anomaly detection would be blind. The price: an event that arrives after such a
+        close (a producer whose clock lags the worker's by more than ``idle_timeout + grace``, or a spool flushed
+        after an outage) is late, so it reaches the ledger but not its 1-minute window, and the window total stays
+        low (the reconciliation job sees the gap; hourly and daily rollups come from the ledger and are complete).
+        The quiet check protects a lagging consumer: while a backlog is being read, the watermark moves and no
+        window is closed by the wall clock. A consumer that is stalled for ``idle_timeout_us`` with a backlog
+        pending would still close by the wall clock; call this only for partitions whose lag is 0 if the
+        consumer can tell. Wall-clock closes are not reproduced on replay (see the module docstring).
+        """
+        if self._watermark_us != self._idle_seen_watermark_us or self._idle_since_wall_us is None:
+            self._idle_seen_watermark_us = self._watermark_us
+            self._idle_since_wall_us = now_wall_us
+            return False
+        if now_wall_us - self._idle_since_wall_us < self.idle_timeout_us:
+            return False
+        candidate = now_wall_us - self.idle_timeout_us - self.grace_us
+        if window_start(candidate, self.size_us) <= window_start(self._horizon_us, self.size_us):
+            return False
+        self._horizon_us = candidate
+        return True
+
+    def poll_closed(self) -> list[ClosedWindow]:
+        """Hand out every window closed since the last call, oldest window first, one entry per (dimension, key).
+
+        Each window is handed out once; the caller produces it and registers it with the commit tracker *before*
+        asking for a commit position, because from now on :meth:`min_open_offset` no longer covers it.
+        """
+        horizon = self._horizon_us
+        size = self.size_us
+        self._polled_before_us = window_start(horizon, size)
+        due = sorted(start for start in self._windows if start + size <= horizon)
+        out: list[ClosedWindow] = []
+        for start in due:
+            out.extend(self._roll_up(start, self._windows.pop(start)))
+            if start == self._cur_start:
+                self._cur_start = _NEVER
+                self._cur_cells = {}
+        return out
+
+    def _roll_up(self, start: int, window: _OpenWindow) -> list[ClosedWindow]:
+        # Roll fine cells up to the four dimensions; runs once per cell per window, not per event.
+        sums: dict[tuple[int, str], list[object]] = {}
+        for cell_key, cell in window.cells.items():
+            for dim_index in range(4):
+                rolled_key = (dim_index, cell_key[dim_index])
+                acc = sums.get(rolled_key)
+                if acc is None:
+                    sums[rolled_key] = list(cell)
+                    continue
+                for i in range(_MIN_OFF):
+                    acc[i] += cell[i]  # type: ignore[operator]
+                if cell[_MIN_OFF] < acc[_MIN_OFF]:  # type: ignore[operator]
+                    acc[_MIN_OFF] = cell[_MIN_OFF]
+                if cell[_MAX_OFF] > acc[_MAX_OFF]:  # type: ignore[operator]
+                    acc[_MAX_OFF] = cell[_MAX_OFF]
+        end = start + self.size_us
+        partition = self.partition
+        out: list[ClosedWindow] = []
+        for (dim_index, key), a in sorted(sums.items(), key=lambda item: item[0]):
+            dimension = DIMENSIONS[dim_index]
+            out.append(
+                ClosedWindow(
+                    f"{start}:{dimension}:{key}:{partition}",
+                    start,
+                    end,
+                    dimension,
+                    key,
+                    partition,
+                    a[_COST],  # type: ignore[arg-type]
+                    a[_IN],  # type: ignore[arg-type]
+                    a[_OUT],  # type: ignore[arg-type]
+                    a[_CR],  # type: ignore[arg-type]
+                    a[_CW],  # type: ignore[arg-type]
+                    a[_REASON],  # type: ignore[arg-type]
+                    a[_CALLS],  # type: ignore[arg-type]
+                    a[_ERRORS],  # type: ignore[arg-type]
+                    a[_RETRIES],  # type: ignore[arg-type]
+                    a[_UNPRICED],  # type: ignore[arg-type]
+                    a[_MIN_OFF],  # type: ignore[arg-type]
+                    a[_MAX_OFF],  # type: ignore[arg-type]
+                )
+            )
+        return out
+
+    # ---- state for the commit rule and metrics -----------------------------------------------------------------
+    def min_open_offset(self) -> int | None:
+        """The lowest input offset of any window not yet handed out by :meth:`poll_closed`, or ``None``."""
+        if not self._windows:
+            return None
+        return min(window.min_offset for window in self._windows.values())
+
+    @property
+    def closed_before_us(self) -> int:
+        """The close horizon as a window boundary: every window ending at or before it is closed (an event for it
+        is late). Before anything closed it is a large negative number."""
+        return window_start(self._horizon_us, self.size_us)
+
+    @property
+    def polled_before_us(self) -> int:
+        """The close horizon as of the last :meth:`poll_closed`: every window ending at or before it was handed
+        out (or never had an event). Store ``CommitTracker.replay_horizon_us(this)`` with each commit and pass it
+        back as ``closed_before_us`` after a restart; unlike :attr:`closed_before_us` it never covers a window
+        that closed but was not yet emitted, whatever the order of calls."""
+        return self._polled_before_us
+
+    @property
+    def watermark_us(self) -> int | None:
+        """The largest event time added so far, or ``None`` before the first event."""
+        return None if self._watermark_us == _NEVER else self._watermark_us
+
+    @property
+    def open_windows(self) -> int:
+        """How many windows are held (open or closed but not yet polled): a gauge for dashboards."""
+        return len(self._windows)
