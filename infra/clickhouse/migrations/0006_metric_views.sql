@@ -14,7 +14,7 @@ AS SELECT
     minIf(occurred_at, row_kind = 'original') AS first_call_at,
     maxIf(occurred_at, row_kind = 'original') AS last_call_at,
     -- the task's outcome is the outcome of its last call (ties on occurred_at broken by the higher attempt)
-    argMaxIf(status, (occurred_at, attempt), row_kind = 'original') = 'ok' AS succeeded
+    toBool(argMaxIf(status, (occurred_at, attempt), row_kind = 'original') = 'ok') AS succeeded
 FROM {database}.usage_ledger FINAL
 WHERE task_id != ''
 GROUP BY task_id, team, project, agent_id
