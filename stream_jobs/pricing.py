@@ -143,6 +143,25 @@ _GENAI_FROM_OURS: Final[Mapping[str, tuple[tuple[str, int], ...]]] = {
     "web_searches": (("web_search_calls", 1),),
 }
 
+
+
+def _joins_we_do_not_carry() -> tuple[str, ...]:
+    """genai-prices keys that are the overlap of two keys we report (cached image tokens = cache reads x image
+    tokens, audio reasoning, ...). The event carries no count for them, which means 0; genai-prices refuses to guess
+    when both sides are non-zero, so ``to_genai_usage`` states the 0 explicitly."""
+    registry = _get_registry()
+    carried = [registry.units[key] for key in _GENAI_FROM_OURS]
+    joins: set[str] = set()
+    for i, left in enumerate(carried):
+        for right in carried[i + 1 :]:
+            join = registry.find_join(left, right)
+            if join is not None and join.usage_key not in _GENAI_FROM_OURS:
+                joins.add(join.usage_key)
+    return tuple(sorted(joins))
+
+
+_EXPLICIT_ZERO_KEYS: Final[tuple[str, ...]] = _joins_we_do_not_carry()
+
 # Cost buckets of PriceResult.
 _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE, _OTHER = range(5)
 _BUCKET_NAMES: Final = ("input", "output", "cache read", "cache write", "other")
@@ -348,8 +367,14 @@ def _compile(price_map: Mapping[str, Any], source: PriceSource, notes: tuple[str
             display[slot] = base
         lines.append((_bucket(unit), terms, _per_unit(base, unit.per), base, tiers, slot))
         info.append(_LineInfo(unit.usage_key, unit.price_key, unit.per))
+    if not units:
+        # The catalogue lists the model with an empty price set: free tiers (OpenRouter ':free'), models included in
+        # a subscription (GitHub Copilot), free-of-charge models. Known and $0, unlike an unknown model.
+        notes = (*notes, f"the catalogue lists {label} with no prices (free or included in a subscription): $0")
+        return _Rates((), (None, None, None, None, None), False, source, None, (), notes)
     if not lines:
-        carried = ", ".join(sorted(uncarried)) or "nothing"
+        # Priced, but only per second / character / page...: a token-only event would come out $0 by accident.
+        carried = ", ".join(sorted(uncarried))
         return _unpriced_rates(f"{label} is priced only by units the usage event does not carry ({carried})", notes)
     if uncarried:
         notes = (*notes, f"priced units the usage event does not carry (counted as 0): {', '.join(sorted(uncarried))}")
@@ -395,9 +420,11 @@ def _getter(usage: Any) -> Callable[[str], Any]:
 
 
 def to_genai_usage(usage: Mapping[str, Any] | object) -> dict[str, int]:
-    """Our canonical usage as genai-prices usage keys (for ``genai_prices.Usage(**...)``); zero counts omitted.
+    """Our canonical usage as genai-prices usage keys (for ``genai_prices.Usage(**...)``).
 
-    ``requests`` is not included: genai-prices always counts one request per call.
+    Zero counts are omitted, except the overlaps the event cannot express (cached image tokens, audio cache writes,
+    ...), given as an explicit 0: that is what the fast path assumes. ``requests`` is not included: genai-prices
+    always counts one request per call.
     """
     get = _getter(usage)
     values = {name: int(get(name) or 0) for name in USAGE_FIELDS}
@@ -406,6 +433,8 @@ def to_genai_usage(usage: Mapping[str, Any] | object) -> dict[str, int]:
         count = sum(k * values[field] for field, k in terms)
         if count:
             out[genai_key] = count
+    for genai_key in _EXPLICIT_ZERO_KEYS:
+        out[genai_key] = 0
     return out
 
 
