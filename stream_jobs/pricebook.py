@@ -455,6 +455,7 @@ def parse_price_book(text: str, source: str = "<price book>") -> PriceBook:
             loc = tuple(part for part in error["loc"] if isinstance(part, (str, int)))
             message = error["msg"].removeprefix("Value error, ")
             problems.append(PriceBookProblem(line=_line_for(lines, loc), field=_dotted(loc), message=message))
+        problems.sort(key=lambda problem: problem.line or 0)  # file order, as an editor shows them
         raise PriceBookError(source, problems) from err
     overlaps = list(_check_overlaps(book, lines))
     if overlaps:

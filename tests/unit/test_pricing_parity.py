@@ -75,6 +75,7 @@ def _expected(provider: gp_types.Provider, model: gp_types.ModelInfo, event: dic
     ):
         model_price = copy.copy(model_price)
         base = model_price.input_mtok
+        assert base is not None
         model_price.__dict__["cache_write_1h_mtok"] = (
             gp_types.TieredPrices(base=base.base * 2, tiers=[gp_types.Tier(t.start, t.price * 2) for t in base.tiers])
             if isinstance(base, gp_types.TieredPrices)
