@@ -10,10 +10,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-try:
-    from schemas.errors import FinopsError
-except ImportError:  # pragma: no cover - only while schemas/errors.py is being written
-    from sinks.clickhouse import FinopsError  # type: ignore[attr-defined,no-redef]
+from schemas.errors import FinopsError
 
 __all__ = ["apply_migrations", "register"]
 

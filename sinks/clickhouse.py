@@ -23,15 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-try:
-    from schemas.errors import ConfigError, FinopsError
-except ImportError:  # pragma: no cover - only while schemas/errors.py is being written
-
-    class FinopsError(Exception):  # type: ignore[no-redef]
-        """Fallback root (schemas.errors missing)."""
-
-    class ConfigError(FinopsError):  # type: ignore[no-redef]
-        """Fallback configuration error (schemas.errors missing)."""
+from schemas.errors import ConfigError, FinopsError
 
 
 __all__ = [

@@ -33,12 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas.errors import FinopsError
 from sinks.clickhouse import ClickHouseError, check_identifier
-
-try:
-    from schemas.errors import FinopsError
-except ImportError:  # pragma: no cover - only while schemas/errors.py is being written
-    from sinks.clickhouse import FinopsError  # type: ignore[attr-defined,no-redef]
 
 __all__ = [
     "DEFAULT_MIGRATIONS_DIR",
