@@ -7,7 +7,9 @@ into ``fastavro.schemaless_writer`` and a decoded dict goes straight into ``from
 Avro                                   Python
 =====================================  =============================================================
 string                                 ``str`` (``Literal[...]`` where the model closes the set)
-string + logicalType uuid              ``uuid.UUID`` (``event_id``; fastavro decodes it to UUID)
+string + logicalType uuid              ``str`` in canonical lower-case form (``event_id``; a
+                                       ``uuid.UUID`` is accepted and converted; the codec decodes it
+                                       as ``str``: cheaper than UUID and what dedupe and ClickHouse use)
 int / long                             ``int`` with the int32 / int64 range checked (:data:`Int32`,
                                        :data:`Int64`)
 bytes + decimal(38, 12)                ``decimal.Decimal`` (:data:`Money`); floats are refused
@@ -41,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import types
 import uuid
 from collections.abc import Mapping
@@ -48,6 +51,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin, get_type_hints
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -88,6 +92,8 @@ __all__ = [
     "avro_schema_of",
     "check_usage_dict",
     "compute_aggregate_id",
+    "example_record_name",
+    "load_example",
     "from_micros",
     "parse_usage_event",
     "sign",
@@ -157,7 +163,15 @@ Money = Annotated[
 ]
 #: Avro timestamp-micros: a tz-aware datetime, normalised to UTC (naive datetimes are refused: their zone is a guess).
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc), AvroType(_TIMESTAMP_AVRO)]
-EventId = Annotated[uuid.UUID, AvroType(_UUID_AVRO)]
+def _uuid_to_str(value: Any) -> Any:
+    return str(value) if isinstance(value, uuid.UUID) else value
+
+
+#: A UUID as its canonical lower-case string; the format is checked by the record rules (rule id ``uuid``) so the
+#: model and :func:`check_usage_dict` report it identically.
+EventId = Annotated[str, BeforeValidator(_uuid_to_str), AvroType(_UUID_AVRO)]
+# RFC 4122 text form as uuid.UUID prints it: dedupe compares strings, so one spelling per id.
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def to_micros(value: datetime) -> int:
@@ -311,25 +325,91 @@ def check_usage_dict(record: Mapping[str, Any], now: datetime) -> list[FieldProb
 
 
 def _check_usage(record: Mapping[str, Any], now: datetime | None) -> list[FieldProblem]:
+    if _usage_looks_valid(record, now):
+        return []
+    return _diagnose_usage(record, now)
+
+
+def _usage_looks_valid(record: Mapping[str, Any], now: datetime | None) -> bool:
+    """Fast accept for the hot path: True only if :func:`_diagnose_usage` would find nothing.
+
+    One pass of cheap comparisons and no allocation; any doubt returns False and the full diagnosis runs. (Every rule
+    test goes through both, so this cannot accept what the diagnosis refuses without a test failing.)
+    """
+    get = record.get
+    itok = get("input_tokens")
+    otok = get("output_tokens")
+    cread = get("cache_read_tokens", 0)
+    cwrite = get("cache_write_tokens", 0)
+    cw1h = get("cache_write_1h_tokens", 0)
+    reason = get("reasoning_tokens", 0)
+    ain = get("input_audio_tokens", 0)
+    aout = get("output_audio_tokens", 0)
+    acache = get("cache_audio_read_tokens", 0)
+    image = get("image_tokens", 0)
+    search = get("web_search_calls", 0)
+    requests = get("requests", 1)
+    attempt = get("attempt", 1)
+    if not (
+        type(itok) is int and type(otok) is int and type(cread) is int and type(cwrite) is int
+        and type(cw1h) is int and type(reason) is int and type(ain) is int and type(aout) is int
+        and type(acache) is int and type(image) is int and type(search) is int and type(requests) is int
+        and type(attempt) is int
+    ):
+        return False
+    # input_tokens >= cache_read + cache_write >= 0 and output_tokens >= reasoning >= 0 follow from the chain.
+    if not (
+        0 <= cread and 0 <= cwrite and cread + cwrite <= itok and 0 <= cw1h <= cwrite and 0 <= reason <= otok
+        and 0 <= ain <= itok and 0 <= aout <= otok and 0 <= acache <= cread and 0 <= image <= itok
+        and 0 <= search and 0 <= requests and 1 <= attempt
+    ):
+        return False
+    for name in _REQUIRED_TEXT:
+        text = get(name)
+        if type(text) is not str or not text or text.isspace():
+            return False
+    event_id = get("event_id")
+    if type(event_id) is not str or _UUID_TEXT.fullmatch(event_id) is None:
+        return False
+    if get("status", "ok") not in USAGE_STATUSES:
+        return False
+    latency = get("latency_ms")
+    if latency is not None and (type(latency) is not int or latency < 0):
+        return False
+    occurred_at = get("occurred_at")
+    if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
+        return False
+    if now is not None and occurred_at - now > MAX_FUTURE_SKEW:
+        return False
+    tags = get("tags")
+    if tags:
+        if len(tags) > MAX_TAGS:
+            return False
+        for key, value in tags.items():
+            if len(key) > MAX_TAG_LENGTH or len(value) > MAX_TAG_LENGTH:
+                return False
+    return True
+
+
+def _diagnose_usage(record: Mapping[str, Any], now: datetime | None) -> list[FieldProblem]:
+    """Every problem of a usage event, each naming its field and rule (the slow, explanatory path)."""
     problems: list[FieldProblem] = []
     add = problems.append
     get = record.get
 
     event_id = get("event_id")
-    if not isinstance(event_id, uuid.UUID):
-        if isinstance(event_id, str):
-            try:
-                uuid.UUID(event_id)
-            except ValueError:
-                add(FieldProblem("event_id", "uuid", f"event_id must be a UUID (got {event_id[:80]!r})"))
-        else:
-            add(FieldProblem("event_id", "required", f"event_id must be a UUID (got {event_id!r})"))
+    if not isinstance(event_id, str):
+        add(FieldProblem("event_id", "required", f"event_id must be a UUID string (got {event_id!r})"))
+    elif _UUID_TEXT.fullmatch(event_id) is None:
+        add(FieldProblem("event_id", "uuid",
+                         f"event_id must be a UUID in canonical lower-case form like str(uuid.uuid4()) "
+                         f"(got {event_id[:80]!r}): one spelling per id keeps deduplication exact"))
 
     for name in _REQUIRED_TEXT:
         text = get(name)
         if not isinstance(text, str):
             add(FieldProblem(name, "required", f"{name} is required and must be a string (got {text!r})"))
-        elif not text.strip():
+        elif not text or text.isspace():
             add(FieldProblem(name, "not_blank", f"{name} must not be empty or whitespace: it attributes the cost"))
 
     counts: dict[str, int] = {}
@@ -488,6 +568,12 @@ class PricedUsageEvent(UsageEvent):
             if not (self.unpriced_reason or "").strip():
                 problems.append(FieldProblem("unpriced_reason", "unpriced_reason_required",
                                              "unpriced_reason must say why when pricing_status is 'unpriced'"))
+        parts = (self.cost_input_usd + self.cost_output_usd + self.cost_cache_read_usd + self.cost_cache_write_usd
+                 + self.cost_other_usd)
+        if parts != self.cost_usd:
+            problems.append(FieldProblem("cost_usd", "cost_parts_sum",
+                                         f"cost_usd ({self.cost_usd}) must equal the sum of cost_input/output/"
+                                         f"cache_read/cache_write/other_usd ({parts})"))
         if self.source_partition < 0:
             problems.append(FieldProblem("source_partition", "non_negative",
                                          f"source_partition ({self.source_partition}) must be >= 0"))
@@ -740,6 +826,38 @@ MODELS: dict[str, type[AvroRecord]] = {
     model.AVRO_NAME: model
     for model in (UsageEvent, PricedUsageEvent, SpendAggregate, Alert, ControlCommand, BudgetPolicy)
 }
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+# Example file stem prefix -> record; the longest matching prefix wins (priced_usage_event before usage_event).
+_EXAMPLE_PREFIXES = {
+    "usage_event": "UsageEvent",
+    "priced_usage_event": "PricedUsageEvent",
+    "spend_aggregate": "SpendAggregate",
+    "alert": "Alert",
+    "control_command": "ControlCommand",
+    "budget_policy": "BudgetPolicy",
+}
+
+
+def example_record_name(path: Path) -> str:
+    """The record an example file holds, from its name (``usage_event_v0.json`` -> ``UsageEvent``).
+
+    Raises :class:`ConfigError` for a file name with no known prefix.
+    """
+    matches = [prefix for prefix in _EXAMPLE_PREFIXES if path.stem.startswith(prefix)]
+    if not matches:
+        raise ConfigError(f"example {path.name}: name must start with one of {', '.join(_EXAMPLE_PREFIXES)}")
+    return _EXAMPLE_PREFIXES[max(matches, key=len)]
+
+
+def load_example(name: str) -> AvroRecord:
+    """Load and validate ``schemas/examples/<name>`` (JSON: ISO timestamps, decimal strings) as its model.
+
+    Raises :class:`ValidationFailed` if the example is invalid, ``FileNotFoundError`` if it does not exist.
+    """
+    path = EXAMPLES_DIR / name
+    model = MODELS[example_record_name(path)]
+    return model.model_validate_json(path.read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------------------------
