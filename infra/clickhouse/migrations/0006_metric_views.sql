@@ -1,6 +1,6 @@
 -- One view per product metric. Views over the ledger read it with FINAL: exact before background merges have
--- collapsed replayed events, at the cost of merging the selected parts at query time (roughly 1.5-3x the scan of a
--- plain read, an estimate; keep the time filter tight). Views over the SummingMergeTree rollups need no FINAL: sum() over
+-- collapsed replayed events, at the cost of merging the selected parts at query time (not measured here; expect a
+-- few times a plain scan, so keep the time filter tight). Views over the SummingMergeTree rollups need no FINAL: sum() over
 -- unmerged partial rows is already exact. Money stays Decimal(38, 12); divisions truncate at 12 decimal places.
 -- Days are UTC days (the rollups' days); budgets are evaluated in their own time zone.
 CREATE VIEW IF NOT EXISTS {database}.v_cost_per_task
