@@ -800,10 +800,11 @@ class Pricer:
 
     @staticmethod
     def _reported_decimal(reported: Any) -> Decimal:
-        if isinstance(reported, bool) or isinstance(reported, float):
+        """``reported_cost`` as Decimal (Avro gives Decimal already; this is for ints, strings and stray floats)."""
+        if isinstance(reported, bool):
+            raise InvalidUsageError(f"reported_cost must be a number, got {reported!r}")
+        if isinstance(reported, float):
             # A float cost has already lost exactness; take its shortest repr rather than its binary expansion.
-            if isinstance(reported, bool):
-                raise InvalidUsageError(f"reported_cost must be a number, got {reported!r}")
             return Decimal(repr(reported))
         try:
             return Decimal(reported)
