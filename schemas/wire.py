@@ -73,7 +73,7 @@ AvroSchema = Mapping[str, Any] | str
 def schema_fingerprint(schema: AvroSchema) -> bytes:
     """The 8 fingerprint bytes single-object encoding writes: CRC-64-AVRO (Rabin) of the parsing canonical form,
     little-endian (fastavro's hex is already in that byte order, as Java's ``SchemaNormalization`` writes it)."""
-    parsed = parse_schema(_as_schema_dict(schema))
+    parsed = _parse(_as_schema_dict(schema))
     return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
 
 
@@ -110,9 +110,15 @@ def _without_uuid(schema: Any) -> Any:
     return schema
 
 
-def _parse_for_reading(schema: AvroSchema) -> dict[str, Any]:
-    parsed: dict[str, Any] = parse_schema(_without_uuid(_as_schema_dict(schema)))
+def _parse(schema: Any) -> dict[str, Any]:
+    parsed = parse_schema(schema)
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"expected an Avro record schema (a JSON object), got {type(parsed).__name__}")
     return parsed
+
+
+def _parse_for_reading(schema: AvroSchema) -> dict[str, Any]:
+    return _parse(_without_uuid(_as_schema_dict(schema)))
 
 
 def _full_name(schema: Mapping[str, Any]) -> str:
@@ -163,7 +169,7 @@ class AvroCodec:
         # Explicit reader schemas passed to decode, parsed once: id(mapping) -> (mapping kept alive, parsed).
         self._readers: dict[int, tuple[AvroSchema, dict[str, Any]]] = {}
         for name, schema in schemas.items():
-            parsed = parse_schema(_as_schema_dict(schema))
+            parsed = _parse(_as_schema_dict(schema))
             full = _full_name(parsed)
             short = _short_name(full)
             if name not in (short, full):
@@ -407,12 +413,13 @@ def build_registry_serializer(
             return dict(value)
         raise EncodeError(f"cannot serialize {type(value).__name__} as {schema_name}: pass a model or an Avro dict")
 
-    return AvroSerializer(
+    serializer: AvroSerializer = AvroSerializer(
         client if client is not None else build_registry_client(url),
         schema_text,
         to_dict=to_dict,
         conf={"auto.register.schemas": auto_register},
     )
+    return serializer
 
 
 def build_registry_deserializer(
@@ -428,7 +435,10 @@ def build_registry_deserializer(
     schema_text = json.dumps(load_schema(schema_name)) if schema_name is not None else None
     from confluent_kafka.schema_registry.avro import AvroDeserializer
 
-    return AvroDeserializer(client if client is not None else build_registry_client(url), schema_text)
+    deserializer: AvroDeserializer = AvroDeserializer(
+        client if client is not None else build_registry_client(url), schema_text
+    )
+    return deserializer
 
 
 def build_registry_resolver(url: str, *, client: SchemaRegistryClient | None = None) -> SchemaResolver:
@@ -437,7 +447,9 @@ def build_registry_resolver(url: str, *, client: SchemaRegistryClient | None = N
     registry = client if client is not None else build_registry_client(url)
 
     def resolve(schema_id: int) -> str:
-        schema_text: str = registry.get_schema(schema_id).schema_str
+        schema_text: str | None = registry.get_schema(schema_id).schema_str
+        if schema_text is None:
+            raise LookupError(f"registry returned no schema text for id {schema_id}")
         return schema_text
 
     return resolve
