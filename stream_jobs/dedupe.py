@@ -104,10 +104,11 @@ class Deduper:
                 self.too_old += 1
                 return False
             bucket = self._buckets[bucket_index] = set()
-        key = hash((source, event_id))
-        if key in bucket:
+        # One set operation instead of "in" then "add": the length tells whether the key was new.
+        size_before = len(bucket)
+        bucket.add(hash((source, event_id)))
+        if len(bucket) == size_before:
             return True
-        bucket.add(key)
         self._size += 1
         if self._size > self.max_entries:
             self._evict()

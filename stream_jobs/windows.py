@@ -41,9 +41,8 @@ if a wall-clock idle close moved the horizon differently; the ledger deduplicate
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "DIMENSIONS",
@@ -62,7 +61,10 @@ DIMENSIONS: Final = ("agent", "team", "project", "model")
 _NEVER: Final = -(1 << 62)
 _ZERO: Final = Decimal(0)
 
-# Indexes into a cell (a plain list: in-place ``c[i] += x`` is the cheapest mutable accumulator in CPython).
+# A cell is a plain list (in-place ``c[i] += x`` is the cheapest mutable accumulator in CPython) with a fixed
+# layout: [cost_usd: Decimal, input, output, cache_read, cache_write, reasoning, calls, errors, retries, unpriced,
+# min_offset, max_offset: int]. Typed as list[Any] because a list cannot say "Decimal, then ints".
+_Cell = list[Any]
 _COST, _IN, _OUT, _CR, _CW, _REASON, _CALLS, _ERRORS, _RETRIES, _UNPRICED, _MIN_OFF, _MAX_OFF = range(12)
 
 
@@ -82,15 +84,15 @@ def compute_closes_at(start_us: int, size_us: int, grace_us: int) -> int:
     return start_us + size_us + grace_us
 
 
-@dataclass(frozen=True, slots=True)
-class ClosedWindow:
+class ClosedWindow(NamedTuple):
     """The final partial aggregate of one ``(window, dimension, key, source partition)``.
 
     ``aggregate_id`` is ``f"{window_start_us}:{dimension}:{key}:{partition}"`` and is the same on every
     re-emission of the same window (the sink deduplicates on it). ``min_offset`` / ``max_offset`` are the lowest
     and highest input offsets that contributed. ``cost_usd`` sums priced events only; unpriced events add nothing
     to it and are counted in ``unpriced_calls`` (an unknown model is never $0). ``partition`` is the Avro
-    ``source_partition``.
+    ``source_partition``. A ``NamedTuple`` rather than a frozen dataclass: thousands are built per minute and a
+    tuple is several times cheaper to build; it is just as immutable.
     """
 
     aggregate_id: str
@@ -119,7 +121,7 @@ class _OpenWindow:
     __slots__ = ("cells", "min_offset")
 
     def __init__(self, first_offset: int) -> None:
-        self.cells: dict[tuple[str, str, str, str], list[object]] = {}
+        self.cells: dict[tuple[str, str, str, str], _Cell] = {}
         # Offsets reach add() in increasing order (one Kafka partition), so the first offset is the lowest.
         self.min_offset = first_offset
 
@@ -192,7 +194,7 @@ class WindowAggregator:
         self._idle_since_wall_us: int | None = None
         # Cache of the window the previous event went to; _NEVER is never a real window start.
         self._cur_start = _NEVER
-        self._cur_cells: dict[tuple[str, str, str, str], list[object]] = {}
+        self._cur_cells: dict[tuple[str, str, str, str], _Cell] = {}
 
     # ---- hot path --------------------------------------------------------------------------------------------
     def add(
@@ -255,24 +257,23 @@ class WindowAggregator:
                 offset,
             ]
             return True
-        # mypy sees list[object]; the layout is fixed above, so the ignores are local and safe.
         if priced:
-            cell[_COST] += cost_usd  # type: ignore[operator]
+            cell[_COST] += cost_usd
         else:
-            cell[_UNPRICED] += 1  # type: ignore[operator]
-        cell[_IN] += input_tokens  # type: ignore[operator]
-        cell[_OUT] += output_tokens  # type: ignore[operator]
+            cell[_UNPRICED] += 1
+        cell[_IN] += input_tokens
+        cell[_OUT] += output_tokens
         if cache_read_tokens:
-            cell[_CR] += cache_read_tokens  # type: ignore[operator]
+            cell[_CR] += cache_read_tokens
         if cache_write_tokens:
-            cell[_CW] += cache_write_tokens  # type: ignore[operator]
+            cell[_CW] += cache_write_tokens
         if reasoning_tokens:
-            cell[_REASON] += reasoning_tokens  # type: ignore[operator]
-        cell[_CALLS] += 1  # type: ignore[operator]
+            cell[_REASON] += reasoning_tokens
+        cell[_CALLS] += 1
         if not status_ok:
-            cell[_ERRORS] += 1  # type: ignore[operator]
+            cell[_ERRORS] += 1
         if attempt > 1:
-            cell[_RETRIES] += 1  # type: ignore[operator]
+            cell[_RETRIES] += 1
         cell[_MAX_OFF] = offset
         return True
 
@@ -325,48 +326,52 @@ class WindowAggregator:
         return out
 
     def _roll_up(self, start: int, window: _OpenWindow) -> list[ClosedWindow]:
-        # Roll fine cells up to the four dimensions; runs once per cell per window, not per event.
-        sums: dict[tuple[int, str], list[object]] = {}
-        for cell_key, cell in window.cells.items():
-            for dim_index in range(4):
-                rolled_key = (dim_index, cell_key[dim_index])
-                acc = sums.get(rolled_key)
-                if acc is None:
-                    sums[rolled_key] = list(cell)
-                    continue
-                for i in range(_MIN_OFF):
-                    acc[i] += cell[i]  # type: ignore[operator]
-                if cell[_MIN_OFF] < acc[_MIN_OFF]:  # type: ignore[operator]
-                    acc[_MIN_OFF] = cell[_MIN_OFF]
-                if cell[_MAX_OFF] > acc[_MAX_OFF]:  # type: ignore[operator]
-                    acc[_MAX_OFF] = cell[_MAX_OFF]
+        # Roll the fine cells up to the four dimensions. Runs once per cell per window, not per event; grouping
+        # first and summing columns with zip/sum keeps the loops in C (about 10x faster than per-field adds).
+        by_agent: dict[str, list[_Cell]] = {}
+        by_team: dict[str, list[_Cell]] = {}
+        by_project: dict[str, list[_Cell]] = {}
+        by_model: dict[str, list[_Cell]] = {}
+        for (agent_id, team, project, model), cell in window.cells.items():
+            # Unrolled on purpose: a loop over the four (groups, key) pairs costs a tuple per cell.
+            group = by_agent.get(agent_id)
+            if group is None:
+                by_agent[agent_id] = [cell]
+            else:
+                group.append(cell)
+            group = by_team.get(team)
+            if group is None:
+                by_team[team] = [cell]
+            else:
+                group.append(cell)
+            group = by_project.get(project)
+            if group is None:
+                by_project[project] = [cell]
+            else:
+                group.append(cell)
+            group = by_model.get(model)
+            if group is None:
+                by_model[model] = [cell]
+            else:
+                group.append(cell)
         end = start + self.size_us
         partition = self.partition
         out: list[ClosedWindow] = []
-        for (dim_index, key), a in sorted(sums.items(), key=lambda item: item[0]):
-            dimension = DIMENSIONS[dim_index]
-            out.append(
-                ClosedWindow(
-                    f"{start}:{dimension}:{key}:{partition}",
-                    start,
-                    end,
-                    dimension,
-                    key,
-                    partition,
-                    a[_COST],  # type: ignore[arg-type]
-                    a[_IN],  # type: ignore[arg-type]
-                    a[_OUT],  # type: ignore[arg-type]
-                    a[_CR],  # type: ignore[arg-type]
-                    a[_CW],  # type: ignore[arg-type]
-                    a[_REASON],  # type: ignore[arg-type]
-                    a[_CALLS],  # type: ignore[arg-type]
-                    a[_ERRORS],  # type: ignore[arg-type]
-                    a[_RETRIES],  # type: ignore[arg-type]
-                    a[_UNPRICED],  # type: ignore[arg-type]
-                    a[_MIN_OFF],  # type: ignore[arg-type]
-                    a[_MAX_OFF],  # type: ignore[arg-type]
+        for dimension, groups in zip(DIMENSIONS, (by_agent, by_team, by_project, by_model)):
+            for key in sorted(groups):
+                cells = groups[key]
+                if len(cells) == 1:
+                    values: _Cell = cells[0]
+                else:
+                    columns = list(zip(*cells))
+                    values = [sum(column) for column in columns[:_MIN_OFF]]
+                    values.append(min(columns[_MIN_OFF]))
+                    values.append(max(columns[_MAX_OFF]))
+                out.append(
+                    ClosedWindow(
+                        f"{start}:{dimension}:{key}:{partition}", start, end, dimension, key, partition, *values
+                    )
                 )
-            )
         return out
 
     # ---- state for the commit rule and metrics -----------------------------------------------------------------
