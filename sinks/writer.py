@@ -1,0 +1,556 @@
+"""Batch writer: Kafka messages -> decoded rows -> one ClickHouse insert -> offsets the worker may commit.
+
+Order and guarantee (DESIGN §5; snuba's InsertBatchWriter and OpenMeter's sink ``flush`` do the same):
+
+    decode + map  ->  drop ids already stored  ->  INSERT (retried, same token)  ->  dead letters flushed
+    ->  (worker) COMMIT offsets
+
+Offsets are committed only after ClickHouse acknowledged the insert and the dead-letter producer acknowledged every
+rejected message, so a crash anywhere re-delivers the batch: delivery into ClickHouse is AT LEAST ONCE. It is made
+EFFECTIVELY ONCE for the ledger and everything derived from it (the hourly and daily rollups fed by materialized
+views) by three layers:
+
+(a) a deterministic ``insert_deduplication_token`` per insert: a hash of (topic, partition, first offset, last
+    offset) of every partition in the batch plus the offsets of the rows actually inserted. A retried insert of the
+    same batch carries the same token and is dropped by ClickHouse's block deduplication BEFORE the materialized
+    views fire (the ledger and the rollup targets keep ``non_replicated_deduplication_window``; checked on chdb in
+    tests/integration/test_sink_worker.py). The row offsets are in the token because ClickHouse deduplicates by
+    token alone: if a re-delivered batch inserts a different subset (layer (b) dropped the rows an earlier attempt
+    stored), it must get a different token, or ClickHouse would drop rows it never saw.
+(b) the ledger is deduplicated by ``(source, event_id)``: before the first attempt the writer asks which ids of the
+    batch are already stored (bounded by the batch's occurred_at range) and drops them, as OpenMeter's sink does.
+    So an event re-delivered in a *different* batch composition (after a crash between insert and commit, or a
+    rebalance) is not inserted again and the rollups do not count it twice. The filtered rows and the token are
+    fixed for the batch's lifetime: every retry sends byte-for-byte the same insert.
+(c) ``ReplacingMergeTree`` on ``(..., source, event_id)`` collapses whatever slips through (read with FINAL); for
+    ``spend_1m`` this is the dedupe (the aggregate_id is deterministic, a re-emitted window replaces the old one).
+
+Failure handling:
+* transient ClickHouse errors (connection, timeouts, too many parts, memory limit ...) -> exponential backoff with
+  full jitter, retry the SAME insert; nothing is committed meanwhile. The wait is delegated to the caller
+  (:class:`~sinks.worker.SinkWorker` pauses its partitions and keeps polling, which is the backpressure);
+* a row ClickHouse (or its client) rejects -> the insert is bisected until the offending rows are isolated, those
+  go to the dead-letter topic with the reason, the rest is inserted;
+* a batch whose every row is rejected, or an error that is about the table rather than the data (unknown table,
+  no access ...) -> :class:`SinkHaltError`: a bad deploy must stop the sink, not empty the topic into the DLQ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import struct
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from schemas.errors import FinopsError
+from sinks.clickhouse import check_identifier
+from sinks.rows import RowMappingError, RowSpec
+
+__all__ = [
+    "BatchAbandonedError",
+    "ClickHouseBatchWriter",
+    "DeadLetter",
+    "DeadLetterSink",
+    "ErrorClass",
+    "KafkaDeadLetterSink",
+    "MessageBatch",
+    "RetryPolicy",
+    "SinkHaltError",
+    "SinkMessage",
+    "WriteReport",
+    "classify_error",
+    "compute_backoff",
+    "compute_dedup_token",
+]
+
+log = logging.getLogger(__name__)
+
+ErrorClass = Literal["transient", "rejected", "fatal"]
+
+# ClickHouse error codes worth waiting out: the server is overloaded, restarting or a replica/keeper is away. Retrying
+# the same insert later succeeds and, with the same token, cannot double count.
+_TRANSIENT_CODES: frozenset[int] = frozenset(
+    {
+        3,  # UNEXPECTED_END_OF_FILE (connection cut mid-response)
+        32,  # ATTEMPT_TO_READ_AFTER_EOF
+        159,  # TIMEOUT_EXCEEDED
+        160,  # TOO_SLOW
+        173,  # CANNOT_ALLOCATE_MEMORY
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        225,  # NO_ZOOKEEPER
+        236,  # ABORTED
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY (replica lost keeper)
+        243,  # NOT_ENOUGH_SPACE (wait for an operator rather than dead-letter good data)
+        252,  # TOO_MANY_PARTS
+        285,  # TOO_FEW_LIVE_REPLICAS
+        286,  # UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        394,  # QUERY_WAS_CANCELLED
+        425,  # SYSTEM_ERROR
+        999,  # KEEPER_EXCEPTION
+    }
+)
+# Errors about the table or the credentials, not the rows: bisecting would dead-letter every good row.
+_FATAL_CODES: frozenset[int] = frozenset(
+    {
+        16,  # NO_SUCH_COLUMN_IN_TABLE
+        47,  # UNKNOWN_IDENTIFIER
+        60,  # UNKNOWN_TABLE
+        81,  # UNKNOWN_DATABASE
+        164,  # READONLY
+        497,  # ACCESS_DENIED
+        516,  # AUTHENTICATION_FAILED
+    }
+)
+
+
+class SinkHaltError(FinopsError):
+    """The sink must stop: the table is wrong or unreachable for good, or a whole batch was rejected (a bad deploy).
+    Nothing of the batch was committed; fix the cause and restart, the batch is read again."""
+
+
+class BatchAbandonedError(FinopsError):
+    """The batch was given up before it was written (shutdown or partitions revoked during a retry wait).
+
+    Nothing was committed for it; whoever owns its partitions next reads it again, and the dedupe layers make the
+    re-read safe even if an earlier attempt had in fact been stored.
+    """
+
+
+def classify_error(err: BaseException) -> ErrorClass:
+    """Whether a failed insert or query should be retried (``transient``), bisected to find bad rows
+    (``rejected``), or stop the sink (``fatal``). Pure; judged by exception type and ClickHouse error code."""
+    from clickhouse_connect.driver import exceptions as ch_exc
+
+    code = getattr(err, "code", None)
+    if isinstance(code, int):
+        if code in _TRANSIENT_CODES:
+            return "transient"
+        if code in _FATAL_CODES:
+            return "fatal"
+    if isinstance(err, ch_exc.OperationalError | ch_exc.InterfaceError):
+        return "transient"  # connection refused / reset, HTTP errors without a ClickHouse code
+    if isinstance(err, ConnectionError | TimeoutError):
+        return "transient"
+    if isinstance(err, ch_exc.Error):
+        return "rejected"  # DataError (client-side serialisation) and server-side data errors with a code
+    if isinstance(err, ValueError | TypeError | OverflowError | ArithmeticError | KeyError | struct.error):
+        return "rejected"  # raised by the client's column serialisers for a value that does not fit its type
+    if isinstance(err, OSError):
+        return "transient"
+    return "fatal"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter (AWS architecture blog): ``uniform(0, min(cap, base * 2**attempt))``.
+
+    Full jitter spreads the retries of many sink workers hit by the same outage, so they do not return in lockstep.
+    """
+
+    base_seconds: float = 0.2
+    cap_seconds: float = 30.0
+
+
+def compute_backoff(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based). Pure given ``rng``; never negative, never above
+    the cap, and never below a tenth of the exponential step (so a burst of zero waits cannot spin)."""
+    step = min(policy.cap_seconds, policy.base_seconds * (2 ** max(0, attempt - 1)))
+    return max(step / 10.0, rng.uniform(0.0, step))
+
+
+@dataclass(frozen=True, slots=True)
+class SinkMessage:
+    """One consumed Kafka message, kept with its provenance until the batch is committed."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(slots=True)
+class MessageBatch:
+    """Messages of one flush, in arrival order, with the time the first one arrived (for the time trigger)."""
+
+    messages: list[SinkMessage] = field(default_factory=list)
+    started_at: float | None = None
+
+    def add(self, message: SinkMessage, now: float) -> None:
+        if self.started_at is None:
+            self.started_at = now
+        self.messages.append(message)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def age(self, now: float) -> float:
+        return 0.0 if self.started_at is None else now - self.started_at
+
+    def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> int:
+        """Forget the messages of ``partitions`` (revoked: the new owner re-reads them). Returns how many."""
+        gone = set(partitions)
+        if not gone:
+            return 0
+        before = len(self.messages)
+        self.messages = [m for m in self.messages if (m.topic, m.partition) not in gone]
+        if not self.messages:
+            self.started_at = None
+        return before - len(self.messages)
+
+    def partition_ranges(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """``(topic, partition) -> (first offset, last offset)`` of the messages in the batch."""
+        ranges: dict[tuple[str, int], tuple[int, int]] = {}
+        for m in self.messages:
+            tp = (m.topic, m.partition)
+            current = ranges.get(tp)
+            if current is None:
+                ranges[tp] = (m.offset, m.offset)
+            else:
+                ranges[tp] = (min(current[0], m.offset), max(current[1], m.offset))
+        return ranges
+
+    def commit_offsets(self) -> dict[tuple[str, int], int]:
+        """``(topic, partition) -> next offset to read`` (last offset + 1, Kafka's commit convention)."""
+        return {tp: last + 1 for tp, (_, last) in self.partition_ranges().items()}
+
+
+def compute_dedup_token(
+    table: str,
+    ranges: Mapping[tuple[str, int], tuple[int, int]],
+    included: Iterable[tuple[str, int, int]],
+) -> str:
+    """The ``insert_deduplication_token`` of an insert: sha256 of the table, each partition's (first, last) offset
+    range of the batch, and the (topic, partition, offset) of every row inserted. Pure and order-independent.
+
+    Kafka offsets name immutable bytes, so equal tokens mean equal inserts: a retry is recognised, and a different
+    subset of the same batch (after dedupe or bisection) is not mistaken for it.
+    """
+    digest = hashlib.sha256(table.encode())
+    for (topic, partition), (first, last) in sorted(ranges.items()):
+        digest.update(f"|{topic}:{partition}:{first}-{last}".encode())
+    digest.update(b"#")
+    for topic, partition, offset in sorted(included):
+        digest.update(f"{topic}:{partition}:{offset},".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the sink will not write, with the reason (decode, mapping or ClickHouse's rejection)."""
+
+    message: SinkMessage
+    reason: str
+
+
+class DeadLetterSink(Protocol):
+    """Where rejected messages go. ``send`` may buffer; ``flush`` blocks until every sent letter is acknowledged
+    and raises when one was not (the batch is then retried, never committed without its dead letters)."""
+
+    def send(self, letter: DeadLetter) -> None: ...
+
+    def flush(self, timeout: float) -> None: ...
+
+
+class DeadLetterDeliveryError(FinopsError):
+    """The DLQ topic did not acknowledge a dead letter; the batch is not committed and will be retried."""
+
+
+class KafkaDeadLetterSink:
+    """Dead letters to a Kafka topic (``agent.usage.dlq.v1``): original key and raw value, provenance in headers
+    ``original_topic``, ``original_partition``, ``original_offset``, ``reason`` and ``stage`` (``sink``), as
+    arroyo's DLQ keeps them: bad input is data, with where it came from and why it was refused."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        """``producer`` is a confluent-kafka Producer (idempotent, acks=all)."""
+        self._producer = producer
+        self._topic = topic
+        self._failures: list[str] = []
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+
+    def send(self, letter: DeadLetter) -> None:
+        m = letter.message
+        headers = [
+            ("original_topic", m.topic.encode()),
+            ("original_partition", str(m.partition).encode()),
+            ("original_offset", str(m.offset).encode()),
+            ("reason", letter.reason.encode("utf-8", "replace")[:4096]),
+            ("stage", b"sink"),
+        ]
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic, value=m.value, key=m.key, headers=headers, on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:  # local queue full: serve delivery reports, then try again
+                self._producer.poll(0.1)
+
+    def flush(self, timeout: float) -> None:
+        remaining = self._producer.flush(timeout)
+        failures, self._failures = self._failures, []
+        if remaining or failures:
+            raise DeadLetterDeliveryError(
+                f"dead-letter topic {self._topic} did not acknowledge {remaining} letter(s)"
+                + (f"; errors: {'; '.join(failures[:3])}" if failures else "")
+            )
+
+
+@dataclass(slots=True)
+class WriteReport:
+    """What one :meth:`ClickHouseBatchWriter.write` did."""
+
+    messages: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    inserts: int = 0
+    retries: int = 0
+    first_token: str | None = None
+
+
+@dataclass(slots=True)
+class _Row:
+    message: SinkMessage
+    values: list[Any]
+
+
+def _describe(err: BaseException) -> str:
+    # The first line of a ClickHouse message names the code and the problem; the rest is a stack trace.
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    cause = err.__cause__
+    if cause is not None and str(cause):
+        text = f"{text} ({type(cause).__name__}: {str(cause).splitlines()[0]})"
+    return f"{type(err).__name__}: {text}"[:1000]
+
+
+class ClickHouseBatchWriter:
+    """Writes one :class:`MessageBatch` into one table; the caller commits the offsets after :meth:`write` returns.
+
+    Not thread-safe: one writer per worker thread (the ClickHouse client may be shared).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        database: str,
+        spec: RowSpec,
+        dead_letters: DeadLetterSink,
+        *,
+        codec: Any = None,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        dlq_timeout: float = 30.0,
+    ) -> None:
+        """``client`` is a clickhouse-connect client; ``database`` holds the migrated tables; ``codec`` decodes
+        both wire framings (default :class:`schemas.wire.AvroCodec` over our schemas)."""
+        if codec is None:
+            from schemas.wire import AvroCodec
+
+            codec = AvroCodec()
+        self._client = client
+        self._database = check_identifier(database)
+        self._spec = spec
+        self._dead_letters = dead_letters
+        self._codec = codec
+        self._retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
+        self._dlq_timeout = dlq_timeout
+        self._table = f"{self._database}.{spec.table}"
+
+    @property
+    def spec(self) -> RowSpec:
+        return self._spec
+
+    def write(
+        self,
+        batch: MessageBatch,
+        *,
+        wait: Callable[[float], None] = time.sleep,
+        should_abort: Callable[[], bool] = lambda: False,
+    ) -> WriteReport:
+        """Decode, dedupe, insert and dead-letter ``batch``; return when all of it is durable.
+
+        Blocks through transient ClickHouse and DLQ failures, calling ``wait(seconds)`` between attempts (the
+        worker polls Kafka with its partitions paused meanwhile). Raises :class:`BatchAbandonedError` when
+        ``should_abort()`` turns true during a retry (nothing more is written for the batch), and
+        :class:`SinkHaltError` for an error retrying or bisecting cannot fix. Commits nothing itself.
+        """
+        report = WriteReport(messages=len(batch))
+        rows, letters = self._decode(batch.messages)
+        rows = self._dedupe_in_batch(rows, report)
+        if rows and self._spec.key_of is not None:
+            stored = self._retrying(lambda: self._stored_keys(rows), report, wait, should_abort)
+            if stored:
+                key_of = self._spec.key_of
+                kept = [row for row in rows if key_of(row.values) not in stored]
+                report.duplicates += len(rows) - len(kept)
+                rows = kept
+        ranges = batch.partition_ranges()
+        if rows:
+            self._insert_or_bisect(rows, ranges, letters, report, wait, should_abort, whole_batch=True)
+        if letters:
+            for letter in letters:
+                self._dead_letters.send(letter)
+            self._retrying(lambda: self._dead_letters.flush(self._dlq_timeout), report, wait, should_abort)
+            report.dead_lettered = len(letters)
+            log.warning("dead-lettered %d of %d message(s) from %s: first reason: %s",
+                        len(letters), len(batch), self._spec.table, letters[0].reason)
+        return report
+
+    # ------------------------------------------------------------------------------------------------ stages
+
+    def _decode(self, messages: Sequence[SinkMessage]) -> tuple[list[_Row], list[DeadLetter]]:
+        rows: list[_Row] = []
+        letters: list[DeadLetter] = []
+        decode = self._codec.decode
+        expected = self._spec.schema_name
+        compute_row = self._spec.compute_row
+        for message in messages:
+            if message.value is None:
+                letters.append(DeadLetter(message, "decode: empty value (tombstone) on a data topic"))
+                continue
+            try:
+                name, record = decode(message.value)
+                if name != expected:
+                    letters.append(DeadLetter(message, f"decode: record {name} on a {expected} topic"))
+                    continue
+                rows.append(_Row(message, compute_row(record)))
+            except RowMappingError as err:
+                letters.append(DeadLetter(message, f"mapping: {err}"))
+            except FinopsError as err:  # DecodeError / UnknownSchemaError from the codec
+                letters.append(DeadLetter(message, f"decode: {err}"))
+        return rows, letters
+
+    def _dedupe_in_batch(self, rows: list[_Row], report: WriteReport) -> list[_Row]:
+        key_of = self._spec.key_of
+        if key_of is None:
+            return rows
+        seen: set[tuple[str, str]] = set()
+        kept: list[_Row] = []
+        for row in rows:
+            key = key_of(row.values)
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            kept.append(row)
+        return kept
+
+    def _stored_keys(self, rows: Sequence[_Row]) -> set[tuple[str, str]]:
+        """Which ``(source, event_id)`` of ``rows`` the ledger already holds (originals only; corrections share the
+        event id but are other rows). Bounded by the batch's occurred_at range, so only its partitions are read."""
+        assert self._spec.key_of is not None and self._spec.time_index is not None
+        key_of, time_index = self._spec.key_of, self._spec.time_index
+        times: list[datetime] = [row.values[time_index] for row in rows]
+        ids = sorted({key_of(row.values)[1] for row in rows})
+        result = self._client.query(
+            f"SELECT DISTINCT source, event_id FROM {self._table} "
+            f"WHERE {self._spec.time_column} >= {{lo:DateTime64(6, 'UTC')}} "
+            f"AND {self._spec.time_column} <= {{hi:DateTime64(6, 'UTC')}} "
+            "AND event_id IN {ids:Array(String)} AND row_kind = 'original'",
+            parameters={"lo": min(times), "hi": max(times), "ids": ids},
+        )
+        return {(str(source), str(event_id)) for source, event_id in result.result_rows}
+
+    def _insert_or_bisect(
+        self,
+        rows: list[_Row],
+        ranges: Mapping[tuple[str, int], tuple[int, int]],
+        letters: list[DeadLetter],
+        report: WriteReport,
+        wait: Callable[[float], None],
+        should_abort: Callable[[], bool],
+        *,
+        whole_batch: bool = False,
+    ) -> None:
+        token = compute_dedup_token(
+            self._spec.table, ranges, ((r.message.topic, r.message.partition, r.message.offset) for r in rows)
+        )
+        if report.first_token is None:
+            report.first_token = token
+        try:
+            self._retrying(lambda: self._insert(rows, token, report), report, wait, should_abort, rejectable=True)
+            report.inserted += len(rows)
+            return
+        except _Rejected as rejected:
+            if len(rows) == 1:
+                letters.append(DeadLetter(rows[0].message, f"clickhouse: {rejected.reason}"))
+                return
+            reason = rejected.reason
+        # Bisect: each half is a smaller, deterministic insert with its own token; the good half goes in, the bad
+        # half is split again until the offending rows stand alone (2*log2(n) extra inserts per bad row).
+        middle = len(rows) // 2
+        before = len(letters)
+        self._insert_or_bisect(rows[:middle], ranges, letters, report, wait, should_abort)
+        self._insert_or_bisect(rows[middle:], ranges, letters, report, wait, should_abort)
+        if whole_batch and len(letters) - before == len(rows):
+            raise SinkHaltError(
+                f"ClickHouse rejected every one of {len(rows)} rows of a batch for {self._table} ({reason}); "
+                "this looks like a schema or deploy problem, not bad data: the sink stops without committing"
+            )
+
+    def _insert(self, rows: Sequence[_Row], token: str, report: WriteReport) -> None:
+        report.inserts += 1
+        self._client.insert(
+            self._spec.table,
+            [row.values for row in rows],
+            column_names=list(self._spec.columns),
+            database=self._database,
+            settings={"insert_deduplication_token": token},
+        )
+
+    def _retrying(
+        self,
+        operation: Callable[[], Any],
+        report: WriteReport,
+        wait: Callable[[float], None],
+        should_abort: Callable[[], bool],
+        *,
+        rejectable: bool = False,
+    ) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return operation()
+            except (BatchAbandonedError, SinkHaltError):
+                raise
+            except Exception as err:  # noqa: BLE001 - classified below; nothing is swallowed silently
+                kind = classify_error(err) if not isinstance(err, DeadLetterDeliveryError) else "transient"
+                if kind == "rejected" and rejectable:
+                    raise _Rejected(_describe(err)) from err
+                if kind != "transient":
+                    raise SinkHaltError(
+                        f"writing {self._table} failed with an error retrying cannot fix: {_describe(err)}"
+                    ) from err
+                attempt += 1
+                report.retries += 1
+                delay = compute_backoff(self._retry, attempt, self._rng)
+                log.warning("transient failure on %s (attempt %d), retrying the same batch in %.2fs: %s",
+                            self._table, attempt, delay, _describe(err))
+                if should_abort():
+                    raise BatchAbandonedError(f"batch for {self._table} abandoned during retry") from err
+                wait(delay)
+                if should_abort():
+                    raise BatchAbandonedError(f"batch for {self._table} abandoned during retry") from err
+
+
+class _Rejected(Exception):
+    """Internal: ClickHouse refused the rows of one insert (a value problem); carries the reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
