@@ -55,7 +55,7 @@ class ValidationFailed(FinopsError):
 
     def _render(self) -> str:
         count = len(self.problems)
-        lines = [f"{self.record} is invalid ({count} problem{'s' if count != 1 else ''}); fix the producer:"]
+        lines = [f"{self.record} is invalid ({count} problem{'s' if count != 1 else ''}):"]
         lines.extend(f"  - {problem}" for problem in self.problems)
         return "\n".join(lines)
 
