@@ -144,8 +144,9 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class ProducerStats:
-    """Counters since construction. ``resent`` counts spooled events sent again after an unconfirmed attempt (the
-    first attempt may have landed: a possible duplicate with the same event_id)."""
+    """Counters since construction. ``resent`` counts events sent again after an attempt whose outcome is unknown
+    (a message taken back from librdkafka after it may have reached the broker, or an acknowledged record of a
+    drained batch that is re-sent because others in it failed): an upper bound of the duplicates (same event_id)."""
 
     emitted: int = 0
     invalid: int = 0
@@ -279,6 +280,9 @@ class UsageProducer:
             message_timeout_ms=message_timeout_ms, extra=kafka_config,
         )  # fmt: skip
         self._config["error_cb"] = self._on_error
+        # librdkafka's own log lines (connection refused while the broker is down, ...) go through logging, served
+        # by the poll thread, instead of straight to stderr.
+        self._config["logger"] = logging.getLogger("producers.librdkafka")
         self._producer = Producer(self._config)
 
         self._spool: Spool | None = (
@@ -581,6 +585,8 @@ class UsageProducer:
                 value = msg.value() or b""
                 delivery = self._spool_locked(key, value, event_id, ts if ts > 0 else int(time.time() * 1000),
                                               raise_full=False)
+                if delivery.status == "spooled":
+                    self._counters.resent += 1  # it may have reached the broker already (in flight, or retried)
             else:
                 self._counters.failed += 1
                 delivery = Delivery(event_id, "failed", msg.topic(), msg.partition(), error=f"{err.name()}: {err.str()}")
@@ -808,7 +814,11 @@ class UsageProducer:
             self._finish_switch()  # librdkafka still holds some: move them into the spool rather than lose them
         elif leftover:
             self._producer.flush(1.0)
+        # Anything still inside librdkafka now has no spool to go to: purge it so its report says "failed"
+        # (counted and logged) instead of vanishing, then destroy the client so it stops reconnecting.
+        self._producer.purge(in_queue=True, in_flight=True)
         self._producer.poll(0)
+        self._producer.close()
         pending = 0
         if self._spool is not None:
             pending = self._spool.pending
