@@ -14,7 +14,7 @@ fleets). Each agent starts tasks as a Poisson process; a task is a chain of call
 read the earlier prefix from the prompt cache; Anthropic calls also write it); calls may spawn sub-agent tasks
 (``parent_task_id``); a call can fail (``error``, ``timeout``, ``rate_limited``) and is then retried with the same
 ``prompt_hash`` and ``attempt`` + 1, up to :data:`MAX_NORMAL_ATTEMPTS`. The fleet-wide mean event rate is
-``rate_per_s``.
+``rate_per_s`` from the first second: the fleet runs a discarded warm-up (:data:`WARMUP_S`) before ``start``.
 
 Token shapes
 ------------
@@ -178,6 +178,9 @@ FAILURES: tuple[tuple[str, float], ...] = (("rate_limited", 0.017), ("error", 0.
 #: Chance that a call spawns a sub-agent task, and the sub-task's mean length.
 SUBAGENT_PROBABILITY = 0.08
 SUBAGENT_MEAN_CALLS = 2.5
+#: Simulated seconds the fleet runs before ``start`` with its events discarded, so the first minute of a run is at
+#: the steady-state rate instead of ramping up while every agent's first task gets going.
+WARMUP_S = 120.0
 #: Mean thinking / tool time between two calls of one task, seconds.
 MEAN_GAP_S = 3.0
 
@@ -390,7 +393,7 @@ class Simulation:
         )
         self.agents = self._build_fleet()
         for agent in self.agents:
-            self._schedule_arrival(agent, self._start_us)
+            self._schedule_arrival(agent, self._start_us - int(WARMUP_S * _US))
         self._plan_misbehaviours()
 
     # -- fleet -------------------------------------------------------------------------------------------------
@@ -658,6 +661,8 @@ class Simulation:
                 self._schedule_arrival(agent, item.time_us)
             elif item.kind == _INJECT:
                 self._start_injection(item.payload, item.time_us)
+            elif item.time_us < self._start_us:
+                self._finish_call(item.payload, item.time_us)  # warm-up: advance the task, emit nothing
             else:
                 call: _Call = item.payload
                 event = self._event(call, item.time_us)
