@@ -5,8 +5,8 @@ the hot path does, in two shapes: 2 seconds of event time (the 100k events/s tar
 window) and 3 minutes (a pessimistic ~7 events per agent per window, so closing windows weighs more). A final event
 far in the future closes every window, so the roll-up at close is always part of the cost. Per batch: per event ``on_consumed``, ``seen_or_add``,
 ``on_output_pending``, ``add``, ``on_output_acked`` (the delivery callback); per batch ``poll_closed``, window
-registration and acks, ``committable``, ``replay_horizon_us``. Run with ``-s`` to see the numbers; the assertion
-is only a generous bound that catches order-of-magnitude regressions on a slow CI machine.
+registration and acks, ``committable``, ``replay_horizon_us``. Run: ``python -m benchmarks.bench_bookkeeping``
+(performance is measured here, never asserted in tests).
 """
 
 from __future__ import annotations
@@ -16,13 +16,9 @@ import time
 import tracemalloc
 from decimal import Decimal
 
-import pytest
-
 from stream_jobs.dedupe import Deduper
 from stream_jobs.offsets import CommitTracker
 from stream_jobs.windows import WindowAggregator
-
-pytestmark = pytest.mark.unit
 
 N = 200_000
 BATCH = 1_000
@@ -86,27 +82,25 @@ def run(rows: list[Row]) -> tuple[int, int]:
     return windows, tracker.committed or 0
 
 
-@pytest.mark.parametrize("span_us", [2_000_000, 180_000_000], ids=["2s", "3min"])
-def test_per_event_cost_of_dedupe_window_and_commit_bookkeeping(span_us: int) -> None:
-    rows = make_rows(span_us)
-    timings = []
-    for _ in range(3):
-        # CPU time of this process: other work on a shared machine inflates wall time, not this.
-        start = time.process_time()
-        windows, committed = run(rows)
-        timings.append(time.process_time() - start)
-    per_event_us = min(timings) / N * 1e6
-    assert windows > 0 and committed > 0
+def main() -> None:
+    print(f"{'event time span':>16} | {'us/event (CPU)':>14} | {'windows':>8} | {'peak traced MB':>14}")
+    for span_us in (2_000_000, 180_000_000):
+        rows = make_rows(span_us)
+        timings = []
+        for _ in range(3):
+            # CPU time of this process: other work on a shared machine inflates wall time, not this.
+            start = time.process_time()
+            windows, committed = run(rows)
+            timings.append(time.process_time() - start)
+        per_event_us = min(timings) / N * 1e6
+        tracemalloc.start()
+        try:
+            run(rows)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        print(f"{span_us / 1e6:>14.0f} s | {per_event_us:>14.2f} | {windows:>8} | {peak / 1e6:>14.1f}")
 
-    tracemalloc.start()
-    try:
-        run(rows)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    print(
-        f"\nhot-path bookkeeping, {span_us // 1_000_000} s of event time: {per_event_us:.2f} us/event CPU "
-        f"(best of 3, {N} events, 10,000 agents), "
-        f"{windows} window messages, peak traced memory {peak / 1e6:.1f} MB"
-    )
-    assert per_event_us < 25
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Benchmarks: run as modules, print tables; never asserted in tests."""
