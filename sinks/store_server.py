@@ -90,7 +90,7 @@ DEFAULT_QUERY_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
 
 # ClickHouse error codes used here (names as in ClickHouse's ErrorCodes.cpp; values checked against
-# errorCodeToName() of the embedded engine in tests/unit/test_query_format_http_protocol.py).
+# errorCodeToName() of the embedded engine in tests/integration/test_store_server.py).
 SYNTAX_ERROR = 62
 NOT_IMPLEMENTED = 48
 BAD_ARGUMENTS = 36
@@ -250,7 +250,7 @@ def build_request(
 ) -> StoreRequest:
     """Assemble the statement, bound parameters, settings and routing of one request (ClickHouse's rules).
 
-    ``params`` are the decoded URL parameters (last value wins), ``headers`` case-insensitive, ``body`` already
+    ``params`` are the decoded URL parameters (last value wins), ``headers`` keyed by lower-case name, ``body`` already
     decompressed and de-chunked; ``form_fields`` the text fields of a multipart body (which then is not SQL).
 
     Raises:
@@ -280,8 +280,8 @@ def build_request(
             settings[key] = value
     via_get = method.upper() == "GET"
     readonly = via_get or merged.get("readonly", "0").strip() not in ("", "0")
-    database = merged.get("database") or headers.get("X-ClickHouse-Database") or "default"
-    default_format = merged.get("default_format") or headers.get("X-ClickHouse-Format") or "TabSeparated"
+    database = merged.get("database") or headers.get("x-clickhouse-database") or "default"
+    default_format = merged.get("default_format") or headers.get("x-clickhouse-format") or "TabSeparated"
     query_id = merged.get("query_id") or str(uuid.uuid4())
     return StoreRequest(sql, bind, settings, database, default_format, readonly, query_id, via_get)
 
@@ -496,16 +496,16 @@ def decompress_body(body: bytes, encoding: str | None) -> bytes:
             return zlib.decompress(body)
         if enc == "zstd":
             try:
-                from backports import zstd  # type: ignore[import-not-found]
+                from backports import zstd
             except ImportError:
-                import zstandard as zstd  # type: ignore[import-not-found,no-redef]
+                import zstandard as zstd  # type: ignore[no-redef]
             return bytes(zstd.decompress(body))
         if enc == "lz4":
-            import lz4.frame  # type: ignore[import-not-found,import-untyped]
+            import lz4.frame
 
             return bytes(lz4.frame.decompress(body))
         if enc == "br":
-            import brotli  # type: ignore[import-not-found]
+            import brotli
 
             return bytes(brotli.decompress(body))
     except ImportError:
@@ -530,14 +530,15 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, str]:
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
     )
     fields: dict[str, str] = {}
-    for part in message.iter_parts():  # type: ignore[attr-defined]
+    for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if part.get_filename() is not None or not name:
             raise ClickHouseHTTPError(
                 NOT_IMPLEMENTED, "External data tables are not supported by the finops store endpoint"
             )
-        payload = part.get_payload(decode=True) or b""
-        fields[str(name)] = payload.decode("utf-8", "surrogateescape")
+        payload = part.get_payload(decode=True)
+        raw = payload if isinstance(payload, bytes) else b""
+        fields[str(name)] = raw.decode("utf-8", "surrogateescape")
     return fields
 
 
@@ -717,11 +718,12 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ClickHouseHTTPError(
                     NOT_IMPLEMENTED, f"There is no handle {path}; use / for queries and /ping", status=404
                 )
-            store.authenticate(self.headers, params)
+            headers = {key.lower(): value for key, value in self.headers.items()}
+            store.authenticate(headers, params)
             body = decompress_body(body, self.headers.get("Content-Encoding"))
             ctype = self.headers.get("Content-Type", "")
             form = parse_multipart(ctype, body) if ctype.lower().startswith("multipart/form-data") else None
-            request = build_request(method, params, self.headers, body, form_fields=form)
+            request = build_request(method, params, headers, body, form_fields=form)
             request.query_id = query_id
             answer = store.execute(request)
         except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug is also logged with its trace
@@ -885,7 +887,7 @@ class StoreServer:
         self.stop()
 
     def authenticate(self, headers: Mapping[str, str], params: Mapping[str, str]) -> None:
-        """Check the request's credentials against the configured users (none configured: every request passes).
+        """Check the request's credentials (``headers`` keyed by lower-case name) against the configured users (none configured: every request passes).
 
         Raises:
             ClickHouseHTTPError: AUTHENTICATION_FAILED (516, HTTP 403), as ClickHouse answers.
@@ -893,14 +895,14 @@ class StoreServer:
         if self._users is None:
             return
         user, password = "default", ""
-        auth = headers.get("Authorization", "")
+        auth = headers.get("authorization", "")
         if auth.lower().startswith("basic "):
             try:
                 user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 user, password = "default", ""
-        elif headers.get("X-ClickHouse-User"):
-            user, password = headers.get("X-ClickHouse-User", ""), headers.get("X-ClickHouse-Key", "")
+        elif headers.get("x-clickhouse-user"):
+            user, password = headers.get("x-clickhouse-user", ""), headers.get("x-clickhouse-key", "")
         elif "user" in params:
             user, password = params["user"], params.get("password", "")
         expected = self._users.get(user)

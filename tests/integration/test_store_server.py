@@ -288,3 +288,17 @@ def test_stop_closes_the_port(ch_client: Any) -> None:
         urllib.request.urlopen(url + "/ping", timeout=5)
     # The owner's client is untouched by the endpoint's handles closing.
     assert ch_client.query("SELECT 1").result_rows == [(1,)]
+
+
+def test_error_code_numbers_match_the_engine(ch_client: Any) -> None:
+    """The codes hard-coded for ClickHouse's status mapping are the engine's own (errorCodeToName)."""
+    from sinks import store_server as ss
+
+    names = {ss.SYNTAX_ERROR: "SYNTAX_ERROR", ss.NOT_IMPLEMENTED: "NOT_IMPLEMENTED", ss.READONLY: "READONLY",
+             ss.AUTHENTICATION_FAILED: "AUTHENTICATION_FAILED", ss.QUERY_IS_TOO_LARGE: "QUERY_IS_TOO_LARGE",
+             ss.UNKNOWN_COMPRESSION_METHOD: "UNKNOWN_COMPRESSION_METHOD", ss.BAD_ARGUMENTS: "BAD_ARGUMENTS",
+             ss.UNSUPPORTED_MEDIA_TYPE: "UNSUPPORTED_MEDIA_TYPE", ss.STD_EXCEPTION: "STD_EXCEPTION",
+             60: "UNKNOWN_TABLE", 81: "UNKNOWN_DATABASE", 194: "REQUIRED_PASSWORD", 497: "ACCESS_DENIED"}
+    got = dict(ch_client.query("SELECT number, errorCodeToName(number) FROM numbers(2000) WHERE number IN {c:Array(UInt32)}",
+                               parameters={"c": list(names)}).result_rows)
+    assert got == names

@@ -1,0 +1,223 @@
+"""Read-only ad-hoc queries (``finops sql``) and how their results are printed.
+
+:func:`run_readonly_query` runs one statement with ClickHouse's own read-only enforcement, on any clickhouse-connect
+client: a chdb client must have been opened read-only (``build_client(url, readonly=True)``: its session is
+``readonly = 2`` and cannot be lifted), an HTTP client gets ``readonly = 2`` on the request unless its session is
+already read-only. The engine, not a parser of ours, decides what is a write, so INSERT, CREATE, DROP, ALTER,
+TRUNCATE, SYSTEM, OPTIMIZE ... all fail with READONLY, which is translated into :class:`ReadOnlyQueryError`.
+
+The formatters are pure: table (aligned, long cells truncated, NULL shown as ``NULL``), CSV and JSON. Money stays
+exact: a ``Decimal`` is printed with ``str`` in the table and CSV and as a JSON string (never a float).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, Literal
+
+from schemas.errors import FinopsError
+
+__all__ = [
+    "OutputFormat",
+    "QueryError",
+    "ReadOnlyQueryError",
+    "format_csv",
+    "format_json",
+    "format_result",
+    "format_table",
+    "run_readonly_query",
+]
+
+OutputFormat = Literal["table", "csv", "json"]
+READONLY_CODE = 164  # ClickHouse READONLY
+_READONLY_LEVEL = "2"  # see sinks/clickhouse.py: 1 would also refuse per-query settings
+
+
+class QueryError(FinopsError):
+    """A read-only query failed; the message carries ClickHouse's reason."""
+
+
+class ReadOnlyQueryError(QueryError):
+    """The statement would change data or schema, which ``finops sql`` never does."""
+
+
+def _is_chdb(client: Any) -> bool:
+    return str(getattr(client, "uri", "")).startswith("chdb://")
+
+
+def run_readonly_query(
+    client: Any, sql: str, params: Mapping[str, Any] | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run ``sql`` read-only and return ``(column_names, rows)``.
+
+    ``params`` are bound by clickhouse-connect: ``{name:Type}`` placeholders server-side (values never become SQL),
+    ``%(name)s`` client-side with quoting. Blocks for the query. Commits nothing, by construction.
+
+    Raises:
+        QueryError: ``client`` is a chdb client not opened read-only (nothing is run), or ClickHouse failed the
+            query (its message is included).
+        ReadOnlyQueryError: the statement writes (ClickHouse answered READONLY).
+    """
+    from clickhouse_connect.driver import exceptions as ch_exc
+
+    session = str(client.get_client_setting("readonly") or "0")
+    settings: dict[str, str] = {}
+    if session in ("", "0"):
+        if _is_chdb(client):
+            # On chdb a per-query readonly is applied with SET and cannot be restored afterwards (ClickHouse refuses
+            # to lift readonly), so it would silently turn the caller's client read-only for good.
+            raise QueryError(
+                "run_readonly_query needs a read-only chdb client: open it with build_client(url, readonly=True)"
+            )
+        settings["readonly"] = _READONLY_LEVEL
+    try:
+        result = client.query(sql, parameters=dict(params) if params else None, settings=settings or None)
+    except ch_exc.DatabaseError as err:
+        code = getattr(err, "code", None)
+        text = _clickhouse_message(str(err))
+        if code == READONLY_CODE or "(READONLY)" in text:
+            raise ReadOnlyQueryError(
+                "finops sql is read-only; ClickHouse refused the statement because it would change data or schema "
+                f"({text}). Change the schema with `finops migrate`; data arrives through the pipeline."
+            ) from err
+        raise QueryError(f"the query failed: {text}") from err
+    except ch_exc.Error as err:
+        raise QueryError(f"the query could not be run: {_clickhouse_message(str(err))}") from err
+    return list(result.column_names), [tuple(row) for row in result.result_rows]
+
+
+def _clickhouse_message(text: str) -> str:
+    """ClickHouse's own message without clickhouse-connect's wrapper and the request URL."""
+    idx = text.find("Code: ")
+    if idx >= 0:
+        text = text[idx:]
+    cut = text.rfind(" (for url ")
+    return (text[:cut] if cut > 0 else text).strip()
+
+
+# ---- formatting (pure) ---------------------------------------------------------------------------------------
+def _text(value: Any) -> str:
+    """One value as text for the table and CSV (exact for Decimal; ISO 8601 for times)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, (date, time, Decimal, uuid.UUID, IPv4Address, IPv6Address)):
+        return str(value)
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-safe copy: Decimal as string (exact), times ISO 8601, bytes as UTF-8 (base64 if not text)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (date, time, uuid.UUID, IPv4Address, IPv6Address)):
+        return str(value)
+    if isinstance(value, Enum):
+        return _jsonable(value.value)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _cell(value: Any, max_width: int) -> str:
+    text = _text(value)
+    # Control characters would break the alignment: show them escaped, as clickhouse-client does.
+    text = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    if max_width > 0 and len(text) > max_width:
+        text = text[: max(1, max_width - 1)] + "…"
+    return text
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
+
+
+def format_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int = 40
+) -> str:
+    """An aligned text table with a header rule and a row count; cells longer than ``max_width`` characters
+    (0 = no limit) end in ``…``; numbers are right-aligned."""
+    header = [_cell(c, max_width) for c in columns]
+    body = [[_cell(v, max_width) for v in row] for row in rows]
+    widths = [len(h) for h in header]
+    for row in body:
+        for i, text in enumerate(row):
+            if i < len(widths):
+                widths[i] = max(widths[i], len(text))
+            else:
+                widths.append(len(text))
+    right = [bool(rows) and all(_numeric(r[i]) or r[i] is None for r in rows if i < len(r)) for i in range(len(widths))]
+
+    def line(cells: Sequence[str], align: Sequence[bool]) -> str:
+        parts = [c.rjust(w) if a else c.ljust(w) for c, w, a in zip(cells, widths, align)]
+        return "  ".join(parts).rstrip()
+
+    out = [line(header, [False] * len(header)), "  ".join("-" * w for w in widths)] if header else []
+    out.extend(line(row, right) for row in body)
+    count = len(rows)
+    out.append(f"({count} row{'s' if count != 1 else ''})")
+    return "\n".join(out) + "\n"
+
+
+def format_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """RFC 4180 CSV with a header row; NULL is an empty field, Decimal exact, no truncation."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if v is None else _text(v) for v in row])
+    return buffer.getvalue()
+
+
+def format_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A JSON array with one object per row (keys in column order); Decimal as a string so money stays exact."""
+    records = [{name: _jsonable(value) for name, value in zip(columns, row)} for row in rows]
+    return json.dumps(records, ensure_ascii=False, indent=2) + "\n"
+
+
+def format_result(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: OutputFormat = "table", *, max_width: int = 40
+) -> str:
+    """Dispatch to :func:`format_table`, :func:`format_csv` or :func:`format_json`.
+
+    Raises:
+        QueryError: an unknown format name.
+    """
+    if fmt == "table":
+        return format_table(columns, rows, max_width=max_width)
+    if fmt == "csv":
+        return format_csv(columns, rows)
+    if fmt == "json":
+        return format_json(columns, rows)
+    raise QueryError(f"unknown output format {fmt!r}: use table, csv or json")

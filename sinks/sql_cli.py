@@ -1,0 +1,246 @@
+"""``finops sql`` (read-only SQL from a shell) and ``finops store serve`` (the store endpoint on its own).
+
+Where ``finops sql`` connects (:func:`open_readonly_client`):
+
+1. ``FINOPS_CLICKHOUSE_URL`` is ``http(s)://``: that ClickHouse server, read-only.
+2. It is ``chdb://`` (embedded): first the store owner's endpoint (``FINOPS_CLICKHOUSE_QUERY_URL``, default
+   http://127.0.0.1:8124), because while the system runs its owner process holds the data path;
+3. if nothing answers there, the chdb path itself (nobody owns it: the system is stopped);
+4. if the path is held by another process that does not serve the endpoint, an error names the process and the
+   endpoint it should serve.
+
+``finops store serve`` runs a process that owns the chdb path and serves the endpoint: for querying a stopped
+system from several shells or from Grafana. When the system runs, its owner (the sink role or ``make run``) serves
+the endpoint itself and this command refuses to start (the path is taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import os
+import signal
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import ConfigError, FinopsError
+
+__all__ = ["StoreBusyError", "chdb_path_owner", "endpoint_answers", "open_readonly_client", "register"]
+
+_PING_TIMEOUT_S = 1.0
+
+
+class StoreBusyError(FinopsError):
+    """The embedded store is held by another process and cannot be reached through an endpoint."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``sql`` and ``store serve`` to the ``finops`` command line."""
+    sql = subparsers.add_parser(
+        "sql",
+        help="run one read-only SQL query against the analytics store",
+        description="Run one read-only query (ClickHouse readonly: writes and DDL are refused) against "
+        "FINOPS_CLICKHOUSE_URL; in embedded mode through the store owner's endpoint (FINOPS_CLICKHOUSE_QUERY_URL) "
+        "when the system runs. Bind values with {name:Type} placeholders and --param name=value.",
+    )
+    sql.add_argument("query", help='the statement, e.g. "SELECT team, sum(cost_usd) FROM usage_ledger GROUP BY team"')
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (table)")
+    sql.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="a query parameter for a {NAME:Type} placeholder (repeatable)",
+    )
+    sql.add_argument("--database", default=None, help="database (default FINOPS_CLICKHOUSE_DATABASE)")
+    sql.add_argument("--max-width", type=int, default=40, help="truncate table cells to this width (0: never)")
+    sql.set_defaults(func=_handle_sql)
+
+    store = subparsers.add_parser("store", help="the embedded analytics store")
+    store_sub = store.add_subparsers(dest="store_cmd", required=True, metavar="{serve}")
+    serve = store_sub.add_parser(
+        "serve",
+        help="own the embedded store and serve its ClickHouse HTTP endpoint until interrupted",
+        description="Open the chdb data path of FINOPS_CLICKHOUSE_URL and serve a ClickHouse-HTTP-compatible "
+        "endpoint (default from FINOPS_CLICKHOUSE_QUERY_URL, else 127.0.0.1:8124) so other processes query it "
+        "with clickhouse-connect or curl. Only for a stopped system: a running system's owner serves it already.",
+    )
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port to listen on (default 8124)")
+    serve.set_defaults(func=_handle_store_serve)
+
+
+# ---- connection resolution -----------------------------------------------------------------------------------
+def endpoint_answers(url: str, timeout: float = _PING_TIMEOUT_S) -> bool:
+    """True if a ClickHouse HTTP endpoint at ``url`` answers ``/ping`` with ``Ok.`` (blocks up to ``timeout``)."""
+    from sinks.store_server import parse_query_url
+
+    endpoint = parse_query_url(url)
+    try:
+        with urllib.request.urlopen(f"{endpoint.url}/ping", timeout=timeout) as response:  # noqa: S310 - http only
+            return bool(response.status == 200 and response.read(16).startswith(b"Ok."))
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def chdb_path_owner(path: str | Path) -> int | None:
+    """The pid of the process holding the chdb data directory ``path``, or None if nobody holds it.
+
+    ClickHouse keeps an exclusive ``flock`` on ``<path>/status`` while an engine is open and writes its pid there.
+    This process itself is never reported (it may open the path again). Returns -1 when the lock is held but the
+    pid cannot be read.
+    """
+    status = Path(path) / "status"
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            pid = _status_pid(status)
+            return None if pid == os.getpid() else (pid if pid is not None else -1)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _status_pid(status: Path) -> int | None:
+    try:
+        for line in status.read_text(errors="replace").splitlines():
+            if line.startswith("PID:"):
+                return int(line.split(":", 1)[1].strip())
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def open_readonly_client(
+    clickhouse_url: str, database: str, query_url: str | None = None, *, ping_timeout: float = _PING_TIMEOUT_S
+) -> tuple[Any, str]:
+    """A read-only clickhouse-connect client for ``finops sql`` and a printable description of where it points.
+
+    See the module docstring for the order. Blocks up to ``ping_timeout`` probing the endpoint, then while
+    connecting.
+
+    Raises:
+        ConfigError: bad URL, bad credentials or a missing database (from :func:`sinks.clickhouse.build_client`).
+        StoreBusyError: the chdb path is held by another process and nothing answers at the endpoint.
+        ClickHouseUnavailableError: ClickHouse cannot be reached.
+    """
+    from sinks.clickhouse import ClickHouseUnavailableError, build_client, parse_clickhouse_url
+    from sinks.store_server import parse_query_url
+
+    target = parse_clickhouse_url(clickhouse_url)
+    if target.kind == "http":
+        return build_client(clickhouse_url, database=database, readonly=True), target.redacted()
+    endpoint = parse_query_url(query_url)
+    if endpoint_answers(endpoint.url, ping_timeout):
+        auth = ""
+        if endpoint.username is not None:
+            from urllib.parse import quote
+
+            auth = quote(endpoint.username, safe="") + (
+                ":" + quote(endpoint.password, safe="") if endpoint.password is not None else ""
+            ) + "@"
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        client = build_client(f"http://{auth}{host}:{endpoint.port}", database=database, readonly=True)
+        return client, f"{endpoint.url} (store endpoint)"
+    assert target.path is not None
+    owner = chdb_path_owner(target.path)
+    if owner is not None:
+        raise _busy(target.path, owner, endpoint.url)
+    try:
+        return build_client(clickhouse_url, database=database, readonly=True), target.redacted()
+    except ClickHouseUnavailableError:
+        owner = chdb_path_owner(target.path)
+        if owner is not None:  # taken between the check and the open
+            raise _busy(target.path, owner, endpoint.url) from None
+        raise
+
+
+def _busy(path: str, pid: int, endpoint_url: str) -> StoreBusyError:
+    who = f"process {pid}" if pid > 0 else "another process"
+    return StoreBusyError(
+        f"the embedded store at {path} is held by {who}, and no store endpoint answers at {endpoint_url}. "
+        f"Start the store endpoint at {endpoint_url} in that process (the sink role and `make run` serve it; "
+        "see FINOPS_CLICKHOUSE_QUERY_URL), or point FINOPS_CLICKHOUSE_QUERY_URL at where it listens, or stop "
+        f"{who} to query the path directly."
+    )
+
+
+# ---- handlers --------------------------------------------------------------------------------------------------
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--param {pair!r}: expected NAME=VALUE (e.g. --param team=payments)")
+        params[name.strip()] = value
+    return params
+
+
+def _handle_sql(args: argparse.Namespace) -> int:
+    from finops.settings import load_settings
+    from sinks.query import format_result, run_readonly_query
+
+    settings = load_settings()
+    params = _parse_params(args.param)
+    database = args.database or settings.clickhouse.database
+    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url)
+    try:
+        columns, rows = run_readonly_query(client, args.query, params)
+    finally:
+        client.close()
+    sys.stdout.write(format_result(columns, rows, args.format, max_width=args.max_width))
+    if args.format == "table":
+        print(f"-- {where}, database {database}", file=sys.stderr)
+    return 0
+
+
+def _handle_store_serve(args: argparse.Namespace) -> int:
+    from finops.settings import load_settings
+    from sinks.clickhouse import build_client, parse_clickhouse_url
+    from sinks.store_server import StoreServerError, parse_query_url, serve_store
+
+    settings = load_settings()
+    url = settings.clickhouse_url()
+    target = parse_clickhouse_url(url)
+    if target.kind != "chdb" or target.path is None:
+        raise StoreServerError(
+            "finops store serve fronts an embedded store (FINOPS_CLICKHOUSE_URL=chdb:///abs/path); a ClickHouse "
+            f"server has its own HTTP interface: query {target.redacted()} directly"
+        )
+    endpoint = parse_query_url(settings.clickhouse.query_url)
+    host = args.host or endpoint.host
+    port = endpoint.port if args.port is None else args.port
+    owner = chdb_path_owner(target.path)
+    if owner is not None:
+        raise StoreBusyError(
+            f"the embedded store at {target.path} is already held by "
+            f"{'process ' + str(owner) if owner > 0 else 'another process'}; that process serves the store "
+            f"endpoint (check {endpoint.url}/ping), so nothing needs to be started here"
+        )
+    client = build_client(url)
+    try:
+        server = serve_store(client, host, port, users=endpoint.users())
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.start()
+            print(f"store endpoint: serving {target.path} at {server.url} (Ctrl-C to stop)", flush=True)
+            stop.wait()
+        finally:
+            server.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        print("store endpoint: stopped", flush=True)
+    finally:
+        client.close()
+    return 0
