@@ -21,6 +21,7 @@ from schemas.errors import FinopsError
 COMMAND_MODULES: tuple[str, ...] = (
     "finops.cli",
     "sinks.cli",
+    "sinks.sql_cli",
     "producers.cli",
     "stream_jobs.cli",
     "alerting.cli",
