@@ -221,8 +221,9 @@ def committed_offsets(kafka_config: dict[str, Any], group: str, topic: str) -> d
 class RunningWorker:
     """A SinkWorker running in a daemon thread; ``errors`` holds what ended it."""
 
-    def __init__(self, worker: Any) -> None:
+    def __init__(self, worker: Any, dlq_producer: Any = None) -> None:
         self.worker = worker
+        self.dlq_producer = dlq_producer
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._run, daemon=True, name=worker.name)
         self.thread.start()
@@ -237,7 +238,14 @@ class RunningWorker:
         self.worker.stop()
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "sink worker did not stop"
+        self.close()
+
+    def close(self) -> None:
         self.worker.close()
+        if self.dlq_producer is not None:
+            self.dlq_producer.flush(10)
+            self.dlq_producer.close()
+            self.dlq_producer = None
 
 
 def start_sink(kind: str, ch_client: Any, database: str, kafka_config: dict[str, Any], topics: TopicNames, *,
@@ -245,13 +253,14 @@ def start_sink(kind: str, ch_client: Any, database: str, kafka_config: dict[str,
                consumer_wrapper: Callable[[Any], Any] | None = None) -> RunningWorker:
     from sinks.worker_cli import build_dlq_producer, build_sink_worker
 
+    dlq_producer = build_dlq_producer(kafka_config)
     worker = build_sink_worker(
         kind, client=client if client is not None else ch_client, database=database, kafka_config=kafka_config,
         topic=topics.priced if kind == "ledger" else topics.spend, dlq_topic=topics.dlq,
-        dlq_producer=build_dlq_producer(kafka_config), group_id=group, batch_rows=batch_rows,
+        dlq_producer=dlq_producer, group_id=group, batch_rows=batch_rows,
         batch_seconds=batch_seconds, consumer_wrapper=consumer_wrapper, codec=make_codec(),
     )
-    return RunningWorker(worker)
+    return RunningWorker(worker, dlq_producer)
 
 
 def caught_up(kafka_config: dict[str, Any], running: RunningWorker, topic: str) -> Callable[[], bool]:

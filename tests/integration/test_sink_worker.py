@@ -117,7 +117,7 @@ def test_restart_before_commit_with_other_batch_composition_counts_each_event_on
                        consumer_wrapper=crashing)
     first.thread.join(60)
     assert first.errors and isinstance(first.errors[0], _Crash)
-    first.worker.close()
+    first.close()
     written_by_first = ledger_totals(ch_client, ch_database)[1]
     committed = committed_offsets(kafka_config, group, topics.priced)
     # The crash left rows in ClickHouse whose offsets are not committed: they will be delivered again.
