@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "finops.cli",
     "sinks.cli",
     "sinks.sql_cli",
+    "sinks.worker_cli",
     "producers.cli",
     "stream_jobs.cli",
     "alerting.cli",
