@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stream_jobs.cli",
     "alerting.cli",
     "finops.bench",
+    "finops.demo",
 )
 
 
