@@ -111,9 +111,11 @@ def _text(value: Any) -> str:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return _decimal(value)
     if isinstance(value, datetime):
         return value.isoformat(sep=" ")
-    if isinstance(value, (date, time, Decimal, uuid.UUID, IPv4Address, IPv6Address)):
+    if isinstance(value, (date, time, uuid.UUID, IPv4Address, IPv6Address)):
         return str(value)
     if isinstance(value, Enum):
         return str(value.value)
@@ -124,6 +126,11 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _decimal(value: Decimal) -> str:
+    # Positional notation, every stored digit kept: str() would print Decimal(38, 12) zero as 0E-12.
+    return format(value, "f")
+
+
 def _jsonable(value: Any) -> Any:
     """A JSON-safe copy: Decimal as string (exact), times ISO 8601, bytes as UTF-8 (base64 if not text)."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -131,7 +138,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
     if isinstance(value, Decimal):
-        return str(value)
+        return _decimal(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, (date, time, uuid.UUID, IPv4Address, IPv6Address)):

@@ -72,6 +72,12 @@ def test_json_keeps_money_exact_as_strings() -> None:
     assert nested[0]["u"] == "00000000-0000-0000-0000-000000000001" and nested[0]["b"] == {"base64": "/w=="}
 
 
+def test_decimals_print_positionally() -> None:
+    rows = [(Decimal("0E-12"),), (Decimal("1E-12"),), (Decimal("12345678901234567890.123456789012"),)]
+    assert format_csv(["c"], rows) == "c\n0.000000000000\n0.000000000001\n12345678901234567890.123456789012\n"
+    assert [r["c"] for r in json.loads(format_json(["c"], rows))][:2] == ["0.000000000000", "0.000000000001"]
+
+
 def test_dispatch_and_unknown_format() -> None:
     assert format_result(["n"], [(1,)], "csv") == "n\n1\n"
     with pytest.raises(QueryError, match="table, csv or json"):
