@@ -38,9 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--only", choices=("ledger", "spend"), default=None, help="run one of the two sinks only")
     run.add_argument("--batch-rows", type=int, default=10_000, help="flush after this many messages (10000)")
     run.add_argument("--batch-seconds", type=float, default=1.0, help="flush a batch this old (1.0 s)")
-    run.add_argument("--store-host", default="127.0.0.1", help="store endpoint host in embedded mode (127.0.0.1)")
+    run.add_argument("--store-host", default=None,
+                     help="store endpoint host in embedded mode (default: the host of FINOPS_CLICKHOUSE_QUERY_URL)")
     run.add_argument("--store-port", type=int, default=None,
-                     help="store endpoint port (default: the port of FINOPS_CLICKHOUSE_QUERY_URL, else 8124)")
+                     help="store endpoint port (default: the port of FINOPS_CLICKHOUSE_QUERY_URL, 8124)")
     run.add_argument("--no-store", action="store_true", help="do not serve the store endpoint in embedded mode")
     run.set_defaults(func=_sink_run)
 
@@ -139,37 +140,18 @@ def build_sink_worker(
                       name=f"sink-{kind}")
 
 
-def _start_store_endpoint(client: Any, host: str, port: int) -> Callable[[], None] | None:
-    """Serve the chdb this process owns to other processes (sinks/store_server.py, another engineer's module).
+def _start_store_endpoint(client: Any, query_url: str | None, host: str | None, port: int | None) -> Any:
+    """Serve the chdb this process owns to other processes (sinks/store_server.py): in embedded mode the sink is
+    the store owner, so dashboards, ``finops sql`` and ``finops reconcile`` query through this endpoint. Returns
+    the started server (call ``stop()``). Raises StoreServerError when the address cannot be bound."""
+    from sinks.store_server import parse_query_url, serve_store
 
-    HOOK: until sinks.store_server exists, embedded mode runs without it and says so; other roles then cannot query
-    this chdb path while the sink runs.
-    """
-    try:
-        from sinks import store_server
-    except ImportError:
-        log.warning("store endpoint not started: sinks/store_server.py is not installed; other processes cannot "
-                    "query this embedded ClickHouse while the sink runs")
-        return None
-    server = store_server.serve_store(client, host, port)
-    log.info("store endpoint serving the embedded ClickHouse on http://%s:%d", host, port)
-    for name in ("shutdown", "stop", "close"):
-        stop = getattr(server, name, None)
-        if callable(stop):
-            return stop  # type: ignore[no-any-return]
-    return None
-
-
-def _store_port(query_url: str | None, explicit: int | None) -> int:
-    if explicit is not None:
-        return explicit
-    if query_url:
-        from urllib.parse import urlsplit
-
-        port = urlsplit(query_url).port
-        if port:
-            return port
-    return 8124
+    endpoint = parse_query_url(query_url)
+    server = serve_store(client, host or endpoint.host, endpoint.port if port is None else port,
+                         users=endpoint.users())
+    server.start()
+    log.info("store endpoint serving the embedded ClickHouse at %s", server.url)
+    return server
 
 
 def _sink_run(args: argparse.Namespace) -> int:
@@ -199,10 +181,9 @@ def _sink_run(args: argparse.Namespace) -> int:
         )
         for kind in kinds
     ]
-    stop_store: Callable[[], None] | None = None
+    store: Any = None
     if parse_clickhouse_url(url).kind == "chdb" and not args.no_store:
-        stop_store = _start_store_endpoint(client, args.store_host,
-                                           _store_port(settings.clickhouse.query_url, args.store_port))
+        store = _start_store_endpoint(client, settings.clickhouse.query_url, args.store_host, args.store_port)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping the sink (the batch in hand is flushed once)", signum)
@@ -235,8 +216,8 @@ def _sink_run(args: argparse.Namespace) -> int:
         remaining = dlq_producer.flush(10)
         if remaining:
             log.error("%d dead letter(s) unacknowledged at exit (their offsets were not committed)", remaining)
-        if stop_store is not None:
-            stop_store()
+        if store is not None:
+            store.stop()
         client.close()
     for worker in workers:
         s = worker.stats
@@ -275,15 +256,16 @@ def emit_alert(kafka_config: dict[str, Any], topic: str, alert: dict[str, Any], 
 def _reconcile(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
     from finops.topics import TopicNames
-    from sinks.clickhouse import build_client
     from sinks.reconcile import build_drift_alert, compute_reconciliation
+    from sinks.sql_cli import open_readonly_client
 
     start, end = parse_instant(args.start), parse_instant(args.end)
     settings = load_settings()
     database = settings.clickhouse.database
-    # HOOK: in embedded mode while `finops sink run` owns the chdb path, this open fails (one process per path);
-    # querying through the store endpoint (sinks/store_server.py) belongs here once its client API exists.
-    client = build_client(settings.clickhouse_url(), database=database, readonly=True)
+    # Embedded mode: while `finops sink run` owns the chdb path, read through its store endpoint; otherwise open
+    # the path (or the server) read-only.
+    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url)
+    log.info("reconciling against %s", where)
     try:
         report = compute_reconciliation(client, database, start, end)
     finally:
