@@ -223,7 +223,10 @@ class FinopsSettings:
             for field, info in type(section).model_fields.items():
                 env = _env_name(prefix, field, info)
                 value = getattr(section, field)
-                if isinstance(value, SecretStr):
+                if isinstance(value, str) and field.endswith("url"):
+                    # A plain-str URL (e.g. clickhouse.query_url) may still carry user:password@.
+                    value = mask_url(value)
+                elif isinstance(value, SecretStr):
                     value = (
                         mask_url(value.get_secret_value(), keep_path=(name != "alerting"))
                         if "url" in field

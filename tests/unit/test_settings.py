@@ -79,3 +79,9 @@ def test_config_check_command_exits_nonzero_naming_the_variable() -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "FINOPS_KAFKA_BOOTSTRAP = 127.0.0.1:9092" in ok.stdout
+
+
+def test_plain_url_settings_are_masked_too() -> None:
+    s = load_settings({"FINOPS_CLICKHOUSE_QUERY_URL": "http://reader:pa55word@127.0.0.1:8124"})
+    shown = repr(s.masked())
+    assert "pa55word" not in shown and "http://reader:****@127.0.0.1:8124" in shown
