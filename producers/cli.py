@@ -105,7 +105,9 @@ def _emit(args: argparse.Namespace) -> int:
         result.append(delivery)
         done.set()
 
-    producer = UsageProducer.from_settings(settings, register_atexit=False, close_timeout=0)
+    # A spool of its own (as finops replay does): the machine's agents hold <data dir>/spool's lock.
+    spool_dir = settings.spool_dir() / "cli-emit"
+    producer = UsageProducer.from_settings(settings, spool_dir=spool_dir, register_atexit=False, close_timeout=0)
     try:
         event_id = producer.emit(event, on_delivery=on_delivery)  # ValidationFailed -> exit 2 via finops.cli
         print(f"event_id {event_id}")
@@ -114,7 +116,7 @@ def _emit(args: argparse.Namespace) -> int:
         left = producer.close(timeout=0)
     if not result and left:
         print(f"spooled: the broker did not answer within {args.timeout:.0f}s; the event is kept in "
-              f"{settings.spool_dir()} and sent by the next producer using it")
+              f"{spool_dir} and sent by the next `finops emit`")
         return EXIT_SPOOLED
     delivery = result[0] if result else None
     if delivery is None:
@@ -124,7 +126,7 @@ def _emit(args: argparse.Namespace) -> int:
         print(f"delivered to {delivery.topic} partition {delivery.partition} offset {delivery.offset}")
         return EXIT_DELIVERED
     if delivery.status == "spooled":
-        print(f"spooled: the broker is unreachable; the event is kept in {settings.spool_dir()} and sent later")
+        print(f"spooled: the broker is unreachable; the event is kept in {spool_dir} and sent by the next `finops emit`")
         return EXIT_SPOOLED
     print(f"{delivery.status}: {delivery.error}", file=sys.stderr)
     return EXIT_FAILED
