@@ -33,7 +33,11 @@ EXIT_DELIVERED, EXIT_FAILED, EXIT_SPOOLED = 0, 1, 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``emit`` and ``bench-producer``."""
+    """Add ``emit``, ``bench-producer``, ``simulate`` and ``replay``."""
+    from producers import replay, simulator
+
+    simulator.register_commands(subparsers)
+    replay.register_commands(subparsers)
     emit = subparsers.add_parser(
         "emit",
         help="publish one usage event from flags or --json (validated; id and time filled in)",
