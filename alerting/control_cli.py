@@ -1,0 +1,286 @@
+"""``finops control suspend | throttle | resume | status`` for operators, and ``finops alerts run``.
+
+Operator commands publish a signed ControlCommand on ``agent.control.v1`` for one scope (``--agent``, ``--team`` or
+``--project``) with a reason, an optional expiry (``--expires 2h`` or an ISO timestamp) and the operator's identity
+(``issued_by = operator:<name>``). They are refused without the operator role: until the RBAC issue lands, that is
+possession of the configured operator key (``FINOPS_CONTROL_OPERATOR_KEY``), presented with ``--operator-key`` or
+the ``FINOPS_OPERATOR_KEY`` environment variable and compared in constant time. ``status`` reads the topic's current
+state (no key needed: it only reads) and says for each scope whether the command verifies and is still live.
+
+The audit table is written by the alert worker, which follows the control topic: operator commands, enforcement
+commands and forged ones (``verified = false``) land there alike, from one writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import hmac
+import json
+import os
+import re
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import ConfigError, FinopsError
+
+__all__ = ["NotAuthorized", "authorize", "parse_expiry", "register"]
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class NotAuthorized(FinopsError):
+    """The caller does not hold the operator role."""
+
+
+def authorize(presented: str | None, configured: str | None) -> None:
+    """Raise :class:`NotAuthorized` unless ``presented`` equals the configured operator key (constant time)."""
+    if not configured:
+        raise NotAuthorized("operator commands are disabled: no operator key is configured "
+                            "(set FINOPS_CONTROL_OPERATOR_KEY on this host)")
+    if not presented:
+        raise NotAuthorized("operator role required: present the operator key with --operator-key or "
+                            "FINOPS_OPERATOR_KEY")
+    if not hmac.compare_digest(presented.encode("utf-8"), configured.encode("utf-8")):
+        raise NotAuthorized("operator role required: the operator key presented is not valid")
+
+
+def parse_expiry(text: str | None, now: datetime) -> datetime | None:
+    """``30m``, ``2h``, ``1d12h`` (from ``now``) or an ISO 8601 timestamp (UTC if no zone); None for None.
+    Raises :class:`ConfigError` for anything else or a time not in the future."""
+    if text is None:
+        return None
+    value = text.strip()
+    if _DURATION.fullmatch(value) or re.fullmatch(r"(\d+\s*[smhdw]\s*)+", value):
+        seconds = sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(value))
+        when = now + timedelta(seconds=seconds)
+    else:
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as err:
+            raise ConfigError(f"--expires {text!r}: expected a duration like 30m, 2h, 1d or an ISO 8601 time") \
+                from err
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    if when <= now:
+        raise ConfigError(f"--expires {text!r} is not in the future")
+    return when.astimezone(UTC)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    control = sub.add_parser("control", help="operator control of agents: suspend, throttle, resume, status")
+    csub = control.add_subparsers(dest="control_cmd", required=True, metavar="{suspend,throttle,resume,status}")
+
+    def scoped(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+        group = p.add_mutually_exclusive_group(required=required)
+        group.add_argument("--agent", help="the agent_id")
+        group.add_argument("--team", help="the team")
+        group.add_argument("--project", help="the project")
+
+    def operator_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--reason", required=True, help="why (shown to agents, operators and the audit)")
+        p.add_argument("--expires", help="lapse by itself after a duration (30m, 2h, 1d) or at an ISO time")
+        p.add_argument("--operator", help="your identity (default: the login name)")
+        p.add_argument("--operator-key", help="the operator key (default: env FINOPS_OPERATOR_KEY)")
+
+    for name, help_text in (("suspend", "refuse every model call of the scope"),
+                            ("throttle", "limit the scope's model calls per minute"),
+                            ("resume", "lift suspension, throttle or downgrade of the scope")):
+        p = csub.add_parser(name, help=help_text)
+        scoped(p)
+        operator_args(p)
+        if name == "throttle":
+            p.add_argument("--rate", type=int, required=True, help="allowed calls per minute (>= 1)")
+        p.set_defaults(func=_operator_command, action=name)
+    status = csub.add_parser("status", help="current control state per scope (reads the compacted topic)")
+    scoped(status, required=False)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--timeout", type=float, default=15.0, help="seconds to read the topic (default 15)")
+    status.set_defaults(func=_status)
+
+    alerts = sub.add_parser("alerts", help="the alert worker")
+    asub = alerts.add_subparsers(dest="alerts_cmd", required=True, metavar="{run}")
+    run = asub.add_parser("run", help="consume alerts; enforce; deliver to Slack, PagerDuty and webhooks")
+    run.add_argument("--routes", type=Path, help="routing rules YAML (default: FINOPS_ALERTING_* destinations)")
+    run.add_argument("--outbox", type=Path, help="outbox SQLite file (default <data dir>/alerting/outbox.sqlite)")
+    run.add_argument("--cooldown", type=float, default=300.0, help="seconds between notifications per key")
+    run.add_argument("--group", default="finops-alerts", help="consumer group (default finops-alerts)")
+    run.set_defaults(func=_alerts_run)
+
+
+def _scope(args: argparse.Namespace) -> tuple[str, str] | None:
+    for name in ("agent", "team", "project"):
+        if getattr(args, name, None):
+            return name, getattr(args, name)
+    return None
+
+
+def _signing(settings: Any) -> tuple[str, bytes]:
+    key = settings.control.signing_key
+    if key is None or not key.get_secret_value():
+        raise ConfigError("FINOPS_CONTROL_SIGNING_KEY is not set: control commands cannot be signed")
+    return settings.control.key_id, key.get_secret_value().encode("utf-8")
+
+
+def _operator_command(args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    from alerting.worker import publish_commands
+    from finops.settings import load_settings
+    from finops.topics import TopicNames
+    from schemas.models import ControlCommand, sign
+    from schemas.wire import AvroCodec
+
+    settings = load_settings()
+    configured = settings.control.operator_key.get_secret_value() if settings.control.operator_key else None
+    authorize(args.operator_key or os.environ.get("FINOPS_OPERATOR_KEY"), configured)
+    key_id, secret = _signing(settings)
+    scope = _scope(args)
+    assert scope is not None  # argparse requires one
+    now = datetime.now(UTC)
+    operator = args.operator or getpass.getuser()
+    cmd = ControlCommand(
+        command_id=f"op-{uuid.uuid4()}", scope_type=scope[0], scope_value=scope[1],  # type: ignore[arg-type]
+        action=args.action, rate_per_minute=getattr(args, "rate", None), reason=args.reason,
+        issued_by=f"operator:{operator}", issued_at=now, expires_at=parse_expiry(args.expires, now),
+        key_id="", signature="")
+    cmd = sign(cmd, key_id, secret)
+    topic = TopicNames(settings.kafka.topic_prefix).control
+    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all"})
+    publish_commands(producer, topic, [cmd], AvroCodec(), timeout=30)
+    expiry = cmd.expires_at.isoformat() if cmd.expires_at else "until replaced"
+    print(f"{cmd.action} {scope[0]}:{scope[1]} published ({cmd.command_id}, issued by {cmd.issued_by}, "
+          f"expires {expiry})")
+    return 0
+
+
+def read_control_state(kafka_config: dict[str, Any], topic: str, keys: dict[str, bytes],
+                       timeout: float = 15.0) -> dict[str, dict[str, Any]]:
+    """The latest message per key on the control topic, decoded, with ``verified`` and ``live`` flags."""
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    from schemas.models import ControlCommand, verify
+    from schemas.wire import AvroCodec
+
+    codec = AvroCodec()
+    consumer = Consumer({**kafka_config, "group.id": f"finops-control-status-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    state: dict[str, dict[str, Any]] = {}
+    try:
+        md = consumer.list_topics(topic, timeout=timeout)
+        parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        now = datetime.now(UTC)
+        while len(done) < len(parts) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    done.add(msg.partition())
+                continue
+            key = msg.key().decode("utf-8", "replace") if msg.key() else "?"
+            if msg.value() is None:
+                state.pop(key, None)
+                continue
+            try:
+                cmd = ControlCommand.from_avro_dict(codec.decode(msg.value())[1])
+            except FinopsError as err:
+                state[key] = {"error": str(err), "verified": False, "live": False}
+                continue
+            state[key] = {
+                "action": cmd.action, "rate_per_minute": cmd.rate_per_minute, "target_model": cmd.target_model,
+                "reason": cmd.reason, "issued_by": cmd.issued_by, "issued_at": cmd.issued_at.isoformat(),
+                "expires_at": cmd.expires_at.isoformat() if cmd.expires_at else None,
+                "command_id": cmd.command_id, "verified": verify(cmd, keys),
+                "live": cmd.action != "resume" and (cmd.expires_at is None or cmd.expires_at > now),
+            }
+    finally:
+        consumer.close()
+    return state
+
+
+def _status(args: argparse.Namespace) -> int:
+    from finops.settings import load_settings
+    from finops.topics import TopicNames
+
+    settings = load_settings()
+    keys: dict[str, bytes] = {}
+    if settings.control.signing_key is not None:
+        keys[settings.control.key_id] = settings.control.signing_key.get_secret_value().encode("utf-8")
+    state = read_control_state(settings.kafka.client_config(), TopicNames(settings.kafka.topic_prefix).control, keys,
+                               timeout=args.timeout)
+    scope = _scope(args)
+    if scope is not None:
+        state = {k: v for k, v in state.items() if k == f"{scope[0]}:{scope[1]}"}
+    if args.json:
+        print(json.dumps(state, indent=2, sort_keys=True))
+        return 0
+    if not state:
+        print("no control commands")
+    for key, row in sorted(state.items()):
+        if "error" in row:
+            print(f"{key}: UNDECODABLE ({row['error']})")
+            continue
+        flags = ("live" if row["live"] else "not live") + ("" if row["verified"] else ", SIGNATURE DOES NOT VERIFY")
+        extra = f" {row['rate_per_minute']}/min" if row["rate_per_minute"] else ""
+        extra += f" -> {row['target_model']}" if row["target_model"] else ""
+        print(f"{key}: {row['action']}{extra} [{flags}] by {row['issued_by']} at {row['issued_at']}, expires "
+              f"{row['expires_at'] or 'never'}: {row['reason']}")
+    return 0
+
+
+def _alerts_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from alerting.enforcement import Enforcer
+    from alerting.outbox import Outbox
+    from alerting.router import build_default_routes, load_routes
+    from alerting.worker import AlertWorker, WorkerOptions
+    from finops.settings import load_settings
+    from finops.topics import TopicNames, ensure_topics
+    from sinks.clickhouse import build_client
+
+    settings = load_settings()
+    a = settings.alerting
+    if args.routes:
+        routes = load_routes(args.routes, dict(os.environ))
+    else:
+        routes = build_default_routes(slack_url=a.slack_webhook_url, pagerduty_key=a.pagerduty_routing_key,
+                                      pagerduty_url=a.pagerduty_url, webhook_url=a.webhook_url,
+                                      webhook_secret=a.webhook_secret)
+    if not routes.destinations:
+        print("finops: warning: no alert destination configured; alerts are enforced but not notified",
+              file=sys.stderr)
+    key_id, secret = _signing(settings)
+    kafka = settings.kafka.client_config()
+    ensure_topics(kafka, prefix=settings.kafka.topic_prefix, usage_partitions=settings.kafka.usage_partitions,
+                  replication_factor=settings.kafka.replication_factor)
+    names = TopicNames(settings.kafka.topic_prefix)
+    ch = build_client(settings.clickhouse_url(), database=settings.clickhouse.database)
+    outbox = Outbox(args.outbox or settings.data_dir / "alerting" / "outbox.sqlite")
+    enforcer = Enforcer(outbox, key_id=key_id, secret=secret, scopes=outbox.enforcement_scopes)
+    worker = AlertWorker(kafka_config=kafka, alerts_topic=names.alerts, control_topic=names.control, routes=routes,
+                         outbox=outbox, enforcer=enforcer, verify_keys={key_id: secret},
+                         options=WorkerOptions(group_id=args.group, cooldown_s=args.cooldown,
+                                               dashboard_url=a.dashboard_url),
+                         ch_client=ch, ch_database=settings.clickhouse.database)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"alert worker: {len(routes.destinations)} destinations ({', '.join(routes.destinations) or 'none'}), "
+          f"outbox {outbox.path}", file=sys.stderr)
+    try:
+        worker.run(stop)
+    finally:
+        outbox.close()
+    return 0

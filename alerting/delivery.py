@@ -1,0 +1,331 @@
+"""Delivery to one destination: pacing, ``Retry-After``, exponential backoff with jitter, broken destinations.
+
+A :class:`DestinationSender` owns one destination and sends one item at a time (the lane in
+:mod:`alerting.worker` feeds it in outbox order, which keeps the order per key). For each item it loops:
+
+1. **Pace**: wait until ``min_interval_s`` has passed since the previous request to this destination (Slack: about
+   one message per second per webhook; PagerDuty: within the routing key's event rate).
+2. **Send** through the injected :class:`HttpTransport` with a timeout.
+3. **Classify** the answer:
+
+   ================================  =====================================================================
+   2xx                               delivered
+   429                               wait ``Retry-After`` (seconds or HTTP date; capped), or backoff if absent
+   5xx, 408, timeout, connection     exponential backoff with full jitter: ``uniform(0, min(cap, base * 2^n))``
+   any other 4xx (400, 403, 404,     permanent: no retry; the destination is *broken* (wrong URL, revoked
+   410 ...)                          webhook, archived channel, bad key) and a configuration alert is raised
+   ================================  =====================================================================
+
+4. After ``max_attempts`` retryable failures the item stays pending and the sender reports ``retry_later``: the
+   lane waits ``retry_later_s`` and tries the same head item again, so nothing later overtakes it.
+
+Every attempt is reported to ``on_attempt`` (the delivery log) with the destination *name*, the HTTP status and an
+error text scrubbed of the destination's secrets: URLs and routing keys never reach logs, errors or the log table.
+
+Time comes from an injected :class:`Clock` (monotonic for pacing and backoff, wall time for the webhook signature,
+an interruptible ``sleep``), so unit tests run the whole ladder in microseconds with a fake clock.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from alerting.channels import Destination, HttpRequest, build_request
+from schemas.errors import FinopsError
+from schemas.models import Alert
+
+__all__ = [
+    "AttemptRecord",
+    "Clock",
+    "DEFAULT_MIN_INTERVAL",
+    "DeliveryPolicy",
+    "DestinationSender",
+    "HttpResponse",
+    "HttpTransport",
+    "Outcome",
+    "SystemClock",
+    "TransportError",
+    "UrllibTransport",
+    "compute_backoff",
+    "parse_retry_after",
+    "scrub",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between requests to one destination, by channel type (Slack: ~1 message/s per webhook; PagerDuty: its
+#: Events API limits each routing key, 2/s keeps well inside it; webhooks: our own receivers, lightly paced).
+DEFAULT_MIN_INTERVAL: dict[str, float] = {"slack": 1.0, "pagerduty": 0.5, "webhook": 0.1}
+
+
+class TransportError(FinopsError):
+    """No HTTP answer: timeout, refused or reset connection. ``timeout`` tells the two apart for the log."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        lower = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == lower:
+                return value
+        return None
+
+
+class HttpTransport(Protocol):
+    def post(self, request: HttpRequest, timeout: float) -> HttpResponse:
+        """Send ``request``; return any HTTP answer (including 4xx/5xx); raise :class:`TransportError` when none
+        came (timeout, connection refused or reset)."""
+        ...
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def now(self) -> datetime: ...
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``; return False if interrupted (shutdown), True otherwise."""
+        ...
+
+
+class SystemClock:
+    """Real time; ``sleep`` wakes early when ``stop`` is set so shutdown does not wait out a backoff."""
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        self.stop = stop or threading.Event()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def sleep(self, seconds: float) -> bool:
+        if seconds <= 0:
+            return not self.stop.is_set()
+        return not self.stop.wait(seconds)
+
+
+class UrllibTransport:
+    """HTTP POST with the standard library (no extra dependency; one request at a time per lane)."""
+
+    def post(self, request: HttpRequest, timeout: float) -> HttpResponse:
+        req = urllib.request.Request(request.url, data=request.body, headers=request.headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - URL comes from config
+                return HttpResponse(resp.status, dict(resp.headers.items()), resp.read(64 * 1024))
+        except urllib.error.HTTPError as err:
+            try:
+                body = err.read(64 * 1024)
+            except Exception:  # noqa: BLE001 - the status is what matters
+                body = b""
+            return HttpResponse(err.code, dict(err.headers.items()) if err.headers else {}, body)
+        except (TimeoutError, socket.timeout) as err:
+            raise TransportError("timed out waiting for the response", timeout=True) from err
+        except urllib.error.URLError as err:
+            reason = err.reason
+            if isinstance(reason, (TimeoutError, socket.timeout)):
+                raise TransportError("timed out connecting", timeout=True) from err
+            raise TransportError(f"connection failed: {type(reason).__name__}: {reason}") from err
+        except (ConnectionError, OSError) as err:
+            raise TransportError(f"connection failed: {type(err).__name__}: {err}") from err
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """Tunables; tests inject small values."""
+
+    timeout_s: float = 10.0
+    max_attempts: int = 8
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    #: Longest Retry-After honoured; a longer one is capped (and the item retried then), so a hostile or buggy
+    #: answer cannot park a lane for a day.
+    max_retry_after_s: float = 300.0
+    retry_later_s: float = 60.0
+    min_interval_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MIN_INTERVAL))
+
+    def interval_for(self, destination: Destination) -> float:
+        if destination.min_interval_s is not None:
+            return destination.min_interval_s
+        return self.min_interval_s.get(destination.type, 0.0)
+
+
+def compute_backoff(retry: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter (AWS architecture blog): uniform in ``[0, min(cap, base * 2^(retry-1))]`` for retry >= 1.
+    Spreads retries of many workers instead of synchronising them on the same instants."""
+    ceiling = min(cap, base * (2 ** max(0, retry - 1)))
+    return rng.uniform(0.0, ceiling)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None when absent/unparsable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret (URL, routing key, signing secret) replaced by ``****``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "****")
+    return text
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt, as the delivery log stores it (no secrets: destination by name, error scrubbed)."""
+
+    alert_id: str
+    channel: str
+    destination_name: str
+    attempt: int
+    status: Literal["sent", "failed", "retrying", "broken"]
+    http_status: int | None
+    error: str | None
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one item ended: ``sent``; ``broken`` (permanent 4xx: destination disabled); ``retry_later`` (retryable
+    failures exhausted the attempts; item stays pending); ``interrupted`` (shutdown; item stays pending)."""
+
+    result: Literal["sent", "broken", "retry_later", "interrupted"]
+    attempts: int
+    http_status: int | None = None
+    error: str | None = None
+
+
+class DestinationSender:
+    """Sends items to one destination with pacing and the retry ladder. Not thread-safe: one lane owns it."""
+
+    def __init__(self, destination: Destination, transport: HttpTransport, clock: Clock, *,
+                 policy: DeliveryPolicy | None = None, dashboard_url: str = "http://127.0.0.1:8080",
+                 rng: random.Random | None = None,
+                 on_attempt: Callable[[AttemptRecord], None] | None = None) -> None:
+        self.destination = destination
+        self.transport = transport
+        self.clock = clock
+        self.policy = policy or DeliveryPolicy()
+        self.dashboard_url = dashboard_url
+        self.rng = rng or random.Random()
+        self.on_attempt = on_attempt
+        self._interval = self.policy.interval_for(destination)
+        self._next_allowed = float("-inf")
+
+    def _pace(self) -> bool:
+        wait = self._next_allowed - self.clock.monotonic()
+        return self.clock.sleep(wait) if wait > 0 else True
+
+    def _record(self, alert: Alert, attempt: int, status: Literal["sent", "failed", "retrying", "broken"],
+                http_status: int | None, error: str | None) -> None:
+        if self.on_attempt is None:
+            return
+        self.on_attempt(AttemptRecord(alert.alert_id, self.destination.type, self.destination.name, attempt,
+                                      status, http_status, error, self.clock.now()))
+
+    def send(self, alert: Alert, *, delivery_id: str, first_attempt: int = 1) -> Outcome:
+        """Deliver ``alert`` (blocks through pacing, Retry-After and backoff waits; returns early on shutdown).
+        ``first_attempt`` continues the numbering of an item retried after ``retry_later`` or a restart."""
+        secrets = self.destination.secrets()
+        attempt = first_attempt - 1
+        for round_index in range(1, self.policy.max_attempts + 1):
+            attempt += 1
+            if not self._pace():
+                return Outcome("interrupted", attempt - 1)
+            request = build_request(self.destination, alert, dashboard_url=self.dashboard_url,
+                                    delivery_id=delivery_id, timestamp=int(self.clock.now().timestamp()))
+            self._next_allowed = self.clock.monotonic() + self._interval
+            wait: float
+            try:
+                response = self.transport.post(request, self.policy.timeout_s)
+            except TransportError as err:
+                error = scrub(str(err), secrets)
+                wait = compute_backoff(round_index, self.policy.backoff_base_s, self.policy.backoff_cap_s, self.rng)
+                self._record(alert, attempt, "retrying", None, error)
+                log.warning("alert %s to %s: attempt %d: %s; retrying in %.2fs", alert.alert_id,
+                            self.destination.name, attempt, error, wait)
+                if round_index == self.policy.max_attempts:
+                    return Outcome("retry_later", attempt, None, error)
+            else:
+                status = response.status
+                # Our own words only: a response body could echo the request (and a key in it).
+                if 200 <= status < 300:
+                    self._record(alert, attempt, "sent", status, None)
+                    return Outcome("sent", attempt, status)
+                if status == 429:
+                    retry_after = parse_retry_after(response.header("Retry-After"), self.clock.now())
+                    if retry_after is None:
+                        wait = compute_backoff(round_index, self.policy.backoff_base_s, self.policy.backoff_cap_s,
+                                               self.rng)
+                    else:
+                        wait = min(retry_after, self.policy.max_retry_after_s)
+                    error = f"HTTP 429 rate limited; waiting {wait:.2f}s" + (
+                        " (Retry-After)" if retry_after is not None else " (backoff)")
+                    # Retry-After is a floor for the next request to this destination, whatever item it carries.
+                    self._next_allowed = max(self._next_allowed, self.clock.monotonic() + wait)
+                    wait = 0.0  # pacing waits it out
+                elif status >= 500 or status == 408:
+                    wait = compute_backoff(round_index, self.policy.backoff_base_s, self.policy.backoff_cap_s,
+                                           self.rng)
+                    error = f"HTTP {status} from destination; retrying in {wait:.2f}s"
+                else:
+                    error = (f"HTTP {status}: destination refused the request permanently "
+                             f"({_permanent_hint(self.destination, status)}); destination disabled")
+                    self._record(alert, attempt, "broken", status, error)
+                    log.error("alert %s to %s: %s", alert.alert_id, self.destination.name, error)
+                    return Outcome("broken", attempt, status, error)
+                self._record(alert, attempt, "retrying", status, error)
+                log.warning("alert %s to %s: attempt %d: %s", alert.alert_id, self.destination.name, attempt, error)
+                if round_index == self.policy.max_attempts:
+                    return Outcome("retry_later", attempt, status, error)
+            if wait > 0 and not self.clock.sleep(wait):
+                return Outcome("interrupted", attempt)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns on its last round
+
+
+def _permanent_hint(destination: Destination, status: int) -> str:
+    if destination.type == "slack" and status in (403, 404, 410):
+        return "the webhook was revoked, or its channel archived or deleted: create a new webhook"
+    if destination.type == "pagerduty" and status == 400:
+        return "PagerDuty rejected the event: check the routing key and the integration type (Events API v2)"
+    if status in (401, 403):
+        return "not authorised: check the credentials"
+    if status in (404, 410):
+        return "the URL is gone: check the configured URL"
+    return "check the destination's configuration"

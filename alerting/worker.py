@@ -1,0 +1,397 @@
+"""The alert worker: consume alerts, enforce, enqueue deliveries, commit; deliver in lanes; audit the control topic.
+
+One loop iteration (:meth:`AlertWorker.run_once`), in this order because each step's guarantee needs the previous:
+
+1. consume a batch from ``finops.alerts.v1`` (group ``finops-alerts``, manual commits);
+2. enforcement: :class:`~alerting.enforcement.Enforcer` turns budget alerts into signed commands, published to the
+   compacted ``agent.control.v1`` and *acknowledged* (``flush``) before anything else, so agents stop quickly;
+3. route each alert (:mod:`alerting.router`) and write it to the outbox for its destinations, one SQLite
+   transaction (:meth:`~alerting.outbox.Outbox.enqueue`);
+4. commit the batch's offsets: only now, so a crash before it replays the batch, and the outbox (unique per alert
+   and destination) and the deterministic command ids make the replay harmless;
+5. flush the delivery log, follow the control topic into the audit table (commit after the insert), and every
+   ``tick_s`` let the enforcer release scopes whose period ended.
+
+Delivery happens in :class:`DeliveryLane` threads, one per destination, each sending its outbox items in order
+through a :class:`~alerting.delivery.DestinationSender`: a slow, rate-limited or hanging destination delays only its
+own lane. When a destination answers a permanent 4xx, the lane marks it broken in the outbox and the worker publishes
+a ``config`` alert to the alerts topic, which is routed (like every alert) to the destinations that still work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from alerting.channels import Destination
+from alerting.delivery import (
+    AttemptRecord,
+    Clock,
+    DeliveryPolicy,
+    DestinationSender,
+    HttpTransport,
+    SystemClock,
+    UrllibTransport,
+)
+from alerting.delivery_log import ControlAuditLog, DeliveryLog, DeliveryLogError
+from alerting.enforcement import Enforcer, control_key
+from alerting.outbox import EnqueueResult, Outbox
+from alerting.router import RoutingTable
+from schemas.errors import FinopsError
+from schemas.models import Alert, ControlCommand, verify
+
+__all__ = [
+    "AlertWorker",
+    "ControlPublishError",
+    "DeliveryLane",
+    "Dispatcher",
+    "WorkerOptions",
+    "build_config_alert",
+    "publish_alert",
+    "publish_commands",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ControlPublishError(FinopsError):
+    """A control command (or alert) was not acknowledged by Kafka; nothing was committed, the batch replays."""
+
+
+# ------------------------------------------------------------------------------------------------------ publishing
+
+
+def publish_commands(producer: Any, topic: str, cmds: Sequence[ControlCommand], codec: Any, *,
+                     timeout: float = 30.0) -> None:
+    """Produce ``cmds`` keyed ``scope_type:scope_value`` and wait for every acknowledgement.
+    Raises :class:`ControlPublishError` naming the failed commands."""
+    failures: list[str] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is not None:
+            failures.append(f"{msg.key().decode() if msg.key() else '?'}: {err}")
+
+    for cmd in cmds:
+        producer.produce(topic, key=control_key(cmd.scope_type, cmd.scope_value).encode("utf-8"),
+                         value=codec.encode(cmd.to_avro_dict(), "ControlCommand"), on_delivery=on_delivery)
+    left = producer.flush(timeout) if cmds else 0
+    if left or failures:
+        raise ControlPublishError(f"control commands not acknowledged by Kafka ({left} still queued; "
+                                  f"{'; '.join(failures) or 'timeout'}); check the broker and topic {topic}")
+
+
+def publish_alert(producer: Any, topic: str, alert: Alert, codec: Any, *, timeout: float = 30.0) -> None:
+    """Produce one alert keyed by its dedup key and wait for the acknowledgement (raises ControlPublishError)."""
+    failures: list[str] = []
+    producer.produce(topic, key=alert.dedup_key.encode("utf-8"), value=codec.encode(alert.to_avro_dict(), "Alert"),
+                     on_delivery=lambda err, _msg: failures.append(str(err)) if err is not None else None)
+    if producer.flush(timeout) or failures:
+        raise ControlPublishError(f"alert {alert.alert_id} not acknowledged by Kafka: {'; '.join(failures)}")
+
+
+def build_config_alert(destination: Destination, reason: str, http_status: int | None, now: datetime) -> Alert:
+    """The ``config`` alert raised when a destination is disabled (names the destination, never its URL)."""
+    return Alert(
+        alert_id=f"config-{uuid.uuid4()}",
+        dedup_key=f"config:destination:{destination.name}:broken",
+        kind="config", severity="critical", state="trigger", occurred_at=now,
+        title=f"Alert destination {destination.name} ({destination.type}) is disabled",
+        summary=(f"Deliveries to {destination.name} stopped: {reason}. Alerts for it are kept in the outbox and "
+                 "sent once its URL or key is replaced (restart the alert worker after changing it)."),
+        details={"destination": destination.name, "channel": destination.type,
+                 "http_status": str(http_status) if http_status is not None else ""},
+        actions=["notify"],
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ lanes
+
+
+class DeliveryLane(threading.Thread):
+    """Sends one destination's outbox items in order until stopped."""
+
+    def __init__(self, destination: Destination, outbox: Outbox, sender: DestinationSender, stop: threading.Event,
+                 *, retry_later_s: float, on_broken: Callable[[Destination, str, int | None], None]) -> None:
+        super().__init__(name=f"alert-lane-{destination.name}", daemon=True)
+        self.destination = destination
+        self.outbox = outbox
+        self.sender = sender
+        self.stop_event = stop
+        self.retry_later_s = retry_later_s
+        self.on_broken = on_broken
+
+    def run(self) -> None:
+        name = self.destination.name
+        while not self.stop_event.is_set():
+            try:
+                if name in self.outbox.broken():
+                    self._idle(1.0)
+                    continue
+                item = self.outbox.next_pending(name)
+                if item is None:
+                    self._idle(0.5)
+                    continue
+                outcome = self.sender.send(item.alert(), delivery_id=item.delivery_id,
+                                           first_attempt=item.attempts + 1)
+                if outcome.result == "sent":
+                    self.outbox.mark_sent(item.seq, outcome.attempts)
+                    continue
+                self.outbox.record_failure(item.seq, outcome.attempts, outcome.error or outcome.result)
+                if outcome.result == "broken":
+                    self.outbox.mark_broken(name, self.destination.fingerprint(), outcome.error or "permanent 4xx")
+                    self.on_broken(self.destination, outcome.error or "permanent 4xx", outcome.http_status)
+                elif outcome.result == "retry_later":
+                    self.stop_event.wait(self.retry_later_s)
+            except Exception:  # noqa: BLE001 - a lane must survive a bad item or a transient outbox error
+                log.exception("alert lane %s: unexpected error; continuing in 1s", name)
+                self.stop_event.wait(1.0)
+
+    def _idle(self, seconds: float) -> None:
+        with self.outbox.changed:
+            self.outbox.changed.wait(seconds)
+
+
+class Dispatcher:
+    """Routing + outbox + one delivery lane per destination. Usable without Kafka (tests, tools)."""
+
+    def __init__(self, routes: RoutingTable, outbox: Outbox, *, transport: HttpTransport | None = None,
+                 clock: Clock | None = None, policy: DeliveryPolicy | None = None,
+                 dashboard_url: str = "http://127.0.0.1:8080", cooldown_s: float = 300.0,
+                 delivery_log: DeliveryLog | None = None,
+                 on_broken: Callable[[Alert], None] | None = None) -> None:
+        self.routes = routes
+        self.outbox = outbox
+        self.stop_event = threading.Event()
+        self.clock: Clock = clock or SystemClock(self.stop_event)
+        self.transport = transport or UrllibTransport()
+        self.policy = policy or DeliveryPolicy()
+        self.dashboard_url = dashboard_url
+        self.cooldown_s = cooldown_s
+        self.delivery_log = delivery_log
+        # How a config alert is raised: the worker publishes it to the alerts topic; standalone, it is dispatched.
+        self._raise = on_broken or (lambda alert: self.dispatch([alert]))
+        self.lanes: dict[str, DeliveryLane] = {}
+        self.attempts: list[AttemptRecord] = []  # recent attempts, for tests and `status`
+        self._attempts_lock = threading.Lock()
+        still_broken = outbox.sync_destinations({d.name: d.fingerprint() for d in routes.destinations.values()})
+        for name in still_broken:
+            log.error("alert destination %s is still disabled (%s); replace its URL or key to re-enable it", name,
+                      outbox.broken()[name])
+
+    def _on_attempt(self, record: AttemptRecord) -> None:
+        with self._attempts_lock:
+            self.attempts.append(record)
+            del self.attempts[:-1000]
+        if self.delivery_log is not None:
+            self.delivery_log.record(record)
+
+    def _on_broken(self, destination: Destination, reason: str, http_status: int | None) -> None:
+        alert = build_config_alert(destination, reason, http_status, self.clock.now())
+        log.error("alert destination %s disabled: %s; raising config alert %s", destination.name, reason,
+                  alert.alert_id)
+        try:
+            self._raise(alert)
+        except Exception:  # noqa: BLE001 - the lane must continue; the failure is logged loudly
+            log.exception("could not raise the config alert for destination %s", destination.name)
+
+    def start(self) -> None:
+        for dest in self.routes.destinations.values():
+            sender = DestinationSender(dest, self.transport, self.clock, policy=self.policy,
+                                       dashboard_url=self.dashboard_url, on_attempt=self._on_attempt)
+            lane = DeliveryLane(dest, self.outbox, sender, self.stop_event, retry_later_s=self.policy.retry_later_s,
+                                on_broken=self._on_broken)
+            self.lanes[dest.name] = lane
+            lane.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        with self.outbox.changed:
+            self.outbox.changed.notify_all()
+        for lane in self.lanes.values():
+            lane.join(timeout)
+
+    def dispatch(self, alerts: Iterable[Alert]) -> list[tuple[Alert, EnqueueResult]]:
+        """Route and durably enqueue ``alerts`` (one transaction). Returns each (alert, result)."""
+        batch: list[tuple[Alert, list[str]]] = []
+        broken = frozenset(self.outbox.broken())
+        for alert in alerts:
+            # A config alert about a broken destination must not be routed to it; other alerts still queue for a
+            # broken destination (kept until it is repaired: never lost).
+            exclude = broken if alert.kind == "config" else frozenset()
+            dests = [d.name for d in self.routes.route(alert, exclude=exclude)]
+            if not dests:
+                log.warning("alert %s (%s, %s, team %s) matches no route; it is not notified", alert.alert_id,
+                            alert.kind, alert.severity, alert.team)
+            batch.append((alert, dests))
+        results = self.outbox.enqueue(batch, cooldown_s=self.cooldown_s)
+        out: list[tuple[Alert, EnqueueResult]] = []
+        flat = [(alert, d) for alert, dests in batch for d in dests]
+        for (alert, dest_name), result in zip(flat, results, strict=True):
+            out.append((alert, result))
+            if result.status == "skipped" and self.delivery_log is not None:
+                dest = self.routes.destinations[dest_name]
+                self.delivery_log.record_skip(alert.alert_id, dest.type, dest.name, result.reason or "skipped",
+                                              self.clock.now())
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------ worker
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    group_id: str = "finops-alerts"
+    audit_group_id: str = "finops-control-audit"
+    batch_size: int = 100
+    poll_timeout_s: float = 0.2
+    tick_s: float = 1.0
+    cooldown_s: float = 300.0
+    publish_timeout_s: float = 30.0
+    dashboard_url: str = "http://127.0.0.1:8080"
+    policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+
+
+class AlertWorker:
+    """Wires Kafka, the enforcer, the dispatcher and the ClickHouse logs. ``run`` blocks until :meth:`stop`."""
+
+    def __init__(self, *, kafka_config: Mapping[str, Any], alerts_topic: str, control_topic: str,
+                 routes: RoutingTable, outbox: Outbox, enforcer: Enforcer, verify_keys: Mapping[str, bytes],
+                 options: WorkerOptions | None = None, transport: HttpTransport | None = None,
+                 clock: Clock | None = None, ch_client: Any = None, ch_database: str | None = None) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        from schemas.wire import AvroCodec
+
+        self.options = options or WorkerOptions()
+        self.alerts_topic = alerts_topic
+        self.control_topic = control_topic
+        self.enforcer = enforcer
+        self.verify_keys = dict(verify_keys)
+        self.codec = AvroCodec()
+        base = dict(kafka_config)
+        self.producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+        self.consumer = Consumer({**base, "group.id": self.options.group_id, "enable.auto.commit": False,
+                                  "auto.offset.reset": "earliest"})
+        self.audit_consumer = Consumer({**base, "group.id": self.options.audit_group_id,
+                                        "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self.delivery_log = DeliveryLog(ch_client, ch_database or "finops") if ch_client is not None else None
+        self.audit_log = ControlAuditLog(ch_client, ch_database or "finops") if ch_client is not None else None
+        self.dispatcher = Dispatcher(routes, outbox, transport=transport, clock=clock, policy=self.options.policy,
+                                     dashboard_url=self.options.dashboard_url, cooldown_s=self.options.cooldown_s,
+                                     delivery_log=self.delivery_log, on_broken=self._raise_config_alert)
+        self.clock = self.dispatcher.clock
+        self._next_tick = 0.0
+        self.invalid_alerts = 0
+        self.commands_published: list[ControlCommand] = []
+        self.forged_seen = 0
+
+    def _raise_config_alert(self, alert: Alert) -> None:
+        publish_alert(self.producer, self.alerts_topic, alert, self.codec, timeout=self.options.publish_timeout_s)
+
+    def start(self) -> None:
+        self.consumer.subscribe([self.alerts_topic])
+        self.audit_consumer.subscribe([self.control_topic])
+        self.dispatcher.start()
+
+    def stop(self) -> None:
+        """Stop lanes, flush logs, close clients (reverse order of start)."""
+        self.dispatcher.stop()
+        self._flush_logs()
+        self.audit_consumer.close()
+        self.consumer.close()
+        self.producer.flush(10)
+
+    def run(self, stop: threading.Event) -> None:
+        self.start()
+        try:
+            while not stop.is_set():
+                self.run_once()
+        finally:
+            self.stop()
+
+    def run_once(self) -> int:
+        """One iteration (see the module docstring). Returns the number of alerts consumed."""
+        msgs = self.consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
+        alerts: list[Alert] = []
+        for msg in msgs:
+            if msg.error() is not None:
+                log.warning("alerts consumer: %s", msg.error())
+                continue
+            try:
+                _, record = self.codec.decode(msg.value())
+                alerts.append(Alert.from_avro_dict(record))
+            except FinopsError as err:
+                # No DLQ for alerts: an undecodable alert is a producer bug; it is logged with its provenance.
+                self.invalid_alerts += 1
+                log.error("skipping undecodable alert at %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(),
+                          err)
+        if alerts:
+            cmds = [cmd for alert in alerts for cmd in self.enforcer.handle(alert)]
+            publish_commands(self.producer, self.control_topic, cmds, self.codec,
+                             timeout=self.options.publish_timeout_s)
+            self.commands_published.extend(cmds)
+            for cmd in cmds:
+                log.info("control: published %s %s:%s (%s)", cmd.action, cmd.scope_type, cmd.scope_value,
+                         cmd.command_id)
+            self.dispatcher.dispatch(alerts)
+        if msgs:
+            self.consumer.commit(asynchronous=False)
+        if self.clock.monotonic() >= self._next_tick:
+            self._next_tick = self.clock.monotonic() + self.options.tick_s
+            expired = self.enforcer.tick(self.clock.now())
+            if expired:
+                publish_commands(self.producer, self.control_topic, expired, self.codec,
+                                 timeout=self.options.publish_timeout_s)
+                self.commands_published.extend(expired)
+        self._audit_once()
+        self._flush_logs()
+        return len(alerts)
+
+    def _audit_once(self) -> None:
+        msgs = self.audit_consumer.consume(self.options.batch_size, 0)
+        if not msgs:
+            return
+        now = self.clock.now()
+        for msg in msgs:
+            if msg.error() is not None or msg.value() is None:
+                continue
+            try:
+                _, record = self.codec.decode(msg.value())
+                cmd = ControlCommand.from_avro_dict(record)
+            except FinopsError as err:
+                self.forged_seen += 1
+                log.warning("control audit: undecodable control message at offset %d: %s", msg.offset(), err)
+                continue
+            ok = verify(cmd, self.verify_keys)
+            if not ok:
+                self.forged_seen += 1
+                log.warning("control audit: command %s for %s:%s does NOT verify (key_id %r, issued_by %r): "
+                            "recorded with verified=false", cmd.command_id, cmd.scope_type, cmd.scope_value,
+                            cmd.key_id, cmd.issued_by)
+            if self.audit_log is not None:
+                self.audit_log.record(cmd, received_at=now, verified=ok)
+        if self.audit_log is not None:
+            try:
+                self.audit_log.flush()
+            except DeliveryLogError as err:
+                log.error("control audit not written (will retry): %s", err)
+                return
+        self.audit_consumer.commit(asynchronous=False)
+
+    def _flush_logs(self) -> None:
+        for writer in (self.delivery_log, self.audit_log):
+            if writer is None:
+                continue
+            try:
+                writer.flush()
+            except DeliveryLogError as err:
+                log.error("%s (will retry)", err)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

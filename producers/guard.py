@@ -1,0 +1,462 @@
+"""The agent-side enforcement guard: obey ``agent.control.v1`` before every model call.
+
+``ControlGuard`` follows the compacted control topic in a daemon thread. At start it reads every partition from the
+beginning (compaction leaves the latest command per ``scope_type:scope_value``: the current state), then keeps
+following. Before each model call the agent calls :meth:`ControlGuard.check`:
+
+- a live ``suspend`` on the agent, its team or its project raises :class:`AgentSuspended` (reason, who issued it,
+  when it expires);
+- a live ``throttle`` takes a token from a token bucket refilled at ``rate_per_minute`` (the strictest of the
+  agent's scopes); with no token, ``check`` blocks until one is due (``throttle="block"``, bounded by
+  ``max_block_s``) or raises :class:`Throttled` with the wait (``throttle="raise"``);
+- :meth:`ControlGuard.downgrade_model` returns the cheaper model of a live ``downgrade``, else the requested one.
+
+A command is *live* until its ``expires_at`` (the end of the budget period that caused it), so a period rollover
+releases the agent even when no ``resume`` arrives; a ``resume`` (or a tombstone) clears the scope at once.
+
+Trust: a command is obeyed only if its HMAC-SHA256 signature verifies under one of ``keys`` (key id -> secret;
+several during a rotation). A forged, tampered or undecodable command is ignored, counted (``stats().forged``),
+logged and handed to ``on_forged`` so it can be reported. A command older (``issued_at``) than the state it would
+replace is ignored too, so a captured old ``resume`` cannot be replayed to lift a newer suspension. A forged message
+still occupies its key on the compacted topic; a guard that starts after compaction removed the genuine command
+will not see it: restrict writes to the topic with ACLs (the signature stops obedience, not writes).
+
+Before the first catch-up (the end of every partition reached once) ``check`` waits up to ``start_timeout_s``; then it
+fails open with a warning (the agent keeps working while the broker is unreachable) or, with ``fail_closed=True``,
+raises :class:`GuardNotReady`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from schemas.errors import FinopsError
+from schemas.models import ControlCommand, verify
+
+__all__ = [
+    "AgentSuspended",
+    "ControlGuard",
+    "ForgedCommand",
+    "GuardClock",
+    "GuardNotReady",
+    "GuardStats",
+    "ScopeState",
+    "Throttled",
+    "TokenBucket",
+]
+
+log = logging.getLogger(__name__)
+
+_SCOPE_ORDER = ("agent", "project", "team")
+
+
+class AgentSuspended(FinopsError):
+    """The agent (or its team or project) is suspended: do not make the model call."""
+
+    def __init__(self, scope: str, reason: str, issued_by: str, expires_at: datetime | None, command_id: str) -> None:
+        self.scope = scope
+        self.reason = reason
+        self.issued_by = issued_by
+        self.expires_at = expires_at
+        self.command_id = command_id
+        until = f"until {expires_at.isoformat()}" if expires_at else "until resumed"
+        super().__init__(f"model calls are suspended for {scope} {until}: {reason} (issued by {issued_by}, "
+                         f"command {command_id})")
+
+
+class Throttled(FinopsError):
+    """The throttle allows no call now; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, scope: str, rate_per_minute: int, retry_after_s: float) -> None:
+        self.scope = scope
+        self.rate_per_minute = rate_per_minute
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{scope} is throttled to {rate_per_minute} calls/min; next call allowed in "
+                         f"{retry_after_s:.2f}s")
+
+
+class GuardNotReady(FinopsError):
+    """The guard has not read the control topic's current state yet (broker unreachable?) and fails closed."""
+
+
+class GuardClock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def now(self) -> datetime: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class _SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
+
+
+@dataclass(frozen=True)
+class ForgedCommand:
+    """An ignored control message: where it was and why it was refused (the signature is not reproduced)."""
+
+    key: str | None
+    partition: int | None
+    offset: int | None
+    reason: str
+    command_id: str | None = None
+    scope: str | None = None
+    action: str | None = None
+    issued_by: str | None = None
+
+
+@dataclass
+class GuardStats:
+    applied: int = 0
+    forged: int = 0
+    stale: int = 0
+    suspended_checks: int = 0
+    throttled_checks: int = 0
+
+
+@dataclass(frozen=True)
+class ScopeState:
+    command: ControlCommand
+    partition: int | None = None
+    offset: int | None = None
+
+    def live(self, now: datetime) -> bool:
+        cmd = self.command
+        return cmd.action != "resume" and (cmd.expires_at is None or cmd.expires_at > now)
+
+
+@dataclass
+class TokenBucket:
+    """``rate_per_minute`` tokens per minute, at most ``capacity`` saved up; starts full."""
+
+    rate_per_minute: int
+    capacity: int
+    tokens: float = field(init=False)
+    updated: float = field(default=float("nan"))
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.capacity)
+
+    def take(self, now: float) -> float:
+        """Take a token if one is there and return 0; otherwise return the seconds until one is due."""
+        if math.isnan(self.updated):
+            self.updated = now
+        per_second = self.rate_per_minute / 60.0
+        self.tokens = min(float(self.capacity), self.tokens + (now - self.updated) * per_second)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / per_second
+
+
+class ControlGuard:
+    """Follows the control topic for one agent and answers "may I call the model now?".
+
+    Thread-safe: the follower thread applies commands; any thread may call :meth:`check`.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        keys: Mapping[str, bytes],
+        agent_id: str,
+        team: str | None = None,
+        project: str | None = None,
+        bootstrap: str | None = None,
+        kafka_config: Mapping[str, Any] | None = None,
+        throttle: Literal["block", "raise"] = "block",
+        max_block_s: float = 60.0,
+        throttle_burst: int | None = None,
+        on_forged: Callable[[ForgedCommand], None] | None = None,
+        clock: GuardClock | None = None,
+        start_timeout_s: float = 10.0,
+        fail_closed: bool = False,
+        poll_interval_s: float = 0.1,
+    ) -> None:
+        if not keys:
+            raise FinopsError("ControlGuard needs at least one verification key (key id -> secret); without one "
+                              "every command would be ignored")
+        self.topic = topic
+        self.keys = dict(keys)
+        self.agent_id = agent_id
+        self.team = team
+        self.project = project
+        self.throttle_mode = throttle
+        self.max_block_s = max_block_s
+        self.throttle_burst = throttle_burst
+        self.on_forged = on_forged
+        self.clock: GuardClock = clock or _SystemClock()
+        self.start_timeout_s = start_timeout_s
+        self.fail_closed = fail_closed
+        self.poll_interval_s = poll_interval_s
+        self._kafka: dict[str, Any] = dict(kafka_config or {})
+        if bootstrap:
+            self._kafka["bootstrap.servers"] = bootstrap
+        self._lock = threading.Lock()
+        self._state: dict[str, ScopeState] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._stats = GuardStats()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned_not_ready = False
+        self._codec: Any = None
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> ControlGuard:
+        """Start following the topic (returns at once; :meth:`wait_ready` waits for the current state)."""
+        if self._thread is not None:
+            return self
+        if "bootstrap.servers" not in self._kafka:
+            raise FinopsError("ControlGuard needs bootstrap= or kafka_config with bootstrap.servers")
+        from schemas.wire import AvroCodec
+
+        self._codec = AvroCodec()
+        self._thread = threading.Thread(target=self._follow, name=f"control-guard-{self.agent_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> ControlGuard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once the topic's current state has been read (every partition's end reached once)."""
+        return self._ready.wait(timeout)
+
+    def _follow(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+        conf = {
+            **self._kafka,
+            # A private, never-committed group: every start re-reads the compacted state from the beginning.
+            "group.id": f"finops-guard-{self.agent_id}-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+        consumer = Consumer(conf)
+        try:
+            partitions: list[int] = []
+            while not self._stop.is_set() and not partitions:
+                try:
+                    md = consumer.list_topics(self.topic, timeout=5)
+                    meta = md.topics.get(self.topic)
+                    if meta is not None and meta.error is None:
+                        partitions = sorted(meta.partitions)
+                except Exception as err:  # noqa: BLE001 - broker not there yet: keep trying, report
+                    log.warning("control guard: cannot read metadata of %s: %s", self.topic, err)
+                if not partitions:
+                    self._stop.wait(1.0)
+            if self._stop.is_set():
+                return
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            at_end: set[int] = set()
+            while not self._stop.is_set():
+                msg = consumer.poll(self.poll_interval_s)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition())
+                        if not self._ready.is_set() and at_end >= set(partitions):
+                            self._ready.set()
+                    else:
+                        log.warning("control guard: consumer error: %s", err)
+                    continue
+                key = msg.key().decode("utf-8", "replace") if msg.key() else None
+                self.apply_message(key, msg.value(), partition=msg.partition(), offset=msg.offset())
+        finally:
+            consumer.close()
+
+    # ------------------------------------------------------------------------------------------------ apply
+
+    def apply_message(self, key: str | None, value: bytes | None, *, partition: int | None = None,
+                      offset: int | None = None) -> bool:
+        """Apply one raw control message (Avro bytes, or None for a tombstone). True when it changed the state.
+        Public so tests and other transports can feed the guard."""
+        if value is None:
+            if key is not None:
+                with self._lock:
+                    self._state.pop(key, None)
+                    self._buckets.pop(key, None)
+            return True
+        try:
+            if self._codec is None:
+                from schemas.wire import AvroCodec
+
+                self._codec = AvroCodec()
+            _, record = self._codec.decode(value)
+            cmd = ControlCommand.from_avro_dict(record)
+        except FinopsError as err:
+            self._forged(ForgedCommand(key, partition, offset, f"undecodable control message: {err}"))
+            return False
+        return self.apply(cmd, key=key, partition=partition, offset=offset)
+
+    def apply(self, cmd: ControlCommand, *, key: str | None = None, partition: int | None = None,
+              offset: int | None = None) -> bool:
+        """Apply a decoded command after verifying its signature; True when it changed the state."""
+        scope = f"{cmd.scope_type}:{cmd.scope_value}"
+        if not verify(cmd, self.keys):
+            why = "unknown signing key id" if cmd.key_id not in self.keys else "signature does not verify"
+            self._forged(ForgedCommand(key, partition, offset, why, cmd.command_id, scope, cmd.action,
+                                       cmd.issued_by))
+            return False
+        if key is not None and key != scope:
+            self._forged(ForgedCommand(key, partition, offset, f"message key {key!r} does not match the signed "
+                                       f"scope {scope!r}", cmd.command_id, scope, cmd.action, cmd.issued_by))
+            return False
+        with self._lock:
+            current = self._state.get(scope)
+            if current is not None and cmd.issued_at < current.command.issued_at:
+                self._stats.stale += 1
+                log.info("control guard: ignoring %s for %s issued %s, older than the current %s", cmd.action,
+                         scope, cmd.issued_at.isoformat(), current.command.issued_at.isoformat())
+                return False
+            self._state[scope] = ScopeState(cmd, partition, offset)
+            if current is None or current.command.command_id != cmd.command_id:
+                self._buckets.pop(scope, None)  # a new throttle starts a fresh bucket
+            self._stats.applied += 1
+        if self._applies_to_me(cmd):
+            log.warning("control: %s %s (%s) issued by %s, expires %s", cmd.action, scope, cmd.reason,
+                        cmd.issued_by, cmd.expires_at.isoformat() if cmd.expires_at else "never")
+        return True
+
+    def _applies_to_me(self, cmd: ControlCommand) -> bool:
+        return (cmd.scope_type, cmd.scope_value) in self._my_scopes()
+
+    def _my_scopes(self) -> list[tuple[str, str]]:
+        values = {"agent": self.agent_id, "project": self.project, "team": self.team}
+        return [(stype, values[stype]) for stype in _SCOPE_ORDER if values[stype]]  # type: ignore[misc]
+
+    def _forged(self, forged: ForgedCommand) -> None:
+        with self._lock:
+            self._stats.forged += 1
+        log.warning("control guard: IGNORED control message (key %s, partition %s, offset %s, command %s, "
+                    "action %s, issued_by %s): %s", forged.key, forged.partition, forged.offset, forged.command_id,
+                    forged.action, forged.issued_by, forged.reason)
+        if self.on_forged is not None:
+            try:
+                self.on_forged(forged)
+            except Exception:  # noqa: BLE001 - a reporting callback must not stop the follower
+                log.exception("control guard: on_forged callback failed")
+
+    # ------------------------------------------------------------------------------------------------ decisions
+
+    def stats(self) -> GuardStats:
+        with self._lock:
+            return GuardStats(**vars(self._stats))
+
+    def active(self) -> dict[str, ControlCommand]:
+        """The live commands that apply to this agent, by scope key."""
+        now = self.clock.now()
+        with self._lock:
+            return {f"{t}:{v}": s.command for t, v in self._my_scopes()
+                    if (s := self._state.get(f"{t}:{v}")) is not None and s.live(now)}
+
+    def _await_ready(self) -> None:
+        if self._ready.is_set() or self._thread is None:
+            return
+        if self._ready.wait(self.start_timeout_s):
+            return
+        if self.fail_closed:
+            raise GuardNotReady(f"the control topic {self.topic} was not read within {self.start_timeout_s}s; "
+                                "refusing model calls (fail_closed); check the Kafka connection")
+        if not self._warned_not_ready:
+            self._warned_not_ready = True
+            log.warning("control guard: control topic %s not read within %.1fs; allowing calls (fail open)",
+                        self.topic, self.start_timeout_s)
+
+    def check(self) -> None:
+        """Raise :class:`AgentSuspended` if a live suspension applies; take a throttle token (blocking up to
+        ``max_block_s`` or raising :class:`Throttled`, per the ``throttle`` option). Returns when the call may go.
+        """
+        self._await_ready()
+        deadline = self.clock.monotonic() + self.max_block_s
+        while True:
+            wait, scope, rate = self._decide()
+            if wait <= 0:
+                return
+            if self.throttle_mode == "raise" or self.clock.monotonic() + wait > deadline:
+                with self._lock:
+                    self._stats.throttled_checks += 1
+                raise Throttled(scope, rate, wait)
+            # Sleep in short steps so a suspension or resume that arrives meanwhile is seen.
+            self.clock.sleep(min(wait, 0.5))
+
+    def _decide(self) -> tuple[float, str, int]:
+        now = self.clock.now()
+        with self._lock:
+            live = [(f"{t}:{v}", s.command) for t, v in self._my_scopes()
+                    if (s := self._state.get(f"{t}:{v}")) is not None and s.live(now)]
+            for scope, cmd in live:
+                if cmd.action == "suspend":
+                    self._stats.suspended_checks += 1
+                    raise AgentSuspended(scope, cmd.reason, cmd.issued_by, cmd.expires_at, cmd.command_id)
+            throttles = [(scope, cmd) for scope, cmd in live if cmd.action == "throttle" and cmd.rate_per_minute]
+            if not throttles:
+                return 0.0, "", 0
+            # Every applicable throttle must allow the call: take from each bucket, report the longest wait.
+            mono = self.clock.monotonic()
+            longest, which, rate = 0.0, "", 0
+            for scope, cmd in throttles:
+                bucket = self._buckets.get(scope)
+                per_min = int(cmd.rate_per_minute or 1)
+                if bucket is None or bucket.rate_per_minute != per_min:
+                    burst = self.throttle_burst or max(1, per_min // 10)
+                    bucket = self._buckets[scope] = TokenBucket(per_min, burst)
+                peek = _peek(bucket, mono)
+                if peek > longest:
+                    longest, which, rate = peek, scope, per_min
+            if longest > 0:
+                return longest, which, rate
+            for scope, _ in throttles:
+                self._buckets[scope].take(mono)
+            return 0.0, "", 0
+
+    def downgrade_model(self, requested: str) -> str:
+        """The model to call instead of ``requested``: the target of a live downgrade on this agent's scopes (the
+        most specific scope wins), else ``requested``."""
+        now = self.clock.now()
+        with self._lock:
+            for t, v in self._my_scopes():
+                state = self._state.get(f"{t}:{v}")
+                if state is not None and state.live(now) and state.command.action == "downgrade" \
+                        and state.command.target_model:
+                    return state.command.target_model
+        return requested
+
+
+def _peek(bucket: TokenBucket, now: float) -> float:
+    """Seconds until ``bucket`` has a token, without taking it."""
+    if math.isnan(bucket.updated):
+        return 0.0 if bucket.tokens >= 1.0 else (1.0 - bucket.tokens) * 60.0 / bucket.rate_per_minute
+    tokens = min(float(bucket.capacity), bucket.tokens + (now - bucket.updated) * bucket.rate_per_minute / 60.0)
+    return 0.0 if tokens >= 1.0 else (1.0 - tokens) * 60.0 / bucket.rate_per_minute
