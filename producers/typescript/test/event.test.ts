@@ -39,9 +39,9 @@ describe("usage event validation matches the Python SDK", () => {
   it("names every field in the error message", () => {
     assert.throws(
       () => buildUsageEvent({ agent_id: "a", team: "t", project: "p", provider: "openai", model: "m",
-        input_tokens: 1, output_tokens: -1 }, new Date(), "svc"),
-      (err: unknown) => err instanceof ValidationFailed && err.fields()[0] === "output_tokens" &&
-        err.message.startsWith("UsageEvent is invalid (1 problem):\n  - output_tokens [non_negative]: "),
+        input_tokens: 1, output_tokens: 1, latency_ms: -1 }, new Date(), "svc"),
+      (err: unknown) => err instanceof ValidationFailed && err.fields()[0] === "latency_ms" &&
+        err.message.startsWith("UsageEvent is invalid (1 problem):\n  - latency_ms [non_negative]: "),
     );
   });
 });
