@@ -122,9 +122,9 @@ class ReconcileReport:
                     _fmt(diff, signed=True), "OK" if diff == 0 else "DRIFT",
                 ))
         widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-        out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+        out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
                "  ".join("-" * w for w in widths)]
-        out.extend("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in lines)
+        out.extend("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)
         verdict = "DRIFT: " + ", ".join(c.name for c in self.drifting()) if self.drift else "no drift"
         out.append(f"reconcile {_iso(self.start)} .. {_iso(self.end)}: {verdict}")
         return "\n".join(out)
@@ -140,7 +140,7 @@ def _fmt(value: Decimal | int | None, *, signed: bool = False) -> str:
     if isinstance(value, Decimal):
         text = format(value.normalize() if value != 0 else Decimal(0), "f")
         return ("+" + text) if signed and value > 0 else text
-    return f"{value:+d}" if signed else str(value)
+    return f"{value:+d}" if signed and value else str(value)
 
 
 def floor_to(value: datetime, step: timedelta) -> datetime:

@@ -102,6 +102,16 @@ def check_tables(client: Any, database: str) -> None:
         raise ConfigError(f"database {database!r} lacks {', '.join(missing)}: run `finops migrate` first")
 
 
+def build_codec(schema_registry_url: str | None) -> Any:
+    """The sink's decoder: single-object bytes always; Confluent-framed bytes resolved through the Schema Registry
+    when one is configured (without one they are dead-lettered with a reason that says so)."""
+    from schemas.wire import AvroCodec, build_registry_resolver
+
+    if schema_registry_url:
+        return AvroCodec(resolver=build_registry_resolver(schema_registry_url))
+    return AvroCodec()
+
+
 def build_dlq_producer(kafka_config: dict[str, Any]) -> Any:
     """An idempotent, acks=all producer for dead letters."""
     from confluent_kafka import Producer
@@ -170,6 +180,8 @@ def _sink_run(args: argparse.Namespace) -> int:
     client = build_client(url, database=database)
     check_tables(client, database)
 
+    codec = build_codec(settings.kafka.schema_registry_url.get_secret_value()
+                        if settings.kafka.schema_registry_url is not None else None)
     dlq_producer = build_dlq_producer(kafka_config)
     kinds = [args.only] if args.only else ["ledger", "spend"]
     workers = [
@@ -177,7 +189,7 @@ def _sink_run(args: argparse.Namespace) -> int:
             kind, client=client, database=database, kafka_config=kafka_config,
             topic=topics.priced if kind == "ledger" else topics.spend, dlq_topic=topics.dlq,
             dlq_producer=dlq_producer, group_id=LEDGER_GROUP if kind == "ledger" else SPEND_GROUP,
-            batch_rows=args.batch_rows, batch_seconds=args.batch_seconds,
+            batch_rows=args.batch_rows, batch_seconds=args.batch_seconds, codec=codec,
         )
         for kind in kinds
     ]
