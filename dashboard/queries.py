@@ -1,0 +1,480 @@
+"""Every SQL statement the dashboard API runs, each filtered by the caller's scope.
+
+Rules this module keeps (and tests/integration/test_api_rbac.py checks):
+* Every statement is a constant string. Request values reach ClickHouse only as ``{name:Type}`` parameters bound
+  by the server (clickhouse-connect ``parameters=``); nothing from a request is formatted into SQL text.
+* Every read of team data carries :data:`SCOPE` (or :data:`BUDGET_SCOPE`) with the caller's ``scope_*`` parameters
+  (:meth:`dashboard.auth.Scope.params`), so filtering happens in ClickHouse, not after the fact in Python.
+* Tables are unqualified: they resolve to the client's database (settings, never a request).
+* Money stays Decimal; ratios are computed here with Decimal (12 places, like the views), never with floats.
+* Days are UTC days (the rollups' days). ``now`` is passed in, so tests pin the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+from typing import Any, Protocol
+
+from dashboard.auth import Scope
+
+__all__ = [
+    "BUDGET_SCOPE",
+    "SCOPE",
+    "TREND_DAYS",
+    "agent_detail",
+    "agent_owner",
+    "agents",
+    "alerts",
+    "approvals",
+    "audit",
+    "budgets",
+    "chargeback",
+    "models",
+    "overview",
+    "recommendations",
+    "team_detail",
+    "teams",
+]
+
+TREND_DAYS = 30
+_PLACES = Decimal("0.000000000001")
+ZERO = Decimal(0)
+
+# The row filter every team-data query carries. `team` / `project` are columns of the queried table.
+SCOPE = (
+    "({scope_all:UInt8} = 1 OR (team IN {scope_teams:Array(String)} "
+    "AND (empty({scope_projects:Array(String)}) OR project IN {scope_projects:Array(String)})))"
+)
+# Budgets have no team column: a budget is visible when its scope is a visible team, or a project or agent that
+# has spend in a visible team. Tag budgets cut across teams and are for finops admins only.
+BUDGET_SCOPE = (
+    "({scope_all:UInt8} = 1"
+    " OR (scope_type = 'team' AND has({scope_teams:Array(String)}, scope_value))"
+    " OR (scope_type = 'project' AND scope_value IN (SELECT DISTINCT project FROM spend_daily WHERE " + SCOPE + "))"
+    " OR (scope_type = 'agent' AND scope_value IN (SELECT DISTINCT agent_id FROM spend_daily WHERE " + SCOPE + ")))"
+)
+
+
+class Runner(Protocol):
+    def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+
+def ratio(amount: Decimal | None, count: int | Decimal | None) -> Decimal | None:
+    """``amount / count`` truncated at 12 places (the views' convention); None when there is nothing to divide."""
+    if amount is None or not count:
+        return None
+    return (Decimal(amount) / Decimal(count)).quantize(_PLACES, rounding=ROUND_DOWN)
+
+
+def percent(part: Decimal | None, whole: Decimal | None) -> Decimal | None:
+    if part is None or not whole:
+        return None
+    return (Decimal(part) * 100 / Decimal(whole)).quantize(_PLACES, rounding=ROUND_DOWN)
+
+
+def _days(now: datetime) -> dict[str, date]:
+    today = now.date()
+    return {
+        "today": today,
+        "month_start": today.replace(day=1),
+        "since": today - timedelta(days=TREND_DAYS - 1),
+    }
+
+
+def _params(scope: Scope, now: datetime, **extra: Any) -> dict[str, Any]:
+    return {**scope.params(), **_days(now), **extra}
+
+
+def _fill_trend(rows: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """One point per UTC day of the trend window; a day without rows had no spend (0), which the chart shows."""
+    by_day = {row["day"]: row["cost_usd"] for row in rows}
+    start = _days(now)["since"]
+    return [
+        {"day": start + timedelta(days=i), "cost_usd": by_day.get(start + timedelta(days=i), ZERO)}
+        for i in range(TREND_DAYS)
+    ]
+
+
+# ---- organisation overview ----------------------------------------------------------------------------------------
+_SPEND_NOW = (
+    "SELECT sumIf(cost_usd, day = {today:Date}) AS today_usd, sum(cost_usd) AS month_usd, "
+    "sumIf(calls, day = {today:Date}) AS calls_today, sum(calls) AS calls_month "
+    "FROM spend_daily WHERE day >= {month_start:Date} AND day <= {today:Date} AND " + SCOPE
+)
+_TREND = (
+    "SELECT day, sum(cost_usd) AS cost_usd FROM spend_daily "
+    "WHERE day >= {since:Date} AND day <= {today:Date} AND " + SCOPE + " GROUP BY day ORDER BY day"
+)
+_BY_TEAM = (
+    "SELECT team, sumIf(cost_usd, day = {today:Date}) AS today_usd, "
+    "sumIf(cost_usd, day >= {month_start:Date}) AS month_usd, uniqExact(agent_id) AS agents "
+    "FROM spend_daily WHERE day >= least({since:Date}, {month_start:Date}) AND day <= {today:Date} AND " + SCOPE
+    + " GROUP BY team ORDER BY month_usd DESC, team"
+)
+_ANOMALIES = (
+    "SELECT alert_id, occurred_at, team, project, agent_id, model, title, summary, amount_usd, limit_usd, severity "
+    "FROM alerts FINAL WHERE kind = 'anomaly' AND state = 'trigger' AND occurred_at >= {month_start:Date} AND "
+    + SCOPE + " ORDER BY occurred_at DESC, alert_id LIMIT 100"
+)
+_WASTE_MONTH = (
+    "SELECT sum(avoidable_cost_usd) AS avoidable_usd, count() AS signals FROM waste_signals FINAL "
+    "WHERE occurred_at >= {month_start:Date} AND toDate(occurred_at, 'UTC') <= {today:Date} AND " + SCOPE
+)
+
+
+def overview(db: Runner, scope: Scope, now: datetime) -> dict[str, Any]:
+    """Spend today and this month, the 30-day trend, teams, budget utilisation, anomalies and waste percentage."""
+    params = _params(scope, now)
+    spend = db.select(_SPEND_NOW, params)[0]
+    waste = db.select(_WASTE_MONTH, params)[0]
+    anomalies = db.select(_ANOMALIES, params)
+    month = spend["month_usd"] or ZERO
+    budget_rows = budgets(db, scope)
+    return {
+        "as_of": now,
+        "today_usd": spend["today_usd"] or ZERO,
+        "month_usd": month,
+        "calls_today": spend["calls_today"],
+        "calls_month": spend["calls_month"],
+        "trend": _fill_trend(db.select(_TREND, params), now),
+        "teams": db.select(_BY_TEAM, params),
+        "budgets": budget_rows,
+        "budgets_over_80": sum(1 for b in budget_rows if (b["utilisation_pct"] or ZERO) >= 80),
+        "anomalies": {"count": len(anomalies), "recent": anomalies[:10]},
+        "waste": {
+            "avoidable_usd": waste["avoidable_usd"] or ZERO,
+            "signals": waste["signals"],
+            "waste_pct": percent(waste["avoidable_usd"] or ZERO, month),
+        },
+    }
+
+
+def teams(db: Runner, scope: Scope, now: datetime) -> list[dict[str, Any]]:
+    """Teams in scope with spend today / this month and how many agents spent in the last 30 days."""
+    return db.select(_BY_TEAM, _params(scope, now))
+
+
+# ---- team view ----------------------------------------------------------------------------------------------------
+_TEAM_TREND = (
+    "SELECT day, sum(cost_usd) AS cost_usd FROM spend_daily "
+    "WHERE team = {team:String} AND day >= {since:Date} AND day <= {today:Date} AND " + SCOPE
+    + " GROUP BY day ORDER BY day"
+)
+_AGENTS = (
+    "SELECT agent_id, team, project, sumIf(cost_usd, day = {today:Date}) AS today_usd, "
+    "sumIf(cost_usd, day >= {month_start:Date}) AS month_usd, sum(cost_usd) AS last_30d_usd, "
+    "sum(calls) AS calls_30d, max(day) AS last_active_day "
+    "FROM spend_daily WHERE day >= least({since:Date}, {month_start:Date}) AND day <= {today:Date} "
+    "AND ({team:String} = '' OR team = {team:String}) AND " + SCOPE
+    + " GROUP BY agent_id, team, project ORDER BY month_usd DESC, agent_id LIMIT 500"
+)
+_PROJECTS = (
+    "SELECT project, sumIf(cost_usd, day >= {month_start:Date}) AS month_usd, sum(cost_usd) AS last_30d_usd "
+    "FROM spend_daily WHERE team = {team:String} AND day >= least({since:Date}, {month_start:Date}) "
+    "AND day <= {today:Date} AND " + SCOPE + " GROUP BY project ORDER BY month_usd DESC, project"
+)
+
+
+def team_detail(db: Runner, scope: Scope, team: str, now: datetime) -> dict[str, Any] | None:
+    """One team's trend, agents, projects, budgets and recent alerts; None when the team is not visible (outside
+    the caller's scope, or no spend in the window for an admin)."""
+    if not scope.covers(team):
+        return None
+    params = _params(scope, now, team=team)
+    agent_rows = db.select(_AGENTS, params)
+    trend_rows = db.select(_TEAM_TREND, params)
+    if not agent_rows and not trend_rows:
+        return None
+    agent_ids = {row["agent_id"] for row in agent_rows}
+    projects = db.select(_PROJECTS, params)
+    project_names = {row["project"] for row in projects}
+    team_budgets = [
+        b for b in budgets(db, scope)
+        if (b["scope_type"] == "team" and b["scope_value"] == team)
+        or (b["scope_type"] == "project" and b["scope_value"] in project_names)
+        or (b["scope_type"] == "agent" and b["scope_value"] in agent_ids)
+    ]
+    return {
+        "team": team,
+        "as_of": now,
+        "today_usd": sum((r["today_usd"] for r in agent_rows), ZERO),
+        "month_usd": sum((r["month_usd"] for r in agent_rows), ZERO),
+        "trend": _fill_trend(trend_rows, now),
+        "agents": agent_rows,
+        "projects": projects,
+        "budgets": team_budgets,
+        "alerts": alerts(db, scope, now, team=team, limit=20),
+    }
+
+
+def agents(db: Runner, scope: Scope, now: datetime, team: str = "") -> list[dict[str, Any]]:
+    """Agents in scope (optionally of one team) with today's, this month's and 30 days' spend."""
+    return db.select(_AGENTS, _params(scope, now, team=team))
+
+
+# ---- agent view ---------------------------------------------------------------------------------------------------
+_AGENT_OWNER = (
+    "SELECT team, project, sum(cost_usd) AS cost_usd FROM spend_daily "
+    "WHERE agent_id = {agent_id:String} AND " + SCOPE + " GROUP BY team, project ORDER BY cost_usd DESC LIMIT 1"
+)
+_AGENT_DAYS = (
+    "SELECT day, sum(cost_usd) AS cost_usd, sum(calls) AS calls, sum(errors) AS errors, sum(retries) AS retries "
+    "FROM spend_daily WHERE agent_id = {agent_id:String} AND day >= {since:Date} AND day <= {today:Date} AND "
+    + SCOPE + " GROUP BY day ORDER BY day"
+)
+_AGENT_MODELS = (
+    "SELECT provider, model, sum(calls) AS calls, sum(cost_usd) AS cost_usd, "
+    "sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM spend_daily "
+    "WHERE agent_id = {agent_id:String} AND day >= {since:Date} AND day <= {today:Date} AND " + SCOPE
+    + " GROUP BY provider, model ORDER BY cost_usd DESC, model"
+)
+_AGENT_TASKS = (
+    "SELECT task_id, project, cost_usd, calls, first_call_at, last_call_at, succeeded FROM v_cost_per_task "
+    "WHERE agent_id = {agent_id:String} AND toDate(last_call_at, 'UTC') >= {since:Date} AND " + SCOPE
+    + " ORDER BY last_call_at DESC, task_id LIMIT 25"
+)
+_AGENT_TASK_SUMMARY = (
+    "SELECT count() AS tasks, sum(cost_usd) AS cost_usd, countIf(succeeded) AS successful_tasks "
+    "FROM v_cost_per_task WHERE agent_id = {agent_id:String} AND toDate(last_call_at, 'UTC') >= {since:Date} AND "
+    + SCOPE
+)
+_CONTROL = (
+    "SELECT command_id, scope_type, scope_value, action, rate_per_minute, target_model, reason, issued_by, "
+    "issued_at, expires_at FROM control_commands FINAL "
+    "WHERE (scope_type = 'agent' AND scope_value = {agent_id:String}) "
+    "OR (scope_type = 'team' AND scope_value = {team:String}) "
+    "OR (scope_type = 'project' AND scope_value = {project:String}) "
+    "ORDER BY issued_at DESC, command_id LIMIT 20"
+)
+_SEVERITY = {"resume": 0, "throttle": 1, "downgrade": 2, "suspend": 3}
+
+
+def agent_owner(db: Runner, scope: Scope, agent_id: str) -> tuple[str, str] | None:
+    """``(team, project)`` of a visible agent (the one it spent most under); None when not visible."""
+    rows = db.select(_AGENT_OWNER, {**scope.params(), "agent_id": agent_id})
+    return (rows[0]["team"], rows[0]["project"]) if rows else None
+
+
+def compute_control_state(commands: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+    """The control state an agent is under (pure): per scope the latest command counts; a resume or an expired
+    command releases; of the active ones the most restrictive (suspend > downgrade > throttle) wins."""
+    latest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for cmd in sorted(commands, key=lambda c: c["issued_at"]):
+        latest[(cmd["scope_type"], cmd["scope_value"])] = cmd
+    naive_now = now.replace(tzinfo=None)
+    active = [
+        cmd for cmd in latest.values()
+        if cmd["action"] != "resume"
+        and (cmd["expires_at"] is None or cmd["expires_at"].replace(tzinfo=None) > naive_now)
+    ]
+    if not active:
+        return {"state": "normal", "command": None}
+    worst = max(active, key=lambda c: (_SEVERITY.get(c["action"], 0), c["issued_at"]))
+    return {"state": worst["action"], "command": dict(worst)}
+
+
+def agent_detail(db: Runner, scope: Scope, agent_id: str, now: datetime) -> dict[str, Any] | None:
+    """Cost per task and per day, models used, recent alerts and control state of one agent; None when the agent
+    is not visible to the caller."""
+    owner = agent_owner(db, scope, agent_id)
+    if owner is None:
+        return None
+    team, project = owner
+    params = _params(scope, now, agent_id=agent_id, team=team, project=project)
+    days = db.select(_AGENT_DAYS, params)
+    summary = db.select(_AGENT_TASK_SUMMARY, params)[0]
+    commands = db.select(_CONTROL, params)
+    by_day = {row["day"]: row for row in days}
+    start = _days(now)["since"]
+    per_day = []
+    for i in range(TREND_DAYS):
+        day = start + timedelta(days=i)
+        row = by_day.get(day)
+        per_day.append({"day": day, "cost_usd": row["cost_usd"] if row else ZERO,
+                        "calls": row["calls"] if row else 0, "errors": row["errors"] if row else 0})
+    month_start = _days(now)["month_start"]
+    return {
+        "agent_id": agent_id,
+        "team": team,
+        "project": project,
+        "as_of": now,
+        "today_usd": by_day[now.date()]["cost_usd"] if now.date() in by_day else ZERO,
+        "month_usd": sum((r["cost_usd"] for r in days if r["day"] >= month_start), ZERO),
+        "per_day": per_day,
+        "models": [dict(r, cost_per_call=ratio(r["cost_usd"], r["calls"])) for r in db.select(_AGENT_MODELS, params)],
+        "tasks": db.select(_AGENT_TASKS, params),
+        "task_summary": {
+            "tasks": summary["tasks"],
+            "successful_tasks": summary["successful_tasks"],
+            "cost_usd": summary["cost_usd"] or ZERO,
+            "cost_per_task_usd": ratio(summary["cost_usd"], summary["tasks"]),
+            "cost_per_successful_task_usd": ratio(summary["cost_usd"], summary["successful_tasks"]),
+        },
+        "alerts": alerts(db, scope, now, agent_id=agent_id, limit=20),
+        "control": {**compute_control_state(commands, now), "history": commands},
+    }
+
+
+# ---- model comparison ---------------------------------------------------------------------------------------------
+_MODELS = (
+    "SELECT provider, model, sum(calls) AS calls, sum(cost_usd) AS cost_usd FROM spend_daily "
+    "WHERE day >= {since:Date} AND day <= {today:Date} AND " + SCOPE
+    + " GROUP BY provider, model ORDER BY cost_usd DESC, model"
+)
+_MODEL_TASKS = (
+    "SELECT provider, model, uniqExact(task_id) AS tasks, sum(cost_usd) AS task_cost_usd FROM usage_ledger FINAL "
+    "WHERE task_id != '' AND occurred_at >= {since:Date} AND toDate(occurred_at, 'UTC') <= {today:Date} AND "
+    + SCOPE + " GROUP BY provider, model"
+)
+# The detectors write the suggested cheaper model into the evidence JSON; both key spellings are accepted.
+_ALTERNATIVES = (
+    "SELECT model, if(JSONExtractString(evidence, 'suggested_model') != '', JSONExtractString(evidence, "
+    "'suggested_model'), JSONExtractString(evidence, 'cheaper_model')) AS suggested_model, "
+    "count() AS signals, sum(avoidable_cost_usd) AS avoidable_usd FROM waste_signals FINAL "
+    "WHERE kind = 'model_tiering' AND occurred_at >= {since:Date} AND " + SCOPE
+    + " GROUP BY model, suggested_model ORDER BY avoidable_usd DESC, model"
+)
+
+
+def models(db: Runner, scope: Scope, now: datetime) -> dict[str, Any]:
+    """Cost per call and per task by model (30 days) and the cheaper alternatives the detectors found."""
+    params = _params(scope, now)
+    per_task = {(r["provider"], r["model"]): r for r in db.select(_MODEL_TASKS, params)}
+    out = []
+    for row in db.select(_MODELS, params):
+        task = per_task.get((row["provider"], row["model"]))
+        out.append({
+            **row,
+            "cost_per_call": ratio(row["cost_usd"], row["calls"]),
+            "tasks": task["tasks"] if task else 0,
+            "cost_per_task": ratio(task["task_cost_usd"], task["tasks"]) if task else None,
+        })
+    return {"as_of": now, "models": out, "alternatives": db.select(_ALTERNATIVES, params)}
+
+
+# ---- budgets, alerts, recommendations, approvals -----------------------------------------------------------------
+_BUDGETS = (
+    "SELECT policy_id, version, scope_type, scope_value, period, timezone, mode, limit_usd, period_start_local, "
+    "period_end_local, spent_usd, utilisation_pct FROM v_budget_utilisation WHERE " + BUDGET_SCOPE
+    + " ORDER BY utilisation_pct DESC, policy_id"
+)
+_ALERTS = (
+    "SELECT alert_id, dedup_key, kind, severity, state, occurred_at, team, project, agent_id, policy_id, model, "
+    "title, summary, amount_usd, limit_usd, actions FROM alerts FINAL "
+    "WHERE occurred_at >= {alerts_since:Date} AND ({kind:String} = '' OR kind = {kind:String}) "
+    "AND ({team:String} = '' OR team = {team:String}) AND ({agent_id:String} = '' OR agent_id = {agent_id:String}) "
+    "AND " + SCOPE + " ORDER BY occurred_at DESC, alert_id LIMIT {limit:UInt32}"
+)
+_RECOMMENDATIONS = (
+    "SELECT kind, team, project, agent_id, model, if(JSONExtractString(evidence, 'suggested_model') != '', "
+    "JSONExtractString(evidence, 'suggested_model'), JSONExtractString(evidence, 'cheaper_model')) "
+    "AS suggested_model, count() AS signals, sum(avoidable_cost_usd) AS avoidable_usd, "
+    "max(detected_at) AS last_detected_at, any(evidence) AS example_evidence FROM waste_signals FINAL "
+    "WHERE occurred_at >= {since:Date} AND " + SCOPE
+    + " GROUP BY kind, team, project, agent_id, model, suggested_model "
+    "ORDER BY avoidable_usd DESC, kind, agent_id LIMIT 200"
+)
+_APPROVALS = (
+    "SELECT alert_id, dedup_key, state, occurred_at, team, project, agent_id, policy_id, title, summary, "
+    "amount_usd, limit_usd FROM alerts FINAL WHERE kind = 'approval' AND occurred_at >= {since:Date} AND " + SCOPE
+    + " ORDER BY occurred_at DESC, alert_id LIMIT 200"
+)
+_DECISIONS = (
+    "SELECT target, argMax(details, at) AS details, argMax(actor, at) AS actor, max(at) AS decided_at "
+    "FROM admin_audit WHERE action = 'approval.decide' AND outcome = 'ok' AND target IN {ids:Array(String)} "
+    "GROUP BY target"
+)
+ALERT_RETENTION_DAYS = 90
+
+
+def budgets(db: Runner, scope: Scope) -> list[dict[str, Any]]:
+    """Enabled budgets the caller may see, with spend in the current period and utilisation (percent)."""
+    return db.select(_BUDGETS, scope.params())
+
+
+def alerts(
+    db: Runner, scope: Scope, now: datetime, *, kind: str = "", team: str = "", agent_id: str = "", limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The newest alert state changes in scope (90 days), optionally of one kind, team or agent."""
+    params = {
+        **scope.params(), "kind": kind, "team": team, "agent_id": agent_id, "limit": max(1, min(limit, 1000)),
+        "alerts_since": now.date() - timedelta(days=ALERT_RETENTION_DAYS),
+    }
+    return db.select(_ALERTS, params)
+
+
+def recommendations(db: Runner, scope: Scope, now: datetime) -> dict[str, Any]:
+    """Waste signals grouped into recommendations (30 days), biggest saving first, with totals per kind."""
+    rows = db.select(_RECOMMENDATIONS, _params(scope, now))
+    totals: dict[str, Decimal] = {}
+    for row in rows:
+        totals[row["kind"]] = totals.get(row["kind"], ZERO) + row["avoidable_usd"]
+    return {
+        "as_of": now,
+        "recommendations": rows,
+        "totals": [{"kind": k, "avoidable_usd": v} for k, v in sorted(totals.items(), key=lambda kv: -kv[1])],
+        "avoidable_usd": sum(totals.values(), ZERO),
+    }
+
+
+def approvals(db: Runner, scope: Scope, now: datetime) -> list[dict[str, Any]]:
+    """Approval requests in scope (30 days) with the decision taken on each, if any."""
+    rows = db.select(_APPROVALS, _params(scope, now))
+    if not rows:
+        return []
+    decisions = {
+        d["target"]: d for d in db.select(_DECISIONS, {"ids": [r["alert_id"] for r in rows]})
+    }
+    out = []
+    for row in rows:
+        decision = decisions.get(row["alert_id"])
+        out.append({**row, "decision": decision["details"] if decision else None,
+                    "decided_by": decision["actor"] if decision else None})
+    return out
+
+
+def alert_in_scope(db: Runner, scope: Scope, alert_id: str) -> dict[str, Any] | None:
+    rows = db.select(
+        "SELECT alert_id, kind, team, project, agent_id FROM alerts FINAL WHERE alert_id = {alert_id:String} AND "
+        + SCOPE + " LIMIT 1",
+        {**scope.params(), "alert_id": alert_id},
+    )
+    return rows[0] if rows else None
+
+
+def project_in_scope(db: Runner, scope: Scope, project: str) -> bool:
+    rows = db.select(
+        "SELECT count() AS n FROM spend_daily WHERE project = {project:String} AND " + SCOPE,
+        {**scope.params(), "project": project},
+    )
+    return bool(rows and rows[0]["n"])
+
+
+def next_budget_version(db: Runner, policy_id: str) -> int:
+    rows = db.select("SELECT max(version) AS v FROM budgets WHERE policy_id = {policy_id:String}",
+                     {"policy_id": policy_id})
+    return int(rows[0]["v"] or 0) + 1 if rows else 1
+
+
+# ---- admin --------------------------------------------------------------------------------------------------------
+_AUDIT = (
+    "SELECT audit_id, at, actor, actor_token_id, role, action, target, outcome, details FROM admin_audit "
+    "ORDER BY at DESC, audit_id LIMIT {limit:UInt32}"
+)
+_CHARGEBACK = (
+    "SELECT team, project, sum(cost_usd) AS cost_usd, sum(calls) AS calls, sum(input_tokens) AS input_tokens, "
+    "sum(output_tokens) AS output_tokens FROM spend_daily WHERE day >= {start:Date} AND day < {end:Date} "
+    "GROUP BY team, project ORDER BY team, project"
+)
+
+
+def audit(db: Runner, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest admin audit entries (finops admins only; the caller checks the role)."""
+    return db.select(_AUDIT, {"limit": max(1, min(limit, 5000))})
+
+
+def chargeback(db: Runner, start: date, end: date) -> list[dict[str, Any]]:
+    """Showback per team and project for ``[start, end)`` UTC days (finops admins only)."""
+    return db.select(_CHARGEBACK, {"start": start, "end": end})
