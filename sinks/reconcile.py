@@ -159,7 +159,7 @@ def ceil_to(value: datetime, step: timedelta) -> datetime:
 
 
 def _one(client: Any, sql: str, parameters: Mapping[str, Any]) -> Sequence[Any]:
-    rows = client.query(sql, parameters=dict(parameters)).result_rows
+    rows: Sequence[Sequence[Any]] = client.query(sql, parameters=dict(parameters)).result_rows
     return rows[0]
 
 
@@ -260,7 +260,7 @@ def build_drift_alert(report: ReconcileReport, now: datetime) -> dict[str, Any]:
     does not page twice; the alert id changes per run (a new state change).
     """
     drifting = report.drifting()
-    worst = max(drifting, key=lambda c: abs(c.differences().get("cost_usd", 0)), default=None)
+    worst = max(drifting, key=lambda c: abs(Decimal(c.differences().get("cost_usd", 0))), default=None)
     details: dict[str, str] = {"range_start": _iso(report.start), "range_end": _iso(report.end)}
     for c in drifting:
         for metric, diff in c.differences().items():
