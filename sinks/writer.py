@@ -163,7 +163,7 @@ class RetryPolicy:
 def compute_backoff(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based). Pure given ``rng``; never negative, never above
     the cap, and never below a tenth of the exponential step (so a burst of zero waits cannot spin)."""
-    step = min(policy.cap_seconds, policy.base_seconds * (2 ** max(0, attempt - 1)))
+    step = min(policy.cap_seconds, policy.base_seconds * float(2 ** max(0, attempt - 1)))
     jittered: float = rng.uniform(0.0, step)
     return max(step / 10.0, jittered)
 
