@@ -18,8 +18,9 @@ scope and action), so an alert consumed twice publishes the same command and the
 
 What the alert must carry (fields of ``Alert`` plus ``details`` keys, all optional but the scope):
 
-- scope: ``details.scope_type`` / ``details.scope_value`` when given (agent, team or project); otherwise the most
-  specific of ``agent_id``, ``project``, ``team``. A tag-scoped policy cannot be enforced through the control topic
+- scope: ``details.scope_type`` / ``details.scope_value`` when given (agent, team or project; detection sets the
+  policy's scope there); otherwise the most specific of ``agent_id``, ``project``, ``team``. Task and call caps
+  enforce on the agent that broke them. A tag-scoped policy cannot be enforced through the control topic
   (its scopes are agent, team, project); it falls back to ``agent_id`` or is only notified.
 - expiry: ``details.period_end`` (ISO 8601), or ``details.period`` (``2025-03``, ``2025-W11``, ``2025-03-14``) with
   ``details.timezone`` (IANA, default UTC).
@@ -95,6 +96,9 @@ def compute_scope(alert: Alert) -> tuple[Literal["agent", "team", "project"], st
     """The control scope an alert enforces on (see the module docstring), or None when it has none."""
     stype = alert.details.get("scope_type")
     svalue = alert.details.get("scope_value")
+    if alert.kind in ("task_cap", "call_cap") and alert.agent_id:
+        # A cap is broken by one agent's task or call: stop that agent, not the policy's whole team.
+        return "agent", alert.agent_id
     if stype in ("agent", "team", "project") and svalue:
         return stype, svalue  # type: ignore[return-value]
     if alert.agent_id:
@@ -257,7 +261,7 @@ class Enforcer:
         if not any(k == alert.dedup_key for k, _, _ in self.store.enforcement_active(key)):
             return []  # this key never enforced anything (a notify-only threshold)
         self.store.enforcement_drop(key, alert.dedup_key)
-        why = alert.details.get("resolve_reason") or "the budget condition cleared (period rolled over or the " \
+        why = alert.details.get("resolve_reason") or alert.details.get("reason") or "the budget condition cleared (period rolled over or the " \
                                                        "limit was raised)"
         return [self._effective(key, alert.alert_id, alert.occurred_at, scope[0], scope[1], resume_reason=why)]
 
