@@ -183,16 +183,18 @@ def read_control_state(kafka_config: dict[str, Any], topic: str, keys: dict[str,
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
+            failure = msg.error()
+            if failure is not None:
+                if failure.code() == KafkaError._PARTITION_EOF:
+                    done.add(int(msg.partition() or 0))
                 continue
-            key = msg.key().decode("utf-8", "replace") if msg.key() else "?"
-            if msg.value() is None:
+            raw_key, value = msg.key(), msg.value()
+            key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else "?"
+            if value is None:
                 state.pop(key, None)
                 continue
             try:
-                cmd = ControlCommand.from_avro_dict(codec.decode(msg.value())[1])
+                cmd = ControlCommand.from_avro_dict(codec.decode(value)[1])
             except FinopsError as err:
                 state[key] = {"error": str(err), "verified": False, "live": False}
                 continue

@@ -174,7 +174,7 @@ def compute_spec(alert: Alert, *, default_rate_per_minute: int = 10) -> Enforcem
         log.warning("alert %s asks for %s but has no agent/team/project scope to enforce on", alert.alert_id,
                     ",".join(wanted))
         return None
-    action = max(wanted, key=ACTION_RANK.__getitem__)
+    action: EnforcingAction = max(wanted, key=ACTION_RANK.__getitem__)  # type: ignore[arg-type]
     target = alert.details.get("downgrade_model") or None
     if action == "downgrade" and not target:
         log.warning("alert %s asks for a downgrade without details.downgrade_model; throttling instead",

@@ -172,7 +172,8 @@ def parse_routes(doc: Any, environ: Mapping[str, str], *, origin: str = "routes"
                     continue
                 match[str(dim)] = _as_set(values, f"{where}: match.{dim}", problems)
         targets = _as_set(spec.get("to") or [], f"{where}: to", problems)
-        ordered = [t for t in (spec.get("to") if isinstance(spec.get("to"), list) else [spec.get("to")]) if t]
+        raw_to = spec.get("to")
+        ordered = [t for t in (raw_to if isinstance(raw_to, list) else [raw_to]) if t]
         for target in ordered:
             if target not in raw_dest:
                 problems.append(f"{where}: unknown destination {target!r}")

@@ -319,11 +319,12 @@ class AlertWorker:
         msgs = self.consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
         alerts: list[Alert] = []
         for msg in msgs:
-            if msg.error() is not None:
-                log.warning("alerts consumer: %s", msg.error())
+            value = msg.value()
+            if msg.error() is not None or value is None:
+                log.warning("alerts consumer: %s", msg.error() or "empty message skipped")
                 continue
             try:
-                _, record = self.codec.decode(msg.value())
+                _, record = self.codec.decode(value)
                 alerts.append(Alert.from_avro_dict(record))
             except FinopsError as err:
                 # No DLQ for alerts: an undecodable alert is a producer bug; it is logged with its provenance.
@@ -358,10 +359,11 @@ class AlertWorker:
             return
         now = self.clock.now()
         for msg in msgs:
-            if msg.error() is not None or msg.value() is None:
+            value = msg.value()
+            if msg.error() is not None or value is None:
                 continue
             try:
-                _, record = self.codec.decode(msg.value())
+                _, record = self.codec.decode(value)
                 cmd = ControlCommand.from_avro_dict(record)
             except FinopsError as err:
                 self.forged_seen += 1

@@ -282,16 +282,17 @@ class ControlGuard:
                 msg = consumer.poll(self.poll_interval_s)
                 if msg is None:
                     continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition())
+                failure = msg.error()
+                if failure is not None:
+                    if failure.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(int(msg.partition() or 0))
                         if not self._ready.is_set() and at_end >= set(partitions):
                             self._ready.set()
                     else:
-                        log.warning("control guard: consumer error: %s", err)
+                        log.warning("control guard: consumer error: %s", failure)
                     continue
-                key = msg.key().decode("utf-8", "replace") if msg.key() else None
+                raw_key = msg.key()
+                key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else None
                 self.apply_message(key, msg.value(), partition=msg.partition(), offset=msg.offset())
         finally:
             consumer.close()
