@@ -112,7 +112,7 @@ class DashboardConfig:
 
 
 CONFIG = web.AppKey("config", DashboardConfig)
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 # ---- JSON --------------------------------------------------------------------------------------------------------
@@ -208,9 +208,7 @@ async def _error_middleware(
 
 
 def _principal(request: web.Request) -> Principal:
-    principal = request.get(PRINCIPAL)
-    assert isinstance(principal, Principal)
-    return principal
+    return request[PRINCIPAL]
 
 
 async def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
