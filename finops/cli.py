@@ -25,7 +25,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sinks.worker_cli",
     "producers.cli",
     "stream_jobs.cli",
-    "alerting.cli",
+    "stream_jobs.detection_cli",
+    "alerting.control_cli",
+    "governance.cli",
+    "dashboard.cli",
     "finops.bench",
     "finops.demo",
 )
