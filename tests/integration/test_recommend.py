@@ -1,0 +1,151 @@
+"""Each recommendation kind on a fleet built to need it, with the expected saving computed independently."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from governance.config import RecommendSettings
+from governance.ledger import compute_priced_row, insert_ledger_rows
+from governance.period import parse_period
+from governance.recommend import build_recommendations, render_text, to_waste_signals
+from stream_jobs.pricing import Pricer
+
+pytestmark = pytest.mark.integration
+
+OCT = parse_period("2026-10")
+T0 = datetime(2026, 10, 6, 9, 0, tzinfo=UTC)
+GPT4O, MINI, SONNET = "gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "claude-sonnet-4-20250514"
+PRICER = Pricer()
+SETTINGS = RecommendSettings(min_monthly_saving_usd=Decimal(0))
+
+
+class Fleet:
+    """Hand-built ledger rows (priced by the catalogue) with running ids and times."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def call(self, agent: str, model: str, *, provider: str = "openai", team: str = "ml", project: str = "bots",
+             task: str = "", prompt: str | None = None, attempt: int = 1, status: str = "ok", task_type: str = "",
+             input_tokens: int = 1000, output_tokens: int = 100, cache_read: int = 0) -> dict[str, Any]:
+        n = len(self.rows)
+        event = {"event_id": f"e{n:05d}", "source": "test", "occurred_at": T0 + timedelta(seconds=10 * n),
+                 "agent_id": agent, "team": team, "project": project, "provider": provider, "model": model,
+                 "input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_tokens": cache_read,
+                 "task_id": task, "prompt_hash": prompt, "attempt": attempt, "status": status,
+                 "task_type": task_type}
+        row = compute_priced_row(event, PRICER, priced_at=T0)
+        assert row["pricing_status"] == "priced"
+        self.rows.append(row)
+        return row
+
+    def background(self) -> None:
+        """Healthy traffic: unique prompts, one call per task, small prompts."""
+        for i in range(5):
+            self.call("healthy", MINI, task=f"h{i}", prompt=f"hp{i}", task_type="chat")
+
+    def load(self, client: Any, database: str) -> None:
+        insert_ledger_rows(client, database, self.rows)
+
+
+def _only(report: Any, kind: str, agent: str) -> Any:
+    found = [r for r in report.items if r.kind == kind and r.agent_id == agent]
+    assert len(found) == 1, f"expected one {kind} for {agent}, got {found}"
+    return found[0]
+
+
+def _spend(report: Any) -> None:
+    assert report.waste_pct == report.saving_usd * 100 / report.total_spend_usd
+
+
+def test_retry_waste(ch_client: Any, ch_database: str) -> None:
+    fleet = Fleet()
+    fleet.background()
+    wasted = [fleet.call("looper", GPT4O, task="t1", prompt="p1", attempt=a, status="timeout", input_tokens=5000,
+                         output_tokens=0) for a in range(1, 5)]
+    fleet.call("looper", GPT4O, task="t1", prompt="p1", attempt=5, input_tokens=5000)
+    fleet.load(ch_client, ch_database)
+    report = build_recommendations(ch_client, ch_database, OCT, SETTINGS, kinds=("retry_waste",))
+    rec = _only(report, "retry_waste", "looper")
+    assert rec.saving_usd == sum((r["cost_usd"] for r in wasted), Decimal(0)) > 0
+    assert rec.monthly_saving_usd == rec.saving_usd  # the period is a calendar month
+    assert rec.evidence["max_attempt"] == 5 and rec.evidence["failed_calls"] == 4
+    assert "finops sql" in rec.sql_command() and "--param agent=looper" in rec.sql_command()
+    assert [r.agent_id for r in report.items] == ["looper"]
+    _spend(report)
+    # the query shows it: run it as finops sql would
+    shown = ch_client.query(rec.query, parameters={"agent": "looper", "lo": OCT.start, "hi": OCT.end}).result_rows
+    assert Decimal(shown[0][5]) == rec.saving_usd
+
+
+def test_caching_duplicate_prompts(ch_client: Any, ch_database: str) -> None:
+    fleet = Fleet()
+    fleet.background()
+    dupes = [fleet.call("dup", MINI, task=f"d{i}", prompt="same-question", input_tokens=2000 + i) for i in range(4)]
+    fleet.load(ch_client, ch_database)
+    report = build_recommendations(ch_client, ch_database, OCT, SETTINGS, kinds=("caching",))
+    rec = _only(report, "caching", "dup")
+    assert rec.saving_usd == sum((r["cost_usd"] for r in dupes[1:]), Decimal(0))
+    assert rec.evidence["repeats"] == 3
+    assert [r.agent_id for r in report.items] == ["dup"]
+
+
+def test_prompt_bloat(ch_client: Any, ch_database: str) -> None:
+    fleet = Fleet()
+    fleet.background()
+    big = [fleet.call("bloat", GPT4O, task=f"b{i}", prompt=f"bp{i}", input_tokens=n)
+           for i, n in enumerate((150_000, 120_000, 90_000))]
+    fleet.load(ch_client, ch_database)
+    report = build_recommendations(ch_client, ch_database, OCT, RecommendSettings(prompt_bloat_tokens=100_000, min_monthly_saving_usd=Decimal(0)),
+                                   kinds=("prompt_bloat",))
+    rec = _only(report, "prompt_bloat", "bloat")
+    price = big[0]["price_input_mtok"]
+    assert rec.saving_usd == (Decimal(50_000 + 20_000) * price / 1_000_000).quantize(Decimal("1e-12"))
+    assert rec.evidence["oversized_calls"] == 2 and rec.evidence["largest_prompt_tokens"] == 150_000
+
+
+def test_prompt_cache_utilisation(ch_client: Any, ch_database: str) -> None:
+    fleet = Fleet()
+    fleet.background()
+    calls = [fleet.call("nocache", SONNET, provider="anthropic", task="c1", prompt=f"cp{i}", input_tokens=n)
+             for i, n in enumerate((2000, 3000, 4000))]
+    # a well-behaved agent reads its prefix from the cache: nothing to recommend
+    fleet.call("cached", SONNET, provider="anthropic", task="c2", prompt="q0", input_tokens=2000)
+    fleet.call("cached", SONNET, provider="anthropic", task="c2", prompt="q1", input_tokens=3000, cache_read=2000)
+    fleet.load(ch_client, ch_database)
+    report = build_recommendations(ch_client, ch_database, OCT, SETTINGS, kinds=("prompt_cache",))
+    rec = _only(report, "prompt_cache", "nocache")
+    row = calls[0]
+    per_token = (row["price_input_mtok"] - row["price_cache_read_mtok"]) / 1_000_000
+    assert rec.saving_usd == (Decimal(2000 + 3000) * per_token).quantize(Decimal("1e-12"))
+    assert rec.evidence["missed_cacheable_tokens"] == 5000
+    assert not [r for r in report.items if r.agent_id == "cached"]
+
+
+def test_model_tiering(ch_client: Any, ch_database: str) -> None:
+    fleet = Fleet()
+    fleet.background()
+    expensive = [fleet.call("big", GPT4O, task=f"k{i}", prompt=f"kp{i}", task_type="classification",
+                            input_tokens=3000 + 10 * i, output_tokens=20) for i in range(12)]
+    for i in range(12):
+        fleet.call("small", MINI, task=f"s{i}", prompt=f"sp{i}", task_type="classification", input_tokens=2500,
+                   output_tokens=15)
+    fleet.load(ch_client, ch_database)
+    report = build_recommendations(ch_client, ch_database, OCT, SETTINGS, kinds=("model_tiering",))
+    rec = _only(report, "model_tiering", "big")
+    on_mini = sum((PRICER.price({**r, "model": MINI}).cost_usd for r in expensive), Decimal(0))
+    assert rec.saving_usd == sum((r["cost_usd"] for r in expensive), Decimal(0)) - on_mini
+    assert rec.evidence["suggested_model"] == MINI
+    assert not [r for r in report.items if r.agent_id == "small"]
+
+    # waste signals for v_waste_percentage: sum of savings over spend
+    rows = to_waste_signals(report, detected_at=T0)
+    ch_client.insert("waste_signals", [list(r.values()) for r in rows], column_names=list(rows[0]),
+                     database=ch_database)
+    got = ch_client.query(f"SELECT sum(avoidable_cost_usd) FROM {ch_database}.v_waste_percentage").result_rows[0][0]
+    assert Decimal(got) == report.saving_usd
+    assert "model_tiering" in render_text(report)
