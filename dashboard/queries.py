@@ -114,7 +114,8 @@ _BY_TEAM = (
     + " GROUP BY team ORDER BY month_usd DESC, team"
 )
 _ANOMALIES = (
-    "SELECT alert_id, occurred_at, team, project, agent_id, model, title, summary, amount_usd, limit_usd, severity "
+    "SELECT alert_id, kind, state, occurred_at, team, project, agent_id, model, title, summary, amount_usd, limit_usd, "
+    "severity "
     "FROM alerts FINAL WHERE kind = 'anomaly' AND state = 'trigger' AND occurred_at >= {month_start:Date} AND "
     + SCOPE + " ORDER BY occurred_at DESC, alert_id LIMIT 100"
 )
