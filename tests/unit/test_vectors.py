@@ -56,3 +56,26 @@ def test_generator_reproduces_every_stored_file() -> None:
     # A schema or example changed without regenerating: run `python schemas/vectors/generate.py` and commit.
     for name, data in compute_vectors().items():
         assert (VECTORS_DIR / name).read_bytes() == data, f"schemas/vectors/{name} is stale"
+
+
+TS_FIXTURES = Path(__file__).resolve().parents[2] / "producers" / "typescript" / "test" / "fixtures"
+
+
+@pytest.mark.parametrize(("generator", "output"), [
+    ("validation_cases.py", "validation_cases.json"),
+    ("adapter_cases.py", "adapter_expected.json"),
+    ("control_cases.py", "control_cases.json"),
+])
+def test_typescript_parity_fixtures_are_current(generator: str, output: str) -> None:
+    # What the Python SDK reports (validation problems, adapter usage, signatures), stored for the TypeScript suite.
+    # Stale after a rule, adapter or signing change: run the generator named here and commit its output.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"ts_fixture_{Path(generator).stem}", TS_FIXTURES / generator)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (TS_FIXTURES / output).read_text(encoding="utf-8") == module.render(), (
+        f"producers/typescript/test/fixtures/{output} is stale: run .venv/bin/python "
+        f"producers/typescript/test/fixtures/{generator}"
+    )
