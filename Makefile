@@ -29,7 +29,10 @@ setup: $(VENV)/.installed ## install everything: virtualenv, packages, Kafka art
 run: setup       ## the whole system on one machine with a demo fleet (Ctrl-C stops it)
 	$(BIN)/finops demo
 
-test: setup      ## the whole suite: unit, integration, e2e, faults (starts its own broker)
+test: setup      ## the whole suite: unit, integration, e2e, faults (starts its own broker); TypeScript SDK too
+	@command -v npm >/dev/null 2>&1 || (echo "Node.js 20+ with npm is needed for the TypeScript SDK's tests"; exit 1)
+	npm --prefix producers/typescript ci --no-audit --no-fund --loglevel=error
+	npm --prefix producers/typescript test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup ## the fast tests only
