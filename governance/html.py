@@ -111,7 +111,7 @@ def _axis_money(value: float) -> str:
     if value >= 1000:
         return f"${value / 1000:,.1f}k"
     if value >= 1:
-        return f"${value:,.0f}"
+        return f"${value:,.0f}" if value == int(value) else f"${value:,.2f}"
     return f"${value:.2f}"
 
 
