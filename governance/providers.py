@@ -69,7 +69,8 @@ class ProviderView:
         if self.commit_usd is None:
             return {}
         rate = self.commit_discount_pct or _ZERO
-        return {p: sum((compute_commit_saving(s, self.commit_usd, rate) for s in v.values()), _ZERO)
+        # Only months in which the provider was used: before the first use there was nothing to commit to.
+        return {p: sum((compute_commit_saving(s, self.commit_usd, rate) for s in v.values() if s > 0), _ZERO)
                 for p, v in self.provider_months().items()}
 
 

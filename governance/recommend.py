@@ -68,8 +68,10 @@ class Recommendation:
 
     def sql_command(self) -> str:
         """The ``finops sql`` command that shows the evidence."""
-        args = " ".join(f"--param {k}={v}" for k, v in sorted(self.params.items()))
-        return f'finops sql "{" ".join(self.query.split())}" {args}'
+        import shlex
+
+        args = " ".join(f"--param {shlex.quote(f'{k}={v}')}" for k, v in sorted(self.params.items()))
+        return f"finops sql {shlex.quote(' '.join(self.query.split()))} {args}"
 
 
 @dataclass

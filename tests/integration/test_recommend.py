@@ -74,7 +74,7 @@ def test_retry_waste(ch_client: Any, ch_database: str) -> None:
     assert rec.saving_usd == sum((r["cost_usd"] for r in wasted), Decimal(0)) > 0
     assert rec.monthly_saving_usd == rec.saving_usd  # the period is a calendar month
     assert rec.evidence["max_attempt"] == 5 and rec.evidence["failed_calls"] == 4
-    assert "finops sql" in rec.sql_command() and "--param agent=looper" in rec.sql_command()
+    assert rec.sql_command().startswith("finops sql ") and "--param agent=looper" in rec.sql_command()
     assert [r.agent_id for r in report.items] == ["looper"]
     _spend(report)
     # the query shows it: run it as finops sql would
