@@ -283,7 +283,7 @@ class TokenStore:
         if role not in ROLES:
             raise AuthenticationError("invalid or revoked token")
         return Principal(
-            token_id=token_id, subject=str(row["subject"]), role=role,  # type: ignore[arg-type]
+            token_id=token_id, subject=str(row["subject"]), role=role,
             teams=tuple(row["teams"]), projects=tuple(row["projects"]),
         )
 

@@ -204,3 +204,26 @@ def test_token_commands(ch_database: str, chdb_url: str, monkeypatch: pytest.Mon
         assert actions == ["token.issue", "token.revoke"]
     finally:
         store.close()
+
+
+def test_open_store_uses_the_store_owners_endpoint(ch_client: Any, ch_database: str, chdb_url: str) -> None:
+    """Embedded mode while another role owns the chdb path: reads and token writes go through its endpoint, and the
+    reader is read-only in ClickHouse itself."""
+    from dashboard.auth import TokenStore
+    from dashboard.store import StoreQueryError, open_store
+    from sinks.store_server import serve_store
+
+    server = serve_store(ch_client, "127.0.0.1", 0).start()
+    try:
+        store = open_store(chdb_url, ch_database, server.url)
+        try:
+            assert store.where == f"{server.url} (store endpoint)"
+            tokens = TokenStore(store)
+            token, record = tokens.issue("operator", ["*"], subject="ops", created_by="t", now=datetime.now(UTC))
+            assert tokens.authenticate(token).scope.all_teams
+            with pytest.raises(StoreQueryError, match="READONLY|readonly"):
+                store.select("INSERT INTO api_tokens (token_id) VALUES ('x')")
+        finally:
+            store.close()
+    finally:
+        server.stop()
