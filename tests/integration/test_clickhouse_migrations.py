@@ -47,7 +47,8 @@ def test_dry_run_changes_nothing(ch_client: Any) -> None:
     name = _fresh_name()
     lines: list[str] = []
     plans = MigrationRunner(ch_client, name).apply(dry_run=True, log=lines.append)
-    assert [p.migration.version for p in plans] == [1, 2, 3, 4, 5, 6]
+    # Every file under infra/clickhouse/migrations, numbered without gaps from 1.
+    assert [p.migration.version for p in plans] == list(range(1, len(plans) + 1)) and len(plans) >= 6
     assert any(line.startswith(f"CREATE TABLE IF NOT EXISTS {name}.usage_ledger") for line in lines)
     exists = ch_client.query(
         "SELECT count() FROM system.databases WHERE name = {n:String}", parameters={"n": name}
@@ -98,11 +99,12 @@ def test_apply_migrations_prints_then_reports_nothing_to_apply(chdb_url: str, ch
     try:
         dry = io.StringIO()
         assert apply_migrations(chdb_url, name, dry_run=True, out=dry) == 0
-        assert "would apply 6 migration(s)" in dry.getvalue()
+        count = len(MigrationRunner(ch_client, name).migrations())
+        assert f"would apply {count} migration(s)" in dry.getvalue()
         first, second = io.StringIO(), io.StringIO()
         assert apply_migrations(chdb_url, name, out=first) == 0
         assert "-- applying 0001_usage_ledger.sql" in first.getvalue()
-        assert f"applied 6 migration(s) to {name}" in first.getvalue()
+        assert f"applied {count} migration(s) to {name}" in first.getvalue()
         assert apply_migrations(chdb_url, name, out=second) == 0
         assert second.getvalue().strip() == f"nothing to apply: {name} is up to date"
     finally:
