@@ -1,0 +1,616 @@
+"""The detection service: a confluent-kafka batch consumer of priced events that runs budgets, anomalies and waste
+detectors, plus ``register_detection(app, settings)`` to run it inside the Faust worker.
+
+Why a batch consumer and not a Faust agent: budgets, task caps, call caps, tag scopes and every waste detector need
+per-call fields (task_id, prompt_hash, attempt, cache tokens, tags) that only the high-volume priced topic carries,
+and Faust costs ~100 µs per message (DESIGN §9). This loop decodes with fastavro and calls the pure modules
+(``budgets``, ``anomaly``, ``waste``) on plain tuples: ~20-30 µs per event. Anomalies also run here, on the same
+events, because root cause needs model / task type / project per agent, which the 1-minute SpendAggregate partials
+do not carry together.
+
+Topics
+------
+- in: ``agent.usage.priced.v1`` (group ``finops-detection``), ``finops.policies.v1`` (read whole at start, then
+  followed; policy changes apply without restart).
+- out: ``finops.alerts.v1`` (Alert, key dedup_key); ``finops.waste.v1`` (declared here: Alert-schema records of kind
+  ``waste`` whose ``details`` carry the ``waste_signals`` columns, key signal_id; see :func:`build_waste_record`);
+  ``finops.detection.state.v1`` (declared here: compacted, JSON budget counters keyed by counter key).
+
+State and delivery (DESIGN §5)
+------------------------------
+Budget counters are persisted to the compacted state topic, each with the highest input offset applied per
+partition and its fired thresholds. Chosen over rebuilding from ClickHouse at start because the dedupe offsets and
+the "which thresholds already fired" set must move together with the amount, and the ledger lags the stream (the
+sink batches), so a rebuild from it could fire a threshold twice or miss one. ClickHouse is still the truth for
+amounts: counters are reconciled against the ledger at start and every ``reconcile_interval_s`` (upwards only; see
+:meth:`BudgetEngine.reconcile`).
+
+Flush order, every ``flush_interval_s``: (1) alerts and waste records produced while processing, (2) changed
+counters written to the state topic, (3) ``producer.flush()`` waits for every acknowledgement, (4) only then the
+input offsets are committed. A crash replays from the last commit; counters restored from the state topic skip
+offsets they applied, so a budget threshold fires once; alert ids are deterministic, so anything re-sent for the
+replayed span carries the same id and downstream dedupe by id holds. Anomaly baselines and waste-detector state are
+rebuilt (anomaly baselines seeded from the ledger), not persisted.
+
+Event time: the service's clock is the low watermark of its active partitions (the least of each partition's latest
+event time, ignoring partitions that delivered nothing for ``idle_partition_s`` of wall time), so a partition that
+is behind never lets a window close early. Wall time is used only for flush and reconcile pacing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
+
+from finops.topics import DAY_MS, TopicNames, TopicSpec
+from schemas.errors import FinopsError
+from schemas.models import BudgetPolicy
+from stream_jobs.anomaly import AnomalyConfig, AnomalyDetector, build_anomaly_alert
+from stream_jobs.budgets import BudgetEngine, SpendEvent
+from stream_jobs.policies import decode_policy, read_compacted_topic
+from stream_jobs.waste import WasteConfig, WasteDetectors, WasteSignal, build_waste_record
+
+if TYPE_CHECKING:
+    from finops.settings import FinopsSettings
+
+__all__ = [
+    "DETECTION_TOPICS",
+    "STATE",
+    "WASTE",
+    "ClickHouseLedgerReader",
+    "DetectionConfig",
+    "DetectionError",
+    "DetectionService",
+    "LedgerReader",
+    "build_spend_event",
+    "ensure_detection_topics",
+    "register_detection",
+    "state_topic",
+    "waste_topic",
+]
+
+log = logging.getLogger(__name__)
+
+_US = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+WASTE = TopicSpec("finops.waste.v1", "waste signals (Alert records of kind waste, key signal_id)", partitions=3,
+                  retention_ms=30 * DAY_MS)
+STATE = TopicSpec(
+    "finops.detection.state.v1",
+    "detection budget counters (JSON, key counter key; compacted, tombstone deletes)",
+    partitions=1,
+    retention_ms=None,
+    cleanup_policy="compact",
+    extra={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
+)
+DETECTION_TOPICS: tuple[TopicSpec, ...] = (WASTE, STATE)
+_META_KEY = "meta:watermark"
+
+
+class DetectionError(FinopsError):
+    """The detection service cannot continue (Kafka refused a write, a topic is missing); restart it after fixing
+    the cause: the replay from the last commit is correct."""
+
+
+def waste_topic(topics: TopicNames) -> str:
+    return topics.name(WASTE)
+
+
+def state_topic(topics: TopicNames) -> str:
+    return topics.name(STATE)
+
+
+def ensure_detection_topics(client_config: Mapping[str, Any], topics: TopicNames, *, replication_factor: int = 1,
+                            timeout: float = 30.0) -> list[str]:
+    """Create the topics this module declares (waste, state) when missing; "already exists" is success."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(dict(client_config))
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as err:
+        raise DetectionError(f"cannot reach Kafka at {client_config.get('bootstrap.servers')}: {err}") from err
+    wanted = [NewTopic(topics.name(spec), num_partitions=spec.partitions or 3,
+                       replication_factor=replication_factor, config=spec.config())
+              for spec in DETECTION_TOPICS if topics.name(spec) not in existing]
+    created: list[str] = []
+    for name, fut in (admin.create_topics(wanted, request_timeout=timeout).items() if wanted else ()):
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as err:
+            if err.args and err.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise DetectionError(f"cannot create topic {name}: {err}") from err
+    return created
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Configuration and the ledger
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """How the service runs. ``start_from`` applies to a consumer group without committed offsets: ``latest``
+    (production: history comes from the ledger) or ``earliest`` (replays, tests)."""
+
+    group_id: str = "finops-detection"
+    start_from: str = "latest"
+    batch_size: int = 2000
+    poll_timeout_s: float = 0.2
+    flush_interval_s: float = 1.0
+    reconcile_interval_s: float = 300.0
+    settle_s: int = 600
+    idle_partition_s: float = 5.0
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    waste: WasteConfig = field(default_factory=WasteConfig)
+    seed_hours: int = 48
+
+
+class LedgerReader(Protocol):
+    """What the service reads from ClickHouse (the ledger is the truth for amounts)."""
+
+    def budget_hours(self, policy: BudgetPolicy, start_us: int, end_us: int) -> dict[int, Decimal]:
+        """Spend per event-time hour (hour start, UTC us) of the policy's scope in ``[start_us, end_us)``."""
+        ...
+
+    def window_history(self, since_us: int, until_us: int,
+                       window_s: int) -> list[tuple[str, str, str, int, Decimal]]:
+        """``(kind, key, team, window_start_us, spend)`` per agent and team window in ``[since_us, until_us)``."""
+        ...
+
+
+def _dt(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+class ClickHouseLedgerReader:
+    """:class:`LedgerReader` over clickhouse-connect (chdb, a server, or the store endpoint). Parameterised SQL;
+    column names come from a fixed map, never from input."""
+
+    _SCOPE_SQL = {"team": "team = {v:String}", "project": "project = {v:String}", "agent": "agent_id = {v:String}",
+                  "tag": "tags[{k:String}] = {v:String}"}
+
+    def __init__(self, client: Any, database: str) -> None:
+        from sinks.clickhouse import check_identifier
+
+        check_identifier(database)
+        self._client = client
+        self._db = database
+
+    def budget_hours(self, policy: BudgetPolicy, start_us: int, end_us: int) -> dict[int, Decimal]:
+        params: dict[str, Any] = {"start": _dt(start_us), "end": _dt(end_us), "v": policy.scope_value}
+        if policy.scope_type == "tag":
+            params["k"], _, params["v"] = policy.scope_value.partition("=")
+        sql = (f"SELECT toUnixTimestamp(toStartOfHour(occurred_at)) AS h, sum(cost_usd) AS c "
+               f"FROM {self._db}.usage_ledger FINAL "
+               f"WHERE occurred_at >= {{start:DateTime64(6)}} AND occurred_at < {{end:DateTime64(6)}} "
+               f"AND {self._SCOPE_SQL[policy.scope_type]} GROUP BY h")
+        rows = self._client.query(sql, parameters=params).result_rows
+        return {int(h) * _US: Decimal(c) for h, c in rows}
+
+    def window_history(self, since_us: int, until_us: int,
+                       window_s: int) -> list[tuple[str, str, str, int, Decimal]]:
+        params = {"since": _dt(since_us), "until": _dt(until_us), "w": window_s}
+        out: list[tuple[str, str, str, int, Decimal]] = []
+        for kind, column in (("agent", "agent_id"), ("team", "team")):
+            sql = (f"SELECT {column}, any(team), "
+                   f"toUnixTimestamp(toStartOfInterval(occurred_at, toIntervalSecond({{w:UInt32}}))) AS ws, "
+                   f"sum(cost_usd) FROM {self._db}.usage_ledger FINAL "
+                   f"WHERE occurred_at >= {{since:DateTime64(6)}} AND occurred_at < {{until:DateTime64(6)}} "
+                   f"GROUP BY {column}, ws")
+            for key, team, ws, cost in self._client.query(sql, parameters=params).result_rows:
+                out.append((kind, str(key), str(team), int(ws) * _US, Decimal(cost)))
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Event conversion
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def build_spend_event(record: Mapping[str, Any]) -> SpendEvent:
+    """The facts of a decoded PricedUsageEvent the detectors read (one tuple per event, built once)."""
+    occurred: datetime = record["occurred_at"]
+    ts = (occurred - _EPOCH) // timedelta(microseconds=1)
+    return SpendEvent(
+        ts, record["agent_id"], record["team"], record["project"], record["model"], record["cost_usd"],
+        record["input_tokens"], record["output_tokens"], record.get("task_id"), record.get("task_type"),
+        record.get("tags") or {}, record["event_id"], record.get("parent_task_id"), record.get("prompt_hash"),
+        record.get("attempt", 1), record.get("status", "ok"), record.get("cache_read_tokens", 0),
+        record["cost_input_usd"] + record["cost_cache_read_usd"] + record["cost_cache_write_usd"],
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The service
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class DetectionService:
+    """Run with :meth:`start` then :meth:`poll_once` in a loop (or :meth:`run`); :meth:`close` flushes and commits.
+
+    Blocks only inside Kafka calls (bounded by ``poll_timeout_s`` and flush). Not thread-safe: one thread drives it;
+    :meth:`request_stop` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        client_config: Mapping[str, Any],
+        topics: TopicNames,
+        config: DetectionConfig | None = None,
+        *,
+        ledger: LedgerReader | None = None,
+        wall_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from schemas.wire import AvroCodec
+
+        self.config = config or DetectionConfig()
+        self.topics = topics
+        self._client_config = dict(client_config)
+        self._ledger = ledger
+        self._wall = wall_clock
+        self._codec = AvroCodec()
+        self.budgets = BudgetEngine()
+        self.anomalies = AnomalyDetector(self.config.anomaly)
+        self.waste = WasteDetectors(self.config.waste)
+        self._consumer: Any = None
+        self._policy_consumer: Any = None
+        self._producer: Any = None
+        self._failures: list[str] = []
+        self._next_offsets: dict[int, int] = {}
+        self._partition_ts: dict[int, int] = {}
+        self._partition_seen_wall: dict[int, float] = {}
+        self._watermark_us: int | None = None
+        self._last_flush = 0.0
+        self._last_reconcile = 0.0
+        self._last_advance_us = 0
+        self._stop = threading.Event()
+        self._started = False
+        self.stats = {"events": 0, "alerts": 0, "waste_records": 0, "bad_records": 0, "policies": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create own topics, restore counters from the state topic, load the policies (whole topic), seed the
+        anomaly baselines from the ledger, subscribe to the priced topic. Raises DetectionError."""
+        from confluent_kafka import Consumer, Producer
+
+        ensure_detection_topics(self._client_config, self.topics)
+        self._restore_state()
+        self._producer = Producer({**self._client_config, "enable.idempotence": True, "acks": "all",
+                                   "linger.ms": 20, "compression.type": "lz4"})
+        self._policy_consumer = Consumer({**self._client_config, "group.id": f"{self.config.group_id}-policies",
+                                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self._load_policies()
+        self._seed_anomalies()
+        self._consumer = Consumer({
+            **self._client_config,
+            "group.id": self.config.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": self.config.start_from,
+            "partition.assignment.strategy": "cooperative-sticky",
+        })
+        self._consumer.subscribe([self.topics.priced], on_revoke=self._on_revoke)
+        self._last_flush = self._last_reconcile = self._wall()
+        self._started = True
+        self._reconcile_all()
+        log.info("detection started: %d policies, %d counters restored", len(self.budgets.policies),
+                 len(self.budgets.counters))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Poll until :meth:`request_stop`; then close (flush and commit)."""
+        try:
+            while not self._stop.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Flush outputs and state, commit, and close the clients (idempotent)."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            self._flush(commit=True)
+        finally:
+            for client in (self._consumer, self._policy_consumer):
+                if client is not None:
+                    client.close()
+            self._consumer = self._policy_consumer = None
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+
+    def poll_once(self) -> int:
+        """One batch: policy updates, priced events, clock advance; flush/commit and reconcile when due.
+        Returns the number of priced events read."""
+        self._poll_policies(0.0)
+        messages = self._consumer.consume(self.config.batch_size, timeout=self.config.poll_timeout_s)
+        now_wall = self._wall()
+        count = 0
+        for msg in messages:
+            if msg.error() is not None:
+                code = msg.error().code()
+                if getattr(msg.error(), "fatal", lambda: False)():
+                    raise DetectionError(f"consumer error: {msg.error()}")
+                log.warning("consumer error (code %s): %s", code, msg.error())
+                continue
+            partition, offset = msg.partition(), msg.offset()
+            self._next_offsets[partition] = offset + 1
+            try:
+                _, record = self._codec.decode(msg.value())
+                event = build_spend_event(record)
+            except (FinopsError, KeyError, TypeError, AttributeError) as err:
+                # The hot path validated these; a bad one here is counted and skipped (it reached the ledger
+                # through the sink's own DLQ handling, not ours to route).
+                self.stats["bad_records"] += 1
+                log.warning("undecodable priced record at %s/%s: %s", partition, offset, err)
+                continue
+            count += 1
+            ts = event.occurred_at_us
+            if ts > self._partition_ts.get(partition, -1):
+                self._partition_ts[partition] = ts
+            self._partition_seen_wall[partition] = now_wall
+            self._emit_alerts(self.budgets.apply(event, partition, offset, self._watermark_us or ts))
+            signals, alerts = self.waste.process(event)
+            self._emit_waste(signals)
+            self._emit_alerts(alerts)
+            if event.cost_usd:
+                self.anomalies.observe(ts, event.cost_usd, event.agent_id, event.team, event.project, event.model,
+                                       event.task_type)
+        self.stats["events"] += count
+        self._advance_clock(now_wall)
+        self._producer.poll(0)
+        if now_wall - self._last_flush >= self.config.flush_interval_s:
+            self._flush(commit=True)
+        if self._ledger is not None and now_wall - self._last_reconcile >= self.config.reconcile_interval_s:
+            self._reconcile_all()
+            self._last_reconcile = now_wall
+        return count
+
+    def _advance_clock(self, now_wall: float) -> None:
+        if not self._partition_ts:
+            return
+        active = [ts for p, ts in self._partition_ts.items()
+                  if now_wall - self._partition_seen_wall.get(p, 0.0) < self.config.idle_partition_s]
+        low = min(active) if active else max(self._partition_ts.values())
+        if self._watermark_us is not None and low <= self._watermark_us:
+            return
+        self._watermark_us = low
+        if low - self._last_advance_us < _US:
+            return
+        self._last_advance_us = low
+        self._emit_alerts(self.budgets.advance(low))
+        for anomaly in self.anomalies.advance(low):
+            self._emit_alerts([build_anomaly_alert(anomaly)])
+        signals, alerts = self.waste.advance(low)
+        self._emit_waste(signals)
+        self._emit_alerts(alerts)
+
+    # -- outputs ------------------------------------------------------------------------------------------------
+
+    def _report(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()} key {msg.key()!r}: {err}")
+
+    def _produce(self, topic: str, key: str, value: bytes | None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, key=key.encode(), value=value, on_delivery=self._report)
+                return
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: let deliveries drain, then retry
+
+    def _emit_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        for alert in alerts:
+            self._produce(self.topics.alerts, alert["dedup_key"], self._codec.encode(alert, "Alert"))
+            self.stats["alerts"] += 1
+
+    def _emit_waste(self, signals: list[WasteSignal]) -> None:
+        for signal in signals:
+            record = build_waste_record(signal)
+            self._produce(waste_topic(self.topics), signal.signal_id, self._codec.encode(record, "Alert"))
+            self.stats["waste_records"] += 1
+
+    def _flush(self, *, commit: bool) -> None:
+        """Persist changed counters, wait for every acknowledgement, then commit input offsets (in that order)."""
+        from confluent_kafka import TopicPartition
+
+        self._last_flush = self._wall()
+        if self._producer is None:
+            return
+        for key, state in self.budgets.take_dirty():
+            value = None if state is None else json.dumps(state, sort_keys=True).encode()
+            self._produce(state_topic(self.topics), key, value)
+        if self._watermark_us is not None:
+            self._produce(state_topic(self.topics), _META_KEY,
+                          json.dumps({"watermark_us": self._watermark_us}).encode())
+        remaining = self._producer.flush(30.0)
+        if remaining or self._failures:
+            failures, self._failures = self._failures, []
+            raise DetectionError(f"{remaining} output(s) unacknowledged, failures: {'; '.join(failures[:5])}; "
+                                 "not committing: restart replays from the last commit")
+        if commit and self._consumer is not None and self._next_offsets:
+            offsets = [TopicPartition(self.topics.priced, p, o) for p, o in self._next_offsets.items()]
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Commit what we have before the partitions move; counters stay (their offsets guard a later replay).
+        self._flush(commit=True)
+        for tp in partitions:
+            self._next_offsets.pop(tp.partition, None)
+            self._partition_ts.pop(tp.partition, None)
+
+    # -- state, policies, ledger --------------------------------------------------------------------------------
+
+    def _read_compacted(self, topic: str) -> dict[str, bytes | None]:
+        try:
+            return read_compacted_topic(self._client_config, topic, timeout=60.0)
+        except FinopsError as err:
+            raise DetectionError(f"cannot restore from {topic}: {err}") from err
+
+    def _restore_state(self) -> None:
+        for key, value in self._read_compacted(state_topic(self.topics)).items():
+            if value is None:
+                continue
+            state = json.loads(value)
+            if key == _META_KEY:
+                self._watermark_us = int(state["watermark_us"])
+            elif key.startswith("budget:"):
+                self.budgets.restore(key, state)
+
+    def _apply_policy_record(self, key: str, value: bytes | None) -> None:
+        now = self._watermark_us or int(time.time() * _US)
+        try:
+            policy = decode_policy(self._codec, value)
+        except FinopsError as err:
+            # `finops policy apply` never publishes an invalid policy; a bad record (another writer, old code) is
+            # refused and the running version of that policy stays.
+            self.stats["bad_records"] += 1
+            log.error("refused policy record %r: %s; keeping the running version", key, err)
+            return
+        self.stats["policies"] += 1
+        if policy is None:
+            self._emit_alerts(self.budgets.remove_policy(key, now))
+            return
+        new = policy.policy_id not in self.budgets.policies
+        self._emit_alerts(self.budgets.set_policy(policy, now))
+        if new and self._started:
+            self._reconcile_policy(policy)
+
+    def _load_policies(self) -> None:
+        for key, value in self._read_compacted(self.topics.policies).items():
+            self._apply_policy_record(key, value)
+        from confluent_kafka import TopicPartition
+
+        meta = self._policy_consumer.list_topics(self.topics.policies, timeout=30)
+        parts = list(meta.topics[self.topics.policies].partitions)
+        ends = []
+        for p in parts:
+            _, high = self._policy_consumer.get_watermark_offsets(TopicPartition(self.topics.policies, p), timeout=30)
+            ends.append(TopicPartition(self.topics.policies, p, high))
+        self._policy_consumer.assign(ends)  # follow from here: the history was just applied
+
+    def _poll_policies(self, timeout: float) -> None:
+        for msg in self._policy_consumer.consume(100, timeout=timeout):
+            if msg.error() is not None:
+                log.warning("policy topic error: %s", msg.error())
+                continue
+            self._apply_policy_record((msg.key() or b"").decode(), msg.value())
+
+    def _seed_anomalies(self) -> None:
+        if self._ledger is None:
+            return
+        until = self._watermark_us or int(time.time() * _US)
+        since = until - self.config.seed_hours * 3600 * _US
+        try:
+            rows = self._ledger.window_history(since, until, self.config.anomaly.window_s)
+        except Exception as err:  # noqa: BLE001 - the ledger being down must not stop budgets; learn online
+            log.warning("anomaly baselines not seeded from ClickHouse (%s); learning online", err)
+            return
+        series: dict[tuple[str, str], list[tuple[int, Decimal]]] = {}
+        teams: dict[tuple[str, str], str] = {}
+        for kind, key, team, start, cost in rows:
+            series.setdefault((kind, key), []).append((start, cost))
+            teams[(kind, key)] = team
+        for (kind, key), windows in series.items():
+            self.anomalies.seed(kind, key, windows, until, team=teams[(kind, key)])
+        log.info("anomaly baselines seeded for %d entities", len(series))
+
+    def _reconcile_policy(self, policy: BudgetPolicy) -> None:
+        if self._ledger is None or not policy.enabled:
+            return
+        now = self._watermark_us or int(time.time() * _US)
+        key, counter = self.budgets.counter_for(policy, now)
+        settled = now - self.config.settle_s * _US
+        try:
+            hours = self._ledger.budget_hours(policy, counter.period.start_us, settled)
+        except Exception as err:  # noqa: BLE001 - reconciliation is best effort; counting goes on
+            log.warning("reconciliation of %s skipped: %s", policy.policy_id, err)
+            return
+        added, short, alerts = self.budgets.reconcile(key, hours, settled, now)
+        if added or short:
+            log.info("reconciled %s: +%s from the ledger, ledger short by %s", key, added, short)
+        self._emit_alerts(alerts)
+
+    def _reconcile_all(self) -> None:
+        for policy in list(self.budgets.policies.values()):
+            self._reconcile_policy(policy)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Faust wiring
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def build_detection_config(settings: FinopsSettings) -> DetectionConfig:
+    """Detection settings from the global settings (defaults where the settings have no knob yet)."""
+    return DetectionConfig(group_id="finops-detection")
+
+
+def build_ledger_reader(settings: FinopsSettings) -> LedgerReader | None:
+    """A read-only ledger reader: the ClickHouse server, or the store endpoint in embedded mode. None (and a
+    warning) when ClickHouse cannot be reached: detection runs without reconciliation rather than not at all."""
+    try:
+        from sinks.sql_cli import open_readonly_client
+
+        client, where = open_readonly_client(settings.clickhouse_url(), settings.clickhouse.database,
+                                             settings.clickhouse.query_url)
+    except FinopsError as err:
+        log.warning("ClickHouse not reachable (%s): no reconciliation or baseline seeding", err)
+        return None
+    log.info("detection reads the ledger at %s", where)
+    return ClickHouseLedgerReader(client, settings.clickhouse.database)
+
+
+def register_detection(app: Any, settings: FinopsSettings) -> None:
+    """Run the detection service inside a Faust worker: a ``mode.Service`` started and stopped with the app that
+    drives :class:`DetectionService` on its own thread (the consumer loop blocks; the event loop must not)."""
+    import mode
+
+    topics = TopicNames(settings.kafka.topic_prefix)
+    client_config = settings.kafka.client_config()
+
+    class DetectionFaustService(mode.Service):  # type: ignore[misc]
+        """Starts the batch consumer thread on worker start; requests stop and joins it on worker stop."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._service: DetectionService | None = None
+            self._thread: threading.Thread | None = None
+
+        async def on_start(self) -> None:
+            service = DetectionService(client_config, topics, build_detection_config(settings),
+                                       ledger=build_ledger_reader(settings))
+            self._service = service
+
+            def target() -> None:
+                try:
+                    service.start()
+                    service.run()
+                except Exception:  # noqa: BLE001 - logged; the worker's supervisor restarts the process
+                    log.exception("detection service stopped with an error")
+
+            self._thread = threading.Thread(target=target, name="finops-detection", daemon=True)
+            self._thread.start()
+
+        async def on_stop(self) -> None:
+            if self._service is not None:
+                self._service.request_stop()
+            if self._thread is not None:
+                self._thread.join(timeout=60)
+
+    app.service(DetectionFaustService)
