@@ -70,7 +70,7 @@ class ApprovalPolicy(_Strict):
     team_leads: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     #: notify: alert only; throttle: the alert also asks the enforcement ladder to throttle the agent.
     on_unapproved: Literal["notify", "throttle"] = "notify"
-    throttle_rate_per_minute: int = Field(10, ge=1)
+    throttle_rate_per_minute: int = Field(default=10, ge=1)
 
     def approvers(self, team: str) -> tuple[str, ...]:
         return tuple(self.team_leads.get(team, ())) + tuple(self.team_leads.get("*", ()))
@@ -80,9 +80,9 @@ class RecommendSettings(_Strict):
     """Thresholds of ``finops recommend``."""
 
     #: Input tokens above which a prompt counts as bloated; the excess is the saving.
-    prompt_bloat_tokens: int = Field(100_000, ge=1)
+    prompt_bloat_tokens: int = Field(default=100_000, ge=1)
     #: A cheaper model qualifies for a task type when it served at least this many calls of it ...
-    tiering_min_calls: int = Field(10, ge=1)
+    tiering_min_calls: int = Field(default=10, ge=1)
     #: ... with a success rate no more than this below the expensive model's.
     tiering_success_tolerance: Decimal = Decimal("0.05")
     #: Known cheaper tiers, provider -> {expensive model: cheaper model}, offered even when the fleet has no
@@ -95,10 +95,10 @@ class RecommendSettings(_Strict):
 class ReviewSchedule(_Strict):
     """When the running system sends the reviews (UTC)."""
 
-    weekly_weekday: int = Field(0, ge=0, le=6, description="0 = Monday")
-    weekly_hour: int = Field(8, ge=0, le=23)
-    monthly_day: int = Field(1, ge=1, le=28)
-    monthly_hour: int = Field(8, ge=0, le=23)
+    weekly_weekday: int = Field(default=0, ge=0, le=6, description="0 = Monday")
+    weekly_hour: int = Field(default=8, ge=0, le=23)
+    monthly_day: int = Field(default=1, ge=1, le=28)
+    monthly_hour: int = Field(default=8, ge=0, le=23)
 
 
 class GovernanceConfig(_Strict):

@@ -285,9 +285,9 @@ def _load_groups(client: Any, database: str, period: Period) -> dict[_Key, _Grou
     )
     groups: dict[_Key, _Group] = {}
     for r in client.query(sql, parameters={"lo": period.start, "hi": period.end}).result_rows:
-        key: _Key = (r[0], *(str(v) for v in r[1:10]))  # type: ignore[assignment]
-        quantity = dict(zip(_TOKEN_TYPES, (int(v) for v in r[11:16]), strict=True))
-        contracted = dict(zip(_TOKEN_TYPES, (Decimal(v) for v in r[16:21]), strict=True))
+        key: _Key = (r[0], *(str(v) for v in r[1:10]))
+        quantity: dict[str, int] = dict(zip(_TOKEN_TYPES, (int(v) for v in r[11:16]), strict=True))
+        contracted: dict[str, Decimal] = dict(zip(_TOKEN_TYPES, (Decimal(v) for v in r[16:21]), strict=True))
         # ListCost equals the contracted cost unless the price book set the price (then re-priced below).
         listed = dict(contracted) if key[9] != "price_book" or key[7] == "correction" else {}
         groups[key] = _Group(int(r[10]), quantity, contracted, listed)

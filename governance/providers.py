@@ -125,6 +125,12 @@ def build_provider_view(client: Any, database: str, last: Period, *, months: int
     return view
 
 
+def _growth_pct(growth: Decimal | None) -> str:
+    from governance.html import pct
+
+    return "n/a" if growth is None else pct(growth * 100)
+
+
 def render_text(view: ProviderView) -> str:
     from governance.html import money, pct
 
@@ -164,7 +170,7 @@ def render_html(view: ProviderView) -> str:
     body.append("<h2>Growth and what-ifs</h2>")
     discount, commit = view.discount_saving(), view.commit_saving()
     body.append(h.table(["provider", "growth / month", "discount saving", "commitment saving"],
-                        [(p, h.pct(view.growth[p] * 100) if view.growth.get(p) is not None else "n/a",
+                        [(p, _growth_pct(view.growth.get(p)),
                           h.money(discount.get(p)), h.money(commit.get(p))) for p in by_provider],
                         numeric=(1, 2, 3)))
     return h.page("Provider view", f"{view.months[0]} to {view.months[-1]} (UTC months)", body)
