@@ -242,9 +242,16 @@ def build_app(
     async def spend_agent(stream: Any) -> None:
         # Thin: decode, keep team partials, repartition by team, apply the pure update, write.
         async for value in stream.filter(_is_team_partial(codec, stats)).group_by(team_of, name="team"):
-            _, partial = codec.decode(value)
-            key = compute_team_day_key(partial["key"], _window_start_us(partial))
-            updated = compute_team_day_update(table[key], partial)
+            try:
+                _, partial = codec.decode(value)
+                key = compute_team_day_key(partial["key"], _window_start_us(partial))
+                updated = compute_team_day_update(table.get(key), partial)
+            except Exception as err:
+                # Faust acknowledges an event whose handler raised, so raising would skip it: crash the worker
+                # instead (the offset is not committed; the restart meets the event again).
+                log.critical("spend agent failed on a team partial; stopping the worker: %s", err, exc_info=err)
+                await app.crash(err)
+                raise
             if updated is None:
                 stats["skipped_replays"] += 1
                 continue
