@@ -33,8 +33,9 @@ replayed span carries the same id and downstream dedupe by id holds. Anomaly bas
 rebuilt (anomaly baselines seeded from the ledger), not persisted.
 
 Event time: the service's clock is the low watermark of its active partitions (the least of each partition's latest
-event time, ignoring partitions that delivered nothing for ``idle_partition_s`` of wall time), so a partition that
-is behind never lets a window close early. Wall time is used only for flush and reconcile pacing.
+event time, ignoring partitions that delivered nothing for ``idle_partition_s`` of wall time; a partition assigned
+but not heard from yet holds the clock for that long), so a partition that is behind never lets a window close
+early. Wall time is used only for flush and reconcile pacing.
 """
 
 from __future__ import annotations
@@ -271,6 +272,7 @@ class DetectionService:
         self._next_offsets: dict[int, int] = {}
         self._partition_ts: dict[int, int] = {}
         self._partition_seen_wall: dict[int, float] = {}
+        self._assigned_wall: dict[int, float] = {}
         self._watermark_us: int | None = None
         self._last_flush = 0.0
         self._last_reconcile = 0.0
@@ -301,7 +303,7 @@ class DetectionService:
             "auto.offset.reset": self.config.start_from,
             "partition.assignment.strategy": "cooperative-sticky",
         })
-        self._consumer.subscribe([self.topics.priced], on_revoke=self._on_revoke)
+        self._consumer.subscribe([self.topics.priced], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._last_flush = self._last_reconcile = self._wall()
         self._started = True
         self._reconcile_all()
@@ -384,8 +386,16 @@ class DetectionService:
     def _advance_clock(self, now_wall: float) -> None:
         if not self._partition_ts:
             return
-        active = [ts for p, ts in self._partition_ts.items()
-                  if now_wall - self._partition_seen_wall.get(p, 0.0) < self.config.idle_partition_s]
+        idle = self.config.idle_partition_s
+        active: list[int] = []
+        for partition, assigned_at in self._assigned_wall.items():
+            seen = self._partition_seen_wall.get(partition)
+            if seen is None:
+                if now_wall - assigned_at < idle:
+                    return  # assigned but not heard from yet: its backlog may be older, hold the clock
+                continue  # quiet since assignment: nothing to wait for
+            if now_wall - seen < idle:
+                active.append(self._partition_ts[partition])
         low = min(active) if active else max(self._partition_ts.values())
         if self._watermark_us is not None and low <= self._watermark_us:
             return
@@ -447,12 +457,19 @@ class DetectionService:
             offsets = [TopicPartition(self.topics.priced, p, o) for p, o in self._next_offsets.items()]
             self._consumer.commit(offsets=offsets, asynchronous=False)
 
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        now = self._wall()
+        for tp in partitions:
+            self._assigned_wall[tp.partition] = now
+
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         # Commit what we have before the partitions move; counters stay (their offsets guard a later replay).
         self._flush(commit=True)
         for tp in partitions:
             self._next_offsets.pop(tp.partition, None)
             self._partition_ts.pop(tp.partition, None)
+            self._assigned_wall.pop(tp.partition, None)
+            self._partition_seen_wall.pop(tp.partition, None)
 
     # -- state, policies, ledger --------------------------------------------------------------------------------
 

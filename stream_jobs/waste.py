@@ -11,8 +11,10 @@ with a higher ``revision`` as its evidence grows; ``waste_signals`` is a Replaci
 Detectors and their estimates
 -----------------------------
 - ``retry_loop``: one task sending the same prompt hash ``retry_min_repeats`` times, or an ``attempt`` number of
-  ``retry_min_attempt`` or more (normal clients give up after a few attempts). Avoidable: every call of the loop
-  after the first.
+  ``retry_min_attempt`` or more (client libraries give up after 3 attempts by default), or re-sending it
+  ``retry_after_ok`` times after a *successful* answer (a client retries failures; an agent that asks the same
+  question again after an answer is rejecting answers, which is how loops start and costs a full call each time).
+  Avoidable: every call of the loop after the first.
 - ``duplicate_prompt``: the same prompt hash sent as the first attempt of ``duplicate_min_tasks`` different tasks
   within ``duplicate_window_s``, none of them a cache hit (``cache_read_tokens == 0``). Avoidable: the cost of every
   repeat after the first call (a response cache keyed by the prompt hash would have answered them).
@@ -65,8 +67,9 @@ def _from_us(micros: int) -> datetime:
 class WasteConfig:
     """Thresholds of the detectors (defaults suit the simulator's fleet and common agent frameworks)."""
 
-    retry_min_repeats: int = 5
-    retry_min_attempt: int = 5
+    retry_min_repeats: int = 4
+    retry_min_attempt: int = 4
+    retry_after_ok: int = 1
     duplicate_min_tasks: int = 3
     duplicate_window_s: int = 3600
     oversized_input_tokens: int = 120_000
@@ -192,6 +195,8 @@ class _Repeat:
     tasks: set[str]
     event_ids: list[str]
     signal: WasteSignal | None = None
+    last_ok: bool = False
+    after_ok: int = 0
 
 
 @dataclass(slots=True)
@@ -230,7 +235,7 @@ class WasteDetectors:
         self._idle_us = cfg.state_idle_s * _US
         self._alpha = 1.0 - 0.5 ** (60.0 / cfg.runaway_half_life_s)
         # First sightings are cheap tuples; a key seen twice is promoted to a _Repeat (most keys never repeat).
-        self._loop_first: dict[tuple[str, str], tuple[int, Decimal, str]] = {}
+        self._loop_first: dict[tuple[str, str], tuple[int, Decimal, str, bool]] = {}
         self._loops: dict[tuple[str, str], _Repeat] = {}
         self._dup_first: dict[str, tuple[int, Decimal, str, str]] = {}
         self._dups: dict[str, _Repeat] = {}
@@ -314,21 +319,25 @@ class WasteDetectors:
                     # A climbing attempt counter without the earlier attempts in view is a loop on its own.
                     loop = self._loops[key] = _Repeat(ts, ts, _ZERO, _ZERO, 0, 0, {event.task_id}, [])
                 else:
-                    self._loop_first[key] = (ts, event.cost_usd, event.event_id)
+                    self._loop_first[key] = (ts, event.cost_usd, event.event_id, event.status == "ok")
                     self._expiry.append((ts, 0, key))
                     return
             else:
                 del self._loop_first[key]
                 loop = self._loops[key] = _Repeat(first[0], first[0], first[1], first[1], 1, 1, {event.task_id},
-                                                  [first[2]])
+                                                  [first[2]], last_ok=first[3])
                 self._expiry.append((ts, 0, key))
         loop.calls += 1
+        if loop.last_ok:
+            loop.after_ok += 1
+        loop.last_ok = event.status == "ok"
         loop.total += event.cost_usd
         loop.last_us = max(loop.last_us, ts)
         loop.max_attempt = max(loop.max_attempt, event.attempt)
         if len(loop.event_ids) < _MAX_EVIDENCE_IDS:
             loop.event_ids.append(event.event_id)
-        if loop.signal is None and (loop.calls >= cfg.retry_min_repeats or loop.max_attempt >= cfg.retry_min_attempt):
+        if loop.signal is None and (loop.calls >= cfg.retry_min_repeats or loop.max_attempt >= cfg.retry_min_attempt
+                                    or loop.after_ok >= cfg.retry_after_ok):
             loop.signal = WasteSignal(
                 f"retry_loop:{event.agent_id}:{event.task_id}:{event.prompt_hash or '-'}", "retry_loop",
                 loop.first_us, ts, event.team, event.project, event.agent_id, event.task_id, event.model, _ZERO, {})
@@ -354,6 +363,7 @@ class WasteDetectors:
         signal.detected_at_us = max(signal.detected_at_us, event.occurred_at_us)
         signal.avoidable_cost_usd = loop.total - loop.first_cost
         signal.evidence = {"calls": loop.calls, "max_attempt": loop.max_attempt, "prompt_hash": event.prompt_hash,
+                           "repeats_after_success": loop.after_ok,
                            "total_cost_usd": str(loop.total), "first_at": _from_us(loop.first_us).isoformat(),
                            "last_at": _from_us(loop.last_us).isoformat(), "event_ids": loop.event_ids}
 

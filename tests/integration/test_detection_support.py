@@ -97,9 +97,14 @@ class OutputReader:
         self._consumer.subscribe([topic])
 
     def drain(self, timeout: float = 0.05) -> None:
-        for msg in self._consumer.consume(1000, timeout=timeout):
-            if msg.error() is None and msg.value() is not None:
-                self.records.append(_CODEC.decode(msg.value())[1])
+        """Read what is available now (until a read comes back empty)."""
+        while True:
+            batch = self._consumer.consume(1000, timeout=timeout)
+            for msg in batch:
+                if msg.error() is None and msg.value() is not None:
+                    self.records.append(_CODEC.decode(msg.value())[1])
+            if not batch:
+                return
 
     def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], pump: Callable[[], Any],
                  deadline_s: float = 60.0) -> list[dict[str, Any]]:
