@@ -416,8 +416,9 @@ class _Consumer(Protocol):
     """What the hot path uses of ``confluent_kafka.Consumer`` (unit tests pass a fake)."""
 
     def subscribe(self, topics: list[str], *args: Any, **kwargs: Any) -> None: ...
-    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[Any]: ...
+    def consume(self, num_messages: int, timeout: float) -> list[Any]: ...
     def commit(self, *args: Any, **kwargs: Any) -> Any: ...
+    def get_watermark_offsets(self, partition: Any, *args: Any, **kwargs: Any) -> Any: ...
     def close(self) -> None: ...
 
 
@@ -486,7 +487,10 @@ class _WindowAck:
 class _PartitionState:
     """Everything the hot path holds for one assigned input partition; dropped on revoke."""
 
-    __slots__ = ("partition", "tracker", "windows", "deduper", "dlq_by_window", "dups_by_window", "restored_horizon")
+    __slots__ = (
+        "partition", "tracker", "windows", "deduper", "dlq_by_window", "dups_by_window", "restored_horizon",
+        "next_offset",
+    )  # fmt: skip
 
     def __init__(
         self, partition: int, committed: int | None, horizon_us: int | None, config: HotPathConfig
@@ -505,6 +509,9 @@ class _PartitionState:
         self.dlq_by_window: dict[int, int] = {}
         self.dups_by_window: dict[int, int] = {}
         self.restored_horizon = horizon_us
+        # The next offset to read (updated per batch, not per event): with the broker's high watermark it tells
+        # whether the partition is caught up, the condition for closing its windows by the wall clock.
+        self.next_offset = committed
 
 
 # ---- pure helpers ---------------------------------------------------------------------------------------------------
@@ -824,7 +831,7 @@ class HotPath:
         add: Any = None
         seen_or_add: Any = None
         on_consumed: Any = None
-        index = consumed = priced_n = unpriced_n = dups = late_n = mismatches = 0
+        index = offset = consumed = priced_n = unpriced_n = dups = late_n = mismatches = 0
         cost_total = Decimal(0)
         try:
             for index, msg in enumerate(messages):  # noqa: B007 - index is read after the loop
@@ -835,6 +842,7 @@ class HotPath:
                 if partition != st_partition:
                     if st is not None:
                         counts[st_partition] = counts.get(st_partition, 0) + index - run_start
+                        st.next_offset = offset + 1
                     run_start = index
                     st = states.get(partition)
                     if st is None:
@@ -952,6 +960,7 @@ class HotPath:
         finally:
             if st is not None:
                 counts[st_partition] = counts.get(st_partition, 0) + index - run_start
+                st.next_offset = offset + 1
             self._consumed += consumed
             self._priced += priced_n
             self._unpriced += unpriced_n
@@ -1056,7 +1065,11 @@ class HotPath:
         cfg = self.config
         encode = self._spend_encoder.encode
         for st in list(self._states.values()):
-            st.windows.close_idle(now_us)
+            if self._caught_up(st):
+                # Only a caught-up partition may close windows by the wall clock: while a backlog is read (after
+                # a restart, or behind other partitions), a partition can go unserved for longer than the idle
+                # timeout, and closing its windows then would make the rest of the backlog late.
+                st.windows.close_idle(now_us)
             st.deduper.expire(now_us)
             closed = st.windows.poll_closed()
             if not closed:
@@ -1096,6 +1109,21 @@ class HotPath:
             for extras in (st.dlq_by_window, st.dups_by_window):
                 for start in [s for s in extras if s + cfg.window_us <= horizon]:
                     del extras[start]
+
+    def _caught_up(self, st: _PartitionState) -> bool:
+        """Whether this partition has been read up to the broker's high watermark (librdkafka's cached value from
+        the last fetch: no broker call). Unknown counts as not caught up."""
+        from confluent_kafka import TopicPartition
+
+        try:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.config.usage_topic, st.partition), cached=True
+            )
+        except Exception:  # noqa: BLE001 - no cached value yet (KafkaException): judge it not caught up
+            return False
+        if not isinstance(high, int) or high < 0:
+            return False
+        return (st.next_offset or 0) >= high
 
     # ---- producing -------------------------------------------------------------------------------------------------
     def _produce(self, topic: str, value: bytes | None, key: Any, ack: Any, headers: Any = None) -> None:

@@ -95,6 +95,7 @@ class FakeConsumer:
         self.positions: dict[int, int] = {}
         self.callbacks: dict[str, Any] = {}
         self.closed = False
+        self.stalled = False
 
     def subscribe(self, topics: list[str], on_assign: Any = None, on_revoke: Any = None, on_lost: Any = None) -> None:
         self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
@@ -128,6 +129,11 @@ class FakeConsumer:
             if not progressed:
                 break
         return batch
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
+        if self.stalled:
+            return (0, len(self.log.partitions[tp.partition]) + 1000)  # a backlog the consumer has not seen yet
+        return (0, len(self.log.partitions[tp.partition]))
 
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
         assert not asynchronous
@@ -667,3 +673,26 @@ def test_stats_are_a_json_friendly_snapshot() -> None:
 def _iter_batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def test_windows_close_by_the_wall_clock_only_when_the_partition_is_caught_up() -> None:
+    events = fleet(300)
+    log = FakeLog()
+    fill(log, events)
+    producer = FakeProducer()
+    clock = Clock(NOW)
+    hp, consumer = build(log, producer, clock)
+    consumer.stalled = True  # the broker says more is waiting: a backlog is being read
+    hp.start()
+    while not consumer.exhausted():
+        hp.poll_once()
+    for _ in range(3):
+        clock.now += 3600
+        hp.poll_once()
+    assert hp.stats().open_windows > 0  # an hour of wall clock, and still no idle close while behind
+    consumer.stalled = False
+    for _ in range(3):
+        clock.now += 10
+        hp.poll_once()
+    assert hp.stats().open_windows == 0
+    assert team_totals(decoded(producer.of("t.spend"))) == expected_team_totals(events)
