@@ -520,7 +520,7 @@ class BudgetEngine:
             counter.seq += 1
             counter.fired[step.percent] = counter.seq
             self._dirty.add(key)
-            actions = list(step.actions)
+            actions: list[str] = list(step.actions)
             if policy.mode == "hard" and step.percent >= 100 and "suspend" not in actions:
                 actions.append("suspend")  # a hard budget stops spending at its limit whatever the ladder says
             alerts.append(self._threshold_alert(counter, policy, step.percent, "trigger", now_us, spent, actions,
@@ -667,8 +667,10 @@ class BudgetEngine:
             over_tokens = policy.max_task_tokens is not None and tally.tokens > policy.max_task_tokens
             if (over_cost or over_tokens) and not tally.fired:
                 tally.fired = True
-                what = (f"cost {_money(tally.cost)} > cap {_money(policy.max_task_cost_usd)}" if over_cost
-                        else f"{tally.tokens:,} tokens > cap {policy.max_task_tokens:,}")
+                if over_cost and policy.max_task_cost_usd is not None:
+                    what = f"cost {_money(tally.cost)} > cap {_money(policy.max_task_cost_usd)}"
+                else:
+                    what = f"{tally.tokens:,} tokens > cap {policy.max_task_tokens or 0:,}"
                 actions = ["notify", "suspend"] if policy.mode == "hard" else ["notify"]
                 alerts.append(self._alert(
                     f"{policy.policy_id}:task={event.task_id}:task_cap:{label}", 1, "task_cap", "critical",

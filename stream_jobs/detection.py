@@ -113,7 +113,7 @@ def ensure_detection_topics(client_config: Mapping[str, Any], topics: TopicNames
                             timeout: float = 30.0) -> list[str]:
     """Create the topics this module declares (waste, state) when missing; "already exists" is success."""
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient(dict(client_config))
     try:
@@ -601,7 +601,7 @@ def register_detection(app: Any, settings: FinopsSettings) -> None:
     topics = TopicNames(settings.kafka.topic_prefix)
     client_config = settings.kafka.client_config()
 
-    class DetectionFaustService(mode.Service):  # type: ignore[misc]
+    class DetectionFaustService(mode.Service):
         """Starts the batch consumer thread on worker start; requests stop and joins it on worker stop."""
 
         def __init__(self, **kwargs: Any) -> None:

@@ -102,7 +102,7 @@ def _decimal_constructor(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     try:
         value = Decimal(text)
     except InvalidOperation:
-        return float(loader.construct_yaml_float(node))  # .inf / .nan: let validation refuse them
+        return float(loader.construct_yaml_float(node))  # type: ignore[arg-type]  # .inf / .nan: let validation refuse them
     return value
 
 
@@ -350,8 +350,9 @@ def read_compacted_topic(client_config: Mapping[str, Any], topic: str, *,
                 if msg.error() is not None:
                     raise PolicyPublishError(f"reading {topic}: {msg.error()}")
                 latest[(msg.key() or b"").decode("utf-8", "replace")] = msg.value()
-                if msg.offset() + 1 >= ends[msg.partition()]:
-                    done.add(msg.partition())
+                partition, offset = msg.partition(), msg.offset()
+                if partition is not None and offset is not None and offset + 1 >= ends[partition]:
+                    done.add(partition)
     except KafkaException as err:
         raise PolicyPublishError(f"cannot read {topic}: {err}") from err
     finally:

@@ -483,8 +483,8 @@ class WasteDetectors:
         steps = min(gap, 24 * 60)  # a day of silence is enough to decay any norm; do not loop for weeks
         for step in range(steps):
             spend = burn.minute_spend if step == 0 else 0.0
-            tasks = burn.minute_tasks if step == 0 else 0
-            calls = burn.minute_calls if step == 0 else 0
+            tasks = float(burn.minute_tasks) if step == 0 else 0.0
+            calls = float(burn.minute_calls) if step == 0 else 0.0
             if burn.episode is None:
                 if burn.minutes * 60 >= self.config.runaway_warmup_s:
                     # Winsorize: a minute enters the norm at most at 4x the norm, so bursts barely teach it.
