@@ -59,7 +59,20 @@ CONTROL = TopicSpec(
     extra={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (USAGE, PRICED, DLQ, SPEND, ALERTS, POLICIES, CONTROL)
+WASTE = TopicSpec(
+    "finops.waste.v1", "waste signals (Alert records of kind waste, key signal_id)", partitions=3,
+    retention_ms=30 * DAY_MS,
+)
+DETECTION_STATE = TopicSpec(
+    "finops.detection.state.v1",
+    "detection budget counters (JSON, key counter key; compacted, tombstone deletes)",
+    partitions=1,
+    retention_ms=None,
+    cleanup_policy="compact",
+    extra={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (USAGE, PRICED, DLQ, SPEND, ALERTS, POLICIES, CONTROL, WASTE, DETECTION_STATE)
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,14 @@ class TopicNames:
     @property
     def control(self) -> str:
         return self.name(CONTROL)
+
+    @property
+    def waste(self) -> str:
+        return self.name(WASTE)
+
+    @property
+    def detection_state(self) -> str:
+        return self.name(DETECTION_STATE)
 
 
 def ensure_topics(

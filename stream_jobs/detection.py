@@ -50,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
-from finops.topics import DAY_MS, TopicNames, TopicSpec
+from finops.topics import TopicNames, ensure_topics
 from schemas.errors import FinopsError
 from schemas.models import BudgetPolicy
 from stream_jobs.anomaly import AnomalyConfig, AnomalyDetector, build_anomaly_alert
@@ -62,7 +62,6 @@ if TYPE_CHECKING:
     from finops.settings import FinopsSettings
 
 __all__ = [
-    "DETECTION_TOPICS",
     "STATE",
     "WASTE",
     "ClickHouseLedgerReader",
@@ -71,7 +70,6 @@ __all__ = [
     "DetectionService",
     "LedgerReader",
     "build_spend_event",
-    "ensure_detection_topics",
     "register_detection",
     "state_topic",
     "waste_topic",
@@ -82,17 +80,6 @@ log = logging.getLogger(__name__)
 _US = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-WASTE = TopicSpec("finops.waste.v1", "waste signals (Alert records of kind waste, key signal_id)", partitions=3,
-                  retention_ms=30 * DAY_MS)
-STATE = TopicSpec(
-    "finops.detection.state.v1",
-    "detection budget counters (JSON, key counter key; compacted, tombstone deletes)",
-    partitions=1,
-    retention_ms=None,
-    cleanup_policy="compact",
-    extra={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
-)
-DETECTION_TOPICS: tuple[TopicSpec, ...] = (WASTE, STATE)
 _META_KEY = "meta:watermark"
 
 
@@ -102,37 +89,11 @@ class DetectionError(FinopsError):
 
 
 def waste_topic(topics: TopicNames) -> str:
-    return topics.name(WASTE)
+    return topics.waste
 
 
 def state_topic(topics: TopicNames) -> str:
-    return topics.name(STATE)
-
-
-def ensure_detection_topics(client_config: Mapping[str, Any], topics: TopicNames, *, replication_factor: int = 1,
-                            timeout: float = 30.0) -> list[str]:
-    """Create the topics this module declares (waste, state) when missing; "already exists" is success."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient(dict(client_config))
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as err:
-        raise DetectionError(f"cannot reach Kafka at {client_config.get('bootstrap.servers')}: {err}") from err
-    wanted = [NewTopic(topics.name(spec), num_partitions=spec.partitions or 3,
-                       replication_factor=replication_factor, config=spec.config())
-              for spec in DETECTION_TOPICS if topics.name(spec) not in existing]
-    created: list[str] = []
-    for name, fut in (admin.create_topics(wanted, request_timeout=timeout).items() if wanted else ()):
-        try:
-            fut.result()
-            created.append(name)
-        except KafkaException as err:
-            if err.args and err.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue
-            raise DetectionError(f"cannot create topic {name}: {err}") from err
-    return created
+    return topics.detection_state
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -288,7 +249,7 @@ class DetectionService:
         anomaly baselines from the ledger, subscribe to the priced topic. Raises DetectionError."""
         from confluent_kafka import Consumer, Producer
 
-        ensure_detection_topics(self._client_config, self.topics)
+        ensure_topics(dict(self._client_config), prefix=self.topics.prefix)  # every worker creates what is missing
         self._restore_state()
         self._producer = Producer({**self._client_config, "enable.idempotence": True, "acks": "all",
                                    "linger.ms": 20, "compression.type": "lz4"})

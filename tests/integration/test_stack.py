@@ -71,7 +71,7 @@ def test_cli_stack_up_status_down(tmp_path: Path) -> None:
     try:
         up = subprocess.run([*finops, "stack", "up"], env=env, capture_output=True, text=True, timeout=180)
         assert up.returncode == 0, up.stderr
-        assert "started" in up.stdout and "topics: 7 created" in up.stdout
+        assert "started" in up.stdout and "topics: 9 created" in up.stdout
         up2 = subprocess.run([*finops, "stack", "up"], env=env, capture_output=True, text=True, timeout=180)
         assert up2.returncode == 0 and "already running" in up2.stdout and "all present" in up2.stdout
         status = subprocess.run([*finops, "stack", "status"], env=env, capture_output=True, text=True, timeout=60)
