@@ -360,6 +360,8 @@ class HotPathConfig:
     dlq_ratio_window: int = 1000
     #: How long on_revoke / close wait for outstanding deliveries before committing what is safe.
     flush_timeout_s: float = 30.0
+    #: How often a one-line progress summary is logged (INFO).
+    log_interval_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -651,6 +653,7 @@ class HotPath:
         self._stop = threading.Event()
         self._delivery_error: Any = None
         self._last_commit = 0.0
+        self._last_log = clock()
         self._started = False
         self._closed = False
         # (provider, model, hour_start_us) already alerted by this process; hours older than 2 h are forgotten.
@@ -721,7 +724,19 @@ class HotPath:
         if now - self._last_commit >= self.config.commit_interval_s:
             self.commit()
             self._last_commit = now
+        if now - self._last_log >= self.config.log_interval_s:
+            self._last_log = now
+            self._log_progress()
         return len(messages)
+
+    def _log_progress(self) -> None:
+        s = self.stats()
+        log.info(
+            "hot path: %d consumed, %d priced, %d unpriced, %d duplicates, %d late, %d dead-lettered, $%s; "
+            "partitions %s committed %s; %d open windows, %d window messages; %d dedupe entries (%d evicted)",
+            s.consumed, s.priced, s.unpriced, s.duplicates, s.late, s.dead_lettered, s.cost_usd, list(s.assigned),
+            s.committed, s.open_windows, s.window_messages, s.dedupe_entries, s.dedupe_evicted,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Flush outputs, commit what is safe, close the consumer (a revoke: state is dropped). Idempotent."""
@@ -1219,7 +1234,20 @@ class HotPath:
 
     # ---- observability ---------------------------------------------------------------------------------------------
     def stats(self) -> HotPathStats:
-        """A snapshot of the counters (safe from any thread: it reads ints and copies small dicts)."""
+        """A snapshot of the counters, callable from any thread (the Faust app, a metrics endpoint).
+
+        The consumer thread may change a partition's state while this reads it ("dictionary changed size during
+        iteration"); the snapshot is then simply taken again.
+        """
+        for attempt in range(10):
+            try:
+                return self._snapshot()
+            except RuntimeError:
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _snapshot(self) -> HotPathStats:
         states = list(self._states.values())
         return HotPathStats(
             consumed=self._consumed,

@@ -165,3 +165,59 @@ def test_kill_9_mid_stream_loses_nothing_and_counts_nothing_twice(
     assert committed_offsets(kafka_bootstrap, topics.usage, group) == ends
     # ... and after the downstream dedupe nothing is lost or counted twice.
     _check_outputs(kafka_bootstrap, topics, events, published)
+
+
+def test_a_second_worker_joining_mid_stream_shares_the_load_and_changes_no_total(
+    kafka_bootstrap: str, topics: TopicNames, tmp_path: Path
+) -> None:
+    import threading
+
+    events = _fleet(tmp_path, 20_000, seed=23)
+    published = publish_fleet(kafka_bootstrap, topics.usage, events, dup_share=0.01, bad_share=0.005, seed=23)
+    ends = end_offsets(kafka_bootstrap, topics.usage)
+    group = f"hp-two-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        {"FINOPS_KAFKA_BOOTSTRAP": kafka_bootstrap, "FINOPS_KAFKA_TOPIC_PREFIX": topics.prefix,
+         "FINOPS_STREAM_GROUP_ID": group}
+    )  # fmt: skip
+    finished = threading.Event()
+    errors: list[BaseException] = []
+    workers = []
+
+    def start(batch_size: int) -> Any:
+        hot = build_hot_path(settings, overrides={"idle_close_us": 1_000_000, "grace_us": 2_000_000,
+                                                  "batch_size": batch_size, "commit_interval_s": 0.2})  # fmt: skip
+
+        def until() -> bool:
+            if batch_size < 500:
+                time.sleep(0.02)  # throttle the first worker so the second joins while the stream runs
+            return finished.is_set()
+
+        def target() -> None:
+            try:
+                hot.run(until=until)
+            except BaseException as err:  # noqa: BLE001 - reported by the test thread
+                errors.append(err)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        workers.append((hot, thread))
+        return hot
+
+    first = start(batch_size=100)
+    wait_until(lambda: sum(max(o, 0) for o in committed_offsets(kafka_bootstrap, topics.usage, group).values()) > 0,
+               120, "the first worker's first commits")  # fmt: skip
+    second = start(batch_size=1000)
+    try:
+        wait_until(lambda: bool(second.stats().assigned) or bool(errors), 120, "the rebalance")
+        at_rebalance = committed_offsets(kafka_bootstrap, topics.usage, group)
+        assert sum(max(o, 0) for o in at_rebalance.values()) < sum(ends.values()), "joined after the end"
+        wait_until(lambda: committed_offsets(kafka_bootstrap, topics.usage, group) == ends or bool(errors), 240,
+                   "both workers to commit the whole topic", interval=0.3)  # fmt: skip
+    finally:
+        finished.set()
+        for _, thread in workers:
+            thread.join(60)
+    assert not errors, errors
+    assert first.stats().consumed + second.stats().consumed >= published.total
+    _check_outputs(kafka_bootstrap, topics, events, published)
