@@ -92,7 +92,7 @@ from schemas.loader import load_schema
 from schemas.models import check_usage_dict
 from schemas.wire import SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC, AvroCodec
 from stream_jobs.dedupe import HOUR_US, Deduper
-from stream_jobs.dlq import BadInputLimiter, DeadLetter, Stage
+from stream_jobs.dlq import BadInputLimiter, BadInputLimitExceeded, DeadLetter, Stage
 from stream_jobs.offsets import CommitTracker
 from stream_jobs.pricing import InvalidUsageError, PriceResult, Pricer
 from stream_jobs.windows import MINUTE_US, ClosedWindow, WindowAggregator
@@ -972,6 +972,12 @@ class HotPath:
                     self._produce_when_room(priced_topic, out, agent_id, group)
             else:
                 index = len(messages)
+        except BaseException:
+            # Never commit past the event that raised (the barrier in _abort acks what was produced before it):
+            # the restart must meet it again.
+            if st is not None:
+                st.tracker.on_output_failed(offset)
+            raise
         finally:
             if st is not None:
                 counts[st_partition] = counts.get(st_partition, 0) + index - run_start
@@ -986,7 +992,14 @@ class HotPath:
             self._awaiting.extend(groups.values())
         for partition, seen in counts.items():
             reasons = bad.get(partition, [])
-            self._limiter.observe(partition, seen - len(reasons), len(reasons), reasons[:5])
+            try:
+                self._limiter.observe(partition, seen - len(reasons), len(reasons), reasons[:5])
+            except BadInputLimitExceeded:
+                # Keep this batch uncommitted: after the fix, the restart judges these events again.
+                group = groups.get(partition)
+                if group is not None:
+                    group.tracker.on_output_failed(group.offset)
+                raise
 
     def _message_error(self, msg: Any) -> None:
         err = msg.error()
@@ -1095,7 +1108,6 @@ class HotPath:
             for start, rows in by_start.items():
                 end = rows[0].window_end_us
                 ack = _WindowAck(st.tracker, start, end, min(w.min_offset for w in rows), self._on_delivery_failure)
-                self._awaiting.append(ack)
                 produce = self._producer.produce
                 for w in rows:
                     value = encode(w, now_us)
@@ -1119,6 +1131,9 @@ class HotPath:
                 if cfg.counters_topic:
                     self._produce(cfg.counters_topic, json.dumps(counter).encode(), counter["counter_id"], ack)
                     self._counters_emitted += 1
+                # Only now may a barrier acknowledge the window: if producing failed half-way, the window stays
+                # pending and the commit stays below its events, so the restart re-emits it whole.
+                self._awaiting.append(ack)
             # Extras of windows that closed without a counted event, and of long-closed windows, are dropped.
             horizon = st.windows.polled_before_us
             for extras in (st.dlq_by_window, st.dups_by_window):

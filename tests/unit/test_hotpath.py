@@ -696,3 +696,50 @@ def test_windows_close_by_the_wall_clock_only_when_the_partition_is_caught_up() 
         hp.poll_once()
     assert hp.stats().open_windows == 0
     assert team_totals(decoded(producer.of("t.spend"))) == expected_team_totals(events)
+
+
+def test_an_error_on_the_first_event_after_everything_closed_is_not_committed_past() -> None:
+    """The sharp case: every earlier window is closed, emitted and acknowledged, so no open window holds the commit
+    back; only the failure mark keeps the commit at the event that raised."""
+    events = fleet(200)
+    log = FakeLog()
+    log.partitions = {0: []}
+    for event in events:
+        log.append(0, b"k", CODEC.encode(event, "UsageEvent"))
+    real = Pricer()
+    poison = {**events[-1], "event_id": "00000000-0000-4000-8000-00000000dead",
+              "occurred_at": events[-1]["occurred_at"] + timedelta(minutes=5)}  # fmt: skip
+
+    class PoisonedPricer:
+        def price(self, usage: Any) -> Any:
+            if usage["event_id"] == poison["event_id"]:
+                raise RuntimeError("a bug met by one event")
+            return real.price(usage)
+
+    producer = FakeProducer()
+    clock = Clock(NOW)
+    hp, consumer = build(log, producer, clock, pricer=PoisonedPricer())
+    run_to_end(hp, consumer, clock, close=False)
+    assert log.committed[0][0] == 200 and hp.stats().open_windows == 0
+    poison_offset = log.append(0, b"k", CODEC.encode(poison, "UsageEvent"))
+    with pytest.raises(RuntimeError, match="a bug met by one event"):
+        hp.run()
+    assert log.committed[0][0] == poison_offset  # the restart reads the poison event again
+
+
+def test_bad_input_limit_leaves_the_tripping_batch_uncommitted() -> None:
+    events = fleet(120)
+    log = FakeLog()
+    log.partitions = {0: []}
+    for event in events:
+        log.append(0, b"k", CODEC.encode(event, "UsageEvent"))
+    producer = FakeProducer()
+    clock = Clock(NOW)
+    hp, consumer = build(log, producer, clock, dlq_ratio_window=20, batch_size=30)
+    run_to_end(hp, consumer, clock, close=False)
+    assert log.committed[0][0] == 120
+    for i in range(30):
+        log.append(0, b"k", b"broken deploy %d" % i)
+    with pytest.raises(BadInputLimitExceeded):
+        hp.run()
+    assert log.committed[0][0] == 120
