@@ -8,8 +8,12 @@ Confluent framing::
 
     0x00 | 4-byte big-endian Schema Registry id | body
 
-Every consumer accepts both (``AvroCodec.decode`` looks at the first byte). The body is Avro binary of the record,
-written and read with fastavro's schemaless writer/reader over precompiled (``parse_schema``) schemas.
+Every consumer accepts both (``AvroCodec.decode`` looks at the first byte). The body is Avro binary of the record.
+Bodies of the current schemas are written and read by a codec generated from each schema (:mod:`schemas.fastcodec`,
+byte-identical to fastavro, 1.5-3x faster); fastavro's schemaless writer/reader over precompiled
+(``parse_schema``) schemas handles everything else: older writer schemas (resolution), explicit reader schemas,
+records the generated encoder refuses (fastavro then encodes them or reports the error) and schemas the generator
+does not support.
 
 Evolution: a codec knows the current schema of each record by name and, optionally, older writer schemas
 (:meth:`AvroCodec.register_writer_schema`). Bytes written with an older known schema are resolved to the current
@@ -36,6 +40,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.errors import ConfigError, DecodeError, EncodeError, UnknownSchemaError
+from schemas.fastcodec import FastCodec, UnsupportedSchemaError, build_fast_codec
 from schemas.loader import NAMESPACE, SCHEMA_NAMES, load_schema
 
 if TYPE_CHECKING:
@@ -135,11 +140,13 @@ def _short_name(full_name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class _WriterEntry:
     """A known writer schema: the name decode returns, the parsed writer, and the parsed reader to resolve to (None
-    when the writer is the current schema, which is the fast path: no resolution)."""
+    when the writer is the current schema, which is the fast path: no resolution). ``fast`` is the generated codec
+    when the writer is exactly the current schema (then it decodes instead of fastavro)."""
 
     name: str
     writer: dict[str, Any]
     reader: dict[str, Any] | None
+    fast: FastCodec | None = None
 
 
 class AvroCodec:
@@ -168,6 +175,8 @@ class AvroCodec:
         self._current_read: dict[str, dict[str, Any]] = {}
         # Explicit reader schemas passed to decode, parsed once: id(mapping) -> (mapping kept alive, parsed).
         self._readers: dict[int, tuple[AvroSchema, dict[str, Any]]] = {}
+        # Generated codecs of the current schemas, by simple and full name: (single-object header, codec).
+        self._fast: dict[str, tuple[bytes, FastCodec]] = {}
         for name, schema in schemas.items():
             parsed = _parse(_as_schema_dict(schema))
             full = _full_name(parsed)
@@ -178,7 +187,18 @@ class AvroCodec:
             self._current[short] = (fp, parsed)
             read_view = _parse_for_reading(schema)
             self._current_read[short] = read_view
-            self._by_fingerprint[fp] = _WriterEntry(short, read_view, None)
+            fast = self._build_fast(schema)
+            if fast is not None:
+                self._fast[short] = self._fast[full] = (SINGLE_OBJECT_MAGIC + fp, fast)
+            self._by_fingerprint[fp] = _WriterEntry(short, read_view, None, fast)
+
+    @staticmethod
+    def _build_fast(schema: AvroSchema) -> FastCodec | None:
+        # Timestamps as datetimes: what fastavro returned before, so callers see the same types.
+        try:
+            return build_fast_codec(_as_schema_dict(schema), timestamps="datetime")
+        except UnsupportedSchemaError:
+            return None  # fastavro handles this schema, as before
 
     # ---------------------------------------------------------------------------------------------------- schemas
 
@@ -237,6 +257,12 @@ class AvroCodec:
     def encode(self, record: Mapping[str, Any], schema_name: str) -> bytes:
         """Single-object encoding of ``record`` (an Avro dict, e.g. ``model.to_avro_dict()``) with the current schema
         of ``schema_name``. Raises :class:`UnknownSchemaError` or :class:`EncodeError`."""
+        fast = self._fast.get(schema_name)
+        if fast is not None:
+            try:
+                return fast[0] + fast[1].encode(record)
+            except EncodeError:
+                pass  # stricter than fastavro on odd inputs: fastavro below encodes the record or says why not
         fp, parsed = self._current_entry(schema_name)
         out = BytesIO()
         out.write(SINGLE_OBJECT_MAGIC)
@@ -248,6 +274,12 @@ class AvroCodec:
         """Confluent framing of ``record`` under registry id ``schema_id`` (which must denote the current schema of
         ``schema_name``; a registry serializer normally does this, see :func:`build_registry_serializer`)."""
         _, parsed = self._current_entry(schema_name)
+        fast = self._fast.get(schema_name)
+        if fast is not None:
+            try:
+                return CONFLUENT_MAGIC + _CONFLUENT_ID.pack(schema_id) + fast[1].encode(record)
+            except EncodeError:
+                pass  # as in encode: fastavro decides
         out = BytesIO()
         out.write(CONFLUENT_MAGIC)
         out.write(_CONFLUENT_ID.pack(schema_id))
@@ -308,6 +340,21 @@ class AvroCodec:
             if reader is entry.writer:
                 reader = None
 
+        if reader is None and entry.fast is not None:
+            try:
+                fast_record, end = entry.fast.decode(data, header)
+            except DecodeError as err:
+                raise DecodeError(
+                    f"{framing} {entry.name} body does not decode ({len(data) - header} body bytes): {err}; "
+                    "the message is truncated or not written with this schema"
+                ) from err
+            if end != len(data):
+                raise DecodeError(
+                    f"{framing} {entry.name} decoded with {len(data) - end} trailing bytes left; "
+                    "the message was written with a different schema than its header claims"
+                )
+            return name, fast_record
+
         body = BytesIO(data)
         body.seek(header)
         try:
@@ -349,7 +396,10 @@ class AvroCodec:
         current = self._current.get(name)
         if current is not None and schema_fingerprint(writer) != current[0]:
             reader = self._current_read[name]
-        entry = _WriterEntry(name, writer, reader)
+        # The generated codec only when the registry's schema is ours to the letter (logical types included, which
+        # the fingerprint ignores); otherwise fastavro reads it with the registry's schema, as before.
+        fast = self._fast.get(name) if reader is None and writer == self._current_read.get(name) else None
+        entry = _WriterEntry(name, writer, reader, fast[1] if fast is not None else None)
         self._by_id[schema_id] = entry
         return entry
 
