@@ -355,6 +355,7 @@ class HotPathConfig:
     grace_us: int = 10_000_000
     idle_close_us: int = 30_000_000
     dedupe_window_us: int = 24 * HOUR_US
+    #: Per assigned partition (each has its own deduper); build_hot_path splits the worker-wide setting.
     dedupe_max_entries: int = 2_000_000
     dlq_max_ratio: float = 0.5
     dlq_ratio_window: int = 1000
@@ -1373,7 +1374,9 @@ def build_hot_path(
         "grace_us": s.grace_seconds * 1_000_000,
         "idle_close_us": s.idle_close_seconds * 1_000_000,
         "dedupe_window_us": s.dedupe_window_hours * HOUR_US,
-        "dedupe_max_entries": s.dedupe_max_entries,
+        # FINOPS_STREAM_DEDUPE_MAX_ENTRIES bounds the whole worker (~80 bytes per entry), also when it owns every
+        # partition: each partition's deduper gets an equal share.
+        "dedupe_max_entries": max(1000, s.dedupe_max_entries // settings.kafka.usage_partitions),
         "dlq_max_ratio": s.dlq_max_ratio,
         "dlq_ratio_window": s.dlq_ratio_window,
     }
