@@ -16,21 +16,36 @@ ClickHouse's reason.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from schemas.errors import FinopsError
 
 __all__ = [
+    "ALERTS",
+    "ALERT_COLUMNS",
+    "BUDGETS",
+    "BUDGET_COLUMNS",
     "LEDGER",
     "LEDGER_COLUMNS",
+    "SINK_SPECS",
     "SPEND",
     "SPEND_COLUMNS",
+    "WASTE",
+    "WASTE_COLUMNS",
     "RowMappingError",
     "RowSpec",
+    "compute_alert_row",
+    "compute_budget_row",
+    "compute_budget_rows",
+    "compute_budget_tombstone",
     "compute_ledger_row",
     "compute_spend_row",
+    "compute_waste_row",
     "ledger_key",
 ]
 
@@ -162,6 +177,280 @@ def compute_spend_row(record: Mapping[str, Any]) -> list[Any]:
         raise _missing(record, SPEND_COLUMNS, "SpendAggregate", err) from None
 
 
+# ---------------------------------------------------------------------------------------------- governance tables
+
+# alerts: one row per Alert record, columns named after the Avro fields. The optional dimensions are String DEFAULT ''
+# in the table ('' = none), so their Avro null becomes ''; amount_usd / limit_usd stay Nullable.
+ALERT_COLUMNS: tuple[str, ...] = (
+    "alert_id",
+    "dedup_key",
+    "kind",
+    "severity",
+    "state",
+    "occurred_at",
+    "team",
+    "project",
+    "agent_id",
+    "policy_id",
+    "model",
+    "title",
+    "summary",
+    "amount_usd",
+    "limit_usd",
+    "details",
+    "actions",
+)
+_ALERT_OPTIONAL_TEXT: tuple[str, ...] = ("team", "project", "agent_id", "policy_id", "model")
+_ALERT_OPTIONAL_INDEXES: tuple[int, ...] = tuple(ALERT_COLUMNS.index(name) for name in _ALERT_OPTIONAL_TEXT)
+
+
+def compute_alert_row(record: Mapping[str, Any]) -> list[Any]:
+    """One ``alerts`` row (values in :data:`ALERT_COLUMNS` order) from a decoded Alert dict.
+
+    Absent optional dimensions become ``''``; ``details`` and ``actions`` are copied (the table's Map and Array).
+    Raises :class:`RowMappingError` naming the missing fields.
+    """
+    try:
+        row = [record[name] for name in ALERT_COLUMNS]
+    except KeyError as err:
+        raise _missing(record, ALERT_COLUMNS, "Alert", err) from None
+    for index in _ALERT_OPTIONAL_INDEXES:
+        if row[index] is None:
+            row[index] = ""
+    row[-2] = dict(row[-2])
+    row[-1] = list(row[-1])
+    return row
+
+
+def alert_identity(row: Sequence[Any]) -> str:
+    """An ``alerts`` row's identity: its ``alert_id`` (one alert state change)."""
+    return str(row[0])
+
+
+# waste_signals: from the Alert-schema records of kind 'waste' on finops.waste.v1 (stream_jobs/waste.py
+# build_waste_record). The signal's own columns travel as text in `details`; the dimensions are the Alert fields.
+WASTE_COLUMNS: tuple[str, ...] = (
+    "signal_id",
+    "kind",
+    "detected_at",
+    "occurred_at",
+    "team",
+    "project",
+    "agent_id",
+    "task_id",
+    "model",
+    "avoidable_cost_usd",
+    "evidence",
+)
+# details keys that must be present; task_id may be absent (= no task, the column's default '').
+_WASTE_DETAILS: tuple[str, ...] = ("signal_id", "waste_kind", "occurred_at", "detected_at", "avoidable_cost_usd",
+                                   "evidence")
+
+
+def _parse_instant(text: str, what: str) -> datetime:
+    """An ISO 8601 instant with an offset, as a UTC datetime. A value without an offset is refused: the producer
+    writes ``isoformat()`` of aware datetimes, so a naive one means another writer whose zone we cannot know."""
+    try:
+        value = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise RowMappingError(f"waste record cannot be mapped to a row: details[{what!r}] = {text!r} is not an "
+                              "ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise RowMappingError(f"waste record cannot be mapped to a row: details[{what!r}] = {text!r} has no UTC "
+                              "offset")
+    return value.astimezone(UTC)
+
+
+def compute_waste_row(record: Mapping[str, Any]) -> list[Any]:
+    """One ``waste_signals`` row (values in :data:`WASTE_COLUMNS` order) from a decoded Alert dict of kind
+    ``waste``: ``details`` gives ``signal_id``, ``waste_kind`` (-> ``kind``), ``occurred_at``, ``detected_at``,
+    ``task_id``, ``avoidable_cost_usd`` (exact decimal text) and ``evidence``; ``team``, ``project``, ``agent_id`` and
+    ``model`` come from the Alert fields (null -> ``''``). ``revision`` is not stored: the table keeps the latest
+    ``detected_at``, which never decreases with the revision.
+
+    Raises :class:`RowMappingError` for another kind, missing details or an unreadable time or amount.
+    """
+    kind = record.get("kind")
+    if kind != "waste":
+        raise RowMappingError(f"waste record cannot be mapped to a row: kind {kind!r} is not 'waste'")
+    details = record.get("details")
+    if not isinstance(details, Mapping):
+        raise RowMappingError("waste record cannot be mapped to a row: missing field(s) details")
+    absent = [name for name in _WASTE_DETAILS if name not in details]
+    if absent:
+        raise RowMappingError(f"waste record cannot be mapped to a row: missing details key(s) {', '.join(absent)}")
+    try:
+        cost = Decimal(details["avoidable_cost_usd"])
+    except (InvalidOperation, TypeError, ValueError):
+        cost = Decimal("NaN")
+    if not cost.is_finite():
+        raise RowMappingError("waste record cannot be mapped to a row: details['avoidable_cost_usd'] = "
+                              f"{details['avoidable_cost_usd']!r} is not a decimal amount")
+    return [
+        details["signal_id"],
+        details["waste_kind"],
+        _parse_instant(details["detected_at"], "detected_at"),
+        _parse_instant(details["occurred_at"], "occurred_at"),
+        record.get("team") or "",
+        record.get("project") or "",
+        record.get("agent_id") or "",
+        details.get("task_id") or "",
+        record.get("model") or "",
+        cost,
+        details["evidence"],
+    ]
+
+
+def waste_identity(row: Sequence[Any]) -> str:
+    """A ``waste_signals`` row's identity: its ``signal_id`` (revisions of one signal share it)."""
+    return str(row[0])
+
+
+# budgets: a BudgetPolicy per row, plus the table's `deleted` flag (a tombstone on the compacted topic).
+BUDGET_COLUMNS: tuple[str, ...] = (
+    "policy_id",
+    "version",
+    "scope_type",
+    "scope_value",
+    "period",
+    "timezone",
+    "limit_usd",
+    "mode",
+    "thresholds",
+    "forecast",
+    "max_task_cost_usd",
+    "max_task_tokens",
+    "max_call_tokens",
+    "downgrade_model",
+    "throttle_rate_per_minute",
+    "enabled",
+    "deleted",
+    "updated_at",
+)
+_B_VERSION = BUDGET_COLUMNS.index("version")
+_B_THRESHOLDS = BUDGET_COLUMNS.index("thresholds")
+_B_DELETED = BUDGET_COLUMNS.index("deleted")
+_B_UPDATED_AT = BUDGET_COLUMNS.index("updated_at")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def compute_budget_row(record: Mapping[str, Any]) -> list[Any]:
+    """One live ``budgets`` row (values in :data:`BUDGET_COLUMNS` order, ``deleted`` false) from a decoded
+    BudgetPolicy dict. ``thresholds`` becomes a JSON array with sorted keys (``[{"actions": [...], "channels":
+    [...], "percent": 80}, ...]``), so equal ladders give equal text. Raises :class:`RowMappingError`."""
+    columns = tuple(name for name in BUDGET_COLUMNS if name != "deleted")
+    try:
+        row = [record[name] for name in columns]
+        row[_B_THRESHOLDS] = json.dumps([dict(step) for step in row[_B_THRESHOLDS]], sort_keys=True,
+                                        separators=(",", ":"))
+    except KeyError as err:
+        raise _missing(record, columns, "BudgetPolicy", err) from None
+    except (TypeError, ValueError) as err:
+        raise RowMappingError(f"BudgetPolicy cannot be mapped to a row: thresholds: {err}") from None
+    row.insert(_B_DELETED, False)
+    return row
+
+
+def compute_budget_tombstone(key: bytes | None, timestamp_ms: int | None) -> list[Any]:
+    """The marker row of a tombstone on the policy topic: ``policy_id`` from the message key, ``deleted`` true,
+    ``updated_at`` the message's Kafka timestamp (``None`` if it has none) and every other column ``None``.
+
+    Never inserted as is: :func:`compute_budget_rows` turns it into a copy of the stored policy. Raises
+    :class:`RowMappingError` for a tombstone without a key (it deletes nothing we could name).
+    """
+    if not key:
+        raise RowMappingError("BudgetPolicy tombstone without a key: no policy_id to delete")
+    try:
+        policy_id = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RowMappingError("BudgetPolicy tombstone key is not UTF-8 text") from None
+    row: list[Any] = [None] * len(BUDGET_COLUMNS)
+    row[0] = policy_id
+    row[_B_DELETED] = True
+    if timestamp_ms is not None and timestamp_ms > 0:
+        row[_B_UPDATED_AT] = _EPOCH + timedelta(milliseconds=timestamp_ms)
+    return row
+
+
+def budget_identity(row: Sequence[Any]) -> str:
+    """A ``budgets`` row's identity: its ``policy_id`` (the topic's key)."""
+    return str(row[0])
+
+
+def _utc(value: Any) -> Any:
+    # ClickHouse may hand back DateTime64(6, 'UTC') naive or aware depending on the client; compare as aware UTC.
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value
+
+
+def _same_row(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    return len(a) == len(b) and all(_utc(x) == _utc(y) for x, y in zip(a, b, strict=True))
+
+
+def compute_budget_rows(
+    rows: Sequence[Sequence[Any]], stored: Mapping[str, Sequence[Any]]
+) -> list[tuple[int, list[Any]]]:
+    """Fold a batch of policy-topic rows (Kafka order; tombstones as :func:`compute_budget_tombstone` markers) over
+    the stored rows (``policy_id -> row`` as ``budgets FINAL`` holds them) into the rows to insert, as
+    ``(index in rows of the record that decided it, row)``, at most one per policy. Pure.
+
+    The topic's meaning is "the last value per key wins; a tombstone deletes; a consumer ignores an older version
+    than the one it holds" (BudgetPolicy.avsc, stream_jobs/budgets.py). The table keeps the highest ``version``
+    (equal versions: the last inserted). Per policy, starting from the stored row:
+
+    * a record with a higher version than the live one replaces it; an equal version replaces it (the later record
+      wins, as in the detection engine); a lower one is ignored (a replay, or a stale writer);
+    * a tombstone of a live policy becomes a copy of it with ``deleted`` true and ``version`` + 1 (the tombstone
+      carries no version, and the deleted row must win); a tombstone of an unknown or deleted policy changes nothing;
+    * a record after a deletion re-creates the policy. ``finops policy apply`` restarts a re-added policy at version
+      1, below the deleted row's, so the row is written with ``max(version, deleted version + 1)``: the table's
+      version then runs ahead of the topic's for that policy, which is the price of a version-keyed table.
+
+    A policy whose folded row equals the stored one, or that is deleted both before and after the batch, is not
+    written again: a re-delivered batch inserts nothing.
+    """
+    state: dict[str, list[Any] | None] = {pid: list(row) for pid, row in stored.items()}
+    decided: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        policy_id = str(row[0])
+        held = state.get(policy_id)
+        if row[_B_DELETED]:  # tombstone marker
+            if held is None or held[_B_DELETED]:
+                continue
+            gone = list(held)
+            gone[_B_DELETED] = True
+            gone[_B_VERSION] = int(held[_B_VERSION]) + 1
+            if row[_B_UPDATED_AT] is not None:
+                gone[_B_UPDATED_AT] = row[_B_UPDATED_AT]
+            state[policy_id] = gone
+            decided[policy_id] = index
+            continue
+        version = int(row[_B_VERSION])
+        if held is None:
+            state[policy_id] = list(row)
+        elif held[_B_DELETED]:
+            revived = list(row)
+            revived[_B_VERSION] = max(version, int(held[_B_VERSION]) + 1)
+            state[policy_id] = revived
+        elif version >= int(held[_B_VERSION]):
+            state[policy_id] = list(row)
+        else:
+            continue
+        decided[policy_id] = index
+    out: list[tuple[int, list[Any]]] = []
+    for policy_id, index in decided.items():
+        final = state[policy_id]
+        before = stored.get(policy_id)
+        if final is None or (before is not None and _same_row(final, before)):
+            continue
+        if before is not None and before[_B_DELETED] and final[_B_DELETED]:
+            continue  # deleted before and after (a replay that re-added and re-deleted it): nothing to show
+        out.append((index, final))
+    out.sort(key=lambda pair: pair[0])
+    return out
+
+
 def ledger_key(row: Sequence[Any]) -> tuple[str, str]:
     """The ledger's deduplication key ``(source, event_id)`` of a row built by :func:`compute_ledger_row`."""
     return (row[1], row[0])
@@ -184,6 +473,15 @@ class RowSpec:
     key_of: Callable[[Sequence[Any]], tuple[str, str]] | None = None
     time_column: str | None = None
     time_index: int | None = None
+    # Governance tables (see the module docstring). latest_of: rows of a batch with equal identity collapse to the
+    # last in Kafka order. tombstone_row(key, kafka timestamp ms): a null value is data, not a dead letter.
+    # resolve(rows, stored): the rows to insert given the stored rows whose state_key_column matches the batch's.
+    latest_of: Callable[[Sequence[Any]], str] | None = None
+    tombstone_row: Callable[[bytes | None, int | None], list[Any]] | None = None
+    resolve: Callable[[Sequence[Sequence[Any]], Mapping[str, Sequence[Any]]], list[tuple[int, list[Any]]]] | None = (
+        None
+    )
+    state_key_column: str | None = None
 
 
 LEDGER = RowSpec(
@@ -201,3 +499,36 @@ SPEND = RowSpec(
     columns=SPEND_COLUMNS,
     compute_row=compute_spend_row,
 )
+ALERTS = RowSpec(
+    table="alerts",
+    schema_name="Alert",
+    columns=ALERT_COLUMNS,
+    compute_row=compute_alert_row,
+    latest_of=alert_identity,
+)
+WASTE = RowSpec(
+    table="waste_signals",
+    schema_name="Alert",
+    columns=WASTE_COLUMNS,
+    compute_row=compute_waste_row,
+    latest_of=waste_identity,
+)
+BUDGETS = RowSpec(
+    table="budgets",
+    schema_name="BudgetPolicy",
+    columns=BUDGET_COLUMNS,
+    compute_row=compute_budget_row,
+    latest_of=None,  # the fold in compute_budget_rows needs every record of the batch, in order
+    tombstone_row=compute_budget_tombstone,
+    resolve=compute_budget_rows,
+    state_key_column="policy_id",
+)
+
+# The sink kinds of `finops sink run --only`, each its own consumer group finops-sink-<kind>.
+SINK_SPECS: dict[str, RowSpec] = {
+    "ledger": LEDGER,
+    "spend": SPEND,
+    "alerts": ALERTS,
+    "waste": WASTE,
+    "budgets": BUDGETS,
+}

@@ -1,8 +1,10 @@
 """The sink run loop: consume one topic, batch by size or time, write through the batch writer, then commit.
 
-One :class:`SinkWorker` per table and consumer group (``finops-sink-ledger`` over ``agent.usage.priced.v1``,
-``finops-sink-spend`` over ``finops.spend.1m.v1``), auto-commit off. The order per batch is write, then commit
-(see :mod:`sinks.writer` for the guarantee this gives: at-least-once delivery, effectively-once rows).
+One :class:`SinkWorker` per table and consumer group ``finops-sink-<kind>`` (``ledger`` over
+``agent.usage.priced.v1``, ``spend`` over ``finops.spend.1m.v1``, ``alerts`` over ``finops.alerts.v1``, ``waste`` over
+``finops.waste.v1``, ``budgets`` over the compacted ``finops.policies.v1``), auto-commit off. The order per batch is
+write, then commit (see :mod:`sinks.writer` for the guarantee this gives: at-least-once delivery, effectively-once
+rows).
 
 Backpressure: while a batch is being written the worker pauses its whole assignment. librdkafka then stops fetching
 (its prefetch queue is bounded by ``queued.max.messages.kbytes``), so a ClickHouse outage does not grow the
@@ -159,7 +161,10 @@ class SinkWorker:
             if tp not in self._assignment:
                 continue  # fetched before a revoke: its new owner reads it
             headers = tuple(msg.headers() or ())
-            self._batch.add(SinkMessage(tp[0], tp[1], msg.offset(), msg.key(), msg.value(), headers), now)
+            ts_type, ts_ms = msg.timestamp()
+            timestamp_ms = ts_ms if ts_type != 0 else None  # 0 = TIMESTAMP_NOT_AVAILABLE
+            self._batch.add(SinkMessage(tp[0], tp[1], msg.offset(), msg.key(), msg.value(), headers, timestamp_ms),
+                            now)
             self.stats.consumed += 1
 
     def _batch_ready(self) -> bool:

@@ -17,25 +17,52 @@ from typing import Any
 
 from schemas.errors import ConfigError, FinopsError
 
-__all__ = ["register", "parse_instant"]
+__all__ = ["SINK_KINDS", "parse_instant", "register", "sink_group", "sink_topic"]
 
 log = logging.getLogger(__name__)
 
 LEDGER_GROUP = "finops-sink-ledger"
 SPEND_GROUP = "finops-sink-spend"
-_REQUIRED_TABLES = ("usage_ledger", "spend_1m", "spend_hourly", "spend_daily")
+# The sink kinds in start order (the keys of sinks.rows.SINK_SPECS) and the TopicNames property each one consumes.
+# Each kind is its own consumer group, finops-sink-<kind>, and its own thread, so a halted or lagging table does not
+# hold the others' offsets back.
+SINK_KINDS: tuple[str, ...] = ("ledger", "spend", "alerts", "waste", "budgets")
+_SINK_TOPIC_OF: dict[str, str] = {
+    "ledger": "priced",
+    "spend": "spend",
+    "alerts": "alerts",
+    "waste": "waste",
+    "budgets": "policies",
+}
+_REQUIRED_TABLES = ("usage_ledger", "spend_1m", "spend_hourly", "spend_daily", "alerts", "waste_signals", "budgets")
+
+
+def sink_group(kind: str) -> str:
+    """The consumer group of sink ``kind`` (``finops-sink-<kind>``)."""
+    return f"finops-sink-{kind}"
+
+
+def sink_topic(kind: str, topics: Any) -> str:
+    """The topic sink ``kind`` consumes, from a :class:`finops.topics.TopicNames`."""
+    return str(getattr(topics, _SINK_TOPIC_OF[kind]))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``sink run``, ``reconcile`` and ``bench-sink``."""
-    sink = subparsers.add_parser("sink", help="ClickHouse sink workers (priced events -> ledger, spend -> spend_1m)")
+    sink = subparsers.add_parser(
+        "sink",
+        help="ClickHouse sink workers (priced events -> usage_ledger, spend -> spend_1m, alerts -> alerts, waste -> "
+        "waste_signals, policies -> budgets)",
+    )
     sink_sub = sink.add_subparsers(dest="sink_cmd", required=True, metavar="{run}")
     run = sink_sub.add_parser(
         "run",
-        help="consume agent.usage.priced.v1 and finops.spend.1m.v1 into ClickHouse (write, then commit); in "
+        help="consume agent.usage.priced.v1, finops.spend.1m.v1, finops.alerts.v1, finops.waste.v1 and "
+        "finops.policies.v1 into ClickHouse (write, then commit; one consumer group finops-sink-<name> each); in "
         "embedded mode also serve the store endpoint for other processes",
     )
-    run.add_argument("--only", choices=("ledger", "spend"), default=None, help="run one of the two sinks only")
+    run.add_argument("--only", choices=SINK_KINDS, default=None,
+                     help="run one sink only (default: all five, one thread each)")
     run.add_argument("--batch-rows", type=int, default=10_000, help="flush after this many messages (10000)")
     run.add_argument("--batch-seconds", type=float, default=1.0, help="flush a batch this old (1.0 s)")
     run.add_argument("--store-host", default=None,
@@ -134,14 +161,14 @@ def build_sink_worker(
     consumer_wrapper: Callable[[Any], Any] | None = None,
     codec: Any = None,
 ) -> Any:
-    """Wire one :class:`~sinks.worker.SinkWorker` (``kind`` ``ledger`` or ``spend``). Does not subscribe yet."""
+    """Wire one :class:`~sinks.worker.SinkWorker` (``kind`` one of :data:`SINK_KINDS`). Does not subscribe yet."""
     from confluent_kafka import Consumer
 
-    from sinks.rows import LEDGER, SPEND
+    from sinks.rows import SINK_SPECS
     from sinks.worker import SinkWorker, build_sink_consumer_config
     from sinks.writer import ClickHouseBatchWriter, KafkaDeadLetterSink
 
-    spec = {"ledger": LEDGER, "spend": SPEND}[kind]
+    spec = SINK_SPECS[kind]
     consumer = Consumer(build_sink_consumer_config(kafka_config, group_id))
     if consumer_wrapper is not None:
         consumer = consumer_wrapper(consumer)
@@ -183,12 +210,12 @@ def _sink_run(args: argparse.Namespace) -> int:
     codec = build_codec(settings.kafka.schema_registry_url.get_secret_value()
                         if settings.kafka.schema_registry_url is not None else None)
     dlq_producer = build_dlq_producer(kafka_config)
-    kinds = [args.only] if args.only else ["ledger", "spend"]
+    kinds = [args.only] if args.only else list(SINK_KINDS)
     workers = [
         build_sink_worker(
             kind, client=client, database=database, kafka_config=kafka_config,
-            topic=topics.priced if kind == "ledger" else topics.spend, dlq_topic=topics.dlq,
-            dlq_producer=dlq_producer, group_id=LEDGER_GROUP if kind == "ledger" else SPEND_GROUP,
+            topic=sink_topic(kind, topics), dlq_topic=topics.dlq,
+            dlq_producer=dlq_producer, group_id=sink_group(kind),
             batch_rows=args.batch_rows, batch_seconds=args.batch_seconds, codec=codec,
         )
         for kind in kinds

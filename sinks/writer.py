@@ -25,6 +25,15 @@ views) by three layers:
 (c) ``ReplacingMergeTree`` on ``(..., source, event_id)`` collapses whatever slips through (read with FINAL); for
     ``spend_1m`` this is the dedupe (the aggregate_id is deterministic, a re-emitted window replaces the old one).
 
+The governance tables (``alerts``, ``waste_signals``, ``budgets``; no materialized view reads them) rely on (a) and
+(c) only, by their natural id, and read with FINAL. Their specs add two pure steps before the insert (sinks/rows.py):
+rows of a batch with the same identity collapse to the last in Kafka order (``latest_of``), and ``budgets`` folds the
+batch over the stored rows of its policy ids (``resolve``; the look-up, like (b), happens once before the first
+attempt, so every retry sends the same insert). A tombstone on the compacted policy topic is a deletion there
+(``tombstone_row``), not a dead letter. Note: those three tables have no ``non_replicated_deduplication_window`` (on
+chdb and single servers the token is then not checked), so a retried insert can store a duplicate row until a merge;
+it is identical by id and FINAL hides it.
+
 Failure handling:
 * transient ClickHouse errors (connection, timeouts, too many parts, memory limit ...) -> exponential backoff with
   full jitter, retry the SAME insert; nothing is committed meanwhile. The wait is delegated to the caller
@@ -178,6 +187,8 @@ class SinkMessage:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    # The broker's timestamp (ms since the epoch), None when absent; stamps a policy tombstone's deletion time.
+    timestamp_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -393,6 +404,13 @@ class ClickHouseBatchWriter:
         report = WriteReport(messages=len(batch))
         rows, letters = self._decode(batch.messages)
         rows = self._dedupe_in_batch(rows, report)
+        rows = self._keep_latest(rows, report)
+        if rows and self._spec.resolve is not None:
+            # Fixed for the batch's lifetime, like the stored-id check below: every retry sends the same rows.
+            stored = self._retrying(lambda: self._stored_state(rows), report, wait, should_abort)
+            resolved = self._spec.resolve([row.values for row in rows], stored)
+            report.duplicates += len(rows) - len(resolved)
+            rows = [_Row(rows[index].message, values) for index, values in resolved]
         if rows and self._spec.key_of is not None:
             stored = self._retrying(lambda: self._stored_keys(rows), report, wait, should_abort)
             if stored:
@@ -420,9 +438,16 @@ class ClickHouseBatchWriter:
         decode = self._codec.decode
         expected = self._spec.schema_name
         compute_row = self._spec.compute_row
+        tombstone_row = self._spec.tombstone_row
         for message in messages:
             if message.value is None:
-                letters.append(DeadLetter(message, "decode: empty value (tombstone) on a data topic"))
+                if tombstone_row is None:
+                    letters.append(DeadLetter(message, "decode: empty value (tombstone) on a data topic"))
+                    continue
+                try:  # a compacted topic's deletion: the spec makes a marker row of it
+                    rows.append(_Row(message, tombstone_row(message.key, message.timestamp_ms)))
+                except RowMappingError as err:
+                    letters.append(DeadLetter(message, f"mapping: {err}"))
                 continue
             try:
                 name, record = decode(message.value)
@@ -450,6 +475,31 @@ class ClickHouseBatchWriter:
             seen.add(key)
             kept.append(row)
         return kept
+
+    def _keep_latest(self, rows: list[_Row], report: WriteReport) -> list[_Row]:
+        """Rows whose ``latest_of`` identity recurs later in the batch are superseded (counted as duplicates): one
+        identity lives in one partition, so arrival order is Kafka order and the last row is the newest."""
+        latest_of = self._spec.latest_of
+        if latest_of is None:
+            return rows
+        last = {latest_of(row.values): index for index, row in enumerate(rows)}
+        kept = [row for index, row in enumerate(rows) if last[latest_of(row.values)] == index]
+        report.duplicates += len(rows) - len(kept)
+        return kept
+
+    def _stored_state(self, rows: Sequence[_Row]) -> dict[str, list[Any]]:
+        """The stored rows (all columns, as FINAL collapses them) whose ``state_key_column`` is one of the batch's,
+        by that key. One query; the key column is the table's sorting key, so it reads only those granules."""
+        column = self._spec.state_key_column
+        assert column is not None
+        key_index = self._spec.columns.index(column)
+        ids = sorted({str(row.values[key_index]) for row in rows})
+        result = self._client.query(
+            f"SELECT {', '.join(self._spec.columns)} FROM {self._table} FINAL "
+            f"WHERE {column} IN {{ids:Array(String)}}",
+            parameters={"ids": ids},
+        )
+        return {str(values[key_index]): list(values) for values in result.result_rows}
 
     def _stored_keys(self, rows: Sequence[_Row]) -> set[tuple[str, str]]:
         """Which ``(source, event_id)`` of ``rows`` the ledger already holds (originals only; corrections share the
