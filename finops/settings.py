@@ -285,7 +285,8 @@ def load_settings(environ: dict[str, str] | None = None) -> FinopsSettings:
     try:
         problems: list[str] = []
         built: dict[str, Any] = {}
-        for name, cls in {"core": CoreSettings, **_SECTIONS}.items():
+        sections: dict[str, type[BaseSettings]] = {"core": CoreSettings, **_SECTIONS}
+        for name, cls in sections.items():
             try:
                 built[name] = cls()
             except ValidationError as err:

@@ -135,7 +135,7 @@ def ensure_topics(
     reason when a creation fails for any reason but "already exists".
     """
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient(client_config)
     try:
