@@ -68,7 +68,14 @@ and ``PricedUsageEvent`` starts with exactly the fields of ``UsageEvent`` (check
 value is ``header + the input's Avro body + the encoded price fields``. The price fields are encoded by hand
 (byte-identical to fastavro, tested): fastavro spends ~2-4 µs per decimal, and a priced event has up to 12. The
 price-set part (unit prices, catalogue and price-book versions, source) is the same for every event of a model and
-period, so its bytes are cached. Closed windows are encoded the same way.
+period, so its bytes are cached. Closed windows are encoded the same way. The input is read by a decoder generated
+from the schema (see ``compute_record_decoder``), ~30 % cheaper than fastavro's reader here.
+
+Measured on the 2-core VM of this repository (CPU µs per event, best of several runs, events in memory so the
+broker's share is out): plain loop 14.3; hot path 25.6, of which decode 6.5, validation 3.4, pricing 5 (the plain
+loop's cached-rate arithmetic: ~1.2), priced encode 3.3, window add ~1.5 and close ~1.5 (roll-up, encode, produce
+of the partials), dedupe ~1, produce ~1.2 (+ ~1 in librdkafka's threads), the loop itself ~2.5. ``finops
+bench-stream`` measures the whole path against the broker.
 """
 
 from __future__ import annotations
@@ -1015,7 +1022,7 @@ class HotPath:
                         decoded, end = decode_usage(value, header_len)
                         if end == len(value):
                             occurred_us = decoded["occurred_at"]
-                            decoded["occurred_at"] = epoch + timedelta(microseconds=occurred_us)
+                            decoded["occurred_at"] = epoch + timedelta(0, 0, occurred_us)  # positional: cheaper
                             record = decoded
                             body = value[header_len:]
                     except Exception:  # noqa: BLE001 - the codec below names the problem for the DLQ
