@@ -66,7 +66,7 @@ def _stream_run(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
     from finops.topics import ensure_topics
     from stream_jobs.app import build_app
-    from stream_jobs.hotpath import HotPath, build_hot_path
+    from stream_jobs.hotpath import HotPath, build_hot_path, tune_gc
     from stream_jobs.pricebook import load_price_book
     from stream_jobs.pricing import Pricer
 
@@ -86,6 +86,7 @@ def _stream_run(args: argparse.Namespace) -> int:
         return build_hot_path(settings, pricer=pricer)
 
     built = build_app(settings, hot_path_factory=hot_path)
+    tune_gc()
     # faust.Worker installs the SIGINT/SIGTERM handlers, runs the app, and on stop closes in reverse order
     # (the hot-path service finishes its batch, flushes and commits before the app's clients close).
     worker = faust.Worker(built.app, loglevel=settings.core.log_level, override_logging=False)
