@@ -68,8 +68,9 @@ and ``PricedUsageEvent`` starts with exactly the fields of ``UsageEvent`` (check
 value is ``header + the input's Avro body + the encoded price fields``. The price fields are encoded by hand
 (byte-identical to fastavro, tested): fastavro spends ~2-4 µs per decimal, and a priced event has up to 12. The
 price-set part (unit prices, catalogue and price-book versions, source) is the same for every event of a model and
-period, so its bytes are cached. Closed windows are encoded the same way. The input is read by a decoder generated
-from the schema (see ``compute_record_decoder``), ~30 % cheaper than fastavro's reader here.
+period, so its bytes are cached. Closed windows are encoded the same way. The input is read by the decoder generated
+from the schema (``schemas.fastcodec``, timestamps kept as µs), ~30 % cheaper than fastavro's reader here; it is
+used only when it decodes cleanly, anything else goes to the codec, which names the problem for the DLQ.
 
 Measured on the 2-core VM of this repository (CPU µs per event, best of several runs, events in memory so the
 broker's share is out): plain loop 14.3; hot path 25.6, of which decode 6.5, validation 3.4, pricing 5 (the plain
@@ -80,8 +81,6 @@ bench-stream`` measures the whole path against the broker.
 
 from __future__ import annotations
 
-import decimal
-import functools
 import json
 import logging
 import threading
@@ -97,6 +96,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from schemas.errors import ConfigError, FinopsError
+from schemas.fastcodec import UnsupportedSchemaError, build_fast_codec
 from schemas.loader import load_schema
 from schemas.models import check_usage_dict
 from schemas.wire import SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC, AvroCodec
@@ -209,122 +209,8 @@ def _raw_timestamp(schema: dict[str, Any], field_name: str) -> dict[str, Any]:
     return {**schema, "fields": fields}
 
 
-# ---- a straight-line decoder for the usage record --------------------------------------------------------------
-#
-# fastavro's Cython reader spends ~9-10 µs on a UsageEvent here: it reads each primitive through the file object's
-# read() method. A decoder generated once from the schema, indexing the bytes directly, needs ~6.5 µs for the same
-# record. It is only used for the current schema's single-object bytes, and only when it decodes them cleanly: any
-# exception (or trailing bytes) sends the message to the codec (fastavro), which decides and names the problem, so
-# the generated code can only ever accept what it decodes exactly as fastavro does (tests compare both on random
-# and on corrupted records). Types it does not know make it decline (compute_record_decoder returns None).
-
+#: Decodes an Avro body: ``(data, pos) -> (record, end position)``; raises on malformed input.
 RecordDecoder = Callable[[bytes, int], tuple[dict[str, Any], int]]
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """A zig-zag varint of several bytes starting at ``pos``: ``(value, next position)``."""
-    shift = 0
-    n = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            return (n >> 1) ^ -(n & 1), pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-
-
-@functools.cache
-def _decimal_context(precision: int) -> decimal.Context:
-    return decimal.Context(prec=precision)
-
-
-def _gen_long(target: str, indent: str) -> list[str]:
-    # One-byte values (most counts, lengths, union indexes) without a call.
-    return [
-        f"{indent}b = data[pos]",
-        f"{indent}if b < 0x80:",
-        f"{indent}    {target} = (b >> 1) ^ -(b & 1)",
-        f"{indent}    pos += 1",
-        f"{indent}else:",
-        f"{indent}    {target}, pos = _varint(data, pos)",
-    ]
-
-
-def _gen_bytes(target: str, indent: str, convert: str) -> list[str]:
-    return [
-        *_gen_long("n", indent),
-        f"{indent}end = pos + n",
-        f"{indent}if n < 0 or end > size:",
-        f"{indent}    raise ValueError('length out of range')",
-        f"{indent}{target} = {convert.format('data[pos:end]')}",
-        f"{indent}pos = end",
-    ]
-
-
-def _gen_value(schema: Any, target: str, indent: str) -> list[str] | None:
-    kind = schema if isinstance(schema, str) else schema.get("type") if isinstance(schema, dict) else None
-    logical = schema.get("logicalType") if isinstance(schema, dict) else None
-    if kind in ("long", "int") and logical is None:
-        return _gen_long(target, indent)
-    if kind == "string" and logical is None:
-        return _gen_bytes(target, indent, "{}.decode()")
-    if kind == "bytes" and logical == "decimal" and isinstance(schema, dict):
-        # As fastavro reads it: the unscaled integer in a context of the schema's precision, then scaled.
-        scale = int(schema.get("scale", 0))
-        ctx = f"_decimal_context({int(schema['precision'])})"
-        return _gen_bytes(
-            target, indent, f"{ctx}.create_decimal(int.from_bytes({{}}, 'big', signed=True)).scaleb(-{scale}, {ctx})"
-        )
-    if kind == "map" and isinstance(schema, dict) and schema.get("values") == "string":
-        return [
-            f"{indent}m = {{}}",
-            f"{indent}while True:",
-            *_gen_long("count", indent + "    "),
-            f"{indent}    if count == 0:",
-            f"{indent}        break",
-            f"{indent}    if count < 0:",
-            f"{indent}        count = -count",
-            *_gen_long("_block_size", indent + "        "),  # a negative count is followed by the block's size
-            f"{indent}    for _ in range(count):",
-            *_gen_bytes("key", indent + "        ", "{}.decode()"),
-            *_gen_bytes("m[key]", indent + "        ", "{}.decode()"),
-            f"{indent}{target} = m",
-        ]
-    if isinstance(schema, list) and len(schema) == 2 and schema[0] == "null":
-        inner = _gen_value(schema[1], target, indent + "    ")
-        if inner is None:
-            return None
-        return [
-            f"{indent}b = data[pos]",
-            f"{indent}pos += 1",
-            f"{indent}if b == 0:",
-            f"{indent}    {target} = None",
-            f"{indent}elif b == 2:",
-            *inner,
-            f"{indent}else:",
-            f"{indent}    raise ValueError('union branch out of range')",
-        ]
-    return None
-
-
-def compute_record_decoder(schema: Mapping[str, Any]) -> RecordDecoder | None:
-    """A decoder ``(data, pos) -> (record, end)`` for a flat record ``schema`` (already without the logical types
-    the caller wants raw), or ``None`` when a field type is not one it handles (long/int, string, decimal bytes,
-    a nullable one of those, a map of strings). Pure: builds Python source and compiles it once."""
-    lines = ["def decode(data, pos):", "    size = len(data)", "    rec = {}"]
-    for f in schema.get("fields", []):
-        code = _gen_value(f["type"], f"rec[{f['name']!r}]", "    ")
-        if code is None:
-            return None
-        lines.extend(code)
-    lines.append("    return rec, pos")
-    namespace: dict[str, Any] = {"_varint": _varint, "_decimal_context": _decimal_context}
-    exec(compile("\n".join(lines), f"<usage decoder of {schema.get('name')}>", "exec"), namespace)  # noqa: S102
-    decoder: RecordDecoder = namespace["decode"]
-    return decoder
 
 
 class PricedEncoder:
@@ -366,11 +252,15 @@ class PricedEncoder:
         self.usage_writer = parse_schema(usage)
         # The fast path's reader: uuid as str, and occurred_at as the raw long (µs): fastavro's datetime
         # conversion costs more than building the datetime here, and the windows want the µs anyway.
-        read_schema = _raw_timestamp(_without_uuid(usage), "occurred_at")
-        self.usage_reader = parse_schema(read_schema)
-        #: The straight-line decoder of the same read schema, or fastavro's reader if the schema has a field type
-        #: the generator does not handle.
-        self.decode_usage: RecordDecoder = compute_record_decoder(read_schema) or self._fastavro_usage
+        self.usage_reader = parse_schema(_raw_timestamp(_without_uuid(usage), "occurred_at"))
+        #: ``(data, pos) -> (record, end)`` for the current UsageEvent body, occurred_at as raw µs: the generated
+        #: codec of schemas/fastcodec.py (~6.5 µs here, fastavro's reader ~9.5 µs), or fastavro's reader for a
+        #: schema the generator does not support.
+        self.decode_usage: RecordDecoder = self._fastavro_usage
+        try:
+            self.decode_usage = build_fast_codec(usage, timestamps="micros").decode
+        except UnsupportedSchemaError:
+            log.warning("UsageEvent schema not supported by the generated codec; the hot path decodes with fastavro")
         # The price-set part (price_input_mtok .. price_source) written by fastavro itself, once per distinct set.
         segment = [f for f in priced_fields if f["name"] in expected_tail[6:16]]
         self._segment_schema = parse_schema(
