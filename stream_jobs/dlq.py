@@ -36,17 +36,23 @@ __all__ = [
 ]
 
 #: Where the event failed: ``decode`` (framing, unknown schema, Avro body), ``validate`` (usage rules),
-#: ``price`` (usage the pricer refuses, e.g. parts larger than their whole).
-Stage = Literal["decode", "validate", "price"]
-_STAGES: Final = frozenset({"decode", "validate", "price"})
+#: ``price`` (usage the pricer refuses, e.g. parts larger than their whole); ``sink`` is written by the ClickHouse
+#: sinks (a row ClickHouse refused) and only read here.
+Stage = Literal["decode", "validate", "price", "sink"]
+_STAGES: Final = frozenset({"decode", "validate", "price", "sink"})
 
-HEADER_TOPIC: Final = "finops.dlq.topic"
-HEADER_PARTITION: Final = "finops.dlq.partition"
-HEADER_OFFSET: Final = "finops.dlq.offset"
-HEADER_STAGE: Final = "finops.dlq.stage"
-HEADER_ERROR: Final = "finops.dlq.error"
-HEADER_REASON: Final = "finops.dlq.reason"
-HEADER_FAILED_AT: Final = "finops.dlq.failed_at_us"
+# Header names shared with the sinks' dead letters on the same topic (sinks/writer.py KafkaDeadLetterSink, stage
+# ``sink``): one topic, one provenance contract. ``error`` and ``failed_at_us`` are the hot path's additions.
+HEADER_TOPIC: Final = "original_topic"
+HEADER_PARTITION: Final = "original_partition"
+HEADER_OFFSET: Final = "original_offset"
+HEADER_STAGE: Final = "stage"
+HEADER_ERROR: Final = "error"
+HEADER_REASON: Final = "reason"
+HEADER_FAILED_AT: Final = "failed_at_us"
+_HEADERS: Final = frozenset(
+    {HEADER_TOPIC, HEADER_PARTITION, HEADER_OFFSET, HEADER_STAGE, HEADER_ERROR, HEADER_REASON, HEADER_FAILED_AT}
+)
 
 #: Reasons are capped so a pathological message (a 1 MB string in a field) cannot make a 1 MB header.
 MAX_REASON_CHARS: Final = 4000
@@ -98,7 +104,7 @@ class DeadLetter:
         """
         found: dict[str, str] = {}
         for name, raw in headers or ():
-            if name.startswith("finops.dlq.") and raw is not None:
+            if name in _HEADERS and raw is not None:
                 found[name] = raw.decode("utf-8", "replace")
         missing = [
             name

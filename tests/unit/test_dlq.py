@@ -30,9 +30,9 @@ def letter(**overrides: object) -> DeadLetter:
 def test_headers_carry_provenance_and_read_back() -> None:
     original = letter()
     headers = original.headers()
-    assert dict(headers)["finops.dlq.topic"] == b"agent.usage.v1"
-    assert dict(headers)["finops.dlq.partition"] == b"4"
-    assert dict(headers)["finops.dlq.offset"] == b"123456789"
+    assert dict(headers)["original_topic"] == b"agent.usage.v1"
+    assert dict(headers)["original_partition"] == b"4"
+    assert dict(headers)["original_offset"] == b"123456789"
     assert DeadLetter.from_message(headers, original.key, original.value) == original
 
 
@@ -44,12 +44,12 @@ def test_a_huge_reason_is_capped_and_says_so() -> None:
 
 def test_missing_or_malformed_headers_are_refused() -> None:
     headers = letter().headers()
-    with pytest.raises(DeadLetterFormatError, match="finops.dlq.offset"):
-        DeadLetter.from_message([h for h in headers if h[0] != "finops.dlq.offset"], None, None)
+    with pytest.raises(DeadLetterFormatError, match="original_offset"):
+        DeadLetter.from_message([h for h in headers if h[0] != "original_offset"], None, None)
     with pytest.raises(DeadLetterFormatError, match="not an integer"):
-        DeadLetter.from_message([(k, b"four" if k == "finops.dlq.partition" else v) for k, v in headers], None, None)
+        DeadLetter.from_message([(k, b"four" if k == "original_partition" else v) for k, v in headers], None, None)
     with pytest.raises(DeadLetterFormatError, match="stage"):
-        DeadLetter.from_message([(k, b"sink" if k == "finops.dlq.stage" else v) for k, v in headers], None, None)
+        DeadLetter.from_message([(k, b"bogus" if k == "stage" else v) for k, v in headers], None, None)
     with pytest.raises(DeadLetterFormatError):
         DeadLetter.from_message(None, None, None)
 
@@ -87,3 +87,13 @@ def test_limiter_at_ratio_one_never_trips() -> None:
 def test_limiter_refuses_nonsense_limits(ratio: float, window: int) -> None:
     with pytest.raises(FinopsError):
         BadInputLimiter(ratio, window)
+
+
+def test_reads_the_sinks_dead_letters_on_the_same_topic() -> None:
+    # What sinks/writer.py KafkaDeadLetterSink writes (no error / failed_at headers).
+    headers = [("original_topic", b"agent.usage.priced.v1"), ("original_partition", b"2"),
+               ("original_offset", b"77"), ("reason", b"Decimal out of range"), ("stage", b"sink")]  # fmt: skip
+    letter = DeadLetter.from_message(headers, b"k", b"v")
+    assert (letter.topic, letter.partition, letter.offset, letter.stage, letter.error) == (
+        "agent.usage.priced.v1", 2, 77, "sink", ""
+    )  # fmt: skip
