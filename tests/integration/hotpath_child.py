@@ -167,13 +167,26 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
-    """The group's committed offsets (``-1001`` when none), read without joining the group."""
+def committed_offsets(bootstrap: str, topic: str, group: str, timeout: float = 30.0) -> dict[int, int]:
+    """The group's committed offsets (``-1001`` when none), read without joining the group. Retries while the
+    broker answers with a retriable error (a fresh broker's group coordinator is not ready at once)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                 KafkaError.COORDINATOR_NOT_AVAILABLE}  # fmt: skip
+    deadline = time.monotonic() + timeout
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
         partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
-        return {tp.partition: tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in partitions],
-                                                                    timeout=15)}  # fmt: skip
+        while True:
+            try:
+                committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
+                return {tp.partition: tp.offset for tp in committed}
+            except KafkaException as err:
+                error = err.args[0]
+                if not (error.retriable() or error.code() in transient) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # the coordinator is loading: ask again
     finally:
         consumer.close()
 
