@@ -11,7 +11,7 @@ Order (STYLE.md: logging, settings, connectivity, build, signals, run, close in 
    a. *history*: the last 70 minutes of the fleet, emitted as fast as the pipeline takes them. The dashboard has a
       fleet's spend within seconds, and the runaway detector has the hour of per-agent norms it needs before it
       judges an agent (``runaway_warmup_s``);
-   b. *incident*: 90 s in real time in which one agent runs away (20x its task rate) from about 50 s in (seed 7
+   b. *incident*: 90 s in real time in which one agent runs away (50x its task rate) from about 50 s in (seed 7
       puts the start at 54 % of the phase; the simulator picks 30-60 %), so its alert reaches the receiver about
       80 s after the fleet goes live (the detector judges a 60 s window);
    c. *steady*: the same fleet in real time for a day, until Ctrl-C;
@@ -52,6 +52,10 @@ DEMO_SEED = 7
 HISTORY = timedelta(minutes=70)  # > the runaway detector's one-hour warm-up per agent
 INCIDENT_SECONDS = 90
 RUNAWAY_AGENT = "agent-003"  # a busy agent: its runaway is visible in dollars, and it trips its budget
+#: The runaway's jump in task rate. The simulator's default (20x) is what the e2e detection test scores over a
+#: whole day; here the runaway has ~40 s before the phase ends, and 20x left it at the edge of the detector's 3x
+#: spend-over-60-s test (alerted in one run, not in the next), so the demo makes it unmistakable.
+RUNAWAY_FACTOR = 50
 
 #: Demo budgets, written to the data dir and applied with `finops policy apply`. The runaway agent's daily cap
 #: sits above what its normal day so far costs (~$37 in the 70-minute history at the default rate), so the 80 %
@@ -111,7 +115,8 @@ def build_fleet_plan(finops: Sequence[str], now: datetime, *, agents: int, rate:
         ("history", [*finops, "simulate", "--fast", "--start", start.isoformat(), "--duration",
                      f"{history_minutes}m", *common]),
         ("incident", [*finops, "simulate", "--realtime", "--duration", f"{INCIDENT_SECONDS}s", *common,
-                      "--misbehave", f"runaway:{RUNAWAY_AGENT}", "--answer-key", str(answer_key)]),
+                      "--misbehave", f"runaway:{RUNAWAY_AGENT}",
+                      "--runaway-factor", str(RUNAWAY_FACTOR), "--answer-key", str(answer_key)]),
         ("steady", [*finops, "simulate", "--realtime", "--duration", "24h", *common]),
     ])
 

@@ -1,0 +1,637 @@
+"""``finops bench [all|producer|stream|sink|latency] [--json FILE]``: the benchmark suite in one run (``make bench``).
+
+Every number is measured on this machine in this run, beside a plain baseline measured in the same run:
+
+* producer events/s: the SDK (validate + ids/times + encode + produce) vs a bare confluent-kafka produce loop of
+  the same pre-encoded bytes (``finops bench-producer``);
+* stream events/s per core: the hot path (decode, validate, dedupe, price, windows, produce outputs, commit) vs a
+  plain consume + decode + price + dicts loop, each pinned to one CPU (``finops bench-stream``);
+* sink rows/s: one sink thread (consume, decode, map, stored-id check, insert, commit) vs bare clickhouse-connect
+  inserts of pre-built rows (``finops bench-sink``);
+* latency (new here): the real roles as child processes (``finops sink run`` owning a temporary chdb and serving
+  it, ``finops stream run``, ``finops detect run``, ``finops alerts run`` posting to a local receiver) on the
+  configured broker under a fresh topic prefix. A steady load of usage events is driven with the producer SDK at
+  25 / 50 / 75 % of capacity (the stream bench's hot-path events/s, one core), each event's ``occurred_at`` stamped
+  at emit time, and measured as
+    - event-to-queryable: the ledger's ``ingested_at - occurred_at`` (p50 / p99 over every event of the level);
+    - event-to-alert: during each level a few agents with a $1 daily budget get one event that costs more; from
+      that event's emit time to the receiver getting the Slack POST (PagerDuty gets only critical alerts);
+    - baseline: a bare confluent-kafka consume -> produce loop (one child process) at the same rate, from emit to
+      the forwarded message's delivery report;
+    - peak memory: VmHWM from ``/proc/<pid>/status`` of each role at the end.
+The table goes to the terminal and the whole result to JSON (default ``bench-results/latest.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import FinopsError
+
+__all__ = ["LatencyConfig", "register", "render", "run_latency", "run_suite"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JSON = Path("bench-results") / "latest.json"
+PARTS = ("producer", "stream", "sink", "latency")
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``finops bench``."""
+    bench = sub.add_parser("bench", help="the benchmark suite (make bench): producer, stream, sink and end-to-end "
+                           "latency, each beside a bare confluent-kafka baseline; a table and JSON",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("part", nargs="?", default="all", choices=("all", *PARTS), help="what to run (default all)")
+    bench.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"write the results here (default {DEFAULT_JSON})")
+    bench.add_argument("--producer-events", type=int, default=100_000, help="producer bench events (100000)")
+    bench.add_argument("--stream-events", type=int, default=100_000, help="stream bench events (100000)")
+    bench.add_argument("--sink-events", type=int, default=100_000, help="sink bench events (100000)")
+    bench.add_argument("--capacity", type=float, default=None,
+                       help="events/s that count as 100 %% for the latency levels (default: the stream bench's "
+                            "hot path events/s, measured first when it is not part of this run)")
+    bench.add_argument("--levels", default="25,50,75", help="latency load levels, %% of capacity (25,50,75)")
+    bench.add_argument("--level-seconds", type=float, default=15.0, help="steady load per level (15 s)")
+    bench.add_argument("--breaches", type=int, default=3, help="budget breaches injected per level (3)")
+    bench.set_defaults(func=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from finops.settings import load_settings
+
+    settings = load_settings()
+    parts = PARTS if args.part == "all" else (args.part,)
+    levels = tuple(float(x) / 100 for x in args.levels.split(",") if x.strip())
+    result = run_suite(settings, parts, producer_events=args.producer_events, stream_events=args.stream_events,
+                       sink_events=args.sink_events, capacity=args.capacity,
+                       latency=LatencyConfig(levels=levels, level_seconds=args.level_seconds,
+                                             breaches=args.breaches))
+    table = render(result)
+    print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    result["table"] = table.splitlines()
+    args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"\nwritten: {args.json}")
+    return 0
+
+
+def _say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+# ---- the suite ---------------------------------------------------------------------------------------------------
+def run_suite(settings: Any, parts: tuple[str, ...], *, producer_events: int, stream_events: int, sink_events: int,
+              capacity: float | None, latency: LatencyConfig) -> dict[str, Any]:
+    """Run the chosen parts in order and return everything measured (JSON-ready). Blocks for the whole run.
+
+    Raises FinopsError when the broker cannot be reached or a part fails.
+    """
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+                    "platform": platform.platform(), "cpu_model": _cpu_model()},
+        "broker": settings.kafka.bootstrap,
+    }
+    if "producer" in parts:
+        _say(f"producer: {producer_events:,} events, SDK then bare confluent-kafka ...")
+        result["producer"] = bench_producer(producer_events)
+    if "stream" in parts or ("latency" in parts and capacity is None):
+        n = stream_events if "stream" in parts else min(stream_events, 50_000)
+        _say(f"stream: {n:,} events, plain loop then hot path, one pinned CPU each ...")
+        result["stream"] = bench_stream(settings, n)
+    if "sink" in parts:
+        _say(f"sink: {sink_events:,} rows, bare insert then the sink worker ...")
+        result["sink"] = bench_sink(sink_events)
+    if "latency" in parts:
+        cap = capacity or float(result["stream"]["hotpath"]["events_per_s"])
+        result["latency"] = run_latency(settings, cap, latency)
+    return result
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _captured(fn: Callable[[], Any]) -> str:
+    """Run ``fn`` with its stdout captured (the existing benches print their tables) and return that text."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        fn()
+    return out.getvalue()
+
+
+_NUM = r"([\d,]+(?:\.\d+)?)"
+
+
+def _num(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def bench_producer(events: int) -> dict[str, Any]:
+    """``finops bench-producer`` (imported), its table parsed: SDK and bare events/s, µs/event, peak RSS."""
+    from producers.cli import _bench
+
+    text = _captured(lambda: _bench(argparse.Namespace(events=events, topic=None, cpu=None)))
+    rows: dict[str, dict[str, float]] = {}
+    for key, label in (("sdk", "sdk: validate+encode+produce"), ("bare", "bare confluent-kafka produce")):
+        line = next((ln for ln in text.splitlines() if ln.startswith(label)), None)
+        if line is None:
+            raise FinopsError(f"bench-producer printed no {label!r} row:\n{text}")
+        nums = [_num(x) for x in re.findall(_NUM, line[44:])]
+        rows[key] = {"events": nums[0], "wall_s": nums[1], "cpu_s": nums[2], "events_per_s": nums[3],
+                     "us_per_event": nums[4]}
+    rss = re.search(r"peak RSS: " + _NUM, text)
+    return {**rows, "peak_rss_mb": _num(rss.group(1)) if rss else None, "output": text.splitlines()}
+
+
+def bench_stream(settings: Any, events: int) -> dict[str, Any]:
+    """``finops bench-stream`` (imported): plain loop vs hot path, one pinned CPU each, in child processes."""
+    from stream_jobs.bench import render as render_stream
+    from stream_jobs.bench import run_bench
+
+    results = run_bench(settings.kafka.client_config(), events=events, agents=10_000, rate=2_000.0, seed=7,
+                        cpu=None, prefix=settings.kafka.topic_prefix)
+    out: dict[str, Any] = {}
+    for key, r in results.items():
+        out[key] = {"name": r.name, "events": r.events, "wall_s": r.wall_s, "cpu_s": r.cpu_s,
+                    "events_per_s": r.events_per_s, "cpu_us_per_event": r.cpu_us_per_event,
+                    "peak_rss_mb": r.peak_rss_mb, "detail": r.detail}
+    out["output"] = render_stream(results, events, 10_000).splitlines()
+    return out
+
+
+def bench_sink(events: int) -> dict[str, Any]:
+    """``finops bench-sink`` (imported), its table parsed: bare insert and sink rows/s, peak RSS."""
+    from sinks.bench import run_bench
+
+    args = argparse.Namespace(events=events, batch_rows=10_000, partitions=3, outage_seconds=3.0,
+                              clickhouse_url=None)
+    text = _captured(lambda: run_bench(args))
+    rows: dict[str, dict[str, float]] = {}
+    for key, label in (("bare", "bare clickhouse-connect insert"), ("sink", "sink: consume+decode")):
+        line = next((ln for ln in text.splitlines() if ln.startswith(label)), None)
+        if line is None:
+            raise FinopsError(f"bench-sink printed no {label!r} row:\n{text}")
+        nums = [_num(x) for x in re.findall(_NUM, line[58:])]
+        rows[key] = {"rows": nums[0], "seconds": nums[1], "rows_per_s": nums[2], "cpu_s": nums[3]}
+    rss = re.search(r"sink peak RSS " + _NUM, text)
+    return {**rows, "peak_rss_mb": _num(rss.group(1)) if rss else None, "output": text.splitlines()}
+
+
+# ---- latency -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatencyConfig:
+    """Load levels (share of capacity), seconds of steady load per level, budget breaches per level."""
+
+    levels: tuple[float, ...] = (0.25, 0.5, 0.75)
+    level_seconds: float = 15.0
+    breaches: int = 3
+    drain_timeout_s: float = 180.0
+    alert_timeout_s: float = 90.0
+
+
+@dataclass
+class _Roles:
+    """The role processes of a latency run and where their logs are."""
+
+    logs: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise FinopsError(f"bench: role {name} exited with {proc.returncode}; log tail:\n"
+                                  f"{_tail(self.logs / f'{name}.log')}")
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        return {name: _vm_hwm_mb(proc.pid) for name, proc in self.procs.items() if proc.poll() is None}
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak resident set size of ``pid`` (VmHWM), MiB; 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str, check: Callable[[], None] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            raise FinopsError(f"bench: timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    s = sorted(values)
+
+    def q(p: float) -> float:
+        return s[min(len(s) - 1, int(round(p * (len(s) - 1))))]
+
+    return {"n": len(s), "p50": q(0.5), "p99": q(0.99), "max": s[-1]}
+
+
+def _load_events(n: int) -> list[dict[str, Any]]:
+    from producers.cli import _bench_events
+
+    return _bench_events(n)
+
+
+def _breach_policies(agents: list[str]) -> str:
+    lines = ["policies:"]
+    for agent in agents:
+        lines += [f"  - policy_id: bench-{agent}", "    scope_type: agent", f"    scope_value: {agent}",
+                  "    period: day", "    timezone: UTC", "    limit_usd: 1", "    mode: soft",
+                  "    thresholds:", "      - {percent: 100, actions: [notify]}"]
+    return "\n".join(lines) + "\n"
+
+
+def _breach_event(agent: str) -> dict[str, Any]:
+    """One call that costs more than $1 on its own (2M gpt-4o input tokens at $2.50 / M = $5)."""
+    return {"agent_id": agent, "team": "bench", "project": "bench-breach", "provider": "openai",
+            "model": "gpt-4o-2024-08-06", "input_tokens": 2_000_000, "output_tokens": 10, "tags": {"bench": "breach"}}
+
+
+def _drive(producer: Any, events: list[dict[str, Any]], rate: float, seconds: float, tag: dict[str, str],
+           injections: list[tuple[float, Callable[[], None]]] | None = None) -> int:
+    """Emit ``rate`` events/s for ``seconds`` through ``producer`` (10 ms ticks, occurred_at stamped at emit time);
+    run each injection when its offset (seconds into the level) has come. Returns the events emitted."""
+    pending = sorted(injections or [], key=lambda x: x[0])
+    tick = 0.01
+    per_tick = rate * tick
+    owed = 0.0
+    sent = 0
+    start = time.monotonic()
+    next_tick = start
+    i = 0
+    while True:
+        now = time.monotonic()
+        elapsed = now - start
+        if elapsed >= seconds:
+            break
+        while pending and pending[0][0] <= elapsed:
+            pending.pop(0)[1]()
+        owed += per_tick
+        stamp = datetime.now(UTC)
+        while owed >= 1.0:
+            event = events[i % len(events)]
+            i += 1
+            producer.emit({**event, "occurred_at": stamp, "tags": tag})
+            owed -= 1.0
+            sent += 1
+        next_tick += tick
+        delay = next_tick - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing the load generator, not waiting for a condition
+    for _, inject in pending:
+        inject()
+    return sent
+
+
+def _bare_loop(client: dict[str, Any], in_topic: str, out_topic: str, expected: int, ready: Any, out: Any) -> None:
+    """Child process: the plain baseline. consume(500) -> produce each message's bytes to ``out_topic`` with its
+    original timestamp; the delivery report's wall time minus that timestamp is the event's latency (ms)."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({**client, "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "latest",
+                         "enable.auto.commit": False})
+    producer = Producer({**client, "linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True,
+                         "acks": "all"})
+    assigned = threading.Event()
+    consumer.subscribe([in_topic], on_assign=lambda c, parts: assigned.set())
+    while not assigned.is_set():
+        consumer.poll(0.1)
+    consumer.consume(1, 1.0)  # the fetch position is fixed (latest) before the load starts
+    ready.set()
+    latencies: list[float] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is None:
+            latencies.append(time.time() * 1000 - msg.timestamp()[1])
+
+    deadline = time.monotonic() + 600
+    seen = 0
+    while seen < expected and time.monotonic() < deadline:
+        batch = consumer.consume(500, 0.1)
+        for msg in batch:
+            if msg.error() is not None:
+                continue
+            seen += 1
+            while True:
+                try:
+                    producer.produce(out_topic, msg.value(), msg.key(), timestamp=msg.timestamp()[1],
+                                     on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(30)
+    consumer.close()
+    out.put((latencies, _vm_hwm_mb(os.getpid())))
+
+
+def run_latency(settings: Any, capacity: float, config: LatencyConfig) -> dict[str, Any]:  # noqa: PLR0915
+    """Start the roles on a fresh prefix and a temporary chdb, drive each load level, measure; see the module doc.
+
+    Blocks for the whole run (about a minute per level). Raises FinopsError when a role dies or a level does not
+    drain within ``config.drain_timeout_s``.
+    """
+    from finops.demo import start_receiver
+    from finops.topics import TopicNames, ensure_topics
+    from producers.producer import UsageProducer
+    from sinks.clickhouse import build_client
+
+    client = settings.kafka.client_config()
+    run = uuid.uuid4().hex[:8]
+    prefix = f"{settings.kafka.topic_prefix}bench{run}."
+    ensure_topics(client, prefix=prefix, usage_partitions=settings.kafka.usage_partitions,
+                  replication_factor=settings.kafka.replication_factor)
+    names = TopicNames(prefix)
+    tmp = tempfile.TemporaryDirectory(prefix="finops-bench-latency-")
+    home = Path(tmp.name)
+    logs = home / "logs"
+    logs.mkdir()
+    store_port, receiver_port = _free_port(), _free_port()
+    received: list[tuple[float, dict[str, Any]]] = []
+    receiver = start_receiver(receiver_port, home / "alerts.jsonl", lambda r: received.append((time.time(), r)))
+    env = {**os.environ,
+           "FINOPS_DATA_DIR": str(home), "FINOPS_KAFKA_TOPIC_PREFIX": prefix,
+           "FINOPS_CLICKHOUSE_URL": f"chdb://{home / 'clickhouse'}", "FINOPS_CLICKHOUSE_DATABASE": "finops",
+           "FINOPS_CLICKHOUSE_QUERY_URL": f"http://127.0.0.1:{store_port}",
+           "FINOPS_STREAM_GROUP_ID": f"bench-hotpath-{run}",
+           "FINOPS_ALERTING_SLACK_WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/slack/bench",
+           "FINOPS_ALERTING_PAGERDUTY_URL": f"http://127.0.0.1:{receiver_port}/pagerduty/v2/enqueue",
+           "FINOPS_ALERTING_PAGERDUTY_ROUTING_KEY": "bench-routing-key",
+           "FINOPS_CONTROL_SIGNING_KEY": "bench-signing-key"}
+    finops = [sys.executable, "-m", "finops.cli"]
+    pct = [int(round(level * 100)) for level in config.levels]
+    breach_agents = {p: [f"bench-breach-{run}-{p}-{k}" for k in range(config.breaches)] for p in pct}
+    roles = _Roles(logs)
+    result: dict[str, Any] = {"capacity_events_per_s": capacity, "levels": [], "prefix": prefix}
+    try:
+        done = subprocess.run([*finops, "migrate"], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise FinopsError(f"bench: migrations failed: {done.stderr[-1500:]}")
+        policy = home / "bench-policies.yaml"
+        policy.write_text(_breach_policies([a for agents in breach_agents.values() for a in agents]))
+        done = subprocess.run([*finops, "policy", "apply", str(policy)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise FinopsError(f"bench: policy apply failed: {done.stdout[-800:]}{done.stderr[-800:]}")
+        _say(f"latency: roles on prefix {prefix}, logs in {logs} ...")
+        roles.start("sink", [*finops, "sink", "run"], env)
+        _wait(lambda: _port_open(store_port), 90, "the sink's store endpoint", roles.check)
+        roles.start("stream", [*finops, "stream", "run"], env)
+        roles.start("detect", [*finops, "detect", "run", "--from-earliest"], env)
+        roles.start("alerts", [*finops, "alerts", "run", "--group", f"bench-alerts-{run}"], env)
+        reader = build_client(f"http://127.0.0.1:{store_port}", database="finops")
+
+        def ledger_count(tag: str) -> int:
+            return int(reader.query("SELECT count() FROM usage_ledger WHERE tags['bench_level'] = {t:String}",
+                                    parameters={"t": tag}).result_rows[0][0])
+
+        events = _load_events(20_000)
+        producer = UsageProducer(settings.kafka.bootstrap, names.usage, f"bench-{run}", home / "spool",
+                                 kafka_config={k: v for k, v in client.items() if k != "bootstrap.servers"},
+                                 compression=settings.producer.compression, linger_ms=5, register_atexit=False)
+        # Warm-up: the pipeline is ready when a first handful of events is queryable (group joins, Faust start).
+        warm = _drive(producer, events, 200, 1.0, {"bench_level": "warmup"})
+        producer.flush(30)
+        _wait(lambda: ledger_count("warmup") >= warm, 180, "the warm-up events to be queryable", roles.check)
+        for level, p in zip(config.levels, pct, strict=True):
+            rate = capacity * level
+            emitted: dict[str, float] = {}
+
+            def breach(agent: str) -> Callable[[], None]:
+                def inject() -> None:
+                    emitted[agent] = time.time()
+                    producer.emit({**_breach_event(agent), "occurred_at": datetime.now(UTC)})
+                return inject
+
+            offsets = [(config.level_seconds * (k + 1) / (config.breaches + 1), breach(a))
+                       for k, a in enumerate(breach_agents[p])]
+            _say(f"latency: {p} % of capacity = {rate:,.0f} events/s for {config.level_seconds:g} s ...")
+            t0 = time.monotonic()
+            sent = _drive(producer, events, rate, config.level_seconds, {"bench_level": str(p)}, offsets)
+            achieved = sent / (time.monotonic() - t0)
+            if producer.flush(60):
+                raise FinopsError("bench: the load generator's events were not acknowledged")
+            _wait(lambda tag=str(p), n=sent: ledger_count(tag) >= n, config.drain_timeout_s,  # type: ignore[misc]
+                  f"{sent:,} events of level {p} % to be queryable", roles.check)
+
+            def alerted() -> dict[str, float]:
+                firsts: dict[str, float] = {}
+                for at, record in list(received):
+                    text = json.dumps(record.get("payload"))
+                    for agent in emitted:
+                        if agent in text and record["channel"] == "slack" and agent not in firsts:
+                            firsts[agent] = at
+                return firsts
+
+            _wait(lambda: len(alerted()) >= len(emitted), config.alert_timeout_s,
+                  f"the budget alerts of level {p} %", roles.check)
+            firsts = alerted()
+            rows = reader.query(
+                "SELECT toUnixTimestamp64Micro(ingested_at) - toUnixTimestamp64Micro(occurred_at) FROM usage_ledger "
+                "WHERE tags['bench_level'] = {t:String}", parameters={"t": str(p)}).result_rows
+            queryable = _quantiles([r[0] / 1000.0 for r in rows])
+            to_alert = _quantiles([(firsts[a] - emitted[a]) * 1000.0 for a in emitted])
+            per_agent = {a: sum(1 for _, r in received if a in json.dumps(r.get("payload"))
+                                and r["channel"] == "slack") for a in emitted}
+            result["levels"].append({"percent": p, "target_events_per_s": rate, "achieved_events_per_s": achieved,
+                                     "events": sent, "queryable_ms": queryable, "alert_ms": to_alert,
+                                     "slack_posts_per_breach": per_agent})
+            _say(f"latency: {p} %: queryable p50 {queryable['p50']:.0f} ms p99 {queryable['p99']:.0f} ms; "
+                 f"alert p50 {to_alert['p50']:.0f} ms")
+        result["peak_rss_mb"] = roles.peak_rss_mb()
+        result["peak_rss_mb"]["load generator (bench process)"] = _vm_hwm_mb(os.getpid())
+        producer.close()
+        roles.stop()
+        result["baseline"] = _run_baseline(settings, client, prefix, events, config, capacity)
+    finally:
+        roles.stop()
+        receiver.shutdown()
+        with contextlib.suppress(Exception):
+            from confluent_kafka.admin import AdminClient
+
+            md = AdminClient(client).list_topics(timeout=10)
+            AdminClient(client).delete_topics([t for t in md.topics if t.startswith(prefix)])
+        tmp.cleanup()
+    return result
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def _run_baseline(settings: Any, client: dict[str, Any], prefix: str, events: list[dict[str, Any]],
+                  config: LatencyConfig, capacity: float) -> list[dict[str, Any]]:
+    """The bare consume -> produce loop at each level's rate (roles stopped, so it has the machine to itself as the
+    roles had it to themselves)."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    from producers.producer import UsageProducer
+
+    in_topic, out_topic = f"{prefix}bare.in", f"{prefix}bare.out"
+    admin = AdminClient(client)
+    for fut in admin.create_topics([NewTopic(t, num_partitions=settings.kafka.usage_partitions,
+                                             replication_factor=settings.kafka.replication_factor)
+                                    for t in (in_topic, out_topic)]).values():
+        fut.result()
+    ctx = multiprocessing.get_context("spawn")
+    levels = []
+    with tempfile.TemporaryDirectory(prefix="finops-bench-bare-") as spool:
+        producer = UsageProducer(settings.kafka.bootstrap, in_topic, "bench-bare", Path(spool),
+                                 kafka_config={k: v for k, v in client.items() if k != "bootstrap.servers"},
+                                 compression=settings.producer.compression, linger_ms=5, register_atexit=False)
+        for level in config.levels:
+            rate = capacity * level
+            expected = int(rate * config.level_seconds)
+            ready, out = ctx.Event(), ctx.Queue()
+            child = ctx.Process(target=_bare_loop, args=(client, in_topic, out_topic, expected, ready, out))
+            child.start()
+            if not ready.wait(60):
+                child.kill()
+                raise FinopsError("bench: the baseline loop did not get its partitions")
+            _say(f"baseline: bare consume->produce at {rate:,.0f} events/s ...")
+            sent = _drive(producer, events, rate, config.level_seconds, {"bench_level": "bare"})
+            producer.flush(60)
+            latencies, rss = out.get(timeout=config.drain_timeout_s)
+            child.join(30)
+            levels.append({"percent": int(round(level * 100)), "events": sent, "latency_ms": _quantiles(latencies),
+                           "peak_rss_mb": rss})
+        producer.close()
+    return levels
+
+
+# ---- the table ---------------------------------------------------------------------------------------------------
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}{unit}"
+
+
+def render(result: Mapping[str, Any]) -> str:
+    """One table: each measurement beside its baseline, then peak memory per role."""
+    m = result["machine"]
+    lines = [f"finops bench, {result['date']}: {m['cpus']} CPUs ({m['cpu_model']}), Python {m['python']}, "
+             f"broker {result['broker']}"]
+    header = f"{'measurement':<46} {'finops':>16} {'baseline':>16} {'ratio':>6}  baseline is"
+    lines += [header, "-" * len(header)]
+
+    def row(name: str, ours: float | None, base: float | None, what: str, unit: str = "",
+            higher_better: bool = True) -> None:
+        ratio = "" if not ours or not base else f"{(ours / base if higher_better else base / ours):.2f}"
+        lines.append(f"{name:<46} {_fmt(ours, unit):>16} {_fmt(base, unit):>16} {ratio:>6}  {what}")
+
+    if "producer" in result:
+        p = result["producer"]
+        row("producer events/s (SDK, 1 core)", p["sdk"]["events_per_s"], p["bare"]["events_per_s"],
+            "bare confluent-kafka produce, pre-encoded")
+    if "stream" in result:
+        s = result["stream"]
+        row("stream events/s per core (hot path)", s["hotpath"]["events_per_s"], s["plain"]["events_per_s"],
+            "consume+decode+price+dicts, no output")
+    if "sink" in result:
+        k = result["sink"]
+        row("sink rows/s (1 thread, chdb)", k["sink"]["rows_per_s"], k["bare"]["rows_per_s"],
+            "bare clickhouse-connect insert")
+    if "latency" in result:
+        lat = result["latency"]
+        base = {b["percent"]: b for b in lat.get("baseline", [])}
+        lines.append(f"latency at % of capacity ({lat['capacity_events_per_s']:,.0f} events/s = the hot path on one "
+                     "core); finops = producer -> stream -> sink -> ClickHouse on this machine")
+        for level in lat["levels"]:
+            pct = level["percent"]
+            b = base.get(pct, {}).get("latency_ms", {})
+            q = level["queryable_ms"]
+            label = f"@{pct}% ({level['achieved_events_per_s']:,.0f}/s)"
+            row(f"event->queryable p50 ms {label}", q["p50"], b.get("p50"), "bare consume->produce, emit->ack",
+                higher_better=False)
+            row(f"event->queryable p99 ms {label}", q["p99"], b.get("p99"), "same", higher_better=False)
+            a = level["alert_ms"]
+            lines.append(f"{'event->alert (Slack POST) p50 / max ms ' + f'@{pct}%':<46} "
+                         f"{_fmt(a['p50']) + ' / ' + _fmt(a['max']):>16} {'n/a':>16} {'':>6}  "
+                         f"{a['n']} budget breaches; posts per breach "
+                         f"{sorted(set(level['slack_posts_per_breach'].values()))}")
+    rss: dict[str, float] = {}
+    if "producer" in result and result["producer"].get("peak_rss_mb"):
+        rss["producer bench (SDK + bare)"] = result["producer"]["peak_rss_mb"]
+    if "stream" in result:
+        rss["stream bench: hot path / plain loop"] = result["stream"]["hotpath"]["peak_rss_mb"]
+    if "sink" in result and result["sink"].get("peak_rss_mb"):
+        rss["sink bench (incl. chdb)"] = result["sink"]["peak_rss_mb"]
+    if "latency" in result:
+        for name, mb in result["latency"].get("peak_rss_mb", {}).items():
+            rss[f"role {name}" if "generator" not in name else name] = mb
+        bare = [b["peak_rss_mb"] for b in result["latency"].get("baseline", [])]
+        if bare:
+            rss["bare consume->produce loop"] = max(bare)
+    if rss:
+        lines.append("peak memory (VmHWM / ru_maxrss, MiB): " + ", ".join(f"{k} {v:,.0f}" for k, v in rss.items()))
+    return "\n".join(lines)
+
