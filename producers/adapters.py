@@ -56,6 +56,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from typing import Any, Final
 
 from schemas.errors import FinopsError
+from schemas.loader import COUNTED_FIELDS
 
 __all__ = [
     "MONEY_SCALE",
@@ -79,23 +80,7 @@ _MONEY_QUANTUM: Final = Decimal(1).scaleb(-MONEY_SCALE)
 _MONEY_LIMIT: Final = Decimal(10) ** (38 - MONEY_SCALE)
 
 # The fields of ProviderUsage that are UsageEvent fields (response_id is provenance, not part of the event).
-USAGE_FIELD_NAMES: Final[tuple[str, ...]] = (
-    "provider",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "reasoning_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "cache_audio_read_tokens",
-    "image_tokens",
-    "web_search_calls",
-    "requests",
-    "reported_cost",
-)
+USAGE_FIELD_NAMES: Final[tuple[str, ...]] = ("provider", "model", *COUNTED_FIELDS, "reported_cost")
 
 _COUNT_FIELDS: Final[tuple[str, ...]] = tuple(
     name for name in USAGE_FIELD_NAMES if name not in ("provider", "model", "reported_cost")

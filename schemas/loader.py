@@ -29,6 +29,23 @@ SCHEMA_NAMES: tuple[str, ...] = (
 )
 
 
+#: The counted fields of a usage event (tokens by type, web-search calls, requests), in schema order: the one list
+#: that adapters, pricing and validation share (token semantics: schemas/avro/UsageEvent.avsc).
+COUNTED_FIELDS: tuple[str, ...] = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "cache_audio_read_tokens",
+    "image_tokens",
+    "web_search_calls",
+    "requests",
+)
+
 def schema_path(name: str) -> Path:
     """Return the path of the .avsc file of record ``name`` (simple or ``io.agentfinops.v1.``-qualified).
 

@@ -84,13 +84,8 @@ from stream_jobs.pricebook import (
     pick_override,
 )
 
-try:
-    from schemas.errors import FinopsError
-except ImportError:  # pragma: no cover - only while schemas/errors.py is being written
-
-    class FinopsError(Exception):  # type: ignore[no-redef]
-        """Local stand-in for schemas.errors.FinopsError."""
-
+from schemas.errors import FinopsError
+from schemas.loader import COUNTED_FIELDS
 
 __all__ = [
     "InvalidUsageError",
@@ -111,20 +106,7 @@ _ZERO12: Final = Decimal("0").quantize(_Q12)
 _TWO: Final = Decimal(2)
 
 #: Our canonical usage fields, in the order ``to_genai_usage`` reads them.
-USAGE_FIELDS: Final[tuple[str, ...]] = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "reasoning_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "cache_audio_read_tokens",
-    "image_tokens",
-    "web_search_calls",
-    "requests",
-)
+USAGE_FIELDS: Final[tuple[str, ...]] = COUNTED_FIELDS
 
 # genai-prices usage key -> the same count as integer coefficients over our fields. Keys not listed are units the
 # usage event does not carry (video, characters, pages, seconds, ...): their count is 0, as genai-prices infers.
