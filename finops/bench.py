@@ -15,7 +15,9 @@ Every number is measured on this machine in this run, beside a plain baseline me
   at emit time, and measured as
     - event-to-queryable: the ledger's ``ingested_at - occurred_at`` (p50 / p99 over every event of the level);
     - event-to-alert: during each level a few agents with a $1 daily budget get one event that costs more; from
-      that event's emit time to the receiver getting the Slack POST (PagerDuty gets only critical alerts);
+      that event's emit time to the receiver getting the first Slack POST naming the agent (PagerDuty gets only
+      critical alerts). ``detect run`` runs with ``--no-clickhouse`` (no ledger reconciliation: the measured path
+      is the stream's);
     - baseline: a bare confluent-kafka consume -> produce loop (one child process) at the same rate, from emit to
       the forwarded message's delivery report;
     - peak memory: VmHWM from ``/proc/<pid>/status`` of each role at the end.
@@ -293,9 +295,12 @@ def _quantiles(values: list[float]) -> dict[str, float | None]:
 
 
 def _load_events(n: int) -> list[dict[str, Any]]:
+    """The producer bench's events without task ids: cycled through at a steady rate, eight calls of one task would
+    look like retry loops to the waste detector, and hundreds of waste alerts queued at Slack's rate limit would
+    measure the queue, not the pipeline."""
     from producers.cli import _bench_events
 
-    return _bench_events(n)
+    return [{k: v for k, v in e.items() if k != "task_id"} for e in _bench_events(n)]
 
 
 def _breach_policies(agents: list[str]) -> str:
@@ -442,7 +447,7 @@ def run_latency(settings: Any, capacity: float, config: LatencyConfig) -> dict[s
         roles.start("sink", [*finops, "sink", "run"], env)
         _wait(lambda: _port_open(store_port), 90, "the sink's store endpoint", roles.check)
         roles.start("stream", [*finops, "stream", "run"], env)
-        roles.start("detect", [*finops, "detect", "run", "--from-earliest"], env)
+        roles.start("detect", [*finops, "detect", "run", "--from-earliest", "--no-clickhouse"], env)
         roles.start("alerts", [*finops, "alerts", "run", "--group", f"bench-alerts-{run}"], env)
         reader = build_client(f"http://127.0.0.1:{store_port}", database="finops")
 
@@ -488,8 +493,19 @@ def run_latency(settings: Any, capacity: float, config: LatencyConfig) -> dict[s
                             firsts[agent] = at
                 return firsts
 
-            _wait(lambda: len(alerted()) >= len(emitted), config.alert_timeout_s,
-                  f"the budget alerts of level {p} %", roles.check)
+            # A live fleet never goes quiet: a trickle keeps every partition's event-time clock moving while the
+            # level's alerts are awaited (detection judges by event time, and a silent partition holds it back).
+            quiet = threading.Event()
+            trickle = threading.Thread(target=lambda: [
+                _drive(producer, events, 50, 0.5, {"bench_level": "trickle"}) for _ in iter(quiet.is_set, True)],
+                daemon=True)
+            trickle.start()
+            try:
+                _wait(lambda: len(alerted()) >= len(emitted), config.alert_timeout_s,
+                      f"the budget alerts of level {p} %", roles.check)
+            finally:
+                quiet.set()
+                trickle.join(5)
             firsts = alerted()
             rows = reader.query(
                 "SELECT toUnixTimestamp64Micro(ingested_at) - toUnixTimestamp64Micro(occurred_at) FROM usage_ledger "
@@ -508,11 +524,21 @@ def run_latency(settings: Any, capacity: float, config: LatencyConfig) -> dict[s
         producer.close()
         roles.stop()
         result["baseline"] = _run_baseline(settings, client, prefix, events, config, capacity)
+    except BaseException:
+        # Keep the role logs of a failed run: the temporary directory goes away below.
+        import shutil
+
+        kept = Path("bench-results") / "latency-logs"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(logs, kept)
+        _say(f"latency: failed; role logs kept in {kept}")
+        raise
     finally:
         roles.stop()
         receiver.shutdown()
         with contextlib.suppress(Exception):
             from confluent_kafka.admin import AdminClient
+
 
             md = AdminClient(client).list_topics(timeout=10)
             AdminClient(client).delete_topics([t for t in md.topics if t.startswith(prefix)])
