@@ -1,8 +1,8 @@
 """The TypeScript SDK (producers/typescript) against the real broker and the Python pipeline.
 
-Events published from TypeScript are read back by Python, decoded with AvroCodec, validated, priced with
-stream_jobs.pricing.Pricer and published as PricedUsageEvents; the real ledger sink worker lands them in ClickHouse
-(chdb). This test stands in for the stream's hot path (decode -> price -> publish), which is not in the tree yet.
+Events published from TypeScript go through the real stream hot path (``stream_jobs.hotpath.build_hot_path``, as
+``finops stream run`` builds it) and the real ledger sink into ClickHouse (chdb), both run in threads by
+``tests.faults.pipeline.Pipeline``; each lands once with the cost ``stream_jobs.pricing.Pricer`` gives it.
 Also: an invalid event is refused by TypeScript naming the same fields and rules as Python; partitions match
 librdkafka's; the TypeScript guard obeys a command Python signed and published on the control topic.
 
@@ -26,10 +26,11 @@ from confluent_kafka import Consumer, Producer
 from finops.topics import TopicNames
 from producers.producer import UsageProducer
 from schemas.errors import ValidationFailed
-from schemas.models import ControlCommand, PricedUsageEvent, UsageEvent, check_usage_dict, load_example, sign
+from schemas.models import ControlCommand, UsageEvent, check_usage_dict, load_example, sign
 from schemas.wire import AvroCodec
 from stream_jobs.pricing import Pricer
-from tests.integration.test_sink_support import caught_up, produce, start_sink, wait_for
+from tests.faults.pipeline import Pipeline
+from tests.integration.test_sink_support import produce, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -91,14 +92,21 @@ def _consume_all(bootstrap: str, topic: str, count: int) -> list[Any]:
     return messages
 
 
-def test_typescript_events_are_priced_and_land_in_clickhouse(
+def test_typescript_events_go_through_the_hot_path_into_clickhouse(
     kafka_bootstrap: str, kafka_config: dict[str, Any], topics: TopicNames, ch_client: Any, ch_database: str,
 ) -> None:
     events = _events(12)
     invalid = {**events[0], "event_id": str(uuid.uuid4()), "output_tokens": -1, "team": "  "}
-    result = _run({"op": "publish", "bootstrap": kafka_bootstrap, "topic": topics.usage, "source": "ts-agent-svc",
-                   "events": events, "invalid": invalid})
-    assert [d["status"] for d in result["deliveries"]] == ["delivered"] * len(events)
+    pipeline = Pipeline(kafka_config, topics, ch_client, ch_database).start()
+    try:
+        result = _run({"op": "publish", "bootstrap": kafka_bootstrap, "topic": topics.usage, "source": "ts-agent-svc",
+                       "events": events, "invalid": invalid})
+        assert [d["status"] for d in result["deliveries"]] == ["delivered"] * len(events)
+        # The real hot path (decode -> validate -> price -> publish) and ledger sink land what TypeScript sent.
+        pipeline.wait_ledger(len(events), timeout=120)
+        pipeline.check()
+    finally:
+        pipeline.stop()
 
     # The invalid event was refused in TypeScript with the fields, rules and messages Python reports.
     python_producer = UsageProducer(kafka_bootstrap, topics.usage, "ts-agent-svc", None, register_atexit=False)
@@ -111,13 +119,13 @@ def test_typescript_events_are_priced_and_land_in_clickhouse(
     assert result["invalid"]["problems"] == python_problems
     assert result["invalid"]["fields"][:2] == ["team", "output_tokens"]
 
-    # Python decodes, validates and prices what TypeScript published; keys and partitions are the SDK's contract.
+    # What TypeScript put on the usage topic decodes and validates in Python; keys are the agent ids.
     codec = AvroCodec()
     pricer = Pricer()
     messages = _consume_all(kafka_bootstrap, topics.usage, len(events))
     assert len(messages) == len(events)
     by_id = {e["event_id"]: e for e in events}
-    priced: list[tuple[bytes, bytes]] = []
+    expected_cost: dict[str, Decimal] = {}
     now = datetime.now(UTC)
     for msg in messages:
         name, record = codec.decode(msg.value())
@@ -131,13 +139,10 @@ def test_typescript_events_are_priced_and_land_in_clickhouse(
         price = pricer.price(record)
         assert price.pricing_status == "priced", price.unpriced_reason
         assert price.cost_usd > 0
-        out = PricedUsageEvent.from_avro_dict({
-            **record, **price._asdict(), "priced_at": now, "source_topic": msg.topic(),
-            "source_partition": msg.partition(), "source_offset": msg.offset(),
-        })
-        priced.append((msg.key(), codec.encode(out.to_avro_dict(), "PricedUsageEvent")))
-    first = next(m for m in messages if codec.decode(m.value())[1]["event_id"] == events[0]["event_id"])
-    assert codec.decode(first.value())[1]["reported_cost"] == Decimal("0.001")
+        expected_cost[record["event_id"]] = Decimal(price.cost_usd)
+        if record["event_id"] == events[0]["event_id"]:
+            assert record["reported_cost"] == Decimal("0.001")
+    assert set(expected_cost) == set(by_id)
 
     # Partitions: the TypeScript SDK puts an agent where librdkafka (the Python SDK) does on the same topic.
     ts_partitions = {by_id[d["eventId"]]["agent_id"]: d["partition"] for d in result["deliveries"]}
@@ -154,19 +159,18 @@ def test_typescript_events_are_priced_and_land_in_clickhouse(
     assert py.flush(30) == 0
     assert py_partitions == ts_partitions
 
-    # The real ledger sink lands the priced events in ClickHouse.
-    produce(kafka_config, topics.priced, priced)
-    sink = start_sink("ledger", ch_client, ch_database, kafka_config, topics, group=f"g-{uuid.uuid4().hex[:6]}")
-    try:
-        wait_for(caught_up(kafka_config, sink, topics.priced), what="ledger sink to commit the topic's end")
-    finally:
-        sink.stop()
+    # The ledger: every TypeScript event exactly once (read without FINAL), priced as the Python Pricer prices it.
     rows = ch_client.query(
-        f"SELECT event_id, source, agent_id, input_tokens, cost_usd FROM {ch_database}.usage_ledger"
+        f"SELECT event_id, source, agent_id, input_tokens, cost_usd, pricing_status FROM {ch_database}.usage_ledger"
     ).result_rows
-    assert {r[0] for r in rows} == set(by_id)
-    assert all(r[1] == "ts-agent-svc" and Decimal(r[4]) > 0 for r in rows)
-    assert sum(r[3] for r in rows) == sum(e["input_tokens"] for e in events)
+    ids = [str(r[0]) for r in rows]
+    assert sorted(ids) == sorted(by_id), "each TypeScript event must land exactly once"
+    for event_id, source, agent_id, input_tokens, cost_usd, status in rows:
+        sent = by_id[str(event_id)]
+        assert source == "ts-agent-svc" and agent_id == sent["agent_id"]
+        assert input_tokens == sent["input_tokens"]
+        assert status == "priced"
+        assert Decimal(cost_usd) == expected_cost[str(event_id)], (event_id, cost_usd, expected_cost[str(event_id)])
 
 
 def test_typescript_guard_obeys_python_signed_commands(kafka_bootstrap: str, kafka_config: dict[str, Any],
