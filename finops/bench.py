@@ -10,9 +10,10 @@ Every number is measured on this machine in this run, beside a plain baseline me
   inserts of pre-built rows (``finops bench-sink``);
 * latency (new here): the real roles as child processes (``finops sink run`` owning a temporary chdb and serving
   it, ``finops stream run``, ``finops detect run``, ``finops alerts run`` posting to a local receiver) on the
-  configured broker under a fresh topic prefix. A steady load of usage events is driven with the producer SDK at
-  25 / 50 / 75 % of capacity (the stream bench's hot-path events/s, one core), each event's ``occurred_at`` stamped
-  at emit time, and measured as
+  configured broker under a fresh topic prefix. Capacity is measured first: a burst of events through the running
+  pipeline, divided by the time until the last is queryable (the stream bench's one-core figure is not it: here the
+  load generator, stream, sink with chdb, detection and alerts share the machine). A steady load is then driven
+  with the producer SDK at 25 / 50 / 75 % of it, each event's ``occurred_at`` stamped at emit time, and measured as
     - event-to-queryable: the ledger's ``ingested_at - occurred_at`` (p50 / p99 over every event of the level);
     - event-to-alert: during each level a few agents with a $1 daily budget get one event that costs more; from
       that event's emit time to the receiver getting the first Slack POST naming the agent (PagerDuty gets only
@@ -69,8 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument("--stream-events", type=int, default=100_000, help="stream bench events (100000)")
     bench.add_argument("--sink-events", type=int, default=100_000, help="sink bench events (100000)")
     bench.add_argument("--capacity", type=float, default=None,
-                       help="events/s that count as 100 %% for the latency levels (default: the stream bench's "
-                            "hot path events/s, measured first when it is not part of this run)")
+                       help="events/s that count as 100 %% for the latency levels (default: measured first: a "
+                            "burst through the running pipeline, every role sharing this machine)")
     bench.add_argument("--levels", default="25,50,75", help="latency load levels, %% of capacity (25,50,75)")
     bench.add_argument("--level-seconds", type=float, default=15.0, help="steady load per level (15 s)")
     bench.add_argument("--breaches", type=int, default=3, help="budget breaches injected per level (3)")
@@ -116,16 +117,14 @@ def run_suite(settings: Any, parts: tuple[str, ...], *, producer_events: int, st
     if "producer" in parts:
         _say(f"producer: {producer_events:,} events, SDK then bare confluent-kafka ...")
         result["producer"] = bench_producer(producer_events)
-    if "stream" in parts or ("latency" in parts and capacity is None):
-        n = stream_events if "stream" in parts else min(stream_events, 50_000)
-        _say(f"stream: {n:,} events, plain loop then hot path, one pinned CPU each ...")
-        result["stream"] = bench_stream(settings, n)
+    if "stream" in parts:
+        _say(f"stream: {stream_events:,} events, plain loop then hot path, one pinned CPU each ...")
+        result["stream"] = bench_stream(settings, stream_events)
     if "sink" in parts:
         _say(f"sink: {sink_events:,} rows, bare insert then the sink worker ...")
         result["sink"] = bench_sink(sink_events)
     if "latency" in parts:
-        cap = capacity or float(result["stream"]["hotpath"]["events_per_s"])
-        result["latency"] = run_latency(settings, cap, latency)
+        result["latency"] = run_latency(settings, capacity, latency)
     return result
 
 
@@ -211,6 +210,7 @@ class LatencyConfig:
     levels: tuple[float, ...] = (0.25, 0.5, 0.75)
     level_seconds: float = 15.0
     breaches: int = 3
+    capacity_events: int = 40_000
     drain_timeout_s: float = 180.0
     alert_timeout_s: float = 90.0
 
@@ -354,9 +354,10 @@ def _drive(producer: Any, events: list[dict[str, Any]], rate: float, seconds: fl
     return sent
 
 
-def _bare_loop(client: dict[str, Any], in_topic: str, out_topic: str, expected: int, ready: Any, out: Any) -> None:
+def _bare_loop(client: dict[str, Any], in_topic: str, out_topic: str, expected: Any, ready: Any, out: Any) -> None:
     """Child process: the plain baseline. consume(500) -> produce each message's bytes to ``out_topic`` with its
-    original timestamp; the delivery report's wall time minus that timestamp is the event's latency (ms)."""
+    original timestamp; the delivery report's wall time minus that timestamp is the event's latency (ms). Runs
+    until ``expected`` (a shared value the parent sets once it has sent the level, -1 before) messages are seen."""
     from confluent_kafka import Consumer, Producer
 
     consumer = Consumer({**client, "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "latest",
@@ -377,7 +378,7 @@ def _bare_loop(client: dict[str, Any], in_topic: str, out_topic: str, expected: 
 
     deadline = time.monotonic() + 600
     seen = 0
-    while seen < expected and time.monotonic() < deadline:
+    while (expected.value < 0 or seen < expected.value) and time.monotonic() < deadline:
         batch = consumer.consume(500, 0.1)
         for msg in batch:
             if msg.error() is not None:
@@ -396,8 +397,28 @@ def _bare_loop(client: dict[str, Any], in_topic: str, out_topic: str, expected: 
     out.put((latencies, _vm_hwm_mb(os.getpid())))
 
 
-def run_latency(settings: Any, capacity: float, config: LatencyConfig) -> dict[str, Any]:  # noqa: PLR0915
-    """Start the roles on a fresh prefix and a temporary chdb, drive each load level, measure; see the module doc.
+def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledger_count: Callable[[str], int],
+                      check: Callable[[], None]) -> float:
+    """The running pipeline's throughput on this machine: ``n`` events emitted as fast as the SDK goes, divided by
+    the time from the first emit until the last one is queryable (every role shares the machine, as in the levels).
+    """
+    _say(f"latency: capacity: {n:,} events at once through the whole pipeline ...")
+    t0 = time.monotonic()
+    stamp = datetime.now(UTC)
+    for i in range(n):
+        if i % 1000 == 0:
+            stamp = datetime.now(UTC)
+        producer.emit({**events[i % len(events)], "occurred_at": stamp, "tags": {"bench_level": "capacity"}})
+    producer.flush(120)
+    _wait(lambda: ledger_count("capacity") >= n, 600, "the capacity burst to be queryable", check)
+    rate = n / (time.monotonic() - t0)
+    _say(f"latency: capacity {rate:,.0f} events/s end to end")
+    return rate
+
+
+def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) -> dict[str, Any]:  # noqa: PLR0915
+    """Start the roles on a fresh prefix and a temporary chdb, measure the pipeline's capacity (unless given), drive
+    each load level, measure; see the module doc.
 
     Blocks for the whole run (about a minute per level). Raises FinopsError when a role dies or a level does not
     drain within ``config.drain_timeout_s``.
@@ -433,7 +454,7 @@ def run_latency(settings: Any, capacity: float, config: LatencyConfig) -> dict[s
     pct = [int(round(level * 100)) for level in config.levels]
     breach_agents = {p: [f"bench-breach-{run}-{p}-{k}" for k in range(config.breaches)] for p in pct}
     roles = _Roles(logs)
-    result: dict[str, Any] = {"capacity_events_per_s": capacity, "levels": [], "prefix": prefix}
+    result: dict[str, Any] = {"levels": [], "prefix": prefix}
     try:
         done = subprocess.run([*finops, "migrate"], env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -463,6 +484,13 @@ def run_latency(settings: Any, capacity: float, config: LatencyConfig) -> dict[s
         warm = _drive(producer, events, 200, 1.0, {"bench_level": "warmup"})
         producer.flush(30)
         _wait(lambda: ledger_count("warmup") >= warm, 180, "the warm-up events to be queryable", roles.check)
+        if capacity is None:
+            capacity = _measure_capacity(producer, events, config.capacity_events, ledger_count, roles.check)
+            result["capacity_source"] = (f"measured: {config.capacity_events:,} events emitted at once, "
+                                         "divided by the time until the last was queryable")
+        else:
+            result["capacity_source"] = "given"
+        result["capacity_events_per_s"] = capacity
         for level, p in zip(config.levels, pct, strict=True):
             rate = capacity * level
             emitted: dict[str, float] = {}
@@ -576,7 +604,7 @@ def _run_baseline(settings: Any, client: dict[str, Any], prefix: str, events: li
                                  compression=settings.producer.compression, linger_ms=5, register_atexit=False)
         for level in config.levels:
             rate = capacity * level
-            expected = int(rate * config.level_seconds)
+            expected = ctx.Value("q", -1)
             ready, out = ctx.Event(), ctx.Queue()
             child = ctx.Process(target=_bare_loop, args=(client, in_topic, out_topic, expected, ready, out))
             child.start()
@@ -586,6 +614,7 @@ def _run_baseline(settings: Any, client: dict[str, Any], prefix: str, events: li
             _say(f"baseline: bare consume->produce at {rate:,.0f} events/s ...")
             sent = _drive(producer, events, rate, config.level_seconds, {"bench_level": "bare"})
             producer.flush(60)
+            expected.value = sent
             latencies, rss = out.get(timeout=config.drain_timeout_s)
             child.join(30)
             levels.append({"percent": int(round(level * 100)), "events": sent, "latency_ms": _quantiles(latencies),
@@ -629,8 +658,9 @@ def render(result: Mapping[str, Any]) -> str:
     if "latency" in result:
         lat = result["latency"]
         base = {b["percent"]: b for b in lat.get("baseline", [])}
-        lines.append(f"latency at % of capacity ({lat['capacity_events_per_s']:,.0f} events/s = the hot path on one "
-                     "core); finops = producer -> stream -> sink -> ClickHouse on this machine")
+        lines.append(f"latency at % of capacity = {lat['capacity_events_per_s']:,.0f} events/s, the whole pipeline's "
+                     f"throughput here ({lat.get('capacity_source', '')}); finops = SDK -> broker -> stream -> sink "
+                     "-> ClickHouse, all roles on this machine")
         for level in lat["levels"]:
             pct = level["percent"]
             b = base.get(pct, {}).get("latency_ms", {})
