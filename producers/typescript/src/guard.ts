@@ -3,19 +3,22 @@
  * the current state), verifies each command's signature, and decides before every model call whether the agent
  * may call, must wait (throttle), must use another model (downgrade) or must not call at all (suspend).
  *
- * Semantics (kept in {@link ControlState}, pure and clock-injected; the Kafka wiring in {@link ControlGuard} only
- * feeds it):
- * - The latest command per key (`scope_type:scope_value`) is the state of that scope; a tombstone or `resume`
- *   clears it. A command whose `issued_at` is older than the one it would replace is ignored (a replay).
- * - A command with a bad or unknown-key signature, or that does not decode, is never obeyed; it is counted
- *   (`stats().rejected`) and reported through `onRejected`.
- * - A command past its `expires_at` no longer applies.
- * - For a call by (agent_id, team, project), the commands of the three scopes apply together: any `suspend` refuses
- *   the call; the lowest `rate_per_minute` of the `throttle`s limits calls (per agent, sliding 60-second window);
- *   a `downgrade` replaces the model, the most specific scope winning (agent, then project, then team).
- *
- * These follow the issue text; producers/guard.py (the Python guard) was not in the tree when this was written:
- * align with it when it lands.
+ * Semantics are those of the Python guard, `producers/guard.py` (the reference), held to it by the shared scenarios
+ * in test/fixtures/guard_scenarios.json (checked by test/guard_scenarios.test.ts and tests/unit/test_guard_vectors.py).
+ * They live in {@link ControlState}, pure and clock-injected; the Kafka wiring in {@link ControlGuard} only feeds it:
+ * - The latest command per key (`scope_type:scope_value`) is the state of that scope; a `resume` is kept as that
+ *   state (so an older command replayed after it is still refused as stale) and applies nothing; a tombstone clears
+ *   the scope. A command whose `issued_at` is older than the one it would replace is ignored (`stats().ignoredStale`).
+ * - A command with a bad or unknown-key signature, whose message key is not its `scope_type:scope_value`, or that
+ *   does not decode, is never obeyed; it is counted (`stats().rejected`) and reported through `onRejected` (the
+ *   reason, the message key and a {@link RejectedCommand}). A message without a key is checked on its signature only.
+ * - A command applies until its `expires_at` (`expires_at > now`), or forever when it has none.
+ * - For a call by (agent_id, team, project), the commands of those scopes apply together (a blank team or project is
+ *   no scope), in the order agent, project, team: the first live `suspend` refuses the call; every live `throttle`
+ *   (with a `rate_per_minute`) must have a token in its own token bucket (one per scope key, refilled at
+ *   `rate_per_minute`, holding at most `throttleBurst` or max(1, floor(rate / 10)) tokens, starting full, fresh for
+ *   each new command), the longest wait is reported; the first live `downgrade` with a `target_model` replaces the
+ *   model (the most specific scope wins).
  */
 
 import { Consumer, MessagesStreamModes } from "@platformatic/kafka";
@@ -24,7 +27,7 @@ import { type ControlCommand, verifyCommand } from "./control.js";
 import { FinopsError } from "./errors.js";
 import { AvroCodec } from "./wire.js";
 
-const MICROS_PER_MINUTE = 60_000_000n;
+const MICROS_PER_MINUTE = 60_000_000;
 const SCOPE_ORDER = ["agent", "project", "team"] as const;
 
 /** The agent is suspended: the call must not be made. */
@@ -59,102 +62,212 @@ export type Decision =
 
 export interface GuardStats {
   applied: number;
+  /** Forged, mis-keyed or undecodable commands (Python: `forged`). */
   rejected: number;
+  /** Commands older than the state they would replace (Python: `stale`). */
   ignoredStale: number;
+  suspendedChecks: number;
+  throttledChecks: number;
+  /** Scopes holding a command other than `resume` (expired ones included). */
   active: number;
+}
+
+/** An ignored control message (Python: `ForgedCommand`); the signature is not reproduced. */
+export interface RejectedCommand {
+  key: string | null;
+  reason: string;
+  command_id?: string;
+  scope?: string;
+  action?: string;
+  issued_by?: string;
+}
+
+export interface ControlStateOptions {
+  /** Tokens a throttle bucket holds at most (default max(1, floor(rate_per_minute / 10)), as in Python). */
+  throttleBurst?: number;
+}
+
+/** `rate_per_minute` tokens per minute, at most `capacity` saved up; starts full (Python: `TokenBucket`). */
+export class TokenBucket {
+  tokens: number;
+  private updated: number | null = null;
+
+  constructor(readonly ratePerMinute: number, readonly capacity: number) {
+    this.tokens = capacity;
+  }
+
+  private refill(nowMicros: number): number {
+    if (this.updated === null) return this.tokens;
+    const elapsed = Math.max(0, nowMicros - this.updated);
+    return Math.min(this.capacity, this.tokens + (elapsed * this.ratePerMinute) / MICROS_PER_MINUTE);
+  }
+
+  /** Seconds until a token is there (0 = now), without taking it. */
+  peek(nowMicros: number): number {
+    const tokens = this.refill(nowMicros);
+    return tokens >= 1 ? 0 : ((1 - tokens) * 60) / this.ratePerMinute;
+  }
+
+  /** Takes a token if one is there and returns 0; otherwise returns the seconds until one is due. */
+  take(nowMicros: number): number {
+    this.tokens = this.refill(nowMicros);
+    this.updated = nowMicros;
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return 0;
+    }
+    return ((1 - this.tokens) * 60) / this.ratePerMinute;
+  }
+}
+
+function live(cmd: ControlCommand, now: bigint): boolean {
+  return cmd.action !== "resume" && (cmd.expires_at === null || cmd.expires_at > now);
 }
 
 /** The enforcement state built from control commands (pure: no Kafka, no wall clock). */
 export class ControlState {
   private readonly byKey = new Map<string, ControlCommand>();
-  private readonly calls = new Map<string, bigint[]>();
-  readonly counters = { applied: 0, rejected: 0, ignoredStale: 0 };
+  private readonly buckets = new Map<string, TokenBucket>();
+  private readonly codec = new AvroCodec();
+  readonly counters = { applied: 0, rejected: 0, ignoredStale: 0, suspendedChecks: 0, throttledChecks: 0 };
 
   constructor(private readonly keys: ReadonlyMap<string, Uint8Array>,
-    private readonly onRejected: (reason: string, key: string) => void = () => undefined) {}
+    private readonly onRejected: (reason: string, key: string, detail: RejectedCommand) => void = () => undefined,
+    private readonly options: ControlStateOptions = {}) {}
 
-  /** Applies one record of the control topic (`value` null = tombstone). Returns whether the state changed. */
-  apply(key: string, value: ControlCommand | null): boolean {
-    if (value === null) return this.byKey.delete(key);
+  /**
+   * Applies one decoded record of the control topic (`value` null = tombstone; `key` null = a message without a
+   * key). Returns whether the state changed (Python: `ControlGuard.apply`).
+   */
+  apply(key: string | null, value: ControlCommand | null): boolean {
+    if (value === null) {
+      if (key !== null) {
+        this.byKey.delete(key);
+        this.buckets.delete(key);
+      }
+      return true;
+    }
+    const scope = `${value.scope_type}:${value.scope_value}`;
+    const detail = { command_id: value.command_id, scope, action: value.action, issued_by: value.issued_by };
     if (!verifyCommand(value, this.keys)) {
-      this.counters.rejected += 1;
-      this.onRejected(`command ${value.command_id} for ${key} has a bad signature or an unknown key id ` +
-        `'${value.key_id}': ignored`, key);
+      const known = this.keys.has(value.key_id) && (this.keys.get(value.key_id)?.length ?? 0) > 0;
+      this.reject(known ? "signature does not verify" : "unknown signing key id", key, detail);
       return false;
     }
-    const expectedKey = `${value.scope_type}:${value.scope_value}`;
-    if (key !== expectedKey) {
-      this.counters.rejected += 1;
-      this.onRejected(`command ${value.command_id} is keyed ${key} but scopes ${expectedKey}: ignored`, key);
+    if (key !== null && key !== scope) {
+      this.reject(`message key '${key}' does not match the signed scope '${scope}'`, key, detail);
       return false;
     }
-    const current = this.byKey.get(key);
+    const current = this.byKey.get(scope);
     if (current && value.issued_at < current.issued_at) {
       this.counters.ignoredStale += 1;
       return false;
     }
+    this.byKey.set(scope, value);
+    if (!current || current.command_id !== value.command_id) this.buckets.delete(scope); // a fresh bucket
     this.counters.applied += 1;
-    if (value.action === "resume") return this.byKey.delete(key) || true;
-    this.byKey.set(key, value);
     return true;
   }
 
-  /** Records that cannot be decoded are rejected like bad signatures. */
-  reject(reason: string, key: string): void {
-    this.counters.rejected += 1;
-    this.onRejected(reason, key);
+  /** Decodes and applies one raw record (`value` null or empty = tombstone); an undecodable one is rejected. */
+  applyRecord(key: string | null, value: Uint8Array | null): { changed: boolean; command: ControlCommand | null } {
+    if (value === null || value.length === 0) return { changed: this.apply(key, null), command: null };
+    let command: ControlCommand;
+    try {
+      const [name, record] = this.codec.decode(value);
+      if (name !== "ControlCommand") throw new FinopsError(`a ${name} on the control topic`);
+      command = record as unknown as ControlCommand;
+    } catch (err) {
+      this.reject(`undecodable control message: ${(err as Error).message}`, key, {});
+      return { changed: false, command: null };
+    }
+    return { changed: this.apply(key, command), command };
   }
 
-  /** The active commands for a call, most specific scope first. */
-  active(ctx: CallContext, now: bigint): ControlCommand[] {
+  /** Counts and reports an ignored message (forged, mis-keyed or undecodable). */
+  reject(reason: string, key: string | null, detail: Omit<RejectedCommand, "key" | "reason"> = {}): void {
+    this.counters.rejected += 1;
+    this.onRejected(reason, key ?? "", { key, reason, ...detail });
+  }
+
+  private scopes(ctx: CallContext): string[] {
     const values: Record<(typeof SCOPE_ORDER)[number], string> = {
       agent: ctx.agent_id, project: ctx.project, team: ctx.team,
     };
+    return SCOPE_ORDER.filter((scope) => values[scope]).map((scope) => `${scope}:${values[scope]}`);
+  }
+
+  /** The live commands for a call, most specific scope first (agent, project, team). */
+  active(ctx: CallContext, now: bigint): ControlCommand[] {
     const out: ControlCommand[] = [];
-    for (const scope of SCOPE_ORDER) {
-      const cmd = this.byKey.get(`${scope}:${values[scope]}`);
-      if (cmd && (cmd.expires_at === null || cmd.expires_at > now)) out.push(cmd);
+    for (const scope of this.scopes(ctx)) {
+      const cmd = this.byKey.get(scope);
+      if (cmd && live(cmd, now)) out.push(cmd);
     }
     return out;
   }
 
-  /** Decides for one call at `now` (µs). A `throttle` decision does not count the call: see {@link admit}. */
+  private throttles(commands: ControlCommand[]): Array<[string, ControlCommand, TokenBucket]> {
+    const out: Array<[string, ControlCommand, TokenBucket]> = [];
+    for (const cmd of commands) {
+      if (cmd.action !== "throttle" || !cmd.rate_per_minute) continue;
+      const scope = `${cmd.scope_type}:${cmd.scope_value}`;
+      const rate = cmd.rate_per_minute;
+      let bucket = this.buckets.get(scope);
+      if (!bucket || bucket.ratePerMinute !== rate) {
+        bucket = new TokenBucket(rate, this.options.throttleBurst || Math.max(1, Math.floor(rate / 10)));
+        this.buckets.set(scope, bucket);
+      }
+      out.push([scope, cmd, bucket]);
+    }
+    return out;
+  }
+
+  /** Decides for one call at `now` (µs). Takes no throttle token: see {@link record} and {@link take}. */
   decide(ctx: CallContext, now: bigint): Decision {
     const commands = this.active(ctx, now);
     const suspend = commands.find((c) => c.action === "suspend");
     if (suspend) return { action: "refuse", command: suspend };
     const downgrade = commands.find((c) => c.action === "downgrade" && c.target_model);
     const model = downgrade?.target_model ?? ctx.model;
-    const throttles = commands.filter((c) => c.action === "throttle" && (c.rate_per_minute ?? 0) >= 1);
-    const tightest = throttles.sort((a, b) => (a.rate_per_minute ?? 0) - (b.rate_per_minute ?? 0))[0];
     const extra = downgrade ? { downgradedBy: downgrade } : {};
-    if (tightest) {
-      const window = this.window(ctx.agent_id, now);
-      const rate = tightest.rate_per_minute as number;
-      if (window.length >= rate) {
-        const oldest = window[window.length - rate] as bigint;
-        const waitMs = Number((oldest + MICROS_PER_MINUTE - now + 999n) / 1000n);
-        return { action: "throttle", model, waitMs: Math.max(waitMs, 1), command: tightest, ...extra };
-      }
+    let longest = 0;
+    let which: ControlCommand | undefined;
+    for (const [, cmd, bucket] of this.throttles(commands)) {
+      const wait = bucket.peek(Number(now));
+      if (wait > longest) [longest, which] = [wait, cmd];
+    }
+    if (which) {
+      return { action: "throttle", model, waitMs: Math.max(1, Math.ceil(longest * 1000)), command: which, ...extra };
     }
     return { action: "allow", model, ...extra };
   }
 
-  /** Counts one call of `agentId` at `now` against throttles. */
-  record(agentId: string, now: bigint): void {
-    const window = this.window(agentId, now);
-    window.push(now);
-    this.calls.set(agentId, window);
+  /** Counts one call at `now`: takes a token from every live throttle's bucket of the call's scopes. */
+  record(ctx: CallContext, now: bigint): void {
+    for (const [, , bucket] of this.throttles(this.active(ctx, now))) bucket.take(Number(now));
   }
 
-  private window(agentId: string, now: bigint): bigint[] {
-    const kept = (this.calls.get(agentId) ?? []).filter((at) => at > now - MICROS_PER_MINUTE);
-    this.calls.set(agentId, kept);
-    return kept;
+  /**
+   * Python's `check()` in one step: decides and, when the call is allowed, counts it (tokens are taken only when
+   * every throttle allows the call); counts refused and throttled checks.
+   */
+  take(ctx: CallContext, now: bigint): Decision {
+    const decision = this.decide(ctx, now);
+    if (decision.action === "allow") this.record(ctx, now);
+    else if (decision.action === "refuse") this.counters.suspendedChecks += 1;
+    return decision;
+  }
+
+  /** The model to call instead of `requested` (Python: `downgrade_model`). */
+  downgradeModel(ctx: CallContext, now: bigint): string {
+    const downgrade = this.active(ctx, now).find((c) => c.action === "downgrade" && c.target_model);
+    return downgrade?.target_model ?? ctx.model;
   }
 
   stats(): GuardStats {
-    return { ...this.counters, active: this.byKey.size };
+    const active = [...this.byKey.values()].filter((c) => c.action !== "resume").length;
+    return { ...this.counters, active };
   }
 }
 
@@ -165,8 +278,14 @@ export interface ControlGuardOptions {
   /** HMAC keys by key id (keys rotate: hold the current and the previous). */
   keys: ReadonlyMap<string, Uint8Array> | Record<string, Uint8Array>;
   clock?: () => Date;
-  onRejected?: (reason: string, key: string) => void;
+  /** Called for each forged, mis-keyed or undecodable command (Python: `on_forged`). */
+  onRejected?: (reason: string, key: string, detail: RejectedCommand) => void;
+  /** Called when a scope's state changes (`null`: cleared by a tombstone or a `resume`). */
   onChange?: (key: string, command: ControlCommand | null) => void;
+  /** Called on a read error of the control topic (not a rejected command; default: console.warn). */
+  onError?: (err: Error) => void;
+  /** Tokens a throttle bucket holds at most (default max(1, floor(rate_per_minute / 10)), as in Python). */
+  throttleBurst?: number;
   /** Longest wait `admit` accepts for a throttle before throwing AgentThrottled (default 60 s; 0 = never wait). */
   maxWaitMs?: number;
   kafka?: Record<string, unknown>;
@@ -178,14 +297,14 @@ export interface ControlGuardOptions {
  */
 export class ControlGuard {
   readonly state: ControlState;
-  private readonly codec = new AvroCodec();
   private readonly clock: () => Date;
   private consumer: Consumer<Buffer, Buffer, Buffer, Buffer> | null = null;
   private stream: { close(): Promise<void> } | null = null;
 
   private constructor(private readonly options: ControlGuardOptions) {
     const keys = options.keys instanceof Map ? options.keys : new Map(Object.entries(options.keys));
-    this.state = new ControlState(keys, options.onRejected);
+    const burst = options.throttleBurst === undefined ? {} : { throttleBurst: options.throttleBurst };
+    this.state = new ControlState(keys, options.onRejected, burst);
     this.clock = options.clock ?? (() => new Date());
   }
 
@@ -198,21 +317,11 @@ export class ControlGuard {
 
   /** Applies a raw record of the control topic (the Kafka wiring calls this; tests may too). */
   applyRecord(key: Buffer | null, value: Buffer | null): void {
-    const keyText = key ? key.toString("utf8") : "";
-    if (value === null || value.length === 0) {
-      if (this.state.apply(keyText, null)) this.options.onChange?.(keyText, null);
-      return;
-    }
-    let command: ControlCommand;
-    try {
-      const [name, record] = this.codec.decode(value);
-      if (name !== "ControlCommand") throw new FinopsError(`a ${name} on the control topic`);
-      command = record as unknown as ControlCommand;
-    } catch (err) {
-      this.state.reject(`record for ${keyText} does not decode as a ControlCommand: ${(err as Error).message}`, keyText);
-      return;
-    }
-    if (this.state.apply(keyText, command)) this.options.onChange?.(keyText, command.action === "resume" ? null : command);
+    const keyText = key ? key.toString("utf8") : null;
+    const { changed, command } = this.state.applyRecord(keyText, value);
+    if (!changed) return;
+    const scope = command ? `${command.scope_type}:${command.scope_value}` : keyText;
+    if (scope !== null) this.options.onChange?.(scope, command && command.action !== "resume" ? command : null);
   }
 
   private nowMicros(): bigint {
@@ -225,22 +334,23 @@ export class ControlGuard {
   }
 
   /**
-   * Admits one call: throws {@link AgentSuspended} when suspended; waits out a throttle (up to `maxWaitMs`, else
-   * throws {@link AgentThrottled}); returns the model to use (the downgrade target when one applies). Counts the
-   * call against throttles.
+   * Admits one call (Python: `check()`): throws {@link AgentSuspended} when suspended; waits out a throttle in steps
+   * of at most 500 ms, so a command arriving meanwhile is seen (up to `maxWaitMs`, else throws
+   * {@link AgentThrottled}); returns the model to use (the downgrade target when one applies). Takes the throttle
+   * tokens.
    */
   async admit(ctx: CallContext): Promise<string> {
     const maxWait = this.options.maxWaitMs ?? 60_000;
     const deadline = Date.now() + maxWait;
     for (;;) {
-      const decision = this.check(ctx);
+      const decision = this.state.take(ctx, this.nowMicros());
       if (decision.action === "refuse") throw new AgentSuspended(decision.command);
-      if (decision.action === "allow") {
-        this.state.record(ctx.agent_id, this.nowMicros());
-        return decision.model;
+      if (decision.action === "allow") return decision.model;
+      if (Date.now() + decision.waitMs > deadline) {
+        this.state.counters.throttledChecks += 1;
+        throw new AgentThrottled(decision.command, decision.waitMs);
       }
-      if (Date.now() + decision.waitMs > deadline) throw new AgentThrottled(decision.command, decision.waitMs);
-      await new Promise((resolve) => setTimeout(resolve, decision.waitMs));
+      await new Promise((resolve) => setTimeout(resolve, Math.min(decision.waitMs, 500)));
     }
   }
 
@@ -281,7 +391,10 @@ export class ControlGuard {
       }
     });
     stream.on("error", (err: unknown) => {
-      this.state.reject(`control topic read error: ${(err as Error).message}`, "");
+      // A read error is not a forged command (Python logs it and keeps following).
+      const error = err instanceof Error ? err : new Error(String(err));
+      if (this.options.onError) this.options.onError(error);
+      else console.warn(`control guard: control topic read error: ${error.message}`);
     });
     const timeout = new Promise<void>((resolve) => setTimeout(resolve, 30_000).unref());
     await Promise.race([ready, timeout]);

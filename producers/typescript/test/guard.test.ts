@@ -76,18 +76,53 @@ describe("ControlState", () => {
     assert.equal(state.decide(ctx, T0).action, "allow");
   });
 
-  it("throttle: at most rate_per_minute calls per sliding minute, then a wait", () => {
+  it("throttle: a token bucket per scope, rate_per_minute refill, burst max(1, rate / 10), as in Python", () => {
     const state = new ControlState(keys);
-    state.apply("team:customer-support", decoded("throttle_team")); // 30 per minute
-    for (let i = 0; i < 30; i++) {
-      const at = T0 + BigInt(i) * 1_000_000n;
-      assert.equal(state.decide(ctx, at).action, "allow");
-      state.record(ctx.agent_id, at);
-    }
-    const blocked = state.decide(ctx, T0 + 30_000_000n);
+    state.apply("team:customer-support", decoded("throttle_team")); // 30 per minute: burst 3, a token per 2 s
+    for (let i = 0; i < 3; i++) assert.equal(state.take(ctx, T0).action, "allow");
+    const blocked = state.take(ctx, T0);
     assert.equal(blocked.action, "throttle");
-    assert.equal(blocked.action === "throttle" && blocked.waitMs, 30_000);
-    assert.equal(state.decide(ctx, T0 + MIN + 1n).action, "allow");
+    assert.equal(blocked.action === "throttle" && blocked.waitMs, 2_000);
+    assert.equal(state.decide(ctx, T0 + 1_000_000n).action === "throttle" &&
+      (state.decide(ctx, T0 + 1_000_000n) as { waitMs: number }).waitMs, 1_000);
+    assert.equal(state.take(ctx, T0 + 2_000_000n).action, "allow");
+    // A full minute refills to the burst, not to rate_per_minute.
+    for (let i = 0; i < 3; i++) assert.equal(state.take(ctx, T0 + MIN).action, "allow");
+    assert.equal(state.take(ctx, T0 + MIN).action, "throttle");
+  });
+
+  it("throttleBurst overrides the bucket size; decide() alone takes no token", () => {
+    const state = new ControlState(keys, undefined, { throttleBurst: 5 });
+    state.apply("team:customer-support", decoded("throttle_team"));
+    for (let i = 0; i < 10; i++) assert.equal(state.decide(ctx, T0).action, "allow");
+    for (let i = 0; i < 5; i++) state.record(ctx, T0);
+    assert.equal(state.decide(ctx, T0).action, "throttle");
+  });
+
+  it("a blank team or project is no scope", () => {
+    const state = new ControlState(keys);
+    state.apply("team:customer-support", signCommand({ ...decoded("suspend_agent_unicode_reason"), command_id: "t",
+      scope_type: "team", scope_value: "customer-support" }, fixture.key_id, Buffer.from(fixture.secret)));
+    assert.equal(state.decide(ctx, T0).action, "refuse");
+    assert.equal(state.decide({ ...ctx, team: "" }, T0).action, "allow");
+  });
+
+  it("rejections carry Python's reasons and the command's identity; undecodable bytes are rejected", () => {
+    const seen: Array<{ key: string | null; reason: string; command_id?: string }> = [];
+    const state = new ControlState(keys, (_r, _k, detail) => seen.push(detail));
+    const suspend = decoded("suspend_agent_unicode_reason");
+    state.apply("agent:support-triage-7", { ...suspend, reason: "forged" });
+    state.apply("agent:support-triage-7", { ...suspend, key_id: "nope" });
+    state.apply("agent:other", suspend);
+    state.applyRecord("agent:support-triage-7", Buffer.from("c301deadbeef", "hex"));
+    const expected = ["signature does not verify", "unknown signing key id",
+      "message key 'agent:other' does not match the signed scope 'agent:support-triage-7'",
+      "undecodable control message: "];
+    assert.equal(seen.length, expected.length);
+    expected.forEach((prefix, i) => assert.ok(seen[i]?.reason.startsWith(prefix), `${seen[i]?.reason} / ${prefix}`));
+    assert.equal(seen[0]?.command_id, "cmd-2");
+    assert.equal(state.stats().rejected, 4);
+    assert.equal(state.decide(ctx, T0).action, "allow");
   });
 
   it("downgrade replaces the model; expiry ends a command", () => {
