@@ -358,8 +358,6 @@ class ControlGuard:
         return [(stype, values[stype]) for stype in _SCOPE_ORDER if values[stype]]  # type: ignore[misc]
 
     def _forged(self, forged: ForgedCommand) -> None:
-        with self._lock:
-            self._stats.forged += 1
         log.warning("control guard: IGNORED control message (key %s, partition %s, offset %s, command %s, "
                     "action %s, issued_by %s): %s", forged.key, forged.partition, forged.offset, forged.command_id,
                     forged.action, forged.issued_by, forged.reason)
@@ -368,6 +366,9 @@ class ControlGuard:
                 self.on_forged(forged)
             except Exception:  # noqa: BLE001 - a reporting callback must not stop the follower
                 log.exception("control guard: on_forged callback failed")
+        # Counted last: whoever sees stats().forged move can rely on the report having been made.
+        with self._lock:
+            self._stats.forged += 1
 
     # ------------------------------------------------------------------------------------------------ decisions
 
