@@ -250,7 +250,7 @@ def _alerts_run(args: argparse.Namespace) -> int:
     from alerting.worker import AlertWorker, WorkerOptions
     from finops.settings import load_settings
     from finops.topics import TopicNames, ensure_topics
-    from governance.store import open_store_client
+    from sinks.sql_cli import open_client
 
     settings = load_settings()
     a = settings.alerting
@@ -270,8 +270,8 @@ def _alerts_run(args: argparse.Namespace) -> int:
     names = TopicNames(settings.kafka.topic_prefix)
     # In embedded mode the sink owns the chdb path; write deliveries and commands through its store endpoint
     # (opening the path here would fail while the sink runs, which is exactly when the alert worker runs).
-    ch, _ = open_store_client(settings.clickhouse_url(), settings.clickhouse.database,
-                              settings.clickhouse.query_url, readonly=False)
+    ch, _ = open_client(settings.clickhouse_url(), settings.clickhouse.database, settings.clickhouse.query_url,
+                        readonly=False)
     outbox = Outbox(args.outbox or settings.data_dir / "alerting" / "outbox.sqlite")
     enforcer = Enforcer(outbox, key_id=key_id, secret=secret, scopes=outbox.enforcement_scopes)
     worker = AlertWorker(kafka_config=kafka, alerts_topic=names.alerts, control_topic=names.control, routes=routes,

@@ -111,20 +111,7 @@ def open_store(clickhouse_url: str, database: str, query_url: str | None = None)
     reader, where = open_readonly_client(clickhouse_url, database, query_url)
     if where.endswith("(store endpoint)"):
         endpoint = parse_query_url(query_url)
-        writer = build_client(_endpoint_url(endpoint), database=database)
+        writer = build_client(endpoint.client_url(), database=database)
     else:
         writer = build_client(clickhouse_url, database=database)
     return Store(reader, writer, where)
-
-
-def _endpoint_url(endpoint: Any) -> str:
-    from urllib.parse import quote
-
-    auth = ""
-    if endpoint.username is not None:
-        auth = quote(endpoint.username, safe="")
-        if endpoint.password is not None:
-            auth += ":" + quote(endpoint.password, safe="")
-        auth += "@"
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    return f"http://{auth}{host}:{endpoint.port}"

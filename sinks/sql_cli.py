@@ -30,7 +30,7 @@ from typing import Any
 
 from schemas.errors import ConfigError, FinopsError
 
-__all__ = ["StoreBusyError", "chdb_path_owner", "endpoint_answers", "open_readonly_client", "register"]
+__all__ = ["StoreBusyError", "chdb_path_owner", "endpoint_answers", "open_client", "open_readonly_client", "register"]
 
 _PING_TIMEOUT_S = 1.0
 
@@ -126,8 +126,21 @@ def open_readonly_client(
 ) -> tuple[Any, str]:
     """A read-only clickhouse-connect client for ``finops sql`` and a printable description of where it points.
 
-    See the module docstring for the order. Blocks up to ``ping_timeout`` probing the endpoint, then while
-    connecting.
+    See :func:`open_client` (this is it with ``readonly=True``).
+    """
+    return open_client(clickhouse_url, database, query_url, readonly=True, ping_timeout=ping_timeout)
+
+
+def open_client(
+    clickhouse_url: str, database: str, query_url: str | None = None, *, readonly: bool,
+    ping_timeout: float = _PING_TIMEOUT_S,
+) -> tuple[Any, str]:
+    """A clickhouse-connect client for any role but the store owner, and a printable description of where it points.
+
+    See the module docstring for the order: a server URL directly; in embedded mode the owner's store endpoint when
+    it answers, else the chdb path when nobody holds it. ``readonly`` applies ClickHouse's ``readonly`` setting
+    (writes such as re-rating corrections or the alert worker's delivery log pass ``False``). Blocks up to
+    ``ping_timeout`` probing the endpoint, then while connecting.
 
     Raises:
         ConfigError: bad URL, bad credentials or a missing database (from :func:`sinks.clickhouse.build_client`).
@@ -139,25 +152,17 @@ def open_readonly_client(
 
     target = parse_clickhouse_url(clickhouse_url)
     if target.kind == "http":
-        return build_client(clickhouse_url, database=database, readonly=True), target.redacted()
+        return build_client(clickhouse_url, database=database, readonly=readonly), target.redacted()
     endpoint = parse_query_url(query_url)
     if endpoint_answers(endpoint.url, ping_timeout):
-        auth = ""
-        if endpoint.username is not None:
-            from urllib.parse import quote
-
-            auth = quote(endpoint.username, safe="") + (
-                ":" + quote(endpoint.password, safe="") if endpoint.password is not None else ""
-            ) + "@"
-        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-        client = build_client(f"http://{auth}{host}:{endpoint.port}", database=database, readonly=True)
+        client = build_client(endpoint.client_url(), database=database, readonly=readonly)
         return client, f"{endpoint.url} (store endpoint)"
     assert target.path is not None
     owner = chdb_path_owner(target.path)
     if owner is not None:
         raise _busy(target.path, owner, endpoint.url)
     try:
-        return build_client(clickhouse_url, database=database, readonly=True), target.redacted()
+        return build_client(clickhouse_url, database=database, readonly=readonly), target.redacted()
     except ClickHouseUnavailableError:
         owner = chdb_path_owner(target.path)
         if owner is not None:  # taken between the check and the open

@@ -190,6 +190,19 @@ class StoreEndpoint:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    def client_url(self) -> str:
+        """``http://[user[:password]@]host:port`` for clickhouse-connect (secret: carries the password)."""
+        from urllib.parse import quote
+
+        auth = ""
+        if self.username is not None:
+            auth = quote(self.username, safe="")
+            if self.password is not None:
+                auth += ":" + quote(self.password, safe="")
+            auth += "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{auth}{host}:{self.port}"
+
     def users(self) -> dict[str, str] | None:
         """The ``users`` argument of :func:`serve_store` for this URL (None = no authentication)."""
         if self.username is None:
