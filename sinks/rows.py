@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from schemas.errors import FinopsError
+from schemas.loader import COUNTED_FIELDS
 
 __all__ = [
     "ALERTS",
@@ -70,18 +71,7 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "project",
     "provider",
     "model",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "reasoning_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "cache_audio_read_tokens",
-    "image_tokens",
-    "web_search_calls",
-    "requests",
+    *COUNTED_FIELDS,
     "task_id",
     "parent_task_id",
     "task_type",
