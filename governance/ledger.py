@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from schemas.loader import COUNTED_FIELDS
 from sinks.rows import LEDGER_COLUMNS
 from stream_jobs.pricing import PriceResult, Pricer
 
@@ -27,11 +28,7 @@ __all__ = [
 ]
 
 #: Count fields of the event (ledger columns); corrections carry 0 for every one of them.
-TOKEN_FIELDS: tuple[str, ...] = (
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-    "reasoning_tokens", "input_audio_tokens", "output_audio_tokens", "cache_audio_read_tokens", "image_tokens",
-    "web_search_calls",
-)
+TOKEN_FIELDS: tuple[str, ...] = tuple(name for name in COUNTED_FIELDS if name != "requests")
 #: The cost columns; ``cost_usd`` is the sum of the other five.
 COST_PARTS: tuple[str, ...] = (
     "cost_usd", "cost_input_usd", "cost_output_usd", "cost_cache_read_usd", "cost_cache_write_usd", "cost_other_usd",
