@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +79,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _handle(args: argparse.Namespace) -> int:
+    with bench_broker():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def bench_broker() -> Iterator[str]:
+    """The broker the bench measures against: ``FINOPS_KAFKA_BOOTSTRAP`` when set (someone else's broker, used as
+    is), otherwise a local single-node broker of our own on free ports in a temporary home, started here and
+    stopped (with its data) when the block ends, so ``make bench`` works on a fresh clone with nothing running.
+
+    While the block runs, ``FINOPS_KAFKA_BOOTSTRAP`` names that broker, so the child processes of the stream and
+    latency benches reach the same one. Raises StackError (a FinopsError) when the broker cannot be started.
+    """
+    configured = os.environ.get("FINOPS_KAFKA_BOOTSTRAP")
+    if configured:
+        _say(f"broker: {configured} (FINOPS_KAFKA_BOOTSTRAP)")
+        yield configured
+        return
+    from finops.stack import KafkaStack, free_port_pair
+
+    with tempfile.TemporaryDirectory(prefix="finops-bench-kafka-") as home:
+        port = free_port_pair()
+        stack = KafkaStack(Path(home), port=port, controller_port=port + 1)
+        _say(f"broker: none configured; starting a local one on 127.0.0.1:{port} (stopped at the end) ...")
+        stack.up()
+        os.environ["FINOPS_KAFKA_BOOTSTRAP"] = stack.bootstrap
+        try:
+            yield stack.bootstrap
+        finally:
+            os.environ.pop("FINOPS_KAFKA_BOOTSTRAP", None)
+            stack.down()
+
+
+def _run(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
 
     settings = load_settings()

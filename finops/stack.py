@@ -102,6 +102,27 @@ class BrokerStatus:
     detail: str
 
 
+def free_port_pair(host: str = "127.0.0.1") -> int:
+    """A port p such that p and p + 1 are both free on ``host`` now (a broker and its controller).
+
+    Raises StackError when none is found after 200 tries. The ports can be taken by another process before the
+    caller binds them; a broker that then fails to start says so in its log.
+    """
+    for _ in range(200):
+        with socket.socket() as first:
+            first.bind((host, 0))
+            port = int(first.getsockname()[1])
+        if port >= 65535:
+            continue
+        with socket.socket() as second:
+            try:
+                second.bind((host, port + 1))
+            except OSError:
+                continue
+        return port
+    raise StackError(f"no two consecutive free ports found on {host}")
+
+
 class KafkaStack:
     """One local broker instance: its home directory holds config, data, log and pid file."""
 

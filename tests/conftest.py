@@ -11,7 +11,6 @@ Each test gets its own topics (a unique topic prefix) and its own ClickHouse dat
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,25 +18,8 @@ from typing import Any
 
 import pytest
 
-from finops.stack import KafkaStack
+from finops.stack import KafkaStack, free_port_pair
 from finops.topics import TopicNames, ensure_topics
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p+1 are free on 127.0.0.1 (broker and controller)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port >= 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair found")
 
 
 def _docker_answers() -> bool:
