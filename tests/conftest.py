@@ -11,6 +11,7 @@ Each test gets its own topics (a unique topic prefix) and its own ClickHouse dat
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,3 +110,44 @@ def ch_database(ch_client: Any, chdb_url: str) -> Iterator[str]:
     MigrationRunner(ch_client, name).apply()
     yield name
     ch_client.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+# ---- test tiers --------------------------------------------------------------------------------------------
+# A test without one of these markers is a unit test: pure logic, no services. It may not open a network
+# connection (loopback included): a test that needs a broker, an HTTP server or a store endpoint says so with its
+# marker, so `pytest -m unit` stays fast and runs anywhere. Unix-domain sockets (multiprocessing) are not networks.
+# The guard sits on Python's socket module (urllib3, http.client, asyncio, aiokafka, clickhouse-connect); librdkafka
+# opens its sockets in C, so a confluent-kafka client is caught only where it is handed a broker from a fixture.
+SERVICE_MARKERS = frozenset({"integration", "e2e", "faults"})
+_NETWORK_FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6})
+
+
+class NetworkInUnitTestError(AssertionError):
+    """A test of the unit tier tried to open a network connection."""
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_open_no_network(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if any(request.node.get_closest_marker(name) for name in SERVICE_MARKERS):
+        return
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+    test = request.node.nodeid
+
+    def refuse(sock: socket.socket, address: Any) -> None:
+        raise NetworkInUnitTestError(
+            f"{test} opened a network connection to {address!r} without an integration/e2e/faults marker: "
+            "mark the test (pytestmark = pytest.mark.integration) or keep it off the network")
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        if sock.family in _NETWORK_FAMILIES:
+            refuse(sock, address)
+        real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        if sock.family in _NETWORK_FAMILIES:
+            refuse(sock, address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
