@@ -5,7 +5,9 @@ Operator commands publish a signed ControlCommand on ``agent.control.v1`` for on
 (``issued_by = operator:<name>``). They are refused without the operator role: until the RBAC issue lands, that is
 possession of the configured operator key (``FINOPS_CONTROL_OPERATOR_KEY``), presented with ``--operator-key`` or
 the ``FINOPS_OPERATOR_KEY`` environment variable and compared in constant time. ``status`` reads the topic's current
-state (no key needed: it only reads) and says for each scope whether the command verifies and is still live.
+state (no key needed: it only reads) and says for each scope whether the command verifies and is still live. It
+folds the topic by the guard's rules (:func:`compute_control_state`), so it shows what agents obey: a tombstone or a
+forged command after a genuine one is reported as ignored, never shown as the state.
 
 The audit table is written by the alert worker, which follows the control topic: operator commands, enforcement
 commands and forged ones (``verified = false``) land there alike, from one writer.
@@ -21,13 +23,14 @@ import os
 import re
 import sys
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError, FinopsError
 
-__all__ = ["NotAuthorized", "authorize", "parse_expiry", "register"]
+__all__ = ["NotAuthorized", "authorize", "compute_control_state", "parse_expiry", "read_control_state", "register"]
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -158,27 +161,82 @@ def _operator_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_control_state(kafka_config: dict[str, Any], topic: str, keys: dict[str, bytes],
-                       timeout: float = 15.0) -> dict[str, dict[str, Any]]:
-    """The latest message per key on the control topic, decoded, with ``verified`` and ``live`` flags."""
-    import time
-
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
+def compute_control_state(messages: Iterable[tuple[str | None, bytes | None]], keys: Mapping[str, bytes],
+                          now: datetime) -> dict[str, dict[str, Any]]:
+    """Fold the control topic's messages (Kafka order) into the state per key, by the guard's rules
+    (:class:`producers.guard.ControlGuard`): only a verified command whose key is its scope, not older than the one
+    it replaces, is the state; tombstones, forged, mis-keyed and undecodable messages change nothing and are counted
+    in ``ignored`` (with the last ``ignored_reason``). A key with no verified command shows its latest unverified
+    command flagged ``verified: false`` (so a missing or wrong key is visible), or only the ignored count."""
     from schemas.models import ControlCommand, verify
     from schemas.wire import AvroCodec
 
     codec = AvroCodec()
+    obeyed: dict[str, ControlCommand] = {}
+    unverified: dict[str, ControlCommand] = {}
+    ignored: dict[str, tuple[int, str]] = {}
+
+    def ignore(key: str, why: str) -> None:
+        ignored[key] = (ignored.get(key, (0, ""))[0] + 1, why)
+
+    for raw_key, value in messages:
+        key = raw_key if raw_key is not None else "?"
+        if value is None:
+            ignore(key, "unsigned tombstone (null value): it cannot be verified, so it changes no state")
+            continue
+        try:
+            cmd = ControlCommand.from_avro_dict(codec.decode(value)[1])
+        except FinopsError as err:
+            ignore(key, f"undecodable control message: {err}")
+            continue
+        scope = f"{cmd.scope_type}:{cmd.scope_value}"
+        if raw_key is not None and raw_key != scope:
+            ignore(key, f"message key {raw_key!r} does not match the signed scope {scope!r}")
+            continue
+        if not verify(cmd, keys):
+            unverified[scope] = cmd
+            ignore(scope, "unknown signing key id" if cmd.key_id not in keys else "signature does not verify")
+            continue
+        current = obeyed.get(scope)
+        if current is not None and cmd.issued_at < current.issued_at:
+            ignore(scope, f"stale: issued {cmd.issued_at.isoformat()}, older than the current command")
+            continue
+        obeyed[scope] = cmd
+    state: dict[str, dict[str, Any]] = {}
+    for key in sorted(set(obeyed) | set(unverified) | set(ignored)):
+        count, why = ignored.get(key, (0, None))
+        shown = obeyed.get(key) or unverified.get(key)
+        if shown is None:
+            state[key] = {"error": why, "verified": False, "live": False, "ignored": count, "ignored_reason": why}
+            continue
+        state[key] = {
+            "action": shown.action, "rate_per_minute": shown.rate_per_minute, "target_model": shown.target_model,
+            "reason": shown.reason, "issued_by": shown.issued_by, "issued_at": shown.issued_at.isoformat(),
+            "expires_at": shown.expires_at.isoformat() if shown.expires_at else None,
+            "command_id": shown.command_id, "verified": key in obeyed,
+            "live": shown.action != "resume" and (shown.expires_at is None or shown.expires_at > now),
+            "ignored": count, "ignored_reason": why,
+        }
+    return state
+
+
+def read_control_state(kafka_config: dict[str, Any], topic: str, keys: dict[str, bytes],
+                       timeout: float = 15.0) -> dict[str, dict[str, Any]]:
+    """The control topic's current state per key, read from the beginning to the end of every partition and folded
+    by :func:`compute_control_state` (what a guard holding ``keys`` obeys)."""
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
     consumer = Consumer({**kafka_config, "group.id": f"finops-control-status-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "enable.partition.eof": True})
-    state: dict[str, dict[str, Any]] = {}
+    messages: list[tuple[str | None, bytes | None]] = []
     try:
         md = consumer.list_topics(topic, timeout=timeout)
         parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         done: set[int] = set()
         deadline = time.monotonic() + timeout
-        now = datetime.now(UTC)
         while len(done) < len(parts) and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None:
@@ -188,26 +246,12 @@ def read_control_state(kafka_config: dict[str, Any], topic: str, keys: dict[str,
                 if failure.code() == KafkaError._PARTITION_EOF:
                     done.add(int(msg.partition() or 0))
                 continue
-            raw_key, value = msg.key(), msg.value()
-            key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else "?"
-            if value is None:
-                state.pop(key, None)
-                continue
-            try:
-                cmd = ControlCommand.from_avro_dict(codec.decode(value)[1])
-            except FinopsError as err:
-                state[key] = {"error": str(err), "verified": False, "live": False}
-                continue
-            state[key] = {
-                "action": cmd.action, "rate_per_minute": cmd.rate_per_minute, "target_model": cmd.target_model,
-                "reason": cmd.reason, "issued_by": cmd.issued_by, "issued_at": cmd.issued_at.isoformat(),
-                "expires_at": cmd.expires_at.isoformat() if cmd.expires_at else None,
-                "command_id": cmd.command_id, "verified": verify(cmd, keys),
-                "live": cmd.action != "resume" and (cmd.expires_at is None or cmd.expires_at > now),
-            }
+            raw_key = msg.key()
+            messages.append((raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else None,
+                             msg.value()))
     finally:
         consumer.close()
-    return state
+    return compute_control_state(messages, keys, datetime.now(UTC))
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -229,14 +273,16 @@ def _status(args: argparse.Namespace) -> int:
     if not state:
         print("no control commands")
     for key, row in sorted(state.items()):
+        note = (f" ({row['ignored']} message(s) ignored, the last: {row['ignored_reason']})"
+                if row.get("ignored") else "")
         if "error" in row:
-            print(f"{key}: UNDECODABLE ({row['error']})")
+            print(f"{key}: no verified command{note}")
             continue
         flags = ("live" if row["live"] else "not live") + ("" if row["verified"] else ", SIGNATURE DOES NOT VERIFY")
         extra = f" {row['rate_per_minute']}/min" if row["rate_per_minute"] else ""
         extra += f" -> {row['target_model']}" if row["target_model"] else ""
         print(f"{key}: {row['action']}{extra} [{flags}] by {row['issued_by']} at {row['issued_at']}, expires "
-              f"{row['expires_at'] or 'never'}: {row['reason']}")
+              f"{row['expires_at'] or 'never'}: {row['reason']}{note}")
     return 0
 
 

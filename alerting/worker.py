@@ -360,7 +360,15 @@ class AlertWorker:
         now = self.clock.now()
         for msg in msgs:
             value = msg.value()
-            if msg.error() is not None or value is None:
+            if msg.error() is not None:
+                continue
+            if value is None:
+                # Unsigned: guards ignore it (producers/guard.py) and so does the state; report it like a forgery.
+                self.forged_seen += 1
+                raw_key = msg.key()
+                log.warning("control audit: unsigned tombstone for key %r at offset %d ignored (it cannot be "
+                            "verified; agents keep their state)",
+                            raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else None, msg.offset())
                 continue
             try:
                 _, record = self.codec.decode(value)

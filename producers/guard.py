@@ -12,7 +12,13 @@ following. Before each model call the agent calls :meth:`ControlGuard.check`:
 - :meth:`ControlGuard.downgrade_model` returns the cheaper model of a live ``downgrade``, else the requested one.
 
 A command is *live* until its ``expires_at`` (the end of the budget period that caused it), so a period rollover
-releases the agent even when no ``resume`` arrives; a ``resume`` (or a tombstone) clears the scope at once.
+releases the agent even when no ``resume`` arrives; a signed ``resume`` clears the scope at once.
+
+Only a verified command changes a scope's state. A tombstone (null value) carries no signature, so anyone who can
+write to the topic could send one: the guard never lets it clear a scope. It is ignored, counted, logged and
+reported exactly like a forged command. Cleanup needs no tombstone: the guard enforces the signed ``expires_at``
+itself, and the enforcer publishes a signed ``resume`` when a period ends (:meth:`alerting.enforcement.Enforcer.tick`)
+or the condition clears; an operator lifts a command with ``finops control resume``.
 
 Trust: a command is obeyed only if its HMAC-SHA256 signature verifies under one of ``keys`` (key id -> secret;
 several during a rotation). A forged, tampered or undecodable command is ignored, counted (``stats().forged``),
@@ -56,6 +62,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SCOPE_ORDER = ("agent", "project", "team")
+#: Why a tombstone is ignored (the same words in the TypeScript guard, producers/typescript/src/guard.ts).
+_TOMBSTONE_REASON = "unsigned tombstone (null value): it cannot be verified, so it changes no state"
 
 
 class AgentSuspended(FinopsError):
@@ -302,13 +310,12 @@ class ControlGuard:
     def apply_message(self, key: str | None, value: bytes | None, *, partition: int | None = None,
                       offset: int | None = None) -> bool:
         """Apply one raw control message (Avro bytes, or None for a tombstone). True when it changed the state.
-        Public so tests and other transports can feed the guard."""
+        Public so tests and other transports can feed the guard. A tombstone never changes the state (it cannot be
+        verified, see the module docstring): it is reported as forged and False is returned."""
         if value is None:
-            if key is not None:
-                with self._lock:
-                    self._state.pop(key, None)
-                    self._buckets.pop(key, None)
-            return True
+            self._forged(ForgedCommand(key, partition, offset, _TOMBSTONE_REASON,
+                                       scope=key if key and ":" in key else None))
+            return False
         try:
             if self._codec is None:
                 from schemas.wire import AvroCodec

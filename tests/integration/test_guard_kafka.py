@@ -8,13 +8,17 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
 from alerting import control_cli
-from alerting.worker import publish_commands
+from alerting.enforcement import Enforcer, MemoryEnforcementStore
+from alerting.outbox import Outbox
+from alerting.router import RoutingTable
+from alerting.worker import AlertWorker, WorkerOptions, publish_commands
 from finops.topics import TopicNames
 from producers.guard import AgentSuspended, ControlGuard, ForgedCommand
 from schemas.errors import FinopsError
@@ -116,3 +120,64 @@ def test_operator_cli_suspends_and_resumes_with_operator_key(kafka_bootstrap: st
         assert '"action": "suspend"' in capsys.readouterr().out
         assert run("control", "resume", "--team", "support", "--reason", "incident over") == 0
         _wait(lambda: not _suspended(guard), what="operator resume")
+
+
+def test_unsigned_tombstone_never_lifts_a_suspension(kafka_bootstrap: str, topics: TopicNames, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # issue 14 item 2: a null value on `agent:<id>` turned a suspended agent into an allowed one, in a running
+    # guard and a fresh one, silently; and `finops control status` then showed no commands.
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    codec = AvroCodec()
+    suspend = _cmd("suspend", ("agent", "bot-1"))
+    publish_commands(producer, topics.control, [suspend], codec)
+    forged: list[ForgedCommand] = []
+    running = ControlGuard(bootstrap=kafka_bootstrap, topic=topics.control, keys=KEYS, agent_id="bot-1",
+                           on_forged=forged.append, throttle="raise")
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    worker = AlertWorker(kafka_config={"bootstrap.servers": kafka_bootstrap}, alerts_topic=topics.alerts,
+                         control_topic=topics.control, routes=RoutingTable({}, ()), outbox=outbox,
+                         enforcer=Enforcer(MemoryEnforcementStore(), key_id="k1", secret=KEYS["k1"]),
+                         verify_keys=KEYS, options=WorkerOptions(audit_group_id=f"audit-{topics.prefix}"))
+    worker.audit_consumer.subscribe([topics.control])
+    try:
+        with running, caplog.at_level("WARNING"):
+            assert running.wait_ready(30)
+            assert _suspended(running)
+            producer.produce(topics.control, key=b"agent:bot-1", value=None)
+            assert producer.flush(30) == 0
+            _wait(lambda: running.stats().forged == 1, what="the tombstone reported by the running guard")
+            assert _suspended(running), "a tombstone lifted the suspension of a running guard"
+            assert forged[0].key == "agent:bot-1" and "tombstone" in forged[0].reason
+            assert forged[0].offset == 1
+            assert running.stats().applied == 1
+
+            fresh_forged: list[ForgedCommand] = []
+            fresh = ControlGuard(bootstrap=kafka_bootstrap, topic=topics.control, keys=KEYS, agent_id="bot-1",
+                                 on_forged=fresh_forged.append, throttle="raise")
+            with fresh:
+                assert fresh.wait_ready(30)
+                assert _suspended(fresh), "a tombstone lifted the suspension for a starting guard"
+                assert fresh.stats().forged == 1 and len(fresh_forged) == 1
+
+            # `finops control status` reads the same state the guards obey, and names the ignored tombstone
+            state = control_cli.read_control_state({"bootstrap.servers": kafka_bootstrap}, topics.control, KEYS)
+            row = state["agent:bot-1"]
+            assert (row["action"], row["command_id"], row["verified"], row["live"]) == \
+                ("suspend", suspend.command_id, True, True)
+            assert row["ignored"] == 1 and "tombstone" in row["ignored_reason"]
+
+            # the alert worker's audit of the control topic reports it too
+            def audited() -> bool:
+                worker._audit_once()
+                return worker.forged_seen >= 1
+
+            _wait(audited, what="the audit to see the tombstone")
+            assert worker.forged_seen == 1
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("IGNORED" in m and "tombstone" in m for m in messages)
+        assert any("control audit: unsigned tombstone" in m for m in messages)
+        assert not any(KEYS["k1"].decode() in m for m in messages)
+    finally:
+        worker.audit_consumer.close()
+        worker.consumer.close()
+        outbox.close()

@@ -98,7 +98,31 @@ def test_undecodable_message_and_key_mismatch_are_reported() -> None:
     assert guard.apply_message("agent:bot-1", good)
     with pytest.raises(AgentSuspended):
         guard.check()
-    assert guard.apply_message("agent:bot-1", None)  # tombstone clears
+
+
+def test_unsigned_tombstone_never_lifts_a_suspension_and_is_reported_as_forged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # issue 14 item 2: a null value on `agent:<id>` used to clear the scope, silently.
+    guard, clock, forged = _guard()
+    assert guard.apply(_cmd(), key="agent:bot-1")
+    with caplog.at_level("WARNING", logger="producers.guard"):
+        assert not guard.apply_message("agent:bot-1", None, partition=0, offset=12)
+    with pytest.raises(AgentSuspended):
+        guard.check()
+    assert guard.stats().forged == 1 and guard.stats().applied == 1
+    assert forged[-1].key == "agent:bot-1" and forged[-1].scope == "agent:bot-1" and forged[-1].offset == 12
+    assert "tombstone" in forged[-1].reason
+    assert any("IGNORED" in r.getMessage() and "tombstone" in r.getMessage() for r in caplog.records)
+    assert not any(KEYS["k1"].decode() in r.getMessage() for r in caplog.records)
+    # an older genuine command replayed after the tombstone is still stale: the tombstone erased no history
+    assert not guard.apply(_cmd(issued=-5.0), key="agent:bot-1")
+    assert guard.stats().stale == 1
+    # a tombstone without a key, or on a key with no state, is reported too and changes nothing
+    assert not guard.apply_message(None, None)
+    assert not guard.apply_message("team:support", None)
+    assert guard.stats().forged == 3
+    # what does lift it: a signed resume, or the signed expires_at
+    clock.t = 3600.0
     guard.check()
 
 

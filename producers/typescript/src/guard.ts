@@ -7,8 +7,11 @@
  * in test/fixtures/guard_scenarios.json (checked by test/guard_scenarios.test.ts and tests/unit/test_guard_vectors.py).
  * They live in {@link ControlState}, pure and clock-injected; the Kafka wiring in {@link ControlGuard} only feeds it:
  * - The latest command per key (`scope_type:scope_value`) is the state of that scope; a `resume` is kept as that
- *   state (so an older command replayed after it is still refused as stale) and applies nothing; a tombstone clears
- *   the scope. A command whose `issued_at` is older than the one it would replace is ignored (`stats().ignoredStale`).
+ *   state (so an older command replayed after it is still refused as stale) and applies nothing. A command whose
+ *   `issued_at` is older than the one it would replace is ignored (`stats().ignoredStale`).
+ * - Only a verified command changes a scope. A tombstone (null value) carries no signature, so it changes nothing:
+ *   it is rejected like a forged command (counted, reported). Commands lapse by their signed `expires_at`, and the
+ *   enforcer or an operator lifts them with a signed `resume`; no cleanup needs a tombstone.
  * - A command with a bad or unknown-key signature, whose message key is not its `scope_type:scope_value`, or that
  *   does not decode, is never obeyed; it is counted (`stats().rejected`) and reported through `onRejected` (the
  *   reason, the message key and a {@link RejectedCommand}). A message without a key is checked on its signature only.
@@ -29,6 +32,8 @@ import { AvroCodec } from "./wire.js";
 
 const MICROS_PER_MINUTE = 60_000_000;
 const SCOPE_ORDER = ["agent", "project", "team"] as const;
+/** Why a tombstone is rejected (the words of the Python guard). */
+export const TOMBSTONE_REASON = "unsigned tombstone (null value): it cannot be verified, so it changes no state";
 
 /** The agent is suspended: the call must not be made. */
 export class AgentSuspended extends FinopsError {
@@ -62,7 +67,7 @@ export type Decision =
 
 export interface GuardStats {
   applied: number;
-  /** Forged, mis-keyed or undecodable commands (Python: `forged`). */
+  /** Forged, mis-keyed or undecodable commands and tombstones (Python: `forged`). */
   rejected: number;
   /** Commands older than the state they would replace (Python: `stale`). */
   ignoredStale: number;
@@ -141,11 +146,9 @@ export class ControlState {
    */
   apply(key: string | null, value: ControlCommand | null): boolean {
     if (value === null) {
-      if (key !== null) {
-        this.byKey.delete(key);
-        this.buckets.delete(key);
-      }
-      return true;
+      // Unsigned, so unverifiable: never a state change (Python: `ControlGuard.apply_message`, same reason text).
+      this.reject(TOMBSTONE_REASON, key, key !== null && key.includes(":") ? { scope: key } : {});
+      return false;
     }
     const scope = `${value.scope_type}:${value.scope_value}`;
     const detail = { command_id: value.command_id, scope, action: value.action, issued_by: value.issued_by };
@@ -184,7 +187,7 @@ export class ControlState {
     return { changed: this.apply(key, command), command };
   }
 
-  /** Counts and reports an ignored message (forged, mis-keyed or undecodable). */
+  /** Counts and reports an ignored message (forged, mis-keyed, undecodable or a tombstone). */
   reject(reason: string, key: string | null, detail: Omit<RejectedCommand, "key" | "reason"> = {}): void {
     this.counters.rejected += 1;
     this.onRejected(reason, key ?? "", { key, reason, ...detail });
@@ -278,9 +281,9 @@ export interface ControlGuardOptions {
   /** HMAC keys by key id (keys rotate: hold the current and the previous). */
   keys: ReadonlyMap<string, Uint8Array> | Record<string, Uint8Array>;
   clock?: () => Date;
-  /** Called for each forged, mis-keyed or undecodable command (Python: `on_forged`). */
+  /** Called for each forged, mis-keyed or undecodable command and each tombstone (Python: `on_forged`). */
   onRejected?: (reason: string, key: string, detail: RejectedCommand) => void;
-  /** Called when a scope's state changes (`null`: cleared by a tombstone or a `resume`). */
+  /** Called when a scope's state changes (`null`: lifted by a signed `resume`). */
   onChange?: (key: string, command: ControlCommand | null) => void;
   /** Called on a read error of the control topic (not a rejected command; default: console.warn). */
   onError?: (err: Error) => void;

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 
 import { type ControlCommand, canonicalBytes, signCommand, verifyCommand } from "../src/control.js";
-import { ControlState } from "../src/guard.js";
+import { ControlState, type RejectedCommand, TOMBSTONE_REASON } from "../src/guard.js";
 import { AvroCodec } from "../src/wire.js";
 import { FIXTURES_DIR, readJson } from "./helpers.js";
 
@@ -62,8 +62,9 @@ describe("ControlState", () => {
     assert.equal(state.decide(ctx, T0).action, "allow");
   });
 
-  it("a tombstone clears; an older command does not replace a newer one; a mis-keyed one is refused", () => {
-    const state = new ControlState(keys);
+  it("a tombstone is rejected; an older command does not replace a newer one; a mis-keyed one is refused", () => {
+    const rejected: RejectedCommand[] = [];
+    const state = new ControlState(keys, (_reason, _key, detail) => rejected.push(detail));
     const suspend = decoded("suspend_agent_unicode_reason");
     state.apply("agent:support-triage-7", suspend);
     const older = signCommand({ ...suspend, action: "resume", issued_at: suspend.issued_at - 1n }, fixture.key_id,
@@ -72,8 +73,14 @@ describe("ControlState", () => {
     assert.equal(state.decide(ctx, T0).action, "refuse");
     assert.equal(state.stats().ignoredStale, 1);
     assert.equal(state.apply("agent:someone-else", suspend), false);
-    state.apply("agent:support-triage-7", null);
-    assert.equal(state.decide(ctx, T0).action, "allow");
+    // issue 14 item 2: an unsigned tombstone used to lift the suspension
+    assert.equal(state.apply("agent:support-triage-7", null), false);
+    assert.equal(state.applyRecord("agent:support-triage-7", null).changed, false);
+    assert.equal(state.decide(ctx, T0).action, "refuse");
+    assert.equal(state.stats().rejected, 3);
+    assert.deepEqual(rejected.slice(-2).map((r) => [r.key, r.scope, r.reason]),
+      [["agent:support-triage-7", "agent:support-triage-7", TOMBSTONE_REASON],
+        ["agent:support-triage-7", "agent:support-triage-7", TOMBSTONE_REASON]]);
   });
 
   it("throttle: a token bucket per scope, rate_per_minute refill, burst max(1, rate / 10), as in Python", () => {
