@@ -34,6 +34,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+OUR_PACKAGES = frozenset({"finops", "schemas", "producers", "stream_jobs", "sinks", "alerting", "governance",
+                          "dashboard"})
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
@@ -147,14 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default FINOPS_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    missing: dict[str, str] = {}
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(name)
+            importlib.import_module(name).register(sub)
         except ModuleNotFoundError as err:
             if err.name and name.startswith(err.name):
-                continue
-            raise
-        module.register(sub)
+                continue  # a part this distribution does not ship
+            top = (err.name or "").split(".")[0]
+            if not top or top in OUR_PACKAGES:
+                raise  # a broken module of ours is a bug, not a missing extra
+            missing[name.split(".")[0]] = top
+    if missing:
+        parts = ", ".join(f"{part} (needs {dep})" for part, dep in sorted(missing.items()))
+        parser.epilog = (f"Not available in this install: the commands of {parts}. The base install is the agent "
+                         "SDK; `pip install 'agent-finops[all]'` adds the pipeline, the dashboard and their commands.")
     return parser
 
 
@@ -170,6 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("finops: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:
+        top = (err.name or "").split(".")[0]
+        if not top or top in OUR_PACKAGES:
+            raise
+        print(f"finops: error: `finops {args.command}` needs the Python package {top!r}, which this install lacks "
+              "(the base install is the agent SDK): pip install 'agent-finops[all]'", file=sys.stderr)
+        return 2
     return code
 
 

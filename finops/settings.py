@@ -20,7 +20,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _section(prefix: str) -> SettingsConfigDict:
@@ -165,7 +164,9 @@ class ControlSettings(BaseSettings):
 class CoreSettings(BaseSettings):
     model_config = _section("FINOPS_")
 
-    data_dir: Path = Field(_REPO_ROOT / ".finops", description="local state: broker data, chdb data, spool")
+    # ./.finops of the working directory, resolved when the settings are loaded: never inside the installed package.
+    data_dir: Path = Field(default_factory=lambda: Path.cwd() / ".finops",
+                           description="local state: broker data, chdb data, spool")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
