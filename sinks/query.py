@@ -6,8 +6,13 @@ client: a chdb client must have been opened read-only (``build_client(url, reado
 already read-only. The engine, not a parser of ours, decides what is a write, so INSERT, CREATE, DROP, ALTER,
 TRUNCATE, SYSTEM, OPTIMIZE ... all fail with READONLY, which is translated into :class:`ReadOnlyQueryError`.
 
-The formatters are pure: table (aligned, long cells truncated, NULL shown as ``NULL``), CSV and JSON. Money stays
-exact: a ``Decimal`` is printed with ``str`` in the table and CSV and as a JSON string (never a float).
+The formatters are pure: table (aligned, long cells truncated, NULL shown as ``NULL``), vertical (one ``name: value``
+line per column, as ClickHouse's ``Vertical``), CSV and JSON. Money stays exact: a ``Decimal`` is printed with
+``str`` in the table and CSV and as a JSON string (never a float).
+
+The client asks ClickHouse for its own wire format, so a user's trailing ``FORMAT x`` would be a second FORMAT clause
+(a syntax error): :func:`split_format_clause` takes it off and maps it onto an output format, or refuses it naming
+``--format``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import base64
 import csv
 import io
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
@@ -34,10 +40,18 @@ __all__ = [
     "format_json",
     "format_result",
     "format_table",
+    "format_vertical",
     "run_readonly_query",
+    "split_format_clause",
 ]
 
-OutputFormat = Literal["table", "csv", "json"]
+OutputFormat = Literal["table", "csv", "json", "vertical"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("table", "csv", "json", "vertical")
+# ClickHouse output formats our formatters reproduce (looked up case-insensitively).
+_CLICKHOUSE_FORMATS: dict[str, OutputFormat] = {"vertical": "vertical", "csvwithnames": "csv"}
+# `FORMAT <name>` as the statement's last clause (an optional `;` and blanks after it). A FORMAT inside a string
+# literal or a comment never ends the statement this way, except in a trailing comment, which is rare enough.
+_TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*\Z", re.IGNORECASE)
 READONLY_CODE = 164  # ClickHouse READONLY
 _READONLY_LEVEL = "2"  # see sinks/clickhouse.py: 1 would also refuse per-query settings
 
@@ -93,6 +107,33 @@ def run_readonly_query(
     except ch_exc.Error as err:
         raise QueryError(f"the query could not be run: {_clickhouse_message(str(err))}") from err
     return list(result.column_names), [tuple(row) for row in result.result_rows]
+
+
+def split_format_clause(sql: str, requested: OutputFormat | None = None) -> tuple[str, OutputFormat]:
+    """``sql`` without a trailing ``FORMAT <name>`` clause, and the output format to print it in (pure).
+
+    ``requested`` is the ``--format`` the user gave (None: not given, the table). A trailing ``FORMAT Vertical`` or
+    ``FORMAT CSVWithNames`` is honoured (the same output as ``--format vertical`` / ``csv``); any other trailing
+    FORMAT, or one that contradicts ``requested``, is refused.
+
+    Raises:
+        QueryError: the FORMAT clause cannot be honoured; the message says to use ``--format``.
+    """
+    match = _TRAILING_FORMAT.search(sql)
+    if match is None:
+        return sql, requested or "table"
+    name = match.group(1)
+    choices = "|".join(OUTPUT_FORMATS)
+    fmt = _CLICKHOUSE_FORMATS.get(name.lower())
+    if fmt is None:
+        raise QueryError(
+            f"finops sql prints its own output formats, so the query cannot end in FORMAT {name}: remove the FORMAT "
+            f"clause and use --format {choices} (FORMAT Vertical and FORMAT CSVWithNames are understood)"
+        )
+    if requested is not None and requested != fmt:
+        raise QueryError(f"the query ends in FORMAT {name} but --format {requested} was given: use one of them "
+                         f"(--format {choices})")
+    return sql[: match.start()].rstrip(), fmt
 
 
 def _clickhouse_message(text: str) -> str:
@@ -197,6 +238,24 @@ def format_table(
     return "\n".join(out) + "\n"
 
 
+def format_vertical(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """One block per row, as ClickHouse's ``Vertical``: ``Row n:``, a rule, then ``name: value`` per column (names
+    padded so the values align); values are not truncated, control characters escaped, then the row count."""
+    width = max((len(c) for c in columns), default=0)
+    out: list[str] = []
+    for n, row in enumerate(rows, 1):
+        head = f"Row {n}:"
+        if n > 1:
+            out.append("")
+        out.extend([head, "─" * len(head)])
+        out.extend(f"{(name + ':').ljust(width + 1)} {_cell(value, 0)}".rstrip() for name, value in zip(columns, row))
+    if rows:
+        out.append("")
+    count = len(rows)
+    out.append(f"({count} row{'s' if count != 1 else ''})")
+    return "\n".join(out) + "\n"
+
+
 def format_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """RFC 4180 CSV with a header row; NULL is an empty field, Decimal exact, no truncation."""
     buffer = io.StringIO()
@@ -216,7 +275,7 @@ def format_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def format_result(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: OutputFormat = "table", *, max_width: int = 40
 ) -> str:
-    """Dispatch to :func:`format_table`, :func:`format_csv` or :func:`format_json`.
+    """Dispatch to :func:`format_table`, :func:`format_vertical`, :func:`format_csv` or :func:`format_json`.
 
     Raises:
         QueryError: an unknown format name.
@@ -227,4 +286,6 @@ def format_result(
         return format_csv(columns, rows)
     if fmt == "json":
         return format_json(columns, rows)
-    raise QueryError(f"unknown output format {fmt!r}: use table, csv or json")
+    if fmt == "vertical":
+        return format_vertical(columns, rows)
+    raise QueryError(f"unknown output format {fmt!r}: use table, csv, json or vertical")

@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "when the system runs. Bind values with {name:Type} placeholders and --param name=value.",
     )
     sql.add_argument("query", help='the statement, e.g. "SELECT team, sum(cost_usd) FROM usage_ledger GROUP BY team"')
-    sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (table)")
+    sql.add_argument("--format", choices=("table", "csv", "json", "vertical"), default=None,
+                     help="output format (table); a trailing FORMAT Vertical / CSVWithNames in the query is understood")
     sql.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="a query parameter for a {NAME:Type} placeholder (repeatable)",
@@ -193,18 +194,19 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 
 def _handle_sql(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
-    from sinks.query import format_result, run_readonly_query
+    from sinks.query import format_result, run_readonly_query, split_format_clause
 
+    query, fmt = split_format_clause(args.query, args.format)  # before connecting: a refusal needs no store
     settings = load_settings()
     params = _parse_params(args.param)
     database = args.database or settings.clickhouse.database
     client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url)
     try:
-        columns, rows = run_readonly_query(client, args.query, params)
+        columns, rows = run_readonly_query(client, query, params)
     finally:
         client.close()
-    sys.stdout.write(format_result(columns, rows, args.format, max_width=args.max_width))
-    if args.format == "table":
+    sys.stdout.write(format_result(columns, rows, fmt, max_width=args.max_width))
+    if fmt == "table":
         print(f"-- {where}, database {database}", file=sys.stderr)
     return 0
 

@@ -188,6 +188,21 @@ def test_sql_command_prints_json_and_table(
         _run_cli(["sql", WRITES[2]], monkeypatch, env)
 
 
+def test_sql_command_understands_a_trailing_format_clause(
+    chdb_url: str, store: StoreServer, database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 item 12: `FORMAT Vertical` was a syntax error (clickhouse-connect appends its own FORMAT)."""
+    env = {"FINOPS_CLICKHOUSE_URL": chdb_url, "FINOPS_CLICKHOUSE_QUERY_URL": store.url,
+           "FINOPS_CLICKHOUSE_DATABASE": database}
+    assert _run_cli(["sql", "SELECT team, cost FROM spend ORDER BY team LIMIT 1 FORMAT Vertical"], monkeypatch,
+                    env) == 0
+    assert capsys.readouterr().out == "Row 1:\n──────\nteam: payments\ncost: 1.250000000001\n\n(1 row)\n"
+    assert _run_cli(["sql", "SELECT team FROM spend ORDER BY team", "--format", "vertical"], monkeypatch, env) == 0
+    assert capsys.readouterr().out.count("Row ") == 2
+    with pytest.raises(QueryError, match="use --format"):
+        _run_cli(["sql", "SELECT team FROM spend FORMAT JSONEachRow"], monkeypatch, env)
+
+
 def test_sql_from_another_process_goes_through_the_owner(chdb_url: str, store: StoreServer, database: str) -> None:
     """The real situation: this process owns the chdb path; a shell's `finops sql` must use the endpoint."""
     script = (

@@ -80,5 +80,39 @@ def test_decimals_print_positionally() -> None:
 
 def test_dispatch_and_unknown_format() -> None:
     assert format_result(["n"], [(1,)], "csv") == "n\n1\n"
-    with pytest.raises(QueryError, match="table, csv or json"):
+    with pytest.raises(QueryError, match="table, csv, json or vertical"):
         format_result(["n"], [(1,)], "xml")  # type: ignore[arg-type]
+
+
+# ---- a trailing FORMAT clause (issue 14, item 12) ----------------------------------------------------------------
+@pytest.mark.parametrize("sql, requested, expected", [
+    ("SELECT 1 FORMAT Vertical", None, ("SELECT 1", "vertical")),
+    ("select 1\nformat vertical ;\n", None, ("select 1", "vertical")),
+    ("SELECT 1 FORMAT CSVWithNames", "csv", ("SELECT 1", "csv")),
+    ("SELECT 'FORMAT Vertical' AS f", None, ("SELECT 'FORMAT Vertical' AS f", "table")),
+    ("SELECT format FROM t ORDER BY format", "json", ("SELECT format FROM t ORDER BY format", "json")),
+])
+def test_split_format_clause_honours_what_it_can_print(sql: str, requested: str | None,
+                                                        expected: tuple[str, str]) -> None:
+    from sinks.query import split_format_clause
+
+    assert split_format_clause(sql, requested) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sql, requested", [
+    ("SELECT 1 FORMAT JSONEachRow", None),
+    ("SELECT 1 FORMAT PrettyCompact;", None),
+    ("SELECT 1 FORMAT Vertical", "csv"),
+])
+def test_split_format_clause_refuses_naming_the_format_option(sql: str, requested: str | None) -> None:
+    from sinks.query import split_format_clause
+
+    with pytest.raises(QueryError, match="--format table\\|csv\\|json\\|vertical"):
+        split_format_clause(sql, requested)  # type: ignore[arg-type]
+
+
+def test_vertical_prints_one_block_per_row_like_clickhouse() -> None:
+    out = format_result(["team", "cost_usd"], [("payments", Decimal("1.250000000001")), ("search", None)], "vertical")
+    assert out == ("Row 1:\n──────\nteam:     payments\ncost_usd: 1.250000000001\n\n"
+                   "Row 2:\n──────\nteam:     search\ncost_usd: NULL\n\n(2 rows)\n")
+    assert format_result(["a"], [], "vertical") == "(0 rows)\n"
