@@ -26,6 +26,7 @@ __all__ = [
     "agent_detail",
     "agent_owner",
     "agents",
+    "alert_detail",
     "alerts",
     "approvals",
     "audit",
@@ -434,6 +435,35 @@ def approvals(db: Runner, scope: Scope, now: datetime) -> list[dict[str, Any]]:
         out.append({**row, "decision": decision["details"] if decision else None,
                     "decided_by": decision["actor"] if decision else None})
     return out
+
+
+_ALERT = (
+    "SELECT alert_id, dedup_key, kind, severity, state, occurred_at, team, project, agent_id, policy_id, model, "
+    "title, summary, amount_usd, limit_usd, details, actions FROM alerts FINAL "
+    "WHERE alert_id = {alert_id:String} AND " + SCOPE + " ORDER BY occurred_at DESC LIMIT 1"
+)
+# The other state changes of the same condition (trigger, re-trigger, resolve), visible under the same scope.
+_ALERT_HISTORY = (
+    "SELECT alert_id, state, severity, occurred_at, title, amount_usd, limit_usd FROM alerts FINAL "
+    "WHERE dedup_key = {dedup_key:String} AND " + SCOPE + " ORDER BY occurred_at, alert_id LIMIT 200"
+)
+# Where it was sent: channel, the destination's configured name and the outcome (the table holds no secrets).
+_ALERT_DELIVERIES = (
+    "SELECT alert_id, channel, destination_name, attempt, status, http_status, delivered_at FROM alert_deliveries "
+    "FINAL WHERE alert_id IN {ids:Array(String)} ORDER BY delivered_at, channel, destination_name, attempt LIMIT 500"
+)
+
+
+def alert_detail(db: Runner, scope: Scope, alert_id: str) -> dict[str, Any] | None:
+    """One alert (the page its notifications link to): every column, the state changes of its dedup key and its
+    deliveries; None when there is no such alert among the caller's teams (the same answer for both cases)."""
+    rows = db.select(_ALERT, {**scope.params(), "alert_id": alert_id})
+    if not rows:
+        return None
+    alert = rows[0]
+    history = db.select(_ALERT_HISTORY, {**scope.params(), "dedup_key": alert["dedup_key"]})
+    ids = sorted({alert_id, *(h["alert_id"] for h in history)})
+    return {"alert": alert, "history": history, "deliveries": db.select(_ALERT_DELIVERIES, {"ids": ids})}
 
 
 def alert_in_scope(db: Runner, scope: Scope, alert_id: str) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -43,6 +44,7 @@ from dashboard.auth import (
     audit_row,
 )
 from dashboard.metrics import MetricSample, collect_clickhouse_metrics, collect_kafka_metrics, render_prometheus
+from dashboard.params import ParameterError, month_bounds, parse_minutes, parse_request_params
 from dashboard.store import Store, StoreQueryError
 from schemas.errors import FinopsError, ValidationFailed
 
@@ -54,7 +56,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 COOKIE = "finops_token"
 CSRF_HEADER = "X-Finops-Request"
 PAGES = ("/", "/teams", "/teams/{team}", "/agents", "/agents/{agent_id}", "/models", "/budgets", "/alerts",
-         "/recommendations", "/admin")
+         "/recommendations", "/admin")  # and /alerts/{alert_id}, which checks the alert is visible
 
 
 class PublishError(FinopsError):
@@ -113,6 +115,7 @@ class DashboardConfig:
 
 CONFIG = web.AppKey("config", DashboardConfig)
 PRINCIPAL = web.RequestKey("principal", Principal)
+PARAMS = web.RequestKey("params", dict)
 
 
 # ---- JSON --------------------------------------------------------------------------------------------------------
@@ -175,13 +178,28 @@ async def _auth_middleware(
     except AuthenticationError as err:
         if is_api:
             return _error(401, str(err))
-        raise web.HTTPFound(f"/login?next={request.rel_url.path}") from None
+        # the path as sent (percent-encoded), encoded again as a query value: an alert id's ':', '/', '&' or '#'
+        # survive the round trip through the login page
+        raise web.HTTPFound(f"/login?next={quote(request.rel_url.raw_path, safe='')}") from None
     except StoreQueryError as err:
         log.error("token check failed: %s", err)
         return _error(503, "the analytics store did not answer; try again")
     if is_api and request.method not in ("GET", "HEAD") and from_cookie and request.headers.get(CSRF_HEADER) != "1":
         return _error(403, f"a signed-in browser write needs the {CSRF_HEADER}: 1 header")
     request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+@web.middleware
+async def _params_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Parse the matched route's parameters (:mod:`dashboard.params`) before any handler runs, so every API route is
+    checked by the one table, unknown query parameters included; a page's query string is the page script's."""
+    resource = request.match_info.route.resource
+    if resource is not None and not request.path.startswith("/static/"):
+        query = request.query if request.path.startswith("/api/") else {}
+        request[PARAMS] = parse_request_params(resource.canonical, request.match_info, query)
     return await handler(request)
 
 
@@ -195,6 +213,8 @@ async def _error_middleware(
         raise
     except AccessError as err:
         return _error(err.status, str(err))
+    except ParameterError as err:
+        return _error(400, str(err), parameter=err.parameter)
     except ValidationFailed as err:
         return _error(400, str(err), problems=[{"field": p.field, "rule": p.rule, "message": p.message}
                                                for p in err.problems])
@@ -209,6 +229,11 @@ async def _error_middleware(
 
 def _principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
+
+
+def _param(request: web.Request, name: str) -> Any:
+    """A parameter the route declared in :data:`dashboard.params.ROUTE_PARAMS`, already checked."""
+    return request[PARAMS][name]
 
 
 async def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -269,7 +294,7 @@ async def _teams(request: web.Request) -> web.StreamResponse:
 
 async def _team(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    team = request.match_info["team"]
+    team = _param(request, "team")
     detail = await _run(queries.team_detail, config.store, _principal(request).scope, team, config.clock())
     if detail is None:
         return _error(404, f"no team {team!r} among your teams")
@@ -278,14 +303,14 @@ async def _team(request: web.Request) -> web.StreamResponse:
 
 async def _agents(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    team = request.query.get("team", "")
+    team = _param(request, "team")
     rows = await _run(queries.agents, config.store, _principal(request).scope, config.clock(), team)
     return _json({"agents": rows})
 
 
 async def _agent(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    agent_id = request.match_info["agent_id"]
+    agent_id = _param(request, "agent_id")
     detail = await _run(queries.agent_detail, config.store, _principal(request).scope, agent_id, config.clock())
     if detail is None:
         return _error(404, f"no agent {agent_id!r} among your teams")
@@ -302,24 +327,32 @@ async def _budgets(request: web.Request) -> web.StreamResponse:
     return _json({"budgets": await _run(queries.budgets, config.store, _principal(request).scope)})
 
 
-def _int_query(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise FinopsError(f"query parameter {name} must be an integer") from None
-
-
 async def _alerts(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     rows = await _run(
         queries.alerts, config.store, _principal(request).scope, config.clock(),
-        kind=request.query.get("kind", ""), team=request.query.get("team", ""),
-        agent_id=request.query.get("agent", ""), limit=_int_query(request, "limit", 100),
+        kind=_param(request, "kind"), team=_param(request, "team"),
+        agent_id=_param(request, "agent"), limit=_param(request, "limit"),
     )
     return _json({"alerts": rows})
+
+
+async def _alert(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    alert_id = _param(request, "alert_id")
+    detail = await _run(queries.alert_detail, config.store, _principal(request).scope, alert_id)
+    if detail is None:
+        return _error(404, f"no alert {alert_id!r} among your teams")
+    return _json(detail)
+
+
+async def _alert_page(request: web.Request) -> web.StreamResponse:
+    """The page an alert notification links to (:func:`alerting.channels.alert_link`): the shell, which shows
+    ``/api/alerts/<id>``; answered 404 when the alert is not among the caller's teams, so the link says so too."""
+    config = request.app[CONFIG]
+    visible = await _run(queries.alert_in_scope, config.store, _principal(request).scope, _param(request, "alert_id"))
+    return web.FileResponse(STATIC_DIR / "index.html", status=200 if visible else 404,
+                            headers={"Cache-Control": "no-store"})
 
 
 async def _recommendations(request: web.Request) -> web.StreamResponse:
@@ -385,13 +418,13 @@ async def _control(request: web.Request) -> web.StreamResponse:
     if config.publisher is None or not config.signing_secret:
         return _error(503, "control commands are disabled here: configure FINOPS_CONTROL_SIGNING_KEY and Kafka")
     now = config.clock()
-    expires = body.get("expires_in_minutes")
+    expires = parse_minutes("expires_in_minutes", body.get("expires_in_minutes"))
     command = ControlCommand.model_validate({
         "command_id": str(uuid.uuid4()), "scope_type": scope_type, "scope_value": scope_value,
         "action": body.get("action"), "rate_per_minute": body.get("rate_per_minute"),
         "target_model": body.get("target_model"), "reason": str(body.get("reason", "")).strip(),
         "issued_by": principal.subject, "issued_at": now,
-        "expires_at": now + timedelta(minutes=float(expires)) if expires else None,
+        "expires_at": now + timedelta(minutes=expires) if expires else None,
         "key_id": "", "signature": "",
     })
     signed = sign(command, config.signing_key_id, config.signing_secret)
@@ -441,7 +474,7 @@ async def _budget_put(request: web.Request) -> web.StreamResponse:
 async def _approval_decide(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     principal = _principal(request)
-    alert_id = request.match_info["alert_id"]
+    alert_id = _param(request, "alert_id")
     body = await _body(request)
     decision = body.get("decision")
     await _require(config, principal, "approval.decide", "approval.decide", alert_id, {"decision": decision})
@@ -468,7 +501,7 @@ async def _tokens(request: web.Request) -> web.StreamResponse:
 async def _token_revoke(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     principal = _principal(request)
-    token_id = request.match_info["token_id"]
+    token_id = _param(request, "token_id")
     await _require(config, principal, "admin", "token.revoke", token_id, {})
     revoked = await _run(config.tokens.revoke, token_id, now=config.clock())
     await _audit(config, principal, "token.revoke", token_id, "ok" if revoked else "failed",
@@ -482,7 +515,7 @@ async def _audit_log(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     principal = _principal(request)
     await _require(config, principal, "admin", "audit.read", "", {})
-    return _json({"audit": await _run(queries.audit, config.store, _int_query(request, "limit", 200))})
+    return _json({"audit": await _run(queries.audit, config.store, _param(request, "limit"))})
 
 
 async def _chargeback(request: web.Request) -> web.StreamResponse:
@@ -491,13 +524,9 @@ async def _chargeback(request: web.Request) -> web.StreamResponse:
 
     config = request.app[CONFIG]
     principal = _principal(request)
-    month = request.query.get("month") or config.clock().strftime("%Y-%m")
+    month = _param(request, "month") or config.clock().strftime("%Y-%m")
     await _require(config, principal, "admin", "report.chargeback", month, {})
-    try:
-        start = datetime.strptime(month, "%Y-%m").date()
-    except ValueError:
-        raise FinopsError("month must be YYYY-MM") from None
-    end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    start, end = month_bounds(month)
     rows = await _run(queries.chargeback, config.store, start, end)
     await _audit(config, principal, "report.chargeback", month, "ok", {"rows": len(rows)})
     out = io.StringIO()
@@ -547,11 +576,12 @@ async def _security_headers(
 
 def build_app(config: DashboardConfig) -> web.Application:
     """The aiohttp application: pages, ``/api/...``, ``/healthz`` and ``/metrics``."""
-    app = web.Application(middlewares=[_security_headers, _error_middleware, _auth_middleware],
+    app = web.Application(middlewares=[_security_headers, _error_middleware, _auth_middleware, _params_middleware],
                           client_max_size=64 * 1024)
     app[CONFIG] = config
     for path in PAGES:
         app.router.add_get(path, _page)
+    app.router.add_get("/alerts/{alert_id}", _alert_page)
     app.router.add_get("/login", _login_page)
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
     app.router.add_post("/api/session", _session_create)
@@ -566,6 +596,7 @@ def build_app(config: DashboardConfig) -> web.Application:
     app.router.add_get("/api/budgets", _budgets)
     app.router.add_post("/api/budgets", _budget_put)
     app.router.add_get("/api/alerts", _alerts)
+    app.router.add_get("/api/alerts/{alert_id}", _alert)
     app.router.add_get("/api/recommendations", _recommendations)
     app.router.add_get("/api/approvals", _approvals)
     app.router.add_post("/api/approvals/{alert_id}", _approval_decide)

@@ -129,6 +129,7 @@ function link(href, text) { return h("a", {href}, text); }
 function agentLink(id) { return link("/agents/" + encodeURIComponent(id), id); }
 function teamLink(team) { return link("/teams/" + encodeURIComponent(team), team); }
 function sev(severity) { return h("span", {class: "badge " + severity}, severity); }
+function alertLink(a) { return link("/alerts/" + encodeURIComponent(a.alert_id), a.title); }
 
 function budgetsTable(budgets, testid = "budgets") {
   return table(testid, ["Policy", "Scope", "Period", "Limit", "Spent", "Utilisation", "Mode"],
@@ -144,7 +145,7 @@ function alertsTable(alerts, testid = "alerts") {
     alerts.map(a => h("tr", {"data-alert": a.alert_id},
       h("td", {}, when(a.occurred_at)), h("td", {}, sev(a.severity)), h("td", {}, a.kind), h("td", {}, a.state),
       h("td", {}, a.team ? teamLink(a.team) : "–"), h("td", {}, a.agent_id ? agentLink(a.agent_id) : "–"),
-      h("td", {title: a.summary}, a.title), h("td", {}, money(a.amount_usd, "alert-amount")))));
+      h("td", {title: a.summary}, alertLink(a)), h("td", {}, money(a.amount_usd, "alert-amount")))));
 }
 function trendPoints(rows) { return rows.map(r => ({x: r.day, y: r.cost_usd})); }
 
@@ -162,6 +163,8 @@ const VIEWS = [
     budgetsTable(d.budgets))]},
   {re: /^\/alerts$/, title: () => "Alerts", api: () => "/api/alerts?limit=200", render: d => [section("Alerts feed",
     alertsTable(d.alerts))]},
+  {re: /^\/alerts\/([^/]+)$/, title: m => "Alert " + m[1], api: m => "/api/alerts/" + encodeURIComponent(m[1]),
+   render: renderAlert},
   {re: /^\/recommendations$/, title: () => "Recommendations", api: () => "/api/recommendations",
    render: renderRecommendations},
   {re: /^\/admin$/, title: () => "Administration", api: () => "/api/audit?limit=100", render: renderAdmin},
@@ -269,6 +272,33 @@ function renderAgent(d) {
     section("Control", controlForm(d), table("control-history", ["Issued", "Scope", "Action", "Reason", "By"],
       control.history.map(c => h("tr", {}, h("td", {}, when(c.issued_at)), h("td", {}, `${c.scope_type}: ${c.scope_value}`),
         h("td", {}, c.action), h("td", {}, c.reason), h("td", {}, c.issued_by))))),
+  ];
+}
+
+function renderAlert(d) {
+  // The page an alert's Slack / PagerDuty / webhook link opens: what, who, how much, the state changes of the same
+  // condition and where it was delivered.
+  const a = d.alert;
+  const facts = [["Kind", a.kind], ["Severity", sev(a.severity)], ["State", a.state], ["When", when(a.occurred_at)],
+    ["Team", a.team ? teamLink(a.team) : "–"], ["Project", a.project || "–"],
+    ["Agent", a.agent_id ? agentLink(a.agent_id) : "–"], ["Policy", a.policy_id || "–"], ["Model", a.model || "–"],
+    ["Amount", money(a.amount_usd, "alert-amount")], ["Limit / expected", money(a.limit_usd, "alert-limit")],
+    ["Actions", (a.actions || []).join(", ") || "–"], ["Dedup key", a.dedup_key]];
+  return [
+    h("p", {class: "sub", "data-testid": "alert-title", "data-alert": a.alert_id}, a.title),
+    section("Alert", h("p", {"data-testid": "alert-summary"}, a.summary),
+      table("alert-facts", ["Fact", "Value"], facts.map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", {}, v))))),
+    section("Details", table("alert-details", ["Key", "Value"], Object.entries(a.details || {}).sort().map(
+      ([k, v]) => h("tr", {}, h("td", {}, k), h("td", {}, v))))),
+    section("State changes", table("alert-history", ["When", "State", "Severity", "Title", "Amount"],
+      d.history.map(x => h("tr", {"data-alert": x.alert_id, class: x.alert_id === a.alert_id ? "active" : null},
+        h("td", {}, when(x.occurred_at)), h("td", {}, x.state), h("td", {}, sev(x.severity)),
+        h("td", {}, link("/alerts/" + encodeURIComponent(x.alert_id), x.title)),
+        h("td", {}, money(x.amount_usd, "alert-amount")))))),
+    section("Deliveries", table("alert-deliveries", ["When", "Channel", "Destination", "Attempt", "Status", "HTTP"],
+      d.deliveries.map(x => h("tr", {}, h("td", {}, when(x.delivered_at)), h("td", {}, x.channel),
+        h("td", {}, x.destination_name), h("td", {}, String(x.attempt)), h("td", {}, x.status),
+        h("td", {}, x.http_status === null ? "–" : String(x.http_status)))))),
   ];
 }
 
