@@ -483,6 +483,32 @@ def project_in_scope(db: Runner, scope: Scope, project: str) -> bool:
     return bool(rows and rows[0]["n"])
 
 
+_SCOPE_TEAMS = {
+    "project": "SELECT DISTINCT team, project FROM spend_daily WHERE project = {value:String} ORDER BY team, project",
+    "agent": "SELECT DISTINCT team, project FROM spend_daily WHERE agent_id = {value:String} ORDER BY team, project",
+}
+
+
+def scope_attribution(db: Runner, scope_type: str, scope_value: str) -> list[tuple[str, str]] | None:
+    """Every ``(team, project)`` a budget scope covers, over all teams (an ownership check must see the teams the
+    caller cannot): a team is its own (``project`` empty); a project or an agent covers the teams and projects it
+    has spend under (empty when it has none yet). None for a tag scope, which cuts across teams."""
+    if scope_type == "team":
+        return [(scope_value, "")]
+    sql = _SCOPE_TEAMS.get(scope_type)
+    if sql is None:
+        return None
+    return [(r["team"], r["project"]) for r in db.select(sql, {"value": scope_value})]
+
+
+def budget_scope(db: Runner, policy_id: str) -> tuple[str, str] | None:
+    """``(scope_type, scope_value)`` of the newest stored version of ``policy_id`` (a deleted one too: its id still
+    names that owner's budget history), None when no version is stored."""
+    rows = db.select("SELECT scope_type, scope_value FROM budgets WHERE policy_id = {policy_id:String} "
+                     "ORDER BY version DESC LIMIT 1", {"policy_id": policy_id})
+    return (rows[0]["scope_type"], rows[0]["scope_value"]) if rows else None
+
+
 def next_budget_version(db: Runner, policy_id: str) -> int:
     rows = db.select("SELECT max(version) AS v FROM budgets WHERE policy_id = {policy_id:String}",
                      {"policy_id": policy_id})

@@ -8,7 +8,8 @@ on the default thread pool and the event loop keeps serving.
 
 Writes (all audited in ``admin_audit``, refused ones too):
 * ``POST /api/control``          operator, finops_admin: a signed ControlCommand on ``agent.control.v1``;
-* ``POST /api/budgets``          team_lead (their teams), finops_admin: a BudgetPolicy on ``finops.policies.v1``;
+* ``POST /api/budgets``          team_lead (their teams: the new scope and an existing policy's), finops_admin: a
+                                 BudgetPolicy on ``finops.policies.v1``;
 * ``POST /api/approvals/{id}``   team_lead (their teams), finops_admin: approve / deny an approval request;
 * ``POST /api/tokens/{id}/revoke`` finops_admin.
 Cookie-authenticated writes must carry ``X-Finops-Request: 1`` (a header a cross-site form cannot send), which
@@ -401,6 +402,43 @@ async def _require_target(config: DashboardConfig, principal: Principal, scope_t
         raise PermissionDeniedError(f"{target} is outside your teams")
 
 
+async def _covers_whole_scope(config: DashboardConfig, principal: Principal, scope_type: str,
+                              scope_value: str) -> bool:
+    """Whether every team (and project) a budget scope covers is within the caller's scope. Stricter than
+    :func:`_require_target` (one visible team is not enough): a budget on a project or an agent that another team
+    also spends under would count, alert on and enforce against that team too."""
+    scope = principal.scope
+    if scope.all_teams:
+        return True
+    pairs = await _run(queries.scope_attribution, config.store, scope_type, scope_value)
+    if not pairs:  # a tag scope, or a project / agent with no spend yet: no team can be shown to own it
+        return False
+    return all(scope.covers(team, project or None) for team, project in pairs)
+
+
+async def _require_budget_owner(config: DashboardConfig, principal: Principal, policy_id: str, scope_type: str,
+                                scope_value: str, details: Mapping[str, Any]) -> None:
+    """A budget write must stay within the caller's teams on both sides: the new scope, and the scope of the policy
+    it replaces when ``policy_id`` exists (else reusing another team's ``policy_id`` takes that budget over, since
+    the compacted policy topic keeps only the latest version). finops admins may do anything. Audited and 403."""
+    new_target = f"{scope_type}:{scope_value}"
+    if not await _covers_whole_scope(config, principal, scope_type, scope_value):
+        await _audit(config, principal, "budget.put", policy_id, "denied",
+                     {**details, "scope": new_target, "why": "scope outside your teams"})
+        raise PermissionDeniedError(f"{new_target} is outside your teams (a budget's scope must lie wholly within "
+                                    "them)")
+    existing = await _run(queries.budget_scope, config.store, policy_id)
+    if existing is None or existing == (scope_type, scope_value):
+        return
+    old_target = f"{existing[0]}:{existing[1]}"
+    if not await _covers_whole_scope(config, principal, *existing):
+        await _audit(config, principal, "budget.put", policy_id, "denied",
+                     {**details, "scope": new_target, "existing_scope": old_target,
+                      "why": "existing policy outside your teams"})
+        raise PermissionDeniedError(f"budget {policy_id} exists with scope {old_target}, which is outside your teams: "
+                                    "choose another policy_id (a finops_admin may re-scope it)")
+
+
 async def _control(request: web.Request) -> web.StreamResponse:
     from schemas.models import ControlCommand, sign
     from schemas.wire import AvroCodec
@@ -450,7 +488,8 @@ async def _budget_put(request: web.Request) -> web.StreamResponse:
     policy_id = str(body.get("policy_id", ""))
     await _require(config, principal, "budget.write", "budget.put", policy_id, {"limit_usd": body.get("limit_usd")})
     scope_type, scope_value = str(body.get("scope_type", "")), str(body.get("scope_value", ""))
-    await _require_target(config, principal, scope_type, scope_value, "budget.put", {"policy_id": policy_id})
+    await _require_budget_owner(config, principal, policy_id, scope_type, scope_value,
+                                {"limit_usd": body.get("limit_usd")})
     if config.publisher is None:
         return _error(503, "budget changes are disabled here: configure Kafka (FINOPS_KAFKA_BOOTSTRAP)")
     limit = body.get("limit_usd")

@@ -1,7 +1,7 @@
-"""CLI of detection and governance: ``finops policy apply FILE [--dry-run] [--prune]``, ``finops policy list``,
-``finops detect run``. Registered through ``COMMAND_MODULES`` in ``finops/cli.py``; heavy imports stay inside the
-handlers so ``finops --help`` is fast. Handlers follow STYLE's order: logging, settings, connectivity, build,
-signal handlers, run, close in reverse."""
+"""CLI of detection and governance: ``finops policy apply FILE [--dry-run] [--prune] [--allow-rescope]``,
+``finops policy list``, ``finops detect run``. Registered through ``COMMAND_MODULES`` in ``finops/cli.py``; heavy
+imports stay inside the handlers so ``finops --help`` is fast. Handlers follow STYLE's order: logging, settings,
+connectivity, build, signal handlers, run, close in reverse."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     apply.add_argument("file", help="policy YAML file (see infra/policies.example.yaml)")
     apply.add_argument("--dry-run", action="store_true", help="show the diff against the published policies only")
     apply.add_argument("--prune", action="store_true", help="delete published policies that are not in the file")
+    apply.add_argument("--allow-rescope", action="store_true",
+                       help="publish updates that move a published policy to another scope (a finops admin's "
+                            "decision: it takes the budget from its current owner)")
     apply.set_defaults(func=_apply)
     listing = policy_sub.add_parser("list", help="list the published policies")
     listing.set_defaults(func=_list)
@@ -47,6 +50,7 @@ def _apply(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from stream_jobs.policies import (
+        check_rescopes,
         compute_diff,
         load_policy_file,
         load_published_policies,
@@ -64,6 +68,7 @@ def _apply(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("(dry run: nothing published)")
         return 0
+    check_rescopes(changes, allow=args.allow_rescope)
     count = publish_changes(config, topics.policies, changes)
     print(f"published {count} change(s) to {topics.policies}")
     return 0

@@ -18,7 +18,8 @@ File format (``infra/policies.example.yaml`` is the worked example)::
 
 Keys are the BudgetPolicy fields (``schemas/avro/BudgetPolicy.avsc``) except ``version`` and ``updated_at``, which
 ``finops policy apply`` manages: an unchanged policy keeps its version and is not republished; a changed one gets the
-published version + 1. Every problem of the file is reported at once with its line (``policies.yaml:14:
+published version + 1. An update that changes a published policy's scope (``scope_type`` / ``scope_value``) is a
+re-scope: the diff marks it and it is refused without ``--allow-rescope`` (:func:`check_rescopes`). Every problem of the file is reported at once with its line (``policies.yaml:14:
 policies[0].thresholds[1].percent: ...``), and a file with any problem publishes nothing, so the running policies
 stay as they were.
 
@@ -49,6 +50,8 @@ __all__ = [
     "PolicyFileError",
     "PolicyProblem",
     "PolicyPublishError",
+    "PolicyRescopeError",
+    "check_rescopes",
     "compute_diff",
     "load_policy_file",
     "load_policy_text",
@@ -222,6 +225,48 @@ class PolicyChange:
     policy: BudgetPolicy | None  # what to publish (None for delete)
     fields: tuple[tuple[str, Any, Any], ...] = ()  # (field, old, new) for update
 
+    @property
+    def rescope(self) -> tuple[str, str] | None:
+        """``(old scope, new scope)`` as ``type=value`` when this update moves the policy to another scope, else
+        None. A re-scope hands a budget (and its enforcement) from one owner to another: see :func:`check_rescopes`.
+        """
+        if self.action != "update" or self.policy is None:
+            return None
+        old = {name: before for name, before, _ in self.fields if name in _SCOPE_FIELDS}
+        if not old:
+            return None
+        p = self.policy
+        return (f"{old.get('scope_type', p.scope_type)}={old.get('scope_value', p.scope_value)}",
+                f"{p.scope_type}={p.scope_value}")
+
+
+_SCOPE_FIELDS = ("scope_type", "scope_value")
+
+
+class PolicyRescopeError(FinopsError):
+    """The file moves published policies to another scope, and ``--allow-rescope`` was not given. Nothing was
+    published."""
+
+
+def check_rescopes(changes: Sequence[PolicyChange], *, allow: bool) -> None:
+    """Refuse (:class:`PolicyRescopeError`, naming each policy and both scopes) a file that changes the scope of a
+    published policy, unless ``allow``.
+
+    Why: ``policy_id`` is the key of the compacted topic, so a file that reuses another team's ``policy_id`` with its
+    own scope silently takes that budget over (its counters, alerts and enforcement move to the new scope, and the
+    owning team loses its budget). The CLI has no caller identity (writing to the topic is the permission), so it
+    cannot tell a legitimate re-scope from a take-over; it makes every re-scope explicit instead: the diff marks it,
+    and publishing it needs ``--allow-rescope``, a finops admin's decision. The dashboard API checks ownership per
+    caller (``POST /api/budgets``). Pure."""
+    moved = [(c.policy_id, *c.rescope) for c in changes if c.rescope is not None]
+    if moved and not allow:
+        listed = "; ".join(f"{pid}: {old} -> {new}" for pid, old, new in moved)
+        raise PolicyRescopeError(
+            f"refused: the file changes the scope of {len(moved)} published polic{'y' if len(moved) == 1 else 'ies'} "
+            f"({listed}). A re-scope moves a budget to another owner; if that is intended (a finops admin's "
+            "decision), re-run with --allow-rescope, otherwise give the policy a new policy_id. Nothing was "
+            "published.")
+
 
 def _comparable(policy: BudgetPolicy) -> dict[str, Any]:
     return {k: v for k, v in policy.to_avro_dict().items() if k not in _MANAGED}
@@ -269,7 +314,9 @@ def render_diff(changes: Sequence[PolicyChange]) -> str:
                          f"({p.mode}, {p.timezone}) thresholds {[t.percent for t in p.thresholds]}")
         elif change.action == "update":
             assert change.policy is not None
-            lines.append(f"~ {change.policy_id} (version {change.policy.version}):")
+            moved = change.rescope
+            note = f" RE-SCOPE {moved[0]} -> {moved[1]} (needs --allow-rescope)" if moved else ""
+            lines.append(f"~ {change.policy_id} (version {change.policy.version}):{note}")
             lines.extend(f"    {name}: {_show(old)} -> {_show(new)}" for name, old, new in change.fields)
         elif change.action == "delete":
             lines.append(f"- {change.policy_id} (deleted)")

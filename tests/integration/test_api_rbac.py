@@ -4,12 +4,14 @@ commands, a revoked token is refused, crafted filter values never reach the SQL 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from dashboard.store import Store
+from tests.integration.ch_fixtures import insert_ledger, ledger_row
 from tests.integration.test_api_support import (
     AGENTS,
     Fleet,
@@ -176,6 +178,53 @@ def test_budgets_and_approvals_by_role(dash: RunningDashboard, spy: SpyStore) ->
         ("team_lead", "budget.put", "ok"), ("developer", "approval.decide", "denied"),
         ("team_lead", "approval.decide", "denied"), ("team_lead", "approval.decide", "ok"),
     ]
+
+
+def test_team_lead_cannot_take_over_or_widen_another_teams_budget(dash: RunningDashboard, spy: SpyStore,
+                                                                  fleet: Fleet, ch_client: Any) -> None:
+    # issue 14 item 3: POSTing another team's policy_id with one's own team as scope took that budget over.
+    lead = dash.issue("team_lead", "payments", subject="lead")
+    base = {"period": "month", "limit_usd": "100000", "mode": "soft",
+            "thresholds": [{"percent": 80, "actions": ["notify"]}]}
+    refused = [
+        ({"policy_id": "bud-ranking-week", "scope_type": "team", "scope_value": "payments"}, "project:ranking"),
+        ({"policy_id": "bud-lab-day", "scope_type": "agent", "scope_value": "pay-bot-1"}, "agent:lab-runner"),
+        ({"policy_id": "bud-tag-cost-center", "scope_type": "team", "scope_value": "payments"},
+         "tag:cost_center=42"),
+    ]
+    for target, existing in refused:
+        status, body = call(dash.url + "/api/budgets", lead, method="POST", body={**base, **target})
+        assert status == 403, (target, body)
+        assert f"exists with scope {existing}, which is outside your teams" in body["error"]
+    assert dash.publisher.records == []
+    denied = spy.select("SELECT target, details FROM admin_audit WHERE outcome = 'denied' ORDER BY at, audit_id")
+    assert [r["target"] for r in denied] == ["bud-ranking-week", "bud-lab-day", "bud-tag-cost-center"]
+    assert '"existing_scope":"project:ranking"' in denied[0]["details"]
+
+    # within their own teams a lead may re-scope their budget; the owner may move theirs; an admin may do anything
+    status, _ = call(dash.url + "/api/budgets", lead, method="POST",
+                     body={**base, "policy_id": "bud-payments-month", "scope_type": "project",
+                           "scope_value": "checkout"})
+    assert status == 202
+    search_lead = dash.issue("team_lead", "search")
+    status, _ = call(dash.url + "/api/budgets", search_lead, method="POST",
+                     body={**base, "policy_id": "bud-ranking-week", "scope_type": "team", "scope_value": "search"})
+    assert status == 202
+    status, _ = call(dash.url + "/api/budgets", dash.issue("finops_admin"), method="POST",
+                     body={**base, "policy_id": "bud-lab-day", "scope_type": "team", "scope_value": "payments"})
+    assert status == 202
+    assert [r.key for r in dash.publisher.records] == ["bud-payments-month", "bud-ranking-week", "bud-lab-day"]
+
+    # a project another team also spends under is not the lead's alone: no new budget on it either
+    insert_ledger(ch_client, fleet.database, [ledger_row("0.01", fleet.now - timedelta(minutes=1),
+                                                         agent_id="pay-bot-1", team="payments", project="ranking")])
+    status, body = call(dash.url + "/api/budgets", lead, method="POST",
+                        body={**base, "policy_id": "pay-ranking", "scope_type": "project", "scope_value": "ranking"})
+    assert status == 403 and "outside your teams" in body["error"]
+    # ... and its owner's lead no longer owns it wholly either (the shared project's budget is an admin's)
+    status, body = call(dash.url + "/api/budgets", search_lead, method="POST",
+                        body={**base, "policy_id": "bud-ranking-week", "scope_type": "team", "scope_value": "search"})
+    assert status == 403 and "exists with scope project:ranking" in body["error"]
 
 
 def test_revoked_token_is_refused(dash: RunningDashboard, spy: SpyStore) -> None:

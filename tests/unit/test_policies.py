@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from stream_jobs.policies import PolicyFileError, compute_diff, load_policy_file, load_policy_text, render_diff
+from stream_jobs.policies import (
+    PolicyFileError,
+    PolicyRescopeError,
+    check_rescopes,
+    compute_diff,
+    load_policy_file,
+    load_policy_text,
+    render_diff,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +77,26 @@ def test_diff_bumps_versions_only_on_change() -> None:
     assert [(c.action, c.policy_id) for c in changes] == [("update", "a"), ("delete", "gone")]
     assert changes[0].policy is not None and changes[0].policy.version == 5
     assert "limit_usd: 0.1 -> 5" in render_diff(changes)
+
+
+def test_a_rescope_is_marked_in_the_diff_and_refused_without_allow_rescope() -> None:
+    # issue 14 item 3: a file reusing another team's policy_id with its own scope took the budget over silently
+    (old,) = load_policy_text(GOOD, source="p.yaml", now=NOW)
+    published = {"a": old.model_copy(update={"version": 2})}
+    (taken,) = load_policy_text(GOOD.replace("scope_value: search", "scope_value: payments"), source="p.yaml",
+                                now=NOW)
+    changes = compute_diff([taken], published)
+    assert changes[0].rescope == ("team=search", "team=payments")
+    assert "RE-SCOPE team=search -> team=payments (needs --allow-rescope)" in render_diff(changes)
+    with pytest.raises(PolicyRescopeError, match=r"a: team=search -> team=payments.*--allow-rescope"):
+        check_rescopes(changes, allow=False)
+    check_rescopes(changes, allow=True)
+    (as_project,) = load_policy_text(GOOD.replace("scope_type: team", "scope_type: project"), source="p.yaml",
+                                     now=NOW)
+    assert compute_diff([as_project], published)[0].rescope == ("team=search", "project=search")
+    # other updates, additions and deletions are no re-scope
+    (raised,) = load_policy_text(GOOD.replace("0.1", "5"), source="p.yaml", now=NOW)
+    changes = compute_diff([raised], {"a": old, "gone": old.model_copy(update={"policy_id": "gone"})}, prune=True)
+    assert [c.rescope for c in changes] == [None, None]
+    check_rescopes(changes, allow=False)
+    assert compute_diff([taken], {})[0].rescope is None
