@@ -20,7 +20,6 @@ key read of a tiny table (FINAL over one ORDER BY key), cheap next to the dashbo
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from finops import tokens as _tokens
+from finops.tokens import compute_token_hash
 from schemas.errors import FinopsError
 
 __all__ = [
@@ -65,7 +66,7 @@ _ALLOWED: Mapping[Action, frozenset[Role]] = {
 }
 
 ALL_TEAMS = "*"
-_TOKEN_RE = re.compile(r"fo_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})")
+_PREFIX = "fo"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:@/-]{1,128}")
 
 
@@ -149,21 +150,17 @@ class Principal:
 
 
 # ---- token text (pure) ------------------------------------------------------------------------------------------
-def compute_token_hash(secret: str) -> str:
-    """Hex sha256 of a token's secret part: what ``api_tokens.token_hash`` stores."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
+# The token text and its hashing live in the ground layer (finops.tokens), shared with the intake receiver.
 def format_token(token_id: str, secret: str) -> str:
-    return f"fo_{token_id}_{secret}"
+    return _tokens.format_token(token_id, secret, _PREFIX)
 
 
 def parse_token(token: str) -> tuple[str, str]:
     """Split a presented token into ``(token_id, secret)``; raise :class:`AuthenticationError` if malformed."""
-    match = _TOKEN_RE.fullmatch(token.strip())
-    if match is None:
-        raise AuthenticationError("invalid or revoked token")
-    return match.group(1), match.group(2)
+    try:
+        return _tokens.parse_token(token, _PREFIX)
+    except _tokens.TokenTextError:
+        raise AuthenticationError("invalid or revoked token") from None
 
 
 def _check_names(values: Iterable[str], what: str) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sinks.sql_cli",
     "sinks.worker_cli",
     "producers.cli",
+    "producers.intake.cli",
     "stream_jobs.cli",
     "stream_jobs.detection_cli",
     "alerting.control_cli",

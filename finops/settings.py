@@ -161,6 +161,31 @@ class ControlSettings(BaseSettings):
     operator_key: SecretStr | None = Field(None, description="key an operator presents to `finops control`")
 
 
+class IntakeSettings(BaseSettings):
+    """The intake role (``finops intake run``): the OTLP/HTTP receiver and gateway webhooks."""
+
+    model_config = _section("FINOPS_INTAKE_")
+
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 to take other machines' telemetry)")
+    port: int = Field(4318, ge=1, le=65535, description="OTLP/HTTP port (4318 is the OTLP default)")
+    tokens_file: Path | None = Field(None, description="intake bearer tokens (hashed); default <data dir>/intake/tokens.json")
+    spool_dir: Path | None = Field(None, description="the intake producer's spool; default <data dir>/spool-intake")
+    spool_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="spool bound; when full, answer 503")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body, after gunzip")
+    retry_after_seconds: int = Field(5, ge=1, description="Retry-After of a 503 (spool full, broker error)")
+    delivery_timeout_seconds: float = Field(60.0, gt=0, description="longest wait for Kafka or the spool")
+    team_attributes: list[str] = Field(["attr:team.name", "resource:team.name"],
+                                       description="where a call's team comes from (JSON list of attr:/resource: paths)")
+    project_attributes: list[str] = Field(["attr:project.name", "resource:project.name"])
+    agent_attributes: list[str] = Field(["attr:gen_ai.agent.id", "attr:gen_ai.agent.name", "resource:gen_ai.agent.id",
+                                         "resource:service.name"])
+    task_attributes: list[str] = Field(["attr:gen_ai.conversation.id", "attr:session.id",
+                                        "resource:gen_ai.conversation.id"])
+    parent_task_attributes: list[str] = Field(["span:parent"])
+    environment_attributes: list[str] = Field(["resource:deployment.environment.name",
+                                               "resource:deployment.environment"])
+
+
 class CoreSettings(BaseSettings):
     model_config = _section("FINOPS_")
 
@@ -177,13 +202,14 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "stream": StreamSettings,
     "alerting": AlertingSettings,
     "control": ControlSettings,
+    "intake": IntakeSettings,
 }
 
 
 class FinopsSettings:
     """The effective configuration: one frozen section per part."""
 
-    __slots__ = ("core", "kafka", "clickhouse", "producer", "stream", "alerting", "control")
+    __slots__ = ("alerting", "clickhouse", "control", "core", "intake", "kafka", "producer", "stream")
 
     def __init__(self, core: CoreSettings, **sections: Any) -> None:
         object.__setattr__(self, "core", core)
@@ -200,6 +226,7 @@ class FinopsSettings:
     stream: StreamSettings
     alerting: AlertingSettings
     control: ControlSettings
+    intake: IntakeSettings
 
     @property
     def data_dir(self) -> Path:

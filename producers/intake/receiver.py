@@ -1,0 +1,253 @@
+"""The intake receiver: OTLP/HTTP (``POST /v1/traces``, ``/v1/logs``, ``/v1/metrics``) -> usage events on Kafka.
+
+One request, in this order: authenticate (``Authorization: Bearer fi_...``; missing, wrong or revoked -> 401 and
+nothing is read or written), check the content type (415), decode (400 with a ``google.rpc.Status``), map with the
+source family's pure mapping (:mod:`producers.intake.families`), attribute, validate, hand every event to the
+producer SDK (:class:`producers.producer.UsageProducer`) and **wait for each one's outcome**.
+
+Delivery guarantee: a 2xx answer means every accepted event was acknowledged by Kafka (``acks=all``) or written to
+the SDK's on-disk spool, which survives the death of this process. When an event can be neither (spool full, a
+permanent broker error, no outcome within ``delivery_timeout``) the answer is 503 with ``Retry-After``: exporters
+retry, and what did get through is deduplicated downstream by its deterministic event id. An item that cannot
+become a valid event (negative counts...) is rejected by ``partial_success`` (count and reason) and not retried, as
+the OTLP specification asks. Metrics are decoded and acknowledged but never counted (:mod:`families`).
+
+Not offered: OTLP/gRPC (4317). Exporters are pointed at HTTP with ``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf``
+(or ``http/json``) and ``OTEL_EXPORTER_OTLP_ENDPOINT=http://host:4318`` (README "Connect your agents").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+from producers.intake.calls import Attribution, Call, build_event
+from producers.intake.families import Mapped, calls_from_logs, calls_from_spans
+from producers.intake.otlp import (
+    JSON,
+    PROTOBUF,
+    OtlpDecodeError,
+    Signal,
+    count_items,
+    decode_request,
+    encode_error,
+    encode_response,
+    logs_of,
+    media_type,
+    spans_of,
+)
+from producers.intake.tokens import IntakeAuthError, IntakeToken, IntakeTokenStore
+from producers.producer import Delivery, UsageProducer
+from producers.spool import SpoolFull
+from schemas.errors import ValidationFailed
+
+__all__ = ["IntakeMetrics", "IntakeReceiver", "build_app", "build_runner"]
+
+log = logging.getLogger(__name__)
+
+# gRPC status codes carried in google.rpc.Status bodies.
+_INVALID_ARGUMENT = 3
+_UNAUTHENTICATED = 16
+_UNAVAILABLE = 14
+
+
+@dataclass
+class IntakeMetrics:
+    """Counters since start, served at ``GET /metrics`` (Prometheus text). Metric names are declared here once:
+
+    ``finops_intake_requests_total{signal,code}``      requests answered, by HTTP status
+    ``finops_intake_calls_total{family}``              calls turned into events and delivered or spooled
+    ``finops_intake_unattributed_calls_total{family}`` of those, calls missing team or project (``unattributed``)
+    ``finops_intake_unattributed_reported_cost_usd``   the reported cost of the unattributed calls (the priced cost
+                                                       is in the ``v_unattributed_spend`` view)
+    ``finops_intake_not_counted_total{reason}``        items with usage deliberately not counted (agent totals...)
+    ``finops_intake_rejected_total{signal}``           items rejected through partial_success
+    """
+
+    requests: Counter[tuple[str, int]] = field(default_factory=Counter)
+    calls: Counter[str] = field(default_factory=Counter)
+    unattributed: Counter[str] = field(default_factory=Counter)
+    unattributed_cost: Decimal = Decimal(0)
+    not_counted: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def render(self) -> str:
+        lines = ["# TYPE finops_intake_requests_total counter"]
+        lines += [f'finops_intake_requests_total{{signal="{s}",code="{c}"}} {n}' for (s, c), n in
+                  sorted(self.requests.items())]
+        lines.append("# TYPE finops_intake_calls_total counter")
+        lines += [f'finops_intake_calls_total{{family="{f}"}} {n}' for f, n in sorted(self.calls.items())]
+        lines.append("# TYPE finops_intake_unattributed_calls_total counter")
+        lines += [f'finops_intake_unattributed_calls_total{{family="{f}"}} {n}'
+                  for f, n in sorted(self.unattributed.items())]
+        lines.append("# TYPE finops_intake_unattributed_reported_cost_usd counter")
+        lines.append(f"finops_intake_unattributed_reported_cost_usd {self.unattributed_cost}")
+        lines.append("# TYPE finops_intake_not_counted_total counter")
+        lines += [f'finops_intake_not_counted_total{{reason="{r}"}} {n}' for r, n in sorted(self.not_counted.items())]
+        lines.append("# TYPE finops_intake_rejected_total counter")
+        lines += [f'finops_intake_rejected_total{{signal="{s}"}} {n}' for s, n in sorted(self.rejected.items())]
+        return "\n".join(lines) + "\n"
+
+
+class _Unavailable(Exception):
+    """Some event was neither acknowledged nor spooled: answer 503 (retry)."""
+
+
+class IntakeReceiver:
+    """The request handlers (module docstring: order and guarantee). ``producer`` is owned by the caller."""
+
+    def __init__(self, producer: UsageProducer, tokens: IntakeTokenStore, *, attribution: Attribution | None = None,
+                 max_body_bytes: int = 32 * 1024 * 1024, retry_after: int = 5,
+                 delivery_timeout: float = 60.0) -> None:
+        self.producer = producer
+        self.tokens = tokens
+        self.attribution = attribution or Attribution()
+        self.max_body_bytes = max_body_bytes
+        self.retry_after = retry_after
+        self.delivery_timeout = delivery_timeout
+        self.metrics = IntakeMetrics()
+
+    # ---- helpers ------------------------------------------------------------------------------------------------
+    def _answer(self, signal: str, status: int, body: bytes, content_type: str,
+                headers: dict[str, str] | None = None) -> web.Response:
+        self.metrics.requests[(signal, status)] += 1
+        return web.Response(status=status, body=body, content_type=content_type, headers=headers)
+
+    def _error(self, signal: str, status: int, content_type: str, grpc_code: int, message: str,
+               headers: dict[str, str] | None = None) -> web.Response:
+        return self._answer(signal, status, encode_error(content_type, grpc_code, message), content_type, headers)
+
+    async def _deliver(self, calls: list[Call], token: IntakeToken) -> tuple[list[Call], list[dict[str, Any]], str]:
+        """Emit every call's event and wait until each is delivered or spooled. Returns the accepted calls, their
+        events and the first rejection reason (an event failing validation: nothing of it was sent). Raises
+        :class:`_Unavailable` when an accepted event was neither delivered nor spooled."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Delivery]] = []
+        accepted: list[Call] = []
+        events: list[dict[str, Any]] = []
+        reason = ""
+
+        def settle(future: asyncio.Future[Delivery], delivery: Delivery) -> None:
+            if not future.done():
+                future.set_result(delivery)
+
+        def callback_for(future: asyncio.Future[Delivery]) -> Callable[[Delivery], None]:
+            def callback(delivery: Delivery) -> None:  # on the producer's poll thread
+                loop.call_soon_threadsafe(settle, future, delivery)
+
+            return callback
+
+        for call in calls:
+            event = build_event(call, self.attribution, source=token.source, default_team=token.team,
+                                default_project=token.project)
+            future: asyncio.Future[Delivery] = loop.create_future()
+            try:
+                self.producer.emit(event, on_delivery=callback_for(future))
+            except ValidationFailed as err:  # raised before anything is sent
+                reason = reason or f"{call.family} call {call.identity[:80]}: {err}"
+                continue
+            except SpoolFull as err:
+                raise _Unavailable("the intake spool is full (the broker has been away for long); retry later") \
+                    from err
+            futures.append(future)
+            accepted.append(call)
+            events.append(event)
+        if futures:
+            try:
+                done = await asyncio.wait_for(asyncio.gather(*futures), self.delivery_timeout)
+            except TimeoutError as err:
+                raise _Unavailable("events were not acknowledged by Kafka nor spooled in time; retry later") from err
+            bad = [d for d in done if d.status not in ("delivered", "spooled")]
+            if bad:
+                raise _Unavailable(f"{len(bad)} events could not be delivered ({bad[0].status}: {bad[0].error}); "
+                                   "retry later")
+        return accepted, events, reason
+
+    # ---- handlers -----------------------------------------------------------------------------------------------
+    async def handle(self, request: web.Request, signal: Signal) -> web.Response:
+        reply_type = media_type(request.headers.get("Content-Type")) or PROTOBUF
+        try:
+            token = self.tokens.authenticate(request.headers.get("Authorization"))
+        except IntakeAuthError as err:
+            return self._error(signal, 401, reply_type, _UNAUTHENTICATED, str(err),
+                               {"WWW-Authenticate": 'Bearer realm="finops-intake"'})
+        content_type = media_type(request.headers.get("Content-Type"))
+        if content_type is None:
+            return self._error(signal, 415, PROTOBUF, _INVALID_ARGUMENT,
+                               f"unsupported Content-Type {request.headers.get('Content-Type')!r}: send "
+                               f"{PROTOBUF} or {JSON}")
+        body = await request.read()
+        try:
+            message = decode_request(signal, body, content_type,
+                                     content_encoding=request.headers.get("Content-Encoding"),
+                                     max_bytes=self.max_body_bytes)
+        except OtlpDecodeError as err:
+            return self._error(signal, 400, content_type, _INVALID_ARGUMENT, str(err))
+        if signal == "metrics":
+            count_items(signal, message)
+            return self._answer(signal, 200, encode_response(signal, content_type), content_type)
+        mapped = calls_from_spans(spans_of(message)) if signal == "traces" else calls_from_logs(logs_of(message))
+        try:
+            calls, events, reason = await self._deliver(mapped.calls, token)
+        except _Unavailable as err:
+            log.warning("intake: answering 503 to source %s: %s", token.source, err)
+            return self._error(signal, 503, content_type, _UNAVAILABLE, str(err),
+                               {"Retry-After": str(self.retry_after)})
+        rejected = len(mapped.calls) - len(calls)
+        self._count(calls, events, mapped, signal, rejected)
+        return self._answer(signal, 200, encode_response(signal, content_type, rejected=rejected, message=reason),
+                            content_type)
+
+    def _count(self, calls: list[Call], events: list[dict[str, Any]], mapped: Mapped, signal: str,
+               rejected: int) -> None:
+        m = self.metrics
+        for call, event in zip(calls, events, strict=True):
+            m.calls[call.family] += 1
+            if "intake.unattributed" in event["tags"]:
+                m.unattributed[call.family] += 1
+                if call.reported_cost is not None:
+                    m.unattributed_cost += call.reported_cost
+        m.not_counted.update(mapped.not_counted)
+        if rejected:
+            m.rejected[signal] += rejected
+
+    async def traces(self, request: web.Request) -> web.Response:
+        return await self.handle(request, "traces")
+
+    async def logs(self, request: web.Request) -> web.Response:
+        return await self.handle(request, "logs")
+
+    async def metrics_signal(self, request: web.Request) -> web.Response:
+        return await self.handle(request, "metrics")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        stats = self.producer.stats()
+        return web.json_response({"ok": True, "producer_state": stats.state, "spool_pending": stats.spool_pending})
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain")
+
+
+def build_app(receiver: IntakeReceiver) -> web.Application:
+    """The aiohttp application: the three OTLP paths, ``/healthz`` and ``/metrics``."""
+    # The body limit applies to what arrives (compressed); decode_request bounds the gunzipped size too.
+    app = web.Application(client_max_size=receiver.max_body_bytes)
+    app.router.add_post("/v1/traces", receiver.traces)
+    app.router.add_post("/v1/logs", receiver.logs)
+    app.router.add_post("/v1/metrics", receiver.metrics_signal)
+    app.router.add_get("/healthz", receiver.healthz)
+    app.router.add_get("/metrics", receiver.prometheus)
+    return app
+
+
+def build_runner(receiver: IntakeReceiver) -> web.AppRunner:
+    """The runner to serve :func:`build_app` with. aiohttp's own gunzip is off: :func:`otlp.decode_request`
+    decompresses within ``max_body_bytes`` (a gzip bomb cannot take the memory) and reports a bad gzip as a 400."""
+    return web.AppRunner(build_app(receiver), access_log=None, auto_decompress=False)
