@@ -320,7 +320,7 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         print(f"[{time.monotonic() - t_start:5.1f}s] {text}", flush=True)
 
     # Ports first: a clash found after the broker started leaves the user with half a system.
-    wanted = {"dashboard (--port)": args.port}
+    wanted = {"dashboard (--port)": args.port, "OTLP intake (FINOPS_INTAKE_PORT)": settings.intake.port}
     if use_receiver:
         wanted["alert receiver (--receiver-port)"] = args.receiver_port
     if embedded:
@@ -373,6 +373,8 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         Role("detect", [*finops, "detect", "run", "--from-earliest"]),
         Role("alerts", [*finops, "alerts", "run"]),
         Role("dashboard", [*finops, "serve", "--port", str(args.port)], wait_for_port=args.port),
+        # Zero-code intake: OTLP/HTTP from agents that need no SDK (README "Connect your agents").
+        Role("intake", [*finops, "intake", "run"], wait_for_port=settings.intake.port),
     ]
     procs: list[tuple[Role, subprocess.Popen[bytes]]] = []
     fleet: _FleetRunner | None = None
@@ -447,6 +449,8 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         print("               finops sql \"SELECT occurred_at, severity, agent_id, title FROM alerts ORDER BY occurred_at DESC "
               f"LIMIT 10\"")
         print(f"    alerts     {receiver_log if receiver else 'your Slack / PagerDuty'}")
+        print(f"    OTLP       http://{settings.intake.host}:{settings.intake.port}  (finops intake token issue "
+              "--source NAME; README \"Connect your agents\")")
         print(f"    role logs  {logs}/")
         print("    Ctrl-C stops everything.", flush=True)
         if args.open_browser and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
