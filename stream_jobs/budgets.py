@@ -28,6 +28,12 @@ threshold is resolved (``resolve`` with the same dedup key) when the period roll
 raised (or the threshold removed) so that spend is below it again. Alert ids are ``dedup_key:state:n`` with ``n`` a
 per-counter sequence: deterministic, so a replay reproduces the same ids and downstream dedupe by id holds.
 
+Attribution: every alert names what it is about as the usage events that fed its counter do (the counter keeps
+the spend per team and per project it counted, persisted with it): an agent's budget alerts carry the agent's team
+and project, a project's its team (the one with the most spend if several; ``details.teams`` lists them all), a tag
+budget's a team or project only when all of its spend came from one (:func:`compute_attribution`). The dashboard
+filters alerts by team, and routing matches on it, so an unattributed alert would reach finops admins only.
+
 Forecast: the burn rate is the period's average so far (spend / elapsed); the projection is
 ``spent + rate * remaining``. It is judged only after ``forecast_min_elapsed`` of the period has passed (before that
 one busy hour extrapolates to nonsense) and fires once per period while spend is still under the limit.
@@ -60,6 +66,7 @@ __all__ = [
     "BudgetError",
     "Period",
     "SpendEvent",
+    "compute_attribution",
     "compute_entity",
     "compute_forecast",
     "compute_period",
@@ -199,6 +206,35 @@ def policy_matches(policy: BudgetPolicy, event: SpendEvent) -> bool:
     return event.tags.get(key) == value
 
 
+def _top(spend: Mapping[str, Decimal]) -> str | None:
+    """The key with the most spend (ties: the smallest name), None when empty."""
+    return min(spend.items(), key=lambda kv: (-kv[1], kv[0]))[0] if spend else None
+
+
+def compute_attribution(policy: BudgetPolicy, teams: Mapping[str, Decimal],
+                        projects: Mapping[str, Decimal]) -> dict[str, str]:
+    """The ``team`` / ``project`` a policy's alert is attributed to, from the spend per team and per project its
+    counter counted (the usage events carry them). Pure.
+
+    An agent's budget takes the team and project the agent spent under (the one with the most spend when it spent
+    under several); a project's budget its (top) team; a team's budget needs nothing. A tag budget cuts across
+    teams: it is attributed only where all of its spend came from one team (or project), else it stays an
+    organisation-wide alert (finops admins). Dimensions it cannot name are left out."""
+    out: dict[str, str] = {}
+    if policy.scope_type == "agent":
+        for name, spend in (("team", teams), ("project", projects)):
+            if (top := _top(spend)) is not None:
+                out[name] = top
+    elif policy.scope_type == "project":
+        if (top := _top(teams)) is not None:
+            out["team"] = top
+    elif policy.scope_type == "tag":
+        for name, spend in (("team", teams), ("project", projects)):
+            if len(spend) == 1:
+                out[name] = next(iter(spend))
+    return out
+
+
 def counter_key(policy_id: str, period_start_us: int) -> str:
     """The persistent key of a budget counter (also its state-topic key)."""
     return f"budget:{policy_id}:{period_start_us}"
@@ -228,6 +264,9 @@ class BudgetCounter:
     forecast_fired: bool = False
     seq: int = 0
     closed: bool = False
+    #: team -> amount counted from that team's events; project -> amount: whom the counter's alerts are about.
+    teams: dict[str, Decimal] = field(default_factory=dict)
+    projects: dict[str, Decimal] = field(default_factory=dict)
 
     @property
     def spent(self) -> Decimal:
@@ -246,6 +285,8 @@ class BudgetCounter:
             "forecast_fired": self.forecast_fired,
             "seq": self.seq,
             "closed": self.closed,
+            "teams": {t: str(v) for t, v in self.teams.items()},
+            "projects": {p: str(v) for p, v in self.projects.items()},
         }
 
     @classmethod
@@ -264,6 +305,9 @@ class BudgetCounter:
                 forecast_fired=bool(state["forecast_fired"]),
                 seq=int(state["seq"]),
                 closed=bool(state["closed"]),
+                # absent in states written before alerts carried attribution: learnt again from the next events
+                teams={str(t): Decimal(v) for t, v in state.get("teams", {}).items()},
+                projects={str(p): Decimal(v) for p, v in state.get("projects", {}).items()},
             )
         except (KeyError, TypeError, ValueError, ArithmeticError) as err:
             raise BudgetError(f"budget counter state cannot be restored ({err!r}); "
@@ -426,6 +470,8 @@ class BudgetEngine:
             counter.parts[partition] = counter.parts.get(partition, _ZERO) + cost
             hour = event.occurred_at_us - event.occurred_at_us % _HOUR_US
             counter.hours[hour] = counter.hours.get(hour, _ZERO) + cost
+            counter.teams[event.team] = counter.teams.get(event.team, _ZERO) + cost
+            counter.projects[event.project] = counter.projects.get(event.project, _ZERO) + cost
             self._dirty.add(key)
             if not counter.closed:
                 alerts.extend(self._judge(key, counter, policy, now))
@@ -550,7 +596,7 @@ class BudgetEngine:
         dedup = f"{policy.policy_id}:{entity}:forecast:{period.label}"
         left = timedelta(microseconds=max(0, period.end_us - now_us))
         return [self._alert(
-            dedup, counter.seq, "budget_forecast", "warning", "trigger", now_us, policy,
+            dedup, counter.seq, "budget_forecast", "warning", "trigger", now_us, policy, counter=counter,
             title=f"{entity} is on course to exceed its {period.label} budget",
             summary=(f"Spent {_money(spent)} of {_money(policy.limit_usd)} with {_human(left)} left; at the current "
                      f"burn rate the period ends near {_money(projected)}."),
@@ -599,7 +645,8 @@ class BudgetEngine:
         entity = compute_entity(policy)
         return self._alert(
             f"{policy.policy_id}:{entity}:forecast:{counter.period.label}", counter.seq, "budget_forecast", "info",
-            "resolve", now_us, policy, title=f"{entity}: {counter.period.label} budget forecast cleared",
+            "resolve", now_us, policy, counter=counter,
+            title=f"{entity}: {counter.period.label} budget forecast cleared",
             summary="The forecast no longer exceeds the limit (limit raised or period ended).",
             amount=counter.spent, actions=[], details={"period": counter.period.label},
         )
@@ -632,8 +679,8 @@ class BudgetEngine:
                       f"{_money(policy.limit_usd)}."
             severity = "info"
             details["reason"] = why or "limit raised"
-        return self._alert(dedup, counter.seq, "budget_threshold", severity, state, now_us, policy, title=title,
-                           summary=summary, amount=spent, actions=actions, details=details)
+        return self._alert(dedup, counter.seq, "budget_threshold", severity, state, now_us, policy, counter=counter,
+                           title=title, summary=summary, amount=spent, actions=actions, details=details)
 
     def _caps(self, policy: BudgetPolicy, counter: BudgetCounter, event: SpendEvent,
               now_us: int) -> list[dict[str, Any]]:
@@ -689,13 +736,21 @@ class BudgetEngine:
     def _alert(dedup: str, seq: int, kind: str, severity: str, state: str, now_us: int, policy: BudgetPolicy, *,
                title: str, summary: str, amount: Decimal | None, actions: list[str], details: dict[str, str],
                limit: Decimal | None = None, team: str | None = None, project: str | None = None,
-               agent_id: str | None = None, model: str | None = None) -> dict[str, Any]:
+               agent_id: str | None = None, model: str | None = None,
+               counter: BudgetCounter | None = None) -> dict[str, Any]:
         scope = {"team": team, "project": project, "agent_id": agent_id}
+        details = {**details, "scope_type": policy.scope_type, "scope_value": policy.scope_value}
+        if counter is not None:
+            # A policy's alert is about its scope, attributed like the usage that fed the counter: the team and
+            # project an agent's (or a project's) spend came from, so the owning team's lead sees it (DESIGN §7:
+            # every read is scoped to the caller's teams). agent_id stays the scope's own: enforcement reads it.
+            scope.update(compute_attribution(policy, counter.teams, counter.projects))
+            if len(counter.teams) > 1:
+                details["teams"] = ",".join(sorted(counter.teams))
         if policy.scope_type in ("team", "project"):
             scope[policy.scope_type] = policy.scope_value
         elif policy.scope_type == "agent":
             scope["agent_id"] = policy.scope_value
-        details = {**details, "scope_type": policy.scope_type, "scope_value": policy.scope_value}
         return {
             "alert_id": f"{dedup}:{state}:{seq}",
             "dedup_key": dedup,
