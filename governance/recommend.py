@@ -151,11 +151,11 @@ def _retry_waste(client: Any, ledger: str, period: Period) -> list[Recommendatio
         if len(item["examples"]) < 3:
             item["examples"].append({"task_id": task, "prompt_hash": prompt, "calls": int(calls)})
     query = (
-        "SELECT task_id, prompt_hash, count() AS calls, max(attempt) AS max_attempt, sum(cost_usd) AS cost, "
+        "SELECT agent_id, task_id, prompt_hash, count() AS calls, max(attempt) AS max_attempt, sum(cost_usd) AS cost, "
         "sum(cost_usd) - argMax(cost_usd, (occurred_at, attempt)) AS wasted FROM {ledger} FINAL "
         "WHERE agent_id = {agent:String} AND occurred_at >= {lo:DateTime64(6, 'UTC')} "
-        "AND occurred_at < {hi:DateTime64(6, 'UTC')} AND row_kind = 'original' AND prompt_hash IS NOT NULL "
-        "GROUP BY task_id, prompt_hash HAVING calls > 1 ORDER BY wasted DESC"
+        "AND occurred_at < {hi:DateTime64(6, 'UTC')} AND row_kind = 'original' AND task_id != '' "
+        "AND prompt_hash IS NOT NULL GROUP BY agent_id, task_id, prompt_hash HAVING calls > 1 ORDER BY wasted DESC"
     ).replace("{ledger}", ledger)
     out = []
     for dims, item in per_agent.items():
@@ -197,11 +197,11 @@ def _caching(client: Any, ledger: str, period: Period) -> list[Recommendation]:
         if len(item["examples"]) < 3:
             item["examples"].append({"prompt_hash": prompt, "sent": int(n)})
     query = (
-        "SELECT prompt_hash, count() AS sent, sum(cost_usd) - argMin(cost_usd, occurred_at) AS repeat_cost "
+        "SELECT agent_id, prompt_hash, count() AS sent, sum(cost_usd) - argMin(cost_usd, occurred_at) AS repeat_cost "
         "FROM {ledger} FINAL WHERE agent_id = {agent:String} AND occurred_at >= {lo:DateTime64(6, 'UTC')} "
         "AND occurred_at < {hi:DateTime64(6, 'UTC')} AND row_kind = 'original' AND attempt = 1 "
         "AND cache_read_tokens = 0 AND status = 'ok' AND prompt_hash IS NOT NULL "
-        "GROUP BY prompt_hash HAVING sent > 1 ORDER BY repeat_cost DESC"
+        "GROUP BY agent_id, prompt_hash HAVING sent > 1 ORDER BY repeat_cost DESC"
     ).replace("{ledger}", ledger)
     return [
         _rec("caching", period, dims,
@@ -225,7 +225,7 @@ def _prompt_bloat(client: Any, ledger: str, period: Period, settings: RecommendS
         "GROUP BY team, project, agent_id, model"
     )
     query = (
-        "SELECT event_id, occurred_at, task_id, input_tokens, cost_usd FROM {ledger} FINAL "
+        "SELECT agent_id, event_id, occurred_at, task_id, input_tokens, cost_usd FROM {ledger} FINAL "
         "WHERE agent_id = {agent:String} AND occurred_at >= {lo:DateTime64(6, 'UTC')} "
         "AND occurred_at < {hi:DateTime64(6, 'UTC')} AND row_kind = 'original' AND input_tokens > {limit:UInt64} "
         "ORDER BY input_tokens DESC"
@@ -268,7 +268,7 @@ def _prompt_cache(client: Any, ledger: str, period: Period) -> list[Recommendati
         f"FROM ({inner})) GROUP BY team, project, agent_id, model HAVING missed_tokens > 0"
     )
     query = (
-        "SELECT task_id, occurred_at, input_tokens, cache_read_tokens, lagInFrame(input_tokens, 1, 0) OVER "
+        "SELECT agent_id, task_id, occurred_at, input_tokens, cache_read_tokens, lagInFrame(input_tokens, 1, 0) OVER "
         "(PARTITION BY task_id ORDER BY occurred_at, attempt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) "
         "AS previous_input FROM {ledger} FINAL WHERE agent_id = {agent:String} "
         "AND occurred_at >= {lo:DateTime64(6, 'UTC')} AND occurred_at < {hi:DateTime64(6, 'UTC')} "
@@ -356,12 +356,15 @@ def _model_tiering(client: Any, ledger: str, period: Period, settings: Recommend
         if best is None or best[0] >= Decimal(cost):
             continue
         saving = Decimal(cost) - best[0]
+        # The agent's calls of this task type by model (the fleet's evidence for the cheaper model is in the
+        # recommendation's evidence): what routing would move.
         query = (
-            "SELECT model, count() AS calls, countIf(status = 'ok') / count() AS success_rate, sum(cost_usd) AS cost, "
-            "sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens FROM {ledger} FINAL "
-            "WHERE task_type = {task_type:String} AND provider = {provider:String} "
-            "AND occurred_at >= {lo:DateTime64(6, 'UTC')} AND occurred_at < {hi:DateTime64(6, 'UTC')} "
-            "AND row_kind = 'original' GROUP BY model ORDER BY cost DESC"
+            "SELECT agent_id, model, count() AS calls, countIf(status = 'ok') / count() AS success_rate, "
+            "sum(cost_usd) AS cost, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens "
+            "FROM {ledger} FINAL WHERE agent_id = {agent:String} AND task_type = {task_type:String} "
+            "AND provider = {provider:String} AND occurred_at >= {lo:DateTime64(6, 'UTC')} "
+            "AND occurred_at < {hi:DateTime64(6, 'UTC')} AND row_kind = 'original' "
+            "GROUP BY agent_id, model ORDER BY cost DESC"
         ).replace("{ledger}", ledger)
         rec = _rec("model_tiering", period, (team, project, agent, model),
                    f"{agent} runs {task_type} on {model}; {best[1]} ({provider}) serves {task_type} as well: "

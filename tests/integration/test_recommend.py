@@ -78,8 +78,8 @@ def test_retry_waste(ch_client: Any, ch_database: str) -> None:
     assert [r.agent_id for r in report.items] == ["looper"]
     _spend(report)
     # the query shows it: run it as finops sql would
-    shown = ch_client.query(rec.query, parameters={"agent": "looper", "lo": OCT.start, "hi": OCT.end}).result_rows
-    assert Decimal(shown[0][5]) == rec.saving_usd
+    shown = ch_client.query(rec.query, parameters={"agent": "looper", "lo": OCT.start, "hi": OCT.end})
+    assert Decimal(shown.result_rows[0][shown.column_names.index("wasted")]) == rec.saving_usd
 
 
 def test_caching_duplicate_prompts(ch_client: Any, ch_database: str) -> None:
@@ -149,3 +149,56 @@ def test_model_tiering(ch_client: Any, ch_database: str) -> None:
     got = ch_client.query(f"SELECT sum(avoidable_cost_usd) FROM {ch_database}.v_waste_percentage").result_rows[0][0]
     assert Decimal(got) == report.saving_usd
     assert "model_tiering" in render_text(report)
+
+
+def test_evidence_commands_show_only_that_agents_rows(
+    ch_client: Any, ch_database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 item 11: every printed `finops sql` evidence command, run as printed, returns rows of its agent only
+    (the model-tiering one ignored --param agent and listed the whole fleet's calls)."""
+    import argparse
+    import json
+    import shlex
+
+    from sinks.sql_cli import register
+    from sinks.store_server import serve_store
+
+    fleet = Fleet()
+    fleet.background()
+    for twin in ("a", "b"):  # two agents with the same habits: an unfiltered query shows both
+        for a in range(1, 4):
+            fleet.call(f"looper-{twin}", GPT4O, task=f"t-{twin}", prompt=f"p-{twin}", attempt=a, status="timeout")
+        fleet.call(f"looper-{twin}", GPT4O, task=f"t-{twin}", prompt=f"p-{twin}", attempt=4)
+        for i in range(3):
+            fleet.call(f"dup-{twin}", MINI, task=f"d-{twin}{i}", prompt=f"same-{twin}", input_tokens=2000 + i)
+        for i, n in enumerate((150_000, 120_000)):
+            fleet.call(f"bloat-{twin}", GPT4O, task=f"b-{twin}{i}", prompt=f"bp-{twin}{i}", input_tokens=n)
+        for i, n in enumerate((2000, 3000, 4000)):
+            fleet.call(f"nocache-{twin}", SONNET, provider="anthropic", task=f"c-{twin}", prompt=f"cp-{twin}{i}",
+                       input_tokens=n)
+        for i in range(12):
+            fleet.call(f"big-{twin}", GPT4O, task=f"k-{twin}{i}", prompt=f"kp-{twin}{i}", task_type="classification",
+                       input_tokens=3000, output_tokens=20)
+    for i in range(12):
+        fleet.call("small", MINI, task=f"s{i}", prompt=f"sp{i}", task_type="classification", input_tokens=2500,
+                   output_tokens=15)
+    fleet.load(ch_client, ch_database)
+    settings = RecommendSettings(prompt_bloat_tokens=100_000, min_monthly_saving_usd=Decimal(0))
+    report = build_recommendations(ch_client, ch_database, OCT, settings)
+    chosen = {r.kind: r for r in report.items if r.agent_id.endswith("-a")}
+    assert set(chosen) == {"retry_waste", "caching", "prompt_bloat", "prompt_cache", "model_tiering"}
+
+    with serve_store(ch_client, "127.0.0.1", 0) as store:
+        for key, value in {"FINOPS_CLICKHOUSE_URL": "chdb:///nonexistent-owned-elsewhere",
+                           "FINOPS_CLICKHOUSE_QUERY_URL": store.url, "FINOPS_CLICKHOUSE_DATABASE": ch_database}.items():
+            monkeypatch.setenv(key, value)
+        for kind, rec in chosen.items():
+            argv = shlex.split(rec.sql_command())
+            assert argv[:2] == ["finops", "sql"] and f"agent={rec.agent_id}" in argv
+            parser = argparse.ArgumentParser(prog="finops")
+            register(parser.add_subparsers(dest="command", required=True))
+            args = parser.parse_args([*argv[1:], "--format", "json"])
+            assert args.func(args) == 0
+            rows = json.loads(capsys.readouterr().out)
+            assert rows, kind
+            assert {row["agent_id"] for row in rows} == {rec.agent_id}, kind
