@@ -37,6 +37,7 @@ __all__ = [
     "recommendations",
     "team_detail",
     "teams",
+    "waste",
 ]
 
 TREND_DAYS = 30
@@ -67,12 +68,6 @@ def ratio(amount: Decimal | None, count: int | Decimal | None) -> Decimal | None
     if amount is None or not count:
         return None
     return (Decimal(amount) / Decimal(count)).quantize(_PLACES, rounding=ROUND_DOWN)
-
-
-def percent(part: Decimal | None, whole: Decimal | None) -> Decimal | None:
-    if part is None or not whole:
-        return None
-    return (Decimal(part) * 100 / Decimal(whole)).quantize(_PLACES, rounding=ROUND_DOWN)
 
 
 def _days(now: datetime) -> dict[str, date]:
@@ -114,24 +109,39 @@ _BY_TEAM = (
     "FROM spend_daily WHERE day >= least({since:Date}, {month_start:Date}) AND day <= {today:Date} AND " + SCOPE
     + " GROUP BY team ORDER BY month_usd DESC, team"
 )
+# Anomalies and waste come from the views that define them (migration 0010), the same ones `finops recommend`, the
+# reviews and Grafana read, so every page shows one number.
+_ANOMALY_COUNT = (
+    "SELECT count() AS anomalies FROM v_anomaly_alerts WHERE occurred_at >= {month_start:Date} "
+    "AND toDate(occurred_at, 'UTC') <= {today:Date} AND " + SCOPE
+)
 _ANOMALIES = (
     "SELECT alert_id, kind, state, occurred_at, team, project, agent_id, model, title, summary, amount_usd, limit_usd, "
-    "severity "
-    "FROM alerts FINAL WHERE kind = 'anomaly' AND state = 'trigger' AND occurred_at >= {month_start:Date} AND "
-    + SCOPE + " ORDER BY occurred_at DESC, alert_id LIMIT 100"
+    "severity FROM v_anomaly_alerts WHERE occurred_at >= {month_start:Date} "
+    "AND toDate(occurred_at, 'UTC') <= {today:Date} AND " + SCOPE + " ORDER BY occurred_at DESC, alert_id LIMIT 10"
 )
-_WASTE_MONTH = (
-    "SELECT sum(avoidable_cost_usd) AS avoidable_usd, count() AS signals FROM waste_signals FINAL "
-    "WHERE occurred_at >= {month_start:Date} AND toDate(occurred_at, 'UTC') <= {today:Date} AND " + SCOPE
+# The waste percentage of a span of UTC days [{lo}, {hi}]: summed avoidable cost over summed cost of the view's rows
+# (the view's own formula at a coarser grain), computed by ClickHouse in Decimal like the view.
+_WASTE = (
+    "SELECT sum(w.cost_usd) AS cost_usd, sum(w.avoidable_cost_usd) AS avoidable_usd, sum(w.signals) AS signals, "
+    "if(sum(w.cost_usd) = 0, NULL, sum(w.avoidable_cost_usd) * 100 / sum(w.cost_usd)) AS waste_pct "
+    "FROM v_waste_by_project AS w WHERE w.day >= {lo:Date} AND w.day <= {hi:Date} AND " + SCOPE
 )
+
+
+def waste(db: Runner, scope: Scope, lo: date, hi: date) -> dict[str, Any]:
+    """Cost, avoidable cost, signals and waste percentage (None without spend) of UTC days ``lo`` to ``hi``
+    (inclusive) in scope, from ``v_waste_by_project``."""
+    row = db.select(_WASTE, {**scope.params(), "lo": lo, "hi": hi})[0]
+    return {"cost_usd": row["cost_usd"] or ZERO, "avoidable_usd": row["avoidable_usd"] or ZERO,
+            "signals": row["signals"], "waste_pct": row["waste_pct"], "from": lo, "to": hi}
 
 
 def overview(db: Runner, scope: Scope, now: datetime) -> dict[str, Any]:
     """Spend today and this month, the 30-day trend, teams, budget utilisation, anomalies and waste percentage."""
     params = _params(scope, now)
     spend = db.select(_SPEND_NOW, params)[0]
-    waste = db.select(_WASTE_MONTH, params)[0]
-    anomalies = db.select(_ANOMALIES, params)
+    month_waste = waste(db, scope, params["month_start"], params["today"])
     month = spend["month_usd"] or ZERO
     budget_rows = budgets(db, scope)
     return {
@@ -144,12 +154,9 @@ def overview(db: Runner, scope: Scope, now: datetime) -> dict[str, Any]:
         "teams": db.select(_BY_TEAM, params),
         "budgets": budget_rows,
         "budgets_over_80": sum(1 for b in budget_rows if (b["utilisation_pct"] or ZERO) >= 80),
-        "anomalies": {"count": len(anomalies), "recent": anomalies[:10]},
-        "waste": {
-            "avoidable_usd": waste["avoidable_usd"] or ZERO,
-            "signals": waste["signals"],
-            "waste_pct": percent(waste["avoidable_usd"] or ZERO, month),
-        },
+        "anomalies": {"count": db.select(_ANOMALY_COUNT, params)[0]["anomalies"],
+                      "recent": db.select(_ANOMALIES, params)},
+        "waste": month_waste,
     }
 
 
@@ -409,7 +416,8 @@ def alerts(
 
 def recommendations(db: Runner, scope: Scope, now: datetime) -> dict[str, Any]:
     """Waste signals grouped into recommendations (30 days), biggest saving first, with totals per kind."""
-    rows = db.select(_RECOMMENDATIONS, _params(scope, now))
+    params = _params(scope, now)
+    rows = db.select(_RECOMMENDATIONS, params)
     totals: dict[str, Decimal] = {}
     for row in rows:
         totals[row["kind"]] = totals.get(row["kind"], ZERO) + row["avoidable_usd"]
@@ -418,6 +426,7 @@ def recommendations(db: Runner, scope: Scope, now: datetime) -> dict[str, Any]:
         "recommendations": rows,
         "totals": [{"kind": k, "avoidable_usd": v} for k, v in sorted(totals.items(), key=lambda kv: -kv[1])],
         "avoidable_usd": sum(totals.values(), ZERO),
+        "waste": waste(db, scope, params["since"], params["today"]),
     }
 
 

@@ -291,28 +291,30 @@ def _handle_providers(args: argparse.Namespace) -> int:
 
 
 def _handle_recommend(args: argparse.Namespace) -> int:
-    from governance.recommend import KINDS, build_recommendations, render_text, to_waste_signals
+    from governance.recommend import KINDS, build_recommendations, load_waste, render_text, to_waste_signals
 
     settings, config, period = _settings(), _config(args), _period(args)
     kinds = tuple(args.kind) if args.kind else KINDS
 
     def work(client: Any, database: str) -> int:
         report = build_recommendations(client, database, period, config.recommend, kinds=kinds)
+        if args.record and report.items:
+            rows = to_waste_signals(report, detected_at=datetime.now(UTC))
+            client.insert("waste_signals", [list(r.values()) for r in rows], column_names=list(rows[0]),
+                          database=database)
+            print(f"{len(rows)} waste signals recorded", file=sys.stderr)
+            report.waste = load_waste(client, database, period)  # the waste figure now counts them
         if args.json:
             print(json.dumps({"period": period.label, "total_spend_usd": str(report.total_spend_usd),
                               "monthly_saving_usd": str(report.monthly_saving_usd),
-                              "waste_pct": str(report.waste_pct),
+                              "waste_pct": None if report.waste_pct is None else str(report.waste_pct),
+                              "recorded_avoidable_usd": str(report.waste.avoidable_usd) if report.waste else None,
                               "recommendations": [{**r.__dict__, "saving_usd": str(r.saving_usd),
                                                    "monthly_saving_usd": str(r.monthly_saving_usd),
                                                    "sql": r.sql_command()} for r in report.items]},
                              default=str, indent=2))
         else:
             sys.stdout.write(render_text(report))
-        if args.record and report.items:
-            rows = to_waste_signals(report, detected_at=datetime.now(UTC))
-            client.insert("waste_signals", [list(r.values()) for r in rows], column_names=list(rows[0]),
-                          database=database)
-            print(f"{len(rows)} waste signals recorded", file=sys.stderr)
         return 0
 
     return _with_client(settings, not args.record, work)

@@ -18,8 +18,11 @@ Kinds and how the saving is estimated (at the prices recorded on the ledger's or
   grows call by call) when it reaches the providers' 1,024-token minimum; saving = the cacheable tokens not read from
   the cache x (input price - cache-read price). Cache-write premiums (Anthropic) are not deducted: an upper bound.
 
-The waste percentage is the sum of the savings over the period's total spend (a call can appear in two kinds, e.g.
-a bloated retry; the kinds are estimated independently, so the sum is an upper bound on what fixing all recovers).
+The findings' savings are estimated independently per kind (a call can appear in two, e.g. a bloated retry), so
+their sum is an upper bound on what fixing all recovers. The *waste percentage* is not that sum: it is the one
+definition every page uses, ``v_waste_percentage`` (migration 0010): the avoidable cost of the recorded waste
+signals (the detectors' and those ``finops recommend --record`` stored) over total cost, for the period's UTC days
+(:func:`load_waste`). Findings count there once recorded.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from governance.period import Period
 from governance.store import qualified
 from stream_jobs.pricing import Pricer
 
-__all__ = ["Recommendation", "RecommendationReport", "build_recommendations", "render_text"]
+__all__ = ["Recommendation", "RecommendationReport", "WasteFigure", "build_recommendations", "load_waste",
+           "render_text"]
 
 Kind = Literal["model_tiering", "caching", "retry_waste", "prompt_bloat", "prompt_cache"]
 KINDS: tuple[Kind, ...] = ("model_tiering", "caching", "retry_waste", "prompt_bloat", "prompt_cache")
@@ -74,11 +78,38 @@ class Recommendation:
         return f"finops sql {shlex.quote(' '.join(self.query.split()))} {args}"
 
 
+@dataclass(frozen=True)
+class WasteFigure:
+    """The waste percentage of a period as ``v_waste_percentage`` defines it: recorded avoidable cost over cost."""
+
+    cost_usd: Decimal
+    avoidable_usd: Decimal
+    signals: int
+    #: ``avoidable_usd * 100 / cost_usd`` computed by ClickHouse (Decimal, 12 places); None without spend.
+    waste_pct: Decimal | None
+
+
+def load_waste(client: Any, database: str, period: Period) -> WasteFigure:
+    """The period's waste figure from ``v_waste_percentage`` (its UTC days ``[start, end)``). Read-only; blocks on
+    one query."""
+    rows = client.query(
+        "SELECT sum(w.cost_usd), sum(w.avoidable_cost_usd), sum(w.signals), "
+        "if(sum(w.cost_usd) = 0, NULL, sum(w.avoidable_cost_usd) * 100 / sum(w.cost_usd)) "
+        f"FROM {qualified(database, 'v_waste_percentage')} AS w WHERE w.day >= {{lo:Date}} AND w.day < {{hi:Date}}",
+        parameters={"lo": period.start.date(), "hi": period.end.date()},
+    ).result_rows
+    cost, avoidable, signals, pct = rows[0] if rows else (None, None, 0, None)
+    return WasteFigure(Decimal(cost or 0), Decimal(avoidable or 0), int(signals or 0),
+                       Decimal(pct) if pct is not None else None)
+
+
 @dataclass
 class RecommendationReport:
     period: Period
     total_spend_usd: Decimal
     items: list[Recommendation] = field(default_factory=list)
+    #: The period's waste percentage by the one definition (set by :func:`build_recommendations`).
+    waste: WasteFigure | None = None
 
     @property
     def saving_usd(self) -> Decimal:
@@ -90,10 +121,8 @@ class RecommendationReport:
 
     @property
     def waste_pct(self) -> Decimal | None:
-        """Sum of the savings over the period's total spend, in percent."""
-        if self.total_spend_usd == 0:
-            return None
-        return self.saving_usd * 100 / self.total_spend_usd
+        """The period's waste percentage from ``v_waste_percentage`` (recorded signals), as every page shows it."""
+        return self.waste.waste_pct if self.waste is not None else None
 
     def by_kind(self) -> dict[str, Decimal]:
         out: dict[str, Decimal] = {kind: _ZERO for kind in KINDS}
@@ -387,10 +416,8 @@ def build_recommendations(client: Any, database: str, period: Period, settings: 
     queries (model tiering prices the candidate calls in Python)."""
     settings = settings or RecommendSettings()
     ledger = qualified(database, "usage_ledger")
-    total = Decimal(client.query(
-        f"SELECT sum(cost_usd) FROM {ledger} FINAL WHERE occurred_at >= {{lo:DateTime64(6, 'UTC')}} "
-        "AND occurred_at < {hi:DateTime64(6, 'UTC')}", parameters=_params(period)).result_rows[0][0] or 0)
-    report = RecommendationReport(period, total)
+    waste = load_waste(client, database, period)
+    report = RecommendationReport(period, waste.cost_usd, waste=waste)
     if "model_tiering" in kinds:
         report.items += _model_tiering(client, ledger, period, settings, pricer or Pricer())
     if "caching" in kinds:
@@ -411,9 +438,12 @@ def build_recommendations(client: Any, database: str, period: Period, settings: 
 def render_text(report: RecommendationReport, *, show_queries: bool = True) -> str:
     from governance.html import money, pct
 
+    waste = report.waste
+    recorded = f" ({money(waste.avoidable_usd)} avoidable in {waste.signals} recorded signals)" if waste else ""
     lines = [f"recommendations {report.period.label}: {len(report.items)} findings, "
              f"{money(report.monthly_saving_usd)} a month; waste {pct(report.waste_pct)} of "
-             f"{money(report.total_spend_usd)} spend"]
+             f"{money(report.total_spend_usd)} spend{recorded}, as v_waste_percentage and the dashboard count it; "
+             "--record adds these findings"]
     for kind, saving in report.by_kind().items():
         lines.append(f"  {kind:<14} {money(saving)}/month")
     for i, r in enumerate(report.items, 1):

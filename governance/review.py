@@ -1,7 +1,7 @@
 """Cost reviews: weekly for operators, monthly for leadership; as HTML and as a Slack digest through the alerting
 channels, on a schedule the running system keeps (``finops report review --weekly --schedule``).
 
-Weekly (the ISO week before ``now``, UTC): anomalies (``anomaly`` alerts raised in the week), budgets at risk (this
+Weekly (the ISO week before ``now``, UTC): anomalies (``v_anomaly_alerts`` raised in the week), budgets at risk (this
 month's team / project / agent budgets at >= 80 % or heading past their limit at the month's burn rate), top movers
 (agents whose spend changed most against the week before) and waste (``finops recommend`` for the week).
 
@@ -107,7 +107,7 @@ def _movers(client: Any, database: str, current: Period, previous: Period, limit
 def _anomalies(client: Any, database: str, period: Period) -> list[dict[str, Any]]:
     rows = client.query(
         "SELECT occurred_at, team, agent_id, title, amount_usd, limit_usd FROM "
-        f"{qualified(database, 'alerts')} FINAL WHERE kind = 'anomaly' AND state = 'trigger' AND {_WHERE} "
+        f"{qualified(database, 'v_anomaly_alerts')} WHERE {_WHERE} "
         "ORDER BY occurred_at", parameters={"lo": period.start, "hi": period.end},
     ).result_rows
     return [{"at": r[0], "team": r[1], "agent_id": r[2], "title": r[3], "actual": r[4], "expected": r[5]}

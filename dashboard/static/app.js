@@ -319,7 +319,9 @@ function renderModels(d) {
 
 function renderRecommendations(d) {
   return [
-    h("div", {class: "kpis"}, kpi("Avoidable spend (30 d)", money(d.avoidable_usd, "kpi-avoidable"))),
+    h("div", {class: "kpis"}, kpi("Avoidable spend (30 d)", money(d.avoidable_usd, "kpi-avoidable")),
+      kpi("Waste (30 d)", h("span", {"data-testid": "kpi-waste-pct", "data-value": d.waste.waste_pct ?? ""},
+        pct(d.waste.waste_pct)), usd(d.waste.avoidable_usd) + " of " + usd(d.waste.cost_usd))),
     section("By kind", barChart(d.totals.map(t => ({label: t.kind, value: t.avoidable_usd})), "waste-chart",
       "avoidable spend by kind")),
     section("Recommendations", table("recommendations", ["Kind", "Team", "Agent", "Model", "Suggested", "Signals", "Avoidable"],
