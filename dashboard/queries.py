@@ -109,7 +109,7 @@ _BY_TEAM = (
     "FROM spend_daily WHERE day >= least({since:Date}, {month_start:Date}) AND day <= {today:Date} AND " + SCOPE
     + " GROUP BY team ORDER BY month_usd DESC, team"
 )
-# Anomalies and waste come from the views that define them (migration 0010), the same ones `finops recommend`, the
+# Anomalies and waste come from the views that define them (migration 0011), the same ones `finops recommend`, the
 # reviews and Grafana read, so every page shows one number.
 _ANOMALY_COUNT = (
     "SELECT count() AS anomalies FROM v_anomaly_alerts WHERE occurred_at >= {month_start:Date} "

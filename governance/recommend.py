@@ -20,7 +20,7 @@ Kinds and how the saving is estimated (at the prices recorded on the ledger's or
 
 The findings' savings are estimated independently per kind (a call can appear in two, e.g. a bloated retry), so
 their sum is an upper bound on what fixing all recovers. The *waste percentage* is not that sum: it is the one
-definition every page uses, ``v_waste_percentage`` (migration 0010): the avoidable cost of the recorded waste
+definition every page uses, ``v_waste_percentage`` (migration 0011): the avoidable cost of the recorded waste
 signals (the detectors' and those ``finops recommend --record`` stored) over total cost, for the period's UTC days
 (:func:`load_waste`). Findings count there once recorded.
 """
