@@ -120,6 +120,11 @@ class ProducerSettings(BaseSettings):
     spool_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="spool bound in bytes")
     compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     linger_ms: int = Field(20, ge=0, description="batching delay")
+    reasoning_conventions: str = Field(
+        "",
+        description="per source, how its gateway counts reasoning tokens: 'SOURCE=exclusive|inclusive|auto,...' "
+        "(exclusive: completion_tokens leaves reasoning out; auto: exclusive when reasoning > completion)",
+    )
 
 
 class StreamSettings(BaseSettings):
@@ -136,6 +141,18 @@ class StreamSettings(BaseSettings):
     dlq_max_ratio: float = Field(0.5, gt=0, le=1, description="stop when this share of a window's events is bad")
     dlq_ratio_window: int = Field(1000, ge=10, description="events per bad-input ratio window")
     price_book: Path | None = Field(None, description="organisation price book (YAML)")
+    cost_basis: str = Field(
+        "",
+        description="which cost is authoritative, per source or provider: 'provider:openrouter=reported,"
+        "source:NAME=catalogue,*=reported_if_unpriced' (catalogue | reported | reported_if_unpriced); default: "
+        "reported for openrouter, reported_if_unpriced otherwise",
+    )
+    catalogue_dir: Path | None = Field(
+        None, description="where `finops prices update` installs catalogue snapshots; default <data dir>/prices"
+    )
+    catalogue_max_age_days: int = Field(
+        30, ge=1, description="`finops prices status` warns when the price catalogue is older than this"
+    )
 
 
 class AlertingSettings(BaseSettings):

@@ -134,8 +134,9 @@ def compute_correction(
     row.update(deltas)
     for name in ("price_input_mtok", "price_output_mtok", "price_cache_read_mtok", "price_cache_write_mtok",
                  "price_cache_write_1h_mtok", "pricing_status", "unpriced_reason", "catalogue_version",
-                 "price_book_version", "price_source"):
+                 "price_book_version", "price_source", "cost_basis"):
         row[name] = new[name]
+    row["computed_cost_usd"] = None  # a correction is a delta of cost_usd, not a computation of its own
     # A correction is not a call: no latency, no prompt, nothing reported, never late.
     row.update(latency_ms=None, prompt_hash=None, reported_cost=None, cost_delta_usd=None, cost_mismatch=False,
                late=False, priced_at=now, source_topic=CORRECTION_TOPIC, source_partition=0, source_offset=0)

@@ -30,6 +30,17 @@ OpenRouter         OpenAI Chat shape, normalised by OpenRouter (``prompt_tokens`
                    the upstream provider). ``usage.cost`` is what OpenRouter charged, in USD credits.
 =================  ==========================================================================================
 
+Token conventions of gateways (named normalisations)
+---------------------------------------------------
+OpenAI's convention is that ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens``. Some
+OpenAI-compatible gateways pass Gemini's own convention through instead (reasoning reported *outside* the completion
+count). A call with reasoning > completion shows it: its reasoning cannot be a part of its completion, so the counts
+are exclusive and ``output_tokens = completion + reasoning`` (normalisation ``reasoning_exclusive``), never a
+rejected call. A single call with reasoning <= completion cannot show the convention: the caller declares it per
+source (``reasoning="exclusive"``; ``FINOPS_PRODUCER_REASONING_CONVENTIONS`` for ``finops price --file``). Every
+normalisation applied is named in :attr:`ProviderUsage.normalisations` (and, through :func:`normalisation_tags`, in
+the event's ``finops.normalised`` tag, which ``finops price`` explains).
+
 OpenRouter provider and model: we report ``provider="openrouter"`` and the full slug as ``model`` (e.g.
 ``"anthropic/claude-3.5-sonnet"``), because OpenRouter is who bills the call, its prices can differ from the
 upstream vendor's, and the genai-prices catalogue prices exactly that pair (provider ``openrouter``, model id =
@@ -60,6 +71,10 @@ from schemas.loader import COUNTED_FIELDS
 
 __all__ = [
     "MONEY_SCALE",
+    "NORMALISED_TAG",
+    "REASONING_CONVENTIONS",
+    "normalisation_tags",
+    "parse_reasoning_conventions",
     "OPENROUTER_PROVIDER",
     "USAGE_FIELD_NAMES",
     "ProviderUsage",
@@ -75,6 +90,10 @@ __all__ = [
 ]
 
 OPENROUTER_PROVIDER: Final = "openrouter"
+#: The tag that names the normalisations applied (``;``-separated); the pricer's explanation reads the same name.
+NORMALISED_TAG: Final = "finops.normalised"
+#: How a source counts reasoning tokens against ``completion_tokens`` (module docstring).
+REASONING_CONVENTIONS: Final[tuple[str, ...]] = ("auto", "inclusive", "exclusive")
 MONEY_SCALE: Final = 12  # decimal places of money on the wire and in ClickHouse, Decimal(38, 12)
 _MONEY_QUANTUM: Final = Decimal(1).scaleb(-MONEY_SCALE)
 _MONEY_LIMIT: Final = Decimal(10) ** (38 - MONEY_SCALE)
@@ -124,6 +143,8 @@ class ProviderUsage:
     requests: int = 1
     reported_cost: Decimal | None = None
     response_id: str | None = None
+    #: The token normalisations applied to the provider's counts, each named (module docstring); provenance.
+    normalisations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in _COUNT_FIELDS:
@@ -169,6 +190,56 @@ def to_usage_fields(usage: ProviderUsage) -> dict[str, Any]:
     ``response_id`` is left out: it is provenance, not a usage field (a producer may put it in ``tags``).
     """
     return {name: getattr(usage, name) for name in USAGE_FIELD_NAMES}
+
+
+def normalisation_tags(usage: ProviderUsage) -> dict[str, str]:
+    """``{"finops.normalised": "..."}`` naming the normalisations of ``usage`` (empty when none): merge it into the
+    event's ``tags`` so the ledger and ``finops price`` show how the counts were read."""
+    return {NORMALISED_TAG: ";".join(usage.normalisations)[:256]} if usage.normalisations else {}
+
+
+def parse_reasoning_conventions(text: str | None) -> dict[str, str]:
+    """``"gw-gemini=exclusive, other=auto"`` -> ``{"gw-gemini": "exclusive", "other": "auto"}`` (source names).
+
+    Raises :class:`ProviderUsageError` naming the bad item."""
+    out: dict[str, str] = {}
+    for raw in (text or "").split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        source, sep, convention = item.rpartition("=")
+        convention = convention.strip().lower()
+        if not sep or not source.strip() or convention not in REASONING_CONVENTIONS:
+            raise ProviderUsageError(
+                "settings", "FINOPS_PRODUCER_REASONING_CONVENTIONS",
+                f"{item!r} must be SOURCE=CONVENTION with CONVENTION one of {', '.join(REASONING_CONVENTIONS)}",
+            )  # fmt: skip
+        out[source.strip()] = convention
+    return out
+
+
+def _reasoning_output(completion: int, reasoning: int, convention: str, provider: str) -> tuple[int, tuple[str, ...]]:
+    """``output_tokens`` from an OpenAI-style ``completion_tokens`` and ``reasoning_tokens`` under ``convention``,
+    with the normalisation it took (module docstring)."""
+    if convention not in REASONING_CONVENTIONS:
+        raise ProviderUsageError(
+            provider, "reasoning",
+            f"unknown reasoning convention {convention!r}; use one of {', '.join(REASONING_CONVENTIONS)}",
+        )  # fmt: skip
+    if reasoning > completion:
+        why = "reasoning > completion"
+        if convention == "inclusive":
+            why += ", against the declared inclusive convention"
+        return completion + reasoning, (
+            (f"reasoning_exclusive: completion_tokens {completion} leaves out reasoning_tokens {reasoning} ({why}); "
+             f"output_tokens = {completion} + {reasoning}"),
+        )
+    if convention == "exclusive" and reasoning:
+        return completion + reasoning, (
+            (f"reasoning_exclusive: completion_tokens {completion} leaves out reasoning_tokens {reasoning} (declared for "
+             f"this source); output_tokens = {completion} + {reasoning}"),
+        )
+    return completion, ()
 
 
 def split_openrouter_slug(slug: str) -> tuple[str, str]:
@@ -355,28 +426,35 @@ _OPENAI_CHAT_HINT = (
 )
 
 
-def usage_from_openai_chat(body: Any, *, provider: str = "openai") -> ProviderUsage:
+def usage_from_openai_chat(body: Any, *, provider: str = "openai", reasoning: str = "auto") -> ProviderUsage:
     """Map an OpenAI Chat Completions response (``object: "chat.completion"``) onto canonical usage.
 
     ``provider`` lets OpenAI-compatible APIs (Azure OpenAI, Groq, DeepSeek, ...) reuse this mapping under their
-    own name. Raises :class:`ProviderUsageError` when ``usage``, ``usage.prompt_tokens``,
+    own name. ``reasoning`` is the source's convention for ``completion_tokens_details.reasoning_tokens``
+    (``auto``: inside ``completion_tokens`` unless reasoning > completion shows otherwise; ``exclusive``; ``inclusive``;
+    see the module docstring). Raises :class:`ProviderUsageError` when ``usage``, ``usage.prompt_tokens``,
     ``usage.completion_tokens`` or ``model`` is missing or malformed.
     """
     reader = _Reader(provider, _as_body(body, provider), _OPENAI_CHAT_HINT)
     reader.mapping("usage")
+    reasoning_tokens = reader.count("usage.completion_tokens_details.reasoning_tokens")
+    output, normalisations = _reasoning_output(
+        reader.count("usage.completion_tokens", required=True), reasoning_tokens, reasoning, provider
+    )
     return ProviderUsage(
         provider=provider,
         model=_model(reader, "model"),
         input_tokens=reader.count("usage.prompt_tokens", required=True),
-        output_tokens=reader.count("usage.completion_tokens", required=True),
+        output_tokens=output,
         cache_read_tokens=reader.count("usage.prompt_tokens_details.cached_tokens"),
         # Not in OpenAI's own responses today; some OpenAI-compatible gateways (OpenRouter, Azure) report it.
         cache_write_tokens=reader.count("usage.prompt_tokens_details.cache_write_tokens"),
-        reasoning_tokens=reader.count("usage.completion_tokens_details.reasoning_tokens"),
+        reasoning_tokens=reasoning_tokens,
         input_audio_tokens=reader.count("usage.prompt_tokens_details.audio_tokens"),
         output_audio_tokens=reader.count("usage.completion_tokens_details.audio_tokens"),
         image_tokens=reader.count("usage.prompt_tokens_details.image_tokens"),
         response_id=_response_id(reader, "id"),
+        normalisations=normalisations,
     )
 
 
@@ -511,17 +589,18 @@ def usage_from_gemini(body: Any, *, provider: str = "google") -> ProviderUsage:
     )
 
 
-def usage_from_openrouter(body: Any) -> ProviderUsage:
+def usage_from_openrouter(body: Any, *, reasoning: str = "auto") -> ProviderUsage:
     """Map an OpenRouter chat completion onto canonical usage, with ``provider="openrouter"`` and the full slug
     as ``model`` (why: module docstring).
 
     ``reported_cost`` is ``usage.cost`` (USD credits OpenRouter charged). For a BYOK call (``usage.is_byok`` is
     true) that is only OpenRouter's fee, and the upstream vendor bills ``usage.cost_details.
-    upstream_inference_cost`` to the caller's own key, so the two are added: the call's spend is both. Raises
-    :class:`ProviderUsageError` like :func:`usage_from_openai_chat`, or when the cost is malformed.
+    upstream_inference_cost`` to the caller's own key, so the two are added: the call's spend is both.
+    ``reasoning`` as in :func:`usage_from_openai_chat`. Raises :class:`ProviderUsageError` like
+    :func:`usage_from_openai_chat`, or when the cost is malformed.
     """
     raw = _as_body(body, OPENROUTER_PROVIDER)
-    chat = usage_from_openai_chat(raw, provider=OPENROUTER_PROVIDER)
+    chat = usage_from_openai_chat(raw, provider=OPENROUTER_PROVIDER, reasoning=reasoning)
     reader = _Reader(OPENROUTER_PROVIDER, raw, _OPENAI_CHAT_HINT)
     cost = reader.money("usage.cost")
     if cost is not None and _lookup(raw, "usage.is_byok") is True:

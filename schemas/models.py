@@ -538,6 +538,9 @@ class UsageEvent(AvroRecord):
         return _check_usage(self.__dict__, now)
 
 
+_PRICE_SOURCE = re.compile(r"catalogue|price_book|reported|none|(catalogue|price_book):[A-Za-z0-9._-]+ via [A-Za-z0-9._-]+")
+
+
 class PricedUsageEvent(UsageEvent):
     """A UsageEvent plus price and provenance; mirrors ``PricedUsageEvent.avsc`` (usage fields first, flat)."""
 
@@ -558,7 +561,7 @@ class PricedUsageEvent(UsageEvent):
     unpriced_reason: str | None = None
     catalogue_version: str
     price_book_version: str | None = None
-    price_source: Literal["catalogue", "price_book", "none"]
+    price_source: str
     cost_delta_usd: Money | None = None
     cost_mismatch: bool = False
     late: bool = False
@@ -566,9 +569,19 @@ class PricedUsageEvent(UsageEvent):
     source_topic: str
     source_partition: Int32
     source_offset: Int64
+    computed_cost_usd: Money | None = None
+    cost_basis: Literal["catalogue", "reported", "reported_if_unpriced"] = "catalogue"
 
     def _rule_problems(self, now: datetime | None) -> list[FieldProblem]:
         problems = super()._rule_problems(now)
+        if not _PRICE_SOURCE.fullmatch(self.price_source):
+            problems.append(FieldProblem("price_source", "price_source_form",
+                                         f"price_source {self.price_source!r} must be catalogue, price_book, "
+                                         "catalogue:<vendor> via <gateway>, reported or none"))
+        if self.price_source == "reported" and self.cost_usd != self.reported_cost:
+            problems.append(FieldProblem("cost_usd", "reported_cost_authoritative",
+                                         f"cost_usd ({self.cost_usd}) must equal reported_cost ({self.reported_cost}) "
+                                         "when price_source is 'reported'"))
         if self.pricing_status == "unpriced":
             if self.cost_usd != 0:
                 problems.append(FieldProblem("cost_usd", "unpriced_cost_zero",

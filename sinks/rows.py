@@ -106,7 +106,10 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "source_topic",
     "source_partition",
     "source_offset",
+    "computed_cost_usd",
+    "cost_basis",
 )
+_LEDGER_DEFAULTED: frozenset[str] = frozenset({"computed_cost_usd", "cost_basis"})
 _EVENT_ID_INDEX = LEDGER_COLUMNS.index("event_id")
 _OPTIONAL_TEXT_INDEXES: tuple[int, ...] = tuple(LEDGER_COLUMNS.index(name) for name in _LEDGER_OPTIONAL_TEXT)
 
@@ -146,7 +149,15 @@ def compute_ledger_row(record: Mapping[str, Any]) -> list[Any]:
     try:
         row = [record[name] for name in LEDGER_COLUMNS]
     except KeyError as err:
-        raise _missing(record, LEDGER_COLUMNS, "PricedUsageEvent", err) from None
+        if not all(name in record or name in _LEDGER_DEFAULTED for name in LEDGER_COLUMNS):
+            raise _missing(record, LEDGER_COLUMNS, "PricedUsageEvent", err) from None
+        # A record of the schema before cost_basis (fields with Avro defaults): every cost was computed.
+        filled = {
+            "computed_cost_usd": record["cost_usd"] if record.get("pricing_status") == "priced" else None,
+            "cost_basis": "catalogue",
+            **record,
+        }
+        row = [filled[name] for name in LEDGER_COLUMNS]
     event_id = row[_EVENT_ID_INDEX]
     if not isinstance(event_id, str):
         row[_EVENT_ID_INDEX] = str(event_id)

@@ -66,9 +66,8 @@ def _stream_run(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
     from finops.topics import ensure_topics
     from stream_jobs.app import build_app
+    from stream_jobs.catalogue import build_pricer
     from stream_jobs.hotpath import HotPath, build_hot_path, tune_gc
-    from stream_jobs.pricebook import load_price_book
-    from stream_jobs.pricing import Pricer
 
     settings = load_settings()
     # Connectivity check and topics (raises FinopsError naming the broker when it is unreachable).
@@ -78,9 +77,8 @@ def _stream_run(args: argparse.Namespace) -> int:
         usage_partitions=settings.kafka.usage_partitions,
         replication_factor=settings.kafka.replication_factor,
     )
-    # A broken price book stops us here, with its file:line errors, not inside the worker thread.
-    book = load_price_book(settings.stream.price_book) if settings.stream.price_book is not None else None
-    pricer = Pricer(book)
+    # A broken price book, cost-basis setting or catalogue stops us here, with its errors, not inside the worker.
+    pricer = build_pricer(settings.stream, settings.core.data_dir)
 
     def hot_path() -> HotPath:
         return build_hot_path(settings, pricer=pricer)
@@ -153,14 +151,11 @@ def load_price_request(text: str, now: datetime) -> dict[str, Any]:
 
 def _price(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
-    from stream_jobs.pricebook import load_price_book
-    from stream_jobs.pricing import Pricer
+    from stream_jobs.catalogue import build_pricer
 
     settings = load_settings()
-    book_path = args.price_book or settings.stream.price_book
-    book = load_price_book(book_path) if book_path is not None else None
+    pricer = build_pricer(settings.stream, settings.core.data_dir, book_path=args.price_book)
     event = load_price_request(args.event_json, datetime.now(UTC))
-    pricer = Pricer(book)
     print(pricer.explain(event))  # InvalidUsageError is a FinopsError: printed as one message, exit 2
     result = pricer.price(event)
     if result.pricing_status == "unpriced":

@@ -240,7 +240,7 @@ class PricedEncoder:
             "cost_other_usd", "price_input_mtok", "price_output_mtok", "price_cache_read_mtok",
             "price_cache_write_mtok", "price_cache_write_1h_mtok", "pricing_status", "unpriced_reason",
             "catalogue_version", "price_book_version", "price_source", "cost_delta_usd", "cost_mismatch", "late",
-            "priced_at", "source_topic", "source_partition", "source_offset",
+            "priced_at", "source_topic", "source_partition", "source_offset", "computed_cost_usd", "cost_basis",
         ]  # fmt: skip
         if tail_names != expected_tail:
             raise ConfigError(
@@ -267,6 +267,7 @@ class PricedEncoder:
             {"type": "record", "name": "PriceSetSegment", "namespace": "finops.hotpath", "fields": segment}
         )
         self._segments: dict[tuple[Any, ...], bytes] = {}
+        self._bases: dict[str, bytes] = {}
 
     def _fastavro_usage(self, data: bytes, pos: int) -> tuple[dict[str, Any], int]:
         stream = BytesIO(data)
@@ -298,7 +299,8 @@ class PricedEncoder:
         return cached
 
     def encode(self, body: bytes | memoryview, price: PriceResult, late: bool, suffix: bytes, offset: int) -> bytes:
-        """The priced event: header + usage ``body`` + price fields + ``late`` + ``suffix`` + ``source_offset``."""
+        """The priced event: header + usage ``body`` + price fields + ``late`` + ``suffix`` + ``source_offset`` +
+        ``computed_cost_usd`` + ``cost_basis``."""
         segment = self._segments.get(price[6:16]) or self.segment(price)
         out = [self.header, body]
         append = out.append
@@ -320,6 +322,23 @@ class PricedEncoder:
         append(_TRUE if late else _FALSE)
         append(suffix)
         append(_long(offset))
+        computed = price[18]
+        if computed is None:
+            append(_NULL)
+        elif computed is price[0]:
+            # The same Decimal as cost_usd (the usual case), already encoded right after the body.
+            append(_BRANCH1)
+            if computed:
+                append(out[2])
+                append(out[3])
+            else:
+                append(_DEC_ZERO)
+        else:
+            append(_BRANCH1 + _decimal12(computed))
+        basis = self._bases.get(price[19])
+        if basis is None:
+            basis = self._bases[price[19]] = _string(price[19])
+        append(basis)
         return b"".join(out)
 
 
@@ -663,10 +682,15 @@ class HotPath:
         *,
         codec: AvroCodec | None = None,
         clock: Callable[[], float] = time.time,
+        catalogue_watcher: Any = None,
     ) -> None:
-        """Wire the hot path; nothing is subscribed or consumed until :meth:`run` (or :meth:`start`)."""
+        """Wire the hot path; nothing is subscribed or consumed until :meth:`run` (or :meth:`start`).
+
+        ``catalogue_watcher`` (a :class:`stream_jobs.catalogue.CatalogueWatcher`) is polled between batches, the safe
+        point where a new price catalogue takes over: every event of a batch is priced by one Pricer."""
         self.config = config
         self._pricer = pricer
+        self._catalogue_watcher = catalogue_watcher
         self._consumer = consumer
         self._producer = producer
         self._codec = codec or AvroCodec()
@@ -747,6 +771,10 @@ class HotPath:
 
     def poll_once(self) -> int:
         """Consume one batch, process it, and commit if the interval has passed; return the number of messages."""
+        if self._catalogue_watcher is not None:
+            reloaded = self._catalogue_watcher.poll(self._clock())
+            if reloaded is not None:
+                self._pricer = reloaded  # between batches: the next event is the first one the new catalogue prices
         messages = self._consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
         self.process(messages)
         now = self._clock()
@@ -1400,8 +1428,6 @@ def build_hot_path(
     from confluent_kafka import Consumer, Producer
 
     from finops.topics import TopicNames
-    from stream_jobs.pricebook import load_price_book
-
     names = TopicNames(settings.kafka.topic_prefix)
     s = settings.stream
     values: dict[str, Any] = {
@@ -1423,14 +1449,20 @@ def build_hot_path(
     }
     values.update(overrides or {})
     config = HotPathConfig(**values)
+    from stream_jobs.catalogue import CatalogueWatcher, build_pricer, catalogue_dir
+
     if pricer is None:
-        book = load_price_book(s.price_book) if s.price_book is not None else None
-        pricer = Pricer(book)
+        pricer = build_pricer(s, settings.core.data_dir)
+    book = pricer.price_book
+    data_dir = settings.core.data_dir
+    watcher = CatalogueWatcher(
+        catalogue_dir(s, data_dir), lambda: build_pricer(s, data_dir, price_book=book), pricer.catalogue_version
+    )
     client = settings.kafka.client_config()
     codec = codec or _codec_for(settings)
     consumer = Consumer(build_consumer_config(client, config.group_id), logger=log)
     producer = Producer(build_producer_config(client), logger=log)
-    return HotPath(config, pricer, consumer, producer, codec=codec, clock=clock)
+    return HotPath(config, pricer, consumer, producer, codec=codec, clock=clock, catalogue_watcher=watcher)
 
 
 def _codec_for(settings: FinopsSettings) -> AvroCodec:

@@ -55,6 +55,24 @@ price from Anthropic's published convention, 2 x the base input price (tiers sca
 ``explain``. Elsewhere a 1-hour write without its own price is billed at the cache-write price (genai-prices'
 rule). A price-book override can always set ``cache_write_1h_mtok`` explicitly.
 
+Gateways (DESIGN §4, step 3)
+----------------------------
+When the event's provider has no catalogue entry for the model and the model is a ``vendor/model`` name (OpenRouter
+slugs, LiteLLM-style names, any gateway that keeps the vendor prefix), the call is priced at the upstream vendor's
+entry and ``price_source`` says so: ``catalogue:google via openrouter``. A gateway's own entry (the catalogue lists
+many OpenRouter slugs) always wins over the vendor's.
+
+Reported costs (DESIGN §4, step 4: ``cost_basis``)
+---------------------------------------------------
+A reported cost (what a gateway billed, what a client computed) is kept beside the computed one
+(``computed_cost_usd``). Which of the two is ``cost_usd`` depends on the ``cost_basis`` of the event's source or
+provider (:class:`CostBasisPolicy`): ``catalogue`` (the computed cost is authoritative, a report is only compared),
+``reported`` (the report *is* the bill: OpenRouter's ``usage.cost``, the default for provider ``openrouter``), or
+``reported_if_unpriced`` (the computed cost, or the report when the catalogue and book cannot price the call: the
+default otherwise, so a call whose cost is known from its report is never unpriced). When the report answers,
+``price_source == "reported"`` and the parts are the computed parts scaled to the report (all in ``cost_other_usd``
+when nothing was computed), so they still add up exactly.
+
 Not modelled: genai-prices ``price_variants`` (batch processing, service tiers) need request context the usage
 event does not carry yet; calls are priced at standard rates.
 """
@@ -88,6 +106,10 @@ from schemas.errors import FinopsError
 from schemas.loader import COUNTED_FIELDS
 
 __all__ = [
+    "COST_BASES",
+    "CostBasis",
+    "CostBasisPolicy",
+    "GATEWAY_PROVIDERS",
     "InvalidUsageError",
     "PriceResult",
     "Pricer",
@@ -95,11 +117,37 @@ __all__ = [
     "PricingStatus",
     "PriceSource",
     "catalogue_version",
+    "NORMALISED_TAG",
+    "parse_cost_basis",
+    "unpriced_fix",
     "to_genai_usage",
 ]
 
 PricingStatus = Literal["priced", "unpriced"]
-PriceSource = Literal["catalogue", "price_book", "none"]
+#: ``catalogue`` | ``price_book`` | ``catalogue:<vendor> via <gateway>`` | ``price_book:<vendor> via <gateway>`` |
+#: ``reported`` | ``none`` (see the module docstring).
+PriceSource = str
+CostBasis = Literal["catalogue", "reported", "reported_if_unpriced"]
+COST_BASES: Final[tuple[str, ...]] = ("catalogue", "reported", "reported_if_unpriced")
+
+#: Providers that route calls to other vendors. The event keeps the gateway as provider (it bills the call); a model
+#: its catalogue entry lacks is priced at the vendor named by the model's ``vendor/`` prefix. Any provider the
+#: catalogue does not know is treated the same way when its model has a vendor prefix.
+GATEWAY_PROVIDERS: Final = frozenset({"openrouter", "litellm", "portkey", "vercel", "helicone", "cloudflare-ai-gateway"})
+
+# OpenRouter / LiteLLM vendor prefixes whose genai-prices provider id differs.
+_VENDOR_ALIASES: Final[Mapping[str, str]] = {
+    "meta-llama": "meta",
+    "mistralai": "mistral",
+    "xai": "x-ai",
+    "amazon": "aws",
+    "bedrock": "aws",
+    "vertex_ai": "google",
+    "gemini": "google",
+    "moonshot": "moonshotai",
+    "together_ai": "together",
+    "z-ai": "zai",
+}
 
 _Q12: Final = Decimal("1e-12")
 _ZERO12: Final = Decimal("0").quantize(_Q12)
@@ -184,6 +232,10 @@ class PriceResult(NamedTuple):
     ``price_*_mtok`` are the unit prices used, USD per million tokens (the tier applied, after any discount). None
     means the model has no separate price for that part and those tokens were billed with their parent (cache reads
     as input, 1-hour writes as cache writes).
+
+    ``cost_usd`` is the authoritative cost: the computed one, or the reported one when the event's ``cost_basis``
+    makes the report the bill (then ``price_source == "reported"``). ``computed_cost_usd`` is what the price book or
+    catalogue gave (None when they could not price the call); ``cost_delta_usd`` is reported minus computed.
     """
 
     cost_usd: Decimal
@@ -204,9 +256,91 @@ class PriceResult(NamedTuple):
     price_source: PriceSource
     cost_delta_usd: Decimal | None
     cost_mismatch: bool
+    computed_cost_usd: Decimal | None
+    cost_basis: str
 
 
 _tuple_new: Final = tuple.__new__
+
+
+class CostBasisPolicy:
+    """Which cost is authoritative for an event: ``cost_basis`` per source and per provider (module docstring).
+
+    Precedence: the event's source, then its provider, then ``default``, then the built-in defaults: ``reported`` for
+    provider ``openrouter`` (its ``usage.cost`` is the bill), ``reported_if_unpriced`` for everything else (a direct
+    provider call the catalogue prices is computed, as ``catalogue`` would; when the catalogue lacks the model, its
+    report is the best evidence there is). Names compare case-insensitively.
+    """
+
+    __slots__ = ("by_source", "by_provider", "default")
+
+    def __init__(
+        self,
+        by_source: Mapping[str, str] | None = None,
+        by_provider: Mapping[str, str] | None = None,
+        default: str | None = None,
+    ) -> None:
+        for where, basis in [*(by_source or {}).items(), *(by_provider or {}).items(), ("*", default)]:
+            if basis is not None and basis not in COST_BASES:
+                raise PricingError(f"cost_basis for {where!r} must be one of {', '.join(COST_BASES)}, got {basis!r}")
+        self.by_source = {k.strip().lower(): v for k, v in (by_source or {}).items()}
+        self.by_provider = {k.strip().lower(): v for k, v in (by_provider or {}).items()}
+        self.default = default
+
+    def basis_for(self, source: str | None, provider: str | None) -> str:
+        """The ``cost_basis`` of an event from ``source`` for ``provider``."""
+        if source is not None and self.by_source:
+            found = self.by_source.get(source.lower())
+            if found is not None:
+                return found
+        name = (provider or "").lower()
+        found = self.by_provider.get(name)
+        if found is not None:
+            return found
+        if self.default is not None:
+            return self.default
+        return "reported" if name == "openrouter" else "reported_if_unpriced"
+
+    def describe(self) -> str:
+        parts = [f"source:{k}={v}" for k, v in sorted(self.by_source.items())]
+        parts += [f"provider:{k}={v}" for k, v in sorted(self.by_provider.items())]
+        if self.default is not None:
+            parts.append(f"*={self.default}")
+        return ", ".join(parts) or "(defaults)"
+
+
+def parse_cost_basis(text: str | None, *, setting: str = "FINOPS_STREAM_COST_BASIS") -> CostBasisPolicy:
+    """``"provider:openrouter=reported, source:claude-code=catalogue, *=reported_if_unpriced"`` as a policy.
+
+    A key is ``source:NAME``, ``provider:NAME``, a bare provider name, or ``*`` (every other event). Empty text gives
+    the built-in defaults. Raises :class:`PricingError` naming ``setting`` and the bad item.
+    """
+    by_source: dict[str, str] = {}
+    by_provider: dict[str, str] = {}
+    default: str | None = None
+    for raw in (text or "").split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip().lower()
+        if not sep or not key or value not in COST_BASES:
+            raise PricingError(
+                f"{setting}: {item!r} must be KEY=BASIS with KEY source:NAME, provider:NAME, NAME or * and BASIS one "
+                f"of {', '.join(COST_BASES)}"
+            )
+        kind, colon, name = key.partition(":")
+        if key == "*":
+            default = value
+        elif colon and kind.strip().lower() == "source":
+            by_source[name.strip()] = value
+        elif colon and kind.strip().lower() == "provider":
+            by_provider[name.strip()] = value
+        elif colon:
+            raise PricingError(f"{setting}: {item!r}: the key kind must be source: or provider:, got {kind!r}")
+        else:
+            by_provider[key] = value
+    return CostBasisPolicy(by_source, by_provider, default)
 
 # --- compiled rates ------------------------------------------------------------------------------------------------
 
@@ -364,6 +498,35 @@ def _compile(price_map: Mapping[str, Any], source: PriceSource, notes: tuple[str
     return _Rates(tuple(lines), (d[0], d[1], d[2], d[3], d[4]), tiered, source, None, tuple(info), notes)
 
 
+def _allocate(total: Decimal, parts: list[Decimal], computed: Decimal) -> tuple[Decimal, ...]:
+    """``total`` split over the five cost parts in proportion to the computed ``parts`` (which sum to ``computed``),
+    each rounded half-even to 12 places, the rounding remainder on the largest part so they add up exactly; all in
+    the last part (other) when nothing was computed."""
+    if not computed:
+        return (_ZERO12, _ZERO12, _ZERO12, _ZERO12, total)
+    out = [(p * total / computed).quantize(_Q12, ROUND_HALF_EVEN) if p else _ZERO12 for p in parts]
+    residual = total - sum(out, _ZERO12)
+    if residual:
+        largest = max(range(5), key=lambda i: abs(out[i]))
+        out[largest] += residual
+    return tuple(out)
+
+
+#: The tag in which adapters name the token normalisations they applied (``;``-separated), shown by ``explain``.
+NORMALISED_TAG: Final = "finops.normalised"
+
+
+def unpriced_fix(provider: str, model: str, cost_basis: str = "(defaults)") -> str:
+    """What fixes an unpriced ``provider``/``model``: the price-book line, or the cost_basis setting (for alerts and
+    ``finops price``)."""
+    return (
+        f"add a price-book override (FINOPS_STREAM_PRICE_BOOK) - overrides: [{{provider: {provider}, model: {model}, "
+        "effective_from: YYYY-MM-DD, prices: {input_mtok: ..., output_mtok: ...}}] -, or refresh the catalogue "
+        "(finops prices update --from FILE|URL), or, when its events carry reported_cost, let the report price it "
+        f"(FINOPS_STREAM_COST_BASIS provider:{provider}=reported_if_unpriced; now {cost_basis})"
+    )
+
+
 # --- catalogue identity ----------------------------------------------------------------------------------------------
 
 _BUNDLED_VERSION: str | None = None
@@ -448,6 +611,8 @@ class _ModelEntry:
         "static",
         "by_period",
         "lookup_error",
+        "via",
+        "basis",
     )
 
     def __init__(
@@ -459,7 +624,10 @@ class _ModelEntry:
         overrides: tuple[OverrideEntry, ...],
         discounts: tuple[DiscountEntry, ...],
         lookup_error: str | None,
+        via: str | None = None,
     ) -> None:
+        self.basis: str | None = None  # the provider's cost_basis when no per-source setting can override it
+        self.via = via  # the gateway whose own entry was missing, when priced at the upstream vendor's entry
         self.provider = provider
         self.model = model
         self.info = info
@@ -518,11 +686,15 @@ class Pricer:
         rel_tolerance: Decimal = Decimal("0.01"),
         snapshot: data_snapshot.DataSnapshot | None = None,
         max_cached_models: int = 50_000,
+        cost_basis: CostBasisPolicy | None = None,
+        catalogue_version_label: str | None = None,
     ) -> None:
         """``abs_tolerance`` (USD) and ``rel_tolerance`` (fraction of the computed cost): a reported cost is a
         mismatch only when it differs from ours by more than BOTH (small absolute noise on tiny calls and small
         relative noise on big calls are tolerated). ``max_cached_models`` bounds the (provider, model) cache against
-        a flood of junk model names; when exceeded the cache is cleared and rebuilt on demand."""
+        a flood of junk model names; when exceeded the cache is cleared and rebuilt on demand. ``cost_basis`` says
+        which cost is authoritative per source / provider (default: :class:`CostBasisPolicy` defaults).
+        ``catalogue_version_label`` names a catalogue loaded from a file (``finops prices update``)."""
         if abs_tolerance < 0 or rel_tolerance < 0:
             raise PricingError("tolerances must be non-negative")
         self._book = price_book
@@ -531,11 +703,18 @@ class Pricer:
         self._snapshot = snapshot or data_snapshot.get_snapshot()
         self._max_models = max_cached_models
         self._entries: dict[tuple[Any, Any], _ModelEntry] = {}
-        self.catalogue_version: str = catalogue_version(self._snapshot)
+        self.cost_basis = cost_basis or CostBasisPolicy()
+        self._basis_cache: dict[tuple[Any, Any], str] = {}
+        self.catalogue_version: str = catalogue_version_label or catalogue_version(self._snapshot)
         self.price_book_version: str | None = price_book.version if price_book is not None else None
         self._unpriced_reason_tail = (
             f"in genai-prices {self.catalogue_version} and price book {self.price_book_version or '(none)'}"
         )
+
+    @property
+    def price_book(self) -> PriceBook | None:
+        """The organisation price book this Pricer overlays (None when none was loaded)."""
+        return self._book
 
     # -- the hot path --
 
@@ -558,10 +737,14 @@ class Pricer:
         if rates is None:
             rates = self._rates_at(entry, _utc(get("occurred_at")))
         if rates.unpriced_reason is not None:
+            basis = entry.basis or self._basis(get("source"), key[0])
+            reported = get("reported_cost")
+            if reported is not None and basis != "catalogue":
+                return self._reported_only(reported, basis)
             return PriceResult(
                 _ZERO12, _ZERO12, _ZERO12, _ZERO12, _ZERO12, _ZERO12, None, None, None, None, None,
                 "unpriced", rates.unpriced_reason, self.catalogue_version, self.price_book_version, "none",
-                None, False,
+                None, False, None, basis,
             )  # fmt: skip
 
         costs = [_ZERO12, _ZERO12, _ZERO12, _ZERO12, _ZERO12]
@@ -606,23 +789,61 @@ class Pricer:
             largest = max(range(5), key=lambda i: abs(parts[i]))
             parts[largest] += residual
 
+        basis = entry.basis or self._basis(get("source"), key[0])
         reported = get("reported_cost")
         if reported is None:
-            delta: Decimal | None = None
-            mismatch = False
-        else:
-            if not isinstance(reported, Decimal):
-                reported = self._reported_decimal(reported)
-            delta = (reported - total).quantize(_Q12, ROUND_HALF_EVEN)
-            off = abs(delta)
-            mismatch = off > self._abs_tol and off > self._rel_tol * total
-        # tuple.__new__ skips the NamedTuple's generated __new__ (~0.15 µs); same fields, same order.
+            # tuple.__new__ skips the NamedTuple's generated __new__ (~0.15 µs); same fields, same order.
+            return _tuple_new(
+                PriceResult,
+                (
+                    total, parts[0], parts[1], parts[2], parts[3], parts[4], *display,
+                    "priced", None, self.catalogue_version, self.price_book_version, rates.source, None, False,
+                    total, basis,
+                ),
+            )  # fmt: skip
+        if not isinstance(reported, Decimal):
+            reported = self._reported_decimal(reported)
+        delta = (reported - total).quantize(_Q12, ROUND_HALF_EVEN)
+        off = abs(delta)
+        mismatch = off > self._abs_tol and off > self._rel_tol * total
+        if basis == "reported" and delta:
+            authoritative = reported.quantize(_Q12, ROUND_HALF_EVEN)
+            return _tuple_new(
+                PriceResult,
+                (
+                    authoritative, *_allocate(authoritative, parts, total), *display,
+                    "priced", None, self.catalogue_version, self.price_book_version, "reported", delta, mismatch,
+                    total, basis,
+                ),
+            )  # fmt: skip
         return _tuple_new(
             PriceResult,
             (
                 total, parts[0], parts[1], parts[2], parts[3], parts[4], *display,
-                "priced", None, self.catalogue_version, self.price_book_version, rates.source, delta, mismatch,
+                "priced", None, self.catalogue_version, self.price_book_version,
+                "reported" if basis == "reported" else rates.source, delta, mismatch, total, basis,
             ),
+        )  # fmt: skip
+
+    def _basis(self, source: Any, provider: Any) -> str:
+        cache_key = (source, provider)
+        basis = self._basis_cache.get(cache_key)
+        if basis is None:
+            if len(self._basis_cache) >= self._max_models:
+                self._basis_cache.clear()
+            basis = self._basis_cache[cache_key] = self.cost_basis.basis_for(
+                None if source is None else str(source), None if provider is None else str(provider)
+            )
+        return basis
+
+    def _reported_only(self, reported: Any, basis: str) -> PriceResult:
+        """The report answers for a call the price book and catalogue cannot price (DESIGN §4, step 4)."""
+        if not isinstance(reported, Decimal):
+            reported = self._reported_decimal(reported)
+        cost = reported.quantize(_Q12, ROUND_HALF_EVEN)
+        return PriceResult(
+            cost, _ZERO12, _ZERO12, _ZERO12, _ZERO12, cost, None, None, None, None, None,
+            "priced", None, self.catalogue_version, self.price_book_version, "reported", None, False, None, basis,
         )  # fmt: skip
 
     # -- explanation --
@@ -642,14 +863,32 @@ class Pricer:
         rates = entry.static or self._rates_at(entry, _utc(at))
         out = [f"provider {provider!r} model {model!r} at {at}"]
         if entry.info is not None and entry.catalogue_provider is not None:
-            out.append(f"catalogue: {entry.catalogue_provider.id}/{entry.info.id} (genai-prices {self.catalogue_version})")
+            route = f" via {entry.via} (gateway)" if entry.via else ""
+            out.append(
+                f"catalogue: {entry.catalogue_provider.id}/{entry.info.id}{route} (genai-prices {self.catalogue_version})"
+            )
         else:
             out.append(f"catalogue: no match (genai-prices {self.catalogue_version}): {entry.lookup_error}")
-        out.append(f"price book: {self.price_book_version or '(none)'}; price source: {result.price_source}")
+        out.append(
+            f"resolution: price book {self.price_book_version or '(none)'} -> catalogue {provider!r} -> upstream vendor "
+            f"(gateways) -> reported cost (cost_basis {result.cost_basis}) -> unpriced; "
+            f"answered by: {result.price_source}"
+        )
         out.extend(f"note: {note}" for note in rates.notes)
+        tags = get("tags")
+        if isinstance(tags, Mapping) and tags.get(NORMALISED_TAG):
+            out.extend(f"normalised: {item}" for item in str(tags[NORMALISED_TAG]).split(";") if item)
+        if rates.unpriced_reason is not None and result.pricing_status == "priced":
+            out.append(f"catalogue and price book: {rates.unpriced_reason}")
+            out.append(
+                f"total cost_usd = ${result.cost_usd:f} = reported_cost (cost_basis {result.cost_basis}: the report is "
+                "the best evidence for a call the catalogue cannot price; its parts are not known, so all in other)"
+            )
+            return "\n".join(out)
         if result.pricing_status == "unpriced":
             out.append(f"UNPRICED: {result.unpriced_reason}")
             out.append("cost_usd = 0 (flagged unpriced, not free)")
+            out.append(f"fix: {unpriced_fix(str(provider), str(model), self.cost_basis.describe())}")
             return "\n".join(out)
         total_input = get("input_tokens") or 0
         for (bucket, terms, unit, mtok, tiers, _slot), line_info in zip(rates.lines, rates.info, strict=True):
@@ -674,11 +913,18 @@ class Pricer:
             f"{result.cost_cache_read_usd:f} + cache write {result.cost_cache_write_usd:f} + other "
             f"{result.cost_other_usd:f}"
         )
-        out.append(f"total cost_usd = ${result.cost_usd:f}")
+        if result.price_source == "reported":
+            out.append(f"computed (price book / catalogue) = ${result.computed_cost_usd:f}")
+            out.append(
+                f"total cost_usd = ${result.cost_usd:f} = reported_cost (cost_basis {result.cost_basis}: the report is the "
+                "bill; parts scaled to it)"
+            )
+        else:
+            out.append(f"total cost_usd = ${result.cost_usd:f}")
         if result.cost_delta_usd is not None:
             verdict = "MISMATCH" if result.cost_mismatch else "within tolerance"
             out.append(
-                f"reported ${get('reported_cost')} - computed ${result.cost_usd:f} = ${result.cost_delta_usd:f} ({verdict}: "
+                f"reported ${get('reported_cost')} - computed ${result.computed_cost_usd:f} = ${result.cost_delta_usd:f} ({verdict}: "
                 f"tolerance ${self._abs_tol} or {self._rel_tol * 100}%)"
             )
         return "\n".join(out)
@@ -702,6 +948,19 @@ class Pricer:
                 )
             except LookupError as err:
                 lookup_error = str(err)
+        via: str | None = None
+        if (
+            catalogue_provider is not None
+            and provider_s.strip().lower() in GATEWAY_PROVIDERS
+            and catalogue_provider.id != provider_s.strip().lower()
+        ):
+            via = provider_s.strip().lower()  # genai-prices resolved a LiteLLM-style name to its vendor itself
+        if info is None and lookup_error is not None and "/" in model_s:
+            routed = self._upstream(provider_s, model_s)
+            if routed is not None:
+                catalogue_provider, info = routed
+                via = provider_s.strip().lower()
+                lookup_error = f"{lookup_error}; priced at the upstream vendor's entry"
         overrides: tuple[OverrideEntry, ...] = ()
         discounts: tuple[DiscountEntry, ...] = ()
         if self._book is not None:
@@ -710,14 +969,40 @@ class Pricer:
             if catalogue_provider is not None and info is not None:
                 providers.add(catalogue_provider.id)
                 models.add(info.id)
+                if via is not None:
+                    models.add(model_s.partition("/")[2])
             overrides = self._book.overrides_for(providers, models)
             discounts = self._book.discounts_for(providers, models)
-        entry = _ModelEntry(provider_s, model_s, info, catalogue_provider, overrides, discounts, lookup_error)
+        entry = _ModelEntry(provider_s, model_s, info, catalogue_provider, overrides, discounts, lookup_error, via)
+        if not self.cost_basis.by_source:
+            entry.basis = self.cost_basis.basis_for(None, provider_s)
         if entry.is_static:
             # Any instant gives the same rates; the epoch is as good as any.
             entry.static = self._build_rates(entry, datetime(1970, 1, 1, tzinfo=UTC))
         self._entries[(provider, model)] = entry
         return entry
+
+    def _upstream(self, provider: str, model: str) -> tuple[gp_types.Provider, gp_types.ModelInfo] | None:
+        """The upstream vendor's catalogue entry for a gateway's ``vendor/model`` name, or None.
+
+        Only for a known gateway (:data:`GATEWAY_PROVIDERS`) or a provider the catalogue does not know: a known
+        direct provider with a slash in a model name is not a route (e.g. Bedrock ARNs, fine-tune paths)."""
+        name = provider.strip().lower()
+        if name not in GATEWAY_PROVIDERS:
+            try:
+                self._snapshot.find_provider(None, name or None, None)
+                return None  # a direct provider the catalogue knows: not a gateway
+            except LookupError:
+                pass
+        vendor, _, rest = model.partition("/")
+        vendor = vendor.strip().lower()
+        vendor = _VENDOR_ALIASES.get(vendor, vendor)
+        if not vendor or not rest.strip() or vendor == name:
+            return None
+        try:
+            return self._snapshot.find_provider_model(rest, None, vendor, None)
+        except LookupError:
+            return None
 
     def _rates_at(self, entry: _ModelEntry, at: datetime) -> _Rates:
         key = entry.period_key(at)
@@ -758,6 +1043,12 @@ class Pricer:
             price_map["cache_write_1h_mtok"] = _scale(price_map["input_mtok"], _TWO)
             notes.append("1-hour cache-write price derived as 2 x input price (Anthropic's published rule)")
         source: PriceSource = "catalogue"
+        if entry.via is not None:
+            source = f"catalogue:{entry.catalogue_provider.id} via {entry.via}"
+            notes.append(
+                f"{entry.via} has no catalogue entry for {entry.model!r}: priced at the upstream vendor's entry "
+                f"{label} (genai-prices {self.catalogue_version})"
+            )
         discount = pick_discount(entry.discounts, at) if entry.discounts else None
         if discount is not None:
             factor = discount.multiplier

@@ -743,3 +743,46 @@ def test_bad_input_limit_leaves_the_tripping_batch_uncommitted() -> None:
     with pytest.raises(BadInputLimitExceeded):
         hp.run()
     assert log.committed[0][0] == 120
+
+
+def test_unpriced_model_with_a_reported_cost_moves_windows_and_a_budget() -> None:
+    # Issue 15: a call whose cost is known from its report is never unpriced (cost_basis reported_if_unpriced,
+    # the default): the report is cost_usd in the ledger, the windows and the budget counters.
+    from schemas.models import BudgetPolicy
+    from stream_jobs.budgets import BudgetEngine
+    from stream_jobs.detection import build_spend_event
+
+    events = fleet(40)
+    base = events[-1]["occurred_at"]
+    reported = [
+        {**events[i], "event_id": f"00000000-0000-4000-8000-{i:012d}", "provider": "openai", "team": "solo",
+         "model": "atlas-xl-preview", "occurred_at": base + timedelta(seconds=i), "reported_cost": Decimal("0.4")}
+        for i in range(3)
+    ]  # fmt: skip
+    log = FakeLog()
+    fill(log, [*events, *reported])
+    producer = FakeProducer()
+    clock = Clock(base + timedelta(minutes=1))
+    hp, consumer = build(log, producer, clock)
+    run_to_end(hp, consumer, clock)
+
+    priced = {r["event_id"]: r for r in decoded(producer.of("t.priced"))}
+    for event in reported:
+        row = priced[event["event_id"]]
+        assert row["pricing_status"] == "priced" and row["price_source"] == "reported"
+        assert row["cost_usd"] == Decimal("0.4") and row["computed_cost_usd"] is None
+        assert row["cost_basis"] == "reported_if_unpriced"
+    assert not decoded(producer.of("t.alerts"))  # nothing unpriced to alert about
+    assert team_totals(decoded(producer.of("t.spend")))["solo"] == (Decimal("1.2"), 3)
+
+    engine = BudgetEngine()
+    policy = BudgetPolicy.model_validate({
+        "policy_id": "solo-day", "version": 1, "scope_type": "team", "scope_value": "solo", "period": "day",
+        "limit_usd": Decimal(1), "mode": "hard", "thresholds": [{"percent": 100, "actions": ["notify"]}],
+        "updated_at": base})  # fmt: skip
+    engine.set_policy(policy, 0)
+    alerts: list[dict[str, Any]] = []
+    for offset, event in enumerate(reported):
+        alerts += engine.apply(build_spend_event(priced[event["event_id"]]), 0, offset)
+    assert sum((c.spent for c in engine.counters.values()), Decimal(0)) == Decimal("1.2")
+    assert any(a["kind"] == "budget_threshold" for a in alerts)
