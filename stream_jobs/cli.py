@@ -48,7 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             '\'{"provider": "openai", "model": "gpt-4o", "input_tokens": 1200, "output_tokens": 300}\''
         ),
     )
-    price.add_argument("--json", dest="event_json", required=True, metavar="JSON", help="the usage event as JSON")
+    what = price.add_mutually_exclusive_group(required=True)
+    what.add_argument("--json", dest="event_json", metavar="JSON", help="the usage event as JSON")
+    what.add_argument(
+        "--file", type=Path, default=None, metavar="EVENTS.jsonl",
+        help="price every line offline (usage events or {adapter, response, ...}); one JSON result per line on "
+        "stdout, a summary on stderr; exit 0 when every line was read, 2 when one was not ('-' reads stdin)",
+    )  # fmt: skip
     price.add_argument(
         "--price-book", type=Path, default=None, help="organisation price book (default FINOPS_STREAM_PRICE_BOOK)"
     )
@@ -155,6 +161,8 @@ def _price(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     pricer = build_pricer(settings.stream, settings.core.data_dir, book_path=args.price_book)
+    if args.file is not None:
+        return _price_file(args.file, pricer, settings)
     event = load_price_request(args.event_json, datetime.now(UTC))
     print(pricer.explain(event))  # InvalidUsageError is a FinopsError: printed as one message, exit 2
     result = pricer.price(event)
@@ -162,3 +170,23 @@ def _price(args: argparse.Namespace) -> int:
         print("(exit 1: unpriced)", file=sys.stderr)
         return _EXIT_UNPRICED
     return 0
+
+
+def _price_file(path: Path, pricer: Any, settings: Any) -> int:
+    from producers.adapters import parse_reasoning_conventions
+    from stream_jobs.price_file import FileSummary, price_lines
+
+    reasoning = parse_reasoning_conventions(settings.producer.reasoning_conventions)
+    try:
+        handle = sys.stdin if str(path) == "-" else path.open(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+    summary = FileSummary()
+    write = sys.stdout.write
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    with handle:
+        for out, summary in price_lines(handle, pricer, now=datetime.now(UTC), reasoning=reasoning):
+            write(dumps(out) + "\n")
+    sys.stdout.flush()
+    print(summary.render(), file=sys.stderr)
+    return 2 if summary.errors else 0
