@@ -10,7 +10,9 @@ One loop iteration (:meth:`AlertWorker.run_once`), in this order because each st
 4. commit the batch's offsets: only now, so a crash before it replays the batch, and the outbox (unique per alert
    and destination) and the deterministic command ids make the replay harmless;
 5. flush the delivery log, follow the control topic into the audit table (commit after the insert), and every
-   ``tick_s`` let the enforcer release scopes whose period ended.
+   ``tick_s`` let the enforcer release scopes whose period ended. A tombstone, forged, mis-keyed or replayed
+   (stale) message on a key is reported and answered by re-publishing the key's genuine live command, so log
+   compaction cannot leave the unverifiable message as the key's only value (:meth:`AlertWorker._reassert`).
 
 Delivery happens in :class:`DeliveryLane` threads, one per destination, each sending its outbox items in order
 through a :class:`~alerting.delivery.DestinationSender`: a slow, rate-limited or hanging destination delays only its
@@ -39,6 +41,7 @@ from alerting.delivery import (
     UrllibTransport,
 )
 from alerting.delivery_log import ControlAuditLog, DeliveryLog, DeliveryLogError
+from alerting.control_cli import compute_obeyed, judge_control_message, read_control_messages
 from alerting.enforcement import Enforcer, control_key
 from alerting.outbox import EnqueueResult, Outbox
 from alerting.router import RoutingTable
@@ -274,6 +277,7 @@ class AlertWorker:
         self.verify_keys = dict(verify_keys)
         self.codec = AvroCodec()
         base = dict(kafka_config)
+        self.producer_config = base
         self.producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
         self.consumer = Consumer({**base, "group.id": self.options.group_id, "enable.auto.commit": False,
                                   "auto.offset.reset": "earliest"})
@@ -289,14 +293,30 @@ class AlertWorker:
         self.invalid_alerts = 0
         self.commands_published: list[ControlCommand] = []
         self.forged_seen = 0
+        self.reasserted = 0
+        # key -> the command guards obey there (read from the topic at start, then followed by the audit).
+        self._obeyed: dict[str, ControlCommand] = {}
 
     def _raise_config_alert(self, alert: Alert) -> None:
         publish_alert(self.producer, self.alerts_topic, alert, self.codec, timeout=self.options.publish_timeout_s)
 
     def start(self) -> None:
+        self._load_obeyed()
         self.consumer.subscribe([self.alerts_topic])
         self.audit_consumer.subscribe([self.control_topic])
         self.dispatcher.start()
+
+    def _load_obeyed(self) -> None:
+        """What guards obey per key now (the whole compacted topic), so an unverifiable message the audit meets
+        after a restart can still be answered (:meth:`_reassert`). Best effort: without it, only commands audited
+        since the start are re-asserted."""
+        try:
+            messages = read_control_messages(self.producer_config, self.control_topic,
+                                             timeout=self.options.publish_timeout_s)
+        except Exception as err:  # noqa: BLE001 - reported; the audit keeps following the topic
+            log.warning("control audit: could not read the current control state of %s: %s", self.control_topic, err)
+            return
+        self._obeyed = compute_obeyed(messages, self.verify_keys)
 
     def stop(self) -> None:
         """Stop lanes, flush logs, close clients (reverse order of start)."""
@@ -354,44 +374,74 @@ class AlertWorker:
         return len(alerts)
 
     def _audit_once(self) -> None:
+        """Audit the control messages since the last call: every command into the audit table (``verified``
+        false for forged ones); tombstones, forged, mis-keyed and undecodable messages counted and logged; and
+        each of those answered by :meth:`_reassert`. Commits after the audit rows are written."""
         msgs = self.audit_consumer.consume(self.options.batch_size, 0)
         if not msgs:
             return
         now = self.clock.now()
+        suspect: dict[str, str] = {}
         for msg in msgs:
-            value = msg.value()
             if msg.error() is not None:
                 continue
-            if value is None:
-                # Unsigned: guards ignore it (producers/guard.py) and so does the state; report it like a forgery.
-                self.forged_seen += 1
-                raw_key = msg.key()
-                log.warning("control audit: unsigned tombstone for key %r at offset %d ignored (it cannot be "
-                            "verified; agents keep their state)",
-                            raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else None, msg.offset())
-                continue
-            try:
-                _, record = self.codec.decode(value)
-                cmd = ControlCommand.from_avro_dict(record)
-            except FinopsError as err:
-                self.forged_seen += 1
-                log.warning("control audit: undecodable control message at offset %d: %s", msg.offset(), err)
-                continue
-            ok = verify(cmd, self.verify_keys)
-            if not ok:
-                self.forged_seen += 1
-                log.warning("control audit: command %s for %s:%s does NOT verify (key_id %r, issued_by %r): "
-                            "recorded with verified=false", cmd.command_id, cmd.scope_type, cmd.scope_value,
-                            cmd.key_id, cmd.issued_by)
-            if self.audit_log is not None:
-                self.audit_log.record(cmd, received_at=now, verified=ok)
+            raw_key = msg.key()
+            key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else None
+            cmd, why = judge_control_message(key, msg.value(), self.verify_keys,
+                                             self._obeyed.get(key) if key else None, self.codec)
+            if why is None:
+                if key is not None and cmd is not None:
+                    self._obeyed[key] = cmd
+            else:
+                if not why.startswith("stale"):
+                    # Unverifiable: guards ignore it (producers/guard.py); report it like a forgery. (A stale
+                    # genuine command is ignored too, not forged; compaction would let it win all the same.)
+                    self.forged_seen += 1
+                    if cmd is None:
+                        log.warning("control audit: IGNORED control message for key %r at offset %d: %s", key,
+                                    msg.offset(), why)
+                    else:
+                        log.warning("control audit: command %s for %s:%s IGNORED (key_id %r, issued_by %r): %s",
+                                    cmd.command_id, cmd.scope_type, cmd.scope_value, cmd.key_id, cmd.issued_by,
+                                    why)
+                if key is not None:
+                    suspect[key] = why
+            if cmd is not None and self.audit_log is not None:
+                self.audit_log.record(cmd, received_at=now, verified=verify(cmd, self.verify_keys))
         if self.audit_log is not None:
             try:
                 self.audit_log.flush()
             except DeliveryLogError as err:
                 log.error("control audit not written (will retry): %s", err)
                 return
+        self._reassert(suspect, now)
         self.audit_consumer.commit(asynchronous=False)
+
+    def _reassert(self, suspect: Mapping[str, str], now: datetime) -> None:
+        """Re-publish the genuine live command of each key that just received an unverifiable message.
+
+        Guards already ignore such a message, but the topic is compacted: once the cleaner runs, the unverifiable
+        message would be the key's only value and a guard starting later would never see the genuine command (a
+        tombstone would even erase the key). Re-publishing the obeyed command (same id, same signature) makes it the
+        key's latest value again; guards treat the repeat as the command they hold. Nothing is re-published for a
+        key whose state is a resume or has expired (the unverifiable message cannot make a guard obey anything).
+        A failure is logged and retried with the next unverifiable message, not fatal: agents are not affected."""
+        again = [cmd for key, cmd in self._obeyed.items() if key in suspect and cmd.action != "resume"
+                 and (cmd.expires_at is None or cmd.expires_at > now)]
+        if not again:
+            return
+        try:
+            publish_commands(self.producer, self.control_topic, again, self.codec,
+                             timeout=self.options.publish_timeout_s)
+        except ControlPublishError as err:
+            log.error("control audit: could not re-assert %d command(s) over unverifiable messages: %s",
+                      len(again), err)
+            return
+        self.reasserted += len(again)
+        for cmd in again:
+            log.warning("control audit: re-published the genuine %s %s:%s (%s) over an unverifiable message (%s)",
+                        cmd.action, cmd.scope_type, cmd.scope_value, cmd.command_id,
+                        suspect[control_key(cmd.scope_type, cmd.scope_value)])
 
     def _flush_logs(self) -> None:
         for writer in (self.delivery_log, self.audit_log):

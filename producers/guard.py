@@ -23,9 +23,11 @@ or the condition clears; an operator lifts a command with ``finops control resum
 Trust: a command is obeyed only if its HMAC-SHA256 signature verifies under one of ``keys`` (key id -> secret;
 several during a rotation). A forged, tampered or undecodable command is ignored, counted (``stats().forged``),
 logged and handed to ``on_forged`` so it can be reported. A command older (``issued_at``) than the state it would
-replace is ignored too, so a captured old ``resume`` cannot be replayed to lift a newer suspension. A forged message
-still occupies its key on the compacted topic; a guard that starts after compaction removed the genuine command
-will not see it: restrict writes to the topic with ACLs (the signature stops obedience, not writes).
+replace is ignored too, so a captured old ``resume`` cannot be replayed to lift a newer suspension. A forged,
+replayed or null message still occupies its key on the compacted topic, and once compacted a guard starting later
+would not see the genuine command: the alert worker answers each such message by re-publishing the key's genuine
+live command (``alerting/worker.py``), and writes to the topic should still be restricted with ACLs (the signature
+stops obedience, not writes).
 
 Before the first catch-up (the end of every partition reached once) ``check`` waits up to ``start_timeout_s``; then it
 fails open with a warning (the agent keeps working while the broker is unreachable) or, with ``fail_closed=True``,

@@ -166,16 +166,41 @@ def test_unsigned_tombstone_never_lifts_a_suspension(kafka_bootstrap: str, topic
                 ("suspend", suspend.command_id, True, True)
             assert row["ignored"] == 1 and "tombstone" in row["ignored_reason"]
 
-            # the alert worker's audit of the control topic reports it too
+            # the alert worker's audit of the control topic reports it too, and re-publishes the genuine command so
+            # that compaction cannot leave the tombstone as the key's only value (a later guard would never see
+            # the suspension)
+            worker._load_obeyed()
+
             def audited() -> bool:
                 worker._audit_once()
-                return worker.forged_seen >= 1
+                return worker.reasserted >= 1
 
-            _wait(audited, what="the audit to see the tombstone")
+            _wait(audited, what="the audit to re-assert the suspension")
+            assert worker.forged_seen == 1 and worker.reasserted == 1
+            *_, (last_key, last_value) = control_cli.read_control_messages(
+                {"bootstrap.servers": kafka_bootstrap}, topics.control)
+            assert last_key == "agent:bot-1" and last_value is not None
+            assert control_cli.compute_obeyed([(last_key, last_value)], KEYS)["agent:bot-1"] == suspend
+            _wait(lambda: running.stats().applied == 2, what="the running guard to see the re-asserted command")
+            assert _suspended(running) and running.stats().forged == 1
+            # a genuine but older resume replayed over it: guards call it stale; compaction would let it win, so it
+            # is answered the same way (and is no forgery)
+            old_resume = _cmd("resume", ("agent", "bot-1"), issued_at=suspend.issued_at - timedelta(hours=1),
+                              expires_at=None)
+            publish_commands(producer, topics.control, [old_resume], codec)
+
+            def reasserted_again() -> bool:
+                worker._audit_once()
+                return worker.reasserted >= 2
+
+            _wait(reasserted_again, what="the audit to answer the replayed resume")
             assert worker.forged_seen == 1
+            _wait(lambda: running.stats().applied == 3, what="the second re-assertion")
+            assert _suspended(running) and running.stats().stale == 1
         messages = [r.getMessage() for r in caplog.records]
         assert any("IGNORED" in m and "tombstone" in m for m in messages)
-        assert any("control audit: unsigned tombstone" in m for m in messages)
+        assert any("control audit: IGNORED" in m and "tombstone" in m for m in messages)
+        assert any("control audit: re-published the genuine suspend agent:bot-1" in m for m in messages)
         assert not any(KEYS["k1"].decode() in m for m in messages)
     finally:
         worker.audit_consumer.close()
