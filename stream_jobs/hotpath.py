@@ -592,11 +592,13 @@ def compute_unpriced_alert(
     first_event_id: str,
     occurred_at_us: int,
 ) -> dict[str, Any]:
-    """The Alert (Avro dict) for an unknown model seen in one event-time hour: dedup key
-    ``unpriced_model:<provider>:<model>:<hour>`` and an ``alert_id`` derived from it, so a replay repeats it
-    identically and alerting's per-key dedupe drops the repeat."""
+    """The Alert (Avro dict) for an unknown model seen by one team in one event-time hour: dedup key
+    ``unpriced_model:<provider>:<model>:<team>:<hour>`` and an ``alert_id`` derived from it, so a replay repeats it
+    identically and alerting's per-key dedupe drops the repeat. Per team because the alert is attributed to the
+    usage it is about (team, project and agent of the first such event): each team whose agents call the model
+    sees it and is routed it, not only the first team seen in the hour."""
     hour = datetime.fromtimestamp(hour_start_us / 1e6, UTC).strftime("%Y-%m-%dT%H")
-    dedup_key = f"unpriced_model:{provider}:{model}:{hour}"
+    dedup_key = f"unpriced_model:{provider}:{model}:{team or ''}:{hour}"
     return {
         "alert_id": str(uuid.uuid5(_ALERT_NAMESPACE, dedup_key)),
         "dedup_key": dedup_key,
@@ -710,7 +712,7 @@ class HotPath:
         self._started = False
         self._closed = False
         # (provider, model, hour_start_us) already alerted by this process; hours older than 2 h are forgotten.
-        self._alerted: set[tuple[str, str, int]] = set()
+        self._alerted: set[tuple[str, str, str, int]] = set()
         # Counters (ints written by the consumer thread only; stats() reads them from any thread).
         self._consumed = 0
         self._priced = 0
@@ -1114,19 +1116,19 @@ class HotPath:
     def _note_unpriced(
         self, record: Mapping[str, Any], result: PriceResult, occurred_us: int, group: _AckGroup
     ) -> None:
-        """Count an unpriced event and, once per provider, model and event-time hour, produce an alert naming the
-        model (in the event's ack group: its offset is not committed before the alert is acknowledged)."""
+        """Count an unpriced event and, once per provider, model, team and event-time hour, produce an alert naming
+        the model (in the event's ack group: its offset is not committed before the alert is acknowledged)."""
         provider = record["provider"]
         model = record["model"]
         name = f"{provider}/{model}"
         self._unpriced_models[name] = self._unpriced_models.get(name, 0) + 1
         hour = occurred_us - occurred_us % HOUR_US
-        key = (provider, model, hour)
+        key = (provider, model, record["team"], hour)
         if key in self._alerted:
             return
         if len(self._alerted) > 10_000:
-            newest = max(k[2] for k in self._alerted)
-            self._alerted = {k for k in self._alerted if k[2] >= newest - 2 * HOUR_US}
+            newest = max(k[3] for k in self._alerted)
+            self._alerted = {k for k in self._alerted if k[3] >= newest - 2 * HOUR_US}
         self._alerted.add(key)
         alert = compute_unpriced_alert(
             provider,

@@ -408,7 +408,7 @@ def test_late_event_is_priced_flagged_late_and_left_out_of_windows() -> None:
     assert hp.stats().late == 1
 
 
-def test_unknown_model_is_unpriced_counted_and_alerted_once_per_model_and_hour() -> None:
+def test_unknown_model_is_unpriced_counted_and_alerted_once_per_model_team_and_hour() -> None:
     events = fleet(200)
     base = events[-1]["occurred_at"]
     unknown = [
@@ -427,7 +427,13 @@ def test_unknown_model_is_unpriced_counted_and_alerted_once_per_model_and_hour()
     alerts = [Alert.from_avro_dict(a) for a in decoded(producer.of("t.alerts"))]
     hours = [(base.replace(minute=0, second=0, microsecond=0) + timedelta(hours=h)).strftime("%Y-%m-%dT%H")
              for h in (0, 1)]  # fmt: skip
-    assert sorted(a.dedup_key for a in alerts) == sorted(f"unpriced_model:openai:atlas-xl-preview:{h}" for h in hours)
+    # once per team and hour (issue 14 item 5: each team whose agents call the model sees its alert)
+    first, later = unknown[:3], unknown[3:]
+    expected = {(e["team"], hours[0]) for e in first} | {(e["team"], hours[1]) for e in later}
+    assert len(expected) > 2  # the fixture's calls come from more than one team
+    assert sorted(a.dedup_key for a in alerts) == sorted(
+        f"unpriced_model:openai:atlas-xl-preview:{t}:{h}" for t, h in expected)
+    assert {(a.team, a.dedup_key.rsplit(":", 1)[1]) for a in alerts} == expected
     assert all(a.kind == "unpriced_model" and a.model == "openai/atlas-xl-preview" for a in alerts)
     assert all("atlas-xl-preview" in a.summary and "unpriced" in a.summary for a in alerts)
     unpriced = [r for r in decoded(producer.of("t.priced")) if r["pricing_status"] == "unpriced"]
