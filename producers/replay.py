@@ -658,6 +658,10 @@ class EventSink(Protocol):
 
     def emit(self, event: dict[str, Any]) -> None: ...
 
+    def flush(self) -> int:
+        """Make every event emitted so far safe (delivered, written, or spooled); return how many are not."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -681,6 +685,10 @@ class JsonlSink:
         self._stream.write(self._to_json(event) + "\n")
         self._count += 1
 
+    def flush(self) -> int:
+        self._stream.flush()
+        return 0
+
     def close(self) -> None:
         self._stream.close()
         self.report = f"{self._count:,} events written to {self.path}"
@@ -697,6 +705,11 @@ class ProducerSink:
 
     def emit(self, event: dict[str, Any]) -> None:
         self.producer.emit(event)
+
+    def flush(self) -> int:
+        """Wait (up to 10 s) for the broker to acknowledge what was emitted; the number not acknowledged yet
+        (spooled events count: they are safe on disk, but not sent)."""
+        return int(self.producer.flush())
 
     def close(self) -> None:
         try:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from pydantic import (
     AwareDatetime,
@@ -70,6 +70,10 @@ from pydantic import (
 )
 
 from schemas.errors import ConfigError, FinopsError
+
+if TYPE_CHECKING:
+    from producers.checkpoint import ProgressCheckpoint
+    from producers.replay import EventSink
 
 __all__ = [
     "DEFAULT_START",
@@ -675,6 +679,11 @@ class Simulation:
         self._finished = True
 
     @property
+    def finished(self) -> bool:
+        """True once :meth:`events` has yielded the last event of the run."""
+        return self._finished
+
+    @property
     def answer_key(self) -> AnswerKey:
         """What was injected. Raises SimulationError until :meth:`events` has been exhausted (the key lists only
         events that were actually emitted)."""
@@ -823,6 +832,12 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--answer-key", type=Path, default=None, help="write what was injected to this JSON file")
     p.add_argument("--out", type=Path, default=None, help="write JSON lines to this file instead of Kafka")
     p.add_argument("--progress", action="store_true", help="draw the progress bar even when stderr is no TTY")
+    p.add_argument("--resume-file", type=Path, default=None, metavar="PATH",
+                   help="record in PATH how far the run got, and on a rerun with the same flags skip the events "
+                        "already sent and continue with the next one (finops demo uses this across restarts)")
+    p.add_argument("--skip-before", default=None, metavar="TIME",
+                   help="ISO-8601: do not send events that occurred before TIME (counted as skipped; with "
+                        "--resume-file they are not sent later either)")
     p.set_defaults(func=_handle_simulate)
 
 
@@ -869,24 +884,82 @@ def publish(events: Iterator[dict[str, Any]], emit: Callable[[dict[str, Any]], N
 
 
 def _handle_simulate(args: argparse.Namespace) -> int:
+    from producers.checkpoint import ProgressCheckpoint, load_progress
     from producers.progress import ProgressBar
     from producers.replay import Pacer, open_sink
 
-    config = config_from_args(args, datetime.now(UTC))
+    now = datetime.now(UTC)
+    config = config_from_args(args, now)
+    skip_before = _parse_time(args.skip_before, "--skip-before") if args.skip_before else None
     simulation = Simulation(config)
+    checkpoint: ProgressCheckpoint | None = None
     events: Iterator[dict[str, Any]] = simulation.events()
+    if args.resume_file is not None:
+        checkpoint = ProgressCheckpoint(args.resume_file, load_progress(args.resume_file, config.run_id))
+        events = checkpoint.resume(events, skip_before)
+    elif skip_before is not None:
+        events = (event for event in events if event["occurred_at"] >= skip_before)
     if args.realtime:
+        # Event time maps onto the wall clock: a start in the past (a resumed run) first catches up, at once, on
+        # what is already due, then goes at 1 s per 1 s.
         pacer = Pacer(scale=1.0)
-        events = pacer.pace(events, lambda e: e["occurred_at"].timestamp(), origin=config.start.timestamp())
-    with open_sink(args.out, source_label="simulate") as sink, \
-            ProgressBar(label="simulate", force=True if args.progress else None) as bar:
-        count = publish(events, sink.emit, bar.update)
+        events = pacer.pace(events, lambda e: e["occurred_at"].timestamp(),
+                            origin=max(config.start, now).timestamp())
+    closed: list[EventSink] = []
+    count = 0
+    try:
+        with open_sink(args.out, source_label="simulate") as sink, \
+                ProgressBar(label="simulate", force=True if args.progress else None) as bar:
+            closed.append(sink)
+            if checkpoint is None:
+                count = publish(events, sink.emit, bar.update)
+            else:
+                count = _publish_with_checkpoint(events, sink, checkpoint, bar.update)
+    finally:
+        # Also after Ctrl-C: leaving the block closed (flushed) the sink; record how far the run got, unless an
+        # event was lost (then the last saved progress stands, and the next run re-sends from there).
+        if checkpoint is not None and closed and closed[0].report and not closed[0].lost:
+            checkpoint.save(finished=simulation.finished)
+    sink = closed[0]
     key = simulation.answer_key
     if args.answer_key is not None:
         key.write(args.answer_key)
     _summary(sys.stderr, config, count, key, args)
+    if checkpoint is not None:
+        p = checkpoint.progress
+        print(f"simulate: resume file {args.resume_file}: {checkpoint.start.done:,} events done before this run, "
+              f"{p.done - checkpoint.start.done:,} now ({p.skipped - checkpoint.start.skipped:,} skipped as "
+              f"older than --skip-before){', finished' if p.finished else ''}", file=sys.stderr)
     print(f"simulate: {sink.report}", file=sys.stderr)
     return 1 if sink.lost else 0
+
+
+def _publish_with_checkpoint(events: Iterator[dict[str, Any]], sink: EventSink, checkpoint: ProgressCheckpoint,
+                             on_event: Callable[[], None]) -> int:
+    """:func:`publish` that tells ``checkpoint`` about every event handed to ``sink`` and saves it now and then
+    (after the sink's flush barrier)."""
+    checkpoint.flush = sink.flush
+
+    def emit(event: dict[str, Any]) -> None:
+        sink.emit(event)
+        checkpoint.emitted(event)
+
+    def after() -> None:
+        on_event()
+        checkpoint.maybe_save()
+
+    return publish(events, emit, after)
+
+
+def _parse_time(text: str, flag: str) -> datetime:
+    """An aware datetime from ISO-8601 (``Z`` accepted). Raises ConfigError naming ``flag``."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise ConfigError(f"{flag} {text!r} is not ISO-8601; write e.g. 2025-06-02T09:00:00Z") from err
+    if value.tzinfo is None:
+        raise ConfigError(f"{flag} {text!r} has no time zone; add Z or +00:00")
+    return value.astimezone(UTC)
 
 
 def _summary(out: TextIO, config: SimulationConfig, count: int, key: AnswerKey, args: argparse.Namespace) -> None:
