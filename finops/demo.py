@@ -6,21 +6,28 @@ Order (STYLE.md: logging, settings, connectivity, build, signals, run, close in 
 3. every role as a child process, each with its log in ``<data dir>/logs``: the sink (it owns the embedded
    ClickHouse and serves it to the others on ``FINOPS_CLICKHOUSE_QUERY_URL``), the stream job, detection, the
    alert worker and the dashboard; then a dashboard token and the demo budget policies;
-4. the fleet, in three phases of one seeded simulation (same seed = same agents, so one phase's habits are the
-   next one's baseline):
-   a. *history*: the last 70 minutes of the fleet, emitted as fast as the pipeline takes them. The dashboard has a
-      fleet's spend within seconds, and the runaway detector has the hour of per-agent norms it needs before it
-      judges an agent (``runaway_warmup_s``);
-   b. *incident*: 90 s in real time in which one agent runs away (50x its task rate) from about 50 s in (seed 7
-      puts the start at 54 % of the phase; the simulator picks 30-60 %), so its alert reaches the receiver about
-      80 s after the fleet goes live (the detector judges a 60 s window);
-   c. *steady*: the same fleet in real time for a day, until Ctrl-C;
+4. the fleet, in phases of one seeded timeline (same seed = same agents, so one phase's habits are the next one's
+   baseline), fixed at the first start in ``<data dir>/demo-fleet/timeline.json``:
+   a. *history*: the 70 minutes before the first start, emitted as fast as the pipeline takes them. The dashboard
+      has a fleet's spend within seconds, and the runaway detector has the hour of per-agent norms it needs before
+      it judges an agent (``runaway_warmup_s``);
+   b. *incident*: the next 90 s, in real time, in which one agent runs away (50x its task rate) from about 50 s
+      in (seed 7 puts the start at 54 % of the phase; the simulator picks 30-60 %), so its alert reaches the
+      receiver about a minute and a half after the start (the detector judges a 60 s window);
+   c. *steady*: the same fleet in real time, in one-hour segments, until Ctrl-C;
 5. where to look (dashboard URL and token, a `finops sql` query, where the alerts went), then the first spend
    seen in ClickHouse and every alert the receiver gets, as they happen.
-Ctrl-C (or SIGTERM) stops the children one by one in reverse order (the fleet first, the sink last, so every
-event in flight is written) and leaves the broker running for the next start (`finops stack down` stops it).
-The children run in their own sessions: a terminal's Ctrl-C reaches the demo only, which then stops them in order.
-A role that exits on its own stops the demo with its log tail: a half-running system is not a demo.
+A restart on the same data dir continues the timeline: each phase records how far it got (``simulate
+--resume-file``, saved after the producer's flush barrier), so the events already sent are not sent again; what
+fell due while the demo was stopped is caught up at once, at most ``--max-catch-up`` of it (older events are
+skipped: the fleet was off). Its events keep their ids, so the few a crash re-sends are dropped by id (ledger and
+detection). The dashboard token is reused (and any other demo token revoked); the budgets are re-applied (no
+change). Another fleet (``--agents``, ``--rate``, ...) on the same data dir is refused: use a clean one.
+Ctrl-C or SIGTERM (also when started in the background, where SIGINT starts ignored) stops the children one by one
+in reverse order (the fleet first, the sink last, so every event in flight is written) and leaves the broker
+running for the next start (`finops stack down` stops it). The children run in their own sessions: a terminal's
+Ctrl-C reaches the demo only, which then stops them in order. A role that exits on its own stops the demo with its
+log tail: a half-running system is not a demo.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,7 +50,8 @@ from typing import Any
 
 from schemas.errors import FinopsError
 
-__all__ = ["FleetPlan", "Role", "build_fleet_plan", "register", "run_demo", "start_receiver"]
+__all__ = ["FleetPhase", "FleetTimeline", "Role", "build_fleet_plan", "load_timeline", "register", "run_demo",
+           "start_receiver"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +59,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_SEED = 7
 HISTORY = timedelta(minutes=70)  # > the runaway detector's one-hour warm-up per agent
 INCIDENT_SECONDS = 90
+#: One steady segment (a restart regenerates at most one segment to find its place in it).
+STEADY_SECONDS = 3600
+#: The subject of the demo's dashboard token (a restart reuses it and revokes any other active one of it).
+TOKEN_SUBJECT = "demo"
 RUNAWAY_AGENT = "agent-003"  # a busy agent: its runaway is visible in dollars, and it trips its budget
 #: The runaway's jump in task rate. The simulator's default (20x) is what the e2e detection test scores over a
 #: whole day; here the runaway has ~40 s before the phase ends, and 20x left it at the edge of the detector's 3x
@@ -99,26 +111,134 @@ class Role:
 
 
 @dataclass(frozen=True)
-class FleetPlan:
-    """The simulate invocations of the fleet, run one after the other (see the module docstring, step 4)."""
+class FleetTimeline:
+    """The demo fleet's simulated time, fixed at the first start on a data dir: ``origin`` is the event time of
+    the first history event; the phases follow each other from there (module docstring, step 4)."""
 
-    phases: list[tuple[str, list[str]]] = field(default_factory=list)
+    origin: datetime
+    agents: int
+    rate: float
+    history_s: int
+    incident_s: int
+    steady_s: int = STEADY_SECONDS
+    seed: int = DEMO_SEED
+
+    def fleet(self) -> dict[str, Any]:
+        """What makes two timelines the same fleet (everything but the origin)."""
+        return {k: v for k, v in asdict(self).items() if k != "origin"}
+
+    def to_json(self) -> str:
+        return json.dumps({**self.fleet(), "origin": self.origin.isoformat()}, indent=2) + "\n"
 
 
-def build_fleet_plan(finops: Sequence[str], now: datetime, *, agents: int, rate: float, answer_key: Path) -> FleetPlan:
-    """The three fleet phases for a demo started at ``now``. Pure: same arguments, same argv."""
-    common = ["--seed", str(DEMO_SEED), "--agents", str(agents), "--teams", "4", "--projects", "8",
-              "--rate", f"{rate:g}/s"]
-    start = (now - HISTORY).replace(microsecond=0)
-    history_minutes = int(HISTORY.total_seconds() // 60)
-    return FleetPlan([
-        ("history", [*finops, "simulate", "--fast", "--start", start.isoformat(), "--duration",
-                     f"{history_minutes}m", *common]),
-        ("incident", [*finops, "simulate", "--realtime", "--duration", f"{INCIDENT_SECONDS}s", *common,
-                      "--misbehave", f"runaway:{RUNAWAY_AGENT}",
-                      "--runaway-factor", str(RUNAWAY_FACTOR), "--answer-key", str(answer_key)]),
-        ("steady", [*finops, "simulate", "--realtime", "--duration", "24h", *common]),
-    ])
+def load_timeline(path: Path) -> FleetTimeline | None:
+    """The timeline recorded in ``path``, or None when there is none. Raises FinopsError when it is unreadable."""
+    try:
+        data = json.loads(path.read_text())
+        return FleetTimeline(origin=datetime.fromisoformat(data.pop("origin")), **data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise FinopsError(f"{path} is not a demo timeline ({err}); delete it (the fleet then starts afresh) or "
+                          "start on a clean data dir") from err
+
+
+@dataclass(frozen=True)
+class FleetPhase:
+    """One ``finops simulate`` run of the timeline: [start, start + duration_s) of event time."""
+
+    name: str
+    start: datetime
+    duration_s: int
+    realtime: bool
+    misbehave: bool = False
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=self.duration_s)
+
+
+def timeline_phases(timeline: FleetTimeline) -> Iterator[FleetPhase]:
+    """Every phase of ``timeline`` in order: history, incident, then steady segments without end. Pure."""
+    history = FleetPhase("history", timeline.origin, timeline.history_s, realtime=False)
+    yield history
+    incident = FleetPhase("incident", history.end, timeline.incident_s, realtime=True, misbehave=True)
+    yield incident
+    start, number = incident.end, 1
+    while True:
+        yield FleetPhase(f"steady-{number:04d}", start, timeline.steady_s, realtime=True)
+        start, number = start + timedelta(seconds=timeline.steady_s), number + 1
+
+
+def progress_path(state_dir: Path, phase: FleetPhase) -> Path:
+    return state_dir / f"{phase.name}.progress.json"
+
+
+def _phase_progress(state_dir: Path, phase: FleetPhase) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(progress_path(state_dir, phase).read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def build_fleet_plan(finops: Sequence[str], timeline: FleetTimeline, state_dir: Path, *, skip_before: datetime,
+                     answer_key: Path) -> Iterator[tuple[str, list[str]]]:
+    """The simulate invocations still to run, lazily, in order: ``(phase name, argv)``. Phases that finished on
+    an earlier start, or that lie wholly before ``skip_before``, are left out; the others resume from their
+    progress file and skip what lies before ``skip_before``. Reads the progress files, starts nothing."""
+    common = ["--seed", str(timeline.seed), "--agents", str(timeline.agents), "--teams", "4", "--projects", "8",
+              "--rate", f"{timeline.rate:g}/s"]
+    for phase in timeline_phases(timeline):
+        if phase.end <= skip_before or _phase_progress(state_dir, phase).get("finished"):
+            continue
+        argv = [*finops, "simulate", "--realtime" if phase.realtime else "--fast", "--start", phase.start.isoformat(),
+                "--duration", f"{phase.duration_s}s", *common, "--resume-file", str(progress_path(state_dir, phase))]
+        if skip_before > phase.start:
+            argv += ["--skip-before", skip_before.isoformat()]
+        if phase.misbehave:
+            argv += ["--misbehave", f"runaway:{RUNAWAY_AGENT}", "--runaway-factor", str(RUNAWAY_FACTOR),
+                     "--answer-key", str(answer_key)]
+        yield phase.name, argv
+
+
+def fleet_totals(state_dir: Path) -> tuple[int, int, datetime | None]:
+    """(events sent, events skipped, event time reached) over every phase's progress file of ``state_dir``."""
+    sent = skipped = 0
+    through: datetime | None = None
+    for path in sorted(state_dir.glob("*.progress.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        sent += int(data.get("emitted", 0))
+        skipped += int(data.get("skipped", 0))
+        if data.get("through"):
+            at = datetime.fromisoformat(data["through"])
+            through = at if through is None else max(through, at)
+    return sent, skipped, through
+
+
+def prepare_timeline(state_dir: Path, wanted: FleetTimeline) -> tuple[FleetTimeline, bool]:
+    """The timeline to run: the recorded one when it is the same fleet (``True``: a restart continues it), else
+    ``wanted`` (recorded now). Raises FinopsError when the data dir holds another fleet that already sent events:
+    mixing two fleets' histories in one ledger would double count the overlap."""
+    path = state_dir / "timeline.json"
+    held = load_timeline(path)
+    if held is not None and held.fleet() == wanted.fleet():
+        return held, True
+    if held is not None and fleet_totals(state_dir)[0] > 0:
+        raise FinopsError(
+            f"the data dir holds the demo fleet started {held.origin:%Y-%m-%d %H:%M} UTC ({held.agents} agents at "
+            f"{held.rate:g} events/s, history {held.history_s}s, incident {held.incident_s}s); a restart continues "
+            f"it, but these options ask for another fleet ({wanted.agents} agents at {wanted.rate:g} events/s, "
+            f"history {wanted.history_s}s, incident {wanted.incident_s}s). Start it on a clean data dir "
+            "(`make clean`, or FINOPS_DATA_DIR=another/dir), or use the first fleet's options.")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for stale in state_dir.glob("*.progress.json"):
+        stale.unlink()
+    path.write_text(wanted.to_json())
+    return wanted, False
 
 
 # ---- the local alert receiver ------------------------------------------------------------------------------------
@@ -219,7 +339,8 @@ def _available_commands() -> set[str]:
 class _FleetRunner(threading.Thread):
     """Runs the fleet phases one after the other as child processes; ``failed`` holds why a phase failed."""
 
-    def __init__(self, plan: FleetPlan, env: dict[str, str], logs: Path, say: Callable[[str], None]) -> None:
+    def __init__(self, plan: Iterator[tuple[str, list[str]]], env: dict[str, str], logs: Path,
+                 say: Callable[[str], None]) -> None:
         super().__init__(name="demo-fleet", daemon=True)
         self.plan, self.env, self.logs, self.say = plan, env, logs, say
         self.current: subprocess.Popen[bytes] | None = None
@@ -228,7 +349,7 @@ class _FleetRunner(threading.Thread):
         self._lock = threading.Lock()
 
     def run(self) -> None:
-        for name, argv in self.plan.phases:
+        for name, argv in self.plan:
             with self._lock:
                 if self.stopping.is_set():
                     return
@@ -259,18 +380,55 @@ class _FleetRunner(threading.Thread):
                 proc.kill()
 
 
-def _issue_token(finops: list[str], env: dict[str, str], logs: Path) -> str | None:
-    """A finops_admin token for every team (printed once; only its hash is stored), or None if issuing failed."""
-    done = subprocess.run([*finops, "token", "issue", "--role", "finops_admin", "--team", "*", "--subject", "demo",
-                           "--json"], env=env, capture_output=True, text=True, timeout=60)
-    with open(logs / "token.log", "a") as log:
-        log.write(done.stderr)
+def _finops_json(finops: list[str], env: dict[str, str], log: Path, *args: str) -> Any:
+    """Run ``finops ARGS`` and parse its standard output as JSON; None when it failed (stderr goes to ``log``)."""
+    done = subprocess.run([*finops, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+    with open(log, "a") as out:
+        out.write(done.stderr)
     if done.returncode != 0:
         return None
     try:
-        return str(json.loads(done.stdout)["token"])
-    except (ValueError, KeyError):
+        return json.loads(done.stdout)
+    except ValueError:
         return None
+
+
+def demo_token(finops: list[str], env: dict[str, str], token_file: Path, logs: Path) -> tuple[str | None, str]:
+    """The demo's finops_admin token (every team) and what was done: the one in ``token_file`` when it is still
+    active, else a new one (written to ``token_file``, 0600). Every other active finops_admin token of subject
+    ``demo`` is revoked, so restarts never leave old admin tokens behind. (None, why) when the store refused."""
+    from dashboard.auth import AccessError, parse_token
+
+    log = logs / "token.log"
+    listed = _finops_json(finops, env, log, "token", "list", "--json")
+    if not isinstance(listed, list):
+        return None, f"`finops token list` failed (see {log})"
+    active = {str(r["token_id"]): r for r in listed
+              if r.get("revoked_at") is None and r.get("role") == "finops_admin" and r.get("subject") == TOKEN_SUBJECT}
+    token: str | None = None
+    try:
+        held = token_file.read_text().strip()
+        if parse_token(held)[0] in active:
+            token, how = held, "reused from the last start"
+    except (OSError, AccessError):
+        pass
+    if token is None:
+        issued = _finops_json(finops, env, log, "token", "issue", "--role", "finops_admin", "--team", "*",
+                              "--subject", TOKEN_SUBJECT, "--json")
+        if not isinstance(issued, dict) or "token" not in issued:
+            return None, f"`finops token issue` failed (see {log})"
+        token, how = str(issued["token"]), "new"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        token_file.chmod(0o600)  # also when the file existed with wider permissions
+    keep = parse_token(token)[0]
+    revoked = [token_id for token_id in active if token_id != keep
+               and subprocess.run([*finops, "token", "revoke", token_id], env=env, capture_output=True,
+                                  timeout=60, check=False).returncode == 0]
+    if revoked:
+        how += f"; revoked the previous demo token{'s' if len(revoked) > 1 else ''} {', '.join(revoked)}"
+    return token, how
 
 
 def _spend_probe(settings: Any) -> Callable[[], tuple[int, Any] | None]:
@@ -284,11 +442,54 @@ def _spend_probe(settings: Any) -> Callable[[], tuple[int, Any] | None]:
             if "client" not in state:
                 state["client"], _ = open_readonly_client(settings.clickhouse_url(), settings.clickhouse.database,
                                                           settings.clickhouse.query_url, ping_timeout=2.0)
-            rows = state["client"].query("SELECT count(), sum(cost_usd) FROM usage_ledger").result_rows
+            rows = state["client"].query("SELECT count(), sum(cost_usd) FROM usage_ledger FINAL "
+                                         "WHERE source = 'finops-simulator'").result_rows
             return int(rows[0][0]), rows[0][1]
         except Exception:  # noqa: BLE001 - a probe: the demo only reports what it sees
             state.pop("client", None)
             return None
+
+    return probe
+
+
+def _backlog_probe(settings: Any, ledger_probe: Callable[[], tuple[int, Any] | None]
+                   ) -> Callable[[int], str | None]:
+    """A function of the fleet's sent total that says what the pipeline has not handled yet (None: all of it):
+    the ledger short of the simulator's events, or detection behind the end of the priced topic."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from finops.topics import TopicNames
+    from stream_jobs.detection import DetectionConfig
+
+    priced = TopicNames(settings.kafka.topic_prefix).priced
+    state: dict[str, Any] = {}
+
+    def detection_behind() -> int | None:
+        try:
+            if "consumer" not in state:
+                state["consumer"] = Consumer({**settings.kafka.client_config(), "group.id": DetectionConfig.group_id,
+                                              "enable.auto.commit": False})
+            consumer = state["consumer"]
+            parts = consumer.list_topics(priced, timeout=5).topics[priced].partitions
+            committed = consumer.committed([TopicPartition(priced, p) for p in parts], timeout=5)
+            behind = 0
+            for tp in committed:
+                _, high = consumer.get_watermark_offsets(TopicPartition(priced, tp.partition), timeout=5)
+                behind += max(0, high - max(tp.offset, 0))
+            return behind
+        except Exception:  # noqa: BLE001 - a probe: unknown is reported, not raised
+            return None
+
+    def probe(sent: int) -> str | None:
+        seen = ledger_probe()
+        if seen is None:
+            return "the ledger is not reachable"
+        if seen[0] < sent:
+            return f"the ledger holds {seen[0]:,} of the {sent:,} events sent"
+        behind = detection_behind()
+        if behind is None or behind > 0:
+            return f"detection is {behind if behind is not None else '?'} priced events behind"
+        return None
 
     return probe
 
@@ -329,6 +530,24 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
     if taken:
         raise FinopsError(f"port(s) in use: {', '.join(taken)}. Is another `finops demo` running? Stop it, or pick "
                           "other ports (finops demo --port/--receiver-port, FINOPS_CLICKHOUSE_QUERY_URL).")
+    # The fleet's timeline before anything starts: another fleet on this data dir is refused with nothing running.
+    fleet_dir = data / "demo-fleet"
+    started_at = datetime.now(UTC).replace(microsecond=0)
+    timeline, resuming = prepare_timeline(fleet_dir, FleetTimeline(
+        origin=started_at - timedelta(seconds=args.history), agents=args.agents, rate=args.rate,
+        history_s=args.history, incident_s=args.incident))
+
+    # Signals before any child exists: a child inherits an ignored SIGINT (a background job of a non-interactive
+    # shell starts so) but not a handler, so the roles and the fleet get the default disposition back.
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stopping.is_set():
+            return  # already stopping in order; a second Ctrl-C must not cut that short
+        stopping.set()
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     say("1/5 kafka: starting the local broker ...")
     stack = stack_from_settings(data, settings.kafka.bootstrap)
@@ -379,9 +598,22 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
     procs: list[tuple[Role, subprocess.Popen[bytes]]] = []
     fleet: _FleetRunner | None = None
 
-    def stop_all() -> None:
+    def stop_all(drain: bool) -> None:
         if fleet is not None:
             fleet.stop()
+        if drain and fleet is not None and args.drain_timeout > 0:
+            # Before the roles stop: let them handle what the fleet sent, so the ledger and the budget counters
+            # match the fleet at the stop (what is left would be handled at the next start anyway).
+            sent = fleet_totals(fleet_dir)[0]
+            backlog = _backlog_probe(settings, _spend_probe(settings))
+            deadline = time.monotonic() + args.drain_timeout
+            left = backlog(sent)
+            if left:
+                say(f"    waiting up to {args.drain_timeout:g} s for the pipeline: {left}")
+            while left and time.monotonic() < deadline and all(proc.poll() is None for _, proc in procs):
+                time.sleep(0.5)
+                left = backlog(sent)
+            say(f"    pipeline {'still behind: ' + left + ' (handled at the next start)' if left else 'caught up'}")
         # One by one, newest first: the stream flushes its outputs before the sink (which writes them) stops.
         for role, proc in reversed(procs):
             if proc.poll() is None:
@@ -395,10 +627,7 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         if receiver is not None:
             receiver.shutdown()
 
-    def on_signal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
+    requested = False
     try:
         say("3/5 roles:")
         for role in roles:
@@ -416,10 +645,8 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
                 raise FinopsError(f"{role.name} did not open port {role.wait_for_port}; log tail:\n{_tail(log_path)}")
             say(f"    {role.name}: pid {proc.pid}, log {log_path}")
 
-        token = _issue_token(finops, env, logs) if "token" in available else None
-        if token:
-            (data / "demo-token").write_text(token + "\n")
-            (data / "demo-token").chmod(0o600)
+        token, token_note = demo_token(finops, env, data / "demo-token", logs) if "token" in available else (
+            None, "no `finops token` in this build")
 
         policy = data / "demo-policies.yaml"
         policy.write_text(DEMO_POLICIES)
@@ -431,19 +658,32 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
             say(f"4/5 budgets: {policy} " + ("applied" if applied.returncode == 0 else
                                              f"NOT applied (exit {applied.returncode}, see {logs / 'policy.log'})"))
 
-        plan = build_fleet_plan(finops, datetime.now(UTC), agents=args.agents, rate=args.rate,
+        now = datetime.now(UTC)
+        skip_before = max(timeline.origin, now - timedelta(seconds=args.max_catch_up))
+        plan = build_fleet_plan(finops, timeline, fleet_dir, skip_before=skip_before,
                                 answer_key=data / "demo-answer-key.json")
         fleet = _FleetRunner(plan, env, logs, say)
         fleet.start()
-        say(f"    fleet: {args.agents} agents at {args.rate:g} events/s; the last {HISTORY.seconds // 60} minutes "
-            f"first, then live; {RUNAWAY_AGENT} runs away about a minute in")
+        if resuming:
+            sent, _, through = fleet_totals(fleet_dir)
+            where = f"{through:%Y-%m-%d %H:%M:%S} UTC" if through else "its start"
+            gap = f"; events before {skip_before:%H:%M:%S} UTC are skipped (the fleet was off)" if (
+                through is None or skip_before > through) and skip_before > timeline.origin else ""
+            say(f"    fleet: continuing the demo fleet of {timeline.origin:%Y-%m-%d %H:%M} UTC ({timeline.agents} "
+                f"agents at {timeline.rate:g} events/s): {sent:,} events sent before, up to {where}; what fell due "
+                f"since is sent at once, then live{gap}")
+        else:
+            say(f"    fleet: {timeline.agents} agents at {timeline.rate:g} events/s; the last "
+                f"{timeline.history_s // 60} minutes first, then live; {RUNAWAY_AGENT} runs away about a minute in")
 
         url = f"http://127.0.0.1:{args.port}/"
         say("5/5 ready. Where to look:")
         print(f"    dashboard  {url}  (sign in with the token below)", flush=True)
         if token:
-            print(f"    token      {token}  (also in {data / 'demo-token'}; API: curl -H 'Authorization: Bearer "
-                  f"<token>' {url}api/overview)")
+            print(f"    token      {token}  ({token_note}; also in {data / 'demo-token'}; API: curl -H "
+                  f"'Authorization: Bearer <token>' {url}api/overview)")
+        else:
+            print(f"    token      none: {token_note}")
         print("    SQL        finops sql \"SELECT team, round(sum(cost_usd), 2) AS usd, count() AS calls FROM "
               "usage_ledger GROUP BY team ORDER BY usd DESC\"")
         print("               finops sql \"SELECT occurred_at, severity, agent_id, title FROM alerts ORDER BY occurred_at DESC "
@@ -479,11 +719,29 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
             time.sleep(0.5)
     except KeyboardInterrupt:
         say("stopping (fleet, then the roles newest first) ...")
+        requested = True
         return 0
     finally:
-        stop_all()
-        say(f"stopped; {len(alerts_seen)} notifications received. The broker keeps running: `finops stack down` "
-            "stops it.")
+        stopping.set()  # from here a signal is ignored: the stop below is already the orderly one
+        try:
+            stop_all(drain=requested)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        sent, _, through = fleet_totals(fleet_dir)
+        say(f"stopped; {len(alerts_seen)} notifications received; the fleet has sent {sent:,} events"
+            f"{f' up to {through:%H:%M:%S} UTC' if through else ''} (a restart continues from there). The broker "
+            "keeps running: `finops stack down` stops it.")
+
+
+def _seconds(text: str) -> int:
+    """Whole seconds of a duration flag (``90s``, ``10m``, ``1h``)."""
+    from producers.simulator import parse_duration
+
+    try:
+        return max(1, int(parse_duration(text)))
+    except FinopsError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -494,6 +752,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo.add_argument("--receiver-port", type=int, default=8125, help="local alert receiver port (default 8125)")
     demo.add_argument("--agents", type=int, default=30, help="simulated agents (default 30)")
     demo.add_argument("--rate", type=float, default=10.0, help="fleet-wide events per second (default 10)")
+    demo.add_argument("--history", type=_seconds, default=int(HISTORY.total_seconds()), metavar="DURATION",
+                      help="simulated history sent first, as fast as it goes (default 70m; under an hour the runaway "
+                           "detector has too little history to judge)")
+    demo.add_argument("--incident", type=_seconds, default=INCIDENT_SECONDS, metavar="DURATION",
+                      help=f"length of the live phase in which {RUNAWAY_AGENT} runs away (default 90s)")
+    demo.add_argument("--max-catch-up", type=_seconds, default=int(HISTORY.total_seconds()), metavar="DURATION",
+                      help="on a restart, send at most this much of what fell due while the demo was stopped "
+                           "(default 70m); older events are skipped")
+    demo.add_argument("--drain-timeout", type=float, default=20.0, metavar="SECONDS",
+                      help="at Ctrl-C, wait up to this long for the roles to handle what the fleet sent before "
+                           "stopping them (default 20; 0 stops at once)")
     demo.add_argument("--no-browser", dest="open_browser", action="store_false",
                       help="do not open the dashboard in a browser (it is opened only when a display exists)")
     demo.set_defaults(func=run_demo)
