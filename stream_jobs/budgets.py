@@ -44,6 +44,10 @@ Task tallies live in memory only and are evicted after ``task_idle`` of event ti
 a task spanning a worker restart is tallied from the restart on; the deterministic alert id keeps a repeated cap
 alert idempotent downstream).
 
+Reconciliation corrects a counter towards the ledger (the truth for amounts) in both directions: up for events the
+counter never saw, down for events it counted twice, the latter only when the caller knows the ledger already holds
+everything the counter counted (else a lagging ledger would look like over-counting).
+
 Clock: every method that needs "now" takes it as an argument; the service passes its event-time watermark, so a
 replay of the same input produces the same alerts.
 """
@@ -65,6 +69,7 @@ __all__ = [
     "BudgetEngine",
     "BudgetError",
     "Period",
+    "Reconciliation",
     "SpendEvent",
     "compute_attribution",
     "compute_entity",
@@ -257,7 +262,7 @@ class BudgetCounter:
     offsets: dict[int, int] = field(default_factory=dict)
     #: hour start (UTC us) -> amount counted in that hour of event time, adjustments included (for reconciliation).
     hours: dict[int, Decimal] = field(default_factory=dict)
-    #: what reconciliation against the ledger added (events this counter never saw).
+    #: what reconciliation against the ledger added (events this counter never saw; negative: counted twice).
     adjustment: Decimal = _ZERO
     #: threshold percent -> alert sequence number of its open trigger.
     fired: dict[int, int] = field(default_factory=dict)
@@ -312,6 +317,17 @@ class BudgetCounter:
         except (KeyError, TypeError, ValueError, ArithmeticError) as err:
             raise BudgetError(f"budget counter state cannot be restored ({err!r}); "
                               "the state topic holds a record this version does not understand") from err
+
+
+class Reconciliation(NamedTuple):
+    """What :meth:`BudgetEngine.reconcile` changed: USD ``added`` (ledger above the counter), ``removed`` (counter
+    above the ledger, lowered), ``short`` (counter above the ledger, not lowered: the ledger may lag) and the
+    alerts the correction raised or resolved."""
+
+    added: Decimal
+    removed: Decimal
+    short: Decimal
+    alerts: list[dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -508,18 +524,22 @@ class BudgetEngine:
 
     def reconcile(
         self, key: str, ledger_hours: Mapping[int, Decimal], settled_before_us: int, now_us: int,
-        tolerance: Decimal = Decimal("0.000001"),
-    ) -> tuple[Decimal, Decimal, list[dict[str, Any]]]:
+        tolerance: Decimal = Decimal("0.000001"), *, lower: bool = False,
+    ) -> Reconciliation:
         """Compare a counter with the ledger's spend per event-time hour (hours ending at or before
-        ``settled_before_us`` only: later ones are still arriving). Where the ledger holds more than the counter
-        counted, the counter is raised by the difference (events it never saw: before the worker started, before
-        the policy existed, or beyond the input topic's retention) and thresholds are judged. Where it holds less,
-        nothing is lowered (the ledger may lag; for a budget, alerting early is the safe side) and the shortfall is
-        only reported. Returns ``(added, ledger_short, alerts)``."""
+        ``settled_before_us`` only: later ones are still arriving), and correct it towards the ledger.
+
+        Where the ledger holds more than the counter counted, the counter is raised by the difference (events it
+        never saw: before the worker started, before the policy existed, or beyond the input topic's retention)
+        and thresholds are judged. Where it holds less, the counter counted something the ledger does not hold
+        (a re-sent event the detection dedupe did not catch): with ``lower`` (the caller knows the ledger holds
+        every event the counter counted) the counter is lowered to the ledger and thresholds now above the spend
+        resolve; without it the ledger may just lag, so nothing is lowered and the shortfall is only reported.
+        """
         counter = self.counters.get(key)
         if counter is None:
-            return _ZERO, _ZERO, []
-        added = short = _ZERO
+            return Reconciliation(_ZERO, _ZERO, _ZERO, [])
+        added = removed = short = _ZERO
         hours = set(ledger_hours) | set(counter.hours)
         for hour in sorted(hours):
             if hour + _HOUR_US > settled_before_us:
@@ -531,15 +551,21 @@ class BudgetEngine:
                 counter.hours[hour] = theirs
                 counter.adjustment += diff
                 added += diff
+            elif -diff > tolerance and lower:
+                counter.hours[hour] = theirs
+                counter.adjustment += diff
+                removed -= diff
             elif -diff > tolerance:
                 short += -diff
         alerts: list[dict[str, Any]] = []
-        if added:
+        if added or removed:
             self._dirty.add(key)
             policy = self.policies.get(counter.policy_id)
             if policy is not None and policy.enabled and not counter.closed:
-                alerts = self._judge(key, counter, policy, now_us)
-        return added, short, alerts
+                if removed:
+                    alerts.extend(self._resolve_below(key, counter, policy, now_us))
+                alerts.extend(self._judge(key, counter, policy, now_us))
+        return Reconciliation(added, removed, short, alerts)
 
     # -- persistence --------------------------------------------------------------------------------------------
 

@@ -22,8 +22,19 @@ Budget counters are persisted to the compacted state topic, each with the highes
 partition and its fired thresholds. Chosen over rebuilding from ClickHouse at start because the dedupe offsets and
 the "which thresholds already fired" set must move together with the amount, and the ledger lags the stream (the
 sink batches), so a rebuild from it could fire a threshold twice or miss one. ClickHouse is still the truth for
-amounts: counters are reconciled against the ledger at start and every ``reconcile_interval_s`` (upwards only; see
-:meth:`BudgetEngine.reconcile`).
+amounts: counters are reconciled against the ledger at start and every ``reconcile_interval_s``, in both directions
+(see :meth:`BudgetEngine.reconcile`): raised for events the counter never saw, lowered for events it counted that
+the ledger does not hold, the latter only once the ledger sink's committed offsets are past everything the counter
+counted (so a lagging ledger is never mistaken for over-counting).
+
+Dedupe by event id, as the ledger does: the same priced event can arrive twice at different offsets (the hot path
+replays its input after a restart and re-sends what it priced; a producer re-sends after a lost acknowledgement),
+and the offset check cannot see that. Every event passes the hot path's deduper (``stream_jobs/dedupe.py``, one per
+priced partition, keyed ``(source, event_id)``) before any detector sees it; a duplicate is counted in
+``stats["duplicates"]`` and skipped. Its state is not persisted; on assignment it is rebuilt by reading the
+partition back over ``dedupe_rebuild_s`` of produce time (at most ``dedupe_max_entries`` messages) before the
+committed offset, so a copy re-sent across a restart is still caught. What is older than that passes and
+reconciliation corrects it.
 
 Flush order, every ``flush_interval_s``: (1) alerts and waste records produced while processing, (2) changed
 counters written to the state topic, (3) ``producer.flush()`` waits for every acknowledgement, (4) only then the
@@ -55,6 +66,7 @@ from schemas.errors import FinopsError
 from schemas.models import BudgetPolicy
 from stream_jobs.anomaly import AnomalyConfig, AnomalyDetector, build_anomaly_alert
 from stream_jobs.budgets import BudgetEngine, SpendEvent
+from stream_jobs.dedupe import HOUR_US, Deduper
 from stream_jobs.policies import decode_policy, read_compacted_topic
 from stream_jobs.waste import WasteConfig, WasteDetectors, WasteSignal, build_waste_record
 
@@ -117,6 +129,14 @@ class DetectionConfig:
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     waste: WasteConfig = field(default_factory=WasteConfig)
     seed_hours: int = 48
+    #: The event-id dedupe (one per priced partition): event-time window, entry cap, and the produce-time span
+    #: read back at assignment to rebuild it.
+    dedupe_window_us: int = 24 * HOUR_US
+    dedupe_max_entries: int = 1_000_000
+    dedupe_rebuild_s: float = 3600.0
+    #: The consumer group of the ledger sink (docs/CONTRACTS.md): its committed offsets say which priced events
+    #: the ledger holds, which lets reconciliation lower a counter safely. None: never lower.
+    ledger_sink_group: str | None = "finops-sink-ledger"
 
 
 class LedgerReader(Protocol):
@@ -214,6 +234,7 @@ class DetectionService:
         *,
         ledger: LedgerReader | None = None,
         wall_clock: Callable[[], float] = time.monotonic,
+        epoch_clock: Callable[[], float] = time.time,
     ) -> None:
         from schemas.wire import AvroCodec
 
@@ -222,6 +243,10 @@ class DetectionService:
         self._client_config = dict(client_config)
         self._ledger = ledger
         self._wall = wall_clock
+        self._epoch = epoch_clock
+        self._dedupers: dict[int, Deduper] = {}
+        self._sink_offsets_reader: Any = None
+        self._sink_offsets: dict[int, int] | None = None
         self._codec = AvroCodec()
         self.budgets = BudgetEngine()
         self.anomalies = AnomalyDetector(self.config.anomaly)
@@ -240,7 +265,8 @@ class DetectionService:
         self._last_advance_us = 0
         self._stop = threading.Event()
         self._started = False
-        self.stats = {"events": 0, "alerts": 0, "waste_records": 0, "bad_records": 0, "policies": 0}
+        self.stats = {"events": 0, "alerts": 0, "waste_records": 0, "bad_records": 0, "policies": 0,
+                      "duplicates": 0, "dedupe_rebuilt": 0, "reconciled_up": 0, "reconciled_down": 0}
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -290,10 +316,10 @@ class DetectionService:
         try:
             self._flush(commit=True)
         finally:
-            for client in (self._consumer, self._policy_consumer):
+            for client in (self._consumer, self._policy_consumer, self._sink_offsets_reader):
                 if client is not None:
                     client.close()
-            self._consumer = self._policy_consumer = None
+            self._consumer = self._policy_consumer = self._sink_offsets_reader = None
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
@@ -322,11 +348,14 @@ class DetectionService:
                 self.stats["bad_records"] += 1
                 log.warning("undecodable priced record at %s/%s: %s", partition, offset, err)
                 continue
-            count += 1
             ts = event.occurred_at_us
             if ts > self._partition_ts.get(partition, -1):
                 self._partition_ts[partition] = ts
             self._partition_seen_wall[partition] = now_wall
+            if self._deduper(partition).seen_or_add(record["source"], event.event_id, ts):
+                self.stats["duplicates"] += 1  # counted once already (the ledger drops it by id too)
+                continue
+            count += 1
             self._emit_alerts(self.budgets.apply(event, partition, offset, self._watermark_us or ts))
             signals, alerts = self.waste.process(event)
             self._emit_waste(signals)
@@ -335,6 +364,10 @@ class DetectionService:
                 self.anomalies.observe(ts, event.cost_usd, event.agent_id, event.team, event.project, event.model,
                                        event.task_type)
         self.stats["events"] += count
+        if messages:
+            now_epoch_us = int(self._epoch() * _US)
+            for deduper in self._dedupers.values():
+                deduper.expire(now_epoch_us)
         self._advance_clock(now_wall)
         self._producer.poll(0)
         if now_wall - self._last_flush >= self.config.flush_interval_s:
@@ -418,16 +451,77 @@ class DetectionService:
             offsets = [TopicPartition(self.topics.priced, p, o) for p, o in self._next_offsets.items()]
             self._consumer.commit(offsets=offsets, asynchronous=False)
 
+    def _deduper(self, partition: int) -> Deduper:
+        deduper = self._dedupers.get(partition)
+        if deduper is None:
+            deduper = self._dedupers[partition] = Deduper(window_us=self.config.dedupe_window_us,
+                                                          max_entries=self.config.dedupe_max_entries)
+        return deduper
+
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         now = self._wall()
         for tp in partitions:
             self._assigned_wall[tp.partition] = now
+        try:
+            committed = consumer.committed(partitions, timeout=30)
+        except Exception as err:  # noqa: BLE001 - without the commit there is nothing to rebuild from
+            log.warning("dedupe not rebuilt for %s (%s): re-sent events older than this start pass once; "
+                        "reconciliation corrects them", [tp.partition for tp in partitions], err)
+            return
+        for tp in committed:
+            self._dedupers.pop(tp.partition, None)
+            if tp.offset > 0:
+                self.stats["dedupe_rebuilt"] += self._rebuild_dedupe(tp.partition, tp.offset)
+
+    def _rebuild_dedupe(self, partition: int, end: int) -> int:
+        """Remember the event ids of the priced messages of ``partition`` produced up to ``dedupe_rebuild_s``
+        before the one at ``end - 1`` (at most ``dedupe_max_entries``), i.e. what this group applied last before
+        the restart. Returns how many were read; blocks on the broker (bounded by its timeouts)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        topic = self.topics.priced
+        reader = Consumer({**self._client_config, "group.id": f"{self.config.group_id}-dedupe-rebuild",
+                           "enable.auto.commit": False})
+        deduper = self._deduper(partition)
+        read = 0
+        try:
+            low, _ = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            reader.assign([TopicPartition(topic, partition, end - 1)])
+            last = [m for m in reader.consume(1, timeout=10) if m.error() is None]
+            if not last:
+                return 0
+            since_ms = max(0, last[0].timestamp()[1] - int(self.config.dedupe_rebuild_s * 1000))
+            found = reader.offsets_for_times([TopicPartition(topic, partition, since_ms)], timeout=30)
+            start = found[0].offset if found and found[0].offset >= 0 else end - 1
+            start = max(start, low, end - self.config.dedupe_max_entries)
+            reader.assign([TopicPartition(topic, partition, start)])
+            position, deadline = start, time.monotonic() + 120
+            while position < end and time.monotonic() < deadline:
+                for msg in reader.consume(1000, timeout=1.0):
+                    offset, value = msg.offset(), msg.value()
+                    if msg.error() is not None or offset is None or value is None:
+                        continue
+                    position = offset + 1
+                    if offset >= end:
+                        continue  # not applied yet: it is replayed, and remembered then
+                    try:
+                        _, record = self._codec.decode(value)
+                        occurred = (record["occurred_at"] - _EPOCH) // timedelta(microseconds=1)
+                        deduper.seen_or_add(record["source"], record["event_id"], occurred)
+                        read += 1
+                    except (FinopsError, KeyError, TypeError, AttributeError):
+                        continue  # it was counted as a bad record when it was applied
+        finally:
+            reader.close()
+        log.info("dedupe of %s/%d rebuilt from %d messages before offset %d", topic, partition, read, end)
+        return read
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         # Commit what we have before the partitions move; counters stay (their offsets guard a later replay).
         self._flush(commit=True)
         for tp in partitions:
             self._next_offsets.pop(tp.partition, None)
+            self._dedupers.pop(tp.partition, None)
             self._partition_ts.pop(tp.partition, None)
             self._assigned_wall.pop(tp.partition, None)
             self._partition_seen_wall.pop(tp.partition, None)
@@ -519,14 +613,52 @@ class DetectionService:
         except Exception as err:  # noqa: BLE001 - reconciliation is best effort; counting goes on
             log.warning("reconciliation of %s skipped: %s", policy.policy_id, err)
             return
-        added, short, alerts = self.budgets.reconcile(key, hours, settled, now)
-        if added or short:
-            log.info("reconciled %s: +%s from the ledger, ledger short by %s", key, added, short)
-        self._emit_alerts(alerts)
+        result = self.budgets.reconcile(key, hours, settled, now, lower=self._ledger_holds(counter.offsets))
+        if result.added:
+            self.stats["reconciled_up"] += 1
+            log.info("reconciled %s: +%s from the ledger (events this counter never saw)", key, result.added)
+        if result.removed:
+            self.stats["reconciled_down"] += 1
+            log.warning("reconciled %s: -%s to the ledger (counted but not in the ledger: re-sent events)", key,
+                        result.removed)
+        if result.short:
+            log.info("reconcile %s: the ledger is %s below the counter but behind it; not lowered yet", key,
+                     result.short)
+        self._emit_alerts(result.alerts)
 
     def _reconcile_all(self) -> None:
+        self._sink_offsets = self._ledger_sink_offsets()
         for policy in list(self.budgets.policies.values()):
             self._reconcile_policy(policy)
+
+    def _ledger_sink_offsets(self) -> dict[int, int] | None:
+        """The ledger sink group's committed offset per priced partition, None when unknown."""
+        group = self.config.ledger_sink_group
+        if group is None or self._ledger is None:
+            return None
+        from confluent_kafka import Consumer, TopicPartition
+
+        try:
+            if self._sink_offsets_reader is None:
+                # Reads the group's commits only: never subscribes, so it never joins (or disturbs) that group.
+                self._sink_offsets_reader = Consumer({**self._client_config, "group.id": group,
+                                                      "enable.auto.commit": False})
+            reader = self._sink_offsets_reader
+            topic = self.topics.priced
+            parts = reader.list_topics(topic, timeout=10).topics[topic].partitions
+            committed = reader.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        except Exception as err:  # noqa: BLE001 - unknown means "do not lower", nothing worse
+            log.warning("ledger sink offsets unknown (%s): counters are not lowered this time", err)
+            return None
+        return {tp.partition: tp.offset for tp in committed}
+
+    def _ledger_holds(self, counted: Mapping[int, int]) -> bool:
+        """True when the ledger sink has committed past every offset in ``counted`` (partition -> highest offset
+        a counter applied): the ledger then holds everything that counter counted."""
+        sink = self._sink_offsets
+        if sink is None or not counted:
+            return False
+        return all(sink.get(partition, -1) > offset for partition, offset in counted.items())
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_budget_hours_window_history_and_reconcile(ch_client: Any, ch_database: 
     policy = _policy("team", "search")
     engine.set_policy(policy, 0)
     key, counter = engine.counter_for(policy, us(T9))
-    added, short, alerts = engine.reconcile(key, team, settled_before_us=us(T9 + timedelta(hours=1)),
-                                            now_us=us(T9 + timedelta(hours=1)))
-    assert (added, short, alerts) == (Decimal("0.75"), Decimal("0"), [])
+    added, removed, short, alerts = engine.reconcile(key, team, settled_before_us=us(T9 + timedelta(hours=1)),
+                                                     now_us=us(T9 + timedelta(hours=1)))
+    assert (added, removed, short, alerts) == (Decimal("0.75"), Decimal("0"), Decimal("0"), [])
     assert counter.spent == Decimal("0.75")

@@ -170,13 +170,39 @@ def test_reconcile_raises_a_counter_to_the_ledger_only_for_settled_hours() -> No
     engine.apply(spend(at, "1"), 0, 0)
     key = next(iter(engine.counters))
     hour9, hour10 = us(datetime(2025, 6, 2, 9, tzinfo=UTC)), us(datetime(2025, 6, 2, 10, tzinfo=UTC))
-    added, short, alerts = engine.reconcile(key, {hour9: Decimal("9"), hour10: Decimal("50")},
-                                            settled_before_us=hour10 + 1, now_us=hour10)
-    assert (added, short) == (Decimal("8"), Decimal("0"))  # hour 10 is not settled yet
+    added, removed, short, alerts = engine.reconcile(key, {hour9: Decimal("9"), hour10: Decimal("50")},
+                                                     settled_before_us=hour10 + 1, now_us=hour10)
+    assert (added, removed, short) == (Decimal("8"), Decimal("0"), Decimal("0"))  # hour 10 is not settled yet
     assert triggers(alerts) == ["pol:team=search:80:2025-06-02"]
-    added, short, _ = engine.reconcile(key, {hour9: Decimal("2")}, hour10, hour10)
-    assert (added, short) == (Decimal("0"), Decimal("7"))  # never lowered
+    added, removed, short, _ = engine.reconcile(key, {hour9: Decimal("2")}, hour10, hour10)
+    # Without ``lower`` the ledger may only lag: not lowered, the shortfall reported.
+    assert (added, removed, short) == (Decimal("0"), Decimal("0"), Decimal("7"))
     assert engine.counters[key].spent == Decimal("9")
+
+
+def test_reconcile_lowers_a_counter_above_the_ledger_and_resolves_what_it_no_longer_reaches() -> None:
+    # A re-sent event counted twice (after a restart, at another offset) pushed the counter over 100 %.
+    engine = BudgetEngine()
+    engine.set_policy(policy(), 0)
+    at = datetime(2025, 6, 2, 9, 30, tzinfo=UTC)
+    engine.apply(spend(at, "6"), 0, 0)
+    fired = engine.apply(spend(at, "6"), 0, 1)  # the same event again: 12 of 10
+    assert triggers(fired) == ["pol:team=search:80:2025-06-02", "pol:team=search:100:2025-06-02"]
+    key = next(iter(engine.counters))
+    hour9, hour10 = us(datetime(2025, 6, 2, 9, tzinfo=UTC)), us(datetime(2025, 6, 2, 10, tzinfo=UTC))
+    added, removed, short, alerts = engine.reconcile(key, {hour9: Decimal("6")}, hour10, hour10, lower=True)
+    assert (added, removed, short) == (Decimal("0"), Decimal("6"), Decimal("0"))
+    assert engine.counters[key].spent == Decimal("6")  # the ledger's amount
+    # 60 % now: both thresholds resolve (a suspension from the false 100 % is lifted), and none re-fires.
+    assert sorted(a["dedup_key"] for a in alerts if a["state"] == "resolve") == [
+        "pol:team=search:100:2025-06-02", "pol:team=search:80:2025-06-02"]
+    assert triggers(alerts) == []
+    # The correction is part of the persisted state: a restored counter keeps it.
+    ((_, state),) = engine.take_dirty()
+    assert BudgetCounter.from_state(state).spent == Decimal("6")
+    # A second pass finds nothing to correct.
+    assert engine.reconcile(key, {hour9: Decimal("6")}, hour10, hour10, lower=True)[:3] == (
+        Decimal("0"), Decimal("0"), Decimal("0"))
 
 
 def test_counter_state_round_trips_and_dirty_keys_are_handed_out_once() -> None:
