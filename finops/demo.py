@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -112,8 +112,11 @@ class Role:
 
 @dataclass(frozen=True)
 class FleetTimeline:
-    """The demo fleet's simulated time, fixed at the first start on a data dir: ``origin`` is the event time of
-    the first history event; the phases follow each other from there (module docstring, step 4)."""
+    """The demo fleet's simulated time, recorded in ``<data dir>/demo-fleet/timeline.json`` and fixed once set:
+    ``origin`` is the event time of the first history event (the first fleet start minus the history), and
+    ``live_start`` the event time the live phases begin at, set when the incident first starts (the history ends
+    at the fleet's start, but sending it takes a while; the incident then starts live instead of in the past).
+    The phases follow each other from there (module docstring, step 4)."""
 
     origin: datetime
     agents: int
@@ -122,25 +125,36 @@ class FleetTimeline:
     incident_s: int
     steady_s: int = STEADY_SECONDS
     seed: int = DEMO_SEED
+    live_start: datetime | None = None
 
     def fleet(self) -> dict[str, Any]:
-        """What makes two timelines the same fleet (everything but the origin)."""
-        return {k: v for k, v in asdict(self).items() if k != "origin"}
+        """What makes two timelines the same fleet (everything but the times)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("origin", "live_start")}
 
     def to_json(self) -> str:
-        return json.dumps({**self.fleet(), "origin": self.origin.isoformat()}, indent=2) + "\n"
+        live = self.live_start.isoformat() if self.live_start else None
+        return json.dumps({**self.fleet(), "origin": self.origin.isoformat(), "live_start": live}, indent=2) + "\n"
 
 
 def load_timeline(path: Path) -> FleetTimeline | None:
     """The timeline recorded in ``path``, or None when there is none. Raises FinopsError when it is unreadable."""
     try:
         data = json.loads(path.read_text())
-        return FleetTimeline(origin=datetime.fromisoformat(data.pop("origin")), **data)
+        live = data.pop("live_start", None)
+        return FleetTimeline(origin=datetime.fromisoformat(data.pop("origin")),
+                             live_start=datetime.fromisoformat(live) if live else None, **data)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise FinopsError(f"{path} is not a demo timeline ({err}); delete it (the fleet then starts afresh) or "
                           "start on a clean data dir") from err
+
+
+def save_timeline(state_dir: Path, timeline: FleetTimeline) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / "timeline.json.tmp"
+    tmp.write_text(timeline.to_json())
+    os.replace(tmp, state_dir / "timeline.json")
 
 
 @dataclass(frozen=True)
@@ -162,7 +176,8 @@ def timeline_phases(timeline: FleetTimeline) -> Iterator[FleetPhase]:
     """Every phase of ``timeline`` in order: history, incident, then steady segments without end. Pure."""
     history = FleetPhase("history", timeline.origin, timeline.history_s, realtime=False)
     yield history
-    incident = FleetPhase("incident", history.end, timeline.incident_s, realtime=True, misbehave=True)
+    incident = FleetPhase("incident", timeline.live_start or history.end, timeline.incident_s, realtime=True,
+                          misbehave=True)
     yield incident
     start, number = incident.end, 1
     while True:
@@ -183,13 +198,23 @@ def _phase_progress(state_dir: Path, phase: FleetPhase) -> dict[str, Any]:
 
 
 def build_fleet_plan(finops: Sequence[str], timeline: FleetTimeline, state_dir: Path, *, skip_before: datetime,
-                     answer_key: Path) -> Iterator[tuple[str, list[str]]]:
+                     answer_key: Path, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                     ) -> Iterator[tuple[str, list[str]]]:
     """The simulate invocations still to run, lazily, in order: ``(phase name, argv)``. Phases that finished on
     an earlier start, or that lie wholly before ``skip_before``, are left out; the others resume from their
-    progress file and skip what lies before ``skip_before``. Reads the progress files, starts nothing."""
+    progress file and skip what lies before ``skip_before``. When the live phases are reached and the timeline
+    has no ``live_start`` yet, it is set to ``max(end of history, clock())`` and saved in ``state_dir``."""
     common = ["--seed", str(timeline.seed), "--agents", str(timeline.agents), "--teams", "4", "--projects", "8",
               "--rate", f"{timeline.rate:g}/s"]
-    for phase in timeline_phases(timeline):
+    phases = timeline_phases(timeline)
+    while True:
+        phase = next(phases)
+        if phase.name == "incident" and timeline.live_start is None:
+            timeline = replace(timeline, live_start=max(phase.start, clock().replace(microsecond=0)))
+            save_timeline(state_dir, timeline)
+            phases = timeline_phases(timeline)
+            next(phases)  # the history, handled already
+            phase = next(phases)
         if phase.end <= skip_before or _phase_progress(state_dir, phase).get("finished"):
             continue
         argv = [*finops, "simulate", "--realtime" if phase.realtime else "--fast", "--start", phase.start.isoformat(),
@@ -219,14 +244,13 @@ def fleet_totals(state_dir: Path) -> tuple[int, int, datetime | None]:
     return sent, skipped, through
 
 
-def prepare_timeline(state_dir: Path, wanted: FleetTimeline) -> tuple[FleetTimeline, bool]:
-    """The timeline to run: the recorded one when it is the same fleet (``True``: a restart continues it), else
-    ``wanted`` (recorded now). Raises FinopsError when the data dir holds another fleet that already sent events:
-    mixing two fleets' histories in one ledger would double count the overlap."""
-    path = state_dir / "timeline.json"
-    held = load_timeline(path)
+def check_timeline(state_dir: Path, wanted: FleetTimeline) -> FleetTimeline | None:
+    """The recorded timeline when it is the fleet ``wanted`` describes (a restart continues it), else None (the
+    fleet starts afresh; stale progress files are removed). Raises FinopsError when the data dir holds another
+    fleet that already sent events: two fleets' histories in one ledger would double count their overlap."""
+    held = load_timeline(state_dir / "timeline.json")
     if held is not None and held.fleet() == wanted.fleet():
-        return held, True
+        return held
     if held is not None and fleet_totals(state_dir)[0] > 0:
         raise FinopsError(
             f"the data dir holds the demo fleet started {held.origin:%Y-%m-%d %H:%M} UTC ({held.agents} agents at "
@@ -234,11 +258,9 @@ def prepare_timeline(state_dir: Path, wanted: FleetTimeline) -> tuple[FleetTimel
             f"it, but these options ask for another fleet ({wanted.agents} agents at {wanted.rate:g} events/s, "
             f"history {wanted.history_s}s, incident {wanted.incident_s}s). Start it on a clean data dir "
             "(`make clean`, or FINOPS_DATA_DIR=another/dir), or use the first fleet's options.")
-    state_dir.mkdir(parents=True, exist_ok=True)
     for stale in state_dir.glob("*.progress.json"):
         stale.unlink()
-    path.write_text(wanted.to_json())
-    return wanted, False
+    return None
 
 
 # ---- the local alert receiver ------------------------------------------------------------------------------------
@@ -532,10 +554,9 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
                           "other ports (finops demo --port/--receiver-port, FINOPS_CLICKHOUSE_QUERY_URL).")
     # The fleet's timeline before anything starts: another fleet on this data dir is refused with nothing running.
     fleet_dir = data / "demo-fleet"
-    started_at = datetime.now(UTC).replace(microsecond=0)
-    timeline, resuming = prepare_timeline(fleet_dir, FleetTimeline(
-        origin=started_at - timedelta(seconds=args.history), agents=args.agents, rate=args.rate,
-        history_s=args.history, incident_s=args.incident))
+    wanted_fleet = FleetTimeline(origin=datetime.now(UTC), agents=args.agents, rate=args.rate,
+                                 history_s=args.history, incident_s=args.incident)
+    held_timeline = check_timeline(fleet_dir, wanted_fleet)
 
     # Signals before any child exists: a child inherits an ignored SIGINT (a background job of a non-interactive
     # shell starts so) but not a handler, so the roles and the fleet get the default disposition back.
@@ -658,7 +679,14 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
             say(f"4/5 budgets: {policy} " + ("applied" if applied.returncode == 0 else
                                              f"NOT applied (exit {applied.returncode}, see {logs / 'policy.log'})"))
 
-        now = datetime.now(UTC)
+        now = datetime.now(UTC).replace(microsecond=0)
+        resuming = held_timeline is not None
+        if held_timeline is None:
+            # First start: the history ends now, when the fleet starts (not when the demo did).
+            timeline = replace(wanted_fleet, origin=now - timedelta(seconds=args.history))
+            save_timeline(fleet_dir, timeline)
+        else:
+            timeline = held_timeline
         skip_before = max(timeline.origin, now - timedelta(seconds=args.max_catch_up))
         plan = build_fleet_plan(finops, timeline, fleet_dir, skip_before=skip_before,
                                 answer_key=data / "demo-answer-key.json")
