@@ -24,7 +24,13 @@ unit prices are the *effective* average of the row (cost x 10^6 / tokens, 12 dec
 span a price change within the day.
 
 Provider columns: ``ProviderName``, ``PublisherName`` and ``InvoiceIssuerName`` are the model provider (direct API
-billing; a gateway that resells would be the issuer, which the usage event does not say). Teams are sub-accounts
+billing; a gateway that resells would be the issuer, which the usage event does not say). Every charge is on the
+issuer's invoice for the billing period, so ``InvoiceId`` is never null (FOCUS InvoiceId-C-005-C): the ledger does
+not know the provider's invoice number, so the export writes a provisional one, as the spec allows
+(InvoiceId-C-006-O), ``<BillingAccountId>/<InvoiceIssuerName>/<YYYY-MM>`` of the billing period; a FinOps tool maps
+it onto the provider's number. ``SkuPriceDetails`` describes the SKU price (``{"x_Model", "x_TokenType"}``; FOCUS
+defines no key for tokens, so the keys carry the ``x_`` prefix). ``CommitmentDiscountStatus`` is always null
+(nothing is committed) and present because ConsumedQuantity's nullability rule is conditioned on it. Teams are sub-accounts
 (``SubAccountId``/``Name``, ``SubAccountType = 'Team'``), agents are resources (``ResourceType = 'AI Agent'``),
 ``SkuId`` is ``provider/model`` and ``SkuPriceId`` adds the token type. Custom columns carry the ``x_`` prefix the
 spec reserves for them: ``x_TokenType``, ``x_TaskType``, ``x_Calls``, ``x_PricingStatus``, ``x_PriceSource``.
@@ -53,6 +59,7 @@ __all__ = [
     "build_focus_rows",
     "compute_focus_rows",
     "format_value",
+    "invoice_id",
     "render_focus_csv",
 ]
 
@@ -143,15 +150,18 @@ CUSTOM_COLUMNS: tuple[str, ...] = ("x_TokenType", "x_TaskType", "x_Calls", "x_Pr
 #: What the export writes: every Mandatory and Recommended column, the Conditional ones that apply to per-token AI
 #: usage billed in USD, then the custom columns. Commitment-discount, capacity-reservation and region columns do not
 #: apply (nothing is committed or reserved, API calls have no region in the event) and are left out, as the spec
-#: allows for Conditional columns whose condition is not met.
+#: allows for Conditional columns whose condition is not met; except CommitmentDiscountStatus, always null, which
+#: ConsumedQuantity's nullability rule reads ("not null when ChargeCategory is Usage and CommitmentDiscountStatus is
+#: not Unused").
 EXPORT_COLUMNS: tuple[str, ...] = (
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
     "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargeFrequency",
-    "ChargePeriodEnd", "ChargePeriodStart", "ConsumedQuantity", "ConsumedUnit", "ContractedCost",
+    "ChargePeriodEnd", "ChargePeriodStart", "CommitmentDiscountStatus", "ConsumedQuantity", "ConsumedUnit",
+    "ContractedCost",
     "ContractedUnitPrice", "EffectiveCost", "InvoiceId", "InvoiceIssuerName", "ListCost", "ListUnitPrice",
     "PricingCategory", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "AvailabilityZone",
     "ResourceId", "ResourceName", "ResourceType", "ServiceCategory", "ServiceName", "ServiceSubcategory", "SkuId",
-    "SkuMeter", "SkuPriceId", "SubAccountId", "SubAccountName", "SubAccountType", "Tags", *CUSTOM_COLUMNS,
+    "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId", "SubAccountName", "SubAccountType", "Tags", *CUSTOM_COLUMNS,
 )
 
 TokenType = Literal["input", "output", "cache_read", "cache_write", "other"]
@@ -178,15 +188,25 @@ class _Group:
 
 
 def format_value(value: Any) -> str:
-    """FOCUS text forms: Decimal without exponent, Date/Time as ISO 8601 UTC with ``Z``, null as empty."""
+    """FOCUS text forms: Decimal without exponent and always with a decimal point, Date/Time as ISO 8601 UTC with
+    ``Z``, null as empty.
+
+    The decimal point matters: a reader that infers column types from CSV text (the FinOps Foundation's validator,
+    polars, pandas, DuckDB) reads a column of whole numbers (token counts) as an integer, which is not FOCUS's
+    Decimal type (ConsumedQuantity-C-001-M)."""
     if value is None:
         return ""
     if isinstance(value, Decimal):
         text = format(value, "f")
-        return text
+        return text if "." in text or not value.is_finite() else text + ".0"
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return str(value)
+
+
+def invoice_id(billing_account: str, issuer: str, billing: Period) -> str:
+    """The provisional InvoiceId of the issuer's invoice to ``billing_account`` for the ``billing`` period. Pure."""
+    return f"{billing_account}/{issuer}/{billing.start:%Y-%m}"
 
 
 def _day_start(day: date) -> datetime:
@@ -230,12 +250,13 @@ def compute_focus_rows(groups: Mapping[_Key, _Group], *, billing_account: str) -
                 "ChargeFrequency": "Usage-Based",
                 "ChargePeriodEnd": _day_start(day) + timedelta(days=1),
                 "ChargePeriodStart": _day_start(day),
+                "CommitmentDiscountStatus": None,
                 "ConsumedQuantity": consumed,
                 "ConsumedUnit": unit if consumed is not None else None,
                 "ContractedCost": contracted,
                 "ContractedUnitPrice": contracted_unit,
                 "EffectiveCost": contracted,
-                "InvoiceId": None,
+                "InvoiceId": invoice_id(billing_account, provider, billing),
                 "InvoiceIssuerName": provider,
                 "ListCost": listed,
                 "ListUnitPrice": list_unit,
@@ -254,6 +275,7 @@ def compute_focus_rows(groups: Mapping[_Key, _Group], *, billing_account: str) -
                 "ServiceSubcategory": "Generative AI",
                 "SkuId": sku,
                 "SkuMeter": _METER[token_type],
+                "SkuPriceDetails": json.dumps({"x_Model": model, "x_TokenType": token_type}, sort_keys=True),
                 "SkuPriceId": f"{sku}/{token_type}",
                 "SubAccountId": team,
                 "SubAccountName": team,

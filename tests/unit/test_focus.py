@@ -11,7 +11,14 @@ from decimal import Decimal
 
 import pytest
 
-from governance.focus import EXPORT_COLUMNS, FOCUS_COLUMNS, _Group, compute_focus_rows, render_focus_csv
+from governance.focus import (
+    EXPORT_COLUMNS,
+    FOCUS_COLUMNS,
+    _Group,
+    compute_focus_rows,
+    format_value,
+    render_focus_csv,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -137,3 +144,29 @@ def test_costs_quantities_and_corrections() -> None:
 def test_spec_table_has_the_57_focus_12_columns() -> None:
     assert len(FOCUS_COLUMNS) == 57 == len({c.name for c in FOCUS_COLUMNS})
     assert {c.name for c in FOCUS_COLUMNS if c.level == "Mandatory"} == set(SPEC_MANDATORY)
+
+
+def test_every_charge_carries_its_provisional_invoice_id() -> None:
+    """FOCUS InvoiceId-C-005-C: a charge on an (issued or provisional) invoice has a non-null InvoiceId, one per
+    billing account, issuer and billing period; corrections are on the same invoice as the charges they correct."""
+    rows = compute_focus_rows(_groups(), billing_account="acme-ai")
+    assert rows and all(r["InvoiceId"] for r in rows)
+    by_issuer = {r["InvoiceIssuerName"]: r["InvoiceId"] for r in rows}
+    assert by_issuer == {"openai": "acme-ai/openai/2026-10", "acme": "acme-ai/acme/2026-10"}
+    assert {r["InvoiceId"] for r in rows if r["ChargeClass"] == "Correction"} == {"acme-ai/openai/2026-10"}
+
+
+def test_decimal_columns_are_written_as_decimals_and_sku_prices_described() -> None:
+    """A whole-number Decimal keeps a decimal point in the CSV, so type-inferring readers (the FOCUS validator,
+    ConsumedQuantity-C-001-M) read a Decimal; SkuPriceDetails is a JSON object of x_ keys wherever SkuPriceId is
+    set; CommitmentDiscountStatus is present and null."""
+    assert format_value(Decimal(1_500_000)) == "1500000.0"
+    assert format_value(Decimal("1.5")) == "1.5" and format_value(Decimal("-0.5")) == "-0.5"
+    rows = list(csv.DictReader(io.StringIO(render_focus_csv(compute_focus_rows(_groups(), billing_account="a")))))
+    quantities = [r["ConsumedQuantity"] for r in rows if r["ConsumedQuantity"]]
+    assert quantities and all("." in q for q in quantities)
+    for row in rows:
+        details = json.loads(row["SkuPriceDetails"])
+        assert row["SkuPriceId"] and details["x_TokenType"] == row["x_TokenType"]
+        assert all(key.startswith("x_") for key in details)
+        assert row["CommitmentDiscountStatus"] == ""
