@@ -13,7 +13,7 @@ import threading
 from decimal import Decimal
 from typing import Any
 
-from schemas.errors import FinopsError
+from schemas.errors import FieldProblem, FinopsError, ValidationFailed
 
 # Flags of `finops emit` that map 1:1 onto integer UsageEvent fields (flag --x-y -> field x_y).
 _INT_FIELDS = (
@@ -66,9 +66,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 # ---------------------------------------------------------------------------------------------------------- emit
-def build_event(args: argparse.Namespace) -> dict[str, Any]:
-    """The event dict from ``--json`` and the flags (flags win). Raises FinopsError for malformed input."""
+#: The flag of each event field (the user types ``--agent``, the event says ``agent_id``).
+_FLAG_OF: dict[str, str] = {
+    **{name: f"--{flag.replace('_', '-')}" for flag, name in _STR_FIELDS},
+    **{name: f"--{name.replace('_', '-')}" for name in _INT_FIELDS},
+    "reported_cost": "--reported-cost",
+    "tags": "--tag",
+}
+
+
+class EmitInvalid(ValidationFailed):
+    """The event built from ``finops emit``'s input is invalid. Each problem names where the value came from: the
+    flag the user typed (``--agent``) with the event field (``agent_id``), or the ``--json`` field; a missing field
+    names the flag that sets it. One problem per cause (see :func:`producers.producer.complete_usage_record`)."""
+
+    def __init__(self, problems: list[FieldProblem], origins: dict[str, str]) -> None:
+        self.origins = origins
+        super().__init__(problems, record="the event")
+
+    def where(self, field: str) -> str:
+        """``--agent (agent_id)``, ``--json field agent_id`` or, for a field nobody gave, the flag that sets it."""
+        root = field.split(".", 1)[0]
+        origin = self.origins.get(field) or self.origins.get(root)
+        if origin == "--json":
+            return f"--json field {field}"
+        flag = origin or _FLAG_OF.get(root)
+        if flag is None:
+            return field  # filled in by the producer (event_id, source, occurred_at defaults) or not settable
+        return f"{flag} ({field})"
+
+    def _render(self) -> str:
+        count = len(self.problems)
+        lines = [f"{self.record} is invalid ({count} problem{'s' if count != 1 else ''}); nothing was sent:"]
+        lines.extend(f"  - {self.where(p.field)} [{p.rule}]: {p.message}" for p in self.problems)
+        return "\n".join(lines)
+
+
+def build_event_with_origins(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The event dict from ``--json`` and the flags (flags win), and for each field where its value came from
+    (``--agent``, ``--tag``, ``--json``). Raises FinopsError for malformed input."""
     event: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     if args.json_event:
         try:
             loaded = json.loads(args.json_event, parse_float=Decimal)
@@ -77,31 +115,47 @@ def build_event(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise FinopsError("--json must be a JSON object with UsageEvent fields")
         event.update(loaded)
+        origins.update(dict.fromkeys(loaded, "--json"))
     for flag, name in _STR_FIELDS:
         if getattr(args, flag) is not None:
             event[name] = getattr(args, flag)
+            origins[name] = _FLAG_OF[name]
     for name in _INT_FIELDS:
         if getattr(args, name) is not None:
             event[name] = getattr(args, name)
+            origins[name] = _FLAG_OF[name]
     if args.reported_cost is not None:
         event["reported_cost"] = args.reported_cost
+        origins["reported_cost"] = "--reported-cost"
     if args.tag:
-        tags = dict(event.get("tags") or {})
+        tags = dict(event.get("tags") or {}) if isinstance(event.get("tags") or {}, dict) else {}
         for item in args.tag:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise FinopsError(f"--tag {item!r}: expected KEY=VALUE")
             tags[key] = value
+            origins[f"tags.{key[:40]}"] = "--tag"
         event["tags"] = tags
-    return event
+    return event, origins
+
+
+def build_event(args: argparse.Namespace) -> dict[str, Any]:
+    """The event dict from ``--json`` and the flags (flags win). Raises FinopsError for malformed input."""
+    return build_event_with_origins(args)[0]
 
 
 def _emit(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from finops.settings import load_settings
-    from producers.producer import Delivery, UsageProducer
+    from producers.producer import Delivery, UsageProducer, complete_usage_record
 
     settings = load_settings()
-    event = build_event(args)
+    event, origins = build_event_with_origins(args)
+    # Validated before any broker connection, so bad input gets its own message and nothing else.
+    problems = complete_usage_record(event, datetime.now(UTC), settings.producer.source)
+    if problems:
+        raise EmitInvalid(problems, origins)  # -> exit 2 via finops.cli
     done = threading.Event()
     result: list[Delivery] = []
 
@@ -113,7 +167,7 @@ def _emit(args: argparse.Namespace) -> int:
     spool_dir = settings.spool_dir() / "cli-emit"
     producer = UsageProducer.from_settings(settings, spool_dir=spool_dir, register_atexit=False, close_timeout=0)
     try:
-        event_id = producer.emit(event, on_delivery=on_delivery)  # ValidationFailed -> exit 2 via finops.cli
+        event_id = producer.emit(event, on_delivery=on_delivery)
         print(f"event_id {event_id}")
         done.wait(args.timeout)
     finally:

@@ -80,6 +80,7 @@ __all__ = [
     "ProducerStats",
     "UsageProducer",
     "build_producer_config",
+    "complete_usage_record",
     "new_event_id",
 ]
 
@@ -184,6 +185,64 @@ def new_event_id() -> str:
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _complete_usage(record: dict[str, Any], now: datetime, source: str) -> list[FieldProblem]:
+    """Fill defaults in place and check what check_usage_dict leaves to the encoder (field names, optional
+    types, money). Returns the problems found."""
+    problems: list[FieldProblem] = []
+    if not _KNOWN_FIELDS.issuperset(record):
+        for name in sorted(record.keys() - _KNOWN_FIELDS):
+            problems.append(FieldProblem(name, "unknown_field",
+                                         f"{name} is not a UsageEvent field (a typo?); known fields are listed "
+                                         "in schemas/avro/UsageEvent.avsc"))
+    event_id = record.get("event_id")
+    if event_id is None:
+        record["event_id"] = new_event_id()
+    elif isinstance(event_id, uuid.UUID):
+        record["event_id"] = str(event_id)
+    if record.get("source") is None:
+        record["source"] = source
+    occurred = record.get("occurred_at")
+    if occurred is None:
+        record["occurred_at"] = now
+    elif isinstance(occurred, str):
+        try:
+            record["occurred_at"] = datetime.fromisoformat(occurred)
+        except ValueError:
+            problems.append(FieldProblem("occurred_at", "type",
+                                         f"occurred_at {occurred[:40]!r} is not an ISO-8601 timestamp"))
+    for name in _OPTIONAL_TEXT:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            problems.append(FieldProblem(name, "type", f"{name} must be a string or null (got {value!r})"))
+    if record.get("tags", ()) is None:
+        record.pop("tags", None)  # the tag map's type is checked by schemas' usage rules
+    cost = record.get("reported_cost")
+    if cost is not None and not isinstance(cost, Decimal):
+        if isinstance(cost, float) or isinstance(cost, bool):
+            problems.append(FieldProblem("reported_cost", "type",
+                                         "reported_cost must be a Decimal or a decimal string, never a float "
+                                         "(money is exact)"))
+        else:
+            try:
+                record["reported_cost"] = Decimal(str(cost))
+            except InvalidOperation:
+                problems.append(FieldProblem("reported_cost", "type",
+                                             f"reported_cost {cost!r} is not a decimal number"))
+    return problems
+
+
+def complete_usage_record(record: dict[str, Any], now: datetime, source: str) -> list[FieldProblem]:
+    """Fill ``event_id``, ``source`` and ``occurred_at`` in place when absent and return every problem of the event
+    (empty = valid), what :meth:`UsageProducer.prepare` refuses. Pure apart from the new event id; sends nothing.
+
+    One cause, one problem: a field this step already refused (an ``occurred_at`` that is not ISO-8601) is not
+    reported again by :func:`~schemas.models.check_usage_dict`."""
+    problems = _complete_usage(record, now, source)
+    reported = {problem.field for problem in problems}
+    problems.extend(p for p in check_usage_dict(record, now) if p.field not in reported)
+    return problems
 
 
 def build_producer_config(
@@ -376,8 +435,7 @@ class UsageProducer:
             event_id = str(event.event_id)
         else:
             record = dict(event)
-            problems = self._complete(record, now)
-            problems.extend(check_usage_dict(record, now))
+            problems = complete_usage_record(record, now, self.source)
             if problems:
                 with self._lock:
                     self._counters.invalid += 1
@@ -387,51 +445,6 @@ class UsageProducer:
             occurred = record["occurred_at"]
             record["occurred_at"] = to_micros(occurred) if isinstance(occurred, datetime) else occurred
         return event_id, record["agent_id"].encode(), self._encode(record)
-
-    def _complete(self, record: dict[str, Any], now: datetime) -> list[FieldProblem]:
-        """Fill defaults in place and check what check_usage_dict leaves to the encoder (field names, optional
-        types, money). Returns the problems found."""
-        problems: list[FieldProblem] = []
-        if not _KNOWN_FIELDS.issuperset(record):
-            for name in sorted(record.keys() - _KNOWN_FIELDS):
-                problems.append(FieldProblem(name, "unknown_field",
-                                             f"{name} is not a UsageEvent field (a typo?); known fields are listed "
-                                             "in schemas/avro/UsageEvent.avsc"))
-        event_id = record.get("event_id")
-        if event_id is None:
-            record["event_id"] = new_event_id()
-        elif isinstance(event_id, uuid.UUID):
-            record["event_id"] = str(event_id)
-        if record.get("source") is None:
-            record["source"] = self.source
-        occurred = record.get("occurred_at")
-        if occurred is None:
-            record["occurred_at"] = now
-        elif isinstance(occurred, str):
-            try:
-                record["occurred_at"] = datetime.fromisoformat(occurred)
-            except ValueError:
-                problems.append(FieldProblem("occurred_at", "type",
-                                             f"occurred_at {occurred[:40]!r} is not an ISO-8601 timestamp"))
-        for name in _OPTIONAL_TEXT:
-            value = record.get(name)
-            if value is not None and not isinstance(value, str):
-                problems.append(FieldProblem(name, "type", f"{name} must be a string or null (got {value!r})"))
-        if record.get("tags", ()) is None:
-            record.pop("tags", None)  # the tag map's type is checked by schemas' usage rules
-        cost = record.get("reported_cost")
-        if cost is not None and not isinstance(cost, Decimal):
-            if isinstance(cost, float) or isinstance(cost, bool):
-                problems.append(FieldProblem("reported_cost", "type",
-                                             "reported_cost must be a Decimal or a decimal string, never a float "
-                                             "(money is exact)"))
-            else:
-                try:
-                    record["reported_cost"] = Decimal(str(cost))
-                except InvalidOperation:
-                    problems.append(FieldProblem("reported_cost", "type",
-                                                 f"reported_cost {cost!r} is not a decimal number"))
-        return problems
 
     # ------------------------------------------------------------------------------------------------ sending
     def emit(

@@ -416,6 +416,8 @@ def _diagnose_usage(record: Mapping[str, Any], now: datetime | None) -> list[Fie
         elif not text or text.isspace():
             add(FieldProblem(name, "not_blank", f"{name} must not be empty or whitespace: it attributes the cost"))
 
+    # Only valid counts take part in the relations below: a broken count is reported once, by its own rule, not
+    # again by every rule that compares another field with it (input_tokens = -5 is one problem, not four).
     counts: dict[str, int] = {}
     for name, default in _COUNTS:
         value = get(name, default)
@@ -423,14 +425,15 @@ def _diagnose_usage(record: Mapping[str, Any], now: datetime | None) -> list[Fie
             add(FieldProblem(name, "required" if value is None else "type",
                              f"{name} must be an integer (got {value!r})"))
             continue
-        counts[name] = value
         if value < 0:
             add(FieldProblem(name, "non_negative", f"{name} ({value}) must be >= 0: counts cannot be negative"))
+            continue
+        counts[name] = value
 
     input_tokens = counts.get("input_tokens")
-    if input_tokens is not None:
-        cache_read = counts.get("cache_read_tokens", 0)
-        cache_write = counts.get("cache_write_tokens", 0)
+    cache_read = counts.get("cache_read_tokens")
+    cache_write = counts.get("cache_write_tokens")
+    if input_tokens is not None and cache_read is not None and cache_write is not None:
         if cache_read > input_tokens:
             add(FieldProblem("cache_read_tokens", "cache_within_input",
                              f"cache_read_tokens ({cache_read}) must not exceed input_tokens ({input_tokens}): "

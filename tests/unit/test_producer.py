@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,3 +107,57 @@ def test_cli_event_from_flags_and_json_flags_win() -> None:
 def test_cli_rejects_a_malformed_tag() -> None:
     with pytest.raises(FinopsError, match="KEY=VALUE"):
         build_event(_parse("--tag", "novalue"))
+
+
+_EMIT_OK = ("--team", "search", "--project", "docs", "--provider", "openai", "--model", "gpt-4o",
+            "--input-tokens", "10", "--output-tokens", "5")
+
+
+def _emit_main(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+               *argv: str) -> tuple[int, list[str], str]:
+    """``finops emit ...`` through the CLI's main function, against an unreachable broker; returns (exit code, the
+    problem lines of the error, stderr)."""
+    from finops.cli import main
+
+    monkeypatch.setenv("FINOPS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FINOPS_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    code = main(["emit", *argv, "--timeout", "1"])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("  - ")], err
+
+
+def test_emit_with_one_bad_flag_reports_that_flag_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, problems, err = _emit_main(monkeypatch, tmp_path, capsys, "--agent", "", *_EMIT_OK)
+    assert code == 2
+    assert len(problems) == 1, err
+    assert problems[0].startswith("  - --agent (agent_id) [not_blank]"), err
+    assert "broker" not in err and "spool" not in err  # refused before any connection
+
+
+def test_emit_with_a_negative_count_reports_no_follow_on_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [a if a != "10" else "-5" for a in _EMIT_OK]
+    code, problems, err = _emit_main(monkeypatch, tmp_path, capsys, "--agent", "a1", *argv)
+    assert code == 2
+    assert problems == [("  - --input-tokens (input_tokens) [non_negative]: input_tokens (-5) must be >= 0: "
+                         "counts cannot be negative")], err
+    code, problems, err = _emit_main(monkeypatch, tmp_path, capsys, "--agent", "a1", *_EMIT_OK,
+                                     "--occurred-at", "yesterday")
+    assert code == 2 and len(problems) == 1 and problems[0].startswith("  - --occurred-at (occurred_at) [type]"), err
+
+
+def test_emit_names_the_json_field_and_a_missing_fields_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    event = {"agent_id": 5, "team": "t", "project": "p", "provider": "openai", "model": "m", "input_tokens": 1,
+             "output_tokens": 1}
+    code, problems, err = _emit_main(monkeypatch, tmp_path, capsys, "--json", json.dumps(event))
+    assert code == 2
+    assert len(problems) == 1 and problems[0].startswith("  - --json field agent_id [required]"), err
+    # a flag overrides the JSON field, and the error names the flag
+    code, problems, err = _emit_main(monkeypatch, tmp_path, capsys, "--json", json.dumps(event), "--agent", " ")
+    assert code == 2 and len(problems) == 1 and problems[0].startswith("  - --agent (agent_id) [not_blank]"), err
+    # nobody gave the team: the error names the flag that sets it
+    code, problems, err = _emit_main(monkeypatch, tmp_path, capsys, "--agent", "a1",
+                                     *[a for a in _EMIT_OK if a not in ("--team", "search")])
+    assert code == 2 and len(problems) == 1 and problems[0].startswith("  - --team (team) [required]"), err

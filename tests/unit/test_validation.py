@@ -347,3 +347,17 @@ def test_non_string_tag_value_is_a_problem_not_a_crash() -> None:
     record["tags"] = {"retries": 1}
     problems = check_usage_dict(record, datetime.now(timezone.utc))
     assert [(p.field, p.rule) for p in problems] == [("tags", "type")]
+
+
+@pytest.mark.parametrize(("changes", "field", "rule"), [
+    ({"input_tokens": -5}, "input_tokens", "non_negative"),
+    ({"output_tokens": -1}, "output_tokens", "non_negative"),
+    ({"cache_read_tokens": -1}, "cache_read_tokens", "non_negative"),
+    ({"cache_write_tokens": "3"}, "cache_write_tokens", "type"),
+    ({"input_tokens": None}, "input_tokens", "required"),
+])
+def test_a_broken_count_is_one_problem_not_a_cascade(changes: dict[str, Any], field: str, rule: str) -> None:
+    """Relations (cache/audio/image within input, reasoning within output...) compare valid counts only: one bad
+    field is reported once, by its own rule, and not again by each rule that compares another field with it."""
+    problems = check_usage_dict(_usage(**changes), NOW)
+    assert [(p.field, p.rule) for p in problems] == [(field, rule)], problems

@@ -1,8 +1,8 @@
 /**
  * The usage event: its TypeScript types and its validation, a port of the Python SDK's rules
- * (`schemas.models.check_usage_dict` plus `UsageProducer._complete`). The same input is refused with the same
- * problems in the same order: field path, rule id and message text, so a DLQ reason or a log line reads the same
- * whichever SDK wrote it. Messages render values as Python's `repr()` does (`'abc'`, `None`, `True`).
+ * (`producers.producer.complete_usage_record`: the defaults, then `schemas.models.check_usage_dict`). The same
+ * input is refused with the same problems in the same order: field path, rule id and message text, so a DLQ
+ * reason or a log line reads the same whichever SDK wrote it. Messages render values as Python's `repr()` does (`'abc'`, `None`, `True`).
  *
  * The clock is injected (`now`, µs since the epoch or a Date), never read here.
  */
@@ -158,6 +158,8 @@ export function checkUsageRecord(record: Record<string, unknown>, now: bigint | 
     }
   }
 
+  // Only valid counts take part in the relations below: a broken count is reported once, by its own rule, not
+  // again by every rule that compares another field with it (as Python does).
   const counts = new Map<string, bigint>();
   for (const [name, fallback] of COUNTS) {
     const value = get(record, name, fallback === undefined ? null : fallback);
@@ -165,14 +167,17 @@ export function checkUsageRecord(record: Record<string, unknown>, now: bigint | 
       add(name, value === null ? "required" : "type", `${name} must be an integer (got ${pyRepr(value)})`);
       continue;
     }
+    if (BigInt(value) < 0n) {
+      add(name, "non_negative", `${name} (${value}) must be >= 0: counts cannot be negative`);
+      continue;
+    }
     counts.set(name, BigInt(value));
-    if (BigInt(value) < 0n) add(name, "non_negative", `${name} (${value}) must be >= 0: counts cannot be negative`);
   }
 
   const inputTokens = counts.get("input_tokens");
-  if (inputTokens !== undefined) {
-    const cacheRead = counts.get("cache_read_tokens") ?? 0n;
-    const cacheWrite = counts.get("cache_write_tokens") ?? 0n;
+  const cacheRead = counts.get("cache_read_tokens");
+  const cacheWrite = counts.get("cache_write_tokens");
+  if (inputTokens !== undefined && cacheRead !== undefined && cacheWrite !== undefined) {
     if (cacheRead > inputTokens) {
       add("cache_read_tokens", "cache_within_input",
         `cache_read_tokens (${cacheRead}) must not exceed input_tokens (${inputTokens}): ` +
@@ -245,7 +250,7 @@ export function checkUsageRecord(record: Record<string, unknown>, now: bigint | 
 
 /**
  * Fills defaults in place and checks what {@link checkUsageRecord} leaves to the encoder (field names, optional
- * types, money): the port of `UsageProducer._complete`. Returns the problems found.
+ * types, money): the port of `producers.producer._complete_usage`. Returns the problems found.
  */
 function complete(record: Record<string, unknown>, now: bigint, source: string): FieldProblem[] {
   const problems: FieldProblem[] = [];
@@ -270,7 +275,8 @@ function complete(record: Record<string, unknown>, now: bigint, source: string):
       // Python parses a zone-less ISO string into a naive datetime, which checkUsageRecord refuses (rule timezone).
       record["occurred_at"] = NAIVE_TIME;
     } else {
-      // The string stays, so checkUsageRecord reports it too, as Python does.
+      // The string stays; checkUsageRecord's problems on a field already reported here are dropped (one cause,
+      // one problem), as Python does.
       problems.push({
         field: "occurred_at",
         rule: "type",
@@ -331,7 +337,8 @@ export function buildUsageEvent(input: UsageEventInput | Record<string, unknown>
   const nowUs = nowMicros(now);
   const record: Record<string, unknown> = { ...(input as Record<string, unknown>) };
   const problems = complete(record, nowUs, source);
-  problems.push(...checkUsageRecord(record, nowUs));
+  const reported = new Set(problems.map((problem) => problem.field));
+  problems.push(...checkUsageRecord(record, nowUs).filter((problem) => !reported.has(problem.field)));
   if (problems.length > 0) throw new ValidationFailed(problems, "UsageEvent");
   return record as unknown as UsageEventRecord;
 }
