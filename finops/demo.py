@@ -110,6 +110,23 @@ class Role:
     wait_for_port: int | None = None
 
 
+def build_roles(finops: Sequence[str], *, dashboard_port: int, query_port: int | None,
+                intake_port: int) -> list[Role]:
+    """The roles the demo starts, in start order (the Docker deployment, infra/docker-compose.yml, runs the same
+    ones; tests/unit/test_compose.py checks it against this list). ``query_port``: the embedded store endpoint the
+    sink opens, None against a ClickHouse server. Pure."""
+    return [
+        Role("sink", [*finops, "sink", "run"], wait_for_port=query_port),
+        Role("stream", [*finops, "stream", "run"]),
+        # From the earliest priced event: the history phase may be priced before detection's group has joined.
+        Role("detect", [*finops, "detect", "run", "--from-earliest"]),
+        Role("alerts", [*finops, "alerts", "run"]),
+        Role("dashboard", [*finops, "serve", "--port", str(dashboard_port)], wait_for_port=dashboard_port),
+        # Zero-code intake: OTLP/HTTP from agents that need no SDK (README "Connect your agents").
+        Role("intake", [*finops, "intake", "run"], wait_for_port=intake_port),
+    ]
+
+
 @dataclass(frozen=True)
 class FleetTimeline:
     """The demo fleet's simulated time, recorded in ``<data dir>/demo-fleet/timeline.json`` and fixed once set:
@@ -606,16 +623,8 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
     env.setdefault("FINOPS_ALERTING_DASHBOARD_URL", f"http://127.0.0.1:{args.port}")
 
     available = _available_commands()
-    roles = [
-        Role("sink", [*finops, "sink", "run"], wait_for_port=query_port if embedded else None),
-        Role("stream", [*finops, "stream", "run"]),
-        # From the earliest priced event: the history phase may be priced before detection's group has joined.
-        Role("detect", [*finops, "detect", "run", "--from-earliest"]),
-        Role("alerts", [*finops, "alerts", "run"]),
-        Role("dashboard", [*finops, "serve", "--port", str(args.port)], wait_for_port=args.port),
-        # Zero-code intake: OTLP/HTTP from agents that need no SDK (README "Connect your agents").
-        Role("intake", [*finops, "intake", "run"], wait_for_port=settings.intake.port),
-    ]
+    roles = build_roles(finops, dashboard_port=args.port, query_port=query_port if embedded else None,
+                        intake_port=settings.intake.port)
     procs: list[tuple[Role, subprocess.Popen[bytes]]] = []
     fleet: _FleetRunner | None = None
 
