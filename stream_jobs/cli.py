@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError
+from schemas.errors import FinopsError as FinopsErrorType
 
 __all__ = ["load_price_request", "register"]
 
@@ -59,6 +60,55 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--price-book", type=Path, default=None, help="organisation price book (default FINOPS_STREAM_PRICE_BOOK)"
     )
     price.set_defaults(func=_price)
+
+    book = sub.add_parser("pricebook", help="price-book tools: suggest entries from reported costs (price drift)")
+    book_sub = book.add_subparsers(dest="pricebook_cmd", required=True, metavar="{suggest}")
+    suggest = book_sub.add_parser(
+        "suggest",
+        help="solve the unit prices of models whose reported costs disagree with the catalogue; print the YAML",
+        description=(
+            "Per (provider, model, source), compares reported and computed costs; where at least --min-share of at "
+            "least --min-calls reported calls disagree, solves the per-million rates exactly from the calls' token "
+            "counts, checks that they reproduce every call within 1e-9 USD (or prints the residual) and prints a "
+            "price book with one override per drifting model, effective from the first disagreeing call. Use it as "
+            "FINOPS_STREAM_PRICE_BOOK (or merge it into yours), then finops reprice corrects history."
+        ),
+    )
+    where = suggest.add_mutually_exclusive_group(required=True)
+    where.add_argument("--file", type=Path, default=None, metavar="EVENTS.jsonl",
+                       help="calls as finops price --file reads them")  # fmt: skip
+    where.add_argument("--since", default=None, metavar="DATE", help="read the ledger from this UTC date or time")
+    suggest.add_argument("--until", default=None, metavar="DATE", help="with --since: up to this date (exclusive)")
+    suggest.add_argument("--version", dest="book_version", default=None,
+                         help="version of the suggested book (default suggested-<today>)")  # fmt: skip
+    suggest.add_argument("--min-calls", type=int, default=3, help="calls with a report needed per model (3)")
+    suggest.add_argument("--min-share", type=Decimal, default=Decimal("0.5"),
+                         help="share of them that must disagree (0.5)")  # fmt: skip
+    suggest.add_argument("--alert", action="store_true",
+                         help="also publish one price_drift alert per drifting model to finops.alerts.v1")  # fmt: skip
+    suggest.add_argument(
+        "--price-book", type=Path, default=None, help="the book to compare with (default FINOPS_STREAM_PRICE_BOOK)"
+    )
+    suggest.set_defaults(func=_pricebook_suggest)
+
+    prices = sub.add_parser("prices", help="the price catalogue: install a newer genai-prices snapshot, show status")
+    prices_sub = prices.add_subparsers(dest="prices_cmd", required=True, metavar="{update,status}")
+    update = prices_sub.add_parser(
+        "update",
+        help="install a genai-prices data snapshot (file or URL); running workers switch to it between batches",
+        description=(
+            "Reads a genai-prices data file (the JSON provider array genai-prices publishes, e.g. its "
+            "prices/data.json), checks that genai-prices loads it, installs it in FINOPS_STREAM_CATALOGUE_DIR and "
+            "makes it current; records the version in price_catalogue_versions when ClickHouse is reachable. "
+            "Running stream workers pick it up at their next safe point (between batches). Fetches only the URL "
+            "given here, only now."
+        ),
+    )
+    update.add_argument("--from", dest="source", required=True, metavar="FILE|URL", help="the snapshot to install")
+    update.set_defaults(func=_prices_update)
+    status = prices_sub.add_parser("status", help="the active catalogue: version, source, date; warns when old")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_prices_status)
 
     from stream_jobs.bench import register_bench
 
@@ -190,3 +240,198 @@ def _price_file(path: Path, pricer: Any, settings: Any) -> int:
     sys.stdout.flush()
     print(summary.render(), file=sys.stderr)
     return 2 if summary.errors else 0
+
+
+# ---- finops pricebook suggest ---------------------------------------------------------------------------------------
+_RATE_COLUMNS = (
+    ("input_mtok", "price_input_mtok"), ("cache_read_mtok", "price_cache_read_mtok"),
+    ("cache_write_mtok", "price_cache_write_mtok"), ("cache_write_1h_mtok", "price_cache_write_1h_mtok"),
+    ("output_mtok", "price_output_mtok"),
+)  # fmt: skip
+
+
+def _drift_calls_from_file(path: Path, pricer: Any, settings: Any) -> list[Any]:
+    from producers.adapters import parse_reasoning_conventions
+    from stream_jobs.drift import DriftCall
+    from stream_jobs.price_file import compute_line_event
+
+    reasoning = parse_reasoning_conventions(settings.producer.reasoning_conventions)
+    now = datetime.now(UTC)
+    calls = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            event, _ = compute_line_event(json.loads(line, parse_float=Decimal), now=now, reasoning=reasoning)
+            if event.get("reported_cost") is None:
+                continue
+            result = pricer.price(event)
+        except (ValueError, FinopsErrorType) as err:
+            raise ConfigError(f"{path}:{number}: {err}") from err
+        rates = {key: getattr(result, column) for key, column in _RATE_COLUMNS}
+        calls.append(DriftCall.from_event(
+            event, result.computed_cost_usd, result.cost_mismatch or result.computed_cost_usd is None, rates))
+    return calls
+
+
+def _drift_calls_from_ledger(since: str, until: str | None, settings: Any) -> list[Any]:
+    from sinks.clickhouse import check_identifier
+    from sinks.sql_cli import open_readonly_client
+    from stream_jobs.drift import DriftCall
+
+    lo = _parse_when(since, "--since")
+    hi = _parse_when(until, "--until") if until else datetime.now(UTC)
+    database = settings.clickhouse.database
+    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url)
+    print(f"-- {where}, database {database}", file=sys.stderr)
+    columns = (
+        "provider", "model", "source", "occurred_at", "event_id", "input_tokens", "output_tokens", "cache_read_tokens",
+        "cache_write_tokens", "cache_write_1h_tokens", "reported_cost", "computed_cost_usd", "cost_mismatch",
+        *(column for _, column in _RATE_COLUMNS),
+    )  # fmt: skip
+    try:
+        rows = client.query(
+            f"SELECT {', '.join(columns)} FROM {check_identifier(database)}.usage_ledger FINAL "
+            "WHERE row_kind = 'original' AND reported_cost IS NOT NULL "
+            "AND occurred_at >= {lo:DateTime64(6, 'UTC')} AND occurred_at < {hi:DateTime64(6, 'UTC')} "
+            "ORDER BY occurred_at",
+            parameters={"lo": lo, "hi": hi},
+        ).result_rows
+    finally:
+        client.close()
+    calls = []
+    for row in rows:
+        record = dict(zip(columns, row, strict=True))
+        at = record["occurred_at"]
+        record["occurred_at"] = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+        rates = {key: record[column] for key, column in _RATE_COLUMNS}
+        computed = record["computed_cost_usd"]
+        calls.append(DriftCall.from_event(record, computed, bool(record["cost_mismatch"]) or computed is None, rates))
+    return calls
+
+
+def _parse_when(text: str, flag: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise ConfigError(f"{flag} {text!r} is not an ISO date or time (e.g. 2025-12-01)") from err
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _pricebook_suggest(args: argparse.Namespace) -> int:
+    from finops.settings import load_settings
+    from stream_jobs.catalogue import build_pricer
+    from stream_jobs.drift import (
+        compute_drift,
+        compute_price_drift_alert,
+        render_price_book,
+    )
+
+    settings = load_settings()
+    pricer = build_pricer(settings.stream, settings.core.data_dir, book_path=args.price_book)
+    if args.file is not None:
+        calls = _drift_calls_from_file(args.file, pricer, settings)
+    else:
+        calls = _drift_calls_from_ledger(args.since, args.until, settings)
+    suggestions = compute_drift(calls, min_calls=args.min_calls, min_share=args.min_share)
+    now = datetime.now(UTC)
+    version = args.book_version or f"suggested-{now.date().isoformat()}"
+    text = render_price_book(suggestions, version=version)
+    sys.stdout.write(text)
+    drifting = [s for s in suggestions if s.drifting]
+    for s in suggestions:
+        state = "DRIFT" if s.drifting else "ok"
+        detail = f", {s.problem}" if s.problem else ""
+        print(f"{state}: {s.provider}/{s.model} ({s.source}): {s.disagreeing} of {s.calls} reported calls disagree"
+              f"{detail}", file=sys.stderr)  # fmt: skip
+    if args.alert and drifting:
+        _publish_alerts(settings, [compute_price_drift_alert(s, text, now) for s in drifting if s.rates])
+    return 0
+
+
+def _publish_alerts(settings: Any, alerts: list[dict[str, Any]]) -> None:
+    from confluent_kafka import Producer
+
+    from finops.topics import TopicNames
+    from schemas.wire import AvroCodec
+
+    codec = AvroCodec()
+    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True})
+    topic = TopicNames(settings.kafka.topic_prefix).alerts
+    failures: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    for alert in alerts:
+        producer.produce(topic, codec.encode(alert, "Alert"), alert["dedup_key"].encode(), on_delivery=delivered)
+    if producer.flush(30) or failures:
+        raise ConfigError(f"price_drift alerts not delivered to {topic}: {failures or 'timed out'}")
+    print(f"published {len(alerts)} price_drift alert(s) to {topic}", file=sys.stderr)
+
+
+# ---- finops prices update / status ----------------------------------------------------------------------------------
+def _prices_update(args: argparse.Namespace) -> int:
+    from finops.settings import load_settings
+    from stream_jobs.catalogue import catalogue_dir, install_catalogue
+
+    settings = load_settings()
+    info = install_catalogue(args.source, catalogue_dir(settings.stream, settings.core.data_dir),
+                             now=datetime.now(UTC))  # fmt: skip
+    print(f"installed price catalogue {info.version} ({info.providers} providers, {info.models} models, data date "
+          f"{info.data_date or 'unknown'}) from {info.source}")  # fmt: skip
+    _record_version(settings, info)
+    return 0
+
+
+def _record_version(settings: Any, info: Any) -> None:
+    """Write the version to price_catalogue_versions; a ClickHouse that cannot be reached is reported, not fatal
+    (the workers read the catalogue directory, not ClickHouse)."""
+    try:
+        from sinks.clickhouse import check_identifier
+        from sinks.sql_cli import open_client
+
+        client, _ = open_client(settings.clickhouse_url(), settings.clickhouse.database,
+                                settings.clickhouse.query_url, readonly=False)  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - FinopsError or a missing extra: say so and go on
+        print(f"warning: price_catalogue_versions not updated ({err}); run finops prices update again when "
+              "ClickHouse is up", file=sys.stderr)  # fmt: skip
+        return
+    try:
+        details = json.dumps(info.as_json(), sort_keys=True)
+        client.insert(f"{check_identifier(settings.clickhouse.database)}.price_catalogue_versions",
+                      [[info.version, "", info.installed_at or datetime.now(UTC), details]],
+                      column_names=["catalogue_version", "price_book_version", "first_seen_at", "details"])  # fmt: skip
+        print(f"recorded {info.version} in price_catalogue_versions")
+    except Exception as err:  # noqa: BLE001 - a refused write must not hide that the catalogue is installed
+        print(f"warning: price_catalogue_versions not updated: {err}", file=sys.stderr)
+    finally:
+        client.close()
+
+
+def _prices_status(args: argparse.Namespace) -> int:
+    from finops.settings import load_settings
+    from stream_jobs.catalogue import catalogue_dir, load_active_catalogue
+
+    settings = load_settings()
+    info, _ = load_active_catalogue(catalogue_dir(settings.stream, settings.core.data_dir))
+    today = datetime.now(UTC).date()
+    dated = info.data_date or (info.installed_at.date() if info.installed_at else None)
+    age = (today - dated).days if dated else None
+    limit = settings.stream.catalogue_max_age_days
+    stale = age is None or age > limit
+    if args.json:
+        print(json.dumps({**info.as_json(), "age_days": age, "max_age_days": limit, "stale": stale}, indent=2))
+    else:
+        print(f"catalogue {info.version}\nsource    {info.source}\ninstalled {info.installed_at or '-'}\n"
+              f"data date {info.data_date or 'unknown'} ({age if age is not None else '?'} days old)\n"
+              f"models    {info.models} from {info.providers} providers")  # fmt: skip
+    if stale:
+        print(f"warning: the price catalogue is older than {limit} days (FINOPS_STREAM_CATALOGUE_MAX_AGE_DAYS): "
+              "finops prices update --from FILE|URL installs a newer genai-prices snapshot", file=sys.stderr)  # fmt: skip
+    return 0

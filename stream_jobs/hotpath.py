@@ -103,7 +103,7 @@ from schemas.wire import SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC, AvroCode
 from stream_jobs.dedupe import HOUR_US, Deduper
 from stream_jobs.dlq import BadInputLimiter, BadInputLimitExceeded, DeadLetter, Stage
 from stream_jobs.offsets import CommitTracker
-from stream_jobs.pricing import InvalidUsageError, PriceResult, Pricer
+from stream_jobs.pricing import InvalidUsageError, PriceResult, Pricer, unpriced_fix
 from stream_jobs.windows import MINUTE_US, ClosedWindow, WindowAggregator
 
 if TYPE_CHECKING:
@@ -614,8 +614,9 @@ def compute_unpriced_alert(
         "title": f"Unpriced model {provider}/{model}",
         "summary": (
             f"Usage of {provider}/{model} cannot be priced: {reason}. Its events are stored as unpriced (cost 0, "
-            "flagged, counted), not as free. Add the model to the organisation price book (FINOPS_STREAM_PRICE_BOOK) "
-            "or fix the model name in the emitting agent; `finops price --json` explains a single event."
+            "flagged, counted in unpriced calls and tokens), not as free. To fix: "
+            f"{unpriced_fix(provider, model)}; or fix the model name in the emitting agent. "
+            "`finops price --json` explains a single event."
         ),
         "amount_usd": None,
         "limit_usd": None,

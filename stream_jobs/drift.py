@@ -1,0 +1,316 @@
+"""Price drift: when reported costs and the catalogue disagree consistently, solve the unit rates and propose the fix.
+
+Pure logic (no Kafka, no ClickHouse, no clock). DESIGN §4: per (provider, model, source), compare the reported cost
+with the computed one; when at least ``min_share`` of at least ``min_calls`` calls that carry a report disagree
+(beyond the Pricer's tolerance, or unpriced), solve the unit prices from those calls' token counts and reported
+costs, and propose a price-book override effective from the first disagreeing call.
+
+The solve is exact: every call is one linear equation ``sum(rate_c x count_c) = reported`` over the leaf counts the
+Pricer bills (uncached input, cache reads, 5-minute writes, 1-hour writes, output), solved by least squares in
+``fractions.Fraction`` (normal equations, Gauss-Jordan, no float anywhere). Published prices are short decimals, so
+the per-million rates are then rounded to the fewest decimal places (0..12) that reproduce every call within
+``tolerance`` (1e-9 USD by default); when no rounding does, the exact solution (12 places) is proposed with the
+largest residual reported, which means the calls are not explained by one flat price set (tiers, a price change
+inside the window, rounding of the reports, a per-request fee).
+
+A column no call exercises cannot be solved: the suggestion keeps the catalogue's price for it and says so. Columns
+whose counts move together in every call (always the same cache share, say) cannot be told apart: reported as
+underdetermined, naming the columns, instead of inventing a split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+__all__ = [
+    "COLUMNS",
+    "DriftCall",
+    "DriftSuggestion",
+    "compute_drift",
+    "compute_price_drift_alert",
+    "render_price_book",
+    "solve_rates",
+]
+
+#: (price key, what the column counts), in the order the Pricer bills them.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("input_mtok", "uncached input tokens (input - cache reads - cache writes)"),
+    ("cache_read_mtok", "cache reads"),
+    ("cache_write_mtok", "5-minute cache writes (cache writes - 1-hour writes)"),
+    ("cache_write_1h_mtok", "1-hour cache writes"),
+    ("output_mtok", "output tokens (reasoning included)"),
+)
+_MTOK = Fraction(1_000_000)
+
+
+@dataclass(frozen=True)
+class DriftCall:
+    """One call with a reported cost: its leaf counts (see :data:`COLUMNS`) and both costs."""
+
+    provider: str
+    model: str
+    source: str
+    occurred_at: datetime
+    event_id: str
+    counts: tuple[int, int, int, int, int]
+    reported: Decimal
+    computed: Decimal | None
+    disagrees: bool
+    catalogue_rates: Mapping[str, Decimal | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any], computed: Decimal | None, disagrees: bool,
+                   catalogue_rates: Mapping[str, Decimal | None] | None = None) -> DriftCall:  # fmt: skip
+        """From a usage (or priced) mapping with canonical counts and ``reported_cost``."""
+
+        def n(name: str) -> int:
+            return int(event.get(name) or 0)
+
+        write_1h = n("cache_write_1h_tokens")
+        counts = (
+            n("input_tokens") - n("cache_read_tokens") - n("cache_write_tokens"), n("cache_read_tokens"),
+            n("cache_write_tokens") - write_1h, write_1h, n("output_tokens"),
+        )  # fmt: skip
+        return cls(
+            str(event.get("provider") or ""), str(event.get("model") or ""), str(event.get("source") or ""),
+            event["occurred_at"], str(event.get("event_id") or ""), counts, Decimal(event["reported_cost"]),
+            computed, disagrees, dict(catalogue_rates or {}),
+        )  # fmt: skip
+
+
+@dataclass
+class DriftSuggestion:
+    """The outcome for one (provider, model, source)."""
+
+    provider: str
+    model: str
+    source: str
+    calls: int
+    disagreeing: int
+    effective_from: datetime | None = None
+    effective_from_text: str = ""
+    rates: dict[str, Decimal] = field(default_factory=dict)
+    from_catalogue: dict[str, Decimal] = field(default_factory=dict)
+    max_residual: Decimal | None = None
+    exact: bool = False
+    problem: str | None = None
+    catalogue_rates: dict[str, Decimal | None] = field(default_factory=dict)
+
+    @property
+    def drifting(self) -> bool:
+        return self.effective_from is not None
+
+
+def _solve_exact(rows: Sequence[Sequence[Fraction]], rhs: Sequence[Fraction]) -> list[Fraction] | None:
+    """Least-squares solution of ``rows x = rhs`` (normal equations, exact); None when singular."""
+    n = len(rows[0])
+    a = [[sum((r[i] * r[j] for r in rows), Fraction(0)) for j in range(n)] for i in range(n)]
+    b = [sum((r[i] * y for r, y in zip(rows, rhs, strict=True)), Fraction(0)) for i in range(n)]
+    for col in range(n):
+        pivot = next((row for row in range(col, n) if a[row][col] != 0), None)
+        if pivot is None:
+            return None
+        a[col], a[pivot] = a[pivot], a[col]
+        b[col], b[pivot] = b[pivot], b[col]
+        inv = 1 / a[col][col]
+        a[col] = [v * inv for v in a[col]]
+        b[col] *= inv
+        for row in range(n):
+            if row != col and a[row][col] != 0:
+                factor = a[row][col]
+                a[row] = [v - factor * p for v, p in zip(a[row], a[col], strict=True)]
+                b[row] -= factor * b[col]
+    return b
+
+
+def _dependent(rows: Sequence[Sequence[int]], active: Sequence[int]) -> list[int]:
+    """Columns (indexes into ``active``) that are linear combinations of earlier ones over ``rows``."""
+    basis: list[list[Fraction]] = []  # reduced column vectors, with their pivot row
+    pivots: list[int] = []
+    dependent: list[int] = []
+    for k in range(len(active)):
+        vec = [Fraction(row[active[k]]) for row in rows]
+        for base, p in zip(basis, pivots, strict=True):
+            if vec[p]:
+                f = vec[p] / base[p]
+                vec = [v - f * b for v, b in zip(vec, base, strict=True)]
+        pivot = next((i for i, v in enumerate(vec) if v), None)
+        if pivot is None:
+            dependent.append(k)
+        else:
+            basis.append(vec)
+            pivots.append(pivot)
+    return dependent
+
+
+def solve_rates(
+    calls: Sequence[DriftCall], *, tolerance: Decimal = Decimal("1e-9")
+) -> tuple[dict[str, Decimal], Decimal, bool, str | None]:
+    """Per-million rates that reproduce ``calls`` (module docstring): ``(rates by price key, max residual in USD,
+    every call within tolerance, problem or None)``. Columns no call exercises are left out of the rates."""
+    active = [c for c in range(len(COLUMNS)) if any(call.counts[c] for call in calls)]
+    if not active:
+        return {}, Decimal(0), False, "the calls carry no tokens to solve from"
+    rows = [[Fraction(call.counts[c]) for c in active] for call in calls]
+    rhs = [Fraction(call.reported) for call in calls]
+    solution = _solve_exact(rows, rhs)
+    if solution is None:
+        names = [COLUMNS[active[k]][0] for k in _dependent([call.counts for call in calls], active)]
+        return {}, Decimal(0), False, (
+            f"underdetermined: {', '.join(names)} move together with other columns in every call; calls with "
+            "different mixes of input, cache and output are needed to tell their prices apart"
+        )
+    per_mtok = [x * _MTOK for x in solution]
+    tol = Fraction(tolerance)
+
+    def residual(rates: Sequence[Fraction]) -> Fraction:
+        worst = Fraction(0)
+        for row, y in zip(rows, rhs, strict=True):
+            off = abs(sum((r * x / _MTOK for r, x in zip(row, rates, strict=True)), Fraction(0)) - y)
+            worst = max(worst, off)
+        return worst
+
+    for places in range(13):
+        quantum = Fraction(1, 10**places)
+        rounded = [round(x / quantum) * quantum for x in per_mtok]
+        if any(x < 0 for x in rounded):
+            continue
+        worst = residual(rounded)
+        if worst <= tol:
+            rates = {COLUMNS[c][0]: _decimal(x, places) for c, x in zip(active, rounded, strict=True)}
+            return rates, _decimal(worst, 15), True, None
+    exact_12 = [round(x * 10**12) / Fraction(10**12) for x in per_mtok]
+    worst = residual(exact_12)
+    rates = {COLUMNS[c][0]: _decimal(x, 12) for c, x in zip(active, exact_12, strict=True)}
+    problem = (
+        f"no flat price set reproduces every call within {tolerance} USD (largest residual {_decimal(worst, 15)} "
+        "USD): tiers, a price change inside the window, a per-request fee or rounded reports"
+    )
+    if any(x < 0 for x in exact_12):
+        problem = "the least-squares rates are negative: the reports are not a price set over these token counts"
+    return rates, _decimal(worst, 15), False, problem
+
+
+def _decimal(value: Fraction, places: int) -> Decimal:
+    scaled = round(value * 10**places)
+    return (Decimal(scaled).scaleb(-places)).normalize() if scaled else Decimal(0)
+
+
+def compute_drift(
+    calls: Iterable[DriftCall], *, min_calls: int = 3, min_share: Decimal = Decimal("0.5"),
+    tolerance: Decimal = Decimal("1e-9"),
+) -> list[DriftSuggestion]:  # fmt: skip
+    """One :class:`DriftSuggestion` per (provider, model, source) with reported costs, drifting or not, sorted.
+
+    Drifting: at least ``min_calls`` calls with a report and at least ``min_share`` of them disagree. The rates are
+    solved from the calls from the first disagreeing one on (earlier calls were right at the old price)."""
+    groups: dict[tuple[str, str, str], list[DriftCall]] = {}
+    for call in calls:
+        groups.setdefault((call.provider, call.model, call.source), []).append(call)
+    out: list[DriftSuggestion] = []
+    for (provider, model, source), members in sorted(groups.items()):
+        members.sort(key=lambda c: (c.occurred_at, c.event_id))
+        disagreeing = [c for c in members if c.disagrees]
+        suggestion = DriftSuggestion(provider, model, source, len(members), len(disagreeing))
+        catalogue = next((c.catalogue_rates for c in reversed(members) if c.catalogue_rates), {})
+        suggestion.catalogue_rates = dict(catalogue)
+        out.append(suggestion)
+        if len(members) < min_calls or Decimal(len(disagreeing)) < min_share * len(members) or not disagreeing:
+            continue
+        first = disagreeing[0]
+        since = [c for c in members if (c.occurred_at, c.event_id) >= (first.occurred_at, first.event_id)]
+        start = first.occurred_at.astimezone(UTC)
+        midnight = datetime.combine(start.date(), time(0), tzinfo=UTC)
+        agreed_that_day = any(
+            not c.disagrees and midnight <= c.occurred_at.astimezone(UTC) < start for c in members
+        )
+        suggestion.effective_from = start if agreed_that_day else midnight
+        suggestion.effective_from_text = start.isoformat().replace("+00:00", "Z") if agreed_that_day else (
+            start.date().isoformat()
+        )
+        rates, worst, exact, problem = solve_rates(since, tolerance=tolerance)
+        suggestion.rates, suggestion.max_residual, suggestion.exact, suggestion.problem = rates, worst, exact, problem
+        for key, _ in COLUMNS:
+            value = catalogue.get(key)
+            if key not in rates and value is not None:
+                suggestion.from_catalogue[key] = value
+    return out
+
+
+def render_price_book(suggestions: Iterable[DriftSuggestion], *, version: str) -> str:
+    """The drifting suggestions as a price book (YAML, ready for ``FINOPS_STREAM_PRICE_BOOK``), with comments that
+    say what was solved from how many calls and what the catalogue had."""
+    drifting = [s for s in suggestions if s.drifting and s.rates]
+    lines = [
+        "# Suggested by finops pricebook suggest: unit prices solved from reported costs where they disagree with the",
+        "# catalogue. Review, merge into your price book (or use as is), then `finops reprice` to correct history.",
+        f'version: "{version}"',
+    ]
+    if not drifting:
+        lines.append("overrides: []")
+        return "\n".join(lines) + "\n"
+    lines.append("overrides:")
+    for s in drifting:
+        verdict = (f"reproduces every call within 1e-9 USD (largest residual {s.max_residual})" if s.exact
+                   else f"WARNING: {s.problem}")  # fmt: skip
+        lines.append(f"  # {s.disagreeing} of {s.calls} reported calls from source {s.source!r} disagree; {verdict}")
+        old = ", ".join(f"{k} {v}" for k, v in s.catalogue_rates.items() if v is not None) or "no entry (unpriced)"
+        lines.append(f"  # catalogue had: {old}")
+        lines.append(f"  - provider: {_yaml_text(s.provider)}")
+        lines.append(f"    model: {_yaml_text(s.model)}")
+        lines.append(f"    effective_from: {s.effective_from_text}")
+        lines.append("    prices:")
+        for key, _ in COLUMNS:
+            if key in s.rates:
+                lines.append(f"      {key}: {s.rates[key]}")
+            elif key in s.from_catalogue:
+                lines.append(f"      {key}: {s.from_catalogue[key]}  # from the catalogue: no call exercised it")
+        note = f"solved from {s.disagreeing} reported costs ({s.source})"
+        lines.append(f"    note: {_yaml_text(note)}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_text(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def compute_price_drift_alert(suggestion: DriftSuggestion, yaml_text: str, now: datetime) -> dict[str, Any]:
+    """The ``price_drift`` Alert (Avro dict for ``finops.alerts.v1``) for one drifting suggestion. Pure.
+
+    One alert per (provider, model, source, effective date): its dedup key, so a rerun repeats it, never piles up."""
+    import hashlib
+
+    assert suggestion.effective_from is not None
+    day = suggestion.effective_from.date().isoformat()
+    dedup_key = f"price_drift:{suggestion.provider}:{suggestion.model}:{suggestion.source}:{day}"
+    rates = ", ".join(f"{k} {v}" for k, v in suggestion.rates.items())
+    summary = (
+        f"Price drift on {suggestion.provider}/{suggestion.model} (source {suggestion.source}): "
+        f"{suggestion.disagreeing} of {suggestion.calls} reported costs disagree with the catalogue since "
+        f"{suggestion.effective_from_text}. Solved prices per MTok: {rates}"
+        + ("" if suggestion.exact else f" ({suggestion.problem})")
+        + ". Fix: add this price-book entry (FINOPS_STREAM_PRICE_BOOK), then run finops reprice:\n" + yaml_text
+    )
+    import uuid
+
+    return {
+        "alert_id": str(uuid.uuid5(uuid.UUID(hashlib.sha256(b"finops.price_drift").hexdigest()[:32]), dedup_key)),
+        "dedup_key": dedup_key, "kind": "price_drift", "severity": "warning", "state": "trigger",
+        "occurred_at": suggestion.effective_from, "team": None, "project": None, "agent_id": None,
+        "policy_id": None, "model": f"{suggestion.provider}/{suggestion.model}",
+        "title": f"Price drift on {suggestion.provider}/{suggestion.model}: reported costs disagree with the catalogue",
+        "summary": summary[:8000], "amount_usd": None, "limit_usd": None,
+        "details": {
+            "provider": suggestion.provider, "model": suggestion.model, "source": suggestion.source,
+            "effective_from": suggestion.effective_from_text, "calls": str(suggestion.calls),
+            "disagreeing": str(suggestion.disagreeing), "max_residual_usd": str(suggestion.max_residual),
+            "exact": str(suggestion.exact).lower(), **{k: str(v) for k, v in suggestion.rates.items()},
+            "detected_at": now.isoformat(),
+        },
+        "actions": [],
+    }  # fmt: skip

@@ -1,0 +1,123 @@
+"""Price drift: exact rate solving from reported costs and ``finops pricebook suggest`` (issue 15 item 4).
+
+The fixture (tests/unit/fixtures/drift/anthropic_price_cut.jsonl) is 14 Anthropic Messages API bodies of
+claude-sonnet-4 with the cost the client recorded: at the catalogue's prices until 2025-11-30, then at cut prices
+(input $1.25, cache read $0.125, 5-minute write $1.5625, 1-hour write $2.50, output $6.25 per MTok) from 2025-12-01.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finops.cli import main
+from schemas.models import Alert
+from stream_jobs.drift import (
+    DriftCall,
+    compute_drift,
+    compute_price_drift_alert,
+    render_price_book,
+    solve_rates,
+)
+from stream_jobs.price_file import compute_line_event
+from stream_jobs.pricebook import parse_price_book
+from stream_jobs.pricing import Pricer
+
+pytestmark = pytest.mark.unit
+
+FIXTURE = Path(__file__).parent / "fixtures" / "drift" / "anthropic_price_cut.jsonl"
+CUT = {"input_mtok": Decimal("1.25"), "cache_read_mtok": Decimal("0.125"), "cache_write_mtok": Decimal("1.5625"),
+       "cache_write_1h_mtok": Decimal("2.5"), "output_mtok": Decimal("6.25")}  # fmt: skip
+NOW = datetime(2025, 12, 4, tzinfo=UTC)
+
+
+def events() -> list[dict[str, Any]]:
+    return [compute_line_event(json.loads(line, parse_float=Decimal), now=NOW)[0]
+            for line in FIXTURE.read_text().splitlines()]  # fmt: skip
+
+
+def calls(pricer: Pricer) -> list[DriftCall]:
+    out = []
+    for event in events():
+        result = pricer.price(event)
+        out.append(DriftCall.from_event(event, result.computed_cost_usd, result.cost_mismatch,
+                                        {"input_mtok": result.price_input_mtok}))  # fmt: skip
+    return out
+
+
+def test_suggest_from_a_file_gives_the_exact_rates_and_date_and_the_book_reproduces_every_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINOPS_DATA_DIR", str(tmp_path / "data"))
+    assert main(["pricebook", "suggest", "--file", str(FIXTURE), "--version", "cut-1"]) == 0
+    captured = capsys.readouterr()
+    assert "DRIFT: anthropic/claude-sonnet-4-20250514 (claude-code): 7 of 14 reported calls disagree" in captured.err
+    book = parse_price_book(captured.out, "suggested.yaml")
+    assert book.version == "cut-1"
+    (override,) = book.overrides
+    assert override.provider == "anthropic" and override.model == "claude-sonnet-4-20250514"
+    assert override.effective_from == datetime(2025, 12, 1, tzinfo=UTC)
+    assert override.prices.as_dict() == CUT
+    assert "reproduces every call within 1e-9 USD" in captured.out
+
+    pricer = Pricer(book)
+    for event in events():
+        result = pricer.price(event)
+        assert abs(result.computed_cost_usd - event["reported_cost"]) <= Decimal("1e-9"), event["event_id"]
+        assert result.cost_mismatch is False
+
+
+def test_a_call_the_rates_cannot_explain_is_reported_with_its_residual() -> None:
+    drifted = [c for c in calls(Pricer()) if c.disagrees]
+    odd = drifted[3]
+    drifted[3] = DriftCall(odd.provider, odd.model, odd.source, odd.occurred_at, odd.event_id, odd.counts,
+                           odd.reported + Decimal("0.000003"), odd.computed, True)  # fmt: skip
+    _rates, residual, exact, problem = solve_rates(drifted)
+    assert not exact and residual > Decimal("1e-9")
+    assert problem is not None and "largest residual" in problem
+
+
+def test_columns_that_always_move_together_are_underdetermined_not_guessed() -> None:
+    at = datetime(2025, 12, 1, tzinfo=UTC)
+    same_mix = [DriftCall("p", "m", "s", at + timedelta(minutes=i), f"e{i}", (100 * i, 0, 0, 0, 200 * i),
+                          Decimal(i) / 1000, None, True) for i in range(1, 5)]  # fmt: skip
+    rates, _, exact, problem = solve_rates(same_mix)
+    assert rates == {} and not exact and problem is not None and "output_mtok" in problem
+
+
+def test_an_unpriced_model_with_reports_is_solved_and_alerted_with_the_fix() -> None:
+    at = datetime(2025, 12, 2, 8, tzinfo=UTC)
+    mixes = [(1000, 0, 0, 0, 10), (10, 0, 0, 0, 1000), (500, 0, 0, 0, 500), (700, 0, 0, 0, 3)]
+    rows = [DriftCall("openai", "atlas-xl", "svc", at + timedelta(hours=i), f"a{i}", mix,
+                      (mix[0] * Decimal("0.4") + mix[4] * Decimal("1.6")) / 1_000_000, None, True)
+            for i, mix in enumerate(mixes)]  # fmt: skip
+    (suggestion,) = compute_drift(rows)
+    assert suggestion.drifting and suggestion.exact
+    assert suggestion.rates == {"input_mtok": Decimal("0.4"), "output_mtok": Decimal("1.6")}
+    assert suggestion.effective_from_text == "2025-12-02"
+    text = render_price_book([suggestion], version="v")
+    assert parse_price_book(text).overrides[0].prices.as_dict() == suggestion.rates
+    alert = Alert.from_avro_dict(compute_price_drift_alert(suggestion, text, NOW))
+    assert alert.kind == "price_drift" and alert.model == "openai/atlas-xl"
+    assert "input_mtok: 0.4" in alert.summary and "finops reprice" in alert.summary
+    assert alert.dedup_key == "price_drift:openai:atlas-xl:svc:2025-12-02"
+
+
+def test_agreeing_calls_earlier_that_day_make_the_effective_date_a_timestamp() -> None:
+    at = datetime(2025, 12, 2, 8, tzinfo=UTC)
+    agree = DriftCall("p", "m", "s", at, "ok", (1000, 0, 0, 0, 10), Decimal("0.001"), Decimal("0.001"), False)
+    drift = [DriftCall("p", "m", "s", at + timedelta(hours=i), f"d{i}", (1000 * i, 0, 0, 0, 7 * i + i * i),
+                       Decimal(2 * i) / 1000 + Decimal(7 * i + i * i) / 10**6, None, True) for i in range(1, 4)]  # fmt: skip
+    (suggestion,) = compute_drift([agree, *drift])
+    assert suggestion.effective_from_text == "2025-12-02T09:00:00Z"
+
+
+def test_too_few_disagreeing_calls_is_no_drift() -> None:
+    (suggestion,) = compute_drift(calls(Pricer()), min_share=Decimal("0.9"))
+    assert not suggestion.drifting
+    assert "overrides: []" in render_price_book([suggestion], version="v")
