@@ -150,6 +150,9 @@ class StreamSettings(BaseSettings):
     catalogue_dir: Path | None = Field(
         None, description="where `finops prices update` installs catalogue snapshots; default <data dir>/prices"
     )
+    catalogue_poll_seconds: float = Field(
+        5.0, gt=0, description="how often a stream worker looks for a catalogue installed by `finops prices update`"
+    )
     catalogue_max_age_days: int = Field(
         30, ge=1, description="`finops prices status` warns when the price catalogue is older than this"
     )

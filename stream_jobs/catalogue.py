@@ -144,6 +144,8 @@ def install_catalogue(source: str, directory: Path, *, now: datetime) -> Catalog
     new pointer, never half of one). Raises :class:`CatalogueError`."""
     data = read_catalogue_source(source)
     providers = _providers(data, source)
+    if not source.startswith(("http://", "https://")):
+        source = str(Path(source).resolve())
     digest = hashlib.sha256(data).hexdigest()
     version = f"genai-prices-data.{digest[:12]}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,7 @@ def install_catalogue(source: str, directory: Path, *, now: datetime) -> Catalog
         os.replace(tmp, path)
     data_date = _data_date(providers)
     pointer = {
-        "version": version, "source": source if not source.startswith("http") else _redact(source),
+        "version": version, "source": _redact(source) if source.startswith(("http://", "https://")) else source,
         "installed_at": now.astimezone(UTC).isoformat(), "data_date": data_date.isoformat() if data_date else None,
         "path": path.name, "sha256": digest, "providers": len(providers),
         "models": sum(len(p.models) for p in providers),

@@ -1459,7 +1459,8 @@ def build_hot_path(
     book = pricer.price_book
     data_dir = settings.core.data_dir
     watcher = CatalogueWatcher(
-        catalogue_dir(s, data_dir), lambda: build_pricer(s, data_dir, price_book=book), pricer.catalogue_version
+        catalogue_dir(s, data_dir), lambda: build_pricer(s, data_dir, price_book=book), pricer.catalogue_version,
+        interval_s=s.catalogue_poll_seconds,
     )
     client = settings.kafka.client_config()
     codec = codec or _codec_for(settings)
