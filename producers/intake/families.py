@@ -1,7 +1,10 @@
 """Which mapping reads which telemetry, and the counting-once rules across one export (pure).
 
-Spans: OpenTelemetry GenAI spans (:mod:`producers.intake.genai`, with its agent-total and wrapper rules).
-Log records: Claude Code's ``claude_code.api_request`` (:mod:`producers.intake.claude_code`).
+Spans, by family (first match): OpenClaw spans (:mod:`.openclaw`: only ``openclaw.model.usage`` counts), OpenRouter
+Broadcast spans (:mod:`.openrouter`: the root generation, not its provider attempts), then OpenTelemetry GenAI spans
+(:mod:`.genai`, with its agent-total and wrapper rules). A span is read by one family only.
+Log records: Claude Code's ``claude_code.api_request`` (:mod:`.claude_code`), Codex CLI's ``codex.sse_event``
+``response.completed`` and Gemini CLI's ``gemini_cli.api_response`` (:mod:`.cli_agents`).
 Metrics are never counted (they aggregate the same requests the events and spans report); the receiver decodes
 them, counts their data points and answers success, so exporters do not retry them.
 
@@ -17,7 +20,10 @@ from dataclasses import dataclass, field
 
 from producers.intake.calls import Call
 from producers.intake.claude_code import map_claude_code_log
-from producers.intake.genai import map_genai_span, select_call_spans
+from producers.intake.cli_agents import map_codex_log, map_gemini_cli_log
+from producers.intake.genai import has_usage, map_genai_span, select_call_spans
+from producers.intake.openclaw import is_openclaw_span, map_openclaw_span
+from producers.intake.openrouter import is_openrouter_span, select_openrouter_calls
 from producers.intake.otlp import LogView, SpanView
 
 __all__ = ["Mapped", "calls_from_logs", "calls_from_spans"]
@@ -38,10 +44,35 @@ class Mapped:
         self.calls.append(call)
 
 
+def _bump(counts: dict[str, int], reason: str, n: int = 1) -> None:
+    if n:
+        counts[reason] = counts.get(reason, 0) + n
+
+
 def calls_from_spans(spans: Iterable[SpanView]) -> Mapped:
-    selected, skipped = select_call_spans(spans)
+    openclaw: list[SpanView] = []
+    openrouter: list[SpanView] = []
+    genai: list[SpanView] = []
+    for span in spans:
+        if is_openclaw_span(span):
+            openclaw.append(span)
+        elif is_openrouter_span(span):
+            openrouter.append(span)
+        else:
+            genai.append(span)
+    selected, skipped = select_call_spans(genai)
     out = Mapped(not_counted=dict(skipped))
     seen: set[str] = set()
+    for span in openclaw:
+        call = map_openclaw_span(span)
+        if call is not None:
+            out.add(call, seen)
+        elif has_usage(span.attributes):
+            _bump(out.not_counted, "agent_total")
+    routed, attempts = select_openrouter_calls(openrouter)
+    _bump(out.not_counted, "provider_attempt", attempts)
+    for call in routed:
+        out.add(call, seen)
     for span in selected:
         call = map_genai_span(span)
         if call is not None:
@@ -49,11 +80,16 @@ def calls_from_spans(spans: Iterable[SpanView]) -> Mapped:
     return out
 
 
+_LOG_MAPPINGS = (map_claude_code_log, map_codex_log, map_gemini_cli_log)
+
+
 def calls_from_logs(records: Iterable[LogView]) -> Mapped:
     out = Mapped()
     seen: set[str] = set()
     for record in records:
-        call = map_claude_code_log(record)
-        if call is not None:
-            out.add(call, seen)
+        for mapping in _LOG_MAPPINGS:
+            call = mapping(record)
+            if call is not None:
+                out.add(call, seen)
+                break
     return out

@@ -240,3 +240,77 @@ def test_partial_success_in_both_encodings() -> None:
     assert json.loads(encode_response("traces", JSON, rejected=2, message="bad")) == \
         {"partialSuccess": {"rejectedSpans": "2", "errorMessage": "bad"}}
     assert encode_response("traces", PROTOBUF) == b"" and json.loads(encode_response("traces", JSON)) == {}
+
+
+# ---- OpenClaw, OpenRouter Broadcast, Codex CLI, Gemini CLI ------------------------------------------------------
+def _named(view: SpanView, name: str) -> SpanView:
+    from dataclasses import replace
+
+    return replace(view, name=name)
+
+
+def test_openclaw_model_usage_adds_cache_to_input_and_run_totals_are_not_counted() -> None:
+    usage = _named(span({"openclaw.provider": "anthropic", "openclaw.model": "claude-sonnet-4-20250514",
+                         "openclaw.sessionKey": "agent:main:main", "openclaw.channel": "telegram",
+                         "openclaw.tokens.input": 30, "openclaw.tokens.output": 400,
+                         "openclaw.tokens.cache_read": 9000, "openclaw.tokens.cache_write": 1200,
+                         "gen_ai.usage.input_tokens": 10230, "gen_ai.usage.output_tokens": 400},
+                        span_id="00000000000000d2", parent="00000000000000d1"), "openclaw.model.usage")
+    run = _named(span({"openclaw.sessionKey": "agent:main:main", "gen_ai.usage.input_tokens": 10230,
+                       "gen_ai.usage.output_tokens": 400}, span_id="00000000000000d1"), "openclaw.run")
+    mapped = calls_from_spans([run, usage])
+    assert len(mapped.calls) == 1 and mapped.not_counted == {"agent_total": 1}
+    call = mapped.calls[0]
+    assert (call.family, call.provider, call.input_tokens, call.cache_read_tokens, call.cache_write_tokens,
+            call.output_tokens) == ("openclaw", "anthropic", 10230, 9000, 1200, 400)
+    assert call.normalisations == ("openclaw-input-excludes-cache",)
+    assert build_event(call, Attribution(), source="oc")["task_id"] == "agent:main:main"
+
+
+def test_openrouter_broadcast_counts_the_generation_not_its_attempts() -> None:
+    trace = "12" * 16
+    attrs = {"gen_ai.request.model": "anthropic/claude-sonnet-4", "gen_ai.response.model": "anthropic/claude-sonnet-4",
+             "gen_ai.provider.name": "Anthropic", "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 80,
+             "gen_ai.usage.total_cost": 0.00481, "trace.metadata.openrouter.api_key_name": "prod"}
+    root = span(attrs, span_id="00000000000000e1", trace=trace)
+    attempt1 = span({**attrs, "gen_ai.usage.output_tokens": 0}, span_id="00000000000000e2",
+                    parent="00000000000000e1", trace=trace, status=2)
+    attempt2 = span(attrs, span_id="00000000000000e3", parent="00000000000000e1", trace=trace)
+    mapped = calls_from_spans([attempt1, attempt2, root])
+    assert len(mapped.calls) == 1 and mapped.not_counted == {"provider_attempt": 2}
+    call = mapped.calls[0]
+    assert (call.family, call.provider, call.model, call.input_tokens, call.output_tokens, call.reported_cost) == \
+        ("openrouter", "openrouter", "anthropic/claude-sonnet-4", 1200, 80, Decimal("0.004810000000"))
+    # An attempt arriving alone in a later export has the same identity: counted once downstream.
+    alone = calls_from_spans([attempt2]).calls[0]
+    assert event_id_for(alone.identity) == event_id_for(call.identity)
+
+
+def test_codex_response_completed() -> None:
+    record = LogView(resource={"service.name": "codex_exec"}, scope="codex_otel", event_name="codex.sse_event",
+                     body=None, time_ns=T0, attributes={
+                         "event.kind": "response.completed", "model": "gpt-5-codex", "input_token_count": 15000,
+                         "cached_token_count": 12000, "output_token_count": 900, "reasoning_token_count": 600,
+                         "tool_token_count": 0, "conversation.id": "c-1", "duration_ms": 3000})
+    other = LogView(resource={}, scope="codex_otel", event_name="codex.sse_event", body=None, time_ns=T0,
+                    attributes={"event.kind": "response.output_text.delta"})
+    mapped = calls_from_logs([record, other, record])
+    assert len(mapped.calls) == 1
+    call = mapped.calls[0]
+    assert (call.family, call.provider, call.input_tokens, call.cache_read_tokens, call.output_tokens,
+            call.reasoning_tokens) == ("codex", "openai", 15000, 12000, 900, 600)
+    assert build_event(call, Attribution(), source="codex")["task_id"] == "c-1"
+
+
+def test_gemini_cli_output_is_output_plus_thoughts() -> None:
+    record = LogView(resource={"service.name": "gemini-cli"}, scope="gemini-cli", event_name="gemini_cli.api_response",
+                     body=None, time_ns=T0, attributes={
+                         "model": "gemini-2.5-pro", "input_token_count": 8000, "cached_content_token_count": 5000,
+                         "output_token_count": 200, "thoughts_token_count": 700, "tool_token_count": 0,
+                         "duration_ms": 2100, "status_code": 200, "prompt_id": "p-1", "session.id": "s-9"})
+    call = calls_from_logs([record]).calls[0]
+    assert (call.family, call.provider, call.input_tokens, call.cache_read_tokens, call.output_tokens,
+            call.reasoning_tokens) == ("gemini_cli", "google", 8000, 5000, 900, 700)
+    assert call.normalisations == ("gemini-thoughts-outside-output",)
+    event = build_event(call, Attribution(), source="gemini")
+    assert event["task_id"] == "s-9" and check_usage_dict(event, None) == []

@@ -1,0 +1,62 @@
+"""OpenRouter Broadcast traces (OpenRouter settings -> Observability -> OpenTelemetry Collector) -> :class:`Call`.
+
+Broadcast sends, per request, a generation span with GenAI attributes (``gen_ai.request.model`` /
+``gen_ai.response.model``, ``gen_ai.usage.input_tokens`` / ``output_tokens``, ``gen_ai.usage.total_cost`` in USD,
+``gen_ai.provider.name`` as a display name of the upstream) plus OpenRouter metadata under
+``trace.metadata.openrouter.*``, and one child span per provider attempt.
+
+The call is OpenRouter's: ``provider="openrouter"``, ``model`` the slug that served it, and ``total_cost`` is the
+bill (kept as ``reported_cost``; DESIGN §4 makes OpenRouter's report authoritative). Counted once: one request is
+one trace, so the identity is ``openrouter:trace:<trace_id>`` (the root and every attempt map to one event id, even
+across exports); within an export the root generation span is the call and the attempt spans are not counted.
+Cache and reasoning counts are read with the GenAI mapping's names (OpenAI-style inclusive counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from producers.intake.calls import Call, as_money, as_text
+from producers.intake.genai import map_genai_span
+from producers.intake.otlp import SpanView
+
+__all__ = ["is_openrouter_span", "select_openrouter_calls"]
+
+_META = "trace.metadata.openrouter."
+
+
+def is_openrouter_span(span: SpanView) -> bool:
+    if str(span.resource.get("service.name", "")).lower() == "openrouter" or span.scope.lower().startswith("openrouter"):
+        return True
+    return any(k.startswith(_META) for k in span.attributes)
+
+
+def _to_call(span: SpanView) -> Call | None:
+    base = map_genai_span(span)
+    if base is None:
+        return None
+    model = as_text(span.attributes.get("gen_ai.response.model")) or base.model
+    cost = as_money(span.attributes.get("gen_ai.usage.total_cost"))
+    return replace(base, family="openrouter", identity=f"openrouter:trace:{span.trace_id}", provider="openrouter",
+                   model=model, reported_cost=cost if cost is not None else base.reported_cost)
+
+
+def select_openrouter_calls(spans: Iterable[SpanView]) -> tuple[list[Call], int]:
+    """The calls of OpenRouter spans of one export (one per trace: the root generation), and how many attempt
+    spans were not counted."""
+    spans = list(spans)
+    ids = {(s.trace_id, s.span_id) for s in spans}
+    calls: list[Call] = []
+    attempts = 0
+    by_trace: dict[str, SpanView] = {}
+    for span in spans:
+        if span.parent_span_id and (span.trace_id, span.parent_span_id) in ids:
+            attempts += 1  # a provider attempt under the generation span
+            continue
+        by_trace.setdefault(span.trace_id, span)
+    for span in by_trace.values():
+        call = _to_call(span)
+        if call is not None:
+            calls.append(call)
+    return calls, attempts
