@@ -189,12 +189,9 @@ def build_event(call: Call, attribution: Attribution, *, source: str, default_te
         tags["intake.unattributed"] = unattributed
     if call.normalisations:
         tags["intake.normalised"] = ",".join(call.normalisations)
-    seconds, nanos = divmod(call.occurred_at_ns, 1_000_000_000)
-    occurred = datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
     event: dict[str, Any] = {
         "event_id": event_id_for(call.identity),
         "source": source,
-        "occurred_at": occurred,
         "provider": call.provider,
         "model": call.model,
         "input_tokens": call.input_tokens,
@@ -210,4 +207,7 @@ def build_event(call: Call, attribution: Attribution, *, source: str, default_te
     }
     if event.get("task_id") is None:
         event.pop("task_id", None)
+    if call.occurred_at_ns > 0:  # else the producer stamps its clock's now (a record without a time)
+        seconds, nanos = divmod(call.occurred_at_ns, 1_000_000_000)
+        event["occurred_at"] = datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
     return event

@@ -58,6 +58,7 @@ __all__ = [
     "decode_request",
     "encode_error",
     "encode_response",
+    "gunzip",
     "logs_of",
     "media_type",
     "spans_of",
@@ -91,7 +92,7 @@ def media_type(content_type: str | None) -> str | None:
     return None
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
+def gunzip(body: bytes, limit: int) -> bytes:
     # Bounded: a gzip bomb must not take the receiver's memory.
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
@@ -124,7 +125,7 @@ def decode_request(signal: Signal, body: bytes, content_type: str, *, content_en
     """Parse an OTLP export request body. Raises :class:`OtlpDecodeError` naming what is wrong."""
     encoding = (content_encoding or "").strip().lower()
     if encoding == "gzip":
-        body = _gunzip(body, max_bytes)
+        body = gunzip(body, max_bytes)
     elif encoding not in ("", "identity"):
         raise OtlpDecodeError(f"unsupported Content-Encoding {encoding!r}: send gzip or none")
     message = _REQUESTS[signal]()

@@ -30,6 +30,11 @@ from aiohttp import web
 
 from producers.intake.calls import Attribution, Call, build_event
 from producers.intake.families import Mapped, calls_from_logs, calls_from_spans
+from producers.intake.litellm import (
+    LiteLLMBodyError,
+    map_litellm_payload,
+    parse_litellm_body,
+)
 from producers.intake.otlp import (
     JSON,
     PROTOBUF,
@@ -39,6 +44,7 @@ from producers.intake.otlp import (
     decode_request,
     encode_error,
     encode_response,
+    gunzip,
     logs_of,
     media_type,
     spans_of,
@@ -218,6 +224,44 @@ class IntakeReceiver:
         if rejected:
             m.rejected[signal] += rejected
 
+    async def litellm(self, request: web.Request) -> web.Response:
+        """LiteLLM's ``generic_api`` callback (json_array or ndjson): same auth and delivery rule as OTLP; the
+        answer is JSON ``{"accepted": n, "rejected": m, "error": "..."}``."""
+        def answer(status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+            self.metrics.requests[("litellm", status)] += 1
+            return web.json_response(doc, status=status, headers=headers)
+
+        try:
+            token = self.tokens.authenticate(request.headers.get("Authorization"))
+        except IntakeAuthError as err:
+            return answer(401, {"error": str(err)}, {"WWW-Authenticate": 'Bearer realm="finops-intake"'})
+        body = await request.read()
+        try:
+            if (request.headers.get("Content-Encoding") or "").lower() == "gzip":
+                body = gunzip(body, self.max_body_bytes)
+            payloads = parse_litellm_body(body)
+        except (LiteLLMBodyError, OtlpDecodeError) as err:
+            return answer(400, {"error": str(err)})
+        mapped = Mapped()
+        seen: set[str] = set()
+        unusable = 0
+        for payload in payloads:
+            call = map_litellm_payload(payload)
+            if call is None:
+                unusable += 1
+            else:
+                mapped.add(call, seen)
+        try:
+            calls, events, reason = await self._deliver(mapped.calls, token)
+        except _Unavailable as err:
+            log.warning("intake: answering 503 to source %s: %s", token.source, err)
+            return answer(503, {"error": str(err)}, {"Retry-After": str(self.retry_after)})
+        rejected = len(mapped.calls) - len(calls) + unusable
+        self._count(calls, events, mapped, "litellm", rejected)
+        if unusable and not reason:
+            reason = f"{unusable} payloads without an id or token counts"
+        return answer(200, {"accepted": len(calls), "rejected": rejected, "error": reason})
+
     async def traces(self, request: web.Request) -> web.Response:
         return await self.handle(request, "traces")
 
@@ -236,12 +280,13 @@ class IntakeReceiver:
 
 
 def build_app(receiver: IntakeReceiver) -> web.Application:
-    """The aiohttp application: the three OTLP paths, ``/healthz`` and ``/metrics``."""
+    """The aiohttp application: the three OTLP paths, LiteLLM's ``/v1/litellm``, ``/healthz`` and ``/metrics``."""
     # The body limit applies to what arrives (compressed); decode_request bounds the gunzipped size too.
     app = web.Application(client_max_size=receiver.max_body_bytes)
     app.router.add_post("/v1/traces", receiver.traces)
     app.router.add_post("/v1/logs", receiver.logs)
     app.router.add_post("/v1/metrics", receiver.metrics_signal)
+    app.router.add_post("/v1/litellm", receiver.litellm)
     app.router.add_get("/healthz", receiver.healthz)
     app.router.add_get("/metrics", receiver.prometheus)
     return app

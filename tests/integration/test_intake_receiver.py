@@ -185,3 +185,28 @@ def test_broker_away_spooled_is_2xx_and_spool_full_is_503_with_retry_after(tmp_p
     finally:
         served.close()
         producer.close(timeout=1)
+
+
+def test_litellm_generic_api_json_array_and_ndjson(served: Served, token_store: IntakeTokenStore,
+                                                  kafka_config: dict[str, Any], topics: TopicNames) -> None:
+    """LiteLLM's callback as its README config sends it: POST, bearer header, json_array then ndjson (a retry of
+    the same ids)."""
+    from tests.unit.test_intake_mappings import LITELLM
+
+    bootstrap = kafka_config["bootstrap.servers"]
+    token, _ = _token(token_store)
+    now = datetime.now(UTC).timestamp()
+    payloads = [{**LITELLM, "id": f"ll-{i}", "startTime": now - 1, "endTime": now} for i in range(3)]
+    url = f"{served.url}/v1/litellm"
+    r = requests.post(url, data=json.dumps(payloads), headers={"Authorization": f"Bearer {token}",
+                                                               "Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 200 and r.json() == {"accepted": 3, "rejected": 0, "error": ""}
+    ndjson = "\n".join(json.dumps(p) for p in payloads) + "\n"
+    r = requests.post(url, data=ndjson, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200 and r.json()["accepted"] == 3
+    ids = {m.key() for m in read_all(bootstrap, topics.usage)}
+    assert message_count(bootstrap, topics.usage) == 6 and ids == {b"ranker-agent"}
+    r = requests.post(url, data=ndjson, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert r.status_code == 401 and message_count(bootstrap, topics.usage) == 6
+    r = requests.post(url, data=b"{broken", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 400

@@ -314,3 +314,46 @@ def test_gemini_cli_output_is_output_plus_thoughts() -> None:
     assert call.normalisations == ("gemini-thoughts-outside-output",)
     event = build_event(call, Attribution(), source="gemini")
     assert event["task_id"] == "s-9" and check_usage_dict(event, None) == []
+
+
+# ---- LiteLLM generic_api -----------------------------------------------------------------------------------------
+LITELLM = {
+    "id": "chatcmpl-ll-1", "trace_id": "t-77", "call_type": "acompletion", "status": "success",
+    "model": "claude-3-5-haiku-20241022", "custom_llm_provider": "anthropic", "response_cost": 0.00123,
+    "prompt_tokens": 1300, "completion_tokens": 90, "total_tokens": 1390,
+    "startTime": 1796000000.25, "endTime": 1796000001.5,
+    "metadata": {"user_api_key_team_id": "team-uuid", "user_api_key_team_alias": "search",
+                 "user_api_key_alias": "search-prod-key"},
+    "request_tags": ["project:ranking", "batch"], "end_user": "ranker-agent",
+    "response": {"usage": {"prompt_tokens": 1300, "completion_tokens": 90, "cache_read_input_tokens": 1000,
+                           "cache_creation_input_tokens": 200}},
+}
+
+
+def test_litellm_standard_logging_payload() -> None:
+    from producers.intake.litellm import map_litellm_payload, parse_litellm_body
+
+    array = parse_litellm_body(json.dumps([LITELLM, {**LITELLM, "id": "x2"}]).encode())
+    ndjson = parse_litellm_body((json.dumps(LITELLM) + "\n" + json.dumps({**LITELLM, "id": "x2"}) + "\n").encode())
+    assert array == ndjson and len(array) == 2
+    call = map_litellm_payload(LITELLM)
+    assert call is not None
+    assert (call.identity, call.provider, call.model, call.input_tokens, call.cache_read_tokens,
+            call.cache_write_tokens, call.output_tokens, call.latency_ms, call.reported_cost) == \
+        ("litellm:chatcmpl-ll-1", "anthropic", "claude-3-5-haiku-20241022", 1300, 1000, 200, 90, 1250,
+         Decimal("0.001230000000"))
+    event = build_event(call, Attribution(), source="litellm")
+    assert (event["team"], event["project"], event["agent_id"], event["task_id"]) == \
+        ("search", "ranking", "ranker-agent", "t-77")
+    assert check_usage_dict(event, None) == []
+    failed = map_litellm_payload({**LITELLM, "status": "failure", "custom_llm_provider": "vertex_ai"})
+    assert failed is not None and (failed.status, failed.provider) == ("error", "google")
+    assert map_litellm_payload({"model": "x"}) is None
+
+
+def test_litellm_bad_bodies() -> None:
+    from producers.intake.litellm import LiteLLMBodyError, parse_litellm_body
+
+    for body in (b'{"a": 1}\nnot json', b"[1, 2]"):
+        with pytest.raises(LiteLLMBodyError):
+            parse_litellm_body(body)
