@@ -1,4 +1,4 @@
-"""``finops bench [all|producer|stream|sink|latency] [--json FILE]``: the benchmark suite in one run (``make bench``).
+"""``finops bench [all|producer|stream|sink|intake|latency] [--json FILE]``: the benchmark suite in one run (``make bench``).
 
 Every number is measured on this machine in this run, beside a plain baseline measured in the same run:
 
@@ -8,6 +8,8 @@ Every number is measured on this machine in this run, beside a plain baseline me
   plain consume + decode + price + dicts loop, each pinned to one CPU (``finops bench-stream``);
 * sink rows/s: one sink thread (consume, decode, map, stored-id check, insert, commit) vs bare clickhouse-connect
   inserts of pre-built rows (``finops bench-sink``);
+* intake spans/s: the OTLP receiver's work per body (decode, map, produce, wait for every acknowledgement) vs a
+  bare protobuf decode of the same bodies, one CPU (``producers/intake/bench.py``);
 * latency (new here): the real roles as child processes (``finops sink run`` owning a temporary chdb and serving
   it, ``finops stream run``, ``finops detect run``, ``finops alerts run`` posting to a local receiver) on the
   configured broker under a fresh topic prefix. Capacity is measured first: a burst of events through the running
@@ -55,7 +57,7 @@ __all__ = ["LatencyConfig", "register", "render", "run_latency", "run_suite"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = Path("bench-results") / "latest.json"
-PARTS = ("producer", "stream", "sink", "latency")
+PARTS = ("producer", "stream", "sink", "intake", "latency")
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------------
@@ -157,6 +159,9 @@ def run_suite(settings: Any, parts: tuple[str, ...], *, producer_events: int, st
     if "sink" in parts:
         _say(f"sink: {sink_events:,} rows, bare insert then the sink worker ...")
         result["sink"] = bench_sink(sink_events)
+    if "intake" in parts:
+        _say("intake: 20,000 GenAI spans in 200 OTLP bodies, bare protobuf decode then the receiver into Kafka ...")
+        result["intake"] = bench_intake(settings)
     if "latency" in parts:
         result["latency"] = run_latency(settings, capacity, latency)
     return result
@@ -234,6 +239,23 @@ def bench_sink(events: int) -> dict[str, Any]:
         rows[key] = {"rows": nums[0], "seconds": nums[1], "rows_per_s": nums[2], "cpu_s": nums[3]}
     rss = re.search(r"sink peak RSS " + _NUM, text)
     return {**rows, "peak_rss_mb": _num(rss.group(1)) if rss else None, "output": text.splitlines()}
+
+
+def bench_intake(settings: Any) -> dict[str, Any]:
+    """The intake receiver (decode, map, produce, acks) vs a bare protobuf decode of the same bodies, one core."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    from producers.intake.bench import run_bench
+
+    client = settings.kafka.client_config()
+    topic = f"{settings.kafka.topic_prefix}finops.bench.intake"
+    admin = AdminClient(client)
+    if topic not in admin.list_topics(timeout=15).topics:
+        for future in admin.create_topics([NewTopic(topic, num_partitions=settings.kafka.usage_partitions,
+                                                    replication_factor=settings.kafka.replication_factor)]).values():
+            future.result(30)
+    extra = {k: v for k, v in client.items() if k != "bootstrap.servers"}
+    return run_bench(settings.kafka.bootstrap, topic, kafka_config=extra)
 
 
 # ---- latency -----------------------------------------------------------------------------------------------------
@@ -689,6 +711,10 @@ def render(result: Mapping[str, Any]) -> str:
         k = result["sink"]
         row("sink rows/s (1 thread, chdb)", k["sink"]["rows_per_s"], k["bare"]["rows_per_s"],
             "bare clickhouse-connect insert")
+    if "intake" in result:
+        i = result["intake"]
+        row("intake spans/s into Kafka (1 core, OTLP proto)", i["intake"]["spans_per_s"], i["bare"]["spans_per_s"],
+            "bare protobuf decode of the same bodies")
     if "latency" in result:
         lat = result["latency"]
         base = {b["percent"]: b for b in lat.get("baseline", [])}

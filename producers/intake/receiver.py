@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -106,6 +106,49 @@ class _Unavailable(Exception):
     """Some event was neither acknowledged nor spooled: answer 503 (retry)."""
 
 
+class _Outcome:
+    """The delivery outcomes of one request's events. Reports arrive on the producer's poll thread; the event loop
+    is woken once, when the last one is in (one wake-up per request, not per event)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._sealed = False
+        self._bad: list[Delivery] = []
+        self._done: asyncio.Future[list[Delivery]] = loop.create_future()
+
+    def expect(self) -> None:
+        with self._lock:
+            self._pending += 1
+
+    def forget(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def report(self, delivery: Delivery) -> None:
+        with self._lock:
+            if delivery.status not in ("delivered", "spooled"):
+                self._bad.append(delivery)
+            self._pending -= 1
+            finished = self._sealed and self._pending == 0
+        if finished:
+            self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if not self._done.done():
+            self._done.set_result(list(self._bad))
+
+    async def wait(self) -> list[Delivery]:
+        """The failed deliveries, once every expected report is in."""
+        with self._lock:
+            self._sealed = True
+            finished = self._pending == 0
+        if finished:
+            self._settle()
+        return await self._done
+
+
 class IntakeReceiver:
     """The request handlers (module docstring: order and guarantee). ``producer`` is owned by the caller."""
 
@@ -134,46 +177,33 @@ class IntakeReceiver:
         """Emit every call's event and wait until each is delivered or spooled. Returns the accepted calls, their
         events and the first rejection reason (an event failing validation: nothing of it was sent). Raises
         :class:`_Unavailable` when an accepted event was neither delivered nor spooled."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Delivery]] = []
+        outcome = _Outcome(asyncio.get_running_loop())
         accepted: list[Call] = []
         events: list[dict[str, Any]] = []
         reason = ""
-
-        def settle(future: asyncio.Future[Delivery], delivery: Delivery) -> None:
-            if not future.done():
-                future.set_result(delivery)
-
-        def callback_for(future: asyncio.Future[Delivery]) -> Callable[[Delivery], None]:
-            def callback(delivery: Delivery) -> None:  # on the producer's poll thread
-                loop.call_soon_threadsafe(settle, future, delivery)
-
-            return callback
-
         for call in calls:
             event = build_event(call, self.attribution, source=token.source, default_team=token.team,
                                 default_project=token.project)
-            future: asyncio.Future[Delivery] = loop.create_future()
+            outcome.expect()
             try:
-                self.producer.emit(event, on_delivery=callback_for(future))
+                self.producer.emit(event, on_delivery=outcome.report)
             except ValidationFailed as err:  # raised before anything is sent
+                outcome.forget()
                 reason = reason or f"{call.family} call {call.identity[:80]}: {err}"
                 continue
             except SpoolFull as err:
+                outcome.forget()
                 raise _Unavailable("the intake spool is full (the broker has been away for long); retry later") \
                     from err
-            futures.append(future)
             accepted.append(call)
             events.append(event)
-        if futures:
-            try:
-                done = await asyncio.wait_for(asyncio.gather(*futures), self.delivery_timeout)
-            except TimeoutError as err:
-                raise _Unavailable("events were not acknowledged by Kafka nor spooled in time; retry later") from err
-            bad = [d for d in done if d.status not in ("delivered", "spooled")]
-            if bad:
-                raise _Unavailable(f"{len(bad)} events could not be delivered ({bad[0].status}: {bad[0].error}); "
-                                   "retry later")
+        try:
+            bad = await asyncio.wait_for(outcome.wait(), self.delivery_timeout)
+        except TimeoutError as err:
+            raise _Unavailable("events were not acknowledged by Kafka nor spooled in time; retry later") from err
+        if bad:
+            raise _Unavailable(f"{len(bad)} events could not be delivered ({bad[0].status}: {bad[0].error}); "
+                               "retry later")
         return accepted, events, reason
 
     # ---- handlers -----------------------------------------------------------------------------------------------
@@ -190,9 +220,13 @@ class IntakeReceiver:
                                f"unsupported Content-Type {request.headers.get('Content-Type')!r}: send "
                                f"{PROTOBUF} or {JSON}")
         body = await request.read()
+        return await self.ingest(signal, body, content_type, request.headers.get("Content-Encoding"), token)
+
+    async def ingest(self, signal: Signal, body: bytes, content_type: str, content_encoding: str | None,
+                     token: IntakeToken) -> web.Response:
+        """Decode, map, deliver and answer one authenticated OTLP body (the part of a request after auth)."""
         try:
-            message = decode_request(signal, body, content_type,
-                                     content_encoding=request.headers.get("Content-Encoding"),
+            message = decode_request(signal, body, content_type, content_encoding=content_encoding,
                                      max_bytes=self.max_body_bytes)
         except OtlpDecodeError as err:
             return self._error(signal, 400, content_type, _INVALID_ARGUMENT, str(err))
