@@ -29,6 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--port", type=int, default=None, help="listen port (default FINOPS_INTAKE_PORT, 4318)")
     run.set_defaults(func=_run)
 
+    backfill = intake_sub.add_parser(
+        "backfill-openclaw", help="publish OpenClaw session transcripts (~/.openclaw/agents/*/sessions/*.jsonl) as "
+        "usage events; ids are stable, so running it again (or after the live export started) counts nothing twice")
+    backfill.add_argument("files", nargs="+", type=Path, help="session .jsonl files")
+    backfill.add_argument("--team", default="", help="team of these sessions (default: unattributed)")
+    backfill.add_argument("--project", default="", help="project of these sessions (default: unattributed)")
+    backfill.add_argument("--source", default="openclaw-transcripts", help="the events' source")
+    backfill.add_argument("--out", type=Path, default=None, help="write JSON lines to this file instead of Kafka")
+    backfill.set_defaults(func=_backfill_openclaw)
+
     token = intake_sub.add_parser("token", help="issue, revoke and list intake tokens (one per source)")
     token_sub = token.add_subparsers(dest="intake_token_cmd", required=True, metavar="{issue,revoke,list}")
     issue = token_sub.add_parser("issue", help="issue a token for one source (printed once; only its hash is kept)")
@@ -89,6 +99,23 @@ def _token_list(args: argparse.Namespace) -> int:
     for r in records:
         state = f"revoked {r.revoked_at}" if r.revoked_at else "active"
         print(f"{r.token_id}  {r.source:<24}  team={r.team or '-':<16}  project={r.project or '-':<16}  {state}")
+    return 0
+
+
+def _backfill_openclaw(args: argparse.Namespace) -> int:
+    from producers.intake.openclaw_transcripts import iter_transcript_events
+    from producers.replay import open_sink
+
+    events = 0
+    with open_sink(args.out, source_label=args.source) as sink:
+        for path in args.files:
+            for event in iter_transcript_events(path, team=args.team, project=args.project, source=args.source):
+                sink.emit(event)
+                events += 1
+    print(f"backfill-openclaw: {len(args.files)} session files -> {events:,} events; {sink.report}", file=sys.stderr)
+    if sink.lost:
+        print(f"backfill-openclaw: {sink.lost:,} events could not be delivered nor spooled", file=sys.stderr)
+        return 1
     return 0
 
 
