@@ -227,3 +227,32 @@ def test_budget_utilisation_in_each_budgets_zone_and_period(ch_client: Any, ch_d
         ("b2", 1, "month", D("4"), D("1"), D("25"), ny_start),
         ("b3", 1, "week", D("3"), D("0"), D("0"), week_start),
     ]
+
+
+def test_unpriced_calls_and_tokens_stand_beside_the_dollars(ch_client: Any, ch_database: str) -> None:
+    # Issue 15 item 3: unpriced spend is never invisible; a call priced by its report is in the dollars.
+    db = ch_database
+    now = datetime.now(UTC).replace(microsecond=0)
+    day_start = _period_start(now, "UTC", "day")
+    if now - day_start < timedelta(seconds=5):
+        pytest.skip("the UTC day is rolling over right now")
+    unpriced = dict(pricing_status="unpriced", price_source="none", model="atlas-xl", computed_cost_usd=None,
+                    unpriced_reason="unknown model 'atlas-xl' for provider 'openai'")  # fmt: skip
+    rows = [
+        ledger_row("2", day_start),
+        ledger_row("0", day_start, input_tokens=1000, output_tokens=300, **unpriced),
+        ledger_row("0", day_start + timedelta(seconds=1), input_tokens=500, output_tokens=20, **unpriced),
+        ledger_row("0.75", day_start, model="atlas-xl", price_source="reported", reported_cost=D("0.75"),
+                   computed_cost_usd=None, cost_basis="reported_if_unpriced"),
+    ]
+    insert_ledger(ch_client, db, rows)
+    insert_rows(ch_client, db, "budgets", [_budget("u1", 1, "team", "team-a", "day", "UTC", "10")])
+    got = rows_of(ch_client, f"SELECT policy_id, spent_usd, unpriced_calls, unpriced_input_tokens, "
+                             f"unpriced_output_tokens FROM {db}.v_budget_utilisation")  # fmt: skip
+    assert got == [("u1", D("2.75"), 2, 1500, 320)]
+    got = rows_of(ch_client, f"SELECT provider, model, unpriced_calls, input_tokens, output_tokens, reason, fix "
+                             f"FROM {db}.v_unpriced_usage")  # fmt: skip
+    assert len(got) == 1 and got[0][:5] == ("openai", "atlas-xl", 2, 1500, 320)
+    assert "atlas-xl" in got[0][5] and "price-book override for openai/atlas-xl" in got[0][6]
+    got = rows_of(ch_client, f"SELECT sum(unpriced_calls), sum(cost_usd) FROM {db}.v_cost_per_agent_day")
+    assert got == [(2, D("2.75"))]
