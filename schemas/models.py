@@ -805,6 +805,7 @@ class BudgetPolicy(AvroRecord):
     throttle_rate_per_minute: Int32 | None = None
     enabled: bool = True
     updated_at: UtcDatetime
+    unpriced: Literal["count", "breach"] = "count"
 
     def _rule_problems(self, now: datetime | None) -> list[FieldProblem]:
         problems = _blank_problems(self, ("policy_id", "scope_value"))

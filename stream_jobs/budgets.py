@@ -191,6 +191,9 @@ class SpendEvent(NamedTuple):
     cache_read_tokens: int = 0
     #: cost of the input side (uncached input + cache reads + cache writes), USD.
     input_cost_usd: Decimal = Decimal(0)
+    #: False for a call the pricer could not price (cost 0, flagged): counted as unpriced, a breach where the policy
+    #: says ``unpriced: breach``.
+    priced: bool = True
 
 
 def compute_entity(policy: BudgetPolicy) -> str:
@@ -272,6 +275,8 @@ class BudgetCounter:
     #: team -> amount counted from that team's events; project -> amount: whom the counter's alerts are about.
     teams: dict[str, Decimal] = field(default_factory=dict)
     projects: dict[str, Decimal] = field(default_factory=dict)
+    #: unpriced calls counted in this period (their dollars are unknown, so they are counted apart).
+    unpriced: int = 0
 
     @property
     def spent(self) -> Decimal:
@@ -292,6 +297,7 @@ class BudgetCounter:
             "closed": self.closed,
             "teams": {t: str(v) for t, v in self.teams.items()},
             "projects": {p: str(v) for p, v in self.projects.items()},
+            "unpriced": self.unpriced,
         }
 
     @classmethod
@@ -313,6 +319,7 @@ class BudgetCounter:
                 # absent in states written before alerts carried attribution: learnt again from the next events
                 teams={str(t): Decimal(v) for t, v in state.get("teams", {}).items()},
                 projects={str(p): Decimal(v) for p, v in state.get("projects", {}).items()},
+                unpriced=int(state.get("unpriced", 0)),
             )
         except (KeyError, TypeError, ValueError, ArithmeticError) as err:
             raise BudgetError(f"budget counter state cannot be restored ({err!r}); "
@@ -348,6 +355,15 @@ def _severity(percent: int) -> str:
 
 def _money(value: Decimal) -> str:
     return f"${value.quantize(Decimal('0.01')):,}"
+
+
+def _judged_percent(counter: BudgetCounter, policy: BudgetPolicy) -> Decimal:
+    """The utilisation thresholds are judged against: the spend's percent of the limit, or at least 100 while the
+    period has unpriced calls and the policy says ``unpriced: breach`` (fail-safe: unknown cost is not no cost)."""
+    percent = _percent_of(counter.spent, policy.limit_usd)
+    if counter.unpriced and policy.unpriced == "breach" and percent < _HUNDRED:
+        return _HUNDRED
+    return percent
 
 
 def _percent_of(spent: Decimal, limit: Decimal) -> Decimal:
@@ -488,6 +504,8 @@ class BudgetEngine:
             counter.hours[hour] = counter.hours.get(hour, _ZERO) + cost
             counter.teams[event.team] = counter.teams.get(event.team, _ZERO) + cost
             counter.projects[event.project] = counter.projects.get(event.project, _ZERO) + cost
+            if not event.priced:
+                counter.unpriced += 1
             self._dirty.add(key)
             if not counter.closed:
                 alerts.extend(self._judge(key, counter, policy, now))
@@ -583,8 +601,7 @@ class BudgetEngine:
 
     def _judge(self, key: str, counter: BudgetCounter, policy: BudgetPolicy, now_us: int) -> list[dict[str, Any]]:
         spent = counter.spent
-        limit = policy.limit_usd
-        percent = _percent_of(spent, limit)
+        percent = _judged_percent(counter, policy)
         alerts: list[dict[str, Any]] = []
         for step in sorted(policy.thresholds, key=lambda s: s.percent):
             if step.percent in counter.fired or percent < step.percent:
@@ -633,7 +650,7 @@ class BudgetEngine:
     def _resolve_below(self, key: str, counter: BudgetCounter, policy: BudgetPolicy,
                        now_us: int) -> list[dict[str, Any]]:
         spent = counter.spent
-        percent = _percent_of(spent, policy.limit_usd)
+        percent = _judged_percent(counter, policy)
         present = {step.percent for step in policy.thresholds}
         alerts: list[dict[str, Any]] = []
         for threshold in sorted(counter.fired):
@@ -690,6 +707,8 @@ class BudgetEngine:
                    "mode": policy.mode, "policy_version": str(policy.version)}
         if channels:
             details["channels"] = ",".join(channels)
+        if counter.unpriced:
+            details["unpriced_calls"] = str(counter.unpriced)
         if policy.downgrade_model and "downgrade" in actions:
             details["downgrade_model"] = policy.downgrade_model
         if policy.throttle_rate_per_minute and "throttle" in actions:
@@ -698,6 +717,10 @@ class BudgetEngine:
             title = f"{entity} reached {threshold}% of its {label} budget"
             summary = (f"Spent {_money(spent)} of {_money(policy.limit_usd)} ({used_text}%) in period {label} "
                        f"(policy {policy.policy_id}, {policy.mode}). Actions: {', '.join(actions) or 'none'}.")
+            if counter.unpriced:
+                summary += (f" Plus {counter.unpriced} unpriced call(s) whose cost is unknown"
+                            + (" (unpriced: breach: treated as at the limit)." if policy.unpriced == "breach"
+                               else ".") + " v_unpriced_usage names the models and the fix.")
             severity = _severity(threshold)
         else:
             title = f"{entity}: {threshold}% alert of the {label} budget resolved"

@@ -211,6 +211,7 @@ def build_spend_event(record: Mapping[str, Any]) -> SpendEvent:
         record.get("tags") or {}, record["event_id"], record.get("parent_task_id"), record.get("prompt_hash"),
         record.get("attempt", 1), record.get("status", "ok"), record.get("cache_read_tokens", 0),
         record["cost_input_usd"] + record["cost_cache_read_usd"] + record["cost_cache_write_usd"],
+        record.get("pricing_status", "priced") == "priced",
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from schemas.errors import FinopsError
 from schemas.models import Alert, BudgetPolicy
 from stream_jobs.budgets import (
     BudgetCounter,
@@ -218,3 +219,38 @@ def test_counter_state_round_trips_and_dirty_keys_are_handed_out_once() -> None:
     # The restored fired set and offsets hold: no second alert, no double count.
     assert restored.apply(spend(datetime(2025, 6, 2, tzinfo=UTC), "9"), 2, 41) == []
     assert restored.counters[key].spent == Decimal("9")
+
+
+def test_unpriced_calls_are_counted_and_breach_a_policy_that_says_so() -> None:
+    # Issue 15 item 3: unknown cost is not no cost. 'count' (default) counts unpriced calls beside the dollars;
+    # 'breach' (fail-safe for hard budgets) treats the period as at its limit, so a hard budget suspends.
+    day = datetime(2025, 6, 2, tzinfo=UTC)
+    counting = BudgetEngine()
+    counting.set_policy(policy(mode="hard"), 0)
+    assert counting.apply(spend(day, "0", priced=False, event_id="u1"), 0, 0) == []
+    ((_, counter),) = counting.counters.items()
+    assert counter.unpriced == 1 and counter.spent == 0
+    assert BudgetCounter.from_state(counter.to_state()).unpriced == 1
+
+    breaching = BudgetEngine()
+    breaching.set_policy(policy(mode="hard", unpriced="breach"), 0)
+    assert breaching.apply(spend(day, "1"), 0, 0) == []  # 10 % of the limit: nothing yet
+    fired = breaching.apply(spend(day, "0", priced=False, event_id="u2"), 0, 1)
+    assert triggers(fired) == ["pol:team=search:80:2025-06-02", "pol:team=search:100:2025-06-02"]
+    assert "suspend" in fired[1]["actions"]
+    assert fired[1]["details"]["unpriced_calls"] == "1" and "treated as at the limit" in fired[1]["summary"]
+    assert BudgetPolicy.model_validate({**policy().model_dump(), "unpriced": "breach"}).unpriced == "breach"
+    with pytest.raises(FinopsError, match="unpriced"):
+        BudgetPolicy.model_validate({**policy().model_dump(), "unpriced": "ignore"})
+
+
+def test_detection_reads_the_pricing_status_of_a_priced_event() -> None:
+    from stream_jobs.detection import build_spend_event
+
+    zero = Decimal("0E-12")
+    record = {"occurred_at": datetime(2025, 6, 2, tzinfo=UTC), "agent_id": "a", "team": "t", "project": "p",
+              "model": "m", "cost_usd": zero, "input_tokens": 1, "output_tokens": 1, "event_id": "e",
+              "cost_input_usd": zero, "cost_cache_read_usd": zero, "cost_cache_write_usd": zero,
+              "pricing_status": "unpriced"}  # fmt: skip
+    assert build_spend_event(record).priced is False
+    assert build_spend_event({**record, "pricing_status": "priced"}).priced is True
