@@ -12,8 +12,9 @@ one task type (which fixes its token shapes and task length), one preferred mode
 models the genai-prices catalogue knows) and an activity weight (log-normal, so a few agents dominate, as in real
 fleets). Each agent starts tasks as a Poisson process; a task is a chain of calls whose context grows (later calls
 read the earlier prefix from the prompt cache; Anthropic calls also write it); calls may spawn sub-agent tasks
-(``parent_task_id``); a call can fail (``error``, ``timeout``, ``rate_limited``) and is then retried with the same
-``prompt_hash`` and ``attempt`` + 1, up to :data:`MAX_NORMAL_ATTEMPTS`. The fleet-wide mean event rate is
+(``parent_task_id``; sub-agents spawn their own down to ``subagent_depth`` levels); a call can fail (``error``,
+``timeout``, ``rate_limited``) and is then retried with the same ``prompt_hash`` and ``attempt`` + 1, up to
+:data:`MAX_NORMAL_ATTEMPTS`. The fleet-wide mean event rate is
 ``rate_per_s`` from the first second: the fleet runs a discarded warm-up (:data:`WARMUP_S`) before ``start``.
 
 Token shapes
@@ -246,6 +247,7 @@ class SimulationConfig(BaseModel):
     environment: str = "prod"
     misbehaviours: tuple[Misbehaviour, ...] = ()
     runaway_factor: float = Field(20.0, gt=1)
+    subagent_depth: int = Field(1, ge=1, le=8, description="levels of sub-agents below a task (1: children only)")
 
     @field_validator("start")
     @classmethod
@@ -272,7 +274,9 @@ class SimulationConfig(BaseModel):
     def run_id(self) -> str:
         """A short fingerprint of this config: part of every id, so different runs never share event ids while
         a repeated run produces the same ids (and the ledger deduplicates it)."""
-        return hashlib.blake2b(self.model_dump_json().encode(), digest_size=8).hexdigest()
+        # subagent_depth came later: left out at its default so that every earlier config keeps its ids.
+        exclude = {"subagent_depth"} if self.subagent_depth == 1 else None
+        return hashlib.blake2b(self.model_dump_json(exclude=exclude).encode(), digest_size=8).hexdigest()
 
 
 class Injection(BaseModel):
@@ -336,6 +340,7 @@ class _Task:
     task_id: str
     agent: _Agent
     parent_task_id: str | None
+    depth: int  # 0 for a task an agent starts, 1 for its sub-agent, ...
     provider: str
     model: str
     calls_left: int
@@ -416,7 +421,8 @@ class Simulation:
             task_type = rng.choice(task_types)
             profile = TASK_PROFILES[task_type]
             # Mean events of one task: its calls, its sub-agents' calls, and retries of failed attempts.
-            events_per_task = (profile.mean_calls * (1 + SUBAGENT_PROBABILITY * SUBAGENT_MEAN_CALLS)
+            spawn = SUBAGENT_PROBABILITY * SUBAGENT_MEAN_CALLS  # sub-agent calls per call of the level above
+            events_per_task = (profile.mean_calls * sum(spawn ** level for level in range(cfg.subagent_depth + 1))
                                * _retry_factor())
             fleet.append(_Agent(
                 agent_id=agent_id, team=teams[team_index], project=rng.choice(own), task_type=task_type,
@@ -475,7 +481,8 @@ class Simulation:
         else:
             calls = 1 + _geometric(rng, SUBAGENT_MEAN_CALLS - 1)
         provider, model = _pick_model(rng, agent.mix, cheapest=parent is not None)
-        task = _Task(task_id, agent, parent.task_id if parent else None, provider, model, calls, profile)
+        task = _Task(task_id, agent, parent.task_id if parent else None, parent.depth + 1 if parent else 0,
+                     provider, model, calls, profile)
         phase = agent.phase
         if parent is not None and parent.injection is not None and parent.injection.kind != "retry_loop":
             task.injection, task.oversized = parent.injection, parent.oversized
@@ -557,7 +564,7 @@ class Simulation:
         task.calls_left -= 1
         if kind == "duplicate_prompts":
             return  # one-call tasks that re-send the same prompt, scheduled by the injection itself
-        if rng.random() < SUBAGENT_PROBABILITY and task.parent_task_id is None:
+        if rng.random() < SUBAGENT_PROBABILITY and task.depth < self.config.subagent_depth:
             child = self._new_task(task.agent, now_us, task)
             self._plan_call(child, now_us + int(rng.uniform(0.05, 0.5) * _US))
         if task.calls_left > 0:
@@ -828,6 +835,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         p.add_argument(flag, action="append", default=[], metavar="AGENT", dest=f"mis_{kind}",
                        help=f"same as --misbehave {kind.replace('_', '-')}:AGENT")
     p.add_argument("--runaway-factor", type=float, default=20.0, help="spend-rate jump of a runaway (default 20)")
+    p.add_argument("--subagent-depth", type=int, default=1,
+                   help="levels of sub-agent tasks below a task, 1-8 (default 1: sub-agents spawn none)")
     p.add_argument("--source", default="finops-simulator", help="the events' source field")
     p.add_argument("--answer-key", type=Path, default=None, help="write what was injected to this JSON file")
     p.add_argument("--out", type=Path, default=None, help="write JSON lines to this file instead of Kafka")
@@ -865,6 +874,7 @@ def config_from_args(args: argparse.Namespace, now: datetime) -> SimulationConfi
             seed=args.seed, agents=args.agents, teams=args.teams, projects=args.projects,
             duration_s=parse_duration(args.duration), rate_per_s=parse_rate(args.rate), start=start,
             source=args.source, misbehaviours=tuple(misbehaviours), runaway_factor=args.runaway_factor,
+            subagent_depth=getattr(args, "subagent_depth", 1),
         )
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())
