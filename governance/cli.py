@@ -1,4 +1,4 @@
-"""``finops report chargeback|showback|focus|review|providers``, ``finops recommend``, ``finops reprice`` and
+"""``finops report chargeback|showback|focus|review|providers|tasks``, ``finops recommend``, ``finops reprice`` and
 ``finops agent request|approve|list|check``.
 
 Handlers are thin and keep one order (STYLE.md): settings, connect (read-only for reports, writable for reprice
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add the governance commands to ``finops``."""
     report = subparsers.add_parser("report", help="chargeback, showback, FOCUS export, cost reviews, provider view")
     rsub = report.add_subparsers(dest="report_cmd", required=True,
-                                 metavar="{chargeback,showback,focus,review,providers}")
+                                 metavar="{chargeback,showback,focus,review,providers,tasks}")
     for name, text in (("chargeback", "cost per team and project with shared costs allocated to consumers"),
                        ("showback", "cost per team and project, shared costs not allocated")):
         p = rsub.add_parser(name, help=text, description=f"{text.capitalize()}: by agent and model, budget versus "
@@ -85,6 +85,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     prov.add_argument("--commit-discount", type=_decimal, default=None, help="... at PCT %% off")
     prov.add_argument("--html", type=Path, default=None, help="write the HTML view here")
     prov.set_defaults(func=_handle_providers)
+    tasks = rsub.add_parser("tasks", help="cost per task with its sub-agents (task trees), each call counted once",
+                            description="Per task: its own cost, its sub-agents' (every task below it), the total, "
+                            "depth and number of sub-agent tasks; a tree's outcome is its root task's. Diamonds keep "
+                            "the parent seen first, cycles are broken at the task that started first (both flagged).")
+    _period_args(tasks)
+    tasks.add_argument("--team", default="", help="only this team's tasks")
+    tasks.add_argument("--task", default="", help="show the tree holding this task")
+    tasks.add_argument("--limit", type=int, default=20, help="trees shown, costliest first (default 20)")
+    tasks.add_argument("--json", action="store_true", help="print JSON")
+    tasks.set_defaults(func=_handle_tasks)
 
     rec = subparsers.add_parser("recommend", help="savings: model tiering, caching, retry waste, prompt bloat, "
                                 "prompt-cache utilisation")
@@ -285,6 +295,21 @@ def _handle_providers(args: argparse.Namespace) -> int:
                                    commit_usd=args.commit, commit_discount_pct=args.commit_discount)
         _write(args.html, render_html(view), "HTML view")
         sys.stdout.write(render_text(view))
+        return 0
+
+    return _with_client(settings, True, work)
+
+
+def _handle_tasks(args: argparse.Namespace) -> int:
+    from governance.tasks import build_task_report, render_json, render_text
+
+    if args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: must be at least 1")
+    settings, period = _settings(), _period(args)
+
+    def work(client: Any, database: str) -> int:
+        report = build_task_report(client, database, period, team=args.team, task=args.task, limit=args.limit)
+        sys.stdout.write(render_json(report) if args.json else render_text(report))
         return 0
 
     return _with_client(settings, True, work)
