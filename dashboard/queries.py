@@ -18,6 +18,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any, Protocol
 
 from dashboard.auth import Scope
+from finops.task_tree import compute_task_forest, largest_roots, node_from_row, rollup_as_json, summary_as_json
 
 __all__ = [
     "BUDGET_SCOPE",
@@ -35,6 +36,7 @@ __all__ = [
     "models",
     "overview",
     "recommendations",
+    "task_trees",
     "team_detail",
     "teams",
     "waste",
@@ -361,6 +363,39 @@ def models(db: Runner, scope: Scope, now: datetime) -> dict[str, Any]:
             "cost_per_task": ratio(task["task_cost_usd"], task["tasks"]) if task else None,
         })
     return {"as_of": now, "models": out, "alternatives": db.select(_ALTERNATIVES, params)}
+
+
+# ---- task trees (sub-agents) ----------------------------------------------------------------------------------------
+# One row per task in scope active since the day; finops.task_tree rolls them up (each call counted once). A sub-agent
+# task outside the caller's teams is not read, so a tree shows the part of it the caller may see.
+_TASK_NODES = (
+    "SELECT task_id, team, project, agent_id, own_cost_usd, own_calls, own_unpriced_calls, own_unpriced_tokens, "
+    "status, first_call_at, last_call_at, parent_claims FROM v_task_nodes "
+    "WHERE toDate(last_call_at, 'UTC') >= {tasks_since:Date} AND ({team:String} = '' OR team = {team:String}) AND "
+    + SCOPE
+)
+
+
+def task_trees(db: Runner, scope: Scope, now: datetime, *, days: int = 30, team: str = "", task: str = "",
+               limit: int = 50) -> dict[str, Any] | None:
+    """Task trees of the last ``days`` UTC days in scope: the ``limit`` costliest (or the one holding ``task``),
+    each task with its own, sub-agent and total cost, depth and sub-agent count; the summary covers every tree.
+    None when ``task`` is given but not visible."""
+    params = {**scope.params(), "team": team, "tasks_since": now.date() - timedelta(days=days - 1)}
+    forest = compute_task_forest(node_from_row(row) for row in db.select(_TASK_NODES, params))
+    if task:
+        if task not in forest.tasks:
+            return None
+        roots = [forest.tasks[task].root_task_id]
+    else:
+        roots = largest_roots(forest, limit)
+    return {
+        "as_of": now,
+        "days": days,
+        "team": team or None,
+        "summary": summary_as_json(forest.summary()),
+        "trees": [{"root_task_id": root, "tasks": [rollup_as_json(t) for t in forest.tree(root)]} for root in roots],
+    }
 
 
 # ---- budgets, alerts, recommendations, approvals -----------------------------------------------------------------

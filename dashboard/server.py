@@ -57,7 +57,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 COOKIE = "finops_token"
 CSRF_HEADER = "X-Finops-Request"
 PAGES = ("/", "/teams", "/teams/{team}", "/agents", "/agents/{agent_id}", "/models", "/budgets", "/alerts",
-         "/recommendations", "/admin")  # and /alerts/{alert_id}, which checks the alert is visible
+         "/recommendations", "/admin", "/tasks")  # and /alerts/{alert_id}, which checks the alert is visible
 
 
 class PublishError(FinopsError):
@@ -367,6 +367,31 @@ async def _approvals(request: web.Request) -> web.StreamResponse:
                                           config.clock())})
 
 
+async def _tasks(request: web.Request) -> web.StreamResponse:
+    """Task trees (cost per task with its sub-agents): ``days`` 1-90 (30), ``limit`` 1-500 (50), ``team``,
+    ``task`` (the tree holding it). A bad parameter is a 400 that names it."""
+    config = request.app[CONFIG]
+    bounds = {"days": (30, 1, 90), "limit": (50, 1, 500)}
+    numbers: dict[str, int] = {}
+    for name, (default, low, high) in bounds.items():
+        raw = request.query.get(name)
+        if raw is None:
+            numbers[name] = default
+        elif not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+            return _error(400, f"query parameter {name} must be an integer from {low} to {high}", parameter=name)
+        else:
+            numbers[name] = int(raw)
+    team, task = request.query.get("team", ""), request.query.get("task", "")
+    for name, value in (("team", team), ("task", task)):
+        if len(value) > 256:
+            return _error(400, f"query parameter {name} must be at most 256 characters", parameter=name)
+    result = await _run(queries.task_trees, config.store, _principal(request).scope, config.clock(),
+                        days=numbers["days"], team=team, task=task, limit=numbers["limit"])
+    if result is None:
+        return _error(404, f"no task {task!r} among your teams in the last {numbers['days']} days")
+    return _json(result)
+
+
 # ---- writes ------------------------------------------------------------------------------------------------------
 async def _audit(config: DashboardConfig, principal: Principal, action: str, target: str, outcome: str,
                  details: Mapping[str, Any]) -> None:
@@ -638,6 +663,7 @@ def build_app(config: DashboardConfig) -> web.Application:
     app.router.add_get("/api/alerts/{alert_id}", _alert)
     app.router.add_get("/api/recommendations", _recommendations)
     app.router.add_get("/api/approvals", _approvals)
+    app.router.add_get("/api/tasks", _tasks)
     app.router.add_post("/api/approvals/{alert_id}", _approval_decide)
     app.router.add_post("/api/control", _control)
     app.router.add_get("/api/tokens", _tokens)

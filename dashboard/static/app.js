@@ -168,6 +168,7 @@ const VIEWS = [
   {re: /^\/recommendations$/, title: () => "Recommendations", api: () => "/api/recommendations",
    render: renderRecommendations},
   {re: /^\/admin$/, title: () => "Administration", api: () => "/api/audit?limit=100", render: renderAdmin},
+  {re: /^\/tasks$/, title: () => "Task trees", api: () => "/api/tasks" + taskQuery(), render: renderTasks},
 ];
 
 function renderOverview(d) {
@@ -331,6 +332,69 @@ function renderRecommendations(d) {
   ];
 }
 
+// Task trees: the page passes its own days / team / task / limit on to the API (the API validates them).
+function taskQuery() {
+  const given = new URLSearchParams(location.search);
+  const out = new URLSearchParams();
+  for (const k of ["days", "team", "task", "limit"]) if (given.has(k)) out.set(k, given.get(k));
+  const q = out.toString();
+  return q ? "?" + q : "";
+}
+// A cost made only of unpriced calls is "unpriced", never $0; a partly unpriced one says how many calls are not in it.
+function taskMoney(value, unpriced, calls, testid) {
+  if (calls && unpriced === calls && /^[0.]*$/.test(String(value).replace("-", ""))) {
+    return h("span", {class: "money unpriced", "data-testid": testid, "data-value": value, "data-unpriced": unpriced},
+             "unpriced");
+  }
+  const el = money(value, testid, 4);
+  if (unpriced) { el.dataset.unpriced = unpriced; el.append(h("span", {class: "note"}, ` +${unpriced} unpriced`)); }
+  return el;
+}
+function taskFlags(t) {
+  const flags = [];
+  if (t.diamond) flags.push("diamond: also claimed by " + t.claimed_parents.slice(1).join(", "));
+  if (t.cycle_broken) flags.push("cycle broken here"); else if (t.cycle) flags.push("in a cycle");
+  if (t.missing_parent) flags.push(`parent ${t.missing_parent} not seen`);
+  return flags.join("; ");
+}
+function renderTasks(d) {
+  const sm = d.summary;
+  const rows = [];
+  for (const tree of d.trees) {
+    for (const t of tree.tasks) {
+      const name = h("td", {class: "task-name"}, (t.depth ? "└ " : "") + t.task_id);
+      name.style.paddingLeft = (0.5 + 1.25 * t.depth) + "em";  // CSSOM: the CSP allows no inline style attribute
+      rows.push(h("tr", {"data-task": t.task_id, "data-root": tree.root_task_id, "data-depth": t.depth,
+                         class: t.depth ? "sub" : "root"},
+        name, h("td", {}, agentLink(t.agent_id)), h("td", {}, teamLink(t.team)),
+        h("td", {}, taskMoney(t.own_cost_usd, t.own_unpriced_calls, t.own_calls, "task-own")),
+        h("td", {}, t.sub_agents ? taskMoney(t.descendants_cost_usd, t.total_unpriced_calls - t.own_unpriced_calls,
+                                             t.total_calls - t.own_calls, "task-descendants") : "–"),
+        h("td", {}, taskMoney(t.total_cost_usd, t.total_unpriced_calls, t.total_calls, "task-total")),
+        h("td", {"data-testid": "task-calls"}, String(t.total_calls)),
+        h("td", {"data-testid": "task-depth"}, String(t.depth)),
+        h("td", {"data-testid": "task-subs"}, String(t.sub_agents)),
+        h("td", {"data-testid": "task-outcome"}, t.depth ? t.status : `${t.status} (tree)`),
+        h("td", {class: "note", "data-testid": "task-flags"}, taskFlags(t))));
+    }
+  }
+  return [
+    h("div", {class: "kpis"},
+      kpi(`Task trees (${d.days} d)`, h("span", {"data-testid": "kpi-trees", "data-value": sm.trees}, String(sm.trees)),
+        `${sm.tasks} tasks, ${sm.sub_agent_tasks} of them sub-agents`),
+      kpi("Cost of all trees", money(sm.cost_usd, "kpi-tree-cost"), "sub-agents " + usd(sm.sub_agent_cost_usd)),
+      kpi("Cost per successful task", money(sm.cost_per_successful_tree_usd, "kpi-cost-per-successful-tree", 4),
+        `${sm.successful_trees} of ${sm.trees} succeeded (root task's outcome)`),
+      kpi("Unpriced calls", h("span", {"data-testid": "kpi-unpriced", "data-value": sm.unpriced_calls},
+        String(sm.unpriced_calls)), `${sm.unpriced_tokens} tokens, not in the cost`)),
+    section(d.trees.length < sm.trees ? `Costliest ${d.trees.length} of ${sm.trees} trees` : "Task trees",
+      h("p", {class: "note"}, "Own = the task's calls; sub-agents = every task below it, each call counted once. " +
+        "A child claimed by two parents stays with the one seen first; a cycle is broken at the task that started first."),
+      table("task-trees", ["Task", "Agent", "Team", "Own", "Sub-agents", "Total", "Calls", "Depth", "Sub-agent tasks",
+                           "Outcome", "Notes"], rows)),
+  ];
+}
+
 function renderAdmin(d) {
   return [
     section("Reports", h("p", {}, link("/api/reports/chargeback", "Chargeback for this month (CSV)"))),
@@ -350,7 +414,7 @@ async function api(path, options = {}) {
 }
 
 function renderNav() {
-  const links = [["/", "Overview"], ["/teams", "Teams"], ["/agents", "Agents"], ["/models", "Models"],
+  const links = [["/", "Overview"], ["/teams", "Teams"], ["/agents", "Agents"], ["/tasks", "Tasks"], ["/models", "Models"],
                  ["/budgets", "Budgets"], ["/alerts", "Alerts"], ["/recommendations", "Recommendations"]];
   if (ME.may.includes("admin")) links.push(["/admin", "Admin"]);
   document.getElementById("nav").replaceChildren(...links.map(([href, text]) =>
