@@ -10,10 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_dashboard_browser import (  # the fixture `browser` is used by name
+from tests.e2e.test_dashboard_browser import (  # the fixture `browser` is used by name; it skips without chromium
     WAIT_S,
-    By,
-    WebDriverWait,
     browser,
     open_page,
     screenshot,
@@ -21,10 +19,20 @@ from tests.e2e.test_dashboard_browser import (  # the fixture `browser` is used 
     sign_in,
     usd,
 )
-from tests.integration.test_api_support import Fleet, RunningDashboard, build_store, running_dashboard, seed_fleet
+from tests.integration.test_api_support import (
+    Fleet,
+    RunningDashboard,
+    build_store,
+    running_dashboard,
+    seed_fleet,
+)
 from tests.integration.test_api_tasks import seed_trees
 
 pytestmark = pytest.mark.e2e
+
+# selenium is there: test_dashboard_browser skips this whole module at import when it is not
+By: Any = pytest.importorskip("selenium.webdriver.common.by").By
+WebDriverWait: Any = pytest.importorskip("selenium.webdriver.support.ui").WebDriverWait
 
 D = Decimal
 __all__ = ["browser"]
@@ -40,11 +48,13 @@ def fleet(ch_client: Any, ch_database: str) -> Fleet:
 @pytest.fixture
 def dash(fleet: Fleet, chdb_url: str) -> Iterator[RunningDashboard]:
     store = build_store(chdb_url, fleet.database)
-    with running_dashboard(store, refresh_seconds=1.0) as running:
+    with running_dashboard(store) as running:
         yield running
     store.close()
 
 
+# Pages are opened with refresh=3600: drawn once and not redrawn under the test's reads (a redraw makes every
+# element read so far stale).
 def row_of(driver: Any, task: str) -> Any:
     return driver.find_element(By.CSS_SELECTOR, f'[data-testid="task-trees"] tbody tr[data-task="{task}"]')
 
@@ -60,7 +70,7 @@ def test_tasks_page_shows_the_trees_counted_once(ch_client: Any, fleet: Fleet, d
     db = fleet.database
     driver = browser()
     sign_in(driver, dash, dash.issue("finops_admin", subject="fin-admin"))
-    open_page(driver, dash.url + "/tasks?limit=500")
+    open_page(driver, dash.url + "/tasks?limit=500&refresh=3600")
     assert "Tasks" in driver.find_element(By.ID, "nav").text
 
     root = row_of(driver, "tree-root")
@@ -94,12 +104,12 @@ def test_tasks_page_shows_the_trees_counted_once(ch_client: Any, fleet: Fleet, d
 def test_developer_sees_only_their_teams_part_of_the_tree(dash: RunningDashboard, browser: Any) -> None:
     driver = browser()
     sign_in(driver, dash, dash.issue("developer", "payments", subject="dev-ana"))
-    open_page(driver, dash.url + "/tasks?limit=500")
+    open_page(driver, dash.url + "/tasks?limit=500&refresh=3600")
     teams = {r.get_attribute("data-task"): r for r in driver.find_elements(
         By.CSS_SELECTOR, '[data-testid="task-trees"] tbody tr')}
     assert "tree-root" in teams and "tree-search-kid" not in teams and "loop-a" not in teams
     assert cell(teams["tree-root"], "task-total")[0] == D("1.875")
-    open_page(driver, dash.url + "/tasks?days=0")
+    open_page(driver, dash.url + "/tasks?days=0&refresh=3600")
     error = driver.find_element(By.ID, "error")
     WebDriverWait(driver, WAIT_S).until(lambda d: error.is_displayed())
     assert error.get_attribute("data-status") == "400" and "parameter days" in error.text
