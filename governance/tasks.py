@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from finops.task_tree import (
@@ -41,6 +42,7 @@ class TaskReport:
     team: str
     forest: TaskForest
     roots: tuple[str, ...]  # the trees shown (largest first); the summary line covers these
+    task: str = ""  # when given: the one tree shown is the one holding this task
 
 
 def load_task_forest(client: Any, database: str, period: Period, team: str = "") -> TaskForest:
@@ -70,21 +72,29 @@ def build_task_report(client: Any, database: str, period: Period, *, team: str =
         roots: Sequence[str] = (forest.tasks[task].root_task_id,)
     else:
         roots = largest_roots(forest, limit)
-    return TaskReport(period, team, forest, tuple(roots))
+    return TaskReport(period, team, forest, tuple(roots), task)
 
 
 def render_text(report: TaskReport) -> str:
     """The trees shown, then the totals of every tree in the period (not only those shown)."""
     whole = report.forest.summary()
     title = (f"Task trees {report.period.label}" + (f", team {report.team}" if report.team else "")
-             + f": {len(report.roots)} of {whole.trees} trees, costliest first; own = the task's calls, "
-             "sub-agents = every task below it, each call counted once")
+             + (f": the tree holding {report.task}" if report.task
+                else f": {len(report.roots)} of {whole.trees} trees, costliest first")
+             + "; own = the task's calls, sub-agents = every task below it, each call counted once")
     text = render_forest_text(report.forest, report.roots, title=title)
     if len(report.roots) < whole.trees:
         per = whole.cost_per_successful_tree_usd
-        text += (f"all {whole.trees} trees: ${whole.cost_usd} over {whole.calls} calls; {whole.successful_trees} "
-                 f"succeeded; cost per successful task {'$' + str(per) if per is not None else '-'}\n")
+        text += (f"all {whole.trees} trees: {_usd(whole.cost_usd)} over {whole.calls} calls; "
+                 f"{whole.successful_trees} succeeded (root outcome); cost per successful task "
+                 f"{_usd(per) if per is not None else '-'}\n")
+        if whole.unpriced_calls:
+            text += f"all trees: {whole.unpriced_calls} unpriced calls, {whole.unpriced_tokens:,} tokens\n"
     return text
+
+
+def _usd(value: Decimal) -> str:
+    return f"${value.quantize(Decimal('0.0001'), rounding=ROUND_DOWN)}"
 
 
 def render_json(report: TaskReport) -> str:
