@@ -130,6 +130,8 @@ ROUTE_PARAMS: Mapping[str, tuple[Param, ...]] = {
     "/api/tokens/{token_id}/revoke": (_path("token_id"),),
     "/api/audit": (Param("limit", _integer(1, 5000), 200),),
     "/api/reports/chargeback": (Param("month", _month, ""),),
+    "/api/tasks": (Param("days", _integer(1, 90), 30), Param("limit", _integer(1, 500), 50),
+                   Param("team", _name, ""), Param("task", _name, "")),
     # pages: the path segment is checked; their query string belongs to the page script
     "/alerts/{alert_id}": (_path("alert_id"),),
     "/agents/{agent_id}": (_path("agent_id"),),

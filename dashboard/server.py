@@ -369,26 +369,13 @@ async def _approvals(request: web.Request) -> web.StreamResponse:
 
 async def _tasks(request: web.Request) -> web.StreamResponse:
     """Task trees (cost per task with its sub-agents): ``days`` 1-90 (30), ``limit`` 1-500 (50), ``team``,
-    ``task`` (the tree holding it). A bad parameter is a 400 that names it."""
+    ``task`` (the tree holding it); checked by :data:`dashboard.params.ROUTE_PARAMS`."""
     config = request.app[CONFIG]
-    bounds = {"days": (30, 1, 90), "limit": (50, 1, 500)}
-    numbers: dict[str, int] = {}
-    for name, (default, low, high) in bounds.items():
-        raw = request.query.get(name)
-        if raw is None:
-            numbers[name] = default
-        elif not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-            return _error(400, f"query parameter {name} must be an integer from {low} to {high}", parameter=name)
-        else:
-            numbers[name] = int(raw)
-    team, task = request.query.get("team", ""), request.query.get("task", "")
-    for name, value in (("team", team), ("task", task)):
-        if len(value) > 256:
-            return _error(400, f"query parameter {name} must be at most 256 characters", parameter=name)
+    days, task = _param(request, "days"), _param(request, "task")
     result = await _run(queries.task_trees, config.store, _principal(request).scope, config.clock(),
-                        days=numbers["days"], team=team, task=task, limit=numbers["limit"])
+                        days=days, team=_param(request, "team"), task=task, limit=_param(request, "limit"))
     if result is None:
-        return _error(404, f"no task {task!r} among your teams in the last {numbers['days']} days")
+        return _error(404, f"no task {task!r} among your teams in the last {days} days")
     return _json(result)
 
 

@@ -1,7 +1,7 @@
 """``finops report tasks``: cost per task across sub-agent trees, each call counted once.
 
 One query reads ``v_task_nodes`` (own cost, calls, unpriced calls and tokens, outcome and parent claims per task,
-infra/clickhouse/migrations/0010_task_tree.sql) for the tasks active in the period; :mod:`finops.task_tree` rolls
+infra/clickhouse/migrations/0015_task_tree.sql) for the tasks active in the period; :mod:`finops.task_tree` rolls
 them up (diamonds, cycles and late parents resolved by its stated rules). A task is in the period when any of its
 calls is (``last_call_at >= start`` and ``first_call_at < end``), and its whole own cost counts; a sub-agent whose
 parent task ran entirely before the period shows as a root with its parent flagged as not seen.
