@@ -98,7 +98,8 @@ def _fill_trend(rows: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[s
 # ---- organisation overview ----------------------------------------------------------------------------------------
 _SPEND_NOW = (
     "SELECT sumIf(cost_usd, day = {today:Date}) AS today_usd, sum(cost_usd) AS month_usd, "
-    "sumIf(calls, day = {today:Date}) AS calls_today, sum(calls) AS calls_month "
+    "sumIf(calls, day = {today:Date}) AS calls_today, sum(calls) AS calls_month, "
+    "sumIf(unpriced_calls, day = {today:Date}) AS unpriced_today, sum(unpriced_calls) AS unpriced_month "
     "FROM spend_daily WHERE day >= {month_start:Date} AND day <= {today:Date} AND " + SCOPE
 )
 _TREND = (
@@ -152,6 +153,9 @@ def overview(db: Runner, scope: Scope, now: datetime) -> dict[str, Any]:
         "month_usd": month,
         "calls_today": spend["calls_today"],
         "calls_month": spend["calls_month"],
+        # Unpriced calls beside the dollars: their cost is unknown, never $0 and never invisible (DESIGN §4).
+        "unpriced_calls_today": spend["unpriced_today"],
+        "unpriced_calls_month": spend["unpriced_month"],
         "trend": _fill_trend(db.select(_TREND, params), now),
         "teams": db.select(_BY_TEAM, params),
         "budgets": budget_rows,
@@ -401,7 +405,8 @@ def task_trees(db: Runner, scope: Scope, now: datetime, *, days: int = 30, team:
 # ---- budgets, alerts, recommendations, approvals -----------------------------------------------------------------
 _BUDGETS = (
     "SELECT policy_id, version, scope_type, scope_value, period, timezone, mode, limit_usd, period_start_local, "
-    "period_end_local, spent_usd, utilisation_pct FROM v_budget_utilisation WHERE " + BUDGET_SCOPE
+    "period_end_local, spent_usd, utilisation_pct, unpriced_calls, unpriced_input_tokens, unpriced_output_tokens "
+    "FROM v_budget_utilisation WHERE " + BUDGET_SCOPE
     + " ORDER BY utilisation_pct DESC, policy_id"
 )
 _ALERTS = (

@@ -131,13 +131,18 @@ function teamLink(team) { return link("/teams/" + encodeURIComponent(team), team
 function sev(severity) { return h("span", {class: "badge " + severity}, severity); }
 function alertLink(a) { return link("/alerts/" + encodeURIComponent(a.alert_id), a.title); }
 
+// Unpriced calls have an unknown cost: shown beside the dollars, never folded into them as $0.
+function unpricedNote(n) { return n ? `, ${n} unpriced` : ""; }
 function budgetsTable(budgets, testid = "budgets") {
-  return table(testid, ["Policy", "Scope", "Period", "Limit", "Spent", "Utilisation", "Mode"],
+  return table(testid, ["Policy", "Scope", "Period", "Limit", "Spent", "Utilisation", "Unpriced calls", "Mode"],
     budgets.map(b => h("tr", {"data-policy": b.policy_id},
       h("td", {}, b.policy_id), h("td", {}, `${b.scope_type}: ${b.scope_value}`),
       h("td", {}, `${b.period} (${b.timezone})`), h("td", {}, money(b.limit_usd, "budget-limit")),
       h("td", {}, money(b.spent_usd, "budget-spent")), h("td", {"data-testid": "budget-pct",
         "data-value": b.utilisation_pct ?? ""}, meter(b.utilisation_pct)),
+      h("td", {"data-testid": "budget-unpriced", "data-value": b.unpriced_calls ?? 0,
+        title: `${b.unpriced_input_tokens ?? 0} input / ${b.unpriced_output_tokens ?? 0} output tokens unpriced`},
+        String(b.unpriced_calls ?? 0)),
       h("td", {}, b.mode))));
 }
 function alertsTable(alerts, testid = "alerts") {
@@ -174,8 +179,8 @@ const VIEWS = [
 function renderOverview(d) {
   return [
     h("div", {class: "kpis"},
-      kpi("Spend today (UTC)", money(d.today_usd, "kpi-today"), `${d.calls_today} calls`),
-      kpi("Spend this month", money(d.month_usd, "kpi-month"), `${d.calls_month} calls`),
+      kpi("Spend today (UTC)", money(d.today_usd, "kpi-today"), `${d.calls_today} calls` + unpricedNote(d.unpriced_calls_today)),
+      kpi("Spend this month", money(d.month_usd, "kpi-month"), `${d.calls_month} calls` + unpricedNote(d.unpriced_calls_month)),
       kpi("Budgets ≥ 80%", h("span", {"data-testid": "kpi-budgets-hot", "data-value": d.budgets_over_80},
         `${d.budgets_over_80} of ${d.budgets.length}`)),
       kpi("Anomalies this month", h("span", {"data-testid": "kpi-anomalies", "data-value": d.anomalies.count},

@@ -70,6 +70,13 @@ def test_overview_numbers_match_the_ledger(ch_client: Any, fleet: Fleet, dash: R
         f"SELECT policy_id, spent_usd, utilisation_pct FROM {db}.v_budget_utilisation").result_rows}
     assert {b["policy_id"]: (D(b["spent_usd"]), D(b["utilisation_pct"])) for b in body["budgets"]} == view
     assert len(view) == 4
+    # unpriced calls beside the dollars (issue 15): the rollup's count, and each budget's from the view
+    assert body["unpriced_calls_month"] == one(
+        ch_client, f"SELECT countIf(pricing_status = 'unpriced') FROM {ledger} WHERE toDate(occurred_at, 'UTC') "
+                   "BETWEEN toStartOfMonth({d:Date}) AND {d:Date}", d=today)
+    unpriced = {r[0]: r[1] for r in ch_client.query(
+        f"SELECT policy_id, unpriced_calls FROM {db}.v_budget_utilisation").result_rows}
+    assert {b["policy_id"]: b["unpriced_calls"] for b in body["budgets"]} == unpriced
 
 
 def test_team_agent_and_model_views(ch_client: Any, fleet: Fleet, dash: RunningDashboard) -> None:
