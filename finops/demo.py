@@ -264,8 +264,15 @@ def fleet_totals(state_dir: Path) -> tuple[int, int, datetime | None]:
 def check_timeline(state_dir: Path, wanted: FleetTimeline) -> FleetTimeline | None:
     """The recorded timeline when it is the fleet ``wanted`` describes (a restart continues it), else None (the
     fleet starts afresh; stale progress files are removed). Raises FinopsError when the data dir holds another
-    fleet that already sent events: two fleets' histories in one ledger would double count their overlap."""
+    fleet that already sent events, or a demo of a version that recorded no timeline (its policies file is there):
+    two fleets' histories in one ledger would double count their overlap."""
     held = load_timeline(state_dir / "timeline.json")
+    if held is None and (state_dir.parent / "demo-policies.yaml").exists():
+        raise FinopsError(
+            f"{state_dir.parent} holds a demo started by an earlier version, which recorded no fleet timeline: "
+            "starting the fleet again would send the last minutes of its history a second time (double counted "
+            "spend, false budget alerts). Start on a clean data dir (`make clean`, or FINOPS_DATA_DIR=another/dir); "
+            "from then on a restart continues the fleet.")
     if held is not None and held.fleet() == wanted.fleet():
         return held
     if held is not None and fleet_totals(state_dir)[0] > 0:
@@ -574,6 +581,8 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
     wanted_fleet = FleetTimeline(origin=datetime.now(UTC), agents=args.agents, rate=args.rate,
                                  history_s=args.history, incident_s=args.incident)
     held_timeline = check_timeline(fleet_dir, wanted_fleet)
+    if held_timeline is None:
+        save_timeline(fleet_dir, wanted_fleet)  # this data dir's demo has a timeline from now on (re-anchored below)
 
     # Signals before any child exists: a child inherits an ignored SIGINT (a background job of a non-interactive
     # shell starts so) but not a handler, so the roles and the fleet get the default disposition back.
@@ -689,10 +698,12 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
                                              f"NOT applied (exit {applied.returncode}, see {logs / 'policy.log'})"))
 
         now = datetime.now(UTC).replace(microsecond=0)
-        resuming = held_timeline is not None
-        if held_timeline is None:
-            # First start: the history ends now, when the fleet starts (not when the demo did).
+        resuming = held_timeline is not None and fleet_totals(fleet_dir)[0] > 0
+        if held_timeline is None or not resuming:
+            # Nothing sent yet: the history ends now, when the fleet starts (not when the demo did).
             timeline = replace(wanted_fleet, origin=now - timedelta(seconds=args.history))
+            for stale in fleet_dir.glob("*.progress.json"):
+                stale.unlink()  # of another anchoring, with nothing sent: simulate would refuse them
             save_timeline(fleet_dir, timeline)
         else:
             timeline = held_timeline

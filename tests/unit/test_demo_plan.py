@@ -79,3 +79,11 @@ def test_another_fleet_on_the_same_data_dir_is_refused_once_it_has_sent_events(t
     (tmp_path / "history.progress.json").write_text(json.dumps({"run_id": "x", "done": 5, "emitted": 5}))
     with pytest.raises(FinopsError, match="clean data dir"):
         check_timeline(tmp_path, _timeline(agents=30))
+
+
+def test_a_demo_data_dir_of_a_version_without_a_timeline_is_refused(tmp_path: Path) -> None:
+    # Such a start re-sent the last 70 minutes under new ids: refused, with the way out, before anything starts.
+    (tmp_path / "demo-policies.yaml").write_text("policies: []\n")
+    with pytest.raises(FinopsError, match="earlier version.*clean data dir"):
+        check_timeline(tmp_path / "demo-fleet", _timeline())
+    assert check_timeline(tmp_path / "other" / "demo-fleet", _timeline()) is None  # a fresh data dir starts
