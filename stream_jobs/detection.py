@@ -67,6 +67,7 @@ from schemas.models import BudgetPolicy
 from stream_jobs.anomaly import AnomalyConfig, AnomalyDetector, build_anomaly_alert
 from stream_jobs.budgets import BudgetEngine, SpendEvent
 from stream_jobs.dedupe import HOUR_US, Deduper
+from stream_jobs.drift import DriftWatcher
 from stream_jobs.policies import decode_policy, read_compacted_topic
 from stream_jobs.waste import WasteConfig, WasteDetectors, WasteSignal, build_waste_record
 
@@ -252,6 +253,8 @@ class DetectionService:
         self.budgets = BudgetEngine()
         self.anomalies = AnomalyDetector(self.config.anomaly)
         self.waste = WasteDetectors(self.config.waste)
+        # Price drift (stream_jobs/drift.py): reported costs that consistently disagree with the catalogue.
+        self.drift = DriftWatcher()
         self._consumer: Any = None
         self._policy_consumer: Any = None
         self._producer: Any = None
@@ -361,6 +364,7 @@ class DetectionService:
             signals, alerts = self.waste.process(event)
             self._emit_waste(signals)
             self._emit_alerts(alerts)
+            self._emit_alerts(self.drift.observe(record))
             if event.cost_usd:
                 self.anomalies.observe(ts, event.cost_usd, event.agent_id, event.team, event.project, event.model,
                                        event.task_type)

@@ -31,6 +31,7 @@ __all__ = [
     "COLUMNS",
     "DriftCall",
     "DriftSuggestion",
+    "DriftWatcher",
     "compute_drift",
     "compute_price_drift_alert",
     "render_price_book",
@@ -314,3 +315,72 @@ def compute_price_drift_alert(suggestion: DriftSuggestion, yaml_text: str, now: 
         },
         "actions": [],
     }  # fmt: skip
+
+
+_RATE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("input_mtok", "price_input_mtok"), ("cache_read_mtok", "price_cache_read_mtok"),
+    ("cache_write_mtok", "price_cache_write_mtok"), ("cache_write_1h_mtok", "price_cache_write_1h_mtok"),
+    ("output_mtok", "price_output_mtok"),
+)  # fmt: skip
+
+
+class DriftWatcher:
+    """Price drift on the priced stream (detection): the last ``window`` reported calls per (provider, model,
+    source); every ``check_every`` new ones of a group, :func:`compute_drift` over them; one ``price_drift`` alert
+    per (group, effective date). Bounded: at most ``max_groups`` groups (the least recently seen is dropped).
+
+    The solve is only paid for groups that drift; a group that has alerted is checked less and less often
+    (the interval doubles) while nothing changes. Pure: the event's own time stamps the alert, so a replay repeats
+    it identically (alerting drops the repeat by its dedup key)."""
+
+    def __init__(self, *, window: int = 500, min_calls: int = 20, min_share: Decimal = Decimal("0.5"),
+                 check_every: int = 50, max_groups: int = 10_000) -> None:  # fmt: skip
+        from collections import OrderedDict, deque
+
+        self._deque = deque
+        self._window = window
+        self._min_calls = min_calls
+        self._min_share = min_share
+        self._check_every = check_every
+        self._max_groups = max_groups
+        self._groups: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self._seen: dict[tuple[str, str, str], int] = {}
+        self._next_check: dict[tuple[str, str, str], int] = {}
+        self._fired: set[str] = set()
+
+    def observe(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Take one decoded PricedUsageEvent; return the price_drift alerts it completes (usually none)."""
+        reported = record.get("reported_cost")
+        if reported is None or record.get("row_kind", "original") != "original":
+            return []
+        key = (str(record.get("provider") or ""), str(record.get("model") or ""), str(record.get("source") or ""))
+        calls = self._groups.get(key)
+        if calls is None:
+            if len(self._groups) >= self._max_groups:
+                old, _ = self._groups.popitem(last=False)
+                self._seen.pop(old, None)
+                self._next_check.pop(old, None)
+            calls = self._groups[key] = self._deque(maxlen=self._window)
+        else:
+            self._groups.move_to_end(key)
+        computed = record.get("computed_cost_usd")
+        rates = {name: record.get(column) for name, column in _RATE_FIELDS}
+        calls.append(DriftCall.from_event(record, computed, bool(record.get("cost_mismatch")) or computed is None,
+                                          rates))  # fmt: skip
+        seen = self._seen[key] = self._seen.get(key, 0) + 1
+        if seen < self._next_check.get(key, self._check_every):
+            return []
+        self._next_check[key] = seen + self._check_every
+        (suggestion,) = compute_drift(list(calls), min_calls=self._min_calls, min_share=self._min_share)
+        if not suggestion.drifting or not suggestion.rates:
+            return []
+        assert suggestion.effective_from is not None
+        dedup = f"{key}:{suggestion.effective_from.isoformat()}"
+        if dedup in self._fired:
+            interval = max(self._check_every, (self._next_check[key] - seen) * 2)
+            self._next_check[key] = seen + interval
+            return []
+        self._fired.add(dedup)
+        at = record["occurred_at"]
+        text = render_price_book([suggestion], version=f"suggested-{at.date().isoformat()}")
+        return [compute_price_drift_alert(suggestion, text, at)]

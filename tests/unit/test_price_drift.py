@@ -121,3 +121,21 @@ def test_too_few_disagreeing_calls_is_no_drift() -> None:
     (suggestion,) = compute_drift(calls(Pricer()), min_share=Decimal("0.9"))
     assert not suggestion.drifting
     assert "overrides: []" in render_price_book([suggestion], version="v")
+
+
+def test_the_watcher_on_the_priced_stream_raises_one_alert_per_model_and_date() -> None:
+    from stream_jobs.drift import DriftWatcher
+
+    pricer = Pricer()
+    watcher = DriftWatcher(min_calls=3, check_every=2)
+    alerts: list[dict[str, Any]] = []
+    for _ in range(3):  # the same calls seen again (a replay, or the same traffic every day): still one alert
+        for event in events():
+            result = pricer.price(event)
+            alerts += watcher.observe({**event, **result._asdict()})
+    assert watcher.observe({**events()[0], "reported_cost": None}) == []
+    (alert,) = alerts
+    parsed = Alert.from_avro_dict(alert)
+    assert parsed.kind == "price_drift" and parsed.dedup_key.endswith(":claude-code:2025-12-01")
+    assert "input_mtok: 1.25" in parsed.summary and "output_mtok: 6.25" in parsed.summary
+    assert parsed.details["effective_from"] == "2025-12-01"
