@@ -69,6 +69,7 @@ class IntakeMetrics:
     """Counters since start, served at ``GET /metrics`` (Prometheus text). Metric names are declared here once:
 
     ``finops_intake_requests_total{signal,code}``      requests answered, by HTTP status
+    (Counts of what was received: a re-sent export counts again here; the ledger and its views are exact.)
     ``finops_intake_calls_total{family}``              calls turned into events and delivered or spooled
     ``finops_intake_unattributed_calls_total{family}`` of those, calls missing team or project (``unattributed``)
     ``finops_intake_unattributed_reported_cost_usd``   the reported cost of the unattributed calls (the priced cost

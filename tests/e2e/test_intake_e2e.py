@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from finops.topics import TopicNames
 from tests.faults.pipeline import Pipeline
@@ -156,6 +157,11 @@ def test_otel_sdk_spans_and_claude_code_logs_land_once_with_the_right_cost(
         unattributed_cost = [w[-1] for w in want if w[0] == "unattributed"]
         rows = ch_client.query(f"SELECT sum(calls), sum(cost_usd) FROM {ch_database}.v_unattributed_spend").result_rows
         assert [(int(n), Decimal(c)) for n, c in rows] == [(1, unattributed_cost[0])]
+        metrics = requests.get(f"{intake.url}/metrics", timeout=30).text
+        assert 'finops_intake_unattributed_calls_total{family="genai"} 1' in metrics
+        assert "finops_intake_unattributed_reported_cost_usd 0.003100000000" in metrics
+        assert 'finops_intake_not_counted_total{reason="agent_total"} 1' in metrics
+        assert 'finops_intake_not_counted_total{reason="wrapper"} 1' in metrics
 
         # The same export again (an exporter's retry): nothing changes once the pipeline has read it all.
         before = sum(end_offsets(bootstrap, topics.usage).values())

@@ -61,3 +61,24 @@ def test_invalid_names_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(FinopsError, match="invalid source"):
         IntakeTokenStore(tmp_path / "t.json").issue("bad name!", created_by="me", now=NOW)
+
+
+def test_token_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from finops.cli import main
+
+    monkeypatch.setenv("FINOPS_INTAKE_TOKENS_FILE", str(tmp_path / "tokens.json"))
+    assert main(["intake", "token", "issue", "--source", "claude-code", "--team", "platform", "--json"]) == 0
+    issued = json.loads(capsys.readouterr().out)
+    assert issued["token"].startswith("fi_") and issued["team"] == "platform" and "token_hash" not in issued
+    assert main(["intake", "token", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert issued["token_id"] in listing and "active" in listing and issued["token"] not in listing
+    assert main(["intake", "token", "revoke", issued["token_id"]]) == 0
+    assert main(["intake", "token", "revoke", issued["token_id"]]) == 1
+    capsys.readouterr()
+    assert main(["intake", "token", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["revoked_at"] is not None
+    with pytest.raises(IntakeAuthError):
+        IntakeTokenStore(tmp_path / "tokens.json").authenticate(f"Bearer {issued['token']}")
