@@ -6,9 +6,11 @@ Broadcast sends, per request, a generation span with GenAI attributes (``gen_ai.
 ``trace.metadata.openrouter.*``, and one child span per provider attempt.
 
 The call is OpenRouter's: ``provider="openrouter"``, ``model`` the slug that served it, and ``total_cost`` is the
-bill (kept as ``reported_cost``; DESIGN §4 makes OpenRouter's report authoritative). Counted once: one request is
-one trace, so the identity is ``openrouter:trace:<trace_id>`` (the root and every attempt map to one event id, even
-across exports); within an export the root generation span is the call and the attempt spans are not counted.
+bill (kept as ``reported_cost``; DESIGN §4 makes OpenRouter's report authoritative). Counted once: within an
+export, a span whose parent is in the same export is a provider attempt and not counted; every other span is a
+generation. The identity is the generation's response id (``gen_ai.response.id``: the root and its attempts share
+it, so an attempt exported alone later still maps to the same event id), else the root's span id (never the trace
+id alone: an app that propagates its trace context to OpenRouter puts several generations in one trace).
 Cache and reasoning counts are read with the GenAI mapping's names (OpenAI-style inclusive counts).
 """
 
@@ -36,26 +38,25 @@ def _to_call(span: SpanView) -> Call | None:
     base = map_genai_span(span)
     if base is None:
         return None
+    response_id = as_text(span.attributes.get("gen_ai.response.id"))
+    identity = f"openrouter:response:{response_id}" if response_id else f"openrouter:span:{span.trace_id}:{span.span_id}"
     model = as_text(span.attributes.get("gen_ai.response.model")) or base.model
     cost = as_money(span.attributes.get("gen_ai.usage.total_cost"))
-    return replace(base, family="openrouter", identity=f"openrouter:trace:{span.trace_id}", provider="openrouter",
-                   model=model, reported_cost=cost if cost is not None else base.reported_cost)
+    return replace(base, family="openrouter", identity=identity, provider="openrouter", model=model,
+                   reported_cost=cost if cost is not None else base.reported_cost)
 
 
 def select_openrouter_calls(spans: Iterable[SpanView]) -> tuple[list[Call], int]:
-    """The calls of OpenRouter spans of one export (one per trace: the root generation), and how many attempt
-    spans were not counted."""
+    """The calls of OpenRouter spans of one export (the generations: spans without a parent in the export), and
+    how many provider-attempt spans were not counted."""
     spans = list(spans)
     ids = {(s.trace_id, s.span_id) for s in spans}
     calls: list[Call] = []
     attempts = 0
-    by_trace: dict[str, SpanView] = {}
     for span in spans:
         if span.parent_span_id and (span.trace_id, span.parent_span_id) in ids:
-            attempts += 1  # a provider attempt under the generation span
+            attempts += 1  # a provider attempt under its generation span
             continue
-        by_trace.setdefault(span.trace_id, span)
-    for span in by_trace.values():
         call = _to_call(span)
         if call is not None:
             calls.append(call)

@@ -6,7 +6,8 @@ source family's pure mapping (:mod:`producers.intake.families`), attribute, vali
 producer SDK (:class:`producers.producer.UsageProducer`) and **wait for each one's outcome**.
 
 Delivery guarantee: a 2xx answer means every accepted event was acknowledged by Kafka (``acks=all``) or written to
-the SDK's on-disk spool, which survives the death of this process. When an event can be neither (spool full, a
+the SDK's on-disk spool, which survives the death of this process (a power loss can take the spool's last
+``fsync_interval``, as for every SDK producer: DESIGN §5). When an event can be neither (spool full, a
 permanent broker error, no outcome within ``delivery_timeout``) the answer is 503 with ``Retry-After``: exporters
 retry, and what did get through is deduplicated downstream by its deterministic event id. An item that cannot
 become a valid event (negative counts...) is rejected by ``partial_success`` (count and reason) and not retried, as

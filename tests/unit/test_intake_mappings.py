@@ -271,7 +271,8 @@ def test_openrouter_broadcast_counts_the_generation_not_its_attempts() -> None:
     trace = "12" * 16
     attrs = {"gen_ai.request.model": "anthropic/claude-sonnet-4", "gen_ai.response.model": "anthropic/claude-sonnet-4",
              "gen_ai.provider.name": "Anthropic", "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 80,
-             "gen_ai.usage.total_cost": 0.00481, "trace.metadata.openrouter.api_key_name": "prod"}
+             "gen_ai.usage.total_cost": 0.00481, "trace.metadata.openrouter.api_key_name": "prod",
+             "gen_ai.response.id": "gen-1796000000-abc"}
     root = span(attrs, span_id="00000000000000e1", trace=trace)
     attempt1 = span({**attrs, "gen_ai.usage.output_tokens": 0}, span_id="00000000000000e2",
                     parent="00000000000000e1", trace=trace, status=2)
@@ -284,6 +285,11 @@ def test_openrouter_broadcast_counts_the_generation_not_its_attempts() -> None:
     # An attempt arriving alone in a later export has the same identity: counted once downstream.
     alone = calls_from_spans([attempt2]).calls[0]
     assert event_id_for(alone.identity) == event_id_for(call.identity)
+    # Two generations in one propagated trace, without response ids: two calls, not one.
+    no_id = {k: v for k, v in attrs.items() if k != "gen_ai.response.id"}
+    two = calls_from_spans([span(no_id, span_id="00000000000000e7", parent="00000000000000aa", trace=trace),
+                            span(no_id, span_id="00000000000000e8", parent="00000000000000aa", trace=trace)])
+    assert len({c.identity for c in two.calls}) == 2
 
 
 def test_codex_response_completed() -> None:
