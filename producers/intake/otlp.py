@@ -202,7 +202,14 @@ def attributes(kvs: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     kv: KeyValue
     for kv in kvs:
-        out[kv.key] = any_value(kv.value)
+        value = kv.value
+        kind = value.WhichOneof("value")  # the two common kinds inline: this loop runs for every attribute
+        if kind == "string_value":
+            out[kv.key] = value.string_value
+        elif kind == "int_value":
+            out[kv.key] = value.int_value
+        else:
+            out[kv.key] = any_value(value)
     return out
 
 
