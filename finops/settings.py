@@ -8,18 +8,18 @@ variable and what it expects (quix-streams' configuration habit). Secrets are ``
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.errors import ConfigError
-
 
 
 def _section(prefix: str) -> SettingsConfigDict:
@@ -181,6 +181,9 @@ class ControlSettings(BaseSettings):
     operator_key: SecretStr | None = Field(None, description="key an operator presents to `finops control`")
 
 
+_Paths = Annotated[list[str], NoDecode]  # read as comma-separated text (or a JSON list), not as JSON only
+
+
 class IntakeSettings(BaseSettings):
     """The intake role (``finops intake run``): the OTLP/HTTP receiver and gateway webhooks."""
 
@@ -194,16 +197,36 @@ class IntakeSettings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body, after gunzip")
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After of a 503 (spool full, broker error)")
     delivery_timeout_seconds: float = Field(60.0, gt=0, description="longest wait for Kafka or the spool")
-    team_attributes: list[str] = Field(["attr:team.name", "resource:team.name"],
-                                       description="where a call's team comes from (JSON list of attr:/resource: paths)")
-    project_attributes: list[str] = Field(["attr:project.name", "resource:project.name"])
-    agent_attributes: list[str] = Field(["attr:gen_ai.agent.id", "attr:gen_ai.agent.name", "resource:gen_ai.agent.id",
-                                         "resource:service.name"])
-    task_attributes: list[str] = Field(["attr:gen_ai.conversation.id", "attr:session.id",
-                                        "resource:gen_ai.conversation.id"])
-    parent_task_attributes: list[str] = Field(["span:parent"])
-    environment_attributes: list[str] = Field(["resource:deployment.environment.name",
-                                               "resource:deployment.environment"])
+    team_attributes: _Paths = Field(["attr:team.name", "resource:team.name"],
+                                    description="where a call's team comes from: comma-separated attr:/resource: paths")
+    project_attributes: _Paths = Field(["attr:project.name", "resource:project.name"])
+    agent_attributes: _Paths = Field(["attr:gen_ai.agent.id", "attr:gen_ai.agent.name", "resource:gen_ai.agent.id",
+                                      "resource:service.name"])
+    task_attributes: _Paths = Field(["attr:gen_ai.conversation.id", "attr:session.id",
+                                     "resource:gen_ai.conversation.id"])
+    parent_task_attributes: _Paths = Field(["span:parent"])
+    environment_attributes: _Paths = Field(["resource:deployment.environment.name", "resource:deployment.environment"])
+
+    @field_validator("team_attributes", "project_attributes", "agent_attributes", "task_attributes",
+                     "parent_task_attributes", "environment_attributes", mode="before")
+    @classmethod
+    def _check_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except ValueError as err:
+                    raise ValueError(f"not a JSON list ({err}); or give comma-separated paths") from err
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, list):
+            for path in value:
+                if not isinstance(path, str) or not (
+                        path == "span:parent" or re.fullmatch(r"(attr|resource):[^\s,]+", path)):
+                    raise ValueError(f"{path!r} is not a path: use attr:<attribute>, resource:<attribute> or "
+                                     "span:parent")
+        return value
 
 
 class CoreSettings(BaseSettings):

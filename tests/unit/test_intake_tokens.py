@@ -82,3 +82,17 @@ def test_token_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys:
     assert json.loads(capsys.readouterr().out)[0]["revoked_at"] is not None
     with pytest.raises(IntakeAuthError):
         IntakeTokenStore(tmp_path / "tokens.json").authenticate(f"Bearer {issued['token']}")
+
+
+def test_attribution_paths_are_comma_separated_or_json_and_checked() -> None:
+    from finops.settings import load_settings
+    from producers.intake.cli import build_attribution
+    from schemas.errors import ConfigError
+
+    s = load_settings({"FINOPS_INTAKE_TEAM_ATTRIBUTES": "resource:k8s.namespace.name, attr:team",
+                       "FINOPS_INTAKE_AGENT_ATTRIBUTES": '["attr:user.email"]'})
+    attribution = build_attribution(s)
+    assert attribution.team == ("resource:k8s.namespace.name", "attr:team")
+    assert attribution.agent == ("attr:user.email",)
+    with pytest.raises(ConfigError, match="FINOPS_INTAKE_TEAM_ATTRIBUTES.*not a path"):
+        load_settings({"FINOPS_INTAKE_TEAM_ATTRIBUTES": "res:x"})
