@@ -6,7 +6,7 @@ Broadcast spans (:mod:`.openrouter`: the root generation, not its provider attem
 Log records: Claude Code's ``claude_code.api_request`` (:mod:`.claude_code`), Codex CLI's ``codex.sse_event``
 ``response.completed`` and Gemini CLI's ``gemini_cli.api_response`` (:mod:`.cli_agents`).
 Metrics are never counted (they aggregate the same requests the events and spans report); the receiver decodes
-them, counts their data points and answers success, so exporters do not retry them.
+them, adds their token totals to the reconciliation counters (:mod:`.reconcile`) and answers success.
 
 Within one export, calls with the same identity are one call (the first is kept): a tool that sends a span and a
 log record for one request, or two instrumentors recording one response id, count once here and, across exports,

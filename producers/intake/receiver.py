@@ -50,6 +50,7 @@ from producers.intake.otlp import (
     media_type,
     spans_of,
 )
+from producers.intake.reconcile import metric_token_totals
 from producers.intake.tokens import IntakeAuthError, IntakeToken, IntakeTokenStore
 from producers.producer import Delivery, UsageProducer
 from producers.spool import SpoolFull
@@ -77,6 +78,9 @@ class IntakeMetrics:
                                                        is in the ``v_unattributed_spend`` view)
     ``finops_intake_not_counted_total{reason}``        items with usage deliberately not counted (agent totals...)
     ``finops_intake_rejected_total{signal}``           items rejected through partial_success
+    ``finops_intake_event_tokens_total{source,type}``  input / output tokens of the delivered events
+    ``finops_intake_metric_tokens_total{metric,type}`` tokens the tools' metrics report (:mod:`.reconcile`): set
+                                                       beside the events' to reconcile, never counted as usage
     """
 
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)
@@ -85,6 +89,9 @@ class IntakeMetrics:
     unattributed_cost: Decimal = Decimal(0)
     not_counted: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
+    event_tokens: Counter[tuple[str, str]] = field(default_factory=Counter)
+    metric_tokens: Counter[tuple[str, str]] = field(default_factory=Counter)
+    metric_points_skipped: int = 0
 
     def render(self) -> str:
         lines = ["# TYPE finops_intake_requests_total counter"]
@@ -101,6 +108,14 @@ class IntakeMetrics:
         lines += [f'finops_intake_not_counted_total{{reason="{r}"}} {n}' for r, n in sorted(self.not_counted.items())]
         lines.append("# TYPE finops_intake_rejected_total counter")
         lines += [f'finops_intake_rejected_total{{signal="{s}"}} {n}' for s, n in sorted(self.rejected.items())]
+        lines.append("# TYPE finops_intake_event_tokens_total counter")
+        lines += [f'finops_intake_event_tokens_total{{source="{src}",type="{t}"}} {n}'
+                  for (src, t), n in sorted(self.event_tokens.items())]
+        lines.append("# TYPE finops_intake_metric_tokens_total counter")
+        lines += [f'finops_intake_metric_tokens_total{{metric="{m}",type="{t}"}} {n}'
+                  for (m, t), n in sorted(self.metric_tokens.items())]
+        lines.append("# TYPE finops_intake_metric_points_skipped_total counter")
+        lines.append(f"finops_intake_metric_points_skipped_total {self.metric_points_skipped}")
         return "\n".join(lines) + "\n"
 
 
@@ -234,6 +249,9 @@ class IntakeReceiver:
             return self._error(signal, 400, content_type, _INVALID_ARGUMENT, str(err))
         if signal == "metrics":
             count_items(signal, message)
+            totals, skipped = metric_token_totals(message)
+            self.metrics.metric_tokens.update(totals)
+            self.metrics.metric_points_skipped += skipped
             return self._answer(signal, 200, encode_response(signal, content_type), content_type)
         mapped = calls_from_spans(spans_of(message)) if signal == "traces" else calls_from_logs(logs_of(message))
         try:
@@ -252,6 +270,8 @@ class IntakeReceiver:
         m = self.metrics
         for call, event in zip(calls, events, strict=True):
             m.calls[call.family] += 1
+            m.event_tokens[(event["source"], "input")] += call.input_tokens
+            m.event_tokens[(event["source"], "output")] += call.output_tokens
             if "intake.unattributed" in event["tags"]:
                 m.unattributed[call.family] += 1
                 if call.reported_cost is not None:

@@ -210,3 +210,36 @@ def test_litellm_generic_api_json_array_and_ndjson(served: Served, token_store: 
     assert r.status_code == 401 and message_count(bootstrap, topics.usage) == 6
     r = requests.post(url, data=b"{broken", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert r.status_code == 400
+
+
+def test_metrics_reconcile_but_never_count(served: Served, token_store: IntakeTokenStore,
+                                           kafka_config: dict[str, Any], topics: TopicNames) -> None:
+    """Claude-Code-shaped token metrics from the real SDK (delta temporality, as Claude Code exports by default):
+    acknowledged, added to the reconciliation totals, and not one event on Kafka."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter,
+    )
+    from opentelemetry.sdk.metrics import Counter as SdkCounter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.resources import Resource
+
+    token, _ = _token(token_store)
+    exporter = OTLPMetricExporter(endpoint=f"{served.url}/v1/metrics", headers={"Authorization": f"Bearer {token}"},
+                                  preferred_temporality={SdkCounter: AggregationTemporality.DELTA})
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    provider = MeterProvider(resource=Resource.create({"service.name": "claude-code"}), metric_readers=[reader])
+    tokens = provider.get_meter("com.anthropic.claude_code").create_counter("claude_code.token.usage", unit="tokens")
+    tokens.add(1200, {"type": "input", "model": "claude-sonnet-4-20250514"})
+    tokens.add(300, {"type": "output", "model": "claude-sonnet-4-20250514"})
+    tokens.add(9000, {"type": "cacheRead", "model": "claude-sonnet-4-20250514"})
+    assert reader.force_flush(30_000)
+    provider.shutdown()
+    text = requests.get(f"{served.url}/metrics", timeout=30).text
+    assert 'finops_intake_metric_tokens_total{metric="claude_code.token.usage",type="input"} 1200' in text
+    assert 'finops_intake_metric_tokens_total{metric="claude_code.token.usage",type="cacheread"} 9000' in text
+    assert 'finops_intake_requests_total{signal="metrics",code="200"}' in text
+    assert message_count(kafka_config["bootstrap.servers"], topics.usage) == 0

@@ -364,3 +364,39 @@ def test_litellm_bad_bodies() -> None:
     for body in (b'{"a": 1}\nnot json', b"[1, 2]"):
         with pytest.raises(LiteLLMBodyError):
             parse_litellm_body(body)
+
+
+def test_metric_token_totals_read_delta_points_and_skip_cumulative_ones() -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+        Histogram,
+        HistogramDataPoint,
+        Metric,
+        NumberDataPoint,
+        ResourceMetrics,
+        ScopeMetrics,
+        Sum,
+    )
+
+    from producers.intake.reconcile import metric_token_totals
+
+    def kv(key: str, value: str) -> KeyValue:
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    delta = Metric(name="claude_code.token.usage", sum=Sum(aggregation_temporality=1, data_points=[
+        NumberDataPoint(as_int=100, attributes=[kv("type", "input")]),
+        NumberDataPoint(as_double=40.0, attributes=[kv("type", "output")])]))
+    cumulative = Metric(name="gemini_cli.token.usage", sum=Sum(aggregation_temporality=2, data_points=[
+        NumberDataPoint(as_int=999, attributes=[kv("type", "input")])]))
+    histogram = Metric(name="gen_ai.client.token.usage", histogram=Histogram(aggregation_temporality=1, data_points=[
+        HistogramDataPoint(sum=512.0, count=3, attributes=[kv("gen_ai.token.type", "input")])]))
+    other = Metric(name="claude_code.cost.usage", sum=Sum(aggregation_temporality=1, data_points=[
+        NumberDataPoint(as_double=0.5)]))
+    request = ExportMetricsServiceRequest(resource_metrics=[ResourceMetrics(scope_metrics=[ScopeMetrics(
+        metrics=[delta, cumulative, histogram, other])])])
+    totals, skipped = metric_token_totals(request)
+    assert dict(totals) == {("claude_code.token.usage", "input"): 100, ("claude_code.token.usage", "output"): 40,
+                            ("gen_ai.client.token.usage", "input"): 512}
+    assert skipped == 1
