@@ -23,7 +23,10 @@ reasoning above output).
 Which spans are calls (counted once; :func:`select_call_spans` applies it to one export):
 
 1. Spans whose ``gen_ai.operation.name`` is an agent or tool operation (``invoke_agent``, ``create_agent``,
-   ``execute_tool``, ``invoke_workflow``) are never calls: their usage is the total of the calls under them.
+   ``execute_tool``, ``invoke_workflow``) are not calls: their usage is the total of the calls under them. Except
+   a CLIENT-kind ``invoke_agent`` span (semconv: a *remote* agent service, e.g. a hosted assistant, that bills the
+   call itself and has no model spans of ours under it): it is a call, and rule 2 still drops it if a span with
+   usage does sit under it in the export.
 2. Of nested spans that both carry usage (a framework span around the provider SDK's span: two instrumentors on
    one call), only the innermost is a call; the outer one is a wrapper. Across exports, rule 2 is backed by the
    identity: both spans carrying the same ``gen_ai.response.id`` map to one event id.
@@ -40,6 +43,7 @@ from producers.intake.otlp import SpanView
 __all__ = ["AGGREGATE_OPERATIONS", "has_usage", "map_genai_span", "select_call_spans", "span_status"]
 
 AGGREGATE_OPERATIONS = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})
+_CLIENT = 3  # SpanKind CLIENT
 _INPUT = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens")
 _OUTPUT = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens")
 _CACHE_READ = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens")
@@ -123,7 +127,8 @@ def select_call_spans(spans: Iterable[SpanView]) -> tuple[list[SpanView], dict[s
     for span in spans:
         if not has_usage(span.attributes):
             continue
-        if str(span.attributes.get("gen_ai.operation.name", "")) in AGGREGATE_OPERATIONS:
+        operation = str(span.attributes.get("gen_ai.operation.name", ""))
+        if operation in AGGREGATE_OPERATIONS and not (operation == "invoke_agent" and span.kind == _CLIENT):
             skipped["agent_total"] += 1
             continue
         candidates[(span.trace_id, span.span_id)] = span

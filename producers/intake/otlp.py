@@ -228,6 +228,7 @@ class SpanView:
     attributes: Mapping[str, Any]
     status_code: int  # 0 unset, 1 ok, 2 error
     status_message: str = ""
+    kind: int = 0  # SpanKind: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +256,7 @@ def spans_of(request: ExportTraceServiceRequest) -> Iterator[SpanView]:
                     span_id=span.span_id.hex(), parent_span_id=span.parent_span_id.hex(),
                     start_ns=span.start_time_unix_nano, end_ns=span.end_time_unix_nano,
                     attributes=attributes(span.attributes), status_code=span.status.code,
-                    status_message=span.status.message,
+                    status_message=span.status.message, kind=span.kind,
                 )
 
 

@@ -110,6 +110,23 @@ def test_agent_totals_and_wrapper_spans_are_not_counted() -> None:
     assert mapped.not_counted == {"agent_total": 1, "wrapper": 1}
 
 
+def test_a_remote_agent_client_span_is_a_call_unless_a_call_sits_under_it() -> None:
+    from dataclasses import replace
+
+    remote = replace(span({"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": "aws.bedrock",
+                           "gen_ai.request.model": "anthropic.claude-3-5-haiku-20241022-v1:0",
+                           "gen_ai.usage.input_tokens": 800, "gen_ai.usage.output_tokens": 90},
+                          span_id="00000000000000a7"), kind=3)
+    alone = calls_from_spans([remote])
+    assert [c.provider for c in alone.calls] == ["aws"] and alone.not_counted == {}
+    child = span(SEMCONV, span_id="00000000000000a8", parent="00000000000000a7")
+    nested = calls_from_spans([remote, child])
+    assert [c.identity for c in nested.calls] == ["openai:response:chatcmpl-1"]
+    assert nested.not_counted == {"wrapper": 1}
+    internal = replace(remote, kind=1)
+    assert calls_from_spans([internal]).not_counted == {"agent_total": 1}
+
+
 def test_two_spans_with_one_response_id_count_once_and_ids_are_deterministic() -> None:
     a = span(SEMCONV, span_id="00000000000000b1", trace="cd" * 16)
     b = span(SEMCONV, span_id="00000000000000b2", trace="ef" * 16)  # another instrumentor, another trace
