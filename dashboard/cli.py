@@ -2,6 +2,11 @@
 
 Both reach ClickHouse like ``finops sql`` does (:func:`dashboard.store.open_store`): in embedded mode through the
 store owner's endpoint when the system runs, else the chdb path itself.
+
+``token issue`` and ``token revoke`` are finops_admin actions (issue 14): they run for the installation's owner (who
+can read ``<data dir>/secrets/store-writer.password``, 0600: the demo bootstraps its first admin token this way) or
+for the holder of a finops_admin token (``--admin-token`` or ``FINOPS_ADMIN_TOKEN``); anyone else is refused before
+anything is written.
 """
 
 from __future__ import annotations
@@ -9,11 +14,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["register"]
+
+
+_ADMIN_TOKEN_HELP = ("a finops_admin token authorising this (default: env FINOPS_ADMIN_TOKEN); not needed by the "
+                     "installation's owner, who can read <data dir>/secrets")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,10 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     issue.add_argument("--subject", default=None, help="who holds the token (default: your user name)")
     issue.add_argument("--database", default=None, help="database (default FINOPS_CLICKHOUSE_DATABASE)")
     issue.add_argument("--json", action="store_true", help="print JSON (token and record)")
+    issue.add_argument("--admin-token", default=None, help=_ADMIN_TOKEN_HELP)
     issue.set_defaults(func=_handle_issue)
     revoke = token_sub.add_parser("revoke", help="revoke a token by its id (refused from the next request on)")
     revoke.add_argument("token_id", help="the id shown by `finops token list` (the part after fo_)")
     revoke.add_argument("--database", default=None, help="database (default FINOPS_CLICKHOUSE_DATABASE)")
+    revoke.add_argument("--admin-token", default=None, help=_ADMIN_TOKEN_HELP)
     revoke.set_defaults(func=_handle_revoke)
     listing = token_sub.add_parser("list", help="list tokens (ids, roles, teams; never secrets)")
     listing.add_argument("--database", default=None, help="database (default FINOPS_CLICKHOUSE_DATABASE)")
@@ -61,29 +73,76 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
 
     settings = load_settings()
     database = args.database or settings.clickhouse.database
-    return settings, open_store(settings.clickhouse_url(), database, settings.clickhouse.query_url)
+    return settings, open_store(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                data_dir=settings.data_dir)
 
 
-def _audit_cli(store: Any, action: str, target: str, details: dict[str, Any]) -> None:
+def _audit_cli(store: Any, action: str, target: str, details: dict[str, Any], *, actor: str) -> None:
     from dashboard.auth import audit_row
     from dashboard.server import json_dumps
 
     store.insert("admin_audit", [audit_row(None, action, target, "ok", json_dumps(details), datetime.now(UTC),
-                                           actor=f"{getpass.getuser()} (cli)")])
+                                           actor=actor)])
+
+
+def authorise_admin(args: argparse.Namespace, settings: Any, store: Any, action: str) -> str:
+    """Who may run a finops_admin command from the shell; returns the actor for the audit row.
+
+    Allowed: the holder of a finops_admin token (``--admin-token`` / ``FINOPS_ADMIN_TOKEN``, checked against the
+    store), or the installation's owner: whoever can read the data dir's 0600 store secret, or opened the chdb
+    files themselves (the system is stopped).
+
+    Raises:
+        AuthenticationError: the token is invalid or revoked.
+        PermissionDeniedError: the token is not finops_admin, or there is neither a token nor access to the secret.
+        SecretFileError: the secret file is readable by others (the message names the chmod).
+    """
+    from dashboard.auth import PermissionDeniedError, TokenStore
+    from finops.secrets import (
+        STORE_WRITER_PASSWORD,
+        SecretUnreadableError,
+        read_secret,
+        secret_path,
+    )
+
+    token = getattr(args, "admin_token", None) or os.environ.get("FINOPS_ADMIN_TOKEN")
+    if token:
+        principal = TokenStore(store).authenticate(token.strip())
+        if principal.role != "finops_admin":
+            raise PermissionDeniedError(f"`finops token {action}` needs a finops_admin token; the one given is "
+                                        f"{principal.role} ({principal.token_id})")
+        return f"{principal.subject} (cli, token {principal.token_id})"
+    if str(getattr(store.writer, "uri", "")).startswith("chdb://"):
+        # The store's files were opened directly (the system is stopped): whoever can do that owns the data.
+        return f"{getpass.getuser()} (cli, store files)"
+    secret = secret_path(settings.data_dir, STORE_WRITER_PASSWORD)
+    try:
+        owner = read_secret(secret) is not None
+    except SecretUnreadableError:
+        owner = False
+    if not owner:
+        raise PermissionDeniedError(
+            f"`finops token {action}` needs finops_admin credentials: pass a finops_admin token with --admin-token "
+            f"(or FINOPS_ADMIN_TOKEN), or run it as the installation's owner, who can read {secret} (created 0600 "
+            "when the store starts; same FINOPS_DATA_DIR as the running system)"
+        )
+    return f"{getpass.getuser()} (cli, installation owner)"
 
 
 def _handle_issue(args: argparse.Namespace) -> int:
     from dashboard.auth import TokenStore
 
-    _, store = _open(args)
+    settings, store = _open(args)
     try:
+        actor = authorise_admin(args, settings, store, "issue")
         subject = args.subject or getpass.getuser()
         token, record = TokenStore(store).issue(
             args.role, args.team, projects=args.project, subject=subject,
-            created_by=f"{getpass.getuser()} (cli)", now=datetime.now(UTC),
+            created_by=actor, now=datetime.now(UTC),
         )
         _audit_cli(store, "token.issue", record.token_id,
-                   {"role": record.role, "teams": record.teams, "projects": record.projects, "subject": subject})
+                   {"role": record.role, "teams": record.teams, "projects": record.projects, "subject": subject},
+                   actor=actor)
     finally:
         store.close()
     if args.json:
@@ -100,11 +159,12 @@ def _handle_issue(args: argparse.Namespace) -> int:
 def _handle_revoke(args: argparse.Namespace) -> int:
     from dashboard.auth import TokenStore
 
-    _, store = _open(args)
+    settings, store = _open(args)
     try:
+        actor = authorise_admin(args, settings, store, "revoke")
         revoked = TokenStore(store).revoke(args.token_id, now=datetime.now(UTC))
         if revoked:
-            _audit_cli(store, "token.revoke", args.token_id, {})
+            _audit_cli(store, "token.revoke", args.token_id, {}, actor=actor)
     finally:
         store.close()
     if not revoked:

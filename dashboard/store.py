@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from schemas.errors import FinopsError
@@ -93,8 +94,11 @@ class Store:
                 pass
 
 
-def open_store(clickhouse_url: str, database: str, query_url: str | None = None) -> Store:
-    """Connect the dashboard to ClickHouse (see the module docstring for where).
+def open_store(
+    clickhouse_url: str, database: str, query_url: str | None = None, *, data_dir: Path | None = None
+) -> Store:
+    """Connect the dashboard to ClickHouse (see the module docstring for where). At the store endpoint the reader
+    logs in as the installation's read-only user and the writer as its writer (secrets of ``data_dir``).
 
     Blocks while probing the store endpoint and connecting. Raises the errors of
     :func:`sinks.sql_cli.open_readonly_client` (ConfigError, StoreBusyError, ClickHouseUnavailableError).
@@ -102,15 +106,14 @@ def open_store(clickhouse_url: str, database: str, query_url: str | None = None)
     import clickhouse_connect.common
 
     from sinks.clickhouse import build_client
-    from sinks.sql_cli import open_readonly_client
-    from sinks.store_server import parse_query_url
+    from sinks.sql_cli import open_readonly_client, store_endpoint_for
 
     # A session id makes a ClickHouse server refuse concurrent queries of one client ("session is locked"); the
     # dashboard keeps no session state, so it runs without one and its thread pool can query in parallel.
     clickhouse_connect.common.set_setting("autogenerate_session_id", False)
-    reader, where = open_readonly_client(clickhouse_url, database, query_url)
+    reader, where = open_readonly_client(clickhouse_url, database, query_url, data_dir=data_dir)
     if where.endswith("(store endpoint)"):
-        endpoint = parse_query_url(query_url)
+        endpoint = store_endpoint_for(query_url, data_dir, readonly=False)
         writer = build_client(endpoint.client_url(), database=database)
     else:
         writer = build_client(clickhouse_url, database=database)

@@ -526,7 +526,11 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
         roles.start("stream", [*finops, "stream", "run"], env)
         roles.start("detect", [*finops, "detect", "run", "--from-earliest", "--no-clickhouse"], env)
         roles.start("alerts", [*finops, "alerts", "run", "--group", f"bench-alerts-{run}"], env)
-        reader = build_client(f"http://127.0.0.1:{store_port}", database="finops")
+        from sinks.sql_cli import store_endpoint_for
+
+        # The sink generated this installation's credentials in `home` at its start; read as the reader.
+        endpoint = store_endpoint_for(f"http://127.0.0.1:{store_port}", home, readonly=True)
+        reader = build_client(endpoint.client_url(), database="finops", readonly=True)
 
         def ledger_count(tag: str) -> int:
             return int(reader.query("SELECT count() FROM usage_ledger WHERE tags['bench_level'] = {t:String}",

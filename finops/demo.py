@@ -487,7 +487,8 @@ def _spend_probe(settings: Any) -> Callable[[], tuple[int, Any] | None]:
         try:
             if "client" not in state:
                 state["client"], _ = open_readonly_client(settings.clickhouse_url(), settings.clickhouse.database,
-                                                          settings.clickhouse.query_url, ping_timeout=2.0)
+                                                          settings.clickhouse.query_url, ping_timeout=2.0,
+                                                          data_dir=settings.data_dir)
             rows = state["client"].query("SELECT count(), sum(cost_usd) FROM usage_ledger FINAL "
                                          "WHERE source = 'finops-simulator'").result_rows
             return int(rows[0][0]), rows[0][1]

@@ -166,7 +166,7 @@ def _with_client(settings: Any, readonly: bool, work: Callable[[Any, str], int])
 
     database = settings.clickhouse.database
     client, where = open_store_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                      readonly=readonly)
+                                      readonly=readonly, data_dir=settings.data_dir)
     print(f"-- {where}, database {database}", file=sys.stderr)
     try:
         return work(client, database)

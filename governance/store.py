@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sinks.clickhouse import check_identifier
@@ -17,7 +18,8 @@ def qualified(database: str, table: str) -> str:
 
 
 def open_store_client(
-    clickhouse_url: str, database: str, query_url: str | None = None, *, readonly: bool = True
+    clickhouse_url: str, database: str, query_url: str | None = None, *, readonly: bool = True,
+    data_dir: Path | None = None,
 ) -> tuple[Any, str]:
     """A clickhouse-connect client and where it points (printable, no password); see :func:`sinks.sql_cli.open_client`.
 
@@ -25,4 +27,4 @@ def open_store_client(
     """
     from sinks.sql_cli import open_client
 
-    return open_client(clickhouse_url, database, query_url, readonly=readonly)
+    return open_client(clickhouse_url, database, query_url, readonly=readonly, data_dir=data_dir)

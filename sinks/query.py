@@ -53,6 +53,7 @@ _CLICKHOUSE_FORMATS: dict[str, OutputFormat] = {"vertical": "vertical", "csvwith
 # literal or a comment never ends the statement this way, except in a trailing comment, which is rare enough.
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*\Z", re.IGNORECASE)
 READONLY_CODE = 164  # ClickHouse READONLY
+ACCESS_DENIED_CODE = 497  # ClickHouse ACCESS_DENIED: the store endpoint's policy (sinks/query_policy.py) refused it
 _READONLY_LEVEL = "2"  # see sinks/clickhouse.py: 1 would also refuse per-query settings
 
 
@@ -102,6 +103,11 @@ def run_readonly_query(
             raise ReadOnlyQueryError(
                 "finops sql is read-only; ClickHouse refused the statement because it would change data or schema "
                 f"({text}). Change the schema with `finops migrate`; data arrives through the pipeline."
+            ) from err
+        if code == ACCESS_DENIED_CODE or "(ACCESS_DENIED)" in text:
+            raise ReadOnlyQueryError(
+                "finops sql is read-only and reaches only the store's own tables and pure functions; the store "
+                f"refused the statement ({text})"
             ) from err
         raise QueryError(f"the query failed: {text}") from err
     except ch_exc.Error as err:

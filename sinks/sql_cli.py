@@ -30,7 +30,10 @@ from typing import Any
 
 from schemas.errors import ConfigError, FinopsError
 
-__all__ = ["StoreBusyError", "chdb_path_owner", "endpoint_answers", "open_client", "open_readonly_client", "register"]
+__all__ = [
+    "StoreBusyError", "chdb_path_owner", "check_in_process", "endpoint_answers", "open_client",
+    "open_readonly_client", "register", "store_endpoint_for",
+]
 
 _PING_TIMEOUT_S = 1.0
 
@@ -123,28 +126,53 @@ def _status_pid(status: Path) -> int | None:
 
 
 def open_readonly_client(
-    clickhouse_url: str, database: str, query_url: str | None = None, *, ping_timeout: float = _PING_TIMEOUT_S
+    clickhouse_url: str, database: str, query_url: str | None = None, *, data_dir: Path | None = None,
+    ping_timeout: float = _PING_TIMEOUT_S,
 ) -> tuple[Any, str]:
     """A read-only clickhouse-connect client for ``finops sql`` and a printable description of where it points.
 
     See :func:`open_client` (this is it with ``readonly=True``).
     """
-    return open_client(clickhouse_url, database, query_url, readonly=True, ping_timeout=ping_timeout)
+    return open_client(clickhouse_url, database, query_url, readonly=True, data_dir=data_dir,
+                       ping_timeout=ping_timeout)
+
+
+def store_endpoint_for(query_url: str | None, data_dir: Path | None, *, readonly: bool) -> Any:
+    """The store endpoint of ``query_url`` with the credentials a client of this installation uses: the URL's own
+    ``user:password@`` when it names one, else the installation's reader (``readonly``) or writer from
+    ``<data_dir>/secrets`` (finops/secrets.py; None when they do not exist yet or ``data_dir`` is None).
+
+    Raises:
+        SecretFileError: a secret file is readable by others or cannot be read (the message names it).
+    """
+    from finops.secrets import load_store_credentials
+    from sinks.store_server import parse_query_url
+
+    endpoint = parse_query_url(query_url)
+    if endpoint.username is not None or data_dir is None:
+        return endpoint
+    credentials = load_store_credentials(data_dir, create=False)
+    if credentials is None:
+        return endpoint
+    return endpoint.with_credentials(*credentials.for_role(readonly=readonly))
 
 
 def open_client(
     clickhouse_url: str, database: str, query_url: str | None = None, *, readonly: bool,
-    ping_timeout: float = _PING_TIMEOUT_S,
+    data_dir: Path | None = None, ping_timeout: float = _PING_TIMEOUT_S,
 ) -> tuple[Any, str]:
     """A clickhouse-connect client for any role but the store owner, and a printable description of where it points.
 
     See the module docstring for the order: a server URL directly; in embedded mode the owner's store endpoint when
     it answers, else the chdb path when nobody holds it. ``readonly`` applies ClickHouse's ``readonly`` setting
-    (writes such as re-rating corrections or the alert worker's delivery log pass ``False``). Blocks up to
-    ``ping_timeout`` probing the endpoint, then while connecting.
+    (writes such as re-rating corrections or the alert worker's delivery log pass ``False``) and, at the store
+    endpoint, logs in as the installation's reader instead of its writer (``data_dir``: where the settings keep the
+    installation's secrets, see :func:`store_endpoint_for`). Blocks up to ``ping_timeout`` probing the endpoint,
+    then while connecting.
 
     Raises:
-        ConfigError: bad URL, bad credentials or a missing database (from :func:`sinks.clickhouse.build_client`).
+        ConfigError: bad URL, bad credentials or a missing database (from :func:`sinks.clickhouse.build_client`);
+            at the store endpoint, credentials it refuses (the message says where they come from).
         StoreBusyError: the chdb path is held by another process and nothing answers at the endpoint.
         ClickHouseUnavailableError: ClickHouse cannot be reached.
     """
@@ -156,8 +184,8 @@ def open_client(
         return build_client(clickhouse_url, database=database, readonly=readonly), target.redacted()
     endpoint = parse_query_url(query_url)
     if endpoint_answers(endpoint.url, ping_timeout):
-        client = build_client(endpoint.client_url(), database=database, readonly=readonly)
-        return client, f"{endpoint.url} (store endpoint)"
+        return _endpoint_client(store_endpoint_for(query_url, data_dir, readonly=readonly), database,
+                                readonly=readonly, data_dir=data_dir), f"{endpoint.url} (store endpoint)"
     assert target.path is not None
     owner = chdb_path_owner(target.path)
     if owner is not None:
@@ -169,6 +197,28 @@ def open_client(
         if owner is not None:  # taken between the check and the open
             raise _busy(target.path, owner, endpoint.url) from None
         raise
+
+
+def _endpoint_client(endpoint: Any, database: str, *, readonly: bool, data_dir: Path | None) -> Any:
+    """A clickhouse-connect client of the store endpoint; a refused login says where credentials come from."""
+    from sinks.clickhouse import build_client
+
+    try:
+        return build_client(endpoint.client_url(), database=database, readonly=readonly)
+    except ConfigError as err:
+        if "rejected the credentials" not in str(err):
+            raise
+        from finops.secrets import secrets_dir
+
+        where = (f"the installation's secrets in {secrets_dir(data_dir)} (readable by the installation's owner "
+                 "only)" if data_dir is not None else "no credentials (none were given)")
+        if endpoint.username is not None and data_dir is not None:
+            where = f"user {endpoint.username!r}"
+        raise ConfigError(
+            f"the store endpoint at {endpoint.url} refused the login ({where}). Run the command as the user that "
+            "runs the system (it reads <data dir>/secrets), with the same FINOPS_DATA_DIR, or put a user and "
+            "password in FINOPS_CLICKHOUSE_QUERY_URL=http://user:password@host:port"
+        ) from None
 
 
 def _busy(path: str, pid: int, endpoint_url: str) -> StoreBusyError:
@@ -200,8 +250,12 @@ def _handle_sql(args: argparse.Namespace) -> int:
     settings = load_settings()
     params = _parse_params(args.param)
     database = args.database or settings.clickhouse.database
-    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url)
+    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                         data_dir=settings.data_dir)
     try:
+        if str(getattr(client, "uri", "")).startswith("chdb://"):
+            # On the chdb path itself nobody else checks the statement: apply the store endpoint's policy here.
+            check_in_process(client, query)
         columns, rows = run_readonly_query(client, query, params)
     finally:
         client.close()
@@ -211,9 +265,26 @@ def _handle_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_in_process(client: Any, sql: str) -> None:
+    """Apply :mod:`sinks.query_policy` (the store endpoint's allow-list) to ``sql`` on a chdb ``client``.
+
+    Raises:
+        ReadOnlyQueryError: the statement reaches something the store refuses to clients (files, network,
+            processes, settings, DDL); the message names it.
+    """
+    from sinks.query import ReadOnlyQueryError
+    from sinks.query_policy import QueryRefusedError, load_query_policy
+
+    try:
+        load_query_policy(client).check(sql.encode("utf-8", "surrogateescape"), writer=False)
+    except QueryRefusedError as err:
+        raise ReadOnlyQueryError(f"finops sql refused the statement: {err}") from None
+
+
 def _handle_store_serve(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
     from sinks.clickhouse import build_client, parse_clickhouse_url
+    from finops.secrets import load_store_credentials, secrets_dir
     from sinks.store_server import StoreServerError, parse_query_url, serve_store
 
     settings = load_settings()
@@ -234,14 +305,18 @@ def _handle_store_serve(args: argparse.Namespace) -> int:
             f"{'process ' + str(owner) if owner > 0 else 'another process'}; that process serves the store "
             f"endpoint (check {endpoint.url}/ping), so nothing needs to be started here"
         )
+    credentials = load_store_credentials(settings.data_dir)
+    assert credentials is not None
     client = build_client(url)
     try:
-        server = serve_store(client, host, port, users=endpoint.users())
+        server = serve_store(client, host, port, credentials=credentials, users=endpoint.users())
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             server.start()
-            print(f"store endpoint: serving {target.path} at {server.url} (Ctrl-C to stop)", flush=True)
+            print(f"store endpoint: serving {target.path} at {server.url} (Ctrl-C to stop); users "
+                  f"{credentials.writer_user} and {credentials.reader_user} (read-only), passwords in "
+                  f"{secrets_dir(settings.data_dir)}", flush=True)
             stop.wait()
         finally:
             server.stop()

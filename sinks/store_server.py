@@ -30,8 +30,18 @@ What is implemented of the ClickHouse HTTP interface (enough for clickhouse-conn
   ``DatabaseError``.
 * Response headers clickhouse-connect reads: ``X-ClickHouse-Summary``, ``-Format``, ``-Timezone``, ``-Query-Id``,
   ``-Server-Display-Name``.
-* Optional users (HTTP basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key`` headers or ``user``/``password``
-  parameters, as ClickHouse accepts); passwords are compared in constant time and never logged.
+* Authentication is required for everything but ``/ping`` (DESIGN §6: this endpoint is a trust boundary): the
+  installation's two users from ``<data dir>/secrets`` (finops/secrets.py), ``finops_writer`` and
+  ``finops_reader``, whose requests always run read-only; plus the user a ``FINOPS_CLICKHOUSE_QUERY_URL`` with
+  ``user:password@`` names, as a writer. Credentials travel as ClickHouse accepts them (HTTP basic auth,
+  ``X-ClickHouse-User``/``X-ClickHouse-Key`` headers or ``user``/``password`` parameters); passwords are compared
+  in constant time and never logged or echoed. A wrong or missing one is AUTHENTICATION_FAILED (516, HTTP 403).
+* Every statement passes :mod:`sinks.query_policy` first (an allow-list: reads of the store's tables, pure
+  functions and table functions, INSERT for the writer, client settings from an allow-list); anything else is
+  ACCESS_DENIED (497, HTTP 403). DDL never comes over HTTP: ``finops migrate`` runs in the owner's process.
+* Browser requests from other sites are refused: a request with an ``Origin`` header that is not in
+  ``allowed_origins`` (none by default), or with ``Sec-Fetch-Site: cross-site|same-site``, is answered 403 before
+  anything else is read, so a web page cannot use the endpoint even with a "simple" ``text/plain`` POST.
 
 Not implemented (answered with NOT_IMPLEMENTED, 501): sessions (``SET`` and ``USE`` statements; pass settings as
 URL parameters or a ``SETTINGS`` clause instead, ``session_id`` is ignored), external data tables, ClickHouse's own
@@ -67,7 +77,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from finops.secrets import StoreCredentials
 from schemas.errors import FinopsError
+from sinks.query_policy import ACCESS_DENIED, QueryPolicy, QueryRefusedError, format_allowed
 
 __all__ = [
     "DEFAULT_HOST",
@@ -109,13 +121,14 @@ _ERROR_NAMES = {
     UNKNOWN_COMPRESSION_METHOD: "UNKNOWN_COMPRESSION_METHOD",
     QUERY_IS_TOO_LARGE: "QUERY_IS_TOO_LARGE",
     AUTHENTICATION_FAILED: "AUTHENTICATION_FAILED",
+    ACCESS_DENIED: "ACCESS_DENIED",
     UNSUPPORTED_MEDIA_TYPE: "UNSUPPORTED_MEDIA_TYPE",
     STD_EXCEPTION: "STD_EXCEPTION",
 }
 
 # ClickHouse's exceptionCodeToHTTPStatus (src/Server/HTTP/exceptionCodeToHTTPStatus.cpp), by code.
 _STATUS_BY_CODE: dict[int, int] = {194: 401}
-_STATUS_BY_CODE.update(dict.fromkeys((192, 193, 516, 512, 497), 403))
+_STATUS_BY_CODE.update(dict.fromkeys((192, 193, 516, 512, ACCESS_DENIED), 403))
 _STATUS_BY_CODE.update(
     dict.fromkeys(
         (36, 427, 6, 25, 26, 38, 41, 72, 441, 675, 676, 27, 376, 15, 44, 37, 123, 8, 167, 168, 223, 62, 117, 53, 321),
@@ -204,10 +217,16 @@ class StoreEndpoint:
         return f"http://{auth}{host}:{self.port}"
 
     def users(self) -> dict[str, str] | None:
-        """The ``users`` argument of :func:`serve_store` for this URL (None = no authentication)."""
+        """The ``users`` argument of :func:`serve_store` for this URL: its user as an extra writer (None: none)."""
         if self.username is None:
             return None
         return {self.username: self.password or ""}
+
+    def with_credentials(self, username: str, password: str) -> StoreEndpoint:
+        """This endpoint with ``username``/``password`` unless the URL named a user itself (explicit wins)."""
+        if self.username is not None:
+            return self
+        return StoreEndpoint(self.host, self.port, username, password)
 
 
 def parse_query_url(url: str | None) -> StoreEndpoint:
@@ -732,12 +751,15 @@ class _Handler(BaseHTTPRequestHandler):
                     NOT_IMPLEMENTED, f"There is no handle {path}; use / for queries and /ping", status=404
                 )
             headers = {key.lower(): value for key, value in self.headers.items()}
-            store.authenticate(headers, params)
+            store.check_origin(headers)
+            writer = store.authenticate(headers, params)
             body = decompress_body(body, self.headers.get("Content-Encoding"))
             ctype = self.headers.get("Content-Type", "")
             form = parse_multipart(ctype, body) if ctype.lower().startswith("multipart/form-data") else None
             request = build_request(method, params, headers, body, form_fields=form)
             request.query_id = query_id
+            if not writer:
+                request.readonly = True
             answer = store.execute(request)
         except Exception as exc:  # noqa: BLE001 - every failure is answered; a bug is also logged with its trace
             err = exc if isinstance(exc, ClickHouseHTTPError) else None
@@ -837,7 +859,10 @@ class StoreServer:
         host: str,
         port: int,
         *,
+        credentials: StoreCredentials,
+        policy: QueryPolicy,
         users: Mapping[str, str] | None = None,
+        allowed_origins: frozenset[str] = frozenset(),
         timezone: str = "UTC",
         display_name: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -849,7 +874,15 @@ class StoreServer:
         """
         self._writer = writer
         self._reader = reader
-        self._users = dict(users) if users else None
+        # user -> (password, may write)
+        self._users: dict[str, tuple[str, bool]] = {
+            credentials.writer_user: (credentials.writer_password, True),
+            credentials.reader_user: (credentials.reader_password, False),
+        }
+        for name, password in (users or {}).items():
+            self._users[name] = (password, True)
+        self._policy = policy
+        self._allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.timezone = timezone
         self.display_name = display_name or socket.gethostname()
         self.max_body_bytes = max_body_bytes
@@ -879,7 +912,7 @@ class StoreServer:
                 daemon=True,
             )
             self._thread.start()
-            log.info("store endpoint listening on %s%s", self.url, " (authentication on)" if self._users else "")
+            log.info("store endpoint listening on %s (users %s)", self.url, ", ".join(sorted(self._users)))
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -899,14 +932,28 @@ class StoreServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def authenticate(self, headers: Mapping[str, str], params: Mapping[str, str]) -> None:
-        """Check the request's credentials (``headers`` keyed by lower-case name) against the configured users (none configured: every request passes).
+    def check_origin(self, headers: Mapping[str, str]) -> None:
+        """Refuse a browser request from another site (``headers`` keyed by lower-case name).
+
+        A browser adds ``Origin`` to cross-origin POSTs (also the "simple" ``text/plain`` ones that need no
+        preflight) and ``Sec-Fetch-Site`` to every request; clickhouse-connect, curl and Grafana's backend send
+        neither. Raises ClickHouseHTTPError (ACCESS_DENIED, HTTP 403).
+        """
+        origin = headers.get("origin")
+        if origin is not None and origin.rstrip("/").lower() not in self._allowed_origins:
+            raise ClickHouseHTTPError(
+                ACCESS_DENIED, "Requests from web pages (Origin header) are refused by the finops store endpoint"
+            )
+        if headers.get("sec-fetch-site", "").strip().lower() in ("cross-site", "same-site"):
+            raise ClickHouseHTTPError(ACCESS_DENIED, "Cross-site browser requests are refused by the finops store endpoint")
+
+    def authenticate(self, headers: Mapping[str, str], params: Mapping[str, str]) -> bool:
+        """Check the request's credentials (``headers`` keyed by lower-case name); True if the user may write.
 
         Raises:
-            ClickHouseHTTPError: AUTHENTICATION_FAILED (516, HTTP 403), as ClickHouse answers.
+            ClickHouseHTTPError: AUTHENTICATION_FAILED (516, HTTP 403), as ClickHouse answers; the message names
+                the user, never the password.
         """
-        if self._users is None:
-            return
         user, password = "default", ""
         auth = headers.get("authorization", "")
         if auth.lower().startswith("basic "):
@@ -918,13 +965,37 @@ class StoreServer:
             user, password = headers.get("x-clickhouse-user", ""), headers.get("x-clickhouse-key", "")
         elif "user" in params:
             user, password = params["user"], params.get("password", "")
-        expected = self._users.get(user)
-        if expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
-            log.warning("store endpoint: authentication failed for user %r", user)
+        entry = self._users.get(user)
+        # Compare even for an unknown user, so the answer's timing does not say which users exist.
+        expected, may_write = entry if entry is not None else ("\x00" * 43, False)
+        if not hmac.compare_digest(expected.encode(), password.encode()) or entry is None:
+            log.warning("store endpoint: authentication failed for user %r", user[:64])
             raise ClickHouseHTTPError(
                 AUTHENTICATION_FAILED,
-                f"{user}: Authentication failed: password is incorrect, or there is no user with such name",
+                f"{user[:64]}: Authentication failed: password is incorrect, or there is no user with such name. "
+                "The finops store endpoint needs this installation's credentials (<data dir>/secrets, see the "
+                "README, Security)",
             )
+        return may_write
+
+    def check_request(self, request: StoreRequest) -> None:
+        """Apply :mod:`sinks.query_policy` to a parsed request: database, format, settings and statement.
+
+        Raises:
+            ClickHouseHTTPError: ACCESS_DENIED (497, HTTP 403) naming what is refused.
+        """
+        try:
+            if request.database.lower() in ("system", "information_schema"):
+                raise QueryRefusedError(f"database {request.database!r} cannot be the default database of a request")
+            if not format_allowed(request.default_format):
+                raise QueryRefusedError(f"format {request.default_format!r} is not allowed")
+            self._policy.check_settings(request.settings)
+            if first_keyword(request.sql) not in ("SET", "USE"):  # answered NOT_IMPLEMENTED by the engine side
+                self._policy.check(request.sql, writer=not request.readonly)
+        except QueryRefusedError as err:
+            hint = (" For queries over HTTP, method GET implies readonly. You should use method POST for modifying "
+                    "queries.") if request.via_get and first_keyword(request.sql) == "INSERT" else ""
+            raise ClickHouseHTTPError(ACCESS_DENIED, str(err) + hint) from None
 
     def execute(self, request: StoreRequest) -> EngineAnswer:
         """Run a parsed request on the reader (read-only requests) or the writer handle.
@@ -932,6 +1003,7 @@ class StoreServer:
         Raises:
             ClickHouseHTTPError: as :meth:`StoreEngine.run`; a GET refused as read-only says to use POST.
         """
+        self.check_request(request)
         engine = self._reader if request.readonly else self._writer
         try:
             return engine.run(request)
@@ -949,15 +1021,19 @@ def serve_store(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     *,
+    credentials: StoreCredentials,
     users: Mapping[str, str] | None = None,
+    allowed_origins: frozenset[str] = frozenset(),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> StoreServer:
     """Build the store endpoint for the owner's chdb ``client``; call :meth:`StoreServer.start` to serve.
 
     Opens two handles of its own on the client's data path (a writer and a ``readonly = 2`` reader) so requests
     never change the owner client's database or settings; binds ``host:port`` (``port=0`` picks a free port, see
-    :attr:`StoreServer.port`). ``users`` maps user name to password; None serves without authentication, which is
-    why the default address is 127.0.0.1.
+    :attr:`StoreServer.port`). ``credentials`` are the installation's writer and reader
+    (:func:`finops.secrets.load_store_credentials`); ``users`` maps further user names to passwords (writers, e.g.
+    the user of a FINOPS_CLICKHOUSE_QUERY_URL); ``allowed_origins`` the browser origins allowed (none by default).
+    Reads the engine's function catalogue once for :mod:`sinks.query_policy`.
 
     Blocks while opening the handles. Raises :class:`StoreServerError` if ``client`` is not a chdb client on a data
     directory or the address cannot be bound.
@@ -978,9 +1054,13 @@ def serve_store(
         writer.close()
         raise
     try:
+        from sinks.query_policy import load_query_policy
+
         timezone = str(reader._client.command("SELECT timezone()", use_database=False))
+        policy = load_query_policy(reader._client)
         return StoreServer(
-            writer, reader, host, port, users=users, timezone=timezone, max_body_bytes=max_body_bytes
+            writer, reader, host, port, credentials=credentials, policy=policy, users=users,
+            allowed_origins=allowed_origins, timezone=timezone, max_body_bytes=max_body_bytes,
         )
     except BaseException:
         reader.close()

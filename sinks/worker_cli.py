@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError, FinopsError
@@ -177,17 +178,23 @@ def build_sink_worker(
                       name=f"sink-{kind}")
 
 
-def _start_store_endpoint(client: Any, query_url: str | None, host: str | None, port: int | None) -> Any:
+def _start_store_endpoint(client: Any, query_url: str | None, host: str | None, port: int | None,
+                          data_dir: Path) -> Any:
     """Serve the chdb this process owns to other processes (sinks/store_server.py): in embedded mode the sink is
     the store owner, so dashboards, ``finops sql`` and ``finops reconcile`` query through this endpoint. Returns
     the started server (call ``stop()``). Raises StoreServerError when the address cannot be bound."""
+    from finops.secrets import load_store_credentials, secrets_dir
     from sinks.store_server import parse_query_url, serve_store
 
     endpoint = parse_query_url(query_url)
+    # The installation's credentials, generated 0600 at first start (DESIGN §6: the endpoint is a trust boundary).
+    credentials = load_store_credentials(data_dir)
+    assert credentials is not None
     server = serve_store(client, host or endpoint.host, endpoint.port if port is None else port,
-                         users=endpoint.users())
+                         credentials=credentials, users=endpoint.users())
     server.start()
-    log.info("store endpoint serving the embedded ClickHouse at %s", server.url)
+    log.info("store endpoint serving the embedded ClickHouse at %s (credentials in %s)", server.url,
+             secrets_dir(data_dir))
     return server
 
 
@@ -222,7 +229,8 @@ def _sink_run(args: argparse.Namespace) -> int:
     ]
     store: Any = None
     if parse_clickhouse_url(url).kind == "chdb" and not args.no_store:
-        store = _start_store_endpoint(client, settings.clickhouse.query_url, args.store_host, args.store_port)
+        store = _start_store_endpoint(client, settings.clickhouse.query_url, args.store_host, args.store_port,
+                                      settings.data_dir)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping the sink (the batch in hand is flushed once)", signum)
@@ -303,7 +311,8 @@ def _reconcile(args: argparse.Namespace) -> int:
     database = settings.clickhouse.database
     # Embedded mode: while `finops sink run` owns the chdb path, read through its store endpoint; otherwise open
     # the path (or the server) read-only.
-    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url)
+    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                         data_dir=settings.data_dir)
     log.info("reconciling against %s", where)
     try:
         report = compute_reconciliation(client, database, start, end)

@@ -683,7 +683,7 @@ def build_ledger_reader(settings: FinopsSettings) -> LedgerReader | None:
         from sinks.sql_cli import open_readonly_client
 
         client, where = open_readonly_client(settings.clickhouse_url(), settings.clickhouse.database,
-                                             settings.clickhouse.query_url)
+                                             settings.clickhouse.query_url, data_dir=settings.data_dir)
     except FinopsError as err:
         log.warning("ClickHouse not reachable (%s): no reconciliation or baseline seeding", err)
         return None

@@ -151,3 +151,21 @@ def _unit_tests_open_no_network(request: pytest.FixtureRequest, monkeypatch: pyt
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
+@pytest.fixture(scope="session")
+def store_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding this test session's installation secrets (<data dir>/secrets, 0600), as `make run` has."""
+    from finops.secrets import load_store_credentials
+
+    data_dir = tmp_path_factory.mktemp("installation")
+    load_store_credentials(data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def store_credentials(store_data_dir: Path) -> Any:
+    """The store endpoint's writer and reader credentials of :func:`store_data_dir`."""
+    from finops.secrets import load_store_credentials
+
+    return load_store_credentials(store_data_dir, create=False)

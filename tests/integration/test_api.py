@@ -184,6 +184,7 @@ def test_token_commands(ch_database: str, chdb_url: str, monkeypatch: pytest.Mon
     monkeypatch.setenv("FINOPS_CLICKHOUSE_DATABASE", ch_database)
     # nothing listens here, so the command opens the chdb path itself (as `finops sql` does)
     monkeypatch.setenv("FINOPS_CLICKHOUSE_QUERY_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("FINOPS_DATA_DIR", str(tmp_path))
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command", required=True))
 
@@ -213,22 +214,23 @@ def test_token_commands(ch_database: str, chdb_url: str, monkeypatch: pytest.Mon
         store.close()
 
 
-def test_open_store_uses_the_store_owners_endpoint(ch_client: Any, ch_database: str, chdb_url: str) -> None:
+def test_open_store_uses_the_store_owners_endpoint(ch_client: Any, ch_database: str, chdb_url: str,
+                                                   store_credentials: Any, store_data_dir: Any) -> None:
     """Embedded mode while another role owns the chdb path: reads and token writes go through its endpoint, and the
     reader is read-only in ClickHouse itself."""
     from dashboard.auth import TokenStore
     from dashboard.store import StoreQueryError, open_store
     from sinks.store_server import serve_store
 
-    server = serve_store(ch_client, "127.0.0.1", 0).start()
+    server = serve_store(ch_client, "127.0.0.1", 0, credentials=store_credentials).start()
     try:
-        store = open_store(chdb_url, ch_database, server.url)
+        store = open_store(chdb_url, ch_database, server.url, data_dir=store_data_dir)
         try:
             assert store.where == f"{server.url} (store endpoint)"
             tokens = TokenStore(store)
             token, record = tokens.issue("operator", ["*"], subject="ops", created_by="t", now=datetime.now(UTC))
             assert tokens.authenticate(token).scope.all_teams
-            with pytest.raises(StoreQueryError, match="READONLY|readonly"):
+            with pytest.raises(StoreQueryError, match="READONLY|readonly|ACCESS_DENIED"):
                 store.select("INSERT INTO api_tokens (token_id) VALUES ('x')")
         finally:
             store.close()

@@ -72,8 +72,15 @@ def test_sink_run_serves_the_store_and_reconcile_reads_through_it(
         def ledger_count() -> int:
             if sink.poll() is not None:
                 raise AssertionError(f"sink exited early:\n{log_path.read_text()}")
+            from finops.secrets import load_store_credentials
+
             try:
-                client = clickhouse_connect.get_client(host="127.0.0.1", port=port, database="finops")
+                # The sink generated the installation's credentials in the data dir at its first start.
+                creds = load_store_credentials(tmp_path, create=False)
+                if creds is None:
+                    return 0
+                client = clickhouse_connect.get_client(host="127.0.0.1", port=port, database="finops",
+                                                       username=creds.reader_user, password=creds.reader_password)
                 return int(client.command("SELECT count() FROM usage_ledger"))  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - the endpoint is not up yet
                 return 0

@@ -46,9 +46,16 @@ def database(ch_client: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def store(ch_client: Any) -> Iterator[StoreServer]:
-    with serve_store(ch_client, "127.0.0.1", 0) as server:
+def store(ch_client: Any, store_credentials: Any) -> Iterator[StoreServer]:
+    with serve_store(ch_client, "127.0.0.1", 0, credentials=store_credentials) as server:
+        server.credentials = store_credentials  # type: ignore[attr-defined]
         yield server
+
+
+def _writer(store: StoreServer, database: str) -> Any:
+    creds = store.credentials  # type: ignore[attr-defined]
+    return clickhouse_connect.get_client(host=store.host, port=store.port, database=database,
+                                         username=creds.writer_user, password=creds.writer_password)
 
 
 def _count(ch_client: Any, database: str) -> int:
@@ -76,7 +83,7 @@ def test_chdb_readonly_client_refuses_writes(chdb_url: str, ch_client: Any, data
 @pytest.mark.parametrize("statement", WRITES)
 def test_http_readonly_refuses_writes(store: StoreServer, ch_client: Any, database: str, statement: str) -> None:
     # A writable HTTP client: run_readonly_query adds readonly to the request itself.
-    client = clickhouse_connect.get_client(host=store.host, port=store.port, database=database)
+    client = _writer(store, database)
     with pytest.raises(ReadOnlyQueryError, match="finops sql is read-only"):
         run_readonly_query(client, statement)
     assert run_readonly_query(client, "SELECT count() FROM spend")[1] == [(2,)]
@@ -87,7 +94,7 @@ def test_http_readonly_refuses_writes(store: StoreServer, ch_client: Any, databa
 
 
 def test_hostile_parameter_returns_no_rows(store: StoreServer, database: str) -> None:
-    client = clickhouse_connect.get_client(host=store.host, port=store.port, database=database)
+    client = _writer(store, database)
     _, rows = run_readonly_query(client, "SELECT * FROM spend WHERE team = {t:String}", {"t": "x' OR 1=1 --"})
     assert rows == []
 
@@ -99,14 +106,15 @@ def test_writable_chdb_client_is_refused_before_running(ch_client: Any) -> None:
 
 
 def test_query_errors_carry_clickhouse_message(store: StoreServer, database: str) -> None:
-    client = clickhouse_connect.get_client(host=store.host, port=store.port, database=database)
+    client = _writer(store, database)
     with pytest.raises(QueryError, match="UNKNOWN_TABLE") as caught:
         run_readonly_query(client, "SELECT * FROM nope")
     assert "for url" not in str(caught.value)
 
 
-def test_connects_through_the_endpoint_when_it_answers(chdb_url: str, store: StoreServer, database: str) -> None:
-    client, where = open_readonly_client(chdb_url, database, store.url)
+def test_connects_through_the_endpoint_when_it_answers(chdb_url: str, store: StoreServer, database: str,
+                                                      store_data_dir: Path) -> None:
+    client, where = open_readonly_client(chdb_url, database, store.url, data_dir=store_data_dir)
     try:
         assert "store endpoint" in where and str(client.uri).startswith("http")
         assert run_readonly_query(client, "SELECT count() FROM spend")[1] == [(2,)]
@@ -172,10 +180,11 @@ def _run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, env: dict[str, st
 
 
 def test_sql_command_prints_json_and_table(
-    chdb_url: str, store: StoreServer, database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    chdb_url: str, store: StoreServer, database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    store_data_dir: Path,
 ) -> None:
     env = {"FINOPS_CLICKHOUSE_URL": chdb_url, "FINOPS_CLICKHOUSE_QUERY_URL": store.url,
-           "FINOPS_CLICKHOUSE_DATABASE": database}
+           "FINOPS_CLICKHOUSE_DATABASE": database, "FINOPS_DATA_DIR": str(store_data_dir)}
     sql = "SELECT team, cost FROM spend WHERE team != {skip:String} ORDER BY team"
     assert _run_cli(["sql", sql, "--format", "json", "--param", "skip=none"], monkeypatch, env) == 0
     assert json.loads(capsys.readouterr().out) == [
@@ -189,11 +198,12 @@ def test_sql_command_prints_json_and_table(
 
 
 def test_sql_command_understands_a_trailing_format_clause(
-    chdb_url: str, store: StoreServer, database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    chdb_url: str, store: StoreServer, database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    store_data_dir: Path,
 ) -> None:
     """Issue 14 item 12: `FORMAT Vertical` was a syntax error (clickhouse-connect appends its own FORMAT)."""
     env = {"FINOPS_CLICKHOUSE_URL": chdb_url, "FINOPS_CLICKHOUSE_QUERY_URL": store.url,
-           "FINOPS_CLICKHOUSE_DATABASE": database}
+           "FINOPS_CLICKHOUSE_DATABASE": database, "FINOPS_DATA_DIR": str(store_data_dir)}
     assert _run_cli(["sql", "SELECT team, cost FROM spend ORDER BY team LIMIT 1 FORMAT Vertical"], monkeypatch,
                     env) == 0
     assert capsys.readouterr().out == "Row 1:\n──────\nteam: payments\ncost: 1.250000000001\n\n(1 row)\n"
@@ -203,7 +213,8 @@ def test_sql_command_understands_a_trailing_format_clause(
         _run_cli(["sql", "SELECT team FROM spend FORMAT JSONEachRow"], monkeypatch, env)
 
 
-def test_sql_from_another_process_goes_through_the_owner(chdb_url: str, store: StoreServer, database: str) -> None:
+def test_sql_from_another_process_goes_through_the_owner(chdb_url: str, store: StoreServer, database: str,
+                                                        store_data_dir: Path) -> None:
     """The real situation: this process owns the chdb path; a shell's `finops sql` must use the endpoint."""
     script = (
         "import argparse, sys; from sinks.sql_cli import register; p = argparse.ArgumentParser(); "
@@ -213,7 +224,7 @@ def test_sql_from_another_process_goes_through_the_owner(chdb_url: str, store: S
         "except FinopsError as e:\n    print('finops: error:', e, file=sys.stderr); sys.exit(2)\n"
     )
     env = {**os.environ, "FINOPS_CLICKHOUSE_URL": chdb_url, "FINOPS_CLICKHOUSE_QUERY_URL": store.url,
-           "FINOPS_CLICKHOUSE_DATABASE": database, "PYTHONPATH": str(REPO)}
+           "FINOPS_CLICKHOUSE_DATABASE": database, "PYTHONPATH": str(REPO), "FINOPS_DATA_DIR": str(store_data_dir)}
     done = subprocess.run([sys.executable, "-c", script, "sql", "SELECT sum(cost) AS total FROM spend", "--format", "csv"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

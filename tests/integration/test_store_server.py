@@ -1,6 +1,7 @@
 """The store endpoint with the real clickhouse-connect HTTP client and plain HTTP (urllib), over the session's chdb
 store (chdb allows one data path per process, so the endpoint fronts ``ch_client``'s path; each test has its own
-database)."""
+database). Clients log in with the session's installation credentials (``store_credentials``); DDL runs on the
+owner's client, as ``finops migrate`` does: the endpoint refuses it (tests/security/ tries every class)."""
 
 from __future__ import annotations
 
@@ -57,19 +58,32 @@ def database(ch_client: Any) -> Iterator[str]:
     ch_client.command(f"DROP DATABASE IF EXISTS {name}")
 
 
+CREDENTIALS: Any = None
+
+
 @pytest.fixture
-def store(ch_client: Any) -> Iterator[StoreServer]:
-    server = serve_store(ch_client, "127.0.0.1", 0)
+def store(ch_client: Any, store_credentials: Any) -> Iterator[StoreServer]:
+    global CREDENTIALS
+    CREDENTIALS = store_credentials
+    server = serve_store(ch_client, "127.0.0.1", 0, credentials=store_credentials)
     with server:
         yield server
 
 
-def _client(store: StoreServer, database: str, **kwargs: Any) -> Any:
-    return clickhouse_connect.get_client(host=store.host, port=store.port, database=database, **kwargs)
+def _client(store: StoreServer, database: str, *, reader: bool = False, **kwargs: Any) -> Any:
+    user, password = CREDENTIALS.for_role(readonly=reader)
+    return clickhouse_connect.get_client(host=store.host, port=store.port, database=database, username=user,
+                                         password=password, **kwargs)
 
 
-def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
+def _auth() -> dict[str, str]:
+    return {"X-ClickHouse-User": CREDENTIALS.writer_user, "X-ClickHouse-Key": CREDENTIALS.writer_password}
+
+
+def _post(url: str, body: bytes, headers: dict[str, str] | None = None, *, auth: bool = True
+          ) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, headers={**(_auth() if auth else {}), **(headers or {})},
+                                     method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, dict(response.headers.items()), response.read()
@@ -88,13 +102,13 @@ def test_ping_and_bare_get_answer_ok(store: StoreServer) -> None:
         with urllib.request.urlopen(store.url + path, timeout=10) as response:
             assert response.status == 200
             assert response.read() == b"Ok.\n"
-    client = clickhouse_connect.get_client(host=store.host, port=store.port)
+    client = _client(store, "default")
     assert client.ping() is True
 
 
 def test_types_round_trip_exactly_through_http(store: StoreServer, database: str, ch_client: Any) -> None:
     client = _client(store, database)  # compress=True by default: inserts arrive lz4-compressed
-    client.command(TABLE_DDL.format(db=database))
+    ch_client.command(TABLE_DDL.format(db=database))
     summary = client.insert("calls", ROWS[:2])
     assert summary.written_rows == 2
     plain = _client(store, database, compress=False)
@@ -112,9 +126,9 @@ def test_types_round_trip_exactly_through_http(store: StoreServer, database: str
     assert types["model"] == "LowCardinality(String)" and types["at"] == "DateTime64(6, 'UTC')"
 
 
-def test_server_side_binding_keeps_hostile_values_as_values(store: StoreServer, database: str) -> None:
+def test_server_side_binding_keeps_hostile_values_as_values(store: StoreServer, database: str, ch_client: Any) -> None:
     client = _client(store, database)
-    client.command(TABLE_DDL.format(db=database))
+    ch_client.command(TABLE_DDL.format(db=database))
     client.insert("calls", ROWS)
     hostile = "x' OR 1=1 --"
     server_bound = client.query("SELECT count() FROM calls WHERE model = {m:String}", parameters={"m": hostile})
@@ -146,7 +160,7 @@ def test_errors_surface_as_clickhouse_errors(store: StoreServer, database: str) 
     assert headers["X-ClickHouse-Exception-Code"] == "60"
     assert body.startswith(b"Code: 60. DB::Exception:")
 
-    status, headers, body = _post(f"{store.url}/", b"SELEC 1")
+    status, headers, body = _post(f"{store.url}/", b"SELECT (1")
     assert status == 400 and headers["X-ClickHouse-Exception-Code"] == "62"
 
     with pytest.raises(DatabaseError, match="NOT_IMPLEMENTED"):
@@ -163,48 +177,55 @@ def test_errors_surface_as_clickhouse_errors(store: StoreServer, database: str) 
         "TRUNCATE TABLE {db}.calls",
     ],
 )
-def test_readonly_setting_refuses_writes(store: StoreServer, database: str, statement: str) -> None:
+def test_readonly_setting_refuses_writes(store: StoreServer, database: str, statement: str, ch_client: Any) -> None:
+    """Read-only clients (the reader user, ``readonly=1``, a GET) write nothing: the policy refuses the statement
+    (ACCESS_DENIED, 497) or the read-only handle does (READONLY, 164); DDL is refused for the writer too."""
     writer = _client(store, database)
-    writer.command(TABLE_DDL.format(db=database))
+    ch_client.command(TABLE_DDL.format(db=database))
     writer.insert("calls", ROWS)
-    reader = _client(store, database, settings={"readonly": 1})
-    with pytest.raises(DatabaseError) as caught:
-        reader.command(statement.format(db=database))
-    assert caught.value.code == 164 and "readonly" in str(caught.value)
-    assert reader.query("SELECT count() FROM calls").result_rows == [(3,)]
+    for reader in (_client(store, database, settings={"readonly": 1}), _client(store, database, reader=True)):
+        with pytest.raises(DatabaseError) as caught:
+            reader.command(statement.format(db=database))
+        assert caught.value.code in (164, 497)
+        assert reader.query("SELECT count() FROM calls").result_rows == [(3,)]
     # Per-request readonly on an otherwise writable client, and a GET, are refused too.
-    with pytest.raises(DatabaseError, match="READONLY"):
+    with pytest.raises(DatabaseError, match="READONLY|ACCESS_DENIED"):
         writer.command(statement.format(db=database), settings={"readonly": 1})
+    user, password = CREDENTIALS.for_role(readonly=False)
     with pytest.raises(urllib.error.HTTPError) as http_err:
         urllib.request.urlopen(
-            f"{store.url}/?" + urllib.parse.urlencode({"query": statement.format(db=database)}), timeout=10
+            f"{store.url}/?" + urllib.parse.urlencode({"query": statement.format(db=database), "user": user,
+                                                       "password": password}), timeout=10
         )
-    assert http_err.value.headers["X-ClickHouse-Exception-Code"] == "164"
-    assert b"method GET implies readonly" in http_err.value.read()
+    assert http_err.value.headers["X-ClickHouse-Exception-Code"] in ("164", "497")
+    if statement.startswith("INSERT"):
+        assert b"method GET implies readonly" in http_err.value.read()
     # Read-only requests leave nothing behind: the writable path still writes.
     writer.insert("calls", [(4, Decimal("1"), ROWS[0][2], {}, None, "m")])
     assert writer.query("SELECT count() FROM calls").result_rows == [(4,)]
 
 
-def test_readonly_client_cannot_insert_rows(store: StoreServer, database: str) -> None:
-    _client(store, database).command(TABLE_DDL.format(db=database))
-    reader = _client(store, database, settings={"readonly": 1})
-    with pytest.raises(DatabaseError, match="READONLY"):
-        reader.insert("calls", ROWS)
+def test_readonly_client_cannot_insert_rows(store: StoreServer, database: str, ch_client: Any) -> None:
+    ch_client.command(TABLE_DDL.format(db=database))
+    for reader in (_client(store, database, settings={"readonly": 1}), _client(store, database, reader=True)):
+        with pytest.raises(DatabaseError, match="READONLY|ACCESS_DENIED"):
+            reader.insert("calls", ROWS)
+    assert ch_client.command(f"SELECT count() FROM {database}.calls") == 0
 
 
 def test_settings_apply_to_one_request_only(store: StoreServer, database: str) -> None:
     client = _client(store, database)
-    assert client.query("SELECT getSetting('max_result_rows')", settings={"max_result_rows": 12345}).result_rows == [(12345,)]
-    assert client.query("SELECT getSetting('max_result_rows')").result_rows == [(0,)]
+    setting = "SELECT value FROM system.settings WHERE name = 'max_result_rows'"
+    assert client.query(setting, settings={"max_result_rows": 12345}).result_rows == [("12345",)]
+    assert client.query(setting).result_rows == [("0",)]
     with pytest.raises(DatabaseError) as caught:
         client.query("SELECT number FROM numbers(10)", settings={"max_result_rows": 2, "result_overflow_mode": "throw"})
     assert caught.value.code == 396  # TOO_MANY_ROWS_OR_BYTES
 
 
-def test_curl_like_formats(store: StoreServer, database: str) -> None:
+def test_curl_like_formats(store: StoreServer, database: str, ch_client: Any) -> None:
     client = _client(store, database)
-    client.command(TABLE_DDL.format(db=database))
+    ch_client.command(TABLE_DDL.format(db=database))
     client.insert("calls", ROWS)
     base = f"{store.url}/?database={database}"
 
@@ -229,28 +250,40 @@ def test_curl_like_formats(store: StoreServer, database: str) -> None:
     assert client.query("SELECT cost FROM calls WHERE id = 7").result_rows == [(Decimal("0.1"),)]
 
 
-def test_authentication_when_users_are_configured(
-    ch_client: Any, database: str, caplog: pytest.LogCaptureFixture
+def test_authentication_is_required_and_never_echoes_the_password(
+    ch_client: Any, database: str, store_credentials: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     secret = "s3cret-pass"
-    with serve_store(ch_client, "127.0.0.1", 0, users={"finops": secret}) as server:
+    with serve_store(ch_client, "127.0.0.1", 0, credentials=store_credentials, users={"finops": secret}) as server:
         good = clickhouse_connect.get_client(
             host=server.host, port=server.port, username="finops", password=secret, database=database
         )
         assert good.query("SELECT 1").result_rows == [(1,)]
         with pytest.raises(DatabaseError) as caught:
             clickhouse_connect.get_client(host=server.host, port=server.port, username="finops", password="wrong")
+        assert caught.value.code == 516 and "wrong" not in str(caught.value)
+        with pytest.raises(DatabaseError) as caught:  # no credentials at all: ClickHouse's "default" user
+            clickhouse_connect.get_client(host=server.host, port=server.port)
         assert caught.value.code == 516
-        status, headers, _ = _post(f"{server.url}/", b"SELECT 1")
+        status, headers, body = _post(f"{server.url}/", b"SELECT 1", auth=False)
         assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "516"
-        status, _, body = _post(f"{server.url}/", b"SELECT 2", {"X-ClickHouse-User": "finops", "X-ClickHouse-Key": secret})
+        assert body.startswith(b"Code: 516. DB::Exception: default: Authentication failed")
+        status, _, body = _post(f"{server.url}/", b"SELECT 2", {"X-ClickHouse-User": "finops", "X-ClickHouse-Key": secret},
+                                auth=False)
         assert (status, body) == (200, b"2\n")
         basic = "Basic " + base64.b64encode(f"finops:{secret}".encode()).decode()
-        assert _post(f"{server.url}/", b"SELECT 3", {"Authorization": basic})[2] == b"3\n"
+        assert _post(f"{server.url}/", b"SELECT 3", {"Authorization": basic}, auth=False)[2] == b"3\n"
+        reader = "Basic " + base64.b64encode(
+            f"{store_credentials.reader_user}:{store_credentials.reader_password}".encode()).decode()
+        assert _post(f"{server.url}/", b"SELECT 4", {"Authorization": reader}, auth=False)[2] == b"4\n"
+        wrong = "Basic " + base64.b64encode(f"{store_credentials.reader_user}:{secret}".encode()).decode()
+        assert _post(f"{server.url}/", b"SELECT 5", {"Authorization": wrong}, auth=False)[0] == 403
         with urllib.request.urlopen(server.url + "/ping", timeout=10) as response:  # health checks need no login
             assert response.read() == b"Ok.\n"
     assert secret not in caplog.text
+    assert store_credentials.reader_password not in caplog.text
+    assert store_credentials.writer_password not in caplog.text
 
 
 def test_concurrent_clients_get_their_own_answers(store: StoreServer, database: str) -> None:
@@ -263,7 +296,8 @@ def test_concurrent_clients_get_their_own_answers(store: StoreServer, database: 
                 got = client.query("SELECT {n:UInt32} * 1000 + {i:UInt32}", parameters={"n": n, "i": i}).result_rows
                 assert got == [(n * 1000 + i,)]
                 settings = {"readonly": 1} if n % 2 else None
-                assert client.query("SELECT getSetting('readonly')", settings=settings).result_rows == [(2 if n % 2 else 0,)]
+                got = client.query("SELECT value FROM system.settings WHERE name = 'readonly'", settings=settings)
+                assert got.result_rows == [("2" if n % 2 else "0",)]
         except BaseException as err:  # noqa: BLE001 - collected and re-raised in the test thread
             errors.append(err)
 
@@ -275,13 +309,13 @@ def test_concurrent_clients_get_their_own_answers(store: StoreServer, database: 
     assert not errors, errors
 
 
-def test_port_in_use_is_a_clear_error(ch_client: Any, store: StoreServer) -> None:
+def test_port_in_use_is_a_clear_error(ch_client: Any, store: StoreServer, store_credentials: Any) -> None:
     with pytest.raises(StoreServerError, match="cannot listen on"):
-        serve_store(ch_client, "127.0.0.1", store.port)
+        serve_store(ch_client, "127.0.0.1", store.port, credentials=store_credentials)
 
 
-def test_stop_closes_the_port(ch_client: Any) -> None:
-    server = serve_store(ch_client, "127.0.0.1", 0).start()
+def test_stop_closes_the_port(ch_client: Any, store_credentials: Any) -> None:
+    server = serve_store(ch_client, "127.0.0.1", 0, credentials=store_credentials).start()
     url = server.url
     server.stop()
     with pytest.raises(urllib.error.URLError):
