@@ -154,7 +154,8 @@ def test_model_tiering(ch_client: Any, ch_database: str) -> None:
 
 
 def test_evidence_commands_show_only_that_agents_rows(
-    ch_client: Any, ch_database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ch_client: Any, ch_database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    store_credentials: Any, store_data_dir: Any,
 ) -> None:
     """Issue 14 item 11: every printed `finops sql` evidence command, run as printed, returns rows of its agent only
     (the model-tiering one ignored --param agent and listed the whole fleet's calls)."""
@@ -190,9 +191,10 @@ def test_evidence_commands_show_only_that_agents_rows(
     chosen = {r.kind: r for r in report.items if r.agent_id.endswith("-a")}
     assert set(chosen) == {"retry_waste", "caching", "prompt_bloat", "prompt_cache", "model_tiering"}
 
-    with serve_store(ch_client, "127.0.0.1", 0) as store:
+    with serve_store(ch_client, "127.0.0.1", 0, credentials=store_credentials) as store:
         for key, value in {"FINOPS_CLICKHOUSE_URL": "chdb:///nonexistent-owned-elsewhere",
-                           "FINOPS_CLICKHOUSE_QUERY_URL": store.url, "FINOPS_CLICKHOUSE_DATABASE": ch_database}.items():
+                           "FINOPS_CLICKHOUSE_QUERY_URL": store.url, "FINOPS_CLICKHOUSE_DATABASE": ch_database,
+                           "FINOPS_DATA_DIR": str(store_data_dir)}.items():
             monkeypatch.setenv(key, value)
         for kind, rec in chosen.items():
             argv = shlex.split(rec.sql_command())
