@@ -197,8 +197,11 @@ def test_hand_built_tree_with_a_late_parent_through_sql(ch_client: Any, ch_datab
 
 # ---- the command ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def store(ch_client: Any) -> Iterator[StoreServer]:
-    with serve_store(ch_client, "127.0.0.1", 0) as server:
+def store(ch_client: Any, store_credentials: Any, store_data_dir: Any,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[StoreServer]:
+    # The endpoint requires the installation's credentials, which the command finds in FINOPS_DATA_DIR.
+    monkeypatch.setenv("FINOPS_DATA_DIR", str(store_data_dir))
+    with serve_store(ch_client, "127.0.0.1", 0, credentials=store_credentials) as server:
         yield server
 
 
