@@ -189,9 +189,10 @@ def build_event(call: Call, attribution: Attribution, *, source: str, default_te
         tags["intake.unattributed"] = unattributed
     if call.normalisations:
         tags["intake.normalised"] = ",".join(call.normalisations)
-    user = as_text(call.attributes.get("intake.user"))
-    if user:
-        tags["intake.user"] = user[:256]  # the person behind a coding agent (Claude Code's account or e-mail)
+    for key in ("intake.user", "intake.organization"):  # who is behind a coding agent (Claude Code)
+        value = as_text(call.attributes.get(key))
+        if value:
+            tags[key] = value[:256]
     event: dict[str, Any] = {
         "event_id": event_id_for(call.identity),
         "source": source,

@@ -2,7 +2,8 @@
 
 Claude Code sends one event per model request; attributes read: ``model``, ``input_tokens``, ``output_tokens``,
 ``cache_read_tokens``, ``cache_creation_tokens``, ``cost_usd``, ``duration_ms``, ``request_id``, ``session.id``
-(the task), ``organization.id``, ``user.account_uuid`` / ``user.email`` (kept as the ``intake.user`` tag), and
+(the task), ``organization.id`` (the ``intake.organization`` tag), ``user.account_uuid`` / ``user.email`` (the
+``intake.user`` tag), and
 the resource attributes set with ``OTEL_RESOURCE_ATTRIBUTES`` (``team.name``, ``project.name``...).
 
 Named normalisation: ``anthropic-input-excludes-cache``: Claude Code reports Anthropic's usage fields, whose
@@ -52,6 +53,9 @@ def map_claude_code_log(record: LogView) -> Call | None:
     merged = dict(attrs)
     if user:
         merged.setdefault("intake.user", user)
+    organization = as_text(attrs.get("organization.id")) or as_text(record.resource.get("organization.id"))
+    if organization:
+        merged.setdefault("intake.organization", organization)
     return Call(
         family="claude_code", identity=identity, occurred_at_ns=record.time_ns, provider="anthropic", model=model,
         input_tokens=raw_input + cache_read + cache_write, output_tokens=output, cache_read_tokens=cache_read,

@@ -170,7 +170,7 @@ def test_claude_code_api_request_adds_cache_to_input_and_keys_on_the_request_id(
     assert (event["team"], event["project"], event["task_id"], event["agent_id"]) == \
         ("platform", "unattributed", "s-1", "claude-code")
     assert event["tags"]["intake.unattributed"] == "project"
-    assert event["tags"]["intake.user"] == "dev@example.com"
+    assert event["tags"]["intake.user"] == "dev@example.com" and event["tags"]["intake.organization"] == "org-1"
     assert check_usage_dict(event, None) == []
 
 
