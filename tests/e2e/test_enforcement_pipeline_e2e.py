@@ -325,10 +325,11 @@ def test_agent_usage_through_hot_path_and_detection_suspends_then_releases_at_ro
             pipeline.hot = None
             del worker, detection  # release the librdkafka clients before the session's broker stops
 
-        # Exactly one trigger and one resolve for this budget on each channel. Detection may also report other
-        # things about the agent (e.g. its burn rate under a loaded CI machine); those are not this budget's.
-        budget_slack = [r for r in receiver.delivered(SLACK) if POLICY_ID in r.body.decode("utf-8", "replace")]
-        budget_pd = [r for r in receiver.delivered(PD) if POLICY_ID in r.body.decode("utf-8", "replace")
-                     or r.json().get("event_action") == "resolve"]
+        # Exactly one trigger and one resolve for this budget's period on each channel. Detection may also report
+        # other things about the agent (e.g. its burn rate under a loaded CI machine); those are not this budget's.
+        # Nor is the next period's: the resumed agent spends $0.10 again in four calls, so whether that legitimate
+        # breach is delivered before the test stops depends on timing.
+        budget_slack = [r for r in receiver.delivered(SLACK) if dedup in r.body.decode("utf-8", "replace")]
+        budget_pd = [r for r in receiver.delivered(PD) if dedup in r.body.decode("utf-8", "replace")]
         others = [r.body[:200] for r in receiver.delivered(SLACK) if r not in budget_slack]
         assert len(budget_pd) == 2 and len(budget_slack) == 2, (len(budget_pd), len(budget_slack), others)
