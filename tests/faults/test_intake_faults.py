@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from finops.topics import TopicNames
-from tests.faults.pipeline import Pipeline, report
+from tests.faults.pipeline import Pipeline, paced, report
 from tests.integration.intake_support import (
     free_port,
     intake_env,
@@ -29,13 +29,14 @@ from tests.integration.test_sink_support import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-BATCHES = 40
+BATCHES = 20
 PER_BATCH = 50
+BIG = 10_000  # the first export: big enough that the kill lands while the receiver is still producing it
 
 
-def _batch(n: int) -> Any:
+def _batch(n: int, size: int = PER_BATCH) -> Any:
     def build(tracer: Any) -> None:
-        for i in range(PER_BATCH):
+        for i in range(size):
             with tracer.start_as_current_span("chat", attributes={
                     "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
                     "gen_ai.request.model": "gpt-4o-mini-2024-07-18", "gen_ai.response.id": f"resp-{n}-{i}",
@@ -59,35 +60,38 @@ def test_receiver_sigkilled_mid_export_loses_and_doubles_nothing(
     env = intake_env(bootstrap, topics.prefix, tmp_path / "data", tokens)
     intake = start_intake(env, port, tmp_path / "intake.log")
     pipeline = Pipeline(kafka_config, topics, ch_client, ch_database).start()
-    batches = [record_spans({"service.name": "fleet", "team.name": "t", "project.name": "p"}, _batch(n))
-               for n in range(BATCHES)]
+    resource = {"service.name": "fleet", "team.name": "t", "project.name": "p"}
+    big = record_spans(resource, _batch(-1, BIG))
+    batches = [record_spans(resource, _batch(n)) for n in range(BATCHES)]
     results: list[Any] = []
     exporter = span_exporter(intake.url, token, timeout=90)
 
     def export_all() -> None:
-        for spans in batches:
+        results.append(exporter.export(big))
+        for spans in paced(batches, per_second=10):  # then a fleet's pace, across the restart
             results.append(exporter.export(spans))
 
     sender = threading.Thread(target=export_all, daemon=True)
     try:
         sender.start()
-        wait_for(lambda: message_count(bootstrap, topics.usage) >= BATCHES * PER_BATCH // 3, 120,
-                 "a third of the exports on Kafka")
-        assert sender.is_alive(), "the exports finished before the kill: nothing was tested"
+        wait_for(lambda: message_count(bootstrap, topics.usage) > 0, 120, "the big export's first events on Kafka",
+                 interval=0.01)
         intake.kill()
+        assert not results, "the big export was answered before the kill: the kill was not mid-export"
         killed_at = len(results)
         intake = start_intake(env, port, tmp_path / "intake.log")
         sender.join(300)
         assert not sender.is_alive()
-        assert results == [SpanExportResult.SUCCESS] * BATCHES, results
-        total = BATCHES * PER_BATCH
+        assert results == [SpanExportResult.SUCCESS] * (BATCHES + 1), results
+        total = BIG + BATCHES * PER_BATCH
         pipeline.wait_ledger(total)
         rows, distinct = ch_client.query(
             f"SELECT count(), uniqExact(source, event_id) FROM {ch_database}.usage_ledger").result_rows[0]
         sent = message_count(bootstrap, topics.usage)
-        report(record_property, f"receiver SIGKILLed after {killed_at} of {BATCHES} exports answered",
+        report(record_property, f"receiver SIGKILLed while producing a {BIG}-span export ({killed_at} answered)",
                f"{total} calls -> {sent} messages on Kafka -> {rows} ledger rows, {distinct} distinct")
         assert (rows, distinct) == (total, total)
+        assert sent > total, "the exporter did not send the killed export again"
     finally:
         pipeline.stop()
         intake.stop()
