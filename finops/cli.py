@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stream_jobs.detection_cli",
     "alerting.control_cli",
     "governance.cli",
+    "governance.bills_cli",
     "dashboard.cli",
     "finops.bench",
     "finops.demo",

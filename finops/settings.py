@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -229,6 +230,29 @@ class IntakeSettings(BaseSettings):
         return value
 
 
+class BillsSettings(BaseSettings):
+    """The providers' own cost and usage reports (``finops bills import --api``) and their reconciliation.
+
+    The keys are organisation admin keys (OpenAI admin key, Anthropic Admin API key, OpenRouter management key):
+    secrets, never logged. The base URLs are overridable so a test (or a proxy) can stand in for the provider."""
+
+    model_config = _section("FINOPS_BILLS_")
+
+    openai_admin_key: SecretStr | None = Field(None, description="OpenAI organization admin key (sk-admin-...)")
+    anthropic_admin_key: SecretStr | None = Field(None, description="Anthropic Admin API key (sk-ant-admin...)")
+    openrouter_management_key: SecretStr | None = Field(None, description="OpenRouter management key")
+    openai_base_url: str = "https://api.openai.com"
+    anthropic_base_url: str = "https://api.anthropic.com"
+    openrouter_base_url: str = "https://openrouter.ai"
+    accounts: dict[str, str] = Field(default_factory=dict,
+                                     description="JSON: provider project / workspace / key id -> ledger project")
+    tolerance_usd: Decimal = Field(Decimal("0.01"), ge=0, description="a cell matches within this many USD, or ...")
+    tolerance_pct: Decimal = Field(Decimal(1), ge=0, description="... or this percentage of its bill")
+    max_retries: int = Field(5, ge=0, le=20, description="retries of a 429 / 5xx answer per page")
+    max_retry_wait_seconds: float = Field(60.0, gt=0, description="longest wait for one retry (caps Retry-After)")
+    timeout_seconds: float = Field(30.0, gt=0, description="HTTP timeout per request")
+
+
 class CoreSettings(BaseSettings):
     model_config = _section("FINOPS_")
 
@@ -246,13 +270,14 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "alerting": AlertingSettings,
     "control": ControlSettings,
     "intake": IntakeSettings,
+    "bills": BillsSettings,
 }
 
 
 class FinopsSettings:
     """The effective configuration: one frozen section per part."""
 
-    __slots__ = ("alerting", "clickhouse", "control", "core", "intake", "kafka", "producer", "stream")
+    __slots__ = ("alerting", "bills", "clickhouse", "control", "core", "intake", "kafka", "producer", "stream")
 
     def __init__(self, core: CoreSettings, **sections: Any) -> None:
         object.__setattr__(self, "core", core)
@@ -270,6 +295,7 @@ class FinopsSettings:
     alerting: AlertingSettings
     control: ControlSettings
     intake: IntakeSettings
+    bills: BillsSettings
 
     @property
     def data_dir(self) -> Path:

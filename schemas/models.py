@@ -653,7 +653,7 @@ class SpendAggregate(AvroRecord):
 
 AlertKind = Literal[
     "budget_threshold", "budget_forecast", "anomaly", "waste", "unpriced_model", "cost_mismatch", "drift", "config",
-    "approval", "task_cap", "call_cap", "price_drift",
+    "approval", "task_cap", "call_cap", "price_drift", "bill_drift",
 ]
 
 
