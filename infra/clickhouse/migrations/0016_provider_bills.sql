@@ -81,8 +81,8 @@ CREATE TABLE IF NOT EXISTS {database}.bill_reconciliation
     run_id String COMMENT 'Id of the reconciliation run',
     run_at DateTime64(6, 'UTC') COMMENT 'When the run computed the row',
     day Date COMMENT 'UTC day',
-    provider LowCardinality(String),
-    model String,
+    provider LowCardinality(String) COMMENT 'openai, anthropic or openrouter',
+    model String COMMENT 'Model as the provider and the ledger name it',
     account_id String COMMENT 'Provider project / workspace the bill names; empty for ledger-only cells',
     api_keys Array(String) COMMENT 'API keys the provider usage names for the cell (largest first)',
     team LowCardinality(String) COMMENT 'Team of the ledger project the account maps to; empty when unattributed',
@@ -94,10 +94,10 @@ CREATE TABLE IF NOT EXISTS {database}.bill_reconciliation
     attributed_usd Decimal(38, 12) COMMENT 'Part of the bill the ledger explains: least(bill_usd, ledger_usd)',
     unattributed_usd Decimal(38, 12) COMMENT 'Part of the bill no usage event reported: greatest(gap_usd, 0)',
     over_reported_usd Decimal(38, 12) COMMENT 'Ledger spend the bill does not show: greatest(-gap_usd, 0)',
-    bill_input_tokens UInt64,
-    ledger_input_tokens UInt64,
-    bill_output_tokens UInt64,
-    ledger_output_tokens UInt64
+    bill_input_tokens UInt64 COMMENT 'Input tokens the provider usage reports (all input, cached included)',
+    ledger_input_tokens UInt64 COMMENT 'Input tokens of the ledger cell (original rows)',
+    bill_output_tokens UInt64 COMMENT 'Output tokens the provider usage reports',
+    ledger_output_tokens UInt64 COMMENT 'Output tokens of the ledger cell (original rows)'
 )
 ENGINE = MergeTree
 ORDER BY (period, run_at, provider, day, model, account_id, project)
