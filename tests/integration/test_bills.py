@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -94,14 +94,14 @@ OPENROUTER = {
 class _Provider(BaseHTTPRequestHandler):
     """Serves the pages above; the first request of each path answers 429 with Retry-After; a wrong key 401."""
 
-    routes: dict[str, Any] = {}
-    seen: list[str] = []
-    throttled: set[str] = set()
+    routes: ClassVar[dict[str, Any]] = {}
+    seen: ClassVar[list[str]] = []
+    throttled: ClassVar[set[str]] = set()
 
     def log_message(self, format: str, *args: Any) -> None:
         return
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         key = self.headers.get("x-api-key") or (self.headers.get("Authorization") or "").removeprefix("Bearer ")
