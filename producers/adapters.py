@@ -629,20 +629,23 @@ _ADAPTERS: Final[dict[str, Any]] = {
 }
 
 
-def usage_from_response(provider: str, body: Any) -> ProviderUsage:
+def usage_from_response(provider: str, body: Any, *, reasoning: str = "auto") -> ProviderUsage:
     """Map ``body`` with the adapter for ``provider`` (case-insensitive; ``_`` and ``-`` alike).
 
     Names: ``openai`` (Chat Completions or Responses, told apart by the body's shape), ``openai-chat``,
     ``openai-responses``, ``anthropic``, ``google`` / ``gemini`` / ``google-gla`` / ``google-vertex`` / ``vertex``,
     ``openrouter``. ``body`` may be a mapping, JSON text (costs parsed exactly as ``Decimal``) or an SDK response
-    object (``model_dump()``, ``to_dict()`` or attributes). Raises :class:`ProviderUsageError` for an unknown
-    provider name or a body the adapter cannot map.
+    object (``model_dump()``, ``to_dict()`` or attributes). ``reasoning`` is the source's reasoning-token convention
+    for the OpenAI Chat shapes (openai chat, openrouter; module docstring). Raises :class:`ProviderUsageError` for an
+    unknown provider name or a body the adapter cannot map.
     """
     name = provider.strip().lower().replace("_", "-")
     parsed = _as_body(body, provider)
     if name == "openai":
         is_responses = _lookup(parsed, "object") == "response" or _lookup(parsed, "usage.input_tokens") is not None
-        return usage_from_openai_responses(parsed) if is_responses else usage_from_openai_chat(parsed)
+        if is_responses:
+            return usage_from_openai_responses(parsed)
+        return usage_from_openai_chat(parsed, reasoning=reasoning)
     adapter = _ADAPTERS.get(name)
     if adapter is None:
         known = ", ".join(sorted({"openai", *_ADAPTERS}))
@@ -650,5 +653,8 @@ def usage_from_response(provider: str, body: Any) -> ProviderUsage:
             provider, "provider", f"no usage adapter for this provider; use one of: {known} (or build "
             "ProviderUsage yourself for other providers)"
         )  # fmt: skip
+    if adapter in (usage_from_openai_chat, usage_from_openrouter):
+        chat: ProviderUsage = adapter(parsed, reasoning=reasoning)
+        return chat
     result: ProviderUsage = adapter(parsed)
     return result

@@ -73,16 +73,22 @@ class TrackedCall:
         self.status: str | None = None
         self.event_id: str | None = None  # set once emitted
 
-    def record_response(self, response: Any, provider: str | None = None) -> None:
+    def record_response(self, response: Any, provider: str | None = None, *, reasoning: str = "auto") -> None:
         """Read the token usage from a provider response (SDK object, dict or JSON text) with
         ``producers.adapters.usage_from_response``; the response's model id replaces the preset one (it names the
-        exact version that was billed). Raises ``ProviderUsageError`` when the body has no usable usage."""
-        from producers.adapters import to_usage_fields, usage_from_response
+        exact version that was billed). ``reasoning`` declares how this source's gateway counts reasoning tokens
+        (``exclusive`` when its completion_tokens leave them out); every normalisation applied is named in the
+        ``finops.normalised`` tag. Raises ``ProviderUsageError`` when the body has no usable usage."""
+        from producers.adapters import normalisation_tags, to_usage_fields, usage_from_response
 
         name = provider or self.fields.get("provider")
         if not name:
             raise FinopsError("record_response needs a provider: pass provider= to track() or record_response()")
-        usage = to_usage_fields(usage_from_response(str(name), response))
+        read = usage_from_response(str(name), response, reasoning=reasoning)
+        usage = to_usage_fields(read)
+        tags = normalisation_tags(read)
+        if tags:
+            self.fields["tags"] = {**dict(self.fields.get("tags") or {}), **tags}
         if self.fields.get("provider"):
             usage.pop("provider", None)  # keep the caller's spelling; the adapter only normalises it
         self.usage = usage

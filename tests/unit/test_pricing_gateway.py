@@ -202,3 +202,18 @@ def test_direct_anthropic_cache_reads_and_writes_stay_exact() -> None:
     result = Pricer().price(event(usage, reported_cost=None))
     assert result.price_source == "catalogue" and result.cost_basis == "reported_if_unpriced"
     assert_parts_sum(result)
+
+
+def test_the_sdk_names_the_normalisation_on_the_event_it_tracks() -> None:
+    from producers.track import TrackedCall
+
+    call = TrackedCall({"provider": "google", "model": "gemini-2.5-flash", "tags": {"feature": "qa"}})
+    call.record_response(body("gateway_gemini_reasoning_exclusive"), provider="openai-chat")  # OpenAI-compatible
+    event = call.build("ok", 12)
+    assert event["output_tokens"] == 1050 and event["reasoning_tokens"] == 900
+    assert event["tags"]["feature"] == "qa" and event["tags"]["finops.normalised"].startswith("reasoning_exclusive")
+    raw = json.loads(body("gateway_gemini_reasoning_exclusive"))
+    raw["usage"]["completion_tokens_details"]["reasoning_tokens"] = 100
+    declared = TrackedCall({"provider": "google", "model": "gemini-2.5-flash"})
+    declared.record_response(raw, provider="openai-chat", reasoning="exclusive")
+    assert declared.build("ok", 1)["output_tokens"] == 250
