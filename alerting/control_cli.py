@@ -2,12 +2,15 @@
 
 Operator commands publish a signed ControlCommand on ``agent.control.v1`` for one scope (``--agent``, ``--team`` or
 ``--project``) with a reason, an optional expiry (``--expires 2h`` or an ISO timestamp) and the operator's identity
-(``issued_by = operator:<name>``). They are refused without the operator role: until the RBAC issue lands, that is
-possession of the configured operator key (``FINOPS_CONTROL_OPERATOR_KEY``), presented with ``--operator-key`` or
-the ``FINOPS_OPERATOR_KEY`` environment variable and compared in constant time. ``status`` reads the topic's current
-state (no key needed: it only reads) and says for each scope whether the command verifies and is still live. It
-folds the topic by the guard's rules (:func:`compute_control_state`), so it shows what agents obey: a tombstone or a
-forged command after a genuine one is reported as ignored, never shown as the state.
+(``issued_by = operator:<name>``). They are refused without the operator role: possession of this installation's
+operator key, presented with ``--operator-key`` or ``FINOPS_CONTROL_OPERATOR_KEY`` and checked against the stored
+``<data dir>/secrets/control-operator.key`` (0600, generated per installation; finops/secrets.py), never against a
+variable the caller sets. Commands are signed with ``FINOPS_CONTROL_SIGNING_KEY`` when a deployment sets it, else
+with the installation's ``<data dir>/secrets/control-signing.key``, which every role finds by itself. ``status``
+reads the topic's current state (no operator key needed: it only reads) and says for each scope whether the command
+verifies under that key and is still live.
+It folds the topic by the guard's rules (:func:`compute_control_state`), so it shows what agents obey: a tombstone
+or a forged command after a genuine one is reported as ignored, never shown as the state.
 
 The audit table is written by the alert worker, which follows the control topic: operator commands, enforcement
 commands and forged ones (``verified = false``) land there alike, from one writer.
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import hmac
 import json
 import os
 import re
@@ -53,16 +55,18 @@ class NotAuthorized(FinopsError):
     """The caller does not hold the operator role."""
 
 
-def authorize(presented: str | None, configured: str | None) -> None:
-    """Raise :class:`NotAuthorized` unless ``presented`` equals the configured operator key (constant time)."""
-    if not configured:
-        raise NotAuthorized("operator commands are disabled: no operator key is configured "
-                            "(set FINOPS_CONTROL_OPERATOR_KEY on this host)")
+def authorize(presented: str | None, data_dir: Path) -> None:
+    """Raise :class:`NotAuthorized` unless ``presented`` is the installation's operator key (the stored
+    ``<data dir>/secrets/control-operator.key``; see :func:`finops.secrets.operator_key_matches`). Neither key
+    appears in a message."""
+    from finops.secrets import CONTROL_OPERATOR_KEY, operator_key_matches, secret_path
+
+    where = secret_path(data_dir, CONTROL_OPERATOR_KEY)
     if not presented:
-        raise NotAuthorized("operator role required: present the operator key with --operator-key or "
-                            "FINOPS_OPERATOR_KEY")
-    if not hmac.compare_digest(presented.encode("utf-8"), configured.encode("utf-8")):
-        raise NotAuthorized("operator role required: the operator key presented is not valid")
+        raise NotAuthorized("operator role required: present this installation's operator key with --operator-key "
+                            f"or FINOPS_CONTROL_OPERATOR_KEY (the installation's owner finds it in {where})")
+    if not operator_key_matches(data_dir, presented.strip()):
+        raise NotAuthorized(f"operator role required: the operator key presented is not valid (not the one in {where})")
 
 
 def parse_expiry(text: str | None, now: datetime) -> datetime | None:
@@ -101,7 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.add_argument("--reason", required=True, help="why (shown to agents, operators and the audit)")
         p.add_argument("--expires", help="lapse by itself after a duration (30m, 2h, 1d) or at an ISO time")
         p.add_argument("--operator", help="your identity (default: the login name)")
-        p.add_argument("--operator-key", help="the operator key (default: env FINOPS_OPERATOR_KEY)")
+        p.add_argument("--operator-key",
+                       help="this installation's operator key (default: env FINOPS_CONTROL_OPERATOR_KEY)")
 
     for name, help_text in (("suspend", "refuse every model call of the scope"),
                             ("throttle", "limit the scope's model calls per minute"),
@@ -136,10 +141,15 @@ def _scope(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def _signing(settings: Any) -> tuple[str, bytes]:
-    key = settings.control.signing_key
-    if key is None or not key.get_secret_value():
-        raise ConfigError("FINOPS_CONTROL_SIGNING_KEY is not set: control commands cannot be signed")
-    return settings.control.key_id, key.get_secret_value().encode("utf-8")
+    """The key id and key that sign control commands (FINOPS_CONTROL_SIGNING_KEY, else the installation's)."""
+    from finops.secrets import load_control_signing_key
+
+    configured = settings.control.signing_key.get_secret_value() if settings.control.signing_key else None
+    key = load_control_signing_key(settings.data_dir, configured, create=True)
+    if not key:
+        raise ConfigError("no control signing key: set FINOPS_CONTROL_SIGNING_KEY or let finops generate one in "
+                          "<data dir>/secrets")
+    return settings.control.key_id, key
 
 
 def _operator_command(args: argparse.Namespace) -> int:
@@ -152,8 +162,12 @@ def _operator_command(args: argparse.Namespace) -> int:
     from schemas.wire import AvroCodec
 
     settings = load_settings()
-    configured = settings.control.operator_key.get_secret_value() if settings.control.operator_key else None
-    authorize(args.operator_key or os.environ.get("FINOPS_OPERATOR_KEY"), configured)
+    if os.environ.get("FINOPS_OPERATOR_KEY") and not (args.operator_key or settings.control.operator_key):
+        raise NotAuthorized("FINOPS_OPERATOR_KEY is no longer read: present the operator key as "
+                            "FINOPS_CONTROL_OPERATOR_KEY or --operator-key")
+    presented = args.operator_key or (
+        settings.control.operator_key.get_secret_value() if settings.control.operator_key else None)
+    authorize(presented, settings.data_dir)
     key_id, secret = _signing(settings)
     scope = _scope(args)
     assert scope is not None  # argparse requires one
@@ -300,13 +314,20 @@ def read_control_state(kafka_config: dict[str, Any], topic: str, keys: dict[str,
 
 
 def _status(args: argparse.Namespace) -> int:
+    from finops.secrets import CONTROL_SIGNING_KEY, load_control_signing_key, secret_path
     from finops.settings import load_settings
     from finops.topics import TopicNames
 
     settings = load_settings()
     keys: dict[str, bytes] = {}
-    if settings.control.signing_key is not None:
-        keys[settings.control.key_id] = settings.control.signing_key.get_secret_value().encode("utf-8")
+    configured = settings.control.signing_key.get_secret_value() if settings.control.signing_key else None
+    signing_key = load_control_signing_key(settings.data_dir, configured, create=False)
+    if signing_key is not None:
+        keys[settings.control.key_id] = signing_key
+    else:
+        print(f"finops: warning: no control signing key (FINOPS_CONTROL_SIGNING_KEY unset and "
+              f"{secret_path(settings.data_dir, CONTROL_SIGNING_KEY)} absent): no command can be verified",
+              file=sys.stderr)
     state = read_control_state(settings.kafka.client_config(), TopicNames(settings.kafka.topic_prefix).control, keys,
                                timeout=args.timeout)
     scope = _scope(args)

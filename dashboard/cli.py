@@ -205,7 +205,14 @@ def _handle_serve(args: argparse.Namespace) -> int:
     if not args.no_kafka:
         kafka_config = settings.kafka.client_config()
         publisher = KafkaPublisher(kafka_config)
-    secret = settings.control.signing_key.get_secret_value().encode() if settings.control.signing_key else None
+    from finops.secrets import load_control_signing_key
+
+    # FINOPS_CONTROL_SIGNING_KEY, else the installation's key in <data dir>/secrets (the one the guards verify).
+    secret = load_control_signing_key(
+        settings.data_dir,
+        settings.control.signing_key.get_secret_value() if settings.control.signing_key else None,
+        create=True,
+    ) if not args.no_kafka else None
     from sinks.worker_cli import LEDGER_GROUP, SPEND_GROUP
 
     config = DashboardConfig(

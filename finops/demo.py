@@ -628,8 +628,13 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
             f"both and records them in {receiver_log}")
     else:
         say("2/5 alerts: delivering to the configured Slack / PagerDuty destinations")
-    env.setdefault("FINOPS_CONTROL_SIGNING_KEY", "demo-signing-key-change-me")
-    env.setdefault("FINOPS_CONTROL_OPERATOR_KEY", "demo-operator-key")
+    # This installation's keys, generated once in <data dir>/secrets (0600) and found there by every role and by a
+    # plain shell's `finops control`; FINOPS_CONTROL_SIGNING_KEY still overrides for a real deployment.
+    from finops.secrets import CONTROL_OPERATOR_KEY, load_control_signing_key, load_or_create_secret, secret_path
+
+    load_control_signing_key(data, None, create=True)
+    operator_key_file = secret_path(data, CONTROL_OPERATOR_KEY)
+    load_or_create_secret(operator_key_file)
     env.setdefault("FINOPS_ALERTING_DASHBOARD_URL", f"http://127.0.0.1:{args.port}")
 
     available = _available_commands()
@@ -740,6 +745,8 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         print(f"    alerts     {receiver_log if receiver else 'your Slack / PagerDuty'}")
         print(f"    OTLP       http://{settings.intake.host}:{settings.intake.port}  (finops intake token issue "
               "--source NAME; README \"Connect your agents\")")
+        print(f"    operator   finops control suspend --agent {RUNAWAY_AGENT} --reason why --operator-key "
+              f"\"$(cat {operator_key_file})\"   (store and control secrets in {operator_key_file.parent}/)")
         print(f"    role logs  {logs}/")
         print("    Ctrl-C stops everything.", flush=True)
         if args.open_browser and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")

@@ -177,9 +177,15 @@ class ControlSettings(BaseSettings):
 
     model_config = _section("FINOPS_CONTROL_")
 
-    signing_key: SecretStr | None = Field(None, description="HMAC key that signs control commands")
+    signing_key: SecretStr | None = Field(
+        None, description="HMAC key that signs control commands; default: this installation's, generated in "
+        "<data dir>/secrets/control-signing.key"
+    )
     key_id: str = "k1"
-    operator_key: SecretStr | None = Field(None, description="key an operator presents to `finops control`")
+    operator_key: SecretStr | None = Field(
+        None, description="the operator key presented to `finops control suspend|throttle|resume`; checked against "
+        "<data dir>/secrets/control-operator.key"
+    )
 
 
 _Paths = Annotated[list[str], NoDecode]  # read as comma-separated text (or a JSON list), not as JSON only

@@ -4,6 +4,8 @@ and reports forged ones; and ``finops control`` publishes operator commands it o
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -84,14 +86,20 @@ def test_guard_reads_current_state_then_follows_and_ignores_forgeries(kafka_boot
 
 
 def test_operator_cli_suspends_and_resumes_with_operator_key(kafka_bootstrap: str, topics: TopicNames,
-                                                             monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """From a plain shell (no key in the environment): the installation's keys are found in the data dir, genuine
+    commands verify, a wrong key does not, and operator commands need the stored operator key."""
+    from finops.secrets import CONTROL_OPERATOR_KEY, CONTROL_SIGNING_KEY, load_control_signing_key, secret_path
+
+    caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("FINOPS_KAFKA_BOOTSTRAP", kafka_bootstrap)
     monkeypatch.setenv("FINOPS_KAFKA_TOPIC_PREFIX", topics.prefix)
-    monkeypatch.setenv("FINOPS_CONTROL_SIGNING_KEY", KEYS["k1"].decode())
-    monkeypatch.setenv("FINOPS_CONTROL_KEY_ID", "k1")
-    monkeypatch.setenv("FINOPS_CONTROL_OPERATOR_KEY", "op-secret")
-    monkeypatch.delenv("FINOPS_OPERATOR_KEY", raising=False)
+    monkeypatch.setenv("FINOPS_DATA_DIR", str(tmp_path))
+    for name in ("FINOPS_CONTROL_SIGNING_KEY", "FINOPS_CONTROL_OPERATOR_KEY", "FINOPS_OPERATOR_KEY",
+                 "FINOPS_CONTROL_KEY_ID"):
+        monkeypatch.delenv(name, raising=False)
     parser = argparse.ArgumentParser(prog="finops")
     control_cli.register(parser.add_subparsers(dest="command"))
 
@@ -103,12 +111,22 @@ def test_operator_cli_suspends_and_resumes_with_operator_key(kafka_bootstrap: st
         run("control", "suspend", "--team", "support", "--reason", "incident 42")
     with pytest.raises(FinopsError, match="not valid"):
         run("control", "suspend", "--team", "support", "--reason", "x", "--operator-key", "guess")
+    # The old check compared two variables the caller sets; setting both to the same value no longer passes.
+    monkeypatch.setenv("FINOPS_CONTROL_OPERATOR_KEY", "op-secret")
+    monkeypatch.setenv("FINOPS_OPERATOR_KEY", "op-secret")
+    with pytest.raises(FinopsError, match="not valid"):
+        run("control", "suspend", "--team", "support", "--reason", "x")
+    monkeypatch.delenv("FINOPS_OPERATOR_KEY")
+    operator_key = secret_path(tmp_path, CONTROL_OPERATOR_KEY).read_text().strip()
+    signing_key = load_control_signing_key(tmp_path, None, create=True)
+    assert signing_key is not None and (secret_path(tmp_path, CONTROL_SIGNING_KEY).stat().st_mode & 0o777) == 0o600
+    keys = {"k1": signing_key}
 
-    guard = ControlGuard(bootstrap=kafka_bootstrap, topic=topics.control, keys=KEYS, agent_id="bot-1",
+    guard = ControlGuard(bootstrap=kafka_bootstrap, topic=topics.control, keys=keys, agent_id="bot-1",
                          team="support")
     with guard:
         assert guard.wait_ready(30)
-        monkeypatch.setenv("FINOPS_OPERATOR_KEY", "op-secret")
+        monkeypatch.setenv("FINOPS_CONTROL_OPERATOR_KEY", operator_key)
         assert run("control", "suspend", "--team", "support", "--reason", "incident 42", "--expires", "2h",
                    "--operator", "alice") == 0
         _wait(lambda: _suspended(guard), what="operator suspension")
@@ -116,10 +134,22 @@ def test_operator_cli_suspends_and_resumes_with_operator_key(kafka_bootstrap: st
             guard.check()
         assert err.value.reason == "incident 42" and err.value.issued_by == "operator:alice"
         assert err.value.expires_at is not None
-        assert run("control", "status", "--team", "support", "--json") == 0
-        assert '"action": "suspend"' in capsys.readouterr().out
+        # A command signed with another key (the demo's old hard-coded one) is shown as not verifying.
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        publish_commands(producer, topics.control, [_cmd("suspend", ("team", "billing"),
+                                                         key=b"demo-signing-key-change-me")], AvroCodec())
+        monkeypatch.delenv("FINOPS_CONTROL_OPERATOR_KEY")
+        capsys.readouterr()
+        assert run("control", "status", "--json") == 0
+        state = json.loads(capsys.readouterr().out)
+        assert state["team:support"]["action"] == "suspend" and state["team:support"]["verified"] is True
+        assert state["team:billing"]["verified"] is False
+        monkeypatch.setenv("FINOPS_CONTROL_OPERATOR_KEY", operator_key)
         assert run("control", "resume", "--team", "support", "--reason", "incident over") == 0
         _wait(lambda: not _suspended(guard), what="operator resume")
+    out = capsys.readouterr()
+    for secret in (operator_key, signing_key.decode()):
+        assert secret not in caplog.text and secret not in out.out and secret not in out.err
 
 
 def test_unsigned_tombstone_never_lifts_a_suspension(kafka_bootstrap: str, topics: TopicNames, tmp_path: Path,

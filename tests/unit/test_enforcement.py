@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -109,14 +110,22 @@ def test_tick_resumes_scopes_whose_period_ended() -> None:
     assert enforcer.tick(T0 + timedelta(hours=2)) == []
 
 
-def test_operator_key_is_required_and_compared() -> None:
-    authorize("op-key", "op-key")
-    with pytest.raises(NotAuthorized, match="no operator key is configured"):
-        authorize("x", None)
-    with pytest.raises(NotAuthorized, match="present the operator key"):
-        authorize(None, "op-key")
+def test_operator_key_is_checked_against_the_installations_stored_key(tmp_path: Path) -> None:
+    """The reference is the data dir's 0600 key file (generated once), never a variable the caller sets."""
+    from finops.secrets import CONTROL_OPERATOR_KEY, secret_path
+
+    with pytest.raises(NotAuthorized, match="present this installation's operator key"):
+        authorize(None, tmp_path)
+    with pytest.raises(NotAuthorized, match="not valid") as caught:
+        authorize("op-key", tmp_path)  # generates the installation's key on first use; a guess does not match
+    stored_file = secret_path(tmp_path, CONTROL_OPERATOR_KEY)
+    stored = stored_file.read_text().strip()
+    assert (stored_file.stat().st_mode & 0o777) == 0o600 and len(stored) >= 40
+    assert stored not in str(caught.value) and "op-key" not in str(caught.value)
+    authorize(stored, tmp_path)
+    authorize(stored + "\n", tmp_path)
     with pytest.raises(NotAuthorized, match="not valid"):
-        authorize("op-kez", "op-key")
+        authorize(stored[:-1] + ("A" if stored[-1] != "A" else "B"), tmp_path)
 
 
 def test_expiry_parsing() -> None:
