@@ -69,7 +69,7 @@ def _handle_import(args: argparse.Namespace) -> int:
         origin = "api"
     database = settings.clickhouse.database
     client, where = open_store_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                      readonly=False)
+                                      readonly=False, data_dir=settings.data_dir)
     try:
         import_id = store_report(client, database, report, origin=origin, now=now)
     finally:
@@ -101,7 +101,7 @@ def _handle_reconcile(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     database = settings.clickhouse.database
     client, where = open_store_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                      readonly=args.no_store)
+                                      readonly=args.no_store, data_dir=settings.data_dir)
     print(f"-- {where}, database {database}", file=sys.stderr)
     try:
         bills, ledger = load_reconciliation_inputs(client, database, period)

@@ -286,7 +286,8 @@ def _drift_calls_from_ledger(since: str, until: str | None, settings: Any) -> li
     lo = _parse_when(since, "--since")
     hi = _parse_when(until, "--until") if until else datetime.now(UTC)
     database = settings.clickhouse.database
-    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url)
+    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                         data_dir=settings.data_dir)
     print(f"-- {where}, database {database}", file=sys.stderr)
     columns = (
         "provider", "model", "source", "occurred_at", "event_id", "input_tokens", "output_tokens", "cache_read_tokens",
@@ -397,7 +398,8 @@ def _record_version(settings: Any, info: Any) -> None:
         from sinks.sql_cli import open_client
 
         client, _ = open_client(settings.clickhouse_url(), settings.clickhouse.database,
-                                settings.clickhouse.query_url, readonly=False)  # fmt: skip
+                                settings.clickhouse.query_url, readonly=False,
+                                data_dir=settings.data_dir)  # fmt: skip
     except Exception as err:  # noqa: BLE001 - FinopsError or a missing extra: say so and go on
         print(f"warning: price_catalogue_versions not updated ({err}); run finops prices update again when "
               "ClickHouse is up", file=sys.stderr)  # fmt: skip
