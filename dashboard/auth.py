@@ -9,7 +9,7 @@ Roles (DESIGN §7) and what each may do; every read is additionally filtered by 
 
 ================  ======================================================================================
 developer         read their teams (optionally narrowed to projects)
-team_lead         read their teams; put budgets for them; decide approvals in them
+team_lead         read their teams; put budgets for them; decide approvals in them; bill vs ledger of their projects
 operator          read their teams; issue control commands (throttle, downgrade, suspend, resume) in them
 finops_admin      everything: every team, policies, approvals, control, reports, tokens, the audit
 ================  ======================================================================================
@@ -53,8 +53,8 @@ __all__ = [
 Role = Literal["developer", "team_lead", "operator", "finops_admin"]
 ROLES: tuple[Role, ...] = ("developer", "team_lead", "operator", "finops_admin")
 
-Action = Literal["read", "budget.write", "approval.decide", "control.issue", "admin"]
-ACTIONS: tuple[Action, ...] = ("read", "budget.write", "approval.decide", "control.issue", "admin")
+Action = Literal["read", "budget.write", "approval.decide", "control.issue", "bills.read", "admin"]
+ACTIONS: tuple[Action, ...] = ("read", "budget.write", "approval.decide", "control.issue", "bills.read", "admin")
 
 # The permission matrix, written once. finops_admin is not listed per action: it may do everything.
 _ALLOWED: Mapping[Action, frozenset[Role]] = {
@@ -62,6 +62,8 @@ _ALLOWED: Mapping[Action, frozenset[Role]] = {
     "budget.write": frozenset({"team_lead", "finops_admin"}),
     "approval.decide": frozenset({"team_lead", "finops_admin"}),
     "control.issue": frozenset({"operator", "finops_admin"}),
+    # the provider bill next to the ledger: team leads see their teams' projects (the scope filter), admins all
+    "bills.read": frozenset({"team_lead", "finops_admin"}),
     "admin": frozenset({"finops_admin"}),
 }
 

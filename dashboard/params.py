@@ -130,6 +130,7 @@ ROUTE_PARAMS: Mapping[str, tuple[Param, ...]] = {
     "/api/tokens/{token_id}/revoke": (_path("token_id"),),
     "/api/audit": (Param("limit", _integer(1, 5000), 200),),
     "/api/reports/chargeback": (Param("month", _month, ""),),
+    "/api/bills": (Param("month", _month, ""), Param("limit", _integer(1, 1000), 200)),
     "/api/tasks": (Param("days", _integer(1, 90), 30), Param("limit", _integer(1, 500), 50),
                    Param("team", _name, ""), Param("task", _name, "")),
     # pages: the path segment is checked; their query string belongs to the page script

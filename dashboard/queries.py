@@ -31,6 +31,7 @@ __all__ = [
     "alerts",
     "approvals",
     "audit",
+    "bill_vs_ledger",
     "budgets",
     "chargeback",
     "models",
@@ -584,3 +585,47 @@ def audit(db: Runner, limit: int = 200) -> list[dict[str, Any]]:
 def chargeback(db: Runner, start: date, end: date) -> list[dict[str, Any]]:
     """Showback per team and project for ``[start, end)`` UTC days (finops admins only)."""
     return db.select(_CHARGEBACK, {"start": start, "end": end})
+
+
+# ---- bill vs ledger (finops bills reconcile) ---------------------------------------------------------------------
+_BILL_WHERE = " FROM v_bill_reconciliation AS r WHERE period = {period:String} AND " + SCOPE
+# r.<column> inside the aggregates: the result names repeat the column names, and ClickHouse would otherwise read
+# sum(x) AS x's inner x as the alias (an aggregate inside an aggregate)
+_BILL_SUMMARY = (
+    "SELECT provider, sum(r.bill_usd) AS bill_usd, sum(r.ledger_usd) AS ledger_usd, "
+    "sumIf(r.attributed_usd, r.status = 'matched') AS matched_usd, sum(r.attributed_usd) AS attributed_usd, "
+    "sumIf(r.unattributed_usd, r.status != 'matched') AS unattributed_usd, "
+    "sumIf(r.over_reported_usd, r.status != 'matched') AS over_reported_usd, count() AS cells, "
+    "countIf(r.status != 'matched') AS gaps, max(r.run_at) AS run_at" + _BILL_WHERE
+    + " GROUP BY provider ORDER BY provider"
+)
+_BILL_TEAMS = (
+    "SELECT team, sum(r.bill_usd) AS bill_usd, sum(r.attributed_usd) AS attributed_usd" + _BILL_WHERE
+    + " GROUP BY team ORDER BY attributed_usd DESC, team"
+)
+_BILL_CELLS = (
+    "SELECT day, provider, model, account_id, api_keys, team, project, status, bill_usd, ledger_usd, gap_usd, "
+    "unattributed_usd, over_reported_usd, bill_input_tokens, ledger_input_tokens, bill_output_tokens, "
+    "ledger_output_tokens" + _BILL_WHERE
+    + " ORDER BY status = 'matched', abs(gap_usd) DESC, day, provider, model, account_id LIMIT {limit:UInt32}"
+)
+
+
+def bill_vs_ledger(db: Runner, scope: Scope, period: str, *, limit: int = 200) -> dict[str, Any]:
+    """The latest reconciliation of ``period`` (YYYY-MM) in scope: per provider the bill, the ledger, matched,
+    unattributed and over-reported spend and the attributed share; per team its attributed part of the bill; the
+    cells, gaps first (biggest first). A team lead's scope holds only their projects' cells (unattributed spend has
+    no team, so only admins see it)."""
+    params = {**scope.params(), "period": period, "limit": limit}
+    providers = db.select(_BILL_SUMMARY, params)
+    for row in providers:
+        share = ratio(row["attributed_usd"], row["bill_usd"])
+        row["attributed_pct"] = None if share is None else share * 100
+    totals = {k: sum((r[k] for r in providers), ZERO) for k in
+              ("bill_usd", "ledger_usd", "matched_usd", "attributed_usd", "unattributed_usd", "over_reported_usd")}
+    teams = db.select(_BILL_TEAMS, params)
+    for row in teams:
+        share = ratio(row["attributed_usd"], totals["bill_usd"])
+        row["share_pct"] = None if share is None else share * 100
+    return {"period": period, "totals": totals, "providers": providers, "teams": teams,
+            "cells": db.select(_BILL_CELLS, params)}

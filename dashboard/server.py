@@ -57,7 +57,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 COOKIE = "finops_token"
 CSRF_HEADER = "X-Finops-Request"
 PAGES = ("/", "/teams", "/teams/{team}", "/agents", "/agents/{agent_id}", "/models", "/budgets", "/alerts",
-         "/recommendations", "/admin", "/tasks")  # and /alerts/{alert_id}, which checks the alert is visible
+         "/recommendations", "/admin", "/tasks", "/bills")  # and /alerts/{alert_id}, which checks the alert is visible
 
 
 class PublishError(FinopsError):
@@ -379,6 +379,17 @@ async def _tasks(request: web.Request) -> web.StreamResponse:
     return _json(result)
 
 
+async def _bills(request: web.Request) -> web.StreamResponse:
+    """Bill vs ledger for ``month`` (default: the current one), from the latest ``finops bills reconcile`` run:
+    finops admins see every cell, team leads their teams' projects; other roles get 403."""
+    config = request.app[CONFIG]
+    principal = _principal(request)
+    month = _param(request, "month") or config.clock().strftime("%Y-%m")
+    await _require(config, principal, "bills.read", "bills.read", month, {})
+    return _json(await _run(queries.bill_vs_ledger, config.store, principal.scope, month,
+                            limit=_param(request, "limit")))
+
+
 # ---- writes ------------------------------------------------------------------------------------------------------
 async def _audit(config: DashboardConfig, principal: Principal, action: str, target: str, outcome: str,
                  details: Mapping[str, Any]) -> None:
@@ -651,6 +662,7 @@ def build_app(config: DashboardConfig) -> web.Application:
     app.router.add_get("/api/recommendations", _recommendations)
     app.router.add_get("/api/approvals", _approvals)
     app.router.add_get("/api/tasks", _tasks)
+    app.router.add_get("/api/bills", _bills)
     app.router.add_post("/api/approvals/{alert_id}", _approval_decide)
     app.router.add_post("/api/control", _control)
     app.router.add_get("/api/tokens", _tokens)

@@ -592,7 +592,8 @@ def load_reconciliation_inputs(client: Any, database: str, period: Period) -> tu
                                                                      "usage_ledger"))
     imports_t = qualified(database, "provider_bill_imports")
     cost_rows = client.query(
-        f"SELECT day, provider, model, account_id, sum(amount_usd) FROM {bills_t} "
+        f"SELECT day, provider, model, account_id, sum(amount_usd), "
+        f"arraySort(groupUniqArrayIf(api_key_id, api_key_id != '')) FROM {bills_t} "
         "WHERE day >= {start:Date} AND day < {end:Date} GROUP BY day, provider, model, account_id",
         parameters=params).result_rows
     usage_rows = client.query(
@@ -603,9 +604,10 @@ def load_reconciliation_inputs(client: Any, database: str, period: Period) -> tu
         parameters=params).result_rows
     usage = {(r[0], r[1], r[2], r[3]): r for r in usage_rows}
     bills: list[BillCell] = []
-    for day, provider, model, account, amount in cost_rows:
+    for day, provider, model, account, amount, bill_keys in cost_rows:
         u = usage.get((day, provider, model, account))
-        keys = tuple(dict.fromkeys(u[6])) if u else ()
+        # the usage report's keys (largest first), then keys only the cost lines name (OpenRouter)
+        keys = tuple(dict.fromkeys([*(u[6] if u else ()), *bill_keys]))
         bills.append(BillCell(day, provider, model, account, Decimal(amount), int(u[4]) if u else 0,
                               int(u[5]) if u else 0, keys))
     ledger_rows = client.query(

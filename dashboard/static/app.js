@@ -174,6 +174,7 @@ const VIEWS = [
    render: renderRecommendations},
   {re: /^\/admin$/, title: () => "Administration", api: () => "/api/audit?limit=100", render: renderAdmin},
   {re: /^\/tasks$/, title: () => "Task trees", api: () => "/api/tasks" + taskQuery(), render: renderTasks},
+  {re: /^\/bills$/, title: () => "Bill vs ledger", api: () => "/api/bills" + billQuery(), render: renderBills},
 ];
 
 function renderOverview(d) {
@@ -400,6 +401,40 @@ function renderTasks(d) {
   ];
 }
 
+// Bill vs ledger: the page passes its month on to the API (which validates it).
+function billQuery() {
+  const month = new URLSearchParams(location.search).get("month");
+  return month ? "?month=" + encodeURIComponent(month) : "";
+}
+function renderBills(d) {
+  return [
+    h("div", {class: "kpis"},
+      kpi(`Billed (${d.period})`, money(d.totals.bill_usd, "kpi-bill"), `${d.providers.length} providers`),
+      kpi("In the ledger", money(d.totals.ledger_usd, "kpi-ledger"), "what the usage events explain"),
+      kpi("Unattributed", money(d.totals.unattributed_usd, "kpi-unattributed"), "billed, no usage event reported it"),
+      kpi("Over-reported", money(d.totals.over_reported_usd, "kpi-over-reported"), "in the ledger, not on the bill")),
+    section("Per provider", table("bill-providers", ["Provider", "Bill", "Ledger", "Matched", "Unattributed",
+                                                     "Over-reported", "Attributed share", "Gaps"],
+      d.providers.map(p => h("tr", {"data-provider": p.provider}, h("td", {}, p.provider),
+        h("td", {}, money(p.bill_usd, "bill-usd")), h("td", {}, money(p.ledger_usd, "ledger-usd")),
+        h("td", {}, money(p.matched_usd, "matched-usd")), h("td", {}, money(p.unattributed_usd, "unattributed-usd")),
+        h("td", {}, money(p.over_reported_usd, "over-reported-usd")),
+        h("td", {"data-testid": "attributed-share", "data-value": p.attributed_pct ?? ""}, pct(p.attributed_pct)),
+        h("td", {}, String(p.gaps)))))),
+    section("Attributed to teams", table("bill-teams", ["Team", "Attributed", "Share of the bill"],
+      d.teams.map(t => h("tr", {"data-team": t.team}, h("td", {}, t.team || "(unattributed)"),
+        h("td", {}, money(t.attributed_usd, "team-attributed")),
+        h("td", {"data-testid": "team-share", "data-value": t.share_pct ?? ""}, pct(t.share_pct)))))),
+    section("Cells, biggest gaps first", table("bill-cells", ["Day", "Provider", "Model", "Account", "Keys",
+                                                               "Project", "Status", "Bill", "Ledger", "Gap"],
+      d.cells.map(c => h("tr", {"data-status": c.status, "data-account": c.account_id},
+        h("td", {}, c.day), h("td", {}, c.provider), h("td", {}, c.model), h("td", {}, c.account_id || "–"),
+        h("td", {"data-testid": "cell-keys"}, c.api_keys.join(", ") || "–"), h("td", {}, c.project || "–"),
+        h("td", {"data-testid": "cell-status"}, c.status), h("td", {}, money(c.bill_usd, "cell-bill", 4)),
+        h("td", {}, money(c.ledger_usd, "cell-ledger", 4)), h("td", {}, money(c.gap_usd, "cell-gap", 4)))))),
+  ];
+}
+
 function renderAdmin(d) {
   return [
     section("Reports", h("p", {}, link("/api/reports/chargeback", "Chargeback for this month (CSV)"))),
@@ -421,6 +456,7 @@ async function api(path, options = {}) {
 function renderNav() {
   const links = [["/", "Overview"], ["/teams", "Teams"], ["/agents", "Agents"], ["/tasks", "Tasks"], ["/models", "Models"],
                  ["/budgets", "Budgets"], ["/alerts", "Alerts"], ["/recommendations", "Recommendations"]];
+  if (ME.may.includes("bills.read")) links.push(["/bills", "Bill vs ledger"]);
   if (ME.may.includes("admin")) links.push(["/admin", "Admin"]);
   document.getElementById("nav").replaceChildren(...links.map(([href, text]) =>
     h("a", {href, class: location.pathname === href ? "active" : null}, text)));
