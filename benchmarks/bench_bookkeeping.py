@@ -3,7 +3,8 @@
 200,000 synthetic events from 10,000 agents (50 teams, 200 projects, 4 models), processed in batches of 1,000 as
 the hot path does, in two shapes: 2 seconds of event time (the 100k events/s target: ~20 events per agent per
 window) and 3 minutes (a pessimistic ~7 events per agent per window, so closing windows weighs more). A final event
-far in the future closes every window, so the roll-up at close is always part of the cost. Per batch: per event ``on_consumed``, ``seen_or_add``,
+far in the future closes every window, so the roll-up at close is always part of the cost. Per batch: per event
+``on_consumed``, ``seen_or_add``,
 ``on_output_pending``, ``add``, ``on_output_acked`` (the delivery callback); per batch ``poll_closed``, window
 registration and acks, ``committable``, ``replay_horizon_us``. Run: ``python -m benchmarks.bench_bookkeeping``
 (performance is measured here, never asserted in tests).

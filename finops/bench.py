@@ -1,4 +1,5 @@
-"""``finops bench [all|producer|stream|sink|intake|latency] [--json FILE]``: the benchmark suite in one run (``make bench``).
+"""``finops bench [all|producer|stream|sink|intake|latency] [--json FILE]``: the benchmark suite in one run
+(``make bench``).
 
 Every number is measured on this machine in this run, beside a plain baseline measured in the same run:
 
@@ -67,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            "latency, each beside a bare confluent-kafka baseline; a table and JSON",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("part", nargs="?", default="all", choices=("all", *PARTS), help="what to run (default all)")
-    bench.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"write the results here (default {DEFAULT_JSON})")
+    bench.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                       help=f"write the results here (default {DEFAULT_JSON})")
     bench.add_argument("--producer-events", type=int, default=100_000, help="producer bench events (100000)")
     bench.add_argument("--stream-events", type=int, default=100_000, help="stream bench events (100000)")
     bench.add_argument("--sink-events", type=int, default=100_000, help="sink bench events (100000)")
@@ -555,7 +557,7 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
             rate = capacity * level
             emitted: dict[str, float] = {}
 
-            def breach(agent: str) -> Callable[[], None]:
+            def breach(agent: str, emitted: dict[str, float] = emitted) -> Callable[[], None]:
                 def inject() -> None:
                     emitted[agent] = time.time()
                     producer.emit({**_breach_event(agent), "occurred_at": datetime.now(UTC)})
@@ -572,7 +574,7 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
             _wait(lambda tag=str(p), n=sent: ledger_count(tag) >= n, config.drain_timeout_s,  # type: ignore[misc]
                   f"{sent:,} events of level {p} % to be queryable", roles.check)
 
-            def alerted() -> dict[str, float]:
+            def alerted(emitted: dict[str, float] = emitted) -> dict[str, float]:
                 firsts: dict[str, float] = {}
                 for at, record in list(received):
                     text = json.dumps(record.get("payload"))
@@ -584,13 +586,13 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
             # A live fleet never goes quiet: a trickle keeps every partition's event-time clock moving while the
             # level's alerts are awaited (detection judges by event time, and a silent partition holds it back).
             quiet = threading.Event()
-            trickle = threading.Thread(target=lambda: [
+            trickle = threading.Thread(target=lambda quiet=quiet: [
                 _drive(producer, events, 50, 0.5, {"bench_level": "trickle"}) for _ in iter(quiet.is_set, True)],
                 daemon=True)
             trickle.start()
             try:
-                _wait(lambda: len(alerted()) >= len(emitted), config.alert_timeout_s,
-                      f"the budget alerts of level {p} %", roles.check)
+                _wait(lambda found=alerted, wanted=emitted: len(found()) >= len(wanted),  # type: ignore[misc]
+                      config.alert_timeout_s, f"the budget alerts of level {p} %", roles.check)
             finally:
                 quiet.set()
                 trickle.join(5)

@@ -258,7 +258,7 @@ class KafkaStack:
         if current.running:
             return current
         if current.pid is None and _port_open("127.0.0.1", self.port):
-            raise StackError(current.detail + f"; free the port or choose another (FINOPS_KAFKA_BOOTSTRAP)")
+            raise StackError(current.detail + "; free the port or choose another (FINOPS_KAFKA_BOOTSTRAP)")
         libs = self.ensure_artifacts()
         self._write_properties()
         self._format_storage(libs)
@@ -287,7 +287,7 @@ class KafkaStack:
                     md = admin.list_topics(timeout=2)
                     if md.brokers:
                         return
-                except Exception:  # noqa: BLE001 - not ready yet; retried until the deadline
+                except Exception:  # noqa: BLE001, S110 - not ready yet; retried until the deadline
                     pass
             time.sleep(0.25)
         raise StackError(f"the broker did not answer within {timeout:.0f}s; log tail:\n{self.log_tail()}")

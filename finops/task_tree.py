@@ -426,10 +426,12 @@ def render_forest_text(forest: TaskForest, roots: Sequence[str], *, title: str =
                 prefix = "".join("   " if last_child[a] else "│  " for a in reversed(ancestors))
                 prefix += "└─ " if last_child[task.task_id] else "├─ "
             name = (prefix + task.task_id)[:name_width]
+            descendants = (_money(task.descendants_cost_usd, task.total_unpriced_calls - task.own_unpriced_calls,
+                                  task.total_calls - task.own_calls) if task.sub_agents else "-")
             lines.append(
                 f"{name:<{name_width}} {task.agent_id[:16]:<16} "
                 f"{_money(task.own_cost_usd, task.own_unpriced_calls, task.own_calls):>11} "
-                f"{_money(task.descendants_cost_usd, task.total_unpriced_calls - task.own_unpriced_calls, task.total_calls - task.own_calls) if task.sub_agents else '-':>11} "
+                f"{descendants:>11} "
                 f"{_money(task.total_cost_usd, task.total_unpriced_calls, task.total_calls):>11} "
                 f"{task.total_calls:>6} {task.depth:>5} {task.sub_agents:>4}  {task.status}{_flags(task)}")
     s = forest.summary(roots)

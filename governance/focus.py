@@ -30,7 +30,8 @@ not know the provider's invoice number, so the export writes a provisional one, 
 (InvoiceId-C-006-O), ``<BillingAccountId>/<InvoiceIssuerName>/<YYYY-MM>`` of the billing period; a FinOps tool maps
 it onto the provider's number. ``SkuPriceDetails`` describes the SKU price (``{"x_Model", "x_TokenType"}``; FOCUS
 defines no key for tokens, so the keys carry the ``x_`` prefix). ``CommitmentDiscountStatus`` is always null
-(nothing is committed) and present because ConsumedQuantity's nullability rule is conditioned on it. Teams are sub-accounts
+(nothing is committed) and present because ConsumedQuantity's nullability rule is conditioned on it. Teams are
+sub-accounts
 (``SubAccountId``/``Name``, ``SubAccountType = 'Team'``), agents are resources (``ResourceType = 'AI Agent'``),
 ``SkuId`` is ``provider/model`` and ``SkuPriceId`` adds the token type. Custom columns carry the ``x_`` prefix the
 spec reserves for them: ``x_TokenType``, ``x_TaskType``, ``x_Calls``, ``x_PricingStatus``, ``x_PriceSource``.
@@ -161,7 +162,8 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "ContractedUnitPrice", "EffectiveCost", "InvoiceId", "InvoiceIssuerName", "ListCost", "ListUnitPrice",
     "PricingCategory", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "AvailabilityZone",
     "ResourceId", "ResourceName", "ResourceType", "ServiceCategory", "ServiceName", "ServiceSubcategory", "SkuId",
-    "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId", "SubAccountName", "SubAccountType", "Tags", *CUSTOM_COLUMNS,
+    "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId", "SubAccountName", "SubAccountType", "Tags",
+    *CUSTOM_COLUMNS,
 )
 
 TokenType = Literal["input", "output", "cache_read", "cache_write", "other"]

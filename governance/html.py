@@ -40,7 +40,8 @@ table{border-collapse:collapse;font-size:13px;margin:6px 0 12px}th,td{padding:4p
 th{text-align:left;background:#f6f8fa}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1a7f37}.warn{color:#9a6700}.bad{color:#cf222e}.note{color:#57606a;font-size:12px}
 svg{display:block;margin:6px 0 14px}svg text{font-size:11px;fill:#1b1f24}
-code{background:#f6f8fa;padding:1px 4px;border-radius:4px;font-size:12px}pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}
+code{background:#f6f8fa;padding:1px 4px;border-radius:4px;font-size:12px}
+pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}
 """
 
 
@@ -76,7 +77,8 @@ def page(title: str, subtitle: str, body: Iterable[str]) -> str:
 
 
 def card(label: str, value: str, css: str = "") -> str:
-    return f"<div class=\"card\"><div class=\"v {esc(css)}\">{esc(value)}</div><div class=\"k\">{esc(label)}</div></div>"
+    return (f"<div class=\"card\"><div class=\"v {esc(css)}\">{esc(value)}</div>"
+            f"<div class=\"k\">{esc(label)}</div></div>")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Iterable[int] = ()) -> str:
@@ -130,7 +132,8 @@ def line_chart(title: str, labels: Sequence[str], series: dict[str, Sequence[Dec
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
         parts.append(f"<line x1=\"{left}\" y1=\"{y:.1f}\" x2=\"{left + plot_w}\" y2=\"{y:.1f}\" stroke=\"#eaeef2\"/>")
-        parts.append(f"<text x=\"{left - 6}\" y=\"{y + 4:.1f}\" text-anchor=\"end\">{esc(_axis_money(ymax * i / 4))}</text>")
+        parts.append(f"<text x=\"{left - 6}\" y=\"{y + 4:.1f}\" text-anchor=\"end\">"
+                     f"{esc(_axis_money(ymax * i / 4))}</text>")
     step = max(1, len(labels) // 8)
     for i, label in enumerate(labels):
         if i % step == 0 or i == len(labels) - 1:

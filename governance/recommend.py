@@ -467,7 +467,8 @@ def to_waste_signals(report: RecommendationReport, *, detected_at: Any) -> list[
         key = f"recommend:{report.period.label}:{r.kind}:{r.team}:{r.project}:{r.agent_id}:{r.model}"
         rows.append({
             "signal_id": hashlib.sha256(key.encode()).hexdigest()[:32], "kind": names[r.kind],
-            "detected_at": detected_at, "occurred_at": r.first_at or report.period.start, "team": r.team, "project": r.project,
+            "detected_at": detected_at, "occurred_at": r.first_at or report.period.start,
+            "team": r.team, "project": r.project,
             "agent_id": r.agent_id, "task_id": "", "model": r.model, "avoidable_cost_usd": r.saving_usd,
             "evidence": json.dumps({"source": "finops recommend", **r.evidence}, default=str, sort_keys=True),
         })

@@ -149,7 +149,8 @@ def approve_agent(client: Any, database: str, *, agent_id: str, approver: str, p
     allowed = policy.approvers(entry.team)
     if approver not in allowed:
         raise ApprovalError(
-            f"{approver} may not approve agents of team {entry.team}; approvers: {', '.join(allowed) or 'none configured'}"
+            f"{approver} may not approve agents of team {entry.team}; "
+            f"approvers: {', '.join(allowed) or 'none configured'}"
             " (approval.team_leads in the governance config)")
     decided = RegistryEntry(
         agent_id=entry.agent_id, team=entry.team, owner=entry.owner,

@@ -55,7 +55,7 @@ def load_task_forest(client: Any, database: str, period: Period, team: str = "")
     )
     result = client.query(sql, parameters={"lo": period.start, "hi": period.end, "team": team})
     names = result.column_names
-    return compute_task_forest(node_from_row(dict(zip(names, row))) for row in result.result_rows)
+    return compute_task_forest(node_from_row(dict(zip(names, row, strict=True))) for row in result.result_rows)
 
 
 def build_task_report(client: Any, database: str, period: Period, *, team: str = "", task: str = "",

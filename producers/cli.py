@@ -184,7 +184,8 @@ def _emit(args: argparse.Namespace) -> int:
         print(f"delivered to {delivery.topic} partition {delivery.partition} offset {delivery.offset}")
         return EXIT_DELIVERED
     if delivery.status == "spooled":
-        print(f"spooled: the broker is unreachable; the event is kept in {spool_dir} and sent by the next `finops emit`")
+        print(f"spooled: the broker is unreachable; the event is kept in {spool_dir} "
+              "and sent by the next `finops emit`")
         return EXIT_SPOOLED
     print(f"{delivery.status}: {delivery.error}", file=sys.stderr)
     return EXIT_FAILED
@@ -301,7 +302,7 @@ def _bench(args: argparse.Namespace) -> int:
     codec = AvroCodec()
     now = datetime.now(UTC)
     sample = [dict(e, event_id=p[0], source="bench", occurred_at=now) for e, p in
-              zip(events[: min(n, 50_000)], prepared)]
+              zip(events[: min(n, 50_000)], prepared, strict=False)]
     w0, c0 = time.perf_counter(), time.process_time()
     for record in sample:
         check_usage_dict(record, now)

@@ -56,7 +56,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -179,7 +179,7 @@ def new_event_id() -> str:
     # getrandbits does not release the GIL (os.urandom does, handing the core to the poll thread mid-emit);
     # Mersenne Twister seeded from os.urandom and re-seeded after fork is plenty for uniqueness, and ids are not
     # secrets.
-    h = "%032x" % _random_bits(128)
+    h = f"{_random_bits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
@@ -602,7 +602,8 @@ class UsageProducer:
                     self._counters.resent += 1  # it may have reached the broker already (in flight, or retried)
             else:
                 self._counters.failed += 1
-                delivery = Delivery(event_id, "failed", msg.topic(), msg.partition(), error=f"{err.name()}: {err.str()}")
+                delivery = Delivery(event_id, "failed", msg.topic(), msg.partition(),
+                                    error=f"{err.name()}: {err.str()}")
                 log.error("usage event %s failed permanently (%s); it is not retried", event_id, delivery.error)
             if self._waiters:
                 self._cond.notify_all()

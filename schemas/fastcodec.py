@@ -21,7 +21,8 @@ The techniques, each chosen by measurement:
 - decimals (bytes + logicalType decimal): encoded as fastavro does (two's complement, big-endian, ``(bit_length of
   the magnitude + 8) // 8`` bytes: minimal except that a negative power of 256 gets a leading 0xFF byte, as in
   fastavro), via ``Decimal.quantize`` to the scale in a context that traps rounding (so a value with more
-  fractional digits than the scale is refused, as fastavro refuses it) and ``scaleb`` to the unscaled integer. Decoded as ``Decimal(unscaled).scaleb(-scale)`` in a context of the
+  fractional digits than the scale is refused, as fastavro refuses it) and ``scaleb`` to the unscaled integer. Decoded
+  as ``Decimal(unscaled).scaleb(-scale)`` in a context of the
   schema's precision, which yields the very Decimal fastavro builds (same digits and exponent, so ``==``, ``str()``
   and ``as_tuple()`` agree); 1-byte values come from a table.
 
@@ -53,7 +54,7 @@ import decimal
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from fastavro.write import LOGICAL_WRITERS
@@ -167,7 +168,7 @@ _ZD: list[int] = [(z >> 1) ^ -(z & 1) for z in range(1 << 14)]
 _SL: list[int] = [b >> 1 if b < 128 and not b & 1 else -1 for b in range(256)]
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICRO = timedelta(microseconds=1)
 # fastavro's own logical-type hooks, for the inputs the fast paths leave to fastavro's semantics.
 _prepare_timestamp_micros: Callable[[Any, Any], Any] = LOGICAL_WRITERS["long-timestamp-micros"]
@@ -366,7 +367,7 @@ def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: i
         else:
             # fastavro refuses non-str for strings ("must be string"); .encode would accept other objects with one.
             e.emit(ind, f"if {value}.__class__ is not str and not isinstance({value}, str):")
-            e.emit(ind + 1, f"raise TypeError('must be string')")
+            e.emit(ind + 1, "raise TypeError('must be string')")
         e.emit(ind, f"{data} = {value}.encode()")
         e.emit(ind, f"{size} = len({data})")
         e.emit(ind, f"{size} = _ZZ[{size}] if {size} < 16384 else _zz({size})")

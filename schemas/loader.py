@@ -7,7 +7,7 @@ both to keep them equal.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def schema_path(name: str) -> Path:
     return AVRO_DIR / f"{simple}.avsc"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schema_text(name: str) -> str:
     return schema_path(name).read_text(encoding="utf-8")
 

@@ -541,7 +541,8 @@ class UsageEvent(AvroRecord):
         return _check_usage(self.__dict__, now)
 
 
-_PRICE_SOURCE = re.compile(r"catalogue|price_book|reported|none|(catalogue|price_book):[A-Za-z0-9._-]+ via [A-Za-z0-9._-]+")
+_PRICE_SOURCE = re.compile(
+    r"catalogue|price_book|reported|none|(catalogue|price_book):[A-Za-z0-9._-]+ via [A-Za-z0-9._-]+")
 
 
 class PricedUsageEvent(UsageEvent):

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--cluster",
         metavar="NAME",
         default=None,
-        help="render for a ClickHouse cluster: ON CLUSTER NAME, Replicated engines, <table>_local + Distributed <table>",
+        help="render for a ClickHouse cluster: ON CLUSTER NAME, Replicated engines, "
+        "<table>_local + Distributed <table>",
     )
     parser.add_argument(
         "--database", metavar="DB", default=None, help="target database (default: FINOPS_CLICKHOUSE_DATABASE)"

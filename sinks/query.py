@@ -234,7 +234,7 @@ def format_table(
     right = [bool(rows) and all(_numeric(r[i]) or r[i] is None for r in rows if i < len(r)) for i in range(len(widths))]
 
     def line(cells: Sequence[str], align: Sequence[bool]) -> str:
-        parts = [c.rjust(w) if a else c.ljust(w) for c, w, a in zip(cells, widths, align)]
+        parts = [c.rjust(w) if a else c.ljust(w) for c, w, a in zip(cells, widths, align, strict=False)]
         return "  ".join(parts).rstrip()
 
     out = [line(header, [False] * len(header)), "  ".join("-" * w for w in widths)] if header else []
@@ -254,7 +254,8 @@ def format_vertical(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> st
         if n > 1:
             out.append("")
         out.extend([head, "─" * len(head)])
-        out.extend(f"{(name + ':').ljust(width + 1)} {_cell(value, 0)}".rstrip() for name, value in zip(columns, row))
+        out.extend(f"{(name + ':').ljust(width + 1)} {_cell(value, 0)}".rstrip()
+                   for name, value in zip(columns, row, strict=False))
     if rows:
         out.append("")
     count = len(rows)
@@ -274,7 +275,7 @@ def format_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def format_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A JSON array with one object per row (keys in column order); Decimal as a string so money stays exact."""
-    records = [{name: _jsonable(value) for name, value in zip(columns, row)} for row in rows]
+    records = [{name: _jsonable(value) for name, value in zip(columns, row, strict=False)} for row in rows]
     return json.dumps(records, ensure_ascii=False, indent=2) + "\n"
 
 

@@ -235,8 +235,9 @@ def _price_file(path: Path, pricer: Any, settings: Any) -> int:
     write = sys.stdout.write
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     with handle:
-        for out, summary in price_lines(handle, pricer, now=datetime.now(UTC), reasoning=reasoning):
+        for out, running in price_lines(handle, pricer, now=datetime.now(UTC), reasoning=reasoning):
             write(dumps(out) + "\n")
+            summary = running  # the running summary of the last line is the file's
     sys.stdout.flush()
     print(summary.render(), file=sys.stderr)
     return 2 if summary.errors else 0
@@ -435,5 +436,6 @@ def _prices_status(args: argparse.Namespace) -> int:
               f"models    {info.models} from {info.providers} providers")  # fmt: skip
     if stale:
         print(f"warning: the price catalogue is older than {limit} days (FINOPS_STREAM_CATALOGUE_MAX_AGE_DAYS): "
-              "finops prices update --from FILE|URL installs a newer genai-prices snapshot", file=sys.stderr)  # fmt: skip
+              "finops prices update --from FILE|URL installs a newer genai-prices snapshot",
+              file=sys.stderr)  # fmt: skip
     return 0

@@ -1258,7 +1258,8 @@ class HotPath:
         queue drained; if not, the groups stay pending and the commit stays below them."""
         remaining = self._producer.flush(self.config.flush_timeout_s)
         if remaining:
-            log.warning("hot path: %d outputs still unacknowledged after %.0f s", remaining, self.config.flush_timeout_s)
+            log.warning("hot path: %d outputs still unacknowledged after %.0f s", remaining,
+                        self.config.flush_timeout_s)
             return False
         awaiting, self._awaiting = self._awaiting, []
         for ack in awaiting:

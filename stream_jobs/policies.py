@@ -19,7 +19,8 @@ File format (``infra/policies.example.yaml`` is the worked example)::
 Keys are the BudgetPolicy fields (``schemas/avro/BudgetPolicy.avsc``) except ``version`` and ``updated_at``, which
 ``finops policy apply`` manages: an unchanged policy keeps its version and is not republished; a changed one gets the
 published version + 1. An update that changes a published policy's scope (``scope_type`` / ``scope_value``) is a
-re-scope: the diff marks it and it is refused without ``--allow-rescope`` (:func:`check_rescopes`). Every problem of the file is reported at once with its line (``policies.yaml:14:
+re-scope: the diff marks it and it is refused without ``--allow-rescope`` (:func:`check_rescopes`). Every problem of
+the file is reported at once with its line (``policies.yaml:14:
 policies[0].thresholds[1].percent: ...``), and a file with any problem publishes nothing, so the running policies
 stay as they were.
 

@@ -1,4 +1,5 @@
-"""``finops price --file EVENTS.jsonl``: price a file of calls offline (no broker, no ClickHouse), for audits and backfills.
+"""``finops price --file EVENTS.jsonl``: price a file of calls offline (no broker, no ClickHouse), for audits and
+backfills.
 
 Each input line is one JSON object, either
 

@@ -357,13 +357,13 @@ class WindowAggregator:
         end = start + self.size_us
         partition = self.partition
         out: list[ClosedWindow] = []
-        for dimension, groups in zip(DIMENSIONS, (by_agent, by_team, by_project, by_model)):
+        for dimension, groups in zip(DIMENSIONS, (by_agent, by_team, by_project, by_model), strict=True):
             for key in sorted(groups):
                 cells = groups[key]
                 if len(cells) == 1:
                     values: _Cell = cells[0]
                 else:
-                    columns = list(zip(*cells))
+                    columns = list(zip(*cells, strict=True))
                     values = [sum(column) for column in columns[:_MIN_OFF]]
                     values.append(min(columns[_MIN_OFF]))
                     values.append(max(columns[_MAX_OFF]))

@@ -29,7 +29,8 @@ _META = "trace.metadata.openrouter."
 
 
 def is_openrouter_span(span: SpanView) -> bool:
-    if str(span.resource.get("service.name", "")).lower() == "openrouter" or span.scope.lower().startswith("openrouter"):
+    service = str(span.resource.get("service.name", "")).lower()
+    if service == "openrouter" or span.scope.lower().startswith("openrouter"):
         return True
     return any(k.startswith(_META) for k in span.attributes)
 
@@ -39,7 +40,8 @@ def _to_call(span: SpanView) -> Call | None:
     if base is None:
         return None
     response_id = as_text(span.attributes.get("gen_ai.response.id"))
-    identity = f"openrouter:response:{response_id}" if response_id else f"openrouter:span:{span.trace_id}:{span.span_id}"
+    identity = (f"openrouter:response:{response_id}" if response_id
+                else f"openrouter:span:{span.trace_id}:{span.span_id}")
     model = as_text(span.attributes.get("gen_ai.response.model")) or base.model
     cost = as_money(span.attributes.get("gen_ai.usage.total_cost"))
     return replace(base, family="openrouter", identity=identity, provider="openrouter", model=model,

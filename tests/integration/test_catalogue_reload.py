@@ -31,7 +31,8 @@ SNAPSHOT = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "catalogu
 
 
 class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
+    # The parameter's name is BaseHTTPRequestHandler's, which this overrides.
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
 
 

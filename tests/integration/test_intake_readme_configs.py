@@ -126,9 +126,11 @@ def test_every_readme_config_delivers(setup: Any, monkeypatch: pytest.MonkeyPatc
     assert otel["protocol"] == "http/protobuf" and otel["traces"] is True
     headers = {k: _fill(v, token("openclaw", team="assistants", project="gateway"), served.url)
                for k, v in otel["headers"].items()}
-    spans = record_spans({"service.name": otel["serviceName"]}, lambda t: t.start_span("openclaw.model.usage", attributes={
+    usage: dict[str, str | int] = {
         "openclaw.provider": "anthropic", "openclaw.model": "claude-3-5-haiku-20241022", "openclaw.tokens.input": 5,
-        "openclaw.tokens.output": 7, "openclaw.tokens.cache_read": 100, "openclaw.tokens.cache_write": 0}).end())
+        "openclaw.tokens.output": 7, "openclaw.tokens.cache_read": 100, "openclaw.tokens.cache_write": 0}
+    spans = record_spans({"service.name": otel["serviceName"]},
+                         lambda t: t.start_span("openclaw.model.usage", attributes=usage).end())
     exporter = OTLPSpanExporter(endpoint=_fill(otel["endpoint"], "", served.url) + "/v1/traces", headers=headers)
     assert exporter.export(spans) == SpanExportResult.SUCCESS
 

@@ -102,8 +102,8 @@ def test_prompt_bloat(ch_client: Any, ch_database: str) -> None:
     big = [fleet.call("bloat", GPT4O, task=f"b{i}", prompt=f"bp{i}", input_tokens=n)
            for i, n in enumerate((150_000, 120_000, 90_000))]
     fleet.load(ch_client, ch_database)
-    report = build_recommendations(ch_client, ch_database, OCT, RecommendSettings(prompt_bloat_tokens=100_000, min_monthly_saving_usd=Decimal(0)),
-                                   kinds=("prompt_bloat",))
+    settings = RecommendSettings(prompt_bloat_tokens=100_000, min_monthly_saving_usd=Decimal(0))
+    report = build_recommendations(ch_client, ch_database, OCT, settings, kinds=("prompt_bloat",))
     rec = _only(report, "prompt_bloat", "bloat")
     price = big[0]["price_input_mtok"]
     assert rec.saving_usd == (Decimal(50_000 + 20_000) * price / 1_000_000).quantize(Decimal("1e-12"))

@@ -193,7 +193,8 @@ def test_typescript_guard_obeys_python_signed_commands(kafka_bootstrap: str, kaf
         (f"{c.scope_type}:{c.scope_value}".encode(), codec.encode(c.to_avro_dict(), "ControlCommand"))
         for c in (suspend, downgrade, forged)
     ])
-    result = _run({"op": "guard", "bootstrap": kafka_bootstrap, "topic": topics.control, "keys": {"k1": secret.decode()},
+    result = _run({"op": "guard", "bootstrap": kafka_bootstrap, "topic": topics.control,
+                   "keys": {"k1": secret.decode()},
                    "calls": [
                        {"agent_id": "ts-agent-0", "team": "ts-team", "project": "ts-project", "model": "gpt-4o"},
                        {"agent_id": "ts-agent-1", "team": "ts-team", "project": "ts-project", "model": "gpt-4o"},

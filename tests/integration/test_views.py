@@ -46,8 +46,10 @@ def test_cost_per_task_uses_final_and_corrections(ch_client: Any, ch_database: s
         f"FROM {db}.v_cost_per_task ORDER BY task_id",
     )
     assert got == [
-        ("T1", "team-a", "proj-x", "agent-1", D("0.35"), 2, naive(utc(2024, 5, 1, 10, 0)), naive(utc(2024, 5, 1, 10, 1)), True),
-        ("T2", "team-a", "proj-x", "agent-1", D("0.500000000001"), 1, naive(utc(2024, 5, 1, 11)), naive(utc(2024, 5, 1, 11)), False),
+        ("T1", "team-a", "proj-x", "agent-1", D("0.35"), 2,
+         naive(utc(2024, 5, 1, 10, 0)), naive(utc(2024, 5, 1, 10, 1)), True),
+        ("T2", "team-a", "proj-x", "agent-1", D("0.500000000001"), 1,
+         naive(utc(2024, 5, 1, 11)), naive(utc(2024, 5, 1, 11)), False),
     ]
 
 
@@ -158,7 +160,8 @@ def test_waste_percentage(ch_client: Any, ch_database: str) -> None:
     insert_rows(ch_client, db, "waste_signals", [dict(signal, detected_at=utc(2024, 5, 1, 11))])
     got = rows_of(
         ch_client,
-        f"SELECT day, team, cost_usd, avoidable_cost_usd, signals, waste_pct FROM {db}.v_waste_percentage ORDER BY team",
+        f"SELECT day, team, cost_usd, avoidable_cost_usd, signals, waste_pct FROM {db}.v_waste_percentage "
+        "ORDER BY team",
     )
     assert got == [
         (date(2024, 5, 1), "team-a", D("4"), D("0.75"), 2, D("18.75")),

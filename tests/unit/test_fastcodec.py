@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from io import BytesIO
 from pathlib import Path
@@ -36,7 +36,7 @@ from schemas.wire import SINGLE_OBJECT_HEADER_LEN, AvroCodec, _without_uuid
 pytestmark = pytest.mark.unit
 
 EXAMPLES = sorted(path.name for path in EXAMPLES_DIR.glob("*.json"))
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 # The datetime range fastavro can return (0001-01-01 .. 9999-12-31) in micros since the epoch.
@@ -306,7 +306,8 @@ ODD_VALUES: list[tuple[str, str, Any]] = [
     ("UsageEvent", "reported_cost", b"\x01\x02"),
     ("UsageEvent", "reported_cost", "1.5"),
     ("UsageEvent", "reported_cost", 3),
-    ("UsageEvent", "occurred_at", datetime(2025, 1, 1)),  # naive: fastavro reads it as local time
+    # naive on purpose: fastavro reads it as local time, and the fast codec must do the same
+    ("UsageEvent", "occurred_at", datetime(2025, 1, 1)),  # noqa: DTZ001
     ("UsageEvent", "occurred_at", 1.5),
     ("UsageEvent", "occurred_at", "2025-01-01"),
     ("UsageEvent", "tags", [("a", "b")]),
@@ -327,7 +328,7 @@ ODD_VALUES: list[tuple[str, str, Any]] = [
 def _outcome(fn: Callable[[], bytes]) -> bytes | str:
     try:
         return fn()
-    except Exception as err:  # the reference's errors vary by case; only "it refused" is compared
+    except Exception as err:  # noqa: BLE001 - the reference's errors vary by case; only "it refused" is compared
         return f"refused: {type(err).__name__}"
 
 

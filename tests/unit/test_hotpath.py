@@ -316,7 +316,7 @@ def test_commit_metadata_round_trip() -> None:
     assert load_horizon("written by someone else") is None
 
 
-# ---- one run ----------------------------------------------------------------------------------------------------------
+# ---- one run --------------------------------------------------------------------------------------------------------
 def build(log: FakeLog, producer: FakeProducer, clock: Clock, *, pricer: Any = None, **overrides: Any) -> tuple[
     HotPath, FakeConsumer
 ]:  # fmt: skip
@@ -590,7 +590,7 @@ def test_pricing_refusal_goes_to_the_dlq_with_stage_price() -> None:
     assert len(producer.of("t.priced")) == 19
 
 
-# ---- rebalance and crash: the replay recomputes the same outputs ------------------------------------------------------
+# ---- rebalance and crash: the replay recomputes the same outputs ----------------------------------------------------
 def test_revoke_commits_what_is_safe_and_drops_state() -> None:
     events = fleet(500)
     log = FakeLog()

@@ -18,9 +18,8 @@ def test_chdb_path() -> None:
 
 def test_http_with_credentials_and_database() -> None:
     target = parse_clickhouse_url("https://bob:p%40ss@ch.example.com:9443/finops")
-    assert (target.kind, target.host, target.port, target.secure, target.username, target.password, target.database) == (
-        "http", "ch.example.com", 9443, True, "bob", "p@ss", "finops"
-    )
+    got = (target.kind, target.host, target.port, target.secure, target.username, target.password, target.database)
+    assert got == ("http", "ch.example.com", 9443, True, "bob", "p@ss", "finops")
     assert "p@ss" not in repr(target) and "***" in repr(target)
     assert target.redacted() == "https://bob:***@ch.example.com:9443/finops"
 

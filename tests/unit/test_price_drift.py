@@ -112,7 +112,8 @@ def test_agreeing_calls_earlier_that_day_make_the_effective_date_a_timestamp() -
     at = datetime(2025, 12, 2, 8, tzinfo=UTC)
     agree = DriftCall("p", "m", "s", at, "ok", (1000, 0, 0, 0, 10), Decimal("0.001"), Decimal("0.001"), False)
     drift = [DriftCall("p", "m", "s", at + timedelta(hours=i), f"d{i}", (1000 * i, 0, 0, 0, 7 * i + i * i),
-                       Decimal(2 * i) / 1000 + Decimal(7 * i + i * i) / 10**6, None, True) for i in range(1, 4)]  # fmt: skip
+                       Decimal(2 * i) / 1000 + Decimal(7 * i + i * i) / 10**6, None, True)
+             for i in range(1, 4)]  # fmt: skip
     (suggestion,) = compute_drift([agree, *drift])
     assert suggestion.effective_from_text == "2025-12-02T09:00:00Z"
 

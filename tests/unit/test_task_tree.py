@@ -150,11 +150,11 @@ def test_the_same_task_twice_is_refused_by_name() -> None:
 
 def test_node_from_row_reads_a_view_row() -> None:
     row = {"task_id": "C", "own_cost_usd": D("0.75"), "own_calls": 3, "own_unpriced_calls": 1,
-           "own_unpriced_tokens": 10, "status": "ok", "first_call_at": datetime(2026, 11, 3, 10, 0, 3),
-           "last_call_at": datetime(2026, 11, 3, 10, 0, 9), "team": "team-a", "project": "p", "agent_id": "a",
-           "parent_claims": [("Q", datetime(2026, 11, 3, 10, 0, 3), "e3"), ("R", datetime(2026, 11, 3, 10, 0, 5), "e2")]}
+           "own_unpriced_tokens": 10, "status": "ok", "first_call_at": at(3),
+           "last_call_at": at(9), "team": "team-a", "project": "p", "agent_id": "a",
+           "parent_claims": [("Q", at(3), "e3"), ("R", at(5), "e2")]}
     n = node_from_row(row)
-    assert n.parent_claims[0] == ParentClaim("Q", datetime(2026, 11, 3, 10, 0, 3), "e3") and n.own_calls == 3
+    assert n.parent_claims[0] == ParentClaim("Q", at(3), "e3") and n.own_calls == 3
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -339,13 +339,13 @@ def test_control_command_rules() -> None:
 
 
 def test_non_string_tag_value_is_a_problem_not_a_crash() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from schemas.models import UsageEvent, check_usage_dict, load_example
 
     record = UsageEvent.model_validate(load_example("usage_event.json")).to_avro_dict()
     record["tags"] = {"retries": 1}
-    problems = check_usage_dict(record, datetime.now(timezone.utc))
+    problems = check_usage_dict(record, datetime.now(UTC))
     assert [(p.field, p.rule) for p in problems] == [("tags", "type")]
 
 
