@@ -14,8 +14,8 @@ Hot reload: :class:`CatalogueWatcher` is polled by the hot path between batches 
 priced); when ``current.json`` names another version it builds a new :class:`~stream_jobs.pricing.Pricer`, and every
 event from the next batch on is priced (and stamped) with it, so per partition the version changes at one offset.
 
-The catalogue's date is the newest price-change date it contains (``StartDateConstraint``), or the install time for
-data without one; ``finops prices status`` warns when it is older than ``FINOPS_STREAM_CATALOGUE_MAX_AGE_DAYS``.
+The catalogue's date is the newest price-change date it contains (``StartDateConstraint``) that is not in the future,
+or the install time for data without one; ``finops prices status`` warns when it is older than ``FINOPS_STREAM_CATALOGUE_MAX_AGE_DAYS``.
 """
 
 from __future__ import annotations
@@ -122,7 +122,9 @@ def _providers(data: bytes, source: str) -> list[gp_types.Provider]:
         raise CatalogueError(f"genai-prices {genai_prices.__version__} cannot load {source}: {err}") from err
 
 
-def _data_date(providers: list[gp_types.Provider]) -> date | None:
+def _data_date(providers: list[gp_types.Provider], not_after: date) -> date | None:
+    """The newest price-change date in the data that is not after ``not_after`` (a catalogue also lists changes
+    announced for later dates; those do not make it recent)."""
     newest: date | None = None
     for provider in providers:
         for model in provider.models:
@@ -130,8 +132,10 @@ def _data_date(providers: list[gp_types.Provider]) -> date | None:
                 continue
             for conditional in model.prices:
                 constraint = conditional.constraint
-                if isinstance(constraint, gp_types.StartDateConstraint) and (
-                    newest is None or constraint.start_date > newest
+                if (
+                    isinstance(constraint, gp_types.StartDateConstraint)
+                    and constraint.start_date <= not_after
+                    and (newest is None or constraint.start_date > newest)
                 ):
                     newest = constraint.start_date
     return newest
@@ -154,7 +158,7 @@ def install_catalogue(source: str, directory: Path, *, now: datetime) -> Catalog
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    data_date = _data_date(providers)
+    data_date = _data_date(providers, now.astimezone(UTC).date())
     pointer = {
         "version": version, "source": _redact(source) if source.startswith(("http://", "https://")) else source,
         "installed_at": now.astimezone(UTC).isoformat(), "data_date": data_date.isoformat() if data_date else None,
@@ -209,7 +213,8 @@ def bundled_info() -> CatalogueInfo:
     snapshot = data_snapshot.get_snapshot()
     return CatalogueInfo(
         version=catalogue_version(snapshot), source=f"bundled with genai-prices {genai_prices.__version__}",
-        installed_at=None, data_date=_data_date(snapshot.providers), path=None, providers=len(snapshot.providers),
+        installed_at=None, data_date=_data_date(snapshot.providers, datetime.now(UTC).date()), path=None,
+        providers=len(snapshot.providers),
         models=sum(len(p.models) for p in snapshot.providers),
     )  # fmt: skip
 
