@@ -747,6 +747,8 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
               "--source NAME; README \"Connect your agents\")")
         print(f"    operator   finops control suspend --agent {RUNAWAY_AGENT} --reason why --operator-key "
               f"\"$(cat {operator_key_file})\"   (store and control secrets in {operator_key_file.parent}/)")
+        print(f"    bills      {url}bills  (a provider bill built from the ledger plus one uninstrumented key, "
+              "refreshed every 2 minutes; finops bills reconcile --period YYYY-MM)")
         print(f"    role logs  {logs}/")
         print("    Ctrl-C stops everything.", flush=True)
         if args.open_browser and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
@@ -758,6 +760,10 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         probe = _spend_probe(settings)
         spend_seen = False
         next_probe = 0.0
+        # The Bill vs ledger page: a provider bill built from the ledger (plus one uninstrumented key), re-imported
+        # every two minutes once spend is there (each import replaces the last; `finops bills demo-seed`).
+        bill_seed: subprocess.Popen[bytes] | None = None
+        next_bill = 0.0
         while True:
             for role, proc in procs:
                 code = proc.poll()
@@ -772,6 +778,12 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
                 if seen and seen[0] > 0:
                     spend_seen = True
                     say(f"    spend is queryable: {seen[0]:,} calls, ${seen[1]:,.2f} so far (the dashboard shows it)")
+            if spend_seen and "bills" in available and time.monotonic() >= next_bill and (
+                    bill_seed is None or bill_seed.poll() is not None):
+                next_bill = time.monotonic() + 120.0
+                with open(logs / "bills.log", "ab") as bills_log:
+                    bill_seed = subprocess.Popen([*finops, "bills", "demo-seed"], env=env, stdout=bills_log,
+                                                 stderr=subprocess.STDOUT)
             time.sleep(0.5)
     except KeyboardInterrupt:
         say("stopping (fleet, then the roles newest first) ...")

@@ -713,3 +713,38 @@ def parse_accounts(value: Mapping[str, str]) -> dict[str, str]:
 
 def days_between(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days)]
+
+
+def build_bill_from_ledger(client: Any, database: str, period: Period, *, providers: Sequence[Provider] = (
+        "openai", "anthropic"), uninstrumented_pct: Decimal = Decimal(3)) -> list[ProviderReport]:
+    """For the demo (``finops bills demo-seed``): the reports a provider would send for ``period``, built from the
+    ledger (per day, model and project, the project as the account and ``key-<project>`` as its key), plus one
+    uninstrumented key (``key-uninstrumented`` in ``wrkspc_uninstrumented``) billed ``uninstrumented_pct`` % of
+    each provider's spend on its first day, so the reconciliation has a gap to show."""
+    rows = client.query(
+        f"SELECT toDate(occurred_at) AS day, provider, model, project, sum(cost_usd), "
+        f"sumIf(input_tokens, row_kind = 'original'), sumIf(output_tokens, row_kind = 'original') "
+        f"FROM {qualified(database, 'usage_ledger')} FINAL WHERE occurred_at >= {{lo:DateTime64(6)}} "
+        "AND occurred_at < {hi:DateTime64(6)} AND provider IN {providers:Array(String)} "
+        "GROUP BY day, provider, model, project ORDER BY day, provider, model, project",
+        parameters={"lo": period.start.replace(tzinfo=None), "hi": period.end.replace(tzinfo=None),
+                    "providers": list(providers)}).result_rows
+    reports: dict[str, ProviderReport] = {}
+    for day, provider, model, project, cost, tokens_in, tokens_out in rows:
+        report = reports.setdefault(provider, ProviderReport(provider))
+        key = f"key-{project}"
+        report.bills.append(BillLine(day, Decimal(cost), account_id=project, model=model, cost_type="tokens"))
+        report.usage.append(UsageLine(day, model, int(tokens_in), int(tokens_out), account_id=project,
+                                      api_key_id=key))
+    for report in reports.values():
+        total = sum((b.amount_usd for b in report.bills), _ZERO)
+        first = min(b.day for b in report.bills)
+        model = max(report.bills, key=lambda b: b.amount_usd).model
+        extra = (total * uninstrumented_pct / 100).quantize(_CENT)
+        if extra > 0:
+            report.bills.append(BillLine(first, extra, account_id="wrkspc_uninstrumented", model=model,
+                                         cost_type="tokens"))
+            report.usage.append(UsageLine(first, model, 0, 0, account_id="wrkspc_uninstrumented",
+                                          api_key_id="key-uninstrumented"))
+        report.days |= set(period.day_list())
+    return list(reports.values())
