@@ -187,7 +187,8 @@ def parse_openai_usage(page: Mapping[str, Any], where: str) -> list[UsageLine]:
         for res in bucket.get("results") or []:
             # OpenAI's input_tokens already includes cached input (our convention); cache writes are not reported.
             lines.append(UsageLine(day, str(res.get("model") or ""), _int(res.get("input_tokens")),
-                                   _int(res.get("output_tokens")), cache_read_tokens=_int(res.get("input_cached_tokens")),
+                                   _int(res.get("output_tokens")),
+                                   cache_read_tokens=_int(res.get("input_cached_tokens")),
                                    requests=_int(res.get("num_model_requests")),
                                    account_id=str(res.get("project_id") or ""),
                                    api_key_id=str(res.get("api_key_id") or "")))
@@ -217,8 +218,10 @@ def parse_anthropic_usage(page: Mapping[str, Any], where: str) -> list[UsageLine
         day = _day_of(bucket.get("starting_at"), f"{where} data[{b}].starting_at")
         for res in bucket.get("results") or []:
             creation = res.get("cache_creation") or {}
+            # the nested object (the API) or the flat fields (some exports)
             writes = (_int(creation.get("ephemeral_5m_input_tokens")) + _int(creation.get("ephemeral_1h_input_tokens"))
-                      + _int(res.get("cache_creation_5m_input_tokens")) + _int(res.get("cache_creation_1h_input_tokens")))
+                      + _int(res.get("cache_creation_5m_input_tokens"))
+                      + _int(res.get("cache_creation_1h_input_tokens")))
             reads = _int(res.get("cache_read_input_tokens"))
             # Anthropic's cache fields are exclusive of uncached input; ours are parts of input_tokens.
             lines.append(UsageLine(day, str(res.get("model") or ""),
@@ -243,7 +246,8 @@ def parse_openrouter_activity(items: Iterable[Mapping[str, Any]], where: str) ->
         report.bills.append(BillLine(day, amount, api_key_id=key, model=model,
                                      line_item=str(item.get("provider_name") or ""), cost_type="tokens"))
         report.usage.append(UsageLine(day, model, _int(item.get("prompt_tokens") or 0),
-                                      _int(item.get("completion_tokens") or 0), requests=_int(item.get("requests") or 0),
+                                      _int(item.get("completion_tokens") or 0),
+                                      requests=_int(item.get("requests") or 0),
                                       api_key_id=key, cost_usd=amount))
     return report
 
@@ -256,7 +260,8 @@ def parse_report_pages(provider: Provider, costs: Sequence[Mapping[str, Any]],
         return parse_openrouter_activity(items, where)
     report = ProviderReport(provider)
     for n, page in enumerate(costs):
-        lines, days = (parse_openai_costs if provider == "openai" else parse_anthropic_costs)(page, f"{where} costs[{n}]")
+        parse = parse_openai_costs if provider == "openai" else parse_anthropic_costs
+        lines, days = parse(page, f"{where} costs[{n}]")
         report.bills.extend(lines)
         report.days |= days
     for n, page in enumerate(usage):

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     imp.add_argument("--provider", required=True, choices=("openai", "anthropic", "openrouter"))
     src = imp.add_mutually_exclusive_group(required=True)
     src.add_argument("--from", dest="file", type=Path, metavar="FILE",
-                     help='a recorded report: JSON {"costs": [pages], "usage": [pages]}; OpenRouter: activity JSON or CSV')
+                     help='a recorded report: JSON {"costs": [pages], "usage": [pages]}; '
+                     'OpenRouter: activity JSON or CSV')
     src.add_argument("--api", action="store_true", help="fetch the period from the provider's API")
     imp.add_argument("--period", default=None, help="YYYY-MM to fetch with --api (default: the current month)")
     imp.set_defaults(func=_handle_import)

@@ -84,7 +84,8 @@ ANTHROPIC_USAGE = [
      "has_more": False, "next_page": None},
 ]
 OPENROUTER = {
-    "2026-11-02": {"data": [{"date": "2026-11-02", "model": "openai/gpt-4.1", "model_permaslug": "openai/gpt-4.1-2025-04-14",
+    "2026-11-02": {"data": [{"date": "2026-11-02", "model": "openai/gpt-4.1",
+                             "model_permaslug": "openai/gpt-4.1-2025-04-14",
                              "endpoint_id": "550e8400", "provider_name": "OpenAI", "usage": 0.015,
                              "byok_usage_inference": 0, "requests": 5, "prompt_tokens": 50,
                              "completion_tokens": 125, "reasoning_tokens": 25}]},
@@ -98,7 +99,7 @@ class _Provider(BaseHTTPRequestHandler):
     seen: ClassVar[list[str]] = []
     throttled: ClassVar[set[str]] = set()
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server API
         return
 
     def do_GET(self) -> None:
@@ -203,7 +204,7 @@ def test_401_names_the_setting_never_the_key(provider_server: str) -> None:
         assert "sk-wrong-key-zzz" not in str(err.value)
 
 
-# ---- a simulated fleet against a bill built from it -------------------------------------------------------------------
+# ---- a simulated fleet against a bill built from it -----------------------------------------------------------
 def _fleet(ch_client: Any, database: str) -> list[dict[str, Any]]:
     config = SimulationConfig.model_validate({
         "seed": 7, "agents": 10, "teams": 3, "projects": 4, "duration_s": 26 * 3600, "rate_per_s": 0.05,
