@@ -740,8 +740,8 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
             print(f"    token      none: {token_note}")
         print("    SQL        finops sql \"SELECT team, round(sum(cost_usd), 2) AS usd, count() AS calls FROM "
               "usage_ledger GROUP BY team ORDER BY usd DESC\"")
-        print("               finops sql \"SELECT occurred_at, severity, agent_id, title FROM alerts ORDER BY occurred_at DESC "
-              f"LIMIT 10\"")
+        print("               finops sql \"SELECT occurred_at, severity, agent_id, title FROM alerts "
+              "ORDER BY occurred_at DESC LIMIT 10\"")
         print(f"    alerts     {receiver_log if receiver else 'your Slack / PagerDuty'}")
         print(f"    OTLP       http://{settings.intake.host}:{settings.intake.port}  (finops intake token issue "
               "--source NAME; README \"Connect your agents\")")

@@ -75,8 +75,6 @@ if TYPE_CHECKING:
     from finops.settings import FinopsSettings
 
 __all__ = [
-    "STATE",
-    "WASTE",
     "ClickHouseLedgerReader",
     "DetectionConfig",
     "DetectionError",

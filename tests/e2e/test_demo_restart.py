@@ -187,7 +187,7 @@ def _fleet_events(data: Path) -> list[dict[str, Any]]:
         assert progress["skipped"] == 0
         config = SimulationConfig(
             seed=timeline.seed, agents=timeline.agents, teams=4, projects=8, duration_s=phase.duration_s,
-            rate_per_s=timeline.rate, start=phase.start, source="finops-simulator",
+            rate_per_s=timeline.rate, start=phase.start, source="finops-simulator", subagent_depth=1,
             misbehaviours=(Misbehaviour(kind="runaway", agent_id="agent-003"),) if phase.misbehave else (),
             runaway_factor=50 if phase.misbehave else 20.0)
         assert config.run_id == progress["run_id"], f"{phase.name}: another config than the demo ran"

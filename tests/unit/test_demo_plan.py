@@ -23,7 +23,7 @@ FINOPS = ["python", "-m", "finops.cli"]
 
 def _timeline(**changes: object) -> FleetTimeline:
     base = FleetTimeline(origin=T0, agents=8, rate=2.0, history_s=600, incident_s=20)
-    return FleetTimeline(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+    return FleetTimeline(**{**base.__dict__, **changes})
 
 
 def _flag(argv: list[str], name: str) -> str | None:
