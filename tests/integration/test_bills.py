@@ -352,3 +352,45 @@ def test_import_reconcile_and_demo_seed_commands(chdb_url: str, store: Any, ch_c
     # the demo bill is the ledger plus 3 % on one uninstrumented key per provider (re-imports replaced the file's)
     assert share["anthropic"] == (anthropic_total + (anthropic_total * 3 / 100).quantize(D("0.01")), anthropic_total)
     assert share["openai"][1] == openai_total
+
+
+def test_reconcile_publishes_one_bill_drift_alert_per_provider(chdb_url: str, store: Any, ch_client: Any,
+                                                               ch_database: str, kafka_bootstrap: str,
+                                                               topics: Any, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    from schemas.models import Alert
+    from schemas.wire import AvroCodec
+    from tests.integration.test_sink_support import wait_for
+
+    for key, value in {"FINOPS_CLICKHOUSE_URL": chdb_url, "FINOPS_CLICKHOUSE_QUERY_URL": store.url,
+                       "FINOPS_CLICKHOUSE_DATABASE": ch_database, "FINOPS_KAFKA_BOOTSTRAP": kafka_bootstrap,
+                       "FINOPS_KAFKA_TOPIC_PREFIX": topics.prefix}.items():
+        monkeypatch.setenv(key, value)
+    report = parse_report_pages("anthropic", json.loads(json.dumps(ANTHROPIC_COSTS), parse_float=D),
+                                json.loads(json.dumps(ANTHROPIC_USAGE), parse_float=D))
+    store_report(ch_client, ch_database, report, origin="test", now=datetime(2026, 12, 1, tzinfo=UTC))
+    assert _cli(["bills", "reconcile", "--period", "2026-11"]) == 1  # nothing in the ledger: all unattributed
+    assert "published 1 bill_drift alert(s)" in capsys.readouterr().err
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"b-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topics.alerts])
+    got: list[Any] = []
+    try:
+        def read() -> bool:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                got.append(msg)
+            return bool(got)
+        wait_for(read, what="the bill_drift alert")
+    finally:
+        consumer.close()
+    name, decoded = AvroCodec().decode(got[0].value())
+    alert = Alert.from_avro_dict(decoded)
+    assert name == "Alert" and got[0].key() == b"bill_drift:anthropic:2026-11"
+    # 1.2345 USD of tokens in wrkspc_a; the 0.005 USD web-search line is within the 0.01 USD tolerance
+    assert alert.kind == "bill_drift" and alert.amount_usd == D("1.2345")
+    assert "apikey_01" in alert.summary and KEY not in alert.summary
