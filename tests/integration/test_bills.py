@@ -394,3 +394,28 @@ def test_reconcile_publishes_one_bill_drift_alert_per_provider(chdb_url: str, st
     # 1.2345 USD of tokens in wrkspc_a; the 0.005 USD web-search line is within the 0.01 USD tolerance
     assert alert.kind == "bill_drift" and alert.amount_usd == D("1.2345")
     assert "apikey_01" in alert.summary and KEY not in alert.summary
+
+
+def test_import_api_command_reads_key_and_base_url_from_settings(
+        provider_server: str, chdb_url: str, store: Any, ch_client: Any, ch_database: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    from finops.cli import main
+
+    for key, value in {"FINOPS_CLICKHOUSE_URL": chdb_url, "FINOPS_CLICKHOUSE_QUERY_URL": store.url,
+                       "FINOPS_CLICKHOUSE_DATABASE": ch_database, "FINOPS_BILLS_ANTHROPIC_BASE_URL": provider_server,
+                       "FINOPS_BILLS_ANTHROPIC_ADMIN_KEY": KEY, "FINOPS_BILLS_MAX_RETRY_WAIT_SECONDS": "0.01"}.items():
+        monkeypatch.setenv(key, value)
+    with caplog.at_level("DEBUG"):
+        assert _cli(["bills", "import", "--provider", "anthropic", "--api", "--period", "2026-11"]) == 0
+    assert "imported anthropic (api): 2 cost lines (1.2395 USD), 1 usage lines, 30 days" in capsys.readouterr().out
+    assert KEY not in caplog.text and "429" in caplog.text  # the retry is logged, the key never
+    total = ch_client.query(f"SELECT sum(amount_usd) FROM {ch_database}.v_provider_bills").result_rows[0][0]
+    assert total == D("1.2395")
+
+    monkeypatch.setenv("FINOPS_BILLS_ANTHROPIC_ADMIN_KEY", "sk-ant-admin-wrong")
+    assert main(["bills", "import", "--provider", "anthropic", "--api", "--period", "2026-11"]) == 2
+    err = capsys.readouterr().err
+    assert "FINOPS_BILLS_ANTHROPIC_ADMIN_KEY" in err and "401" in err and "sk-ant-admin-wrong" not in err
+    monkeypatch.delenv("FINOPS_BILLS_ANTHROPIC_ADMIN_KEY")
+    assert main(["bills", "import", "--provider", "anthropic", "--api"]) == 2
+    assert "--api needs FINOPS_BILLS_ANTHROPIC_ADMIN_KEY" in capsys.readouterr().err
