@@ -275,11 +275,12 @@ def _drift_calls_from_file(path: Path, pricer: Any, settings: Any) -> list[Any]:
             raise ConfigError(f"{path}:{number}: {err}") from err
         rates = {key: getattr(result, column) for key, column in _RATE_COLUMNS}
         calls.append(DriftCall.from_event(
-            event, result.computed_cost_usd, result.cost_mismatch or result.computed_cost_usd is None, rates))
+            event, result.computed_cost_usd, result.cost_mismatch or result.computed_cost_usd is None, rates,
+            pricer.price_tiers(event)))
     return calls
 
 
-def _drift_calls_from_ledger(since: str, until: str | None, settings: Any) -> list[Any]:
+def _drift_calls_from_ledger(since: str, until: str | None, settings: Any, pricer: Any) -> list[Any]:
     from sinks.clickhouse import check_identifier
     from sinks.sql_cli import open_readonly_client
     from stream_jobs.drift import DriftCall
@@ -312,7 +313,8 @@ def _drift_calls_from_ledger(since: str, until: str | None, settings: Any) -> li
         record["occurred_at"] = at.replace(tzinfo=UTC) if at.tzinfo is None else at
         rates = {key: record[column] for key, column in _RATE_COLUMNS}
         computed = record["computed_cost_usd"]
-        calls.append(DriftCall.from_event(record, computed, bool(record["cost_mismatch"]) or computed is None, rates))
+        calls.append(DriftCall.from_event(record, computed, bool(record["cost_mismatch"]) or computed is None, rates,
+                                          pricer.price_tiers(record)))  # fmt: skip
     return calls
 
 
@@ -338,7 +340,7 @@ def _pricebook_suggest(args: argparse.Namespace) -> int:
     if args.file is not None:
         calls = _drift_calls_from_file(args.file, pricer, settings)
     else:
-        calls = _drift_calls_from_ledger(args.since, args.until, settings)
+        calls = _drift_calls_from_ledger(args.since, args.until, settings, pricer)
     suggestions = compute_drift(calls, min_calls=args.min_calls, min_share=args.min_share)
     now = datetime.now(UTC)
     version = args.book_version or f"suggested-{now.date().isoformat()}"
@@ -348,10 +350,11 @@ def _pricebook_suggest(args: argparse.Namespace) -> int:
     for s in suggestions:
         state = "DRIFT" if s.drifting else "ok"
         detail = f", {s.problem}" if s.problem else ""
+        detail += "".join(f"; NOT DETERMINED: {item}" for item in s.undetermined)
         print(f"{state}: {s.provider}/{s.model} ({s.source}): {s.disagreeing} of {s.calls} reported calls disagree"
               f"{detail}", file=sys.stderr)  # fmt: skip
     if args.alert and drifting:
-        _publish_alerts(settings, [compute_price_drift_alert(s, text, now) for s in drifting if s.rates])
+        _publish_alerts(settings, [compute_price_drift_alert(s, text, now) for s in drifting if s.solved])
     return 0
 
 

@@ -10,8 +10,15 @@ Pricer bills (uncached input, cache reads, 5-minute writes, 1-hour writes, outpu
 ``fractions.Fraction`` (normal equations, Gauss-Jordan, no float anywhere). Published prices are short decimals, so
 the per-million rates are then rounded to the fewest decimal places (0..12) that reproduce every call within
 ``tolerance`` (1e-9 USD by default); when no rounding does, the exact solution (12 places) is proposed with the
-largest residual reported, which means the calls are not explained by one flat price set (tiers, a price change
-inside the window, rounding of the reports, a per-request fee).
+largest residual reported, which means the calls are not explained by one price set (a price change inside the
+window, rounding of the reports, a per-request fee, tiers the catalogue does not know).
+
+Tiers: where the prices that priced the calls (catalogue or price book) are tiered by prompt size, the solve uses
+their thresholds and genai-prices' rule (a call whose ``input_tokens``, cache included, is strictly greater than a
+tier's ``start`` pays that tier's rate for ALL its tokens of the unit; the highest start exceeded wins): the design
+matrix has one column per (price key, tier), holding the call's leaf count in the column of the tier its prompt
+size selects and 0 in the others. A tier no call reaches cannot be solved: it is reported as not determinable and
+the suggestion keeps the catalogue's rate for it, marked, never an invented one.
 
 A column no call exercises cannot be solved: the suggestion keeps the catalogue's price for it and says so. Columns
 whose counts move together in every call (always the same cache share, say) cannot be told apart: reported as
@@ -20,7 +27,7 @@ underdetermined, naming the columns, instead of inventing a split.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from decimal import Decimal
@@ -32,9 +39,11 @@ __all__ = [
     "DriftCall",
     "DriftSuggestion",
     "DriftWatcher",
+    "RateSolution",
     "compute_drift",
     "compute_price_drift_alert",
     "render_price_book",
+    "solve_price_set",
     "solve_rates",
 ]
 
@@ -47,6 +56,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("output_mtok", "output tokens (reasoning included)"),
 )
 _MTOK = Fraction(1_000_000)
+
+#: price key -> (base per MTok, ((start, price per MTok), ...) ascending): ``Pricer.price_tiers``.
+TierTable = Mapping[str, tuple[Decimal, tuple[tuple[int, Decimal], ...]]]
 
 
 @dataclass(frozen=True)
@@ -63,10 +75,18 @@ class DriftCall:
     computed: Decimal | None
     disagrees: bool
     catalogue_rates: Mapping[str, Decimal | None] = field(default_factory=dict)
+    #: The tiered prices that priced the call (``Pricer.price_tiers``): their thresholds shape the solve.
+    tiers: TierTable = field(default_factory=dict)
+
+    @property
+    def input_total(self) -> int:
+        """All input tokens (cache included): what a tier's ``start`` is compared with."""
+        return self.counts[0] + self.counts[1] + self.counts[2] + self.counts[3]
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any], computed: Decimal | None, disagrees: bool,
-                   catalogue_rates: Mapping[str, Decimal | None] | None = None) -> DriftCall:  # fmt: skip
+                   catalogue_rates: Mapping[str, Decimal | None] | None = None,
+                   tiers: TierTable | None = None) -> DriftCall:  # fmt: skip
         """From a usage (or priced) mapping with canonical counts and ``reported_cost``."""
 
         def n(name: str) -> int:
@@ -80,7 +100,7 @@ class DriftCall:
         return cls(
             str(event.get("provider") or ""), str(event.get("model") or ""), str(event.get("source") or ""),
             event["occurred_at"], str(event.get("event_id") or ""), counts, Decimal(event["reported_cost"]),
-            computed, disagrees, dict(catalogue_rates or {}),
+            computed, disagrees, dict(catalogue_rates or {}), dict(tiers or {}),
         )  # fmt: skip
 
 
@@ -101,6 +121,27 @@ class DriftSuggestion:
     exact: bool = False
     problem: str | None = None
     catalogue_rates: dict[str, Decimal | None] = field(default_factory=dict)
+    #: Tier thresholds used, by price key; solved tier rates and catalogue fills by price key and start.
+    tiers: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    tier_rates: dict[str, dict[int, Decimal]] = field(default_factory=dict)
+    tier_from_catalogue: dict[str, dict[int, Decimal]] = field(default_factory=dict)
+    #: Tiers (or tiered bases) no call reached, as "input_mtok above 200000 input tokens".
+    undetermined: list[str] = field(default_factory=list)
+    catalogue_tiers: dict[str, tuple[Decimal, tuple[tuple[int, Decimal], ...]]] = field(default_factory=dict)
+
+    @property
+    def solved(self) -> bool:
+        """Some rate was solved (flat or per tier)."""
+        return bool(self.rates or self.tier_rates)
+
+    def rate_summary(self) -> str:
+        """``input_mtok 1.25, input_mtok>200000 2.5, ...`` (solved rates only)."""
+        parts = []
+        for key, _ in COLUMNS:
+            if key in self.rates:
+                parts.append(f"{key} {self.rates[key]}")
+            parts += [f"{key}>{start} {rate}" for start, rate in sorted(self.tier_rates.get(key, {}).items())]
+        return ", ".join(parts)
 
     @property
     def drifting(self) -> bool:
@@ -129,13 +170,13 @@ def _solve_exact(rows: Sequence[Sequence[Fraction]], rhs: Sequence[Fraction]) ->
     return b
 
 
-def _dependent(rows: Sequence[Sequence[int]], active: Sequence[int]) -> list[int]:
-    """Columns (indexes into ``active``) that are linear combinations of earlier ones over ``rows``."""
+def _dependent(matrix: Sequence[Sequence[int]], active: Sequence[int]) -> list[int]:
+    """Columns (indexes into ``active``) that are linear combinations of earlier ones over ``matrix``'s rows."""
     basis: list[list[Fraction]] = []  # reduced column vectors, with their pivot row
     pivots: list[int] = []
     dependent: list[int] = []
     for k in range(len(active)):
-        vec = [Fraction(row[active[k]]) for row in rows]
+        vec = [Fraction(row[active[k]]) for row in matrix]
         for base, p in zip(basis, pivots, strict=True):
             if vec[p]:
                 f = vec[p] / base[p]
@@ -149,23 +190,79 @@ def _dependent(rows: Sequence[Sequence[int]], active: Sequence[int]) -> list[int
     return dependent
 
 
-def solve_rates(
-    calls: Sequence[DriftCall], *, tolerance: Decimal = Decimal("1e-9")
-) -> tuple[dict[str, Decimal], Decimal, bool, str | None]:
-    """Per-million rates that reproduce ``calls`` (module docstring): ``(rates by price key, max residual in USD,
-    every call within tolerance, problem or None)``. Columns no call exercises are left out of the rates."""
-    active = [c for c in range(len(COLUMNS)) if any(call.counts[c] for call in calls)]
+@dataclass
+class RateSolution:
+    """What :func:`solve_price_set` found: per-million rates, flat (``rates``: the base tier of a tiered key) and
+    per tier (``tier_rates``: price key -> tier start -> rate), the largest residual in USD over the calls, whether
+    every call is within tolerance, a problem (or None), and the tiers no call reached (``undetermined``)."""
+
+    rates: dict[str, Decimal] = field(default_factory=dict)
+    tier_rates: dict[str, dict[int, Decimal]] = field(default_factory=dict)
+    max_residual: Decimal = Decimal(0)
+    exact: bool = False
+    problem: str | None = None
+    undetermined: list[str] = field(default_factory=list)
+
+
+def _tier_of(total_input: int, starts: Sequence[int]) -> int:
+    """genai-prices' cliff rule: the index of the highest start ``total_input`` strictly exceeds (1-based), else 0."""
+    tier = 0
+    for index, start in enumerate(starts, start=1):
+        if total_input > start:
+            tier = index
+    return tier
+
+
+def solve_price_set(
+    calls: Sequence[DriftCall], *, tier_starts: Mapping[str, Sequence[int]] | None = None,
+    tolerance: Decimal = Decimal("1e-9"),
+) -> RateSolution:  # fmt: skip
+    """Per-million rates that reproduce ``calls`` (module docstring), with one rate per tier for the price keys in
+    ``tier_starts`` (ascending thresholds). Columns no call exercises are left out; a tier whose key other calls
+    exercise but no call reaches is named in ``undetermined``."""
+    starts_by_key = {key: tuple(sorted(v)) for key, v in (tier_starts or {}).items() if v}
+    # Expanded columns: (leaf column index, price key, tier start or None for the base / a flat price).
+    columns: list[tuple[int, str, int | None]] = []
+    for c, (key, _) in enumerate(COLUMNS):
+        columns.append((c, key, None))
+        columns += [(c, key, start) for start in starts_by_key.get(key, ())]
+    matrix: list[list[int]] = []
+    for call in calls:
+        tiers = {key: _tier_of(call.input_total, st) for key, st in starts_by_key.items()}
+        row = []
+        for c, key, start in columns:
+            st = starts_by_key.get(key, ())
+            wanted = 0 if start is None else st.index(start) + 1
+            row.append(call.counts[c] if tiers.get(key, 0) == wanted else 0)
+        matrix.append(row)
+
+    def label(j: int) -> str:
+        _c, key, start = columns[j]
+        if start is None:
+            return key if key not in starts_by_key else f"{key} (up to {starts_by_key[key][0]} input tokens)"
+        return f"{key} above {start} input tokens"
+
+    active = [j for j in range(len(columns)) if any(row[j] for row in matrix)]
+    exercised = {columns[j][1] for j in active}
+    undetermined = [
+        f"{label(j)}: no call {'reaches that tier' if columns[j][2] is not None else 'at or below the threshold'}"
+        for j in range(len(columns))
+        if j not in active and columns[j][1] in exercised
+    ]
+    out = RateSolution(undetermined=undetermined)
     if not active:
-        return {}, Decimal(0), False, "the calls carry no tokens to solve from"
-    rows = [[Fraction(call.counts[c]) for c in active] for call in calls]
+        out.problem = "the calls carry no tokens to solve from"
+        return out
+    rows = [[Fraction(row[j]) for j in active] for row in matrix]
     rhs = [Fraction(call.reported) for call in calls]
     solution = _solve_exact(rows, rhs)
     if solution is None:
-        names = [COLUMNS[active[k]][0] for k in _dependent([call.counts for call in calls], active)]
-        return {}, Decimal(0), False, (
+        names = [label(active[k]) for k in _dependent(matrix, active)]
+        out.problem = (
             f"underdetermined: {', '.join(names)} move together with other columns in every call; calls with "
             "different mixes of input, cache and output are needed to tell their prices apart"
         )
+        return out
     per_mtok = [x * _MTOK for x in solution]
     tol = Fraction(tolerance)
 
@@ -176,6 +273,14 @@ def solve_rates(
             worst = max(worst, off)
         return worst
 
+    def assign(values: Sequence[Fraction], places: int) -> None:
+        for j, x in zip(active, values, strict=True):
+            _c, key, start = columns[j]
+            if start is None:
+                out.rates[key] = _decimal(x, places)
+            else:
+                out.tier_rates.setdefault(key, {})[start] = _decimal(x, places)
+
     for places in range(13):
         quantum = Fraction(1, 10**places)
         rounded = [round(x / quantum) * quantum for x in per_mtok]
@@ -183,18 +288,30 @@ def solve_rates(
             continue
         worst = residual(rounded)
         if worst <= tol:
-            rates = {COLUMNS[c][0]: _decimal(x, places) for c, x in zip(active, rounded, strict=True)}
-            return rates, _decimal(worst, 15), True, None
+            assign(rounded, places)
+            out.max_residual, out.exact = _decimal(worst, 15), True
+            return out
     exact_12 = [round(x * 10**12) / Fraction(10**12) for x in per_mtok]
     worst = residual(exact_12)
-    rates = {COLUMNS[c][0]: _decimal(x, 12) for c, x in zip(active, exact_12, strict=True)}
-    problem = (
-        f"no flat price set reproduces every call within {tolerance} USD (largest residual {_decimal(worst, 15)} "
-        "USD): tiers, a price change inside the window, a per-request fee or rounded reports"
+    assign(exact_12, 12)
+    out.max_residual = _decimal(worst, 15)
+    shape = "one price set with the catalogue's tiers" if starts_by_key else "no flat price set"
+    out.problem = (
+        f"{shape} reproduces every call within {tolerance} USD (largest residual {out.max_residual} USD): "
+        "a price change inside the window, a per-request fee, rounded reports or tiers the catalogue does not know"
     )
     if any(x < 0 for x in exact_12):
-        problem = "the least-squares rates are negative: the reports are not a price set over these token counts"
-    return rates, _decimal(worst, 15), False, problem
+        out.problem = "the least-squares rates are negative: the reports are not a price set over these token counts"
+    return out
+
+
+def solve_rates(
+    calls: Sequence[DriftCall], *, tolerance: Decimal = Decimal("1e-9")
+) -> tuple[dict[str, Decimal], Decimal, bool, str | None]:
+    """One flat price set (no tiers) for ``calls``: ``(rates by price key, max residual in USD, every call within
+    tolerance, problem or None)``; :func:`solve_price_set` is the general form."""
+    found = solve_price_set(calls, tolerance=tolerance)
+    return found.rates, found.max_residual, found.exact, found.problem
 
 
 def _decimal(value: Fraction, places: int) -> Decimal:
@@ -234,11 +351,26 @@ def compute_drift(
         suggestion.effective_from_text = start.isoformat().replace("+00:00", "Z") if agreed_that_day else (
             start.date().isoformat()
         )
-        rates, worst, exact, problem = solve_rates(since, tolerance=tolerance)
-        suggestion.rates, suggestion.max_residual, suggestion.exact, suggestion.problem = rates, worst, exact, problem
+        # The thresholds of the prices that priced the latest call (the catalogue's, or a tiered book entry's).
+        table: TierTable = next((c.tiers for c in reversed(since) if c.tiers), {})
+        suggestion.tiers = {key: tuple(start for start, _ in tiers) for key, (_, tiers) in table.items()}
+        suggestion.catalogue_tiers = dict(table)
+        found = solve_price_set(since, tier_starts=suggestion.tiers, tolerance=tolerance)
+        suggestion.rates, suggestion.tier_rates = found.rates, found.tier_rates
+        suggestion.max_residual, suggestion.exact, suggestion.problem = found.max_residual, found.exact, found.problem
+        suggestion.undetermined = found.undetermined
         for key, _ in COLUMNS:
+            if key in table:
+                base, tiers = table[key]
+                if key not in found.rates:
+                    suggestion.from_catalogue[key] = base
+                solved = found.tier_rates.get(key, {})
+                kept = {start: price for start, price in tiers if start not in solved}
+                if kept:
+                    suggestion.tier_from_catalogue[key] = kept
+                continue
             value = catalogue.get(key)
-            if key not in rates and value is not None:
+            if key not in found.rates and value is not None:
                 suggestion.from_catalogue[key] = value
     return out
 
@@ -246,7 +378,7 @@ def compute_drift(
 def render_price_book(suggestions: Iterable[DriftSuggestion], *, version: str) -> str:
     """The drifting suggestions as a price book (YAML, ready for ``FINOPS_STREAM_PRICE_BOOK``), with comments that
     say what was solved from how many calls and what the catalogue had."""
-    drifting = [s for s in suggestions if s.drifting and s.rates]
+    drifting = [s for s in suggestions if s.drifting and s.solved]
     lines = [
         "# Suggested by finops pricebook suggest: unit prices solved from reported costs where they disagree with the",
         "# catalogue. Review, merge into your price book (or use as is), then `finops reprice` to correct history.",
@@ -260,20 +392,50 @@ def render_price_book(suggestions: Iterable[DriftSuggestion], *, version: str) -
         verdict = (f"reproduces every call within 1e-9 USD (largest residual {s.max_residual})" if s.exact
                    else f"WARNING: {s.problem}")  # fmt: skip
         lines.append(f"  # {s.disagreeing} of {s.calls} reported calls from source {s.source!r} disagree; {verdict}")
-        old = ", ".join(f"{k} {v}" for k, v in s.catalogue_rates.items() if v is not None) or "no entry (unpriced)"
+        if s.tiers:
+            rule = ", ".join(f"{key} at {', '.join(map(str, starts))}" for key, starts in s.tiers.items())
+            lines.append(f"  # tiers (the catalogue's thresholds: {rule}): a call with more input tokens than a "
+                         "start pays that tier's rate on all its tokens of the unit")  # fmt: skip
+        lines.extend(f"  # NOT DETERMINED: {item}; the catalogue's rate is kept for it" for item in s.undetermined)
+        had = {k: str(v) for k, v in s.catalogue_rates.items() if v is not None}
+        for k, (base, tiers) in s.catalogue_tiers.items():
+            had[k] = f"{base} ({', '.join(f'>{start}: {price}' for start, price in tiers)})"
+        old = ", ".join(f"{k} {v}" for k, v in had.items()) or "no entry (unpriced)"
         lines.append(f"  # catalogue had: {old}")
         lines.append(f"  - provider: {_yaml_text(s.provider)}")
         lines.append(f"    model: {_yaml_text(s.model)}")
         lines.append(f"    effective_from: {s.effective_from_text}")
         lines.append("    prices:")
         for key, _ in COLUMNS:
-            if key in s.rates:
-                lines.append(f"      {key}: {s.rates[key]}")
-            elif key in s.from_catalogue:
-                lines.append(f"      {key}: {s.from_catalogue[key]}  # from the catalogue: no call exercised it")
+            lines.extend(_render_price(s, key))
         note = f"solved from {s.disagreeing} reported costs ({s.source})"
         lines.append(f"    note: {_yaml_text(note)}")
     return "\n".join(lines) + "\n"
+
+
+def _render_price(s: DriftSuggestion, key: str) -> list[str]:
+    """The YAML lines of one price key: flat, or ``{base, tiers}`` when the solve used tiers for it."""
+    kept = "  # from the catalogue: no call exercised it"
+    if key in s.rates:
+        base, note = s.rates[key], ""
+    elif key in s.from_catalogue:
+        base, note = s.from_catalogue[key], kept if key not in s.tier_rates else (
+            "  # NOT DETERMINED: no call at or below the first threshold; the catalogue's base")
+    else:
+        return []
+    starts = s.tiers.get(key, ())
+    if not starts:
+        return [f"      {key}: {base}{note}"]
+    lines = [f"      {key}:", f"        base: {base}{note}", "        tiers:"]
+    for start in starts:
+        if start in s.tier_rates.get(key, {}):
+            lines.append(f"          - {{start: {start}, price: {s.tier_rates[key][start]}}}")
+        elif start in s.tier_from_catalogue.get(key, {}):
+            why = ("no call exercised this price" if key not in s.rates and key not in s.tier_rates
+                   else f"NOT DETERMINED: no call above {start} input tokens")  # fmt: skip
+            lines.append(f"          - {{start: {start}, price: {s.tier_from_catalogue[key][start]}}}  # {why}; "
+                         "the catalogue's rate")  # fmt: skip
+    return lines
 
 
 def _yaml_text(text: str) -> str:
@@ -289,7 +451,7 @@ def compute_price_drift_alert(suggestion: DriftSuggestion, yaml_text: str, now: 
     assert suggestion.effective_from is not None
     day = suggestion.effective_from.date().isoformat()
     dedup_key = f"price_drift:{suggestion.provider}:{suggestion.model}:{suggestion.source}:{day}"
-    rates = ", ".join(f"{k} {v}" for k, v in suggestion.rates.items())
+    rates = suggestion.rate_summary()
     summary = (
         f"Price drift on {suggestion.provider}/{suggestion.model} (source {suggestion.source}): "
         f"{suggestion.disagreeing} of {suggestion.calls} reported costs disagree with the catalogue since "
@@ -311,6 +473,7 @@ def compute_price_drift_alert(suggestion: DriftSuggestion, yaml_text: str, now: 
             "effective_from": suggestion.effective_from_text, "calls": str(suggestion.calls),
             "disagreeing": str(suggestion.disagreeing), "max_residual_usd": str(suggestion.max_residual),
             "exact": str(suggestion.exact).lower(), **{k: str(v) for k, v in suggestion.rates.items()},
+            **{f"{k}>{start}": str(v) for k, by in suggestion.tier_rates.items() for start, v in by.items()},
             "detected_at": now.isoformat(),
         },
         "actions": [],
@@ -331,12 +494,17 @@ class DriftWatcher:
 
     The solve is only paid for groups that drift; a group that has alerted is checked less and less often
     (the interval doubles) while nothing changes. Pure: the event's own time stamps the alert, so a replay repeats
-    it identically (alerting drops the repeat by its dedup key)."""
+    it identically (alerting drops the repeat by its dedup key).
+
+    ``tiers_for`` (a record -> :data:`TierTable`, e.g. ``Pricer.price_tiers``) gives the tier thresholds of a
+    tiered model; without it every model is solved as one flat price set (a tiered model then shows a residual)."""
 
     def __init__(self, *, window: int = 500, min_calls: int = 20, min_share: Decimal = Decimal("0.5"),
-                 check_every: int = 50, max_groups: int = 10_000) -> None:  # fmt: skip
+                 check_every: int = 50, max_groups: int = 10_000,
+                 tiers_for: Callable[[Mapping[str, Any]], TierTable] | None = None) -> None:  # fmt: skip
         from collections import OrderedDict, deque
 
+        self._tiers_for = tiers_for
         self._deque = deque
         self._window = window
         self._min_calls = min_calls
@@ -365,14 +533,15 @@ class DriftWatcher:
             self._groups.move_to_end(key)
         computed = record.get("computed_cost_usd")
         rates = {name: record.get(column) for name, column in _RATE_FIELDS}
+        tiers = self._tiers_for(record) if self._tiers_for is not None else None
         calls.append(DriftCall.from_event(record, computed, bool(record.get("cost_mismatch")) or computed is None,
-                                          rates))  # fmt: skip
+                                          rates, tiers))  # fmt: skip
         seen = self._seen[key] = self._seen.get(key, 0) + 1
         if seen < self._next_check.get(key, self._check_every):
             return []
         self._next_check[key] = seen + self._check_every
         (suggestion,) = compute_drift(list(calls), min_calls=self._min_calls, min_share=self._min_share)
-        if not suggestion.drifting or not suggestion.rates:
+        if not suggestion.drifting or not suggestion.solved:
             return []
         assert suggestion.effective_from is not None
         dedup = f"{key}:{suggestion.effective_from.isoformat()}"

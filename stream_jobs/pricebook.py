@@ -6,7 +6,11 @@ A price book is a YAML file (see ``infra/pricebook.example.yaml`` for every opti
 - ``overrides``: exact unit prices for one provider + model (negotiated rates, custom fine-tunes, self-hosted
   models the catalogue cannot know). An override replaces the catalogue's whole price set for that model: a price
   key it leaves out has no separate price (for example without ``cache_read_mtok`` cache reads are charged at
-  ``input_mtok``, the genai-prices convention).
+  ``input_mtok``, the genai-prices convention). A price may be tiered by prompt size, in genai-prices' own form and
+  with its exact semantics: ``input_mtok: {base: 1.25, tiers: [{start: 200000, price: 2.5}]}`` means a call whose
+  ``input_tokens`` (ALL input, cache reads and writes included) is strictly greater than ``start`` pays ``price``
+  for ALL its tokens of that unit (the "cliff" rule of genai-prices ``calc_unit_price``, not a marginal rate for
+  the tokens above the threshold); with several tiers the highest ``start`` exceeded wins; otherwise ``base``.
 - ``discounts``: percent off the catalogue price of every unit, for a whole provider or one provider + model
   (committed-use and enterprise agreements).
 
@@ -47,6 +51,8 @@ __all__ = [
     "OVERRIDE_PRICE_KEYS",
     "OverrideEntry",
     "OverridePrices",
+    "PriceTier",
+    "TieredPrice",
     "PriceBook",
     "PriceBookError",
     "PriceBookProblem",
@@ -157,43 +163,118 @@ class _Entry(BaseModel):
         return self.effective_from < (other.effective_to or far) and other.effective_from < (self.effective_to or far)
 
 
+def _decimal_price(value: Any) -> Any:
+    # Only reachable from Python callers (our YAML loader yields Decimal): a float is already inexact.
+    if isinstance(value, float):
+        raise ValueError("give prices as strings or Decimal, not float")
+    return value
+
+
+def _finite(value: Decimal) -> Decimal:
+    if not value.is_finite() or value < 0:
+        raise ValueError("must be a finite, non-negative number")
+    return value
+
+
+class PriceTier(BaseModel):
+    """One tier of a :class:`TieredPrice`: ``price`` applies to every token of the unit when the call's
+    ``input_tokens`` is strictly greater than ``start``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: int
+    price: Decimal
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be a whole number of input tokens (the threshold the prompt must exceed)")
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _no_float(cls, value: Any) -> Any:
+        return _decimal_price(value)
+
+    @field_validator("price")
+    @classmethod
+    def _finite_price(cls, value: Decimal) -> Decimal:
+        return _finite(value)
+
+
+class TieredPrice(BaseModel):
+    """A price tiered by prompt size, genai-prices' ``TieredPrices`` with the same "cliff" semantics (module
+    docstring): ``base`` until the first tier; above a tier's ``start`` input tokens, that tier's price for ALL
+    tokens of the unit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: Decimal
+    tiers: tuple[PriceTier, ...] = Field(min_length=1)
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _no_float(cls, value: Any) -> Any:
+        return _decimal_price(value)
+
+    @field_validator("base")
+    @classmethod
+    def _finite_base(cls, value: Decimal) -> Decimal:
+        return _finite(value)
+
+    @field_validator("tiers")
+    @classmethod
+    def _ascending(cls, tiers: tuple[PriceTier, ...]) -> tuple[PriceTier, ...]:
+        starts = [tier.start for tier in tiers]
+        if any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
+            raise ValueError(f"tier starts must be strictly ascending, got {starts}")
+        return tiers
+
+    def as_genai(self) -> Any:
+        """As ``genai_prices.types.TieredPrices`` (what the Pricer compiles)."""
+        from genai_prices.types import Tier, TieredPrices
+
+        return TieredPrices(base=self.base, tiers=[Tier(start=t.start, price=t.price) for t in self.tiers])
+
+
+Price = Decimal | TieredPrice
+
+
 class OverridePrices(BaseModel):
     """Unit prices of an override, USD per million tokens (``*_mtok``) or per thousand calls (``*_kcount``).
 
     Keys follow genai-prices, so the same decomposition rules apply: a part without its own price is charged with its
     parent (cache reads without ``cache_read_mtok`` at ``input_mtok``; 1-hour cache writes without
-    ``cache_write_1h_mtok`` at ``cache_write_mtok``).
+    ``cache_write_1h_mtok`` at ``cache_write_mtok``). Any price may be a :class:`TieredPrice` (``{base, tiers}``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_mtok: Decimal | None = None
-    output_mtok: Decimal | None = None
-    cache_read_mtok: Decimal | None = None
-    cache_write_mtok: Decimal | None = None
-    cache_write_1h_mtok: Decimal | None = None
-    output_reasoning_mtok: Decimal | None = None
-    input_audio_mtok: Decimal | None = None
-    output_audio_mtok: Decimal | None = None
-    cache_audio_read_mtok: Decimal | None = None
-    input_image_mtok: Decimal | None = None
-    web_searches_kcount: Decimal | None = None
-    requests_kcount: Decimal | None = None
+    input_mtok: Price | None = None
+    output_mtok: Price | None = None
+    cache_read_mtok: Price | None = None
+    cache_write_mtok: Price | None = None
+    cache_write_1h_mtok: Price | None = None
+    output_reasoning_mtok: Price | None = None
+    input_audio_mtok: Price | None = None
+    output_audio_mtok: Price | None = None
+    cache_audio_read_mtok: Price | None = None
+    input_image_mtok: Price | None = None
+    web_searches_kcount: Price | None = None
+    requests_kcount: Price | None = None
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_float(cls, value: Any) -> Any:
-        # Only reachable from Python callers (our YAML loader yields Decimal): a float is already inexact.
-        if isinstance(value, float):
-            raise ValueError("give prices as strings or Decimal, not float")
-        return value
+        return _decimal_price(value)
 
     @field_validator("*")
     @classmethod
-    def _finite_non_negative(cls, value: Decimal | None) -> Decimal | None:
-        if value is not None and (not value.is_finite() or value < 0):
-            raise ValueError("must be a finite, non-negative number")
-        return value
+    def _finite_non_negative(cls, value: Price | None) -> Price | None:
+        return _finite(value) if isinstance(value, Decimal) else value
 
     @model_validator(mode="after")
     def _coherent(self) -> OverridePrices:
@@ -211,9 +292,14 @@ class OverridePrices(BaseModel):
             raise ValueError(f"incoherent price set: {err}") from None
         return self
 
-    def as_dict(self) -> dict[str, Decimal]:
-        """The prices that are set, by genai-prices price key."""
+    def as_dict(self) -> dict[str, Price]:
+        """The prices that are set, by genai-prices price key (a Decimal, or a :class:`TieredPrice`)."""
         return {key: value for key, value in self.__dict__.items() if value is not None}
+
+    def as_genai(self) -> dict[str, Any]:
+        """:meth:`as_dict` with tiered prices as genai-prices ``TieredPrices`` (what the Pricer compiles)."""
+        return {key: value.as_genai() if isinstance(value, TieredPrice) else value
+                for key, value in self.as_dict().items()}  # fmt: skip
 
 
 class OverrideEntry(_Entry):

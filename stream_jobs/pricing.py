@@ -369,6 +369,8 @@ class _Rates(NamedTuple):
     unpriced_reason: str | None
     info: tuple[_LineInfo, ...]
     notes: tuple[str, ...]
+    #: price key -> (base per MTok, ((start, price per MTok), ...) ascending) for the tiered prices (drift solving).
+    tier_table: Mapping[str, tuple[Decimal, tuple[tuple[int, Decimal], ...]]] = {}
 
 
 def _unpriced_rates(reason: str, notes: tuple[str, ...] = ()) -> _Rates:
@@ -495,7 +497,12 @@ def _compile(price_map: Mapping[str, Any], source: PriceSource, notes: tuple[str
     if uncarried:
         notes = (*notes, f"priced units the usage event does not carry (counted as 0): {', '.join(sorted(uncarried))}")
     d = display
-    return _Rates(tuple(lines), (d[0], d[1], d[2], d[3], d[4]), tiered, source, None, tuple(info), notes)
+    table = {
+        line_info.price_key: (line[3], tuple(sorted((start, mtok) for start, _unit, mtok in line[4])))
+        for line, line_info in zip(lines, info, strict=True)
+        if line[4] is not None
+    }
+    return _Rates(tuple(lines), (d[0], d[1], d[2], d[3], d[4]), tiered, source, None, tuple(info), notes, table)
 
 
 def _allocate(total: Decimal, parts: list[Decimal], computed: Decimal) -> tuple[Decimal, ...]:
@@ -846,6 +853,22 @@ class Pricer:
             "priced", None, self.catalogue_version, self.price_book_version, "reported", None, False, None, basis,
         )  # fmt: skip
 
+    def price_tiers(
+        self, usage: Mapping[str, Any] | object
+    ) -> dict[str, tuple[Decimal, tuple[tuple[int, Decimal], ...]]]:
+        """The tiered prices that apply to ``usage``'s (provider, model, instant): price key -> (base per MTok,
+        ((start, price per MTok), ...) ascending), from the same compiled rates :meth:`price` uses (price book or
+        catalogue); empty when nothing is tiered. A cold path (drift solving), cached with the rates.
+
+        Raises:
+            InvalidUsageError: ``occurred_at`` is not a datetime when the model's price depends on time.
+        """
+        get = _getter(usage)
+        key = (get("provider"), get("model"))
+        entry = self._entries.get(key) or self._entry(key[0], key[1])
+        rates = entry.static or self._rates_at(entry, _utc(get("occurred_at")))
+        return dict(rates.tier_table)
+
     # -- explanation --
 
     def explain(self, usage: Mapping[str, Any] | object) -> str:
@@ -1021,7 +1044,7 @@ class Pricer:
                 f"override {override.provider}/{override.model} from price book {self.price_book_version} "
                 f"({override.effective_from.isoformat()} .. {until}){': ' + override.note if override.note else ''}"
             )
-            return _compile(override.prices.as_dict(), "price_book", tuple(notes), f"{entry.provider}/{entry.model}")
+            return _compile(override.prices.as_genai(), "price_book", tuple(notes), f"{entry.provider}/{entry.model}")
         if entry.info is None or entry.catalogue_provider is None:
             return _unpriced_rates(
                 f"unknown model {entry.model!r} for provider {entry.provider!r} {self._unpriced_reason_tail}"
