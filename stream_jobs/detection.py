@@ -235,6 +235,7 @@ class DetectionService:
         ledger: LedgerReader | None = None,
         wall_clock: Callable[[], float] = time.monotonic,
         epoch_clock: Callable[[], float] = time.time,
+        drift_tiers: Callable[[Mapping[str, Any]], Any] | None = None,
     ) -> None:
         from schemas.wire import AvroCodec
 
@@ -252,7 +253,8 @@ class DetectionService:
         self.anomalies = AnomalyDetector(self.config.anomaly)
         self.waste = WasteDetectors(self.config.waste)
         # Price drift (stream_jobs/drift.py): reported costs that consistently disagree with the catalogue.
-        self.drift = DriftWatcher()
+        # drift_tiers gives a tiered model's thresholds (Pricer.price_tiers), so its drift is solved per tier.
+        self.drift = DriftWatcher(tiers_for=drift_tiers)
         self._consumer: Any = None
         self._policy_consumer: Any = None
         self._producer: Any = None
@@ -674,6 +676,19 @@ def build_detection_config(settings: FinopsSettings) -> DetectionConfig:
     return DetectionConfig(group_id="finops-detection")
 
 
+def build_drift_tiers(settings: FinopsSettings) -> Callable[[Mapping[str, Any]], Any] | None:
+    """The tier thresholds for price-drift solving: ``Pricer.price_tiers`` of the Pricer the settings describe (price
+    book and active catalogue, as at start). None (and a warning) when it cannot be built: drift is then solved as
+    one flat price set per model, and a tiered model shows a residual instead of its tier rates."""
+    try:
+        from stream_jobs.catalogue import build_pricer
+
+        return build_pricer(settings.stream, settings.core.data_dir).price_tiers
+    except FinopsError as err:
+        log.warning("no tier thresholds for price drift (%s): tiered models are solved as flat price sets", err)
+        return None
+
+
 def build_ledger_reader(settings: FinopsSettings) -> LedgerReader | None:
     """A read-only ledger reader: the ClickHouse server, or the store endpoint in embedded mode. None (and a
     warning) when ClickHouse cannot be reached: detection runs without reconciliation rather than not at all."""
@@ -707,7 +722,7 @@ def register_detection(app: Any, settings: FinopsSettings) -> None:
 
         async def on_start(self) -> None:
             service = DetectionService(client_config, topics, build_detection_config(settings),
-                                       ledger=build_ledger_reader(settings))
+                                       ledger=build_ledger_reader(settings), drift_tiers=build_drift_tiers(settings))
             self._service = service
 
             def target() -> None:

@@ -89,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     from stream_jobs.detection import (
         DetectionService,
         build_detection_config,
+        build_drift_tiers,
         build_ledger_reader,
     )
 
@@ -100,7 +101,8 @@ def _run(args: argparse.Namespace) -> int:
 
         detection_config = replace(detection_config, start_from="earliest")
     ledger = None if args.no_clickhouse else build_ledger_reader(settings)
-    service = DetectionService(settings.kafka.client_config(), topics, detection_config, ledger=ledger)
+    service = DetectionService(settings.kafka.client_config(), topics, detection_config, ledger=ledger,
+                               drift_tiers=build_drift_tiers(settings))
     service.start()
 
     def stop(signum: int, _frame: object) -> None:

@@ -34,6 +34,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from schemas.errors import FinopsError
+
 __all__ = [
     "COLUMNS",
     "DriftCall",
@@ -457,6 +459,7 @@ def compute_price_drift_alert(suggestion: DriftSuggestion, yaml_text: str, now: 
         f"{suggestion.disagreeing} of {suggestion.calls} reported costs disagree with the catalogue since "
         f"{suggestion.effective_from_text}. Solved prices per MTok: {rates}"
         + ("" if suggestion.exact else f" ({suggestion.problem})")
+        + "".join(f"; NOT DETERMINED: {item} (the catalogue's rate kept)" for item in suggestion.undetermined)
         + ". Fix: add this price-book entry (FINOPS_STREAM_PRICE_BOOK), then run finops reprice:\n" + yaml_text
     )
     import uuid
@@ -533,7 +536,12 @@ class DriftWatcher:
             self._groups.move_to_end(key)
         computed = record.get("computed_cost_usd")
         rates = {name: record.get(column) for name, column in _RATE_FIELDS}
-        tiers = self._tiers_for(record) if self._tiers_for is not None else None
+        tiers = None
+        if self._tiers_for is not None:
+            try:
+                tiers = self._tiers_for(record)
+            except FinopsError:  # a record the Pricer cannot look up: solved flat, as without thresholds
+                tiers = None
         calls.append(DriftCall.from_event(record, computed, bool(record.get("cost_mismatch")) or computed is None,
                                           rates, tiers))  # fmt: skip
         seen = self._seen[key] = self._seen.get(key, 0) + 1

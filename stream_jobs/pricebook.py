@@ -33,10 +33,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 try:
     from schemas.errors import FinopsError
@@ -213,7 +222,7 @@ class TieredPrice(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     base: Decimal
-    tiers: tuple[PriceTier, ...] = Field(min_length=1)
+    tiers: tuple[PriceTier, ...]
 
     @field_validator("base", mode="before")
     @classmethod
@@ -228,6 +237,8 @@ class TieredPrice(BaseModel):
     @field_validator("tiers")
     @classmethod
     def _ascending(cls, tiers: tuple[PriceTier, ...]) -> tuple[PriceTier, ...]:
+        if not tiers:
+            raise ValueError("needs at least one tier {start, price} (or give a flat price)")
         starts = [tier.start for tier in tiers]
         if any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
             raise ValueError(f"tier starts must be strictly ascending, got {starts}")
@@ -240,7 +251,16 @@ class TieredPrice(BaseModel):
         return TieredPrices(base=self.base, tiers=[Tier(start=t.start, price=t.price) for t in self.tiers])
 
 
-Price = Decimal | TieredPrice
+def _price_kind(value: Any) -> str:
+    return _TIERED_TAG if isinstance(value, (Mapping, TieredPrice)) else _FLAT_TAG
+
+
+# A mapping is a tiered price, anything else a flat one: one branch validates, so an error is about that branch only.
+# The tags appear in pydantic's error locations; parse_price_book drops them so errors name the YAML path.
+_TIERED_TAG, _FLAT_TAG = "<tiered>", "<flat>"
+Price = Annotated[
+    Annotated[Decimal, Tag(_FLAT_TAG)] | Annotated[TieredPrice, Tag(_TIERED_TAG)], Discriminator(_price_kind)
+]
 
 
 class OverridePrices(BaseModel):
@@ -538,7 +558,8 @@ def parse_price_book(text: str, source: str = "<price book>") -> PriceBook:
     except ValidationError as err:
         problems = []
         for error in err.errors():
-            loc = tuple(part for part in error["loc"] if isinstance(part, (str, int)))
+            loc = tuple(part for part in error["loc"]
+                        if isinstance(part, (str, int)) and part not in (_TIERED_TAG, _FLAT_TAG))  # fmt: skip
             message = error["msg"].removeprefix("Value error, ")
             problems.append(PriceBookProblem(line=_line_for(lines, loc), field=_dotted(loc), message=message))
         problems.sort(key=lambda problem: problem.line or 0)  # file order, as an editor shows them

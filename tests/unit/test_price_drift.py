@@ -3,6 +3,12 @@
 The fixture (tests/unit/fixtures/drift/anthropic_price_cut.jsonl) is 14 Anthropic Messages API bodies of
 claude-sonnet-4 with the cost the client recorded: at the catalogue's prices until 2025-11-30, then at cut prices
 (input $1.25, cache read $0.125, 5-minute write $1.5625, 1-hour write $2.50, output $6.25 per MTok) from 2025-12-01.
+
+The tiered fixture (tests/unit/fixtures/drift/gemini_tiered_price_cut.jsonl) is 15 Gemini generateContent bodies of
+gemini-2.5-pro, whose catalogue prices are tiered above 200,000 input tokens (input 1.25 / 2.5, cache read 0.125 /
+0.25, output 10 / 15 per MTok). Costs were computed by hand with genai-prices' cliff rule (input_tokens > 200000:
+every token of the unit at the tier rate): at the catalogue's prices until 2025-11-30, then at 1.05 / 2.1, 0.105 /
+0.21, 8.4 / 12.6 from 2025-12-01, with calls below, exactly at (200,000: base) and just above (200,001) the threshold.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from stream_jobs.drift import (
     compute_drift,
     compute_price_drift_alert,
     render_price_book,
+    solve_price_set,
     solve_rates,
 )
 from stream_jobs.price_file import compute_line_event
@@ -31,14 +38,15 @@ from stream_jobs.pricing import Pricer
 pytestmark = pytest.mark.unit
 
 FIXTURE = Path(__file__).parent / "fixtures" / "drift" / "anthropic_price_cut.jsonl"
+TIERED_FIXTURE = Path(__file__).parent / "fixtures" / "drift" / "gemini_tiered_price_cut.jsonl"
 CUT = {"input_mtok": Decimal("1.25"), "cache_read_mtok": Decimal("0.125"), "cache_write_mtok": Decimal("1.5625"),
        "cache_write_1h_mtok": Decimal("2.5"), "output_mtok": Decimal("6.25")}  # fmt: skip
 NOW = datetime(2025, 12, 4, tzinfo=UTC)
 
 
-def events() -> list[dict[str, Any]]:
+def events(fixture: Path = FIXTURE) -> list[dict[str, Any]]:
     return [compute_line_event(json.loads(line, parse_float=Decimal), now=NOW)[0]
-            for line in FIXTURE.read_text().splitlines()]  # fmt: skip
+            for line in fixture.read_text().splitlines()]  # fmt: skip
 
 
 def calls(pricer: Pricer) -> list[DriftCall]:
@@ -140,3 +148,104 @@ def test_the_watcher_on_the_priced_stream_raises_one_alert_per_model_and_date() 
     assert parsed.kind == "price_drift" and parsed.dedup_key.endswith(":claude-code:2025-12-01")
     assert "input_mtok: 1.25" in parsed.summary and "output_mtok: 6.25" in parsed.summary
     assert parsed.details["effective_from"] == "2025-12-01"
+
+
+# --- tiered prices ---------------------------------------------------------------------------------------------------
+
+TIER_CUT = {
+    "input_mtok": (Decimal("1.05"), ((200_000, Decimal("2.1")),)),
+    "cache_read_mtok": (Decimal("0.105"), ((200_000, Decimal("0.21")),)),
+    "output_mtok": (Decimal("8.4"), ((200_000, Decimal("12.6")),)),
+}
+
+
+def tiered_calls(pricer: Pricer, keep: Any = lambda event: True) -> list[DriftCall]:
+    out = []
+    for event in events(TIERED_FIXTURE):
+        if keep(event):
+            result = pricer.price(event)
+            out.append(DriftCall.from_event(event, result.computed_cost_usd, result.cost_mismatch,
+                                            {"input_mtok": result.price_input_mtok}, pricer.price_tiers(event)))
+    return out  # fmt: skip
+
+
+def test_tiered_drift_solves_one_rate_per_tier_with_the_catalogue_thresholds() -> None:
+    (suggestion,) = compute_drift(tiered_calls(Pricer()))
+    assert suggestion.drifting and suggestion.exact and suggestion.undetermined == []
+    assert suggestion.effective_from_text == "2025-12-01" and suggestion.disagreeing == 12
+    assert suggestion.tiers == {"input_mtok": (200_000,), "cache_read_mtok": (200_000,), "output_mtok": (200_000,)}
+    assert suggestion.rates == {key: base for key, (base, _) in TIER_CUT.items()}
+    assert suggestion.tier_rates == {key: dict(tiers) for key, (_, tiers) in TIER_CUT.items()}
+    assert suggestion.max_residual == 0
+    # The same calls as one flat price set (what the solver did before tiers) cannot be reproduced.
+    flat = solve_price_set([c for c in tiered_calls(Pricer()) if c.disagrees])
+    assert not flat.exact and flat.problem is not None and "largest residual" in flat.problem
+
+
+def test_suggest_prints_a_tiered_entry_that_reprices_every_call_through_the_book(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINOPS_DATA_DIR", str(tmp_path / "data"))
+    assert main(["pricebook", "suggest", "--file", str(TIERED_FIXTURE), "--version", "tiers-1"]) == 0
+    captured = capsys.readouterr()
+    assert "DRIFT: google/gemini-2.5-pro (vertex-proxy): 12 of 15 reported calls disagree" in captured.err
+    assert "NOT DETERMINED" not in captured.out + captured.err
+    book_path = tmp_path / "suggested.yaml"
+    book_path.write_text(captured.out)
+    book = parse_price_book(captured.out, "suggested.yaml")
+    (override,) = book.overrides
+    assert (override.provider, override.model) == ("google", "gemini-2.5-pro")
+    assert override.effective_from == datetime(2025, 12, 1, tzinfo=UTC)
+    got = {key: (value.base, tuple((t.start, t.price) for t in value.tiers))
+           for key, value in override.prices.as_dict().items() if not isinstance(value, Decimal)}  # fmt: skip
+    assert got == TIER_CUT and set(override.prices.as_dict()) == set(TIER_CUT)
+
+    # Loaded as FINOPS_STREAM_PRICE_BOOK, finops price --file reprices every call to its reported cost.
+    monkeypatch.setenv("FINOPS_STREAM_PRICE_BOOK", str(book_path))
+    assert main(["price", "--file", str(TIERED_FIXTURE)]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(out) == 15
+    for line in out:
+        assert abs(Decimal(line["cost_usd"]) - Decimal(line["reported_cost"])) <= Decimal("1e-9"), line["event_id"]
+        assert line["mismatch"] is False
+    assert {line["price_source"] for line in out[3:]} == {"price_book"}
+    # ... and so does the Pricer the stream job builds from the same book (the same compiled rates).
+    pricer = Pricer(book)
+    for event in events(TIERED_FIXTURE):
+        assert abs(pricer.price(event).computed_cost_usd - event["reported_cost"]) <= Decimal("1e-9")
+
+
+def test_a_tier_no_call_reaches_is_not_determinable_and_not_invented() -> None:
+    below = tiered_calls(Pricer(), keep=lambda event: event["input_tokens"] <= 200_000)
+    (suggestion,) = compute_drift(below)
+    assert suggestion.drifting and suggestion.exact
+    assert suggestion.rates == {key: base for key, (base, _) in TIER_CUT.items()}
+    assert suggestion.tier_rates == {}
+    assert sorted(suggestion.undetermined) == [
+        f"{key} above 200000 input tokens: no call reaches that tier"
+        for key in ("cache_read_mtok", "input_mtok", "output_mtok")
+    ]
+    text = render_price_book([suggestion], version="v")
+    assert "# NOT DETERMINED: input_mtok above 200000 input tokens" in text
+    # The entry keeps the catalogue's tier rate, marked, so calls above the threshold are not priced at the base.
+    assert "- {start: 200000, price: 2.5}  # NOT DETERMINED: no call above 200000 input tokens" in text
+    (override,) = parse_price_book(text).overrides
+    input_price = override.prices.as_dict()["input_mtok"]
+    assert not isinstance(input_price, Decimal) and input_price.tiers[0].price == Decimal("2.5")
+    alert = Alert.from_avro_dict(compute_price_drift_alert(suggestion, text, NOW))
+    assert "input_mtok>200000" not in alert.details and alert.details["input_mtok"] == "1.05"
+
+
+def test_the_watcher_solves_tiers_when_given_the_pricer_s_thresholds() -> None:
+    from stream_jobs.drift import DriftWatcher
+
+    pricer = Pricer()
+    watcher = DriftWatcher(min_calls=3, check_every=15, tiers_for=pricer.price_tiers)
+    alerts: list[dict[str, Any]] = []
+    for event in events(TIERED_FIXTURE):
+        alerts += watcher.observe({**event, **pricer.price(event)._asdict()})
+    (alert,) = alerts
+    parsed = Alert.from_avro_dict(alert)
+    assert parsed.details["exact"] == "true"
+    assert parsed.details["input_mtok"] == "1.05" and parsed.details["input_mtok>200000"] == "2.1"
+    assert parsed.details["output_mtok>200000"] == "12.6"

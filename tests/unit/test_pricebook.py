@@ -223,3 +223,90 @@ def test_override_beats_discount_and_explain_says_why() -> None:
 def test_no_book_means_no_book_version() -> None:
     result = Pricer().price(usage("openai", "gpt-4o", datetime(2025, 7, 2, tzinfo=UTC), input_tokens=1))
     assert result.price_book_version is None and result.price_source == "catalogue"
+
+
+# --- tiered prices (genai-prices' TieredPrices form and cliff rule) -------------------------------------------------
+
+TIERED = """\
+version: "tiered-1"
+overrides:
+  - provider: google
+    model: gemini-2.5-pro
+    effective_from: 2025-12-01
+    prices:
+      input_mtok: {base: 1.05, tiers: [{start: 200000, price: 2.1}, {start: 500000, price: 3}]}
+      cache_read_mtok:
+        base: 0.105
+        tiers:
+          - {start: 200000, price: 0.21}
+      output_mtok: 8.4
+"""
+
+
+@pytest.mark.parametrize(
+    ("input_tokens", "expected"),
+    [
+        # at the threshold: base on everything (the tier needs input_tokens strictly greater than start)
+        (200_000, (200_000 - 50_000) * Decimal("1.05") + 50_000 * Decimal("0.105") + 1_000 * Decimal("8.4")),
+        # one token above: ALL input tokens at the tier rate (cliff), cache reads at their tier, output flat
+        (200_001, (200_001 - 50_000) * Decimal("2.1") + 50_000 * Decimal("0.21") + 1_000 * Decimal("8.4")),
+        # above the second start: its rate wins for input; cache reads stay at their only tier
+        (600_000, (600_000 - 50_000) * Decimal("3") + 50_000 * Decimal("0.21") + 1_000 * Decimal("8.4")),
+    ],
+)  # fmt: skip
+def test_tiered_override_prices_like_hand_computation(input_tokens: int, expected: Decimal) -> None:
+    pricer = Pricer(parse_price_book(TIERED, "tiered.yaml"))
+    at = datetime(2025, 12, 2, tzinfo=UTC)
+    result = pricer.price(usage("google", "gemini-2.5-pro", at, input_tokens=input_tokens, cache_read_tokens=50_000,
+                                output_tokens=1_000))  # fmt: skip
+    assert result.price_source == "price_book"
+    assert result.cost_usd == (expected / M).quantize(Decimal("1e-12"))
+    tier_rate = {200_000: Decimal("1.05"), 200_001: Decimal("2.1"), 600_000: Decimal("3")}[input_tokens]
+    assert result.price_input_mtok == tier_rate
+    assert pricer.price_tiers(usage("google", "gemini-2.5-pro", at)) == {
+        "input_mtok": (Decimal("1.05"), ((200_000, Decimal("2.1")), (500_000, Decimal("3")))),
+        "cache_read_mtok": (Decimal("0.105"), ((200_000, Decimal("0.21")),)),
+    }
+    text = pricer.explain(usage("google", "gemini-2.5-pro", at, input_tokens=input_tokens, cache_read_tokens=50_000,
+                                output_tokens=1_000))  # fmt: skip
+    assert f"total cost_usd = ${result.cost_usd:f}" in text
+
+
+def test_tiered_override_equals_genai_prices_on_the_same_tiers() -> None:
+    from genai_prices import Usage
+    from genai_prices.types import ModelPrice
+
+    book = parse_price_book(TIERED, "tiered.yaml")
+    pricer = Pricer(book)
+    reference = ModelPrice(**book.overrides[0].prices.as_genai())
+    at = datetime(2025, 12, 2, tzinfo=UTC)
+    for n in (0, 1, 199_999, 200_000, 200_001, 499_999, 500_000, 500_001, 2_000_000):
+        cached = n // 3
+        ours = pricer.price(usage("google", "gemini-2.5-pro", at, input_tokens=n, cache_read_tokens=cached,
+                                  output_tokens=777))  # fmt: skip
+        theirs = reference.calc_price(Usage(input_tokens=n, cache_read_tokens=cached, output_tokens=777))
+        assert ours.cost_usd == theirs["total_price"].quantize(Decimal("1e-12")), n
+
+
+@pytest.mark.parametrize(
+    ("prices", "field", "fragment"),
+    [
+        ("{input_mtok: {base: 1, tiers: [{start: 5, price: 2}, {start: 5, price: 3}]}}",
+         "overrides.0.prices.input_mtok.tiers", "strictly ascending"),
+        ("{input_mtok: {base: 1, tiers: [{start: 2.5e5, price: 2}]}}", "overrides.0.prices.input_mtok.tiers.0.start",
+         "whole number"),
+        ("{input_mtok: {base: 1, tiers: [{start: 100, price: -2}]}}", "overrides.0.prices.input_mtok.tiers.0.price",
+         "non-negative"),
+        ("{input_mtok: {base: 1, tiers: []}}", "overrides.0.prices.input_mtok.tiers", "at least one tier"),
+        ("{input_mtok: {base: 1, tiers: [{start: 100, price: 2, upto: 9}]}}",
+         "overrides.0.prices.input_mtok.tiers.0.upto", "Extra inputs"),
+    ],
+)  # fmt: skip
+def test_bad_tiers_name_their_field(prices: str, field: str, fragment: str) -> None:
+    head = 'version: "x"\noverrides:\n  - provider: p\n    model: m\n    effective_from: 2025-01-01\n'
+    text = f"{head}    prices: {prices}\n"
+    with pytest.raises(PriceBookError) as info:
+        parse_price_book(text, "inline.yaml")
+    assert [(p.line, p.field) for p in info.value.problems if fragment in p.message] == [(6, field)], (
+        info.value.problems
+    )
