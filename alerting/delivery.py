@@ -140,7 +140,7 @@ class UrllibTransport:
             except Exception:  # noqa: BLE001 - the status is what matters
                 body = b""
             return HttpResponse(err.code, dict(err.headers.items()) if err.headers else {}, body)
-        except (TimeoutError, socket.timeout) as err:
+        except TimeoutError as err:
             raise TransportError("timed out waiting for the response", timeout=True) from err
         except urllib.error.URLError as err:
             reason = err.reason

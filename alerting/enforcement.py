@@ -261,8 +261,8 @@ class Enforcer:
         if not any(k == alert.dedup_key for k, _, _ in self.store.enforcement_active(key)):
             return []  # this key never enforced anything (a notify-only threshold)
         self.store.enforcement_drop(key, alert.dedup_key)
-        why = alert.details.get("resolve_reason") or alert.details.get("reason") or "the budget condition cleared (period rolled over or the " \
-                                                       "limit was raised)"
+        why = (alert.details.get("resolve_reason") or alert.details.get("reason")
+               or "the budget condition cleared (period rolled over or the limit was raised)")
         return [self._effective(key, alert.alert_id, alert.occurred_at, scope[0], scope[1], resume_reason=why)]
 
     def tick(self, now: datetime) -> list[ControlCommand]:

@@ -60,7 +60,7 @@ class Store:
         except ch_exc.Error as err:
             raise StoreQueryError(f"dashboard query failed: {err}") from err
         names = result.column_names
-        return [dict(zip(names, row)) for row in result.result_rows]
+        return [dict(zip(names, row, strict=True)) for row in result.result_rows]
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert ``rows`` (dicts with the same keys) into ``table`` (a name from this package, never input)."""
@@ -90,7 +90,7 @@ class Store:
         for client in (self.writer, self.reader):
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:  # noqa: BLE001, S110 - closing is best effort
                 pass
 
 

@@ -117,7 +117,8 @@ class ProducerSettings(BaseSettings):
     model_config = _section("FINOPS_PRODUCER_")
 
     source: str = Field(default_factory=socket.gethostname, description="the emitting service's name")
-    spool_dir: Path | None = Field(None, description="on-disk spool for when the broker is down; default <data dir>/spool")
+    spool_dir: Path | None = Field(
+        None, description="on-disk spool for when the broker is down; default <data dir>/spool")
     spool_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="spool bound in bytes")
     compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     linger_ms: int = Field(20, ge=0, description="batching delay")
@@ -198,7 +199,8 @@ class IntakeSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 to take other machines' telemetry)")
     port: int = Field(4318, ge=1, le=65535, description="OTLP/HTTP port (4318 is the OTLP default)")
-    tokens_file: Path | None = Field(None, description="intake bearer tokens (hashed); default <data dir>/intake/tokens.json")
+    tokens_file: Path | None = Field(
+        None, description="intake bearer tokens (hashed); default <data dir>/intake/tokens.json")
     spool_dir: Path | None = Field(None, description="the intake producer's spool; default <data dir>/spool-intake")
     spool_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="spool bound; when full, answer 503")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body, after gunzip")

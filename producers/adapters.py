@@ -236,8 +236,8 @@ def _reasoning_output(completion: int, reasoning: int, convention: str, provider
         )
     if convention == "exclusive" and reasoning:
         return completion + reasoning, (
-            (f"reasoning_exclusive: completion_tokens {completion} leaves out reasoning_tokens {reasoning} (declared for "
-             f"this source); output_tokens = {completion} + {reasoning}"),
+            (f"reasoning_exclusive: completion_tokens {completion} leaves out reasoning_tokens {reasoning} "
+             f"(declared for this source); output_tokens = {completion} + {reasoning}"),
         )
     return completion, ()
 

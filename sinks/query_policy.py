@@ -235,8 +235,9 @@ def tokenize(sql: bytes) -> list[Token]:
             depth += (ch == ord("(")) - (ch == ord(")"))
         else:
             raise _refuse(f"unexpected character {chr(ch)!r} at offset {pos}")
-        if (depth == 0 and tokens[0].kind == "word" and tokens[0].text.upper() == "INSERT" and len(tokens) >= 2 and tokens[-2].kind == "word"
-                and tokens[-2].text.upper() == "FORMAT" and tokens[-1].kind in ("word", "qident")):
+        if (depth == 0 and tokens[0].kind == "word" and tokens[0].text.upper() == "INSERT" and len(tokens) >= 2
+                and tokens[-2].kind == "word" and tokens[-2].text.upper() == "FORMAT"
+                and tokens[-1].kind in ("word", "qident")):
             break
     return tokens
 
@@ -452,7 +453,7 @@ def load_query_policy(client: Any) -> QueryPolicy:
     policy. Blocks for four small queries."""
     fields = ("name", "is_aggregate", "case_insensitive", "alias_to", "categories", "introduced_in")
     result = client.query(f"SELECT {', '.join(fields)} FROM system.functions")
-    function_rows = [dict(zip(fields, row)) for row in result.result_rows]
+    function_rows = [dict(zip(fields, row, strict=True)) for row in result.result_rows]
     combinators = [r[0] for r in client.query("SELECT name FROM system.aggregate_function_combinators").result_rows]
     types = [r[0] for r in client.query("SELECT name FROM system.data_type_families").result_rows]
     table_functions = [r[0] for r in client.query("SELECT name FROM system.table_functions").result_rows]

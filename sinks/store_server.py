@@ -945,7 +945,8 @@ class StoreServer:
                 ACCESS_DENIED, "Requests from web pages (Origin header) are refused by the finops store endpoint"
             )
         if headers.get("sec-fetch-site", "").strip().lower() in ("cross-site", "same-site"):
-            raise ClickHouseHTTPError(ACCESS_DENIED, "Cross-site browser requests are refused by the finops store endpoint")
+            raise ClickHouseHTTPError(
+                ACCESS_DENIED, "Cross-site browser requests are refused by the finops store endpoint")
 
     def authenticate(self, headers: Mapping[str, str], params: Mapping[str, str]) -> bool:
         """Check the request's credentials (``headers`` keyed by lower-case name); True if the user may write.

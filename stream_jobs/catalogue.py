@@ -15,7 +15,8 @@ priced); when ``current.json`` names another version it builds a new :class:`~st
 event from the next batch on is priced (and stamped) with it, so per partition the version changes at one offset.
 
 The catalogue's date is the newest price-change date it contains (``StartDateConstraint``) that is not in the future,
-or the install time for data without one; ``finops prices status`` warns when it is older than ``FINOPS_STREAM_CATALOGUE_MAX_AGE_DAYS``.
+or the install time for data without one; ``finops prices status`` warns when it is older than
+``FINOPS_STREAM_CATALOGUE_MAX_AGE_DAYS``.
 """
 
 from __future__ import annotations

@@ -133,7 +133,8 @@ COST_BASES: Final[tuple[str, ...]] = ("catalogue", "reported", "reported_if_unpr
 #: Providers that route calls to other vendors. The event keeps the gateway as provider (it bills the call); a model
 #: its catalogue entry lacks is priced at the vendor named by the model's ``vendor/`` prefix. Any provider the
 #: catalogue does not know is treated the same way when its model has a vendor prefix.
-GATEWAY_PROVIDERS: Final = frozenset({"openrouter", "litellm", "portkey", "vercel", "helicone", "cloudflare-ai-gateway"})
+GATEWAY_PROVIDERS: Final = frozenset(
+    {"openrouter", "litellm", "portkey", "vercel", "helicone", "cloudflare-ai-gateway"})
 
 # OpenRouter / LiteLLM vendor prefixes whose genai-prices provider id differs.
 _VENDOR_ALIASES: Final[Mapping[str, str]] = {
@@ -468,7 +469,8 @@ def _compile(price_map: Mapping[str, Any], source: PriceSource, notes: tuple[str
                 for field, k in _GENAI_FROM_OURS.get(genai_key, ()):
                     ours[field] = ours.get(field, 0) + c * k
             # Wholes first, then the parts taken out of them: reads as "input - cache_read - cache_write".
-            terms = tuple(sorted(((f, k) for f, k in ours.items() if k != 0), key=lambda fk: (fk[1] < 0, USAGE_FIELDS.index(fk[0]))))
+            terms = tuple(sorted(((f, k) for f, k in ours.items() if k != 0),
+                                 key=lambda fk: (fk[1] < 0, USAGE_FIELDS.index(fk[0]))))
             if not terms:
                 uncarried.append(unit.usage_key)  # always 0 for our events: no line needed
                 continue
@@ -888,13 +890,14 @@ class Pricer:
         if entry.info is not None and entry.catalogue_provider is not None:
             route = f" via {entry.via} (gateway)" if entry.via else ""
             out.append(
-                f"catalogue: {entry.catalogue_provider.id}/{entry.info.id}{route} (genai-prices {self.catalogue_version})"
+                f"catalogue: {entry.catalogue_provider.id}/{entry.info.id}{route} "
+                f"(genai-prices {self.catalogue_version})"
             )
         else:
             out.append(f"catalogue: no match (genai-prices {self.catalogue_version}): {entry.lookup_error}")
         out.append(
-            f"resolution: price book {self.price_book_version or '(none)'} -> catalogue {provider!r} -> upstream vendor "
-            f"(gateways) -> reported cost (cost_basis {result.cost_basis}) -> unpriced; "
+            f"resolution: price book {self.price_book_version or '(none)'} -> catalogue {provider!r} "
+            f"-> upstream vendor (gateways) -> reported cost (cost_basis {result.cost_basis}) -> unpriced; "
             f"answered by: {result.price_source}"
         )
         out.extend(f"note: {note}" for note in rates.notes)
@@ -939,15 +942,16 @@ class Pricer:
         if result.price_source == "reported":
             out.append(f"computed (price book / catalogue) = ${result.computed_cost_usd:f}")
             out.append(
-                f"total cost_usd = ${result.cost_usd:f} = reported_cost (cost_basis {result.cost_basis}: the report is the "
-                "bill; parts scaled to it)"
+                f"total cost_usd = ${result.cost_usd:f} = reported_cost (cost_basis {result.cost_basis}: "
+                "the report is the bill; parts scaled to it)"
             )
         else:
             out.append(f"total cost_usd = ${result.cost_usd:f}")
         if result.cost_delta_usd is not None:
             verdict = "MISMATCH" if result.cost_mismatch else "within tolerance"
             out.append(
-                f"reported ${get('reported_cost')} - computed ${result.computed_cost_usd:f} = ${result.cost_delta_usd:f} ({verdict}: "
+                f"reported ${get('reported_cost')} - computed ${result.computed_cost_usd:f} "
+                f"= ${result.cost_delta_usd:f} ({verdict}: "
                 f"tolerance ${self._abs_tol} or {self._rel_tol * 100}%)"
             )
         return "\n".join(out)

@@ -11,7 +11,6 @@ Python package ``selenium``; without them the tests skip and say so.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal

@@ -187,8 +187,10 @@ def test_overspend_suspends_agent_notifies_and_releases_at_rollover(
             resolve = [x.json() for x in receiver.delivered("/pd") if x.json()["event_action"] == "resolve"]
             assert resolve == [{"routing_key": "E2EROUTINGKEY", "event_action": "resolve",
                                 "dedup_key": trigger["dedup_key"]}]
-            _wait(lambda: any(c.action == "resume" for c in worker.commands_published), 10, "a resume command")
-            _wait(lambda: worker.audit_log is not None and ch_client.query(
+            published = worker.commands_published  # extended in place; read without the name the finally deletes
+            _wait(lambda: any(c.action == "resume" for c in published), 10, "a resume command")
+            assert worker.audit_log is not None
+            _wait(lambda: ch_client.query(
                 f"SELECT count() FROM {ch_database}.control_commands WHERE action = 'resume' AND verified"
             ).result_rows[0][0] >= 1, 15, "the audit rows")
         finally:

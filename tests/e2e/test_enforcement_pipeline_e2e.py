@@ -197,9 +197,10 @@ def test_agent_usage_through_hot_path_and_detection_suspends_then_releases_at_ro
         idle_partition_s=1.0))
     detection_errors: list[BaseException] = []
 
-    def run_detection() -> None:
+    # The service is passed in, not looked up: the `finally` below deletes the name `detection`.
+    def run_detection(service: DetectionService) -> None:
         try:
-            detection.run()
+            service.run()
         except BaseException as err:  # noqa: BLE001 - reported by check()
             detection_errors.append(err)
 
@@ -223,7 +224,7 @@ def test_agent_usage_through_hot_path_and_detection_suspends_then_releases_at_ro
                              verify_keys={KEY_ID: SECRET}, options=options, clock=WorkerClock(sim, stop_worker),
                              ch_client=ch_client, ch_database=ch_database)
         worker_thread = threading.Thread(target=worker.run, args=(stop_worker,), name="alert-worker", daemon=True)
-        detection_thread = threading.Thread(target=run_detection, name="detection", daemon=True)
+        detection_thread = threading.Thread(target=run_detection, args=(detection,), name="detection", daemon=True)
         guard = ControlGuard(bootstrap=kafka_bootstrap, topic=topics.control, keys={KEY_ID: SECRET},
                              agent_id="bot-1", team="support", project="triage", clock=sim)
         usage = UsageProducer(kafka_bootstrap, topics.usage, "e2e-agent", tmp_path / "spool", clock=sim,
@@ -301,8 +302,9 @@ def test_agent_usage_through_hot_path_and_detection_suspends_then_releases_at_ro
             resolve = [x.json() for x in receiver.delivered(PD) if x.json()["event_action"] == "resolve"]
             assert resolve == [{"routing_key": "E2EROUTINGKEY", "event_action": "resolve",
                                 "dedup_key": trigger["dedup_key"]}]
-            _wait(lambda: any(c.action == "resume" for c in worker.commands_published), 10, "a resume command")
-            assert [c.action for c in worker.commands_published][0] == "suspend"
+            published = worker.commands_published  # extended in place; read without the name the finally deletes
+            _wait(lambda: any(c.action == "resume" for c in published), 10, "a resume command")
+            assert [c.action for c in published][0] == "suspend"
             total_s = time.monotonic() - t0
             print(f"\nzone {zone}, simulated clock {sim.shift.total_seconds():.0f} s behind; setup {setup_s:.1f} s; "
                   f"breach at call {breach_call} (${per_call}/call, limit ${LIMIT}); refusal "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
@@ -154,9 +154,9 @@ def test_metrics_report_kafka_lag_and_dlq(ch_client: Any, ch_database: str, chdb
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     producer = Producer(kafka_config)
-    for i in range(5):
+    for _ in range(5):
         producer.produce(topics.usage, key=b"a", value=b"x", partition=0)
-    for i in range(3):
+    for _ in range(3):
         producer.produce(topics.dlq, key=b"a", value=b"bad", partition=0)
     assert producer.flush(30) == 0
     group = f"g-{topics.prefix}"

@@ -68,7 +68,8 @@ def seed_fleet(client: Any, database: str, now: datetime | None = None) -> Fleet
     day_offsets = (0, 1, 2, 4, 9, 20, 45)  # 45 days back lies outside the 30-day trend
     for a_index, (agent, (team, project)) in enumerate(AGENTS.items()):
         for d_index, days_ago in enumerate(day_offsets):
-            when = _today_moment(now, 30 + a_index) if days_ago == 0 else now - timedelta(days=days_ago, minutes=a_index)
+            when = (_today_moment(now, 30 + a_index) if days_ago == 0
+                    else now - timedelta(days=days_ago, minutes=a_index))
             for call in range(1 + (a_index + d_index) % 3):
                 provider, model = MODELS[(a_index + call + d_index) % len(MODELS)]
                 task = f"{agent}-t{d_index}"

@@ -97,7 +97,8 @@ def test_admin_sees_whole_trees_counted_once(ch_client: Any, fleet: Fleet, dash:
     ledger = f"{fleet.database}.usage_ledger FINAL"
     ledger_total = ch_client.query(
         f"SELECT sum(cost_usd) FROM {ledger} WHERE task_id IN (SELECT task_id FROM {ledger} WHERE task_id != '' "
-        "GROUP BY task_id HAVING toDate(max(occurred_at), 'UTC') >= {d:Date})", parameters={"d": since}).result_rows[0][0]
+        "GROUP BY task_id HAVING toDate(max(occurred_at), 'UTC') >= {d:Date})",
+        parameters={"d": since}).result_rows[0][0]
     assert D(body["summary"]["cost_usd"]) == ledger_total
     assert sum(D(tree["tasks"][0]["total_cost_usd"]) for tree in body["trees"]) == ledger_total
     assert body["summary"]["diamonds"] == 1 and body["summary"]["cycles"] == 1

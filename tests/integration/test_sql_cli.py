@@ -39,7 +39,8 @@ def database(ch_client: Any) -> Iterator[str]:
     ch_client.command(f"CREATE DATABASE {name}")
     ch_client.command(f"CREATE TABLE {name}.spend (team String, cost Decimal(38, 12)) ENGINE = MergeTree ORDER BY team")
     ch_client.insert(
-        f"{name}.spend", [("payments", Decimal("1.250000000001")), ("search", Decimal("0.5"))], column_names=["team", "cost"]
+        f"{name}.spend", [("payments", Decimal("1.250000000001")), ("search", Decimal("0.5"))],
+        column_names=["team", "cost"],
     )
     yield name
     ch_client.command(f"DROP DATABASE IF EXISTS {name}")
@@ -180,8 +181,8 @@ def _run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, env: dict[str, st
 
 
 def test_sql_command_prints_json_and_table(
-    chdb_url: str, store: StoreServer, database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    store_data_dir: Path,
+    chdb_url: str, store: StoreServer, database: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], store_data_dir: Path,
 ) -> None:
     env = {"FINOPS_CLICKHOUSE_URL": chdb_url, "FINOPS_CLICKHOUSE_QUERY_URL": store.url,
            "FINOPS_CLICKHOUSE_DATABASE": database, "FINOPS_DATA_DIR": str(store_data_dir)}
@@ -198,8 +199,8 @@ def test_sql_command_prints_json_and_table(
 
 
 def test_sql_command_understands_a_trailing_format_clause(
-    chdb_url: str, store: StoreServer, database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    store_data_dir: Path,
+    chdb_url: str, store: StoreServer, database: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], store_data_dir: Path,
 ) -> None:
     """Issue 14 item 12: `FORMAT Vertical` was a syntax error (clickhouse-connect appends its own FORMAT)."""
     env = {"FINOPS_CLICKHOUSE_URL": chdb_url, "FINOPS_CLICKHOUSE_QUERY_URL": store.url,
@@ -225,8 +226,9 @@ def test_sql_from_another_process_goes_through_the_owner(chdb_url: str, store: S
     )
     env = {**os.environ, "FINOPS_CLICKHOUSE_URL": chdb_url, "FINOPS_CLICKHOUSE_QUERY_URL": store.url,
            "FINOPS_CLICKHOUSE_DATABASE": database, "PYTHONPATH": str(REPO), "FINOPS_DATA_DIR": str(store_data_dir)}
-    done = subprocess.run([sys.executable, "-c", script, "sql", "SELECT sum(cost) AS total FROM spend", "--format", "csv"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, "sql", "SELECT sum(cost) AS total FROM spend", "--format", "csv"],
+        env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "total\n1.750000000001\n"
     refused = subprocess.run([sys.executable, "-c", script, "sql", "DROP TABLE spend"],

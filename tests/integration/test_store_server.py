@@ -94,7 +94,8 @@ def _post(url: str, body: bytes, headers: dict[str, str] | None = None, *, auth:
 def _as_utc(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     # clickhouse-connect returns a column's DateTime64 naive when its zone is the server's (UTC here); make the
     # comparison about the instant.
-    return [tuple(v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for v in r) for r in rows]
+    return [tuple(v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v for v in r)
+            for r in rows]
 
 
 def test_ping_and_bare_get_answer_ok(store: StoreServer) -> None:
@@ -135,7 +136,8 @@ def test_server_side_binding_keeps_hostile_values_as_values(store: StoreServer, 
     assert server_bound.result_rows == [(0,)]
     client_bound = client.query("SELECT count() FROM calls WHERE model = %(m)s", parameters={"m": hostile})
     assert client_bound.result_rows == [(0,)]
-    assert client.query("SELECT count() FROM calls WHERE model = {m:String}", parameters={"m": "gpt-4o"}).result_rows == [(2,)]
+    server_bound = client.query("SELECT count() FROM calls WHERE model = {m:String}", parameters={"m": "gpt-4o"})
+    assert server_bound.result_rows == [(2,)]
     # Escaped text form passes through untouched: backslash, tab, quote, NULL.
     tricky = "a\\b\tc'd"
     echoed = client.query("SELECT {s:String} AS s, {n:Nullable(String)} IS NULL", parameters={"s": tricky, "n": None})
@@ -145,7 +147,8 @@ def test_server_side_binding_keeps_hostile_values_as_values(store: StoreServer, 
 def test_long_parameters_travel_form_encoded(store: StoreServer, database: str) -> None:
     client = _client(store, database, form_encode_query_params=True)
     value = "é" * 5000
-    assert client.query("SELECT {v:String}, lengthUTF8({w:String})", parameters={"v": value, "w": value}).result_rows == [(value, 5000)]
+    got = client.query("SELECT {v:String}, lengthUTF8({w:String})", parameters={"v": value, "w": value})
+    assert got.result_rows == [(value, 5000)]
 
 
 def test_errors_surface_as_clickhouse_errors(store: StoreServer, database: str) -> None:
@@ -244,8 +247,10 @@ def test_curl_like_formats(store: StoreServer, database: str, ch_client: Any) ->
     assert headers["Content-Type"].startswith("application/json") and json.loads(body)["data"] == [{"n": 3}]
 
     # A plain-HTTP insert: statement in the query parameter, rows in the body.
-    insert = urllib.parse.urlencode({"database": database, "query": "INSERT INTO calls (id, cost, at, model) FORMAT JSONEachRow"})
-    status, headers, _ = _post(f"{store.url}/?{insert}", b'{"id":7,"cost":"0.1","at":"2025-01-01 00:00:00","model":"m"}\n')
+    insert = urllib.parse.urlencode(
+        {"database": database, "query": "INSERT INTO calls (id, cost, at, model) FORMAT JSONEachRow"})
+    status, headers, _ = _post(f"{store.url}/?{insert}",
+                               b'{"id":7,"cost":"0.1","at":"2025-01-01 00:00:00","model":"m"}\n')
     assert status == 200 and json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "1"
     assert client.query("SELECT cost FROM calls WHERE id = 7").result_rows == [(Decimal("0.1"),)]
 
@@ -269,8 +274,8 @@ def test_authentication_is_required_and_never_echoes_the_password(
         status, headers, body = _post(f"{server.url}/", b"SELECT 1", auth=False)
         assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "516"
         assert body.startswith(b"Code: 516. DB::Exception: default: Authentication failed")
-        status, _, body = _post(f"{server.url}/", b"SELECT 2", {"X-ClickHouse-User": "finops", "X-ClickHouse-Key": secret},
-                                auth=False)
+        status, _, body = _post(f"{server.url}/", b"SELECT 2",
+                                {"X-ClickHouse-User": "finops", "X-ClickHouse-Key": secret}, auth=False)
         assert (status, body) == (200, b"2\n")
         basic = "Basic " + base64.b64encode(f"finops:{secret}".encode()).decode()
         assert _post(f"{server.url}/", b"SELECT 3", {"Authorization": basic}, auth=False)[2] == b"3\n"
@@ -333,6 +338,7 @@ def test_error_code_numbers_match_the_engine(ch_client: Any) -> None:
              ss.UNKNOWN_COMPRESSION_METHOD: "UNKNOWN_COMPRESSION_METHOD", ss.BAD_ARGUMENTS: "BAD_ARGUMENTS",
              ss.UNSUPPORTED_MEDIA_TYPE: "UNSUPPORTED_MEDIA_TYPE", ss.STD_EXCEPTION: "STD_EXCEPTION",
              60: "UNKNOWN_TABLE", 81: "UNKNOWN_DATABASE", 194: "REQUIRED_PASSWORD", 497: "ACCESS_DENIED"}
-    got = dict(ch_client.query("SELECT number, errorCodeToName(number) FROM numbers(2000) WHERE number IN {c:Array(UInt32)}",
-                               parameters={"c": list(names)}).result_rows)
+    got = dict(ch_client.query(
+        "SELECT number, errorCodeToName(number) FROM numbers(2000) WHERE number IN {c:Array(UInt32)}",
+        parameters={"c": list(names)}).result_rows)
     assert got == names

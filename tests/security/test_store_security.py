@@ -80,7 +80,8 @@ def catalogue(ch_client: Any) -> dict[str, list[Any]]:
 
 
 def _post(store: StoreServer, sql: str | bytes, creds: Any | None, *, reader: bool = False,
-          params: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+          params: dict[str, str] | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     hdrs = dict(headers or {})
     if creds is not None:
         user, password = creds.for_role(readonly=reader)
@@ -269,7 +270,8 @@ def test_dictionaries_with_external_sources_cannot_be_created_or_read(
     "RENAME TABLE {db}.secrets_like TO {db}.gone", "CREATE TABLE {db}.x (a Int8) ENGINE = Memory",
     "CREATE VIEW {db}.v AS SELECT * FROM file('/etc/passwd', 'LineAsString')", "DETACH TABLE {db}.secrets_like",
     "ATTACH TABLE {db}.secrets_like", "SYSTEM RELOAD DICTIONARIES", "SYSTEM SHUTDOWN", "KILL QUERY WHERE 1",
-    "BACKUP TABLE {db}.secrets_like TO File('/tmp/finops-backup')", "RESTORE TABLE {db}.secrets_like FROM Disk('default', 'x')",
+    "BACKUP TABLE {db}.secrets_like TO File('/tmp/finops-backup')",
+    "RESTORE TABLE {db}.secrets_like FROM Disk('default', 'x')",
     "OPTIMIZE TABLE {db}.secrets_like FINAL", "GRANT ALL ON *.* TO default", "CREATE USER evil",
     "CREATE FUNCTION evil AS x -> x", "SET readonly = 0", "USE system", "EXCHANGE TABLES {db}.a AND {db}.b",
     "UNDROP TABLE {db}.x", "SELECT 1; DROP TABLE {db}.secrets_like", "SELECT 1 INTO OUTFILE '/tmp/finops-out'",

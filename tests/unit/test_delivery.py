@@ -123,7 +123,7 @@ def test_5xx_and_timeouts_back_off_exponentially_with_jitter_then_succeed() -> N
     sender, transport, records = _sender(script, policy=policy)
     outcome = sender.send(_alert(), delivery_id="a1")
     assert outcome.result == "sent" and outcome.attempts == 5
-    gaps = [b[0] - a[0] for a, b in zip(transport.calls, transport.calls[1:])]
+    gaps = [b[0] - a[0] for a, b in zip(transport.calls, transport.calls[1:], strict=False)]
     # each gap = pacing (1 s minimum interval) or the jittered backoff (+ the 2 s timeout for the hung attempt)
     ceilings = [1.0, 2.0 + 2.0, 4.0, 8.0]
     for gap, ceiling in zip(gaps, ceilings, strict=True):

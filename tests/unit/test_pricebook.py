@@ -29,7 +29,7 @@ def pricer() -> Pricer:
     return Pricer(load_price_book(FIXTURES / "valid.yaml"))
 
 
-# --- loading -----------------------------------------------------------------------------------------------------------
+# --- loading ---------------------------------------------------------------------------------------------------------
 
 
 def test_valid_book_loads_exact_decimals_and_utc_dates() -> None:

@@ -258,7 +258,7 @@ def test_model_listed_without_prices_is_known_and_free(pricer: Pricer) -> None:
     assert "no prices" in pricer.explain(event)
 
 
-# --- reported cost -----------------------------------------------------------------------------------------------------
+# --- reported cost ---------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -382,14 +382,15 @@ def test_explain_shows_the_arithmetic(pricer: Pricer) -> None:
         output_tokens=1_000, reported_cost=Decimal("0.057"),
     )  # fmt: skip
     text = pricer.explain(event)
-    assert "input_tokens: 4000 [input_tokens - cache_read_tokens - cache_write_tokens] x $3 / 1,000,000 = $0.012" in text
+    assert ("input_tokens: 4000 [input_tokens - cache_read_tokens - cache_write_tokens] x $3 / 1,000,000 = $0.012"
+            in text)
     assert "cache_write_tokens: 4000 [cache_write_tokens - cache_write_1h_tokens] x $3.75" in text
     assert "cache_write_1h_tokens: 2000 [cache_write_1h_tokens] x $6 / 1,000,000 = $0.012" in text
     assert "total cost_usd = $0.057000000000" in text
     assert "within tolerance" in text
 
 
-# --- speed ---------------------------------------------------------------------------------------------------------------
+# --- speed -----------------------------------------------------------------------------------------------------------
 
 
 def test_cached_rates_are_fast(pricer: Pricer) -> None:

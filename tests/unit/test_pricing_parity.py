@@ -140,7 +140,8 @@ def test_fast_path_equals_calc_price_on_the_whole_catalogue() -> None:
                 if mix is MIXES[1]:
                     model_price = model.get_prices(at)
                     tiered_seen += isinstance(model_price.input_mtok, gp_types.TieredPrices)
-                    derived_seen += model_price.cache_write_1h_mtok is None and result.price_cache_write_1h_mtok is not None
+                    derived_seen += (model_price.cache_write_1h_mtok is None
+                                     and result.price_cache_write_1h_mtok is not None)
     print(f"compared {compared}, unpriced {unpriced}, refused {refused}, models {len(pairs)}")
     assert compared > 40_000
     assert tiered_seen > 100 and conditional_seen > 100 and derived_seen > 10

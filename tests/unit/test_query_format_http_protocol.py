@@ -111,7 +111,8 @@ def test_request_bodies_decompress() -> None:
 
 def test_error_bodies_and_statuses_follow_clickhouse() -> None:
     err = ClickHouseHTTPError(AUTHENTICATION_FAILED, "u: Authentication failed")
-    assert err.status == 403 and err.body == "Code: 516. DB::Exception: u: Authentication failed. (AUTHENTICATION_FAILED)"
+    assert err.status == 403
+    assert err.body == "Code: 516. DB::Exception: u: Authentication failed. (AUTHENTICATION_FAILED)"
     assert ClickHouseHTTPError(60, "Code: 60. DB::Exception: x. (UNKNOWN_TABLE)").status == 404
     assert ClickHouseHTTPError(READONLY, "r").status == 500  # ClickHouse does not map READONLY
     assert _STATUS_BY_CODE[QUERY_IS_TOO_LARGE] == 413 and _STATUS_BY_CODE[NOT_IMPLEMENTED] == 501

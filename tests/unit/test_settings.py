@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from finops.settings import load_settings, mask_url
 from schemas.errors import ConfigError
@@ -21,7 +22,7 @@ def test_defaults_are_local_and_embedded() -> None:
     assert s.kafka.schema_registry_url is None
     with pytest.raises(AttributeError):
         s.kafka = None  # type: ignore[misc,assignment]
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.kafka.bootstrap = "x:1"  # type: ignore[misc]
 
 
