@@ -6,8 +6,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# The packages mypy --strict checks (its configuration and ruff's are in pyproject.toml).
+TYPED  := finops schemas producers stream_jobs sinks alerting governance dashboard
 
-.PHONY: help setup focus-validator run test test-unit bench stack-up stack-down clean
+.PHONY: help setup focus-validator run test test-unit lint bench stack-up stack-down clean
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -e 's/:.*##/\t/'
@@ -43,6 +45,13 @@ test: setup focus-validator ## the whole suite: unit, integration, e2e, faults (
 
 test-unit: setup ## the fast tests only
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+# Both checks run and report even when the first fails; the target fails if either does.
+lint: setup      ## ruff and mypy --strict (configured in pyproject.toml); CI runs it after the tests
+	@status=0; \
+	echo "$(BIN)/ruff check ."; $(BIN)/ruff check . || status=1; \
+	echo "$(BIN)/python -m mypy $(TYPED)"; $(BIN)/python -m mypy $(TYPED) || status=1; \
+	exit $$status
 
 bench: setup     ## benchmarks, printed as a table and written to bench-results/
 	$(BIN)/finops bench all
