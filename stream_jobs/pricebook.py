@@ -37,7 +37,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -185,6 +187,10 @@ def _finite(value: Decimal) -> Decimal:
     return value
 
 
+#: A unit price as the price book takes it: exact (no float), finite and non-negative.
+ExactPrice = Annotated[Decimal, BeforeValidator(_decimal_price), AfterValidator(_finite)]
+
+
 class PriceTier(BaseModel):
     """One tier of a :class:`TieredPrice`: ``price`` applies to every token of the unit when the call's
     ``input_tokens`` is strictly greater than ``start``."""
@@ -192,7 +198,7 @@ class PriceTier(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     start: int
-    price: Decimal
+    price: ExactPrice
 
     @field_validator("start", mode="before")
     @classmethod
@@ -203,16 +209,6 @@ class PriceTier(BaseModel):
             raise ValueError("must be >= 0")
         return value
 
-    @field_validator("price", mode="before")
-    @classmethod
-    def _no_float(cls, value: Any) -> Any:
-        return _decimal_price(value)
-
-    @field_validator("price")
-    @classmethod
-    def _finite_price(cls, value: Decimal) -> Decimal:
-        return _finite(value)
-
 
 class TieredPrice(BaseModel):
     """A price tiered by prompt size, genai-prices' ``TieredPrices`` with the same "cliff" semantics (module
@@ -221,18 +217,8 @@ class TieredPrice(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    base: Decimal
+    base: ExactPrice
     tiers: tuple[PriceTier, ...]
-
-    @field_validator("base", mode="before")
-    @classmethod
-    def _no_float(cls, value: Any) -> Any:
-        return _decimal_price(value)
-
-    @field_validator("base")
-    @classmethod
-    def _finite_base(cls, value: Decimal) -> Decimal:
-        return _finite(value)
 
     @field_validator("tiers")
     @classmethod
