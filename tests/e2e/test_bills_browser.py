@@ -23,8 +23,7 @@ from tests.integration.test_api_bills import SHADOW, seed_bill
 from tests.integration.test_api_support import (
     Fleet,
     RunningDashboard,
-    build_store,
-    running_dashboard,
+    serving_database,
     seed_fleet,
 )
 
@@ -46,10 +45,8 @@ def fleet(ch_client: Any, ch_database: str) -> Fleet:
 
 @pytest.fixture
 def dash(fleet: Fleet, chdb_url: str) -> Iterator[RunningDashboard]:
-    store = build_store(chdb_url, fleet.database)
-    with running_dashboard(store) as running:
+    with serving_database(chdb_url, fleet.database) as running:
         yield running
-    store.close()
 
 
 def _reconciled(ch_client: Any, fleet: Fleet, column: str, where: str = "1") -> Decimal:

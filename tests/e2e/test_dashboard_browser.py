@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.integration.ch_fixtures import insert_ledger, ledger_row
-from tests.integration.test_api_support import Fleet, RunningDashboard, build_store, running_dashboard, seed_fleet
+from tests.integration.test_api_support import Fleet, RunningDashboard, serving_database, seed_fleet
 
 pytestmark = pytest.mark.e2e
 
@@ -89,10 +89,8 @@ def fleet(ch_client: Any, ch_database: str) -> Fleet:
 
 @pytest.fixture
 def dash(fleet: Fleet, chdb_url: str) -> Iterator[RunningDashboard]:
-    store = build_store(chdb_url, fleet.database)
-    with running_dashboard(store, refresh_seconds=1.0) as running:
+    with serving_database(chdb_url, fleet.database, refresh_seconds=1.0) as running:
         yield running
-    store.close()
 
 
 def sign_in(driver: WebDriver, dash: RunningDashboard, token: str) -> None:

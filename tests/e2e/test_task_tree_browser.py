@@ -22,8 +22,7 @@ from tests.e2e.test_dashboard_browser import (  # the fixture `browser` is used 
 from tests.integration.test_api_support import (
     Fleet,
     RunningDashboard,
-    build_store,
-    running_dashboard,
+    serving_database,
     seed_fleet,
 )
 from tests.integration.test_api_tasks import seed_trees
@@ -47,10 +46,8 @@ def fleet(ch_client: Any, ch_database: str) -> Fleet:
 
 @pytest.fixture
 def dash(fleet: Fleet, chdb_url: str) -> Iterator[RunningDashboard]:
-    store = build_store(chdb_url, fleet.database)
-    with running_dashboard(store) as running:
+    with serving_database(chdb_url, fleet.database) as running:
         yield running
-    store.close()
 
 
 # Pages are opened with refresh=3600: drawn once and not redrawn under the test's reads (a redraw makes every

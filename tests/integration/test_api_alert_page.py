@@ -20,7 +20,7 @@ import pytest
 from alerting.channels import alert_link, build_pagerduty_event, build_slack_message
 from schemas.models import Alert
 from sinks.rows import ALERT_COLUMNS, compute_alert_row
-from tests.integration.test_api_support import Fleet, RunningDashboard, build_store, call, running_dashboard, seed_fleet
+from tests.integration.test_api_support import Fleet, RunningDashboard, call, serving_database, seed_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +36,8 @@ def fleet(ch_client: Any, ch_database: str) -> Fleet:
 
 @pytest.fixture
 def dash(fleet: Fleet, chdb_url: str) -> Iterator[RunningDashboard]:
-    store = build_store(chdb_url, fleet.database)
-    with running_dashboard(store) as running:
+    with serving_database(chdb_url, fleet.database) as running:
         yield running
-    store.close()
 
 
 def _store_alert(ch_client: Any, database: str, state: str, seq: int, at: datetime) -> Alert:

@@ -23,9 +23,8 @@ from governance.period import month_period
 from tests.integration.test_api_support import (
     Fleet,
     RunningDashboard,
-    build_store,
     call,
-    running_dashboard,
+    serving_database,
     seed_fleet,
 )
 
@@ -71,10 +70,8 @@ def fleet(ch_client: Any, ch_database: str) -> Fleet:
 
 @pytest.fixture
 def dash(fleet: Fleet, chdb_url: str) -> Iterator[RunningDashboard]:
-    store = build_store(chdb_url, fleet.database)
-    with running_dashboard(store) as running:
+    with serving_database(chdb_url, fleet.database) as running:
         yield running
-    store.close()
 
 
 def _ledger_month(ch_client: Any, fleet: Fleet, team: str | None = None) -> Decimal:

@@ -213,6 +213,17 @@ def running_dashboard(store: Store, *, refresh_seconds: float = 5.0,
         loop.close()
 
 
+@contextmanager
+def serving_database(chdb_url: str, database: str, *, refresh_seconds: float = 5.0) -> Iterator[RunningDashboard]:
+    """The dashboard over a test store of ``database`` (see :func:`build_store`); the store is closed on exit."""
+    store = build_store(chdb_url, database)
+    try:
+        with running_dashboard(store, refresh_seconds=refresh_seconds) as running:
+            yield running
+    finally:
+        store.close()
+
+
 def call(url: str, token: str | None = None, *, method: str = "GET", body: Any = None,
          headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
     """One HTTP request; returns ``(status, parsed JSON or text)`` for any status."""

@@ -14,9 +14,8 @@ from tests.integration.ch_fixtures import insert_ledger, ledger_row
 from tests.integration.test_api_support import (
     Fleet,
     RunningDashboard,
-    build_store,
     call,
-    running_dashboard,
+    serving_database,
     seed_fleet,
 )
 
@@ -66,10 +65,8 @@ def fleet(ch_client: Any, ch_database: str) -> Fleet:
 
 @pytest.fixture
 def dash(fleet: Fleet, chdb_url: str) -> Iterator[RunningDashboard]:
-    store = build_store(chdb_url, fleet.database)
-    with running_dashboard(store) as running:
+    with serving_database(chdb_url, fleet.database) as running:
         yield running
-    store.close()
 
 
 def by_task(body: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -21,10 +21,9 @@ from governance.recommend import build_recommendations, load_waste, render_text,
 from tests.integration.test_api_support import (
     Fleet,
     RunningDashboard,
-    build_store,
     call,
     naive,
-    running_dashboard,
+    serving_database,
     seed_fleet,
 )
 
@@ -53,10 +52,8 @@ def fleet(ch_client: Any, ch_database: str) -> Fleet:
 
 @pytest.fixture
 def dash(fleet: Fleet, chdb_url: str) -> Iterator[RunningDashboard]:
-    store = build_store(chdb_url, fleet.database)
-    with running_dashboard(store) as running:
+    with serving_database(chdb_url, fleet.database) as running:
         yield running
-    store.close()
 
 
 def _truncated_pct(part: Decimal, whole: Decimal) -> Decimal:
