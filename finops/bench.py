@@ -724,6 +724,11 @@ def render(result: Mapping[str, Any]) -> str:
     if "latency" in result:
         lat = result["latency"]
         base = {b["percent"]: b for b in lat.get("baseline", [])}
+        if "stream" in result and lat.get("capacity_source", "").startswith("measured"):
+            # The pipeline runs every role on this machine; its capacity as a share of one core's hot path says how
+            # much of the machine the roles beside the hot path (sink, detection, alerts, broker) take.
+            row("whole pipeline events/s (all roles, this machine)", lat["capacity_events_per_s"],
+                result["stream"]["hotpath"]["events_per_s"], "the hot path's one-core rate above")
         lines.append(f"latency at % of capacity = {lat['capacity_events_per_s']:,.0f} events/s, the whole pipeline's "
                      f"throughput here ({lat.get('capacity_source', '')}); finops = SDK -> broker -> stream -> sink "
                      "-> ClickHouse, all roles on this machine")
