@@ -5,7 +5,7 @@ Why a package of its own (DESIGN §1 allows one where none fits): everything her
 reports for people (CSV, HTML, FOCUS, Slack digests); the two writes it makes (re-rating corrections, the agent
 registry) are governance decisions, not the sink's write path. ``sinks`` owns how events land, ``alerting`` how
 alerts are delivered; this package only meets them on ClickHouse tables and the alerts topic, plus two building
-blocks named in the contracts: :func:`sinks.clickhouse.build_client` and :class:`stream_jobs.pricing.Pricer`
+blocks named in the contracts: :func:`sinks.clickhouse.build_client` and :class:`finops.pricing.engine.Pricer`
 (re-rating must price exactly as the hot path does).
 
 Modules (nouns, one role each):

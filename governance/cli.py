@@ -348,16 +348,16 @@ def _handle_recommend(args: argparse.Namespace) -> int:
 def _handle_reprice(args: argparse.Namespace) -> int:
     import hashlib
 
+    from finops.pricing.pricebook import load_price_book
     from governance.period import parse_period
     from governance.reprice import render_diff, render_diff_csv, reprice
-    from stream_jobs.pricebook import load_price_book
 
     settings = _settings()
     period = parse_period(None, start=args.start, end=args.end)
     book_path = args.price_book or settings.stream.price_book
     book = load_price_book(book_path) if book_path else None
     digest = hashlib.sha256(Path(book_path).read_bytes()).hexdigest() if book_path else ""
-    from stream_jobs.catalogue import build_pricer
+    from finops.pricing.catalogue import build_pricer
 
     # The same catalogue (``finops prices update``) and cost basis as the stream job, with this run's price book.
     pricer = build_pricer(settings.stream, settings.core.data_dir, price_book=book)

@@ -49,9 +49,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+from finops.pricing.engine import Pricer
 from governance.period import Period, month_period
 from governance.store import qualified
-from stream_jobs.pricing import Pricer
 
 __all__ = [
     "EXPORT_COLUMNS",

@@ -1,4 +1,4 @@
-"""Ledger rows built the way the hot path builds them: a usage event priced by :class:`stream_jobs.pricing.Pricer`
+"""Ledger rows built the way the hot path builds them: a usage event priced by :class:`finops.pricing.engine.Pricer`
 and mapped onto the ``usage_ledger`` columns (:data:`sinks.rows.LEDGER_COLUMNS`), plus the re-rating correction
 row of :mod:`governance.reprice`.
 
@@ -15,9 +15,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from finops.pricing.engine import Pricer, PriceResult
 from schemas.loader import COUNTED_FIELDS
 from sinks.rows import LEDGER_COLUMNS
-from stream_jobs.pricing import PriceResult, Pricer
 
 __all__ = [
     "COST_PARTS",
@@ -58,7 +58,7 @@ def compute_priced_row(
     source_partition: int = 0, source_offset: int = 0,
 ) -> dict[str, Any]:
     """The ``usage_ledger`` row (an ``original``) for one usage event dict, priced by ``pricer``. Pure apart from
-    the pricer's caches. Raises :class:`stream_jobs.pricing.InvalidUsageError` for impossible usage."""
+    the pricer's caches. Raises :class:`finops.pricing.engine.InvalidUsageError` for impossible usage."""
     row: dict[str, Any] = dict(_EVENT_DEFAULTS)
     row.update({k: v for k, v in event.items() if v is not None or k in _EVENT_DEFAULTS})
     for name in ("task_id", "parent_task_id", "task_type", "environment"):

@@ -6,7 +6,7 @@ Kinds and how the saving is estimated (at the prices recorded on the ledger's or
 - ``model_tiering``: an agent's calls of one task type on a model, where a cheaper model of the same provider
   serves the same task type elsewhere in the fleet with a success rate no worse than ``tiering_success_tolerance``
   below (or is a configured cheaper tier). Saving = the calls' cost minus the *same tokens* priced on the cheaper
-  model by :class:`stream_jobs.pricing.Pricer`, call by call (tiers and cache prices included).
+  model by :class:`finops.pricing.engine.Pricer`, call by call (tiers and cache prices included).
 - ``caching``: the same prompt (``prompt_hash``) sent again as a first attempt without a prompt-cache hit. With a
   response cache every repeat after the first is free: saving = cost of the repeats.
 - ``retry_waste``: calls of one task repeating one prompt (``attempt`` > 1 or a loop): every call except the last,
@@ -35,10 +35,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from finops.pricing.engine import Pricer
 from governance.config import RecommendSettings
 from governance.period import Period
 from governance.store import qualified
-from stream_jobs.pricing import Pricer
 
 __all__ = ["Recommendation", "RecommendationReport", "WasteFigure", "build_recommendations", "load_waste",
            "render_text"]

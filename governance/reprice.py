@@ -32,10 +32,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from governance.ledger import COST_PARTS, CORRECTION_COLUMNS, TOKEN_FIELDS, insert_ledger_rows
+from finops.pricing.engine import Pricer
+from governance.ledger import CORRECTION_COLUMNS, COST_PARTS, TOKEN_FIELDS, insert_ledger_rows
 from governance.store import qualified
 from sinks.rows import LEDGER_COLUMNS
-from stream_jobs.pricing import Pricer
 
 __all__ = ["RepriceResult", "RowChange", "compute_correction", "compute_run_id", "reprice", "render_diff"]
 

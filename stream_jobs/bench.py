@@ -22,7 +22,7 @@ Measured here (2-core VM shared with other work, 300,000 events, 10,000 agents, 
 (median ~0.5), peak RSS 173-181 MB for the hot path; the whole ``finops stream run`` worker (Faust app + hot path)
 peaked at 216 MB on the same input. Where the hot path's time goes (events in memory, see hotpath.py "Speed"):
 decode 6.5, validation 3.4, pricing 5, priced encode 3.3, windows ~3, dedupe ~1, produce ~2, loop ~2.5 µs. What
-would change it: the validation and pricing fast paths (schemas/models.py, stream_jobs/pricing.py) are about half of
+would change it: the validation and pricing fast paths (schemas/models.py, finops/pricing/engine.py) are about half of
 the gap to the plain loop; beyond that, a compiled decoder/encoder (Cython or Rust) for the usage record, or more
 workers (the path scales by partitions: one worker per core).
 """
@@ -300,9 +300,9 @@ def _hotpath_phase(client: dict[str, Any], topic: str, events: int, cpu: int) ->
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient
 
+    from finops.pricing.engine import Pricer
     from finops.topics import TopicNames, ensure_topics
     from stream_jobs.hotpath import HotPath, HotPathConfig, build_consumer_config, build_producer_config, tune_gc
-    from stream_jobs.pricing import Pricer
 
     run = f"finops.bench.{uuid.uuid4().hex[:8]}."
     created = ensure_topics(client, prefix=run, usage_partitions=3)

@@ -119,10 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _stream_run(args: argparse.Namespace) -> int:
     import faust
 
+    from finops.pricing.catalogue import build_pricer
     from finops.settings import load_settings
     from finops.topics import ensure_topics
     from stream_jobs.app import build_app
-    from stream_jobs.catalogue import build_pricer
     from stream_jobs.hotpath import HotPath, build_hot_path, tune_gc
 
     settings = load_settings()
@@ -206,8 +206,8 @@ def load_price_request(text: str, now: datetime) -> dict[str, Any]:
 
 
 def _price(args: argparse.Namespace) -> int:
+    from finops.pricing.catalogue import build_pricer
     from finops.settings import load_settings
-    from stream_jobs.catalogue import build_pricer
 
     settings = load_settings()
     pricer = build_pricer(settings.stream, settings.core.data_dir, book_path=args.price_book)
@@ -327,8 +327,8 @@ def _parse_when(text: str, flag: str) -> datetime:
 
 
 def _pricebook_suggest(args: argparse.Namespace) -> int:
+    from finops.pricing.catalogue import build_pricer
     from finops.settings import load_settings
-    from stream_jobs.catalogue import build_pricer
     from stream_jobs.drift import (
         compute_drift,
         compute_price_drift_alert,
@@ -382,8 +382,8 @@ def _publish_alerts(settings: Any, alerts: list[dict[str, Any]]) -> None:
 
 # ---- finops prices update / status ----------------------------------------------------------------------------------
 def _prices_update(args: argparse.Namespace) -> int:
+    from finops.pricing.catalogue import catalogue_dir, install_catalogue
     from finops.settings import load_settings
-    from stream_jobs.catalogue import catalogue_dir, install_catalogue
 
     settings = load_settings()
     info = install_catalogue(args.source, catalogue_dir(settings.stream, settings.core.data_dir),
@@ -421,8 +421,8 @@ def _record_version(settings: Any, info: Any) -> None:
 
 
 def _prices_status(args: argparse.Namespace) -> int:
+    from finops.pricing.catalogue import catalogue_dir, load_active_catalogue
     from finops.settings import load_settings
-    from stream_jobs.catalogue import catalogue_dir, load_active_catalogue
 
     settings = load_settings()
     info, _ = load_active_catalogue(catalogue_dir(settings.stream, settings.core.data_dir))

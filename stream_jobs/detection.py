@@ -681,7 +681,7 @@ def build_drift_tiers(settings: FinopsSettings) -> Callable[[Mapping[str, Any]],
     book and active catalogue, as at start). None (and a warning) when it cannot be built: drift is then solved as
     one flat price set per model, and a tiered model shows a residual instead of its tier rates."""
     try:
-        from stream_jobs.catalogue import build_pricer
+        from finops.pricing.catalogue import build_pricer
 
         return build_pricer(settings.stream, settings.core.data_dir).price_tiers
     except FinopsError as err:

@@ -95,6 +95,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
+from finops.pricing.engine import InvalidUsageError, Pricer, PriceResult, unpriced_fix
 from schemas.errors import ConfigError, FinopsError
 from schemas.fastcodec import UnsupportedSchemaError, build_fast_codec
 from schemas.loader import load_schema
@@ -103,7 +104,6 @@ from schemas.wire import SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC, AvroCode
 from stream_jobs.dedupe import HOUR_US, Deduper
 from stream_jobs.dlq import BadInputLimiter, BadInputLimitExceeded, DeadLetter, Stage
 from stream_jobs.offsets import CommitTracker
-from stream_jobs.pricing import InvalidUsageError, PriceResult, Pricer, unpriced_fix
 from stream_jobs.windows import MINUTE_US, ClosedWindow, WindowAggregator
 
 if TYPE_CHECKING:
@@ -689,7 +689,7 @@ class HotPath:
     ) -> None:
         """Wire the hot path; nothing is subscribed or consumed until :meth:`run` (or :meth:`start`).
 
-        ``catalogue_watcher`` (a :class:`stream_jobs.catalogue.CatalogueWatcher`) is polled between batches, the safe
+        ``catalogue_watcher`` (a :class:`finops.pricing.catalogue.CatalogueWatcher`) is polled between batches, the safe
         point where a new price catalogue takes over: every event of a batch is priced by one Pricer."""
         self.config = config
         self._pricer = pricer
@@ -1453,7 +1453,7 @@ def build_hot_path(
     }
     values.update(overrides or {})
     config = HotPathConfig(**values)
-    from stream_jobs.catalogue import CatalogueWatcher, build_pricer, catalogue_dir
+    from finops.pricing.catalogue import CatalogueWatcher, build_pricer, catalogue_dir
 
     if pricer is None:
         pricer = build_pricer(s, settings.core.data_dir)

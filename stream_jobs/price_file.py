@@ -11,7 +11,7 @@ Each input line is one JSON object, either
   ``agent_id``, ``team``, ``project``, ``task_id``, ``tags``).
 
 Responses go through the same adapters as the SDK (``producers.adapters``, with the per-source reasoning convention
-of ``FINOPS_PRODUCER_REASONING_CONVENTIONS``), events through the same :class:`~stream_jobs.pricing.Pricer` as the
+of ``FINOPS_PRODUCER_REASONING_CONVENTIONS``), events through the same :class:`~finops.pricing.engine.Pricer` as the
 stream job (price book, cost basis, active catalogue). One JSON object is written per input line, in order; a line
 that cannot be read or priced gives ``{"line": N, "error": "..."}`` and makes the exit status 2.
 """
@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from finops.pricing.engine import Pricer
 from producers.adapters import (
     ProviderUsage,
     normalisation_tags,
@@ -36,7 +37,6 @@ from producers.adapters import (
     usage_from_openrouter,
 )
 from schemas.errors import FinopsError
-from stream_jobs.pricing import Pricer
 
 __all__ = ["ADAPTERS", "FileSummary", "LineError", "compute_line_event", "price_lines"]
 

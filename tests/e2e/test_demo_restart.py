@@ -199,7 +199,7 @@ def _fleet_events(data: Path) -> list[dict[str, Any]]:
 def _reference_cost(event: dict[str, Any]) -> Decimal:
     from genai_prices import Usage, calc_price
 
-    from stream_jobs.pricing import to_genai_usage
+    from finops.pricing.engine import to_genai_usage
 
     price = calc_price(Usage(**to_genai_usage(event)), event["model"], provider_id=event["provider"],
                        genai_request_timestamp=event["occurred_at"])

@@ -1,7 +1,7 @@
 """End to end through the real broker: a simulated day of a steady fleet with misbehaving agents injected, priced,
 published to the priced topic and judged by the detection service; the simulator's answer key scores the output.
 
-The priced events are made here with ``stream_jobs.pricing.Pricer`` (what the hot path does), so this test does not
+The priced events are made here with ``finops.pricing.engine.Pricer`` (what the hot path does), so this test does not
 depend on the hot path being deployed.
 
 Latency is measured in event time. The runaway is timed from its rate jump (the answer key's start). The retry
@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import Pricer
 from finops.topics import TopicNames
 from producers.simulator import Misbehaviour, Simulation, SimulationConfig
 from stream_jobs.detection import DetectionConfig, DetectionService, waste_topic
-from stream_jobs.pricing import Pricer
 from tests.integration.test_detection_support import OutputReader, price_usage, produce_priced
 
 pytestmark = pytest.mark.e2e

@@ -40,6 +40,7 @@ from alerting.enforcement import Enforcer
 from alerting.outbox import Outbox
 from alerting.router import Route, RoutingTable
 from alerting.worker import AlertWorker, WorkerOptions
+from finops.pricing.engine import Pricer
 from finops.topics import TopicNames
 from producers.guard import AgentSuspended, ControlGuard
 from producers.producer import UsageProducer
@@ -47,7 +48,6 @@ from schemas.models import UsageEvent, load_example
 from stream_jobs.budgets import compute_period
 from stream_jobs.detection import DetectionConfig, DetectionService
 from stream_jobs.policies import compute_diff, load_policy_text, load_published_policies, publish_changes
-from stream_jobs.pricing import Pricer
 from tests.faults.pipeline import Pipeline
 from tests.integration.http_receiver import running_receiver
 from tests.integration.test_detection_support import OutputReader

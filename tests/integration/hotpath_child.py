@@ -63,7 +63,7 @@ def independent_team_totals(events: Iterable[dict[str, Any]]) -> dict[str, tuple
     """Cost and calls per team of the distinct events, priced by genai-prices' reference ``calc_price``."""
     from genai_prices import Usage, calc_price
 
-    from stream_jobs.pricing import to_genai_usage
+    from finops.pricing.engine import to_genai_usage
 
     totals: dict[str, tuple[Decimal, int]] = {}
     seen: set[str] = set()

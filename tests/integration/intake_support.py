@@ -152,7 +152,7 @@ def reference_cost(call: dict[str, Any]) -> Decimal:
     """genai-prices' reference price of one canonical call (provider, model, token counts, occurred_at)."""
     from genai_prices import Usage, calc_price
 
-    from stream_jobs.pricing import to_genai_usage
+    from finops.pricing.engine import to_genai_usage
 
     price = calc_price(Usage(**to_genai_usage(call)), call["model"], provider_id=call["provider"],
                        genai_request_timestamp=call["occurred_at"])

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from finops.pricing.engine import Pricer
 from governance.bills import (
     BillsAuthError,
     FetchConfig,
@@ -30,7 +31,6 @@ from governance.bills import (
 from governance.ledger import compute_priced_row, insert_ledger_rows
 from governance.period import parse_period
 from producers.simulator import SimulationConfig, generate
-from stream_jobs.pricing import Pricer
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from finops.cli import main
+from finops.pricing.engine import catalogue_version
 from finops.settings import load_settings
 from finops.topics import TopicNames
 from schemas.wire import AvroCodec
 from stream_jobs.hotpath import build_hot_path
-from stream_jobs.pricing import catalogue_version
 from tests.integration.hotpath_child import end_offsets, read_all
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import Pricer
 from governance.chargeback import build_chargeback, render_csv, render_html
 from governance.config import parse_governance_config
 from governance.ledger import compute_priced_row, insert_ledger_rows
 from governance.period import parse_period
 from producers.simulator import SimulationConfig, generate
-from stream_jobs.pricing import Pricer
 
 pytestmark = pytest.mark.integration
 

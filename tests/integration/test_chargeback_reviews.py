@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import Pricer
 from governance.config import RecommendSettings, ReviewSchedule
 from governance.ledger import compute_priced_row, insert_ledger_rows
 from governance.period import parse_period
-from governance.providers import build_provider_view, compute_commit_saving, render_html as providers_html
+from governance.providers import build_provider_view, compute_commit_saving
+from governance.providers import render_html as providers_html
 from governance.review import build_review, build_slack_digest, compute_next_run, render_html, send_digest
-from stream_jobs.pricing import Pricer
 from tests.integration.test_chargeback import replay_fleet
 
 pytestmark = pytest.mark.integration

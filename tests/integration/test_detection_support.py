@@ -19,7 +19,7 @@ _CODEC = AvroCodec()
 
 def price_usage(pricer: Any, usage: Mapping[str, Any], *, partition: int = 0, offset: int = 0,
                 priced_at: datetime | None = None) -> dict[str, Any]:
-    """A PricedUsageEvent dict for a UsageEvent dict, priced by ``stream_jobs.pricing.Pricer`` (what the hot path
+    """A PricedUsageEvent dict for a UsageEvent dict, priced by ``finops.pricing.engine.Pricer`` (what the hot path
     produces; used so these tests do not depend on the hot path)."""
     result = pricer.price(usage)
     record = dict(usage)

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import Pricer
+from finops.pricing.pricebook import parse_price_book
 from governance.focus import build_focus_rows, render_focus_csv
 from governance.ledger import compute_priced_row, insert_ledger_rows
 from governance.period import parse_period
 from governance.reprice import reprice
 from producers.simulator import SimulationConfig, generate
-from stream_jobs.pricebook import parse_price_book
-from stream_jobs.pricing import Pricer
 from tests.integration import focus_validator
 from tests.unit.test_focus import check_focus_csv
 

@@ -57,7 +57,7 @@ def _check_outputs(bootstrap: str, topics: TopicNames, events: list[dict[str, An
     # Priced: after the dedupe by event_id, each valid event exactly once, at the reference price.
     from genai_prices import Usage, calc_price
 
-    from stream_jobs.pricing import to_genai_usage
+    from finops.pricing.engine import to_genai_usage
 
     priced: dict[str, dict[str, Any]] = {}
     copies: Counter[str] = Counter()

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import Pricer
 from governance.config import RecommendSettings
 from governance.ledger import compute_priced_row, insert_ledger_rows
 from governance.period import parse_period
 from governance.recommend import build_recommendations, render_text, to_waste_signals
-from stream_jobs.pricing import Pricer
 
 pytestmark = pytest.mark.integration
 

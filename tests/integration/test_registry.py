@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import Pricer
 from governance.config import ApprovalPolicy
 from governance.ledger import compute_priced_row, insert_ledger_rows
 from governance.registry import (
@@ -20,7 +21,6 @@ from governance.registry import (
     request_agent,
 )
 from schemas.models import Alert
-from stream_jobs.pricing import Pricer
 
 pytestmark = pytest.mark.integration
 

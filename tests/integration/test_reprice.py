@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import Pricer
+from finops.pricing.pricebook import parse_price_book
 from governance.chargeback import build_chargeback
 from governance.config import GovernanceConfig
 from governance.period import parse_period
 from governance.reprice import render_diff, render_diff_csv, reprice
-from stream_jobs.pricebook import parse_price_book
-from stream_jobs.pricing import Pricer
 from tests.integration.test_chargeback import replay_fleet
 
 pytestmark = pytest.mark.integration

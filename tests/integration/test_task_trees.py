@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import Pricer
 from finops.task_tree import TaskForest
 from governance.ledger import compute_priced_row, insert_ledger_rows
 from governance.period import parse_period
 from governance.tasks import build_task_report, load_task_forest, render_text
 from producers.simulator import SimulationConfig, generate
 from sinks.store_server import StoreServer, serve_store
-from stream_jobs.pricing import Pricer
 from tests.integration.ch_fixtures import insert_ledger, ledger_row, utc
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 
 Events published from TypeScript go through the real stream hot path (``stream_jobs.hotpath.build_hot_path``, as
 ``finops stream run`` builds it) and the real ledger sink into ClickHouse (chdb), both run in threads by
-``tests.faults.pipeline.Pipeline``; each lands once with the cost ``stream_jobs.pricing.Pricer`` gives it.
+``tests.faults.pipeline.Pipeline``; each lands once with the cost ``finops.pricing.engine.Pricer`` gives it.
 Also: an invalid event is refused by TypeScript naming the same fields and rules as Python; partitions match
 librdkafka's; the TypeScript guard obeys a command Python signed and published on the control topic.
 
@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from finops.pricing.engine import Pricer
 from finops.topics import TopicNames
 from producers.producer import UsageProducer
 from schemas.errors import ValidationFailed
 from schemas.models import ControlCommand, UsageEvent, check_usage_dict, load_example, sign
 from schemas.wire import AvroCodec
-from stream_jobs.pricing import Pricer
 from tests.faults.pipeline import Pipeline
 from tests.integration.test_sink_support import produce, wait_for
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from finops.cli import main
-from stream_jobs.catalogue import (
+from finops.pricing.catalogue import (
     CatalogueError,
     CatalogueWatcher,
     build_pricer,
     install_catalogue,
 )
-from stream_jobs.pricing import catalogue_version
+from finops.pricing.engine import catalogue_version
 
 pytestmark = pytest.mark.unit
 

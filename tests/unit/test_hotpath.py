@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
+from finops.pricing.engine import InvalidUsageError, Pricer
 from producers.simulator import SimulationConfig, generate
 from schemas.models import Alert
 from schemas.wire import AvroCodec
@@ -33,7 +34,6 @@ from stream_jobs.hotpath import (
     compute_unpriced_alert,
     load_horizon,
 )
-from stream_jobs.pricing import InvalidUsageError, Pricer
 from stream_jobs.windows import ClosedWindow
 
 pytestmark = pytest.mark.unit

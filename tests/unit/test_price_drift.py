@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from finops.cli import main
+from finops.pricing.engine import Pricer
+from finops.pricing.pricebook import parse_price_book
 from schemas.models import Alert
 from stream_jobs.drift import (
     DriftCall,
@@ -32,8 +34,6 @@ from stream_jobs.drift import (
     solve_rates,
 )
 from stream_jobs.price_file import compute_line_event
-from stream_jobs.pricebook import parse_price_book
-from stream_jobs.pricing import Pricer
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import Pricer
+from finops.pricing.pricebook import DiscountEntry, PriceBookError, load_price_book, parse_price_book
 from schemas.errors import FinopsError
-from stream_jobs.pricebook import DiscountEntry, PriceBookError, load_price_book, parse_price_book
-from stream_jobs.pricing import Pricer
 
 pytestmark = pytest.mark.unit
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import InvalidUsageError, Pricer, PriceResult, PricingError, to_genai_usage
 from schemas.errors import FinopsError
-from stream_jobs.pricing import InvalidUsageError, PriceResult, Pricer, PricingError, to_genai_usage
 
 pytestmark = pytest.mark.unit
 
@@ -332,7 +332,7 @@ def test_time_dependent_price_needs_a_datetime(pricer: Pricer) -> None:
 
 def test_rounding_is_half_even_at_12_places_and_parts_still_sum() -> None:
     # A 1/3 discount makes per-token prices with more than 12 places; rounding must keep sum(parts) == total.
-    from stream_jobs.pricebook import parse_price_book
+    from finops.pricing.pricebook import parse_price_book
 
     book = parse_price_book(
         'version: "thirds"\n'

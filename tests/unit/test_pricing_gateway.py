@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from finops.pricing.engine import CostBasisPolicy, Pricer, PricingError, parse_cost_basis
 from producers.adapters import (
     ProviderUsageError,
     normalisation_tags,
@@ -25,7 +26,6 @@ from producers.adapters import (
     usage_from_openrouter,
 )
 from schemas.models import check_usage_dict
-from stream_jobs.pricing import CostBasisPolicy, Pricer, PricingError, parse_cost_basis
 
 pytestmark = pytest.mark.unit
 

@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import pytest
-
 import genai_prices
+import pytest
 from genai_prices import data_snapshot
 from genai_prices import types as gp_types
-from stream_jobs.pricing import InvalidUsageError, Pricer, to_genai_usage
+
+from finops.pricing.engine import InvalidUsageError, Pricer, to_genai_usage
 
 pytestmark = pytest.mark.unit
 

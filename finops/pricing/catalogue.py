@@ -7,11 +7,11 @@ load it, and installs it in the catalogue directory (``FINOPS_STREAM_CATALOGUE_D
 Nothing is fetched at run time unless the user asks: the workers only read that directory.
 
 Versions: ``genai-prices-data.<sha256 of the file, 12 hex>`` for an installed snapshot; the bundled data keeps
-``stream_jobs.pricing.catalogue_version`` (package version + hash of its data module). The version is stamped on
+``finops.pricing.engine.catalogue_version`` (package version + hash of its data module). The version is stamped on
 every priced event (``catalogue_version``) and recorded, with its source, in ``price_catalogue_versions``.
 
 Hot reload: :class:`CatalogueWatcher` is polled by the hot path between batches (a safe point: no event is half
-priced); when ``current.json`` names another version it builds a new :class:`~stream_jobs.pricing.Pricer`, and every
+priced); when ``current.json`` names another version it builds a new :class:`~finops.pricing.engine.Pricer`, and every
 event from the next batch on is priced (and stamped) with it, so per partition the version changes at one offset.
 
 The catalogue's date is the newest price-change date it contains (``StartDateConstraint``) that is not in the future,
@@ -36,9 +36,9 @@ import genai_prices
 from genai_prices import data_snapshot
 from genai_prices import types as gp_types
 
+from finops.pricing.engine import Pricer, catalogue_version, parse_cost_basis
+from finops.pricing.pricebook import PriceBook, load_price_book
 from schemas.errors import ConfigError, FinopsError
-from stream_jobs.pricebook import PriceBook, load_price_book
-from stream_jobs.pricing import Pricer, catalogue_version, parse_cost_basis
 
 __all__ = [
     "CatalogueError",

@@ -93,7 +93,7 @@ from genai_prices import types as gp_types
 from genai_prices.units import UnitDef, _get_registry  # private: pinned by genai-prices>=0.2.3,<0.3
 from genai_prices.validation import validate_priced_units
 
-from stream_jobs.pricebook import (
+from finops.pricing.pricebook import (
     DiscountEntry,
     OverrideEntry,
     PriceBook,
@@ -101,7 +101,6 @@ from stream_jobs.pricebook import (
     pick_discount,
     pick_override,
 )
-
 from schemas.errors import FinopsError
 from schemas.loader import COUNTED_FIELDS
 
