@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
@@ -34,12 +34,13 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
+from finops.http import HttpRequest
+from finops.money import format_usd
 from schemas.models import Alert
 
 __all__ = [
     "ChannelType",
     "Destination",
-    "HttpRequest",
     "PAGERDUTY_SEVERITY",
     "alert_link",
     "alert_to_json",
@@ -48,7 +49,6 @@ __all__ = [
     "build_slack_message",
     "build_webhook_body",
     "compute_webhook_signature",
-    "format_usd",
     "pagerduty_dedup_key",
     "verify_webhook_signature",
 ]
@@ -63,7 +63,6 @@ _SLACK_HEADER_MAX = 150
 _SLACK_SECTION_MAX = 3000
 _SLACK_FIELD_MAX = 2000
 _SLACK_FALLBACK_MAX = 3000
-_CENT = Decimal("0.01")
 _TENTH = Decimal("0.1")
 _SEVERITY_EMOJI = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 
@@ -101,25 +100,7 @@ class Destination:
         return digest[:16]
 
 
-@dataclass(frozen=True)
-class HttpRequest:
-    """A request ready to send. ``url`` and ``body`` may hold secrets, so they stay out of ``repr``."""
-
-    url: str = field(repr=False)
-    body: bytes = field(repr=False)
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 # ---------------------------------------------------------------------------------------------------------- helpers
-
-
-def format_usd(amount: Decimal | None) -> str:
-    """``$8,012.40``: rounded half-up to cents, thousands separated; ``n/a`` for None. Exact (Decimal formatting)."""
-    if amount is None:
-        return "n/a"
-    cents = amount.quantize(_CENT, rounding=ROUND_HALF_UP)
-    sign = "-" if cents < 0 else ""
-    return f"{sign}${abs(cents):,.2f}"
 
 
 def _percent(amount: Decimal | None, limit: Decimal | None) -> str | None:

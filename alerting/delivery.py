@@ -28,37 +28,25 @@ an interruptible ``sleep``), so unit tests run the whole ladder in microseconds 
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
-import socket
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Literal, Protocol
+from datetime import datetime
+from typing import Literal
 
-from alerting.channels import Destination, HttpRequest, build_request
-from schemas.errors import FinopsError
+from alerting.channels import Destination, build_request
+from finops.clock import Clock
+from finops.http import HttpTransport, TransportError
+from finops.retry import RetryPolicy, compute_backoff, parse_retry_after
 from schemas.models import Alert
 
 __all__ = [
     "AttemptRecord",
-    "Clock",
     "DEFAULT_MIN_INTERVAL",
     "DeliveryPolicy",
     "DestinationSender",
-    "HttpResponse",
-    "HttpTransport",
     "Outcome",
-    "SystemClock",
-    "TransportError",
-    "UrllibTransport",
-    "compute_backoff",
-    "parse_retry_after",
     "scrub",
 ]
 
@@ -67,88 +55,6 @@ log = logging.getLogger(__name__)
 #: Seconds between requests to one destination, by channel type (Slack: ~1 message/s per webhook; PagerDuty: its
 #: Events API limits each routing key, 2/s keeps well inside it; webhooks: our own receivers, lightly paced).
 DEFAULT_MIN_INTERVAL: dict[str, float] = {"slack": 1.0, "pagerduty": 0.5, "webhook": 0.1}
-
-
-class TransportError(FinopsError):
-    """No HTTP answer: timeout, refused or reset connection. ``timeout`` tells the two apart for the log."""
-
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.timeout = timeout
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        lower = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == lower:
-                return value
-        return None
-
-
-class HttpTransport(Protocol):
-    def post(self, request: HttpRequest, timeout: float) -> HttpResponse:
-        """Send ``request``; return any HTTP answer (including 4xx/5xx); raise :class:`TransportError` when none
-        came (timeout, connection refused or reset)."""
-        ...
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def now(self) -> datetime: ...
-
-    def sleep(self, seconds: float) -> bool:
-        """Wait ``seconds``; return False if interrupted (shutdown), True otherwise."""
-        ...
-
-
-class SystemClock:
-    """Real time; ``sleep`` wakes early when ``stop`` is set so shutdown does not wait out a backoff."""
-
-    def __init__(self, stop: threading.Event | None = None) -> None:
-        self.stop = stop or threading.Event()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def sleep(self, seconds: float) -> bool:
-        if seconds <= 0:
-            return not self.stop.is_set()
-        return not self.stop.wait(seconds)
-
-
-class UrllibTransport:
-    """HTTP POST with the standard library (no extra dependency; one request at a time per lane)."""
-
-    def post(self, request: HttpRequest, timeout: float) -> HttpResponse:
-        req = urllib.request.Request(request.url, data=request.body, headers=request.headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - URL comes from config
-                return HttpResponse(resp.status, dict(resp.headers.items()), resp.read(64 * 1024))
-        except urllib.error.HTTPError as err:
-            try:
-                body = err.read(64 * 1024)
-            except Exception:  # noqa: BLE001 - the status is what matters
-                body = b""
-            return HttpResponse(err.code, dict(err.headers.items()) if err.headers else {}, body)
-        except TimeoutError as err:
-            raise TransportError("timed out waiting for the response", timeout=True) from err
-        except urllib.error.URLError as err:
-            reason = err.reason
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                raise TransportError("timed out connecting", timeout=True) from err
-            raise TransportError(f"connection failed: {type(reason).__name__}: {reason}") from err
-        except (ConnectionError, OSError) as err:
-            raise TransportError(f"connection failed: {type(err).__name__}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -165,37 +71,15 @@ class DeliveryPolicy:
     retry_later_s: float = 60.0
     min_interval_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MIN_INTERVAL))
 
+    @property
+    def retry(self) -> RetryPolicy:
+        """The backoff between rounds, the project's one (:mod:`finops.retry`)."""
+        return RetryPolicy(base_seconds=self.backoff_base_s, cap_seconds=self.backoff_cap_s)
+
     def interval_for(self, destination: Destination) -> float:
         if destination.min_interval_s is not None:
             return destination.min_interval_s
         return self.min_interval_s.get(destination.type, 0.0)
-
-
-def compute_backoff(retry: int, base: float, cap: float, rng: random.Random) -> float:
-    """Full jitter (AWS architecture blog): uniform in ``[0, min(cap, base * 2^(retry-1))]`` for retry >= 1.
-    Spreads retries of many workers instead of synchronising them on the same instants."""
-    ceiling = min(cap, base * (2 ** max(0, retry - 1)))
-    return rng.uniform(0.0, ceiling)
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None when absent/unparsable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 def scrub(text: str, secrets: list[str]) -> str:
@@ -276,7 +160,7 @@ class DestinationSender:
                 response = self.transport.post(request, self.policy.timeout_s)
             except TransportError as err:
                 error = scrub(str(err), secrets)
-                wait = compute_backoff(round_index, self.policy.backoff_base_s, self.policy.backoff_cap_s, self.rng)
+                wait = compute_backoff(self.policy.retry, round_index, self.rng)
                 self._record(alert, attempt, "retrying", None, error)
                 log.warning("alert %s to %s: attempt %d: %s; retrying in %.2fs", alert.alert_id,
                             self.destination.name, attempt, error, wait)
@@ -291,8 +175,7 @@ class DestinationSender:
                 if status == 429:
                     retry_after = parse_retry_after(response.header("Retry-After"), self.clock.now())
                     if retry_after is None:
-                        wait = compute_backoff(round_index, self.policy.backoff_base_s, self.policy.backoff_cap_s,
-                                               self.rng)
+                        wait = compute_backoff(self.policy.retry, round_index, self.rng)
                     else:
                         wait = min(retry_after, self.policy.max_retry_after_s)
                     error = f"HTTP 429 rate limited; waiting {wait:.2f}s" + (
@@ -301,8 +184,7 @@ class DestinationSender:
                     self._next_allowed = max(self._next_allowed, self.clock.monotonic() + wait)
                     wait = 0.0  # pacing waits it out
                 elif status >= 500 or status == 408:
-                    wait = compute_backoff(round_index, self.policy.backoff_base_s, self.policy.backoff_cap_s,
-                                           self.rng)
+                    wait = compute_backoff(self.policy.retry, round_index, self.rng)
                     error = f"HTTP {status} from destination; retrying in {wait:.2f}s"
                 else:
                     error = (f"HTTP {status}: destination refused the request permanently "

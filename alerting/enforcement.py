@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from alerting.channels import format_usd
+from finops.money import format_usd
 from schemas.models import Alert, ControlCommand, sign
 
 __all__ = [

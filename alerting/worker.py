@@ -27,24 +27,18 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from alerting.channels import Destination
-from alerting.delivery import (
-    AttemptRecord,
-    Clock,
-    DeliveryPolicy,
-    DestinationSender,
-    HttpTransport,
-    SystemClock,
-    UrllibTransport,
-)
+from alerting.delivery import AttemptRecord, DeliveryPolicy, DestinationSender
 from alerting.delivery_log import ControlAuditLog, DeliveryLog, DeliveryLogError
 from alerting.control_cli import compute_obeyed, judge_control_message, read_control_messages
 from alerting.enforcement import Enforcer, control_key
 from alerting.outbox import EnqueueResult, Outbox
 from alerting.router import RoutingTable
+from finops.clock import Clock, SystemClock
+from finops.http import HttpTransport, UrllibTransport
 from schemas.errors import FinopsError
 from schemas.models import Alert, ControlCommand, verify
 
@@ -451,7 +445,3 @@ class AlertWorker:
                 writer.flush()
             except DeliveryLogError as err:
                 log.error("%s (will retry)", err)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

@@ -7,7 +7,7 @@ Import (``finops bills import``): OpenAI's organization costs (``/v1/organizatio
 usage report (``/v1/organizations/usage_report/messages``: tokens by model, workspace and API key), and OpenRouter's
 activity (``/api/v1/activity``, one UTC day per request, or its CSV export). Pages are followed through
 ``has_more``/``next_page``; a 429 or 5xx is retried a bounded number of times, waiting the ``Retry-After`` it gives
-(capped) or the project's backoff (:func:`sinks.writer.compute_backoff`); a 401/403 names the setting to fix and never
+(capped) or the project's backoff (:func:`finops.retry.compute_backoff`); a 401/403 names the setting to fix and never
 the key. Money is parsed as Decimal from the JSON text itself (never through float). Token counts are mapped onto
 DESIGN §3's convention (input counts cached and cache-write tokens) by :func:`compute_usage_line` per provider.
 
@@ -312,7 +312,7 @@ def _get_json(provider: Provider, config: FetchConfig, path: str, params: Sequen
               headers: Mapping[str, str], sleep: Sleeper, rng: random.Random) -> Any:
     """GET one page; retries 429 / 5xx / connection errors up to ``max_retries`` times. Raises BillsAuthError on
     401/403 and BillsError otherwise; neither message contains the key."""
-    from sinks.writer import RetryPolicy, compute_backoff
+    from finops.retry import RetryPolicy, compute_backoff
 
     url = config.base_url.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
     shown = config.base_url.rstrip("/") + path

@@ -10,7 +10,7 @@ task (all tasks' cost carried by the successful ones, as ``v_cost_per_successful
 utilisation, and the savings found (recommendations, per month).
 
 The Slack digest is built by a pure function (Block Kit within Slack's limits) and posted with the alerting
-package's transport (:class:`alerting.delivery.UrllibTransport`) to the configured Slack destination; the digest is
+project's transport (:class:`finops.http.UrllibTransport`) to the configured Slack destination; the digest is
 not an alert, so it does not go through the alert outbox.
 """
 
@@ -213,7 +213,7 @@ def render_html(review: Review) -> str:
 
 def build_slack_digest(review: Review, report_url: str | None = None) -> dict[str, Any]:
     """The review as a Slack incoming-webhook payload (``text`` fallback + Block Kit). Pure."""
-    from alerting.channels import format_usd
+    from finops.money import format_usd
 
     rec = review.recommendations
     change = review.total_usd - review.previous_total_usd
@@ -254,8 +254,7 @@ def build_slack_digest(review: Review, report_url: str | None = None) -> dict[st
 def send_digest(payload: dict[str, Any], webhook_url: str, *, timeout: float = 10.0, transport: Any = None) -> int:
     """POST the digest to a Slack incoming webhook with the alerting package's transport. Returns the HTTP status;
     raises FinopsError for a non-2xx answer (the URL is a secret and never appears in the message)."""
-    from alerting.channels import HttpRequest
-    from alerting.delivery import UrllibTransport
+    from finops.http import HttpRequest, UrllibTransport
     from schemas.errors import FinopsError
 
     request = HttpRequest(url=webhook_url, body=json.dumps(payload).encode(),

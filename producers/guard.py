@@ -39,13 +39,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from datetime import datetime
+from typing import Any, Literal
 
+from finops.clock import Clock, SystemClock
 from schemas.errors import FinopsError
 from schemas.models import ControlCommand, verify
 
@@ -53,7 +53,6 @@ __all__ = [
     "AgentSuspended",
     "ControlGuard",
     "ForgedCommand",
-    "GuardClock",
     "GuardNotReady",
     "GuardStats",
     "ScopeState",
@@ -95,25 +94,6 @@ class Throttled(FinopsError):
 
 class GuardNotReady(FinopsError):
     """The guard has not read the control topic's current state yet (broker unreachable?) and fails closed."""
-
-
-class GuardClock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def now(self) -> datetime: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class _SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(max(0.0, seconds))
 
 
 @dataclass(frozen=True)
@@ -195,7 +175,7 @@ class ControlGuard:
         max_block_s: float = 60.0,
         throttle_burst: int | None = None,
         on_forged: Callable[[ForgedCommand], None] | None = None,
-        clock: GuardClock | None = None,
+        clock: Clock | None = None,
         start_timeout_s: float = 10.0,
         fail_closed: bool = False,
         poll_interval_s: float = 0.1,
@@ -212,7 +192,7 @@ class ControlGuard:
         self.max_block_s = max_block_s
         self.throttle_burst = throttle_burst
         self.on_forged = on_forged
-        self.clock: GuardClock = clock or _SystemClock()
+        self.clock: Clock = clock or SystemClock()
         self.start_timeout_s = start_timeout_s
         self.fail_closed = fail_closed
         self.poll_interval_s = poll_interval_s

@@ -57,7 +57,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from producers.spool import Spool, SpoolFull, SpoolRecord
+from finops.clock import utc_now
 from schemas.errors import FieldProblem, FinopsError, ValidationFailed
 from schemas.models import UsageEvent, check_usage_dict, to_micros, validate_event
 from schemas.wire import CONFLUENT_HEADER_LEN, SINGLE_OBJECT_HEADER_LEN, AvroCodec
@@ -183,10 +184,6 @@ def new_event_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _complete_usage(record: dict[str, Any], now: datetime, source: str) -> list[FieldProblem]:
     """Fill defaults in place and check what check_usage_dict leaves to the encoder (field names, optional
     types, money). Returns the problems found."""
@@ -299,7 +296,7 @@ class UsageProducer:
         source: str,
         spool_dir: Path | str | None,
         spool_max_bytes: int = 256 * 1024 * 1024,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
         *,
         compression: str = "lz4",
         linger_ms: int = 20,
@@ -380,7 +377,7 @@ class UsageProducer:
             atexit.register(self.close)
 
     @classmethod
-    def from_settings(cls, settings: FinopsSettings, *, clock: Clock = _utc_now, **overrides: Any) -> UsageProducer:
+    def from_settings(cls, settings: FinopsSettings, *, clock: Clock = utc_now, **overrides: Any) -> UsageProducer:
         """Build from :func:`finops.settings.load_settings` output: FINOPS_KAFKA_* (bootstrap, security, topic
         prefix, schema registry) and FINOPS_PRODUCER_* (source, spool, compression, linger). ``overrides`` are
         passed to the constructor (tests and tools)."""

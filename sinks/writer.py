@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from finops.retry import RetryPolicy, compute_backoff
 from schemas.errors import FinopsError
 from sinks.clickhouse import check_identifier
 from sinks.rows import RowMappingError, RowSpec
@@ -68,12 +69,10 @@ __all__ = [
     "ErrorClass",
     "KafkaDeadLetterSink",
     "MessageBatch",
-    "RetryPolicy",
     "SinkHaltError",
     "SinkMessage",
     "WriteReport",
     "classify_error",
-    "compute_backoff",
     "compute_dedup_token",
 ]
 
@@ -156,25 +155,6 @@ def classify_error(err: BaseException) -> ErrorClass:
     if isinstance(err, OSError):
         return "transient"
     return "fatal"
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter (AWS architecture blog): ``uniform(0, min(cap, base * 2**attempt))``.
-
-    Full jitter spreads the retries of many sink workers hit by the same outage, so they do not return in lockstep.
-    """
-
-    base_seconds: float = 0.2
-    cap_seconds: float = 30.0
-
-
-def compute_backoff(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
-    """Seconds to wait before retry number ``attempt`` (1-based). Pure given ``rng``; never negative, never above
-    the cap, and never below a tenth of the exponential step (so a burst of zero waits cannot spin)."""
-    step = min(policy.cap_seconds, policy.base_seconds * float(2 ** max(0, attempt - 1)))
-    jittered: float = rng.uniform(0.0, step)
-    return max(step / 10.0, jittered)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,11 +35,12 @@ import pytest
 from pydantic import SecretStr
 
 from alerting.channels import Destination
-from alerting.delivery import DeliveryPolicy, SystemClock
+from alerting.delivery import DeliveryPolicy
 from alerting.enforcement import Enforcer
 from alerting.outbox import Outbox
 from alerting.router import Route, RoutingTable
 from alerting.worker import AlertWorker, WorkerOptions
+from finops.clock import SystemClock
 from finops.pricing.engine import Pricer
 from finops.topics import TopicNames
 from producers.guard import AgentSuspended, ControlGuard

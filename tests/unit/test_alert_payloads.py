@@ -15,11 +15,11 @@ from alerting.channels import (
     build_slack_message,
     build_webhook_body,
     compute_webhook_signature,
-    format_usd,
     pagerduty_dedup_key,
     verify_webhook_signature,
 )
 from alerting.router import build_default_routes, parse_routes
+from finops.money import format_usd
 from schemas.errors import ConfigError
 from schemas.models import Alert, load_example
 

@@ -11,17 +11,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from alerting.channels import Destination, HttpRequest
-from alerting.delivery import (
-    AttemptRecord,
-    DeliveryPolicy,
-    DestinationSender,
-    HttpResponse,
-    TransportError,
-    compute_backoff,
-    parse_retry_after,
-)
+from alerting.channels import Destination
+from alerting.delivery import AttemptRecord, DeliveryPolicy, DestinationSender
 from alerting.outbox import Outbox
+from finops.http import HttpRequest, HttpResponse, TransportError
+from finops.retry import RetryPolicy, compute_backoff, parse_retry_after
 from schemas.models import Alert, load_example
 
 pytestmark = pytest.mark.unit
@@ -136,7 +130,7 @@ def test_full_jitter_stays_within_exponential_ceiling() -> None:
     rng = random.Random(1)
     for retry in range(1, 10):
         for _ in range(50):
-            assert 0.0 <= compute_backoff(retry, 0.5, 10.0, rng) <= min(10.0, 0.5 * 2 ** (retry - 1))
+            assert 0.0 <= compute_backoff(RetryPolicy(0.5, 10.0), retry, rng) <= min(10.0, 0.5 * 2 ** (retry - 1))
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 410])

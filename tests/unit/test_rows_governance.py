@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from finops.retry import RetryPolicy
 from schemas.models import load_example
 from schemas.wire import AvroCodec
 from sinks.rows import (
@@ -30,7 +31,7 @@ from sinks.rows import (
     compute_budget_tombstone,
     compute_waste_row,
 )
-from sinks.writer import ClickHouseBatchWriter, DeadLetter, MessageBatch, RetryPolicy, SinkMessage
+from sinks.writer import ClickHouseBatchWriter, DeadLetter, MessageBatch, SinkMessage
 from stream_jobs.waste import WasteSignal, build_waste_record
 
 pytestmark = pytest.mark.unit

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver import exceptions as ch_exc
 
+from finops.retry import RetryPolicy, compute_backoff
 from schemas.wire import AvroCodec
 from sinks.rows import SPEND
 from sinks.writer import (
@@ -18,11 +19,9 @@ from sinks.writer import (
     ClickHouseBatchWriter,
     DeadLetter,
     MessageBatch,
-    RetryPolicy,
     SinkHaltError,
     SinkMessage,
     classify_error,
-    compute_backoff,
     compute_dedup_token,
 )
 
