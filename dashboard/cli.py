@@ -213,15 +213,15 @@ def _handle_serve(args: argparse.Namespace) -> int:
         settings.control.signing_key.get_secret_value() if settings.control.signing_key else None,
         create=True,
     ) if not args.no_kafka else None
-    from sinks.worker_cli import LEDGER_GROUP, SPEND_GROUP
+    from finops.topics import LEDGER_SINK_GROUP, SPEND_SINK_GROUP
 
     config = DashboardConfig(
         store=store, publisher=publisher, control_topic=topics.control, policies_topic=topics.policies,
         signing_key_id=settings.control.key_id, signing_secret=secret, kafka_config=kafka_config,
         consumer_groups={
             settings.stream.group_id: (topics.usage,),
-            LEDGER_GROUP: (topics.priced,),
-            SPEND_GROUP: (topics.spend,),
+            LEDGER_SINK_GROUP: (topics.priced,),
+            SPEND_SINK_GROUP: (topics.spend,),
         },
         dlq_topic=topics.dlq, refresh_seconds=args.refresh,
     )

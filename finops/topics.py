@@ -75,6 +75,17 @@ DETECTION_STATE = TopicSpec(
 ALL_TOPICS: tuple[TopicSpec, ...] = (USAGE, PRICED, DLQ, SPEND, ALERTS, POLICIES, CONTROL, WASTE, DETECTION_STATE)
 
 
+def sink_group(kind: str) -> str:
+    """The consumer group of sink ``kind`` (``finops-sink-<kind>``): each sink table is its own group."""
+    return f"finops-sink-{kind}"
+
+
+# Consumer groups that other parts watch (the dashboard's lag panel, detection waiting for the ledger sink) are
+# declared here beside the topics, so a rename cannot leave a reader watching a group nobody consumes with.
+LEDGER_SINK_GROUP = sink_group("ledger")
+SPEND_SINK_GROUP = sink_group("spend")
+
+
 @dataclass(frozen=True)
 class TopicNames:
     """Concrete topic names under a prefix (``FINOPS_KAFKA_TOPIC_PREFIX``; tests use one per test)."""

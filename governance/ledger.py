@@ -1,5 +1,5 @@
 """Ledger rows built the way the hot path builds them: a usage event priced by :class:`finops.pricing.engine.Pricer`
-and mapped onto the ``usage_ledger`` columns (:data:`sinks.rows.LEDGER_COLUMNS`), plus the re-rating correction
+and mapped onto the ``usage_ledger`` columns (:data:`finops.tables.LEDGER_COLUMNS`), plus the re-rating correction
 row of :mod:`governance.reprice`.
 
 Why here: re-rating must price exactly as the stream does, and the reports' tests need fleets "replayed with known
@@ -17,7 +17,7 @@ from typing import Any
 
 from finops.pricing.engine import Pricer, PriceResult
 from schemas.loader import COUNTED_FIELDS
-from sinks.rows import LEDGER_COLUMNS
+from finops.tables import LEDGER_COLUMNS
 
 __all__ = [
     "COST_PARTS",

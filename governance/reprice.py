@@ -35,7 +35,7 @@ from typing import Any
 from finops.pricing.engine import Pricer
 from governance.ledger import CORRECTION_COLUMNS, COST_PARTS, TOKEN_FIELDS, insert_ledger_rows
 from governance.store import qualified
-from sinks.rows import LEDGER_COLUMNS
+from finops.tables import LEDGER_COLUMNS
 
 __all__ = ["RepriceResult", "RowChange", "compute_correction", "compute_run_id", "reprice", "render_diff"]
 

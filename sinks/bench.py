@@ -144,7 +144,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from schemas.wire import AvroCodec
     from sinks.clickhouse import build_client
     from sinks.migrations import MigrationRunner
-    from sinks.rows import LEDGER, LEDGER_COLUMNS, compute_ledger_row
+    from finops.tables import LEDGER_COLUMNS
+    from sinks.rows import LEDGER, compute_ledger_row
     from sinks.worker_cli import build_dlq_producer, build_sink_worker
 
     settings = load_settings()

@@ -23,8 +23,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from finops.tables import LEDGER_COLUMNS
 from schemas.errors import FinopsError
-from schemas.loader import COUNTED_FIELDS
 
 __all__ = [
     "ALERTS",
@@ -32,7 +32,6 @@ __all__ = [
     "BUDGETS",
     "BUDGET_COLUMNS",
     "LEDGER",
-    "LEDGER_COLUMNS",
     "SINK_SPECS",
     "SPEND",
     "SPEND_COLUMNS",
@@ -59,56 +58,9 @@ class RowMappingError(FinopsError):
     """
 
 
-# Ledger columns in insert order. The "optional text" columns are String DEFAULT '' in the table ('' = absent), so
-# the Avro null becomes ''; every other column takes the Avro value as is.
+# The ledger's "optional text" columns are String DEFAULT '' in the table ('' = absent), so the Avro null becomes
+# ''; every other column takes the Avro value as is.
 _LEDGER_OPTIONAL_TEXT: tuple[str, ...] = ("task_id", "parent_task_id", "task_type", "environment")
-LEDGER_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "source",
-    "occurred_at",
-    "agent_id",
-    "team",
-    "project",
-    "provider",
-    "model",
-    *COUNTED_FIELDS,
-    "task_id",
-    "parent_task_id",
-    "task_type",
-    "environment",
-    "attempt",
-    "status",
-    "latency_ms",
-    "prompt_hash",
-    "reported_cost",
-    "tags",
-    "schema_version",
-    "cost_usd",
-    "cost_input_usd",
-    "cost_output_usd",
-    "cost_cache_read_usd",
-    "cost_cache_write_usd",
-    "cost_other_usd",
-    "price_input_mtok",
-    "price_output_mtok",
-    "price_cache_read_mtok",
-    "price_cache_write_mtok",
-    "price_cache_write_1h_mtok",
-    "pricing_status",
-    "unpriced_reason",
-    "catalogue_version",
-    "price_book_version",
-    "price_source",
-    "cost_delta_usd",
-    "cost_mismatch",
-    "late",
-    "priced_at",
-    "source_topic",
-    "source_partition",
-    "source_offset",
-    "computed_cost_usd",
-    "cost_basis",
-)
 _LEDGER_DEFAULTED: frozenset[str] = frozenset({"computed_cost_usd", "cost_basis"})
 _EVENT_ID_INDEX = LEDGER_COLUMNS.index("event_id")
 _OPTIONAL_TEXT_INDEXES: tuple[int, ...] = tuple(LEDGER_COLUMNS.index(name) for name in _LEDGER_OPTIONAL_TEXT)

@@ -18,12 +18,10 @@ from typing import Any
 
 from schemas.errors import ConfigError, FinopsError
 
-__all__ = ["SINK_KINDS", "parse_instant", "register", "sink_group", "sink_topic"]
+__all__ = ["SINK_KINDS", "parse_instant", "register", "sink_topic"]
 
 log = logging.getLogger(__name__)
 
-LEDGER_GROUP = "finops-sink-ledger"
-SPEND_GROUP = "finops-sink-spend"
 # The sink kinds in start order (the keys of sinks.rows.SINK_SPECS) and the TopicNames property each one consumes.
 # Each kind is its own consumer group, finops-sink-<kind>, and its own thread, so a halted or lagging table does not
 # hold the others' offsets back.
@@ -36,11 +34,6 @@ _SINK_TOPIC_OF: dict[str, str] = {
     "budgets": "policies",
 }
 _REQUIRED_TABLES = ("usage_ledger", "spend_1m", "spend_hourly", "spend_daily", "alerts", "waste_signals", "budgets")
-
-
-def sink_group(kind: str) -> str:
-    """The consumer group of sink ``kind`` (``finops-sink-<kind>``)."""
-    return f"finops-sink-{kind}"
 
 
 def sink_topic(kind: str, topics: Any) -> str:
@@ -200,7 +193,7 @@ def _start_store_endpoint(client: Any, query_url: str | None, host: str | None, 
 
 def _sink_run(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
-    from finops.topics import TopicNames
+    from finops.topics import TopicNames, sink_group
     from sinks.clickhouse import build_client, parse_clickhouse_url
 
     settings = load_settings()

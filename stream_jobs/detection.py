@@ -61,7 +61,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
-from finops.topics import TopicNames, ensure_topics
+from finops.topics import LEDGER_SINK_GROUP, TopicNames, ensure_topics
 from schemas.errors import FinopsError
 from schemas.models import BudgetPolicy
 from stream_jobs.anomaly import AnomalyConfig, AnomalyDetector, build_anomaly_alert
@@ -135,7 +135,7 @@ class DetectionConfig:
     dedupe_rebuild_s: float = 3600.0
     #: The consumer group of the ledger sink (docs/CONTRACTS.md): its committed offsets say which priced events
     #: the ledger holds, which lets reconciliation lower a counter safely. None: never lower.
-    ledger_sink_group: str | None = "finops-sink-ledger"
+    ledger_sink_group: str | None = LEDGER_SINK_GROUP
 
 
 class LedgerReader(Protocol):

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from schemas.models import BudgetPolicy
-from sinks.rows import LEDGER_COLUMNS, compute_ledger_row
+from finops.tables import LEDGER_COLUMNS
+from sinks.rows import compute_ledger_row
 from stream_jobs.budgets import BudgetEngine
 from stream_jobs.detection import ClickHouseLedgerReader
 from tests.integration.test_detection_support import make_priced

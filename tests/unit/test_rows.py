@@ -8,11 +8,11 @@ from decimal import Decimal
 
 import pytest
 
+from finops.tables import LEDGER_COLUMNS
 from schemas.errors import FinopsError
 from schemas.loader import load_schema
 from sinks.rows import (
     LEDGER,
-    LEDGER_COLUMNS,
     SPEND,
     SPEND_COLUMNS,
     RowMappingError,

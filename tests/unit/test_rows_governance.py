@@ -312,8 +312,8 @@ def test_spec_columns_are_the_tables_columns(kind: str) -> None:
 
 def test_sink_run_only_selects_each_kind_with_its_own_group_and_topic() -> None:
     from finops.cli import build_parser
-    from finops.topics import TopicNames
-    from sinks.worker_cli import SINK_KINDS, sink_group, sink_topic
+    from finops.topics import TopicNames, sink_group
+    from sinks.worker_cli import SINK_KINDS, sink_topic
 
     parser = build_parser()
     assert parser.parse_args(["sink", "run"]).only is None  # default: every kind
