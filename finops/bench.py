@@ -481,7 +481,7 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
     Blocks for the whole run (about a minute per level). Raises FinopsError when a role dies or a level does not
     drain within ``config.drain_timeout_s``.
     """
-    from finops.demo import start_receiver
+    from finops.receiver import start_receiver
     from finops.topics import TopicNames, ensure_topics
     from producers.producer import UsageProducer
     from sinks.clickhouse import build_client

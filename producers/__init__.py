@@ -1,7 +1,8 @@
-"""Agent-side SDK: build, validate and publish usage events; provider adapters; the enforcement guard.
+"""Agent-side SDK: build, validate and publish usage events; the enforcement guard (the provider adapters it
+uses are shared with the price command, so they live in the ground: ``finops.adapters``).
 
 Kept import-light on purpose: importing ``producers`` must not pull in Kafka or Avro. Import submodules
-(``producers.adapters``, ...) directly.
+(``producers.producer``, ...) directly.
 """
 
 from __future__ import annotations

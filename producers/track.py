@@ -5,7 +5,7 @@ Context manager::
     with producer.track(agent_id="billing-bot", team="payments", project="invoices",
                         provider="openai", model="gpt-4o", task_id=task) as call:
         resp = client.chat.completions.create(...)
-        call.record_response(resp)          # tokens, cache, reasoning... via producers.adapters
+        call.record_response(resp)          # tokens, cache, reasoning... via finops.adapters
     # one event emitted here: latency_ms measured, status "ok"
 
 Decorator (the wrapped function returns the provider's response, sync or async)::
@@ -75,11 +75,11 @@ class TrackedCall:
 
     def record_response(self, response: Any, provider: str | None = None, *, reasoning: str = "auto") -> None:
         """Read the token usage from a provider response (SDK object, dict or JSON text) with
-        ``producers.adapters.usage_from_response``; the response's model id replaces the preset one (it names the
+        ``finops.adapters.usage_from_response``; the response's model id replaces the preset one (it names the
         exact version that was billed). ``reasoning`` declares how this source's gateway counts reasoning tokens
         (``exclusive`` when its completion_tokens leave them out); every normalisation applied is named in the
         ``finops.normalised`` tag. Raises ``ProviderUsageError`` when the body has no usable usage."""
-        from producers.adapters import normalisation_tags, to_usage_fields, usage_from_response
+        from finops.adapters import normalisation_tags, to_usage_fields, usage_from_response
 
         name = provider or self.fields.get("provider")
         if not name:

@@ -223,7 +223,7 @@ def _price(args: argparse.Namespace) -> int:
 
 
 def _price_file(path: Path, pricer: Any, settings: Any) -> int:
-    from producers.adapters import parse_reasoning_conventions
+    from finops.adapters import parse_reasoning_conventions
     from stream_jobs.price_file import FileSummary, price_lines
 
     reasoning = parse_reasoning_conventions(settings.producer.reasoning_conventions)
@@ -252,7 +252,7 @@ _RATE_COLUMNS = (
 
 
 def _drift_calls_from_file(path: Path, pricer: Any, settings: Any) -> list[Any]:
-    from producers.adapters import parse_reasoning_conventions
+    from finops.adapters import parse_reasoning_conventions
     from stream_jobs.drift import DriftCall
     from stream_jobs.price_file import compute_line_event
 

@@ -10,7 +10,7 @@ Each input line is one JSON object, either
   decimal string, beats the body's) and the attribution fields (``event_id``, ``source``, ``occurred_at``,
   ``agent_id``, ``team``, ``project``, ``task_id``, ``tags``).
 
-Responses go through the same adapters as the SDK (``producers.adapters``, with the per-source reasoning convention
+Responses go through the same adapters as the SDK (``finops.adapters``, with the per-source reasoning convention
 of ``FINOPS_PRODUCER_REASONING_CONVENTIONS``), events through the same :class:`~finops.pricing.engine.Pricer` as the
 stream job (price book, cost basis, active catalogue). One JSON object is written per input line, in order; a line
 that cannot be read or priced gives ``{"line": N, "error": "..."}`` and makes the exit status 2.
@@ -26,7 +26,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from finops.pricing.engine import Pricer
-from producers.adapters import (
+from finops.adapters import (
     ProviderUsage,
     normalisation_tags,
     to_usage_fields,

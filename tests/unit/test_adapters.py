@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from producers.adapters import (
+from finops.adapters import (
     USAGE_FIELD_NAMES,
     ProviderUsage,
     ProviderUsageError,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from finops.pricing.engine import CostBasisPolicy, Pricer, PricingError, parse_cost_basis
-from producers.adapters import (
+from finops.adapters import (
     ProviderUsageError,
     normalisation_tags,
     parse_reasoning_conventions,
@@ -196,7 +196,7 @@ def test_declared_exclusive_convention_applies_when_a_call_cannot_show_it() -> N
 
 def test_direct_anthropic_cache_reads_and_writes_stay_exact() -> None:
     # Kept from the recorded Claude Code runs: cache reads and 5-minute writes priced at Anthropic's own entry.
-    from producers.adapters import usage_from_anthropic
+    from finops.adapters import usage_from_anthropic
 
     usage = usage_from_anthropic(body("anthropic_cache_write_5m_1h"))
     result = Pricer().price(event(usage, reported_cost=None))

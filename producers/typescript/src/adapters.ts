@@ -1,6 +1,6 @@
 /**
  * Provider adapters: map a model response onto the canonical token counts of the usage event. A port of
- * `producers/adapters.py` (same semantics, same paths in errors) for the bodies TypeScript agents hold:
+ * `finops/adapters.py` (same semantics, same paths in errors) for the bodies TypeScript agents hold:
  *
  * | source                      | mapping                                                                           |
  * |-----------------------------|-----------------------------------------------------------------------------------|

@@ -1,5 +1,8 @@
 """Provider adapters: map a model provider's response body onto our canonical token counts.
 
+In the ground because two parts use them: the agent SDK (``producers.track``) and ``finops price --file`` /
+``finops pricebook suggest --file`` (``stream_jobs``), which must read a response exactly as the SDK does.
+
 Every provider counts tokens differently, and this is where peers mis-price most (DESIGN.md §3). The canonical
 semantics, which every adapter here produces and :class:`ProviderUsage` enforces:
 
