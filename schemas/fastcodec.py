@@ -1,51 +1,13 @@
-"""A specialised Avro binary codec generated from a record schema: byte-identical to fastavro and faster (on our
-records about 2.5x to encode and 1.5-2x to decode; ``python -m benchmarks.bench_avro``).
+"""A specialised Avro binary codec generated from a record schema, byte-identical to fastavro and faster (measured
+by ``python -m benchmarks.bench_avro``).
 
-Why code generation: fastavro (even compiled) interprets the schema on every call: per field it looks the type up,
-dispatches on it, runs the logical-type hook through a dict and writes into a buffer through generic helpers. For
-our wide, flat records (UsageEvent has 31 fields, PricedUsageEvent 54, 13 of them decimals) that per-field
-interpretation is most of the cost. :func:`generate_source` instead writes one straight-line Python function per
-record (``encode(record) -> bytes`` and ``decode(buf, pos) -> (dict, pos)``) in which every field is a few lines
-specialised for its type, with helpers and tables bound as globals of the generated module. :func:`build_fast_codec`
-compiles it once (``compile``/``exec``), at codec construction; :attr:`FastCodec.source` keeps the text so it can be
-read and debugged (``print(build_fast_codec(load_schema("UsageEvent")).source)``).
+Role: fastavro interprets the schema on every call; for our wide, flat records that per-field interpretation is
+most of the cost. :func:`generate_source` writes one straight-line ``encode``/``decode`` per record and
+:func:`build_fast_codec` compiles it once; :attr:`FastCodec.source` keeps the text for reading and debugging.
 
-The techniques, each chosen by measurement:
-
-- varints from tables: ``_ZZ[n]`` is the zigzag varint of ``0 <= n < 2**14`` (counts, lengths, token numbers); larger
-  values are assembled from two 16384-entry tables of 14-bit chunks, no per-byte loop;
-- the encoder collects every field's bytes in local variables and joins them once (``b"".join`` of a tuple);
-- the decoder reads 1- to 3-byte varints inline (unrolled, 1-2 bytes via a zigzag table), timestamps (8-byte
-  varints) with one ``struct`` unpack and shifts, anything longer in a helper loop; strings with a one-byte length
-  via a table, one slice and ``.decode()``; and builds the result with one dict display;
-- decimals (bytes + logicalType decimal): encoded as fastavro does (two's complement, big-endian, ``(bit_length of
-  the magnitude + 8) // 8`` bytes: minimal except that a negative power of 256 gets a leading 0xFF byte, as in
-  fastavro), via ``Decimal.quantize`` to the scale in a context that traps rounding (so a value with more
-  fractional digits than the scale is refused, as fastavro refuses it) and ``scaleb`` to the unscaled integer. Decoded
-  as ``Decimal(unscaled).scaleb(-scale)`` in a context of the
-  schema's precision, which yields the very Decimal fastavro builds (same digits and exponent, so ``==``, ``str()``
-  and ``as_tuple()`` agree); 1-byte values come from a table.
-
-What the generated code returns and accepts (the same as :class:`schemas.wire.AvroCodec` via fastavro):
-
-- ``timestamps="datetime"`` (default): timestamp-micros fields decode to tz-aware UTC datetimes; ``"micros"`` keeps
-  the raw int microseconds (the stream hot path wants ints). Encoding accepts either form in both modes.
-- strings with logicalType uuid decode to ``str`` (not ``uuid.UUID``; see :mod:`schemas.wire`); ``uuid.UUID``
-  values are accepted on encode.
-- decimals decode to ``Decimal``; encode accepts ``Decimal`` (or already-encoded ``bytes``, as fastavro does).
-
-Errors: the generated ``decode`` raises :class:`DecodeError` for truncated, malformed or trailing input (never
-IndexError). The generated ``encode`` raises :class:`EncodeError` for anything it does not encode; it is stricter
-than fastavro on odd inputs (a float in a long field, an int subclass in a union), so :class:`AvroCodec` re-encodes
-a refused record with fastavro, which stays the authority on what is encodable. Where the generated code succeeds its
-bytes equal fastavro's (tests/unit/test_fastcodec.py checks every schema, every example and thousands of random
-records). On garbage the decoder can be stricter than fastavro too: a union index other than 0/1, a varint longer
-than 10 bytes are errors here (fastavro reads a -1 union index as the last branch).
-
-Supported: null, boolean, int, long, float, double, string (+uuid), bytes (+decimal), long + timestamp-micros,
-unions of null and one other non-container type, maps, arrays, records (nested, named references). Anything else
-(enum, fixed, other logical types, general unions) raises :class:`UnsupportedSchemaError` at generation, and the
-caller keeps using fastavro for that schema.
+Guarantee: where the generated code succeeds its bytes and values equal fastavro's (tests/unit/test_fastcodec.py);
+what it does not handle it refuses (:class:`EncodeError`, :class:`DecodeError`, :class:`UnsupportedSchemaError`)
+and :class:`schemas.wire.AvroCodec` falls back to fastavro, which stays the authority. See DESIGN §3.
 """
 
 from __future__ import annotations
@@ -82,6 +44,18 @@ class UnsupportedSchemaError(ConfigError):
 
 # ------------------------------------------------------------------------------------------------ runtime helpers
 # Shared by every generated module (bound as its globals, so a lookup is one dict hit, no attribute access).
+# The techniques of the generated code, each chosen by measurement (python -m benchmarks.bench_avro):
+# - varints from tables: _ZZ[n] is the zigzag varint of 0 <= n < 2**14; larger values are assembled from two
+#   16384-entry tables of 14-bit chunks, no per-byte loop;
+# - the encoder collects every field's bytes in locals and joins them once (b"".join of a tuple);
+# - the decoder reads 1- to 3-byte varints inline, timestamps (8-byte varints) with one struct unpack and shifts,
+#   longer ones in a helper loop; short strings via a one-byte length table, one slice and .decode(); one dict
+#   display builds the result;
+# - decimals are encoded as fastavro does (two's complement, big-endian, (bit_length of the magnitude + 8) // 8
+#   bytes, so a negative power of 256 gets a leading 0xFF), via Decimal.quantize to the scale in a context that
+#   traps rounding (more fractional digits than the scale are refused, as fastavro refuses them) and scaleb to the
+#   unscaled integer; decoded as Decimal(unscaled).scaleb(-scale) in a context of the schema's precision, the very
+#   Decimal fastavro builds (same digits and exponent); 1-byte values come from a table.
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
@@ -762,6 +736,20 @@ class FastCodec:
     ``encode(record) -> bytes`` writes the Avro binary body (no framing); ``decode(buf, pos=0) -> (dict, end)``
     reads one body starting at ``pos`` and returns the position after it (the caller decides whether trailing bytes
     are an error). Both are plain functions with no per-call setup; thread-safe (no shared mutable state).
+
+    Values (as :class:`schemas.wire.AvroCodec` via fastavro): ``timestamps="datetime"`` decodes timestamp-micros to
+    tz-aware UTC datetimes, ``"micros"`` keeps the int (the hot path wants ints); encoding accepts either. uuid
+    strings decode to ``str`` (``uuid.UUID`` accepted on encode); decimals decode to ``Decimal`` (encode accepts
+    ``Decimal`` or already-encoded ``bytes``).
+
+    Errors: ``decode`` raises :class:`DecodeError` for truncated, malformed or trailing input (never IndexError) and
+    is stricter than fastavro on garbage (a union index other than 0/1, a varint over 10 bytes). ``encode`` raises
+    :class:`EncodeError` for anything it does not encode and is stricter than fastavro on odd inputs (a float in a
+    long field, an int subclass in a union), so :class:`AvroCodec` re-encodes a refused record with fastavro.
+
+    Supported: null, boolean, int, long, float, double, string (+uuid), bytes (+decimal), long + timestamp-micros,
+    unions of null and one other non-container type, maps, arrays, records (nested, named references); anything
+    else raises :class:`UnsupportedSchemaError` at generation.
     """
 
     name: str

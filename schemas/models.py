@@ -1,41 +1,12 @@
 """Pydantic v2 models mirroring ``schemas/avro/*.avsc`` field for field, and the usage-event validation rules.
 
-Mapping between Avro and Python (the same values fastavro reads and writes, so ``to_avro_dict`` output goes straight
-into ``fastavro.schemaless_writer`` and a decoded dict goes straight into ``from_avro_dict``):
+Guarantee: a model either holds a fully valid record or raises :class:`schemas.errors.ValidationFailed` listing
+every problem, each naming the field and a stable rule id; ``to_avro_dict`` output goes straight into fastavro and
+a decoded dict straight into ``from_avro_dict`` (the Avro <-> Python mapping is in :class:`AvroRecord`).
 
-=====================================  =============================================================
-Avro                                   Python
-=====================================  =============================================================
-string                                 ``str`` (``Literal[...]`` where the model closes the set)
-string + logicalType uuid              ``str`` in canonical lower-case form (``event_id``; a
-                                       ``uuid.UUID`` is accepted and converted; the codec decodes it
-                                       as ``str``: cheaper than UUID and what dedupe and ClickHouse use)
-int / long                             ``int`` with the int32 / int64 range checked (:data:`Int32`,
-                                       :data:`Int64`)
-bytes + decimal(38, 12)                ``decimal.Decimal`` (:data:`Money`); floats are refused
-long + timestamp-micros                tz-aware ``datetime`` normalised to UTC (:data:`UtcDatetime`)
-["null", T]                            ``T | None = None``
-map<string> / array<T>                 ``dict[str, str]`` / ``list[T]``
-=====================================  =============================================================
-
-Validation. Every model raises :class:`schemas.errors.ValidationFailed` (never a bare pydantic error) listing every
-problem found, each naming the field and a stable rule id. Type errors are found first (pydantic); when the types
-are right the cross-field rules run and are all collected.
-
-The usage-event rules live in one plain function, :func:`check_usage_dict`, which is also the hot-path validator: the
-stream job validates ~100k decoded Avro dicts per second and cannot afford a pydantic model per event. The model's
-validator calls the same function on its own field values, so both paths cannot drift apart (a unit test also
-checks they agree case by case).
-
-Rule ids of the usage event (``FieldProblem.rule``):
-``required``, ``type``, ``not_blank``, ``uuid``, ``non_negative``, ``cache_within_input``,
-``cache_1h_within_cache_write``, ``reasoning_within_output``, ``audio_within_input``, ``audio_within_output``,
-``cache_audio_within_cache_read``, ``image_within_input``, ``attempt_min``, ``status_allowed``, ``timezone``,
-``not_in_future``, ``tags_max_entries``, ``tag_key_length``, ``tag_value_length``.
-
-The future-time rule needs a clock; it is injected, never read here: pass ``now`` to :func:`check_usage_dict`,
-:func:`validate_event`, :func:`parse_usage_event`, or ``Model.model_validate(data, context={"now": now})``. A model
-built without a ``now`` (e.g. when reading back stored or replayed events) skips only that rule.
+The usage-event rules live in one plain function, :func:`check_usage_dict`, which is also the hot-path validator
+(no pydantic model per event); the model's validator calls the same function, so the two cannot drift apart. The
+future-time rule's clock is injected (``now``), never read here. See DESIGN §3 and docs/CONTRACTS.md.
 """
 
 from __future__ import annotations
@@ -223,6 +194,14 @@ class AvroRecord(BaseModel):
 
     Promises: construction either returns a fully valid record or raises :class:`ValidationFailed` listing all
     problems; instances are immutable; :meth:`to_avro_dict` returns what fastavro writes with the record's schema.
+
+    Avro -> Python: string -> ``str`` (``Literal[...]`` where the model closes the set); string + uuid -> ``str`` in
+    canonical lower-case form (a ``uuid.UUID`` is accepted and converted; the codec decodes it as ``str``, cheaper
+    than UUID and what dedupe and ClickHouse use); int / long -> ``int`` with the range checked (:data:`Int32`,
+    :data:`Int64`); bytes + decimal(38, 12) -> ``Decimal`` (:data:`Money`, floats refused); long +
+    timestamp-micros -> tz-aware ``datetime`` in UTC (:data:`UtcDatetime`); ``["null", T]`` -> ``T | None = None``;
+    map<string> / array<T> -> ``dict[str, str]`` / ``list[T]``. Type errors are found first (pydantic); when the
+    types are right the cross-field rules run and are all collected.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -316,6 +295,14 @@ _PARTS = (
 
 def check_usage_dict(record: Mapping[str, Any], now: datetime) -> list[FieldProblem]:
     """Return every rule a usage event breaks (empty list = valid), without building a model.
+
+    Rule ids (``FieldProblem.rule``): ``required``, ``type``, ``not_blank``, ``uuid``, ``non_negative``,
+    ``cache_within_input``, ``cache_1h_within_cache_write``, ``reasoning_within_output``, ``audio_within_input``,
+    ``audio_within_output``, ``cache_audio_within_cache_read``, ``image_within_input``, ``attempt_min``,
+    ``status_allowed``, ``timezone``, ``not_in_future``, ``tags_max_entries``, ``tag_key_length``,
+    ``tag_value_length``. The clock comes in as ``now`` here, in :func:`validate_event`, :func:`parse_usage_event`
+    or as ``Model.model_validate(data, context={"now": now})``; a model built without one (stored or replayed
+    events) skips only ``not_in_future``.
 
     ``record`` is a UsageEvent as fastavro decodes it (or as ``UsageEvent.to_avro_dict`` returns it); absent optional
     fields take their schema default. ``now`` is the validating clock (tz-aware) for the future-time rule.

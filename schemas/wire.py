@@ -1,30 +1,13 @@
 """Avro wire formats: single-object encoding (default, no registry) and Confluent framing (with a Schema Registry).
 
-Single-object encoding (Avro spec, "Single-object encoding")::
+Single-object (Avro spec): ``0xC3 0x01 | 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's
+parsing canonical form | body``; Confluent: ``0x00 | 4-byte big-endian Schema Registry id | body``. Every
+consumer accepts both (:meth:`AvroCodec.decode` looks at the first byte).
 
-    0xC3 0x01 | 8-byte CRC-64-AVRO fingerprint of the writer schema's parsing canonical form, little-endian | body
-
-Confluent framing::
-
-    0x00 | 4-byte big-endian Schema Registry id | body
-
-Every consumer accepts both (``AvroCodec.decode`` looks at the first byte). The body is Avro binary of the record.
-Bodies of the current schemas are written and read by a codec generated from each schema (:mod:`schemas.fastcodec`,
-byte-identical to fastavro, 1.5-3x faster); fastavro's schemaless writer/reader over precompiled
-(``parse_schema``) schemas handles everything else: older writer schemas (resolution), explicit reader schemas,
-records the generated encoder refuses (fastavro then encodes them or reports the error) and schemas the generator
-does not support.
-
-Evolution: a codec knows the current schema of each record by name and, optionally, older writer schemas
-(:meth:`AvroCodec.register_writer_schema`). Bytes written with an older known schema are resolved to the current
-schema of the same record (new fields take their defaults), so consumers always see the current shape.
-
-Decoded values: timestamps are tz-aware UTC datetimes and decimals are ``Decimal`` (fastavro's logical types), but a
-string with logicalType uuid is returned as the string itself, not ``uuid.UUID``: building a UUID object costs about
-as much as decoding three other fields, and dedupe and ClickHouse want the string anyway. The models treat
-``event_id`` as the canonical string too.
-
-Only this module's registry helpers import confluent-kafka, lazily, so the codec stays usable without it.
+Guarantee: bytes written with an older known writer schema are resolved to the current schema of the same record,
+so consumers always see the current shape. Bodies of the current schemas go through the generated codec of
+:mod:`schemas.fastcodec`, everything else through fastavro. Only the registry helpers import confluent-kafka,
+lazily, so the codec stays usable without it. See DESIGN §3.
 """
 
 from __future__ import annotations
@@ -155,6 +138,13 @@ class AvroCodec:
     Promises: ``decode(encode(r, name))`` returns ``(name, r')`` where ``r'`` equals ``r`` with defaults filled and
     decimals at scale 12; every failure is a :class:`DecodeError`, :class:`UnknownSchemaError` or
     :class:`EncodeError` saying what was wrong. Thread-safe for concurrent encode/decode (caches only grow).
+
+    Bodies of the current schemas are written and read by the generated codec (:mod:`schemas.fastcodec`); fastavro's
+    schemaless writer/reader over precompiled schemas handles the rest: older writer schemas (resolution), explicit
+    reader schemas, records the generated encoder refuses and schemas the generator does not support. Decoded
+    timestamps are tz-aware UTC datetimes and decimals ``Decimal``, but a uuid string stays a ``str``, not
+    ``uuid.UUID``: building a UUID object costs about as much as decoding three other fields, and dedupe and
+    ClickHouse want the string anyway (the models treat ``event_id`` as the canonical string too).
     """
 
     def __init__(
