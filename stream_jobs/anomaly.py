@@ -1,37 +1,13 @@
 """Spend anomalies per agent and per team: a robust, seasonal baseline per entity, scored window by window.
 
-Pure logic with an injected event-time clock (:meth:`AnomalyDetector.advance`); no Kafka, Faust or ClickHouse.
+Role: pure logic with an injected event-time clock (:meth:`AnomalyDetector.advance`); no Kafka, Faust or
+ClickHouse. Spend per window is summed per entity (``agent:<id>``, ``team:<name>``) and scored against a
+median/MAD baseline of its log (:class:`RobustBaseline`); root cause splits the excess by dimension
+(:func:`compute_root_causes`).
 
-Method
-------
-Spend per window (default 5 minutes) is summed per entity (``agent:<id>``, ``team:<name>``). Cost per window is
-heavy-tailed (token counts are log-normal, a quiet agent has many empty windows), so the baseline works on
-``y = ln(spend + c)`` where ``c`` is a small offset (the larger of ``log_offset_usd`` and a quarter of the entity's
-median window): the log turns "ten times the usual" into a fixed distance whatever the agent's size, and ``c``
-keeps empty windows from dominating.
-
-- Centre: the median of ``y`` over the last ``history_windows`` windows, or, with hour-of-week seasonality, the
-  median of the windows in the same hour of the week once that slot has ``seasonal_min_samples`` values (a fleet
-  that sleeps at night and spikes on Monday mornings is not anomalous at 9:00 on Monday).
-- Scale: 1.4826 x the median absolute deviation (MAD) of ``y`` (the normal-consistent robust scale), or of the
-  deviations above the median when that is larger ("double MAD", for skewed, zero-inflated spend), floored at
-  ``min_scale``. Median and MAD have a 50 % breakdown point: the outliers we look for cannot drag the baseline
-  towards themselves (Iglewicz & Hoaglin's modified z-score, Rousseeuw & Croux).
-- Score: ``(y - centre) / scale``, a robust z-score. A window is anomalous when the score is at least
-  ``z_threshold`` (the sensitivity), actual is at least ``min_ratio`` x expected and the impact is at least
-  ``min_impact_usd``: the last two keep statistically odd but cheap blips from paging anyone.
-- Online update: every closed window enters the history, but an anomalous one enters winsorized at the threshold,
-  so a long runaway does not become the new normal within the hour.
-- Warm-up: an entity is judged only after ``warmup_windows`` windows of history (seeded from ClickHouse at start, so
-  a restart does not re-learn) and ``min_active_windows`` of them with spend.
-
-Root cause: each entity keeps an exponentially weighted share of its spend per value of each dimension (model,
-task type, project; and agent for a team), updated on normal windows only. In an anomalous window the expected
-spend of a value is ``expected x share``; the values whose actual spend exceeds that by the most are reported with
-their part of the difference (``model=gpt-4o +$3.20 (81%)``).
-
-Alerting: consecutive anomalous windows form one episode with one ``trigger`` (dedup key
-``anomaly:<entity>:<episode start>``) and one ``resolve`` after ``resolve_after`` normal windows.
+Guarantee: an entity is judged only after its warm-up; consecutive anomalous windows form one episode with one
+``trigger`` (dedup key ``anomaly:<entity>:<episode start>``) and one ``resolve`` after ``resolve_after`` normal
+windows. See DESIGN §7 and the README, "Budgets, anomalies, waste and enforcement".
 """
 
 from __future__ import annotations
@@ -106,7 +82,24 @@ def compute_mad_scale(values: Sequence[float], centre: float) -> float:
 
 class RobustBaseline:
     """Rolling history of window spends of one entity with an hour-of-week profile. Values are USD floats:
-    statistics, not money (the alert's money is exact)."""
+    statistics, not money (the alert's money is exact).
+
+    Cost per window is heavy-tailed (log-normal token counts, many empty windows for a quiet agent), so the
+    baseline works on ``y = ln(spend + c)``, ``c`` the larger of ``log_offset_usd`` and a quarter of the entity's
+    median window: "ten times the usual" becomes a fixed distance whatever the agent's size, and ``c`` keeps empty
+    windows from dominating.
+
+    - Centre: the median of ``y`` over the last ``history_windows`` windows, or, with hour-of-week seasonality, of
+      the windows in the same hour of the week once that slot has ``seasonal_min_samples`` values.
+    - Scale: 1.4826 x the MAD of ``y``, or of the deviations above the median when larger ("double MAD", for
+      skewed, zero-inflated spend), floored at ``min_scale``. Median and MAD have a 50 % breakdown point, so the
+      outliers we look for cannot drag the baseline towards themselves (Iglewicz & Hoaglin, Rousseeuw & Croux).
+    - Score: ``(y - centre) / scale``; anomalous when at least ``z_threshold``, actual at least ``min_ratio`` x
+      expected and impact at least ``min_impact_usd`` (the last two keep odd but cheap blips from paging anyone).
+    - Update: every closed window enters the history, an anomalous one winsorized at the threshold, so a long
+      runaway does not become the new normal within the hour.
+    - Warm-up: judged only after ``warmup_windows`` windows (seeded from ClickHouse at start, so a restart does not
+      re-learn) and ``min_active_windows`` of them with spend."""
 
     __slots__ = ("_config", "history", "seasonal", "active")
 
@@ -198,6 +191,10 @@ def compute_root_causes(
     expected_total: Decimal, top: int,
 ) -> tuple[RootCause, ...]:
     """The ``top`` dimension values whose actual spend most exceeds ``expected_total x share``. Pure.
+
+    Each entity keeps an exponentially weighted share of its spend per value of each dimension (model, task type,
+    project; and agent for a team), updated on normal windows only; the result reads like
+    ``model=gpt-4o +$3.20 (81%)``.
 
     ``actual`` and ``shares`` are keyed by ``(dimension, value)``; a value never seen before has share 0, so all of
     its spend is unexplained (a new model appearing is a classic root cause).

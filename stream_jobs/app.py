@@ -1,27 +1,14 @@
 """The stream job: one Faust app that hosts the usage hot path as a service and runs Faust agents on the low-volume
 topics. ``finops stream run`` starts it (``stream_jobs/cli.py``).
 
-Layout (faust-streaming ``docs/userguide/application.rst``: one app, agents and tables declared on it):
+Role (faust-streaming ``docs/userguide/application.rst`` layout): :class:`HotPathService` runs the hot path, a
+confluent-kafka batch consumer, in its own thread, because the usage topic carries every model call and Faust's
+per-message cost is too high for it (DESIGN §9); Faust agents serve the low-volume topics, where tables, windows
+and timers earn their cost (here: closed 1-minute team windows -> a per-team, per-UTC-day spend table).
 
-- :class:`HotPathService`, a ``mode.Service`` of the app, runs :class:`stream_jobs.hotpath.HotPath` (a
-  confluent-kafka batch consumer, its own consumer group) in a dedicated thread: the usage topic carries every
-  model call and Faust's per-message machinery costs ~100 µs per event (DESIGN §9), the plain loop ~15 µs. The
-  service starts the thread with the app and stops it cleanly (finish the batch, flush, commit what is safe) when
-  the app stops; if the hot path fails (bad-input limit, an output that cannot be delivered), the service crashes
-  the app, so the worker exits non-zero instead of running on without its main job.
-- Faust agents serve the low-volume topics, where tables, windows and timers earn their cost. Here: the closed
-  1-minute windows on ``finops.spend.1m.v1`` feed a per-team, per-UTC-day spend table that the detection issue
-  (budgets, anomalies) builds on. Agents stay thin: decode, call the pure function, write.
-
-Delivery (DESIGN §5): Faust is run ``at_least_once`` (its ``exactly_once`` has open duplicate and crash bugs), so
-the table can see a message twice (a redelivery after a crash) and can see a window twice (the hot path re-emits a
-non-final window after its own crash, under the same ``aggregate_id`` and with the same sums). The guard lives in
-the table value itself, so the changelog and the dedupe move together: every ``team`` partial applied is recorded
-as one bit (its minute of the day) per source partition, and a partial whose bit is set is skipped. That is
-exact whatever order the partials arrive in (the spend topic is keyed by ``aggregate_id``, so one team's partials
-are spread over its partitions, and a per-partition "highest offset applied" guard could drop a late-arriving
-older minute). The partials are repartitioned by team (``group_by``) so each team's table key is written from one
-partition, as Faust tables require.
+Guarantee (DESIGN §5): Faust runs ``at_least_once``; the team-day table skips a partial it applied before
+(:func:`compute_team_day_update`), so redeliveries and re-emitted windows are counted once; a failing hot path
+crashes the app, so the worker exits non-zero instead of running on without its main job.
 """
 
 from __future__ import annotations
@@ -72,6 +59,13 @@ def compute_team_day_key(team: str, window_start_us: int) -> str:
 def compute_team_day_update(value: Mapping[str, Any] | None, partial: Mapping[str, Any]) -> dict[str, Any] | None:
     """Apply one ``team`` SpendAggregate partial (a decoded Avro dict) to a team-day value; return the new value, or
     ``None`` when this partial was applied before (a redelivery or a re-emission: same window, team, partition).
+
+    Faust's ``exactly_once`` has open duplicate and crash bugs, so the app runs ``at_least_once`` and the guard lives
+    in the table value itself, so the changelog and the dedupe move together: every ``team`` partial applied is one
+    bit (its minute of the day) per source partition, and a partial whose bit is set is skipped. That is exact
+    whatever order the partials arrive in (the spend topic is keyed by ``aggregate_id``, so one team's partials are
+    spread over its partitions, and a per-partition "highest offset applied" guard could drop a late older minute).
+    The partials are repartitioned by team (``group_by``) so each table key is written from one partition.
 
     Value (JSON-serialisable): ``{"cost_usd": "<decimal>", "calls": int, "unpriced_calls": int, "errors": int,
     "applied": {"<source_partition>": "<hex bitmask over the minutes of the day>"}}``. Minutes are counted from

@@ -1,30 +1,13 @@
 """``finops bench-stream``: the hot path against the plain consumer loop, on one core, against a real broker.
 
-What is compared (issue 4; DESIGN §9):
+Compared (DESIGN §9): (a) the plain loop: ``consume(1000)``, fastavro decode, price with cached genai-prices
+rates, three dict aggregates, nothing produced or committed; (b) :class:`stream_jobs.hotpath.HotPath` as the worker
+runs it, the clock stopping when every input is consumed and every output acknowledged. Each phase runs in a fresh
+child process pinned to one CPU (librdkafka's threads with it) and reports its own peak RSS; both use the worker's
+GC settings, and the plain loop reads event_id as a string, as our codec does (UUID objects would flatter the ratio).
 
-(a) *plain loop*: ``consume(1000)``, fastavro decode, price with genai-prices rates cached per model, three dict
-    aggregates (cost by agent, team and model). Nothing is produced or committed.
-(b) *hot path*: :class:`stream_jobs.hotpath.HotPath` as the worker runs it: decode (both framings), validate,
-    dedupe, price (the full Pricer), 1-minute windows, produce every priced event and every closed window, commit
-    per the CommitTracker. The clock stops when every input event is consumed and every output is acknowledged.
-
-Each phase runs in a fresh child process pinned to one CPU (``os.sched_setaffinity``; librdkafka's threads are
-pinned with it), so each reports its own peak RSS. The input topic is filled once per (events, agents, seed) and
-reused by later runs; the outputs of (b) go to throw-away topics deleted afterwards.
-
-Numbers: ``events/s`` is wall clock (what a deployment sees on one core); ``CPU µs/event`` is the process's CPU
-time per event (less sensitive to other load on the machine). Both ratios are printed. Both phases run with the
-worker's GC settings (``tune_gc``), and the plain loop reads event_id as a string, as our codec does (building
-``uuid.UUID`` objects would slow the baseline by ~1 µs and flatter the ratio).
-
-Measured here (2-core VM shared with other work, 300,000 events, 10,000 agents, ``--repeat 2-3``): plain loop
-52-74k events/s (13.5-19 µs CPU per event), hot path 27-36k events/s (28-32 µs), ratio 0.45-0.59 between runs
-(median ~0.5), peak RSS 173-181 MB for the hot path; the whole ``finops stream run`` worker (Faust app + hot path)
-peaked at 216 MB on the same input. Where the hot path's time goes (events in memory, see hotpath.py "Speed"):
-decode 6.5, validation 3.4, pricing 5, priced encode 3.3, windows ~3, dedupe ~1, produce ~2, loop ~2.5 µs. What
-would change it: the validation and pricing fast paths (schemas/models.py, finops/pricing/engine.py) are about half of
-the gap to the plain loop; beyond that, a compiled decoder/encoder (Cython or Rust) for the usage record, or more
-workers (the path scales by partitions: one worker per core).
+Output: wall-clock events/s and CPU time per event for both, and both ratios. The latest figures are in the README,
+"Performance" (``make bench``), not here.
 """
 
 from __future__ import annotations

@@ -1,55 +1,12 @@
 """Budget enforcement as pure, clock-injected logic: periods, counters, threshold crossings, forecasts and caps.
 
-No Kafka, Faust or ClickHouse here (STYLE habit 1). The detection service (``stream_jobs/detection.py``) feeds it
-priced events with their input partition and offset, calls :meth:`BudgetEngine.advance` with its event-time clock,
-persists :meth:`BudgetEngine.take_dirty` and publishes the returned alerts.
+Role: no Kafka, Faust or ClickHouse here (STYLE habit 1). The detection service (``stream_jobs/detection.py``)
+feeds it priced events with their input partition and offset, calls :meth:`BudgetEngine.advance` with its
+event-time clock, persists :meth:`BudgetEngine.take_dirty` and publishes the returned alerts.
 
-Periods
--------
-A policy's period (day, week, month) is calendar-aligned in the policy's IANA time zone: a day starts at local
-midnight, a week on Monday at local midnight (ISO week), a month on the 1st at local midnight. A period is a
-half-open UTC interval ``[start, end)`` plus a label (``2025-03-14``, ``2025-W11``, ``2025-03``); it is computed from
-the local calendar date, so a DST change makes that day 23 or 25 hours long, as a person reading the budget expects.
-
-Counters
---------
-A counter is keyed by ``(policy_id, period start)``: the period is part of the key, so a new period starts at zero
-without any reset job, and an event is counted in the period of its own ``occurred_at`` (a late event lands in the
-period it belongs to). Each counter keeps, per input partition, the amount counted and the highest input offset
-applied: an event at or below that offset is a replay after a restart and is skipped, so the counter and its dedupe
-move together (DESIGN §5) and a restart re-reading from the committed offset cannot count an event twice.
-
-Alerts
-------
-A threshold crossing emits one ``trigger`` per (policy, entity, threshold, period) with the stable dedup key
-``policy:entity:threshold:period`` (``pol-x:team=support:80:2025-03``). The counter remembers which thresholds fired,
-so the same crossing never fires twice, even across a restart (the fired set is persisted with the counter). A fired
-threshold is resolved (``resolve`` with the same dedup key) when the period rolls over or when the policy's limit is
-raised (or the threshold removed) so that spend is below it again. Alert ids are ``dedup_key:state:n`` with ``n`` a
-per-counter sequence: deterministic, so a replay reproduces the same ids and downstream dedupe by id holds.
-
-Attribution: every alert names what it is about as the usage events that fed its counter do (the counter keeps
-the spend per team and per project it counted, persisted with it): an agent's budget alerts carry the agent's team
-and project, a project's its team (the one with the most spend if several; ``details.teams`` lists them all), a tag
-budget's a team or project only when all of its spend came from one (:func:`compute_attribution`). The dashboard
-filters alerts by team, and routing matches on it, so an unattributed alert would reach finops admins only.
-
-Forecast: the burn rate is the period's average so far (spend / elapsed); the projection is
-``spent + rate * remaining``. It is judged only after ``forecast_min_elapsed`` of the period has passed (before that
-one busy hour extrapolates to nonsense) and fires once per period while spend is still under the limit.
-
-Caps: ``max_task_cost_usd`` / ``max_task_tokens`` guard one ``task_id`` (the agent-loop guard), ``max_call_tokens``
-one call. A task cap fires once per task; a call cap once per (policy, agent, period), with later calls counted.
-Task tallies live in memory only and are evicted after ``task_idle`` of event time without a call (documented gap:
-a task spanning a worker restart is tallied from the restart on; the deterministic alert id keeps a repeated cap
-alert idempotent downstream).
-
-Reconciliation corrects a counter towards the ledger (the truth for amounts) in both directions: up for events the
-counter never saw, down for events it counted twice, the latter only when the caller knows the ledger already holds
-everything the counter counted (else a lagging ledger would look like over-counting).
-
-Clock: every method that needs "now" takes it as an argument; the service passes its event-time watermark, so a
-replay of the same input produces the same alerts.
+Guarantee: an event is counted at most once per (counter, partition, offset), in the calendar period of its own
+``occurred_at``; a threshold crossing fires once per period, even across a restart; alert ids are deterministic,
+so a replay of the same input produces the same alerts. See DESIGN §5 and §7, and the README, "Budgets".
 """
 
 from __future__ import annotations
@@ -129,6 +86,10 @@ def _local_midnight(day: date, zone: ZoneInfo) -> int:
 def compute_period(period: str, timezone: str, at: datetime | int) -> Period:
     """The calendar period (day, ISO week starting Monday, month) in ``timezone`` that contains ``at``.
 
+    A period starts at local midnight (a week on Monday, a month on the 1st) and is a half-open UTC interval
+    ``[start, end)`` plus a label (``2025-03-14``, ``2025-W11``, ``2025-03``); it is computed from the local calendar
+    date, so a DST change makes that day 23 or 25 hours long, as a person reading the budget expects.
+
     ``at`` is a tz-aware datetime or UTC epoch microseconds. Raises :class:`BudgetError` for an unknown period;
     ``ZoneInfoNotFoundError`` for an unknown zone (policies are validated before they get here).
     """
@@ -154,7 +115,11 @@ def compute_period(period: str, timezone: str, at: datetime | int) -> Period:
 
 def compute_forecast(spent: Decimal, period: Period, now_us: int) -> Decimal | None:
     """Projected spend at the end of ``period`` from the average burn rate so far; None before the period starts
-    or after it ends (nothing left to project). Pure."""
+    or after it ends (nothing left to project). Pure.
+
+    The burn rate is the period's average so far (spend / elapsed); the projection is ``spent + rate * remaining``.
+    The engine judges it only after ``forecast_min_elapsed`` of the period (before that one busy hour extrapolates
+    to nonsense) and fires once per period while spend is still under the limit."""
     elapsed = now_us - period.start_us
     remaining = period.end_us - now_us
     if elapsed <= 0 or remaining < 0:
@@ -227,7 +192,8 @@ def compute_attribution(policy: BudgetPolicy, teams: Mapping[str, Decimal],
     An agent's budget takes the team and project the agent spent under (the one with the most spend when it spent
     under several); a project's budget its (top) team; a team's budget needs nothing. A tag budget cuts across
     teams: it is attributed only where all of its spend came from one team (or project), else it stays an
-    organisation-wide alert (finops admins). Dimensions it cannot name are left out."""
+    organisation-wide alert (finops admins). Dimensions it cannot name are left out. The dashboard filters alerts
+    by team and routing matches on it, so an unattributed alert would reach finops admins only."""
     out: dict[str, str] = {}
     if policy.scope_type == "agent":
         for name, spend in (("team", teams), ("project", projects)):
@@ -255,7 +221,14 @@ def counter_key(policy_id: str, period_start_us: int) -> str:
 
 @dataclass(slots=True)
 class BudgetCounter:
-    """Spend of one policy in one period, with the dedupe and alert state that must move with it."""
+    """Spend of one policy in one period, with the dedupe and alert state that must move with it.
+
+    Keyed by ``(policy_id, period start)``: a new period starts at zero without any reset job, and a late event
+    lands in the period it belongs to. Per input partition it keeps the amount counted and the highest offset
+    applied: an event at or below that offset is a replay and is skipped, so the counter and its dedupe move
+    together (DESIGN §5). The fired thresholds are persisted with it, and so is the spend per team and project it
+    counted (for :func:`compute_attribution`).
+    """
 
     policy_id: str
     period: Period
@@ -378,6 +351,18 @@ class BudgetEngine:
     Promises: :meth:`apply` counts an event at most once per (counter, partition, offset); each method returns the
     Alert records (Avro dicts for ``finops.alerts.v1``) its state changes caused, in order; :meth:`take_dirty` hands
     out the counters changed since the last call so the caller can persist them BEFORE committing input offsets.
+
+    Alerts: a threshold crossing emits one ``trigger`` per (policy, entity, threshold, period) with the dedup key
+    ``policy:entity:threshold:period`` (``pol-x:team=support:80:2025-03``); it is resolved (same key) when the
+    period rolls over or when the limit is raised (or the threshold removed) so that spend is below it again.
+    Alert ids are ``dedup_key:state:n`` with ``n`` a per-counter sequence, deterministic under replay.
+
+    Caps: ``max_task_cost_usd`` / ``max_task_tokens`` guard one ``task_id`` (the agent-loop guard) and fire once
+    per task; ``max_call_tokens`` guards one call and fires once per (policy, agent, period). Task tallies live in
+    memory only and are evicted after ``task_idle`` of event time without a call (documented gap: a task spanning
+    a worker restart is tallied from the restart on; the deterministic alert id keeps a repeated alert idempotent).
+
+    Clock: every method that needs "now" takes it as an argument (the service passes its event-time watermark).
     """
 
     def __init__(

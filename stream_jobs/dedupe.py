@@ -1,37 +1,12 @@
 """Bounded in-memory deduplication of usage events by ``(source, event_id)`` for the hot path.
 
-What this layer guarantees, and what it does not:
+Role: a fast first line, not the truth. The hot path keeps one :class:`Deduper` per assigned source partition
+(dropped on revoke) and keeps a duplicate out of the windows only; the ClickHouse ledger (``ReplacingMergeTree``
+by ``(source, event_id)`` plus the sink's existence check of each batch's ids) is the final dedupe.
 
-- Within one deduper (the hot path keeps one per assigned source partition, dropped on revoke), an event whose
-  ``(source, event_id)`` was already seen with an event time in the same time bucket is reported as a duplicate,
-  as long as that bucket is still inside the window (default 24 h of event time) and was not evicted by the entry
-  cap. Usage events are keyed by ``agent_id``, so a re-sent event (producer retry, spool replay) lands on the same
-  partition as its first copy, and a re-sent event carries the same ``occurred_at``, so it lands in the same bucket:
-  one set lookup per event, never a scan of all buckets.
-- It is a fast first line, not the truth. After a restart or rebalance the state is empty; duplicates whose first
-  copy is older than the window, or was evicted by the cap, or that carry a different ``occurred_at``, pass through.
-  The ClickHouse ledger (``ReplacingMergeTree`` by ``(source, event_id)`` plus the sink's existence check of each
-  batch's ids) is the final dedupe.
-- Replay after a crash is NOT a duplicate storm: the restarted worker has empty state, so re-read events are
-  processed again and produce the same deterministic outputs (priced events under their own event ids, windows
-  under their deterministic aggregate ids, see ``stream_jobs/windows.py``), which the sinks deduplicate. A
-  duplicate whose first copy lies before the commit position cannot be double counted in a window either: both
-  copies share an event time, hence a window, and that window is either replayed whole (its first copy is
-  replayed too and is seen first) or already closed by the restored close horizon (the replayed copy is late).
-- Memory is bounded: entries are 64-bit hashes in one ``set`` per event-time bucket; buckets older than the window
-  are dropped by :meth:`Deduper.expire` (driven by the injected wall clock, so one event with a wild timestamp
-  cannot wipe the state), and a hard ``max_entries`` cap evicts whole buckets, oldest first, counting the evicted
-  entries in :attr:`Deduper.evicted` (export it as a metric: a rising count means the cap is too small for the
-  traffic). Measured with tracemalloc on CPython 3.11: 77 bytes per entry at 200,000 entries (an int object of
-  32 bytes plus its set slot; 45-90 bytes depending on where the set is in its resize cycle; see
-  tests/unit/test_dedupe.py). Keeping the ``(source, event_id)`` tuple of strings instead measured 183 bytes.
-
-Hash and collisions: the key is CPython's ``hash((source, event_id))``, a 64-bit SipHash-based value with a per-process
-random seed (so nobody outside can craft collisions; the value is never persisted, so the seed changing on restart
-does not matter). With ``n`` entries held, the chance that one new event is mistaken for a duplicate is about
-``n / 2**64``: 5e-13 at 10 million entries; at 100,000 events/s that is one false hit in ~600 years. The hot path
-should still send a "duplicate" to the ledger (which deduplicates it for free) and only keep it out of the windows,
-so even a false hit can never lose a ledger row.
+Guarantee: within one deduper, a re-sent event whose first copy is still inside the window (and not evicted by the
+entry cap) is reported as a duplicate; memory is bounded by ``max_entries``. After a restart the state is empty
+and the replay produces the same deterministic outputs, which the sinks deduplicate. See DESIGN §5.
 """
 
 from __future__ import annotations
@@ -47,6 +22,24 @@ class Deduper:
     """Remembers ``(source, event_id)`` pairs over an event-time window with a hard cap on entries.
 
     Not thread-safe: one instance per source partition, called from the consumer thread.
+
+    Buckets: an event whose ``(source, event_id)`` was already seen in the same event-time bucket is a duplicate.
+    Usage events are keyed by ``agent_id``, so a re-sent event (producer retry, spool replay) lands on the same
+    partition as its first copy, and it carries the same ``occurred_at``, so it lands in the same bucket: one set
+    lookup per event, never a scan of all buckets. Duplicates whose first copy is older than the window, was
+    evicted, or carries a different ``occurred_at`` pass through. A duplicate whose first copy lies before the commit
+    position cannot be double counted in a window either: both copies share a window, which is either replayed whole
+    (the first copy is seen first) or already closed by the restored close horizon (the replayed copy is late).
+
+    Memory: entries are 64-bit hashes in one ``set`` per bucket (tests/unit/test_dedupe.py measures the bytes per
+    entry); buckets older than the window are dropped by :meth:`expire` (driven by the injected wall clock, so one
+    event with a wild timestamp cannot wipe the state), and ``max_entries`` evicts whole buckets, oldest first,
+    counted in :attr:`evicted` (a rising count means the cap is too small for the traffic).
+
+    Hash: CPython's ``hash((source, event_id))``, 64-bit SipHash with a per-process random seed (nobody outside can
+    craft collisions; never persisted, so the seed changing on restart does not matter). With ``n`` entries held the
+    chance that one new event is mistaken for a duplicate is about ``n / 2**64``, and the hot path still sends a
+    "duplicate" to the ledger, so even a false hit can never lose a ledger row.
     """
 
     __slots__ = (

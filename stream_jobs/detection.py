@@ -1,52 +1,14 @@
-"""The detection service: a confluent-kafka batch consumer of priced events that runs budgets, anomalies and waste
+"""The detection service: a confluent-kafka batch consumer of priced events that runs the budget, anomaly and waste
 detectors, plus ``register_detection(app, settings)`` to run it inside the Faust worker.
 
-Why a batch consumer and not a Faust agent: budgets, task caps, call caps, tag scopes and every waste detector need
-per-call fields (task_id, prompt_hash, attempt, cache tokens, tags) that only the high-volume priced topic carries,
-and Faust costs ~100 µs per message (DESIGN §9). This loop decodes with fastavro and calls the pure modules
-(``budgets``, ``anomaly``, ``waste``) on plain tuples: ~20-30 µs per event. Anomalies also run here, on the same
-events, because root cause needs model / task type / project per agent, which the 1-minute SpendAggregate partials
-do not carry together.
+Role: decode, call the pure modules (``budgets``, ``anomaly``, ``waste``) on plain tuples, route the results. A
+batch consumer, not a Faust agent: the detectors need per-call fields that only the high-volume priced topic
+carries, and Faust's per-message cost is too high for it (DESIGN §9). In: ``agent.usage.priced.v1`` and
+``finops.policies.v1``; out: ``finops.alerts.v1``, ``finops.waste.v1``, ``finops.detection.state.v1``.
 
-Topics
-------
-- in: ``agent.usage.priced.v1`` (group ``finops-detection``), ``finops.policies.v1`` (read whole at start, then
-  followed; policy changes apply without restart).
-- out: ``finops.alerts.v1`` (Alert, key dedup_key); ``finops.waste.v1`` (declared here: Alert-schema records of kind
-  ``waste`` whose ``details`` carry the ``waste_signals`` columns, key signal_id; see :func:`build_waste_record`);
-  ``finops.detection.state.v1`` (declared here: compacted, JSON budget counters keyed by counter key).
-
-State and delivery (DESIGN §5)
-------------------------------
-Budget counters are persisted to the compacted state topic, each with the highest input offset applied per
-partition and its fired thresholds. Chosen over rebuilding from ClickHouse at start because the dedupe offsets and
-the "which thresholds already fired" set must move together with the amount, and the ledger lags the stream (the
-sink batches), so a rebuild from it could fire a threshold twice or miss one. ClickHouse is still the truth for
-amounts: counters are reconciled against the ledger at start and every ``reconcile_interval_s``, in both directions
-(see :meth:`BudgetEngine.reconcile`): raised for events the counter never saw, lowered for events it counted that
-the ledger does not hold, the latter only once the ledger sink's committed offsets are past everything the counter
-counted (so a lagging ledger is never mistaken for over-counting).
-
-Dedupe by event id, as the ledger does: the same priced event can arrive twice at different offsets (the hot path
-replays its input after a restart and re-sends what it priced; a producer re-sends after a lost acknowledgement),
-and the offset check cannot see that. Every event passes the hot path's deduper (``stream_jobs/dedupe.py``, one per
-priced partition, keyed ``(source, event_id)``) before any detector sees it; a duplicate is counted in
-``stats["duplicates"]`` and skipped. Its state is not persisted; on assignment it is rebuilt by reading the
-partition back over ``dedupe_rebuild_s`` of produce time (at most ``dedupe_max_entries`` messages) before the
-committed offset, so a copy re-sent across a restart is still caught. What is older than that passes and
-reconciliation corrects it.
-
-Flush order, every ``flush_interval_s``: (1) alerts and waste records produced while processing, (2) changed
-counters written to the state topic, (3) ``producer.flush()`` waits for every acknowledgement, (4) only then the
-input offsets are committed. A crash replays from the last commit; counters restored from the state topic skip
-offsets they applied, so a budget threshold fires once; alert ids are deterministic, so anything re-sent for the
-replayed span carries the same id and downstream dedupe by id holds. Anomaly baselines and waste-detector state are
-rebuilt (anomaly baselines seeded from the ledger), not persisted.
-
-Event time: the service's clock is the low watermark of its active partitions (the least of each partition's latest
-event time, ignoring partitions that delivered nothing for ``idle_partition_s`` of wall time; a partition assigned
-but not heard from yet holds the clock for that long), so a partition that is behind never lets a window close
-early. Wall time is used only for flush and reconcile pacing.
+Guarantee (DESIGN §5, detailed in :class:`DetectionService`): counters are persisted before input offsets are
+committed, so after a crash a budget threshold fires once; alert ids are deterministic, so anything re-sent for a
+replayed span carries the same id; ClickHouse stays the truth for amounts (reconciliation).
 """
 
 from __future__ import annotations
@@ -224,6 +186,32 @@ class DetectionService:
 
     Blocks only inside Kafka calls (bounded by ``poll_timeout_s`` and flush). Not thread-safe: one thread drives it;
     :meth:`request_stop` may be called from any thread.
+
+    Topics: in ``agent.usage.priced.v1`` (group ``finops-detection``) and ``finops.policies.v1`` (read whole at
+    start, then followed: policy changes apply without restart); out ``finops.alerts.v1`` (Alert, key dedup_key),
+    ``finops.waste.v1`` (Alert-schema records of kind ``waste`` whose ``details`` carry the ``waste_signals``
+    columns, key signal_id; :func:`build_waste_record`) and ``finops.detection.state.v1`` (compacted JSON budget
+    counters keyed by counter key). Anomalies run here too, on the same events, because root cause needs model /
+    task type / project per agent, which the 1-minute SpendAggregate partials do not carry together.
+
+    State: budget counters go to the compacted state topic, each with the highest input offset applied per
+    partition and its fired thresholds. Chosen over rebuilding from ClickHouse at start because the dedupe offsets
+    and the fired set must move with the amount, and the ledger lags the stream, so a rebuild from it could fire a
+    threshold twice or miss one. ClickHouse is still the truth for amounts: counters are reconciled against the
+    ledger at start and every ``reconcile_interval_s`` in both directions (:meth:`BudgetEngine.reconcile`), lowered
+    only once the ledger sink's committed offsets are past everything the counter counted. Anomaly baselines
+    (seeded from the ledger) and waste-detector state are rebuilt, not persisted.
+
+    Dedupe by event id, as the ledger does: the same priced event can arrive twice at different offsets (a hot-path
+    replay, a producer re-send), which the offset check cannot see. Every event passes a deduper per priced
+    partition (``stream_jobs/dedupe.py``, keyed ``(source, event_id)``) before any detector; a duplicate is counted
+    in ``stats["duplicates"]`` and skipped. On assignment the deduper is rebuilt from the partition (see
+    :meth:`_rebuild_dedupe`); what is older passes and reconciliation corrects it.
+
+    Event time: the clock is the low watermark of the active partitions (the least of each partition's latest event
+    time, ignoring partitions silent for ``idle_partition_s`` of wall time; a partition assigned but not heard from
+    yet holds the clock for that long), so a partition that is behind never lets a window close early. Wall time
+    paces only flush and reconcile.
     """
 
     def __init__(
@@ -435,7 +423,11 @@ class DetectionService:
             self.stats["waste_records"] += 1
 
     def _flush(self, *, commit: bool) -> None:
-        """Persist changed counters, wait for every acknowledgement, then commit input offsets (in that order)."""
+        """Persist changed counters, wait for every acknowledgement, then commit input offsets (in that order).
+
+        Every ``flush_interval_s``: (1) alerts and waste records produced while processing, (2) changed counters
+        written to the state topic, (3) ``producer.flush()`` waits for every acknowledgement, (4) only then the input
+        offsets are committed. A crash replays from the last commit; restored counters skip offsets they applied."""
         from confluent_kafka import TopicPartition
 
         self._last_flush = self._wall()

@@ -1,28 +1,13 @@
 """Price drift: when reported costs and the catalogue disagree consistently, solve the unit rates and propose the fix.
 
-Pure logic (no Kafka, no ClickHouse, no clock). DESIGN §4: per (provider, model, source), compare the reported cost
-with the computed one; when at least ``min_share`` of at least ``min_calls`` calls that carry a report disagree
-(beyond the Pricer's tolerance, or unpriced), solve the unit prices from those calls' token counts and reported
-costs, and propose a price-book override effective from the first disagreeing call.
+Role: pure logic (no Kafka, no ClickHouse, no clock). Per (provider, model, source), compare the reported cost with
+the computed one; when at least ``min_share`` of at least ``min_calls`` reporting calls disagree (beyond the
+Pricer's tolerance, or unpriced), solve the unit prices from their token counts and reported costs
+(:func:`solve_price_set`) and propose a price-book override effective from the first disagreeing call.
 
-The solve is exact: every call is one linear equation ``sum(rate_c x count_c) = reported`` over the leaf counts the
-Pricer bills (uncached input, cache reads, 5-minute writes, 1-hour writes, output), solved by least squares in
-``fractions.Fraction`` (normal equations, Gauss-Jordan, no float anywhere). Published prices are short decimals, so
-the per-million rates are then rounded to the fewest decimal places (0..12) that reproduce every call within
-``tolerance`` (1e-9 USD by default); when no rounding does, the exact solution (12 places) is proposed with the
-largest residual reported, which means the calls are not explained by one price set (a price change inside the
-window, rounding of the reports, a per-request fee, tiers the catalogue does not know).
-
-Tiers: where the prices that priced the calls (catalogue or price book) are tiered by prompt size, the solve uses
-their thresholds and genai-prices' rule (a call whose ``input_tokens``, cache included, is strictly greater than a
-tier's ``start`` pays that tier's rate for ALL its tokens of the unit; the highest start exceeded wins): the design
-matrix has one column per (price key, tier), holding the call's leaf count in the column of the tier its prompt
-size selects and 0 in the others. A tier no call reaches cannot be solved: it is reported as not determinable and
-the suggestion keeps the catalogue's rate for it, marked, never an invented one.
-
-A column no call exercises cannot be solved: the suggestion keeps the catalogue's price for it and says so. Columns
-whose counts move together in every call (always the same cache share, say) cannot be told apart: reported as
-underdetermined, naming the columns, instead of inventing a split.
+Guarantee: the solve is exact (``fractions.Fraction``, no float anywhere); a rate no call determines is never
+invented: the suggestion keeps the catalogue's price and says so, and columns that cannot be told apart are
+reported as underdetermined. See DESIGN §4 and the README, "Pricing".
 """
 
 from __future__ import annotations
@@ -219,9 +204,22 @@ def solve_price_set(
     calls: Sequence[DriftCall], *, tier_starts: Mapping[str, Sequence[int]] | None = None,
     tolerance: Decimal = Decimal("1e-9"),
 ) -> RateSolution:  # fmt: skip
-    """Per-million rates that reproduce ``calls`` (module docstring), with one rate per tier for the price keys in
-    ``tier_starts`` (ascending thresholds). Columns no call exercises are left out; a tier whose key other calls
-    exercise but no call reaches is named in ``undetermined``."""
+    """Per-million rates that reproduce ``calls``, with one rate per tier for the price keys in ``tier_starts``
+    (ascending thresholds). Columns no call exercises are left out; a tier whose key other calls exercise but no
+    call reaches is named in ``undetermined``.
+
+    Every call is one linear equation ``sum(rate_c x count_c) = reported`` over the leaf counts the Pricer bills
+    (uncached input, cache reads, 5-minute writes, 1-hour writes, output), solved by least squares in ``Fraction``
+    (normal equations, Gauss-Jordan). Published prices are short decimals, so the rates are then rounded to the
+    fewest decimal places (0..12) that reproduce every call within ``tolerance``; when none does, the exact solution
+    (12 places) is returned with the largest residual, which means one price set does not explain the calls (a
+    price change inside the window, rounded reports, a per-request fee, tiers the catalogue does not know).
+
+    Tiers follow genai-prices' rule (a call whose ``input_tokens``, cache included, is strictly greater than a
+    tier's ``start`` pays that tier's rate for all its tokens of the unit; the highest start exceeded wins): the
+    design matrix has one column per (price key, tier), holding the call's leaf count in the column of the tier its
+    prompt size selects and 0 in the others. Columns whose counts move together in every call (always the same
+    cache share, say) are reported as underdetermined, naming them, instead of inventing a split."""
     starts_by_key = {key: tuple(sorted(v)) for key, v in (tier_starts or {}).items() if v}
     # Expanded columns: (leaf column index, price key, tier start or None for the base / a flat price).
     columns: list[tuple[int, str, int | None]] = []

@@ -1,82 +1,14 @@
 """The usage hot path: a confluent-kafka batch consumer that decodes, validates, dedupes, prices and windows every
-usage event, at close to plain-consumer speed.
+usage event, at close to plain-consumer speed (``finops bench-stream`` / ``make bench`` measure it).
 
-Why not Faust streams: measured on one core (DESIGN §9), Faust spends ~100 µs of CPU per message before user code
-and 200-250 µs per table write; a plain ``consume(1000)`` loop does the whole job in ~11.5 µs. So this path is a
-plain loop (a step with an explicit lifecycle, arroyo's habit: ``run`` / ``process`` / ``commit`` / ``close``),
-hosted as a service of the Faust app (``stream_jobs/app.py``), in its own consumer group: Kafka assigns the
-partitions, so more workers share the load.
+Role: per batch, ``consume(N)`` -> decode -> validate (``check_usage_dict``) -> dedupe -> price -> count in its
+1-minute window -> produce the priced event; then close idle windows, produce them, and commit. A plain loop, not
+Faust streams (Faust's per-message cost, DESIGN §9), written as a step with an explicit lifecycle (``run`` /
+``process`` / ``commit`` / ``close``) and hosted as a service of the Faust app, in its own consumer group.
 
-One batch
----------
-``consume(N)`` -> per message: decode (both wire formats) -> validate (``check_usage_dict``) -> dedupe -> price ->
-count in its 1-minute window -> produce the priced event (key ``agent_id``). Failures of decode / validate / price
-go to the DLQ with provenance (``stream_jobs/dlq.py``). After the messages: close idle windows, produce closed
-windows (key ``aggregate_id``), stream counters and unpriced-model alerts, feed the bad-input limiter,
-``producer.poll(0)`` (delivery callbacks), and commit when the commit interval has passed.
-
-What each layer guarantees (DESIGN §5)
---------------------------------------
-- **Input: at least once.** An offset is committed only per :class:`~stream_jobs.offsets.CommitTracker`: below
-  every unacknowledged output, every open window and every closed window that is not final. After a crash,
-  rebalance or kill -9 the next owner replays from the committed offset and recomputes the same outputs.
-- **No exception skips an event.** Bad input (``FinopsError`` from decode / validate / price) becomes a DLQ record
-  and its offset is committed only after the DLQ record is acknowledged. Any other exception is a bug: it propagates,
-  the job stops, nothing past it is committed, and the restart meets the event again. A delivery failure marks the
-  tracker failed: the job commits what is safe, stops, and the restart produces the failed output again.
-- **Priced events: effectively once in the ledger.** Each carries its ``event_id``; a replay re-sends the same event
-  (``priced_at`` and ``late`` may differ), and the ledger deduplicates by ``(source, event_id)``.
-- **Closed windows: emitted once per aggregator under a deterministic id** (``window_start:dimension:key:partition``).
-  The commit stores the replay horizon as offset metadata; a restarted aggregator treats final windows as closed
-  and rebuilds every other window whole, so a re-emission has the same id *and* the same sums. Downstream keeps the
-  last message per ``aggregate_id``.
-- **The in-stream deduper** (``stream_jobs/dedupe.py``): keeps a ``(source, event_id)`` re-sent within the dedupe
-  window (default 24 h of event time, bounded memory, per partition) out of the *windows*. It does not remove the
-  duplicate from the priced topic: a duplicate is still priced and forwarded (1 % of traffic), so even a 64-bit hash
-  collision can never lose a ledger row; the ledger drops it by id. Its state is not persisted: after a restart a
-  duplicate whose original sits before the committed offset belongs to a window that was final (it is late, so not
-  counted), and an original at or after the committed offset is replayed before its duplicate. So windows never
-  count a duplicate twice across restarts either, as long as both copies carry the same ``occurred_at``.
-
-Acknowledgements: a flush barrier before each commit, no per-message callback
------------------------------------------------------------------------------
-The producer runs with ``delivery.report.only.error``: librdkafka calls a message's ``on_delivery`` only when it
-fails, so a successful event costs no Python callback (measured: a per-message callback adds ~1.7 µs of CPU per
-message, more than windows and dedupe together). Success is learnt at the commit instead: :meth:`HotPath.commit`
-first calls ``producer.flush()``, which returns only when every message produced before the call has been
-acknowledged by the broker (``acks=all``) or has failed, and which serves the failures' callbacks before it
-returns. So after a flush that returns 0 with no failure reported, every output produced before it is acknowledged,
-in whatever order the partitions acked them, and the tracker is told so. A failure reaches the tracker through its
-group's callback (the group knows its input partition and lowest offset), the commit stops below it and the job
-stops. Outputs of one input partition in one batch share an :class:`_AckGroup` registered in the tracker once, at
-the lowest input offset that produced an output: that holds the commit at most one batch lower than per-message
-tracking would, never higher. The barrier costs one broker round trip per commit interval (flush ignores
-``linger.ms``), a few ms per second.
-
-Rebalances
-----------
-``on_assign`` reads each partition's committed offset and its metadata (the replay horizon) and builds fresh state
-(tracker, window aggregator, deduper). ``on_revoke`` flushes the producer, commits what is safe for the revoked
-partitions and drops their state; ``on_lost`` drops state without committing. The new owner replays from the
-committed offset, which is ``<=`` the lowest offset any open or non-final window needs, so it recomputes the same
-outputs.
-
-Speed (per event, the budget is ~20 µs at 40k events/s with consume included)
--------------------------------------------------------------------------------
-No pydantic here. The priced event is not re-encoded: Avro binary of a record is the concatenation of its fields,
-and ``PricedUsageEvent`` starts with exactly the fields of ``UsageEvent`` (checked at start-up), so the priced
-value is ``header + the input's Avro body + the encoded price fields``. The price fields are encoded by hand
-(byte-identical to fastavro, tested): fastavro spends ~2-4 µs per decimal, and a priced event has up to 12. The
-price-set part (unit prices, catalogue and price-book versions, source) is the same for every event of a model and
-period, so its bytes are cached. Closed windows are encoded the same way. The input is read by the decoder generated
-from the schema (``schemas.fastcodec``, timestamps kept as µs), ~30 % cheaper than fastavro's reader here; it is
-used only when it decodes cleanly, anything else goes to the codec, which names the problem for the DLQ.
-
-Measured on the 2-core VM of this repository (CPU µs per event, best of several runs, events in memory so the
-broker's share is out): plain loop 14.3; hot path 25.6, of which decode 6.5, validation 3.4, pricing 5 (the plain
-loop's cached-rate arithmetic: ~1.2), priced encode 3.3, window add ~1.5 and close ~1.5 (roll-up, encode, produce
-of the partials), dedupe ~1, produce ~1.2 (+ ~1 in librdkafka's threads), the loop itself ~2.5. ``finops
-bench-stream`` measures the whole path against the broker.
+Guarantee (DESIGN §5, detailed in :class:`HotPath`): input at least once, committed only per
+:class:`~stream_jobs.offsets.CommitTracker`; no exception skips an event (bad input goes to the DLQ); priced events
+effectively once in the ledger; closed windows emitted under a deterministic id with the same sums on replay.
 """
 
 from __future__ import annotations
@@ -216,6 +148,14 @@ RecordDecoder = Callable[[bytes, int], tuple[dict[str, Any], int]]
 class PricedEncoder:
     """Builds ``PricedUsageEvent`` single-object bytes from the input's ``UsageEvent`` body and a PriceResult.
 
+    The priced event is not re-encoded: Avro binary of a record is the concatenation of its fields, and
+    ``PricedUsageEvent`` starts with exactly the fields of ``UsageEvent`` (checked here), so the priced value is
+    ``header + the input's Avro body + the encoded price fields``. The price fields are encoded by hand (fastavro's
+    per-decimal cost is high and a priced event has up to 12); the price-set part (unit prices, catalogue and
+    price-book versions, source) is the same for every event of a model and period, so its bytes are cached. The
+    input is read by the decoder generated from the schema (``schemas.fastcodec``, timestamps as µs) when it
+    decodes cleanly; anything else goes to the codec, which names the problem for the DLQ.
+
     Promises: the bytes decode (with the codec) to the PricedUsageEvent of the input record plus the price fields;
     they are byte-identical to ``AvroCodec.encode`` of the same record (tested). Raises ConfigError at construction
     if the PricedUsageEvent schema no longer starts with the UsageEvent fields (the body reuse would be wrong).
@@ -254,8 +194,8 @@ class PricedEncoder:
         # conversion costs more than building the datetime here, and the windows want the µs anyway.
         self.usage_reader = parse_schema(_raw_timestamp(_without_uuid(usage), "occurred_at"))
         #: ``(data, pos) -> (record, end)`` for the current UsageEvent body, occurred_at as raw µs: the generated
-        #: codec of schemas/fastcodec.py (~6.5 µs here, fastavro's reader ~9.5 µs), or fastavro's reader for a
-        #: schema the generator does not support.
+        #: codec of schemas/fastcodec.py (cheaper than fastavro's reader, see ``make bench``), or fastavro's reader
+        #: for a schema the generator does not support.
         self.decode_usage: RecordDecoder = self._fastavro_usage
         try:
             self.decode_usage = build_fast_codec(usage, timestamps="micros").decode
@@ -670,10 +610,36 @@ def compute_counter_record(
 
 # ---- the hot path ---------------------------------------------------------------------------------------------------
 class HotPath:
-    """The usage hot path over one consumer and one producer (see the module docstring for the guarantees).
+    """The usage hot path over one consumer and one producer.
 
     Threading: every method except :meth:`stats` and :meth:`request_stop` must be called from one thread (the
     thread that runs :meth:`run`); delivery callbacks run on that thread too, inside ``producer.poll``/``flush``.
+
+    One batch: ``consume(N)`` -> per message: decode (both wire formats) -> validate -> dedupe -> price -> count in
+    its 1-minute window -> produce the priced event (key ``agent_id``); decode / validate / price failures go to the
+    DLQ with provenance (``stream_jobs/dlq.py``). After the messages: close idle windows, produce closed windows
+    (key ``aggregate_id``), stream counters and unpriced-model alerts, feed the bad-input limiter,
+    ``producer.poll(0)``, and commit when the commit interval has passed.
+
+    Guarantees (DESIGN §5):
+
+    - Input: at least once. An offset is committed only per :class:`~stream_jobs.offsets.CommitTracker`: below
+      every unacknowledged output, every open window and every closed window that is not final. After a crash,
+      rebalance or kill -9 the next owner replays from the committed offset and recomputes the same outputs.
+    - No exception skips an event. Bad input (``FinopsError`` from decode / validate / price) becomes a DLQ record
+      whose offset is committed only after the DLQ record is acknowledged. Any other exception is a bug: it
+      propagates, the job stops, nothing past it is committed. A delivery failure marks the tracker failed: the job
+      commits what is safe, stops, and the restart produces the failed output again.
+    - Priced events: effectively once in the ledger. A replay re-sends the same ``event_id`` (``priced_at`` and
+      ``late`` may differ) and the ledger deduplicates by ``(source, event_id)``.
+    - Closed windows: emitted once per aggregator under a deterministic id (``window_start:dimension:key:partition``).
+      The commit stores the replay horizon as offset metadata; a restarted aggregator treats final windows as closed
+      and rebuilds every other window whole, so a re-emission has the same id and the same sums.
+    - The in-stream deduper (``stream_jobs/dedupe.py``) keeps a ``(source, event_id)`` re-sent within the dedupe
+      window out of the windows only: a duplicate is still priced and forwarded, so even a hash collision can never
+      lose a ledger row. Its state is not persisted: after a restart a duplicate whose original sits before the
+      committed offset belongs to a window that was final (it is late, not counted), and an original at or after it
+      is replayed before its duplicate, so windows never count a duplicate twice (given the same ``occurred_at``).
     """
 
     def __init__(
@@ -826,6 +792,11 @@ class HotPath:
                 log.exception("hot path: consumer close failed during abort")
 
     # ---- rebalance callbacks -----------------------------------------------------------------------------------
+    # Rebalances: on_assign reads each partition's committed offset and its metadata (the replay horizon) and builds
+    # fresh state (tracker, window aggregator, deduper); on_revoke flushes, commits what is safe for the revoked
+    # partitions and drops their state; on_lost drops state without committing. The new owner replays from the
+    # committed offset, which is <= the lowest offset any open or non-final window needs, so it recomputes the same
+    # outputs.
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         committed = consumer.committed(partitions, timeout=30.0) if partitions else []
         for tp in committed:
@@ -1255,7 +1226,17 @@ class HotPath:
     def _flush(self) -> bool:
         """The barrier: wait until every output produced so far is acknowledged or failed (failures' callbacks run
         inside), then tell the tracker that every group produced before it is acknowledged. Returns whether the
-        queue drained; if not, the groups stay pending and the commit stays below them."""
+        queue drained; if not, the groups stay pending and the commit stays below them.
+
+        Why a barrier and no per-message callback: the producer runs with ``delivery.report.only.error``, so a
+        successful event costs no Python callback; success is learnt here instead. ``producer.flush()`` returns only
+        when every message produced before the call is acknowledged (``acks=all``) or failed, serving the failures'
+        callbacks first, so after a flush that returns 0 with no failure every earlier output is acknowledged, in
+        whatever order the partitions acked them. A failure reaches the tracker through its :class:`_AckGroup`
+        (which knows its input partition and lowest offset): the commit stops below it and the job stops. Outputs
+        of one input partition in one batch share one group, registered at the lowest input offset that produced an
+        output: that holds the commit at most one batch lower than per-message tracking would, never higher. The
+        cost is one broker round trip per commit interval (flush ignores ``linger.ms``)."""
         remaining = self._producer.flush(self.config.flush_timeout_s)
         if remaining:
             log.warning("hot path: %d outputs still unacknowledged after %.0f s", remaining,
@@ -1366,8 +1347,8 @@ def tune_gc() -> None:
     The hot path allocates a few short-lived dicts and tuples per event (freed by reference counting) while holding
     large long-lived state (window cells, price caches, schemas, the app). ``gc.freeze()`` moves everything alive
     at start-up out of the collector's sight, and a larger young-generation threshold makes collections rarer;
-    measured on the hot path: ~1.3 µs less CPU per event (4-5 %). Reference cycles are rare here, so memory held
-    until the next collection stays small.
+    measured on the hot path as less CPU per event. Reference cycles are rare here, so memory held until the next
+    collection stays small.
     """
     import gc
 
@@ -1403,7 +1384,7 @@ def build_producer_config(client_config: Mapping[str, Any]) -> dict[str, Any]:
         "acks": "all",
         "compression.type": "lz4",
         # Delivery reports only for failures: success is confirmed by the flush barrier before each commit, which
-        # saves a Python callback (~1.7 µs of CPU) per message. See the module docstring.
+        # saves a Python callback per message. See HotPath._flush.
         "delivery.report.only.error": True,
         # Larger batches cost less CPU per message; the barrier's flush ignores linger, so commits do not wait it.
         "linger.ms": 50,

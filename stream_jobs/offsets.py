@@ -2,28 +2,8 @@
 
 Rule (DESIGN §5): commit an input offset only when every output derived from the events before it is acknowledged
 by the broker and no open window still needs them. A crash then replays from the committed position and
-recomputes the same outputs; nothing derived from an uncommitted event can have been lost.
-
-Kafka convention: the committed value ``P`` is the next offset to read, so "everything ``< P`` is done". The
-tracker computes ``P`` as the least of
-
-1. the last consumed offset + 1;
-2. the lowest offset that still has an outstanding (produced, not yet acknowledged) output: a priced event, a DLQ
-   record, anything registered with :meth:`CommitTracker.on_output_pending`;
-3. ``min_open_window_offset``, the lowest offset of a window the aggregator has not handed out yet
-   (``WindowAggregator.min_open_offset()``);
-4. the lowest input offset of every emitted window that is not *final*. A closed window's messages depend on the
-   whole offset range of its events; they are registered at their ``min_offset``. A window is final once all its
-   messages are acknowledged and every window that started earlier is final too (windows are emitted in start
-   order, so finality moves forward like a watermark). Holding an acknowledged window until the ones before it are
-   final keeps the replay exact: the close horizon stored with the commit (:meth:`CommitTracker.replay_horizon_us`)
-   treats exactly the final windows as closed, and every other window is replayed whole;
-5. the offset of the first failed output (:meth:`CommitTracker.on_output_failed`): never commit past a failure.
-   The caller must stop, close and restart; the replay produces the failed output again.
-
-Cost: :meth:`on_consumed`, :meth:`on_output_pending` and :meth:`on_output_acked` are O(1) (a dict counter plus a
-deque of offsets in consumption order, cleaned lazily); :meth:`committable` is amortized O(1) per output plus the
-number of windows awaiting finality (a handful per partition).
+recomputes the same outputs; nothing derived from an uncommitted event can have been lost. The terms of the rule
+are listed on :class:`CommitTracker`.
 
 Not thread-safe: confluent-kafka serves delivery callbacks on the thread that calls ``producer.poll()``/``flush()``,
 which is the consumer thread of the hot path.
@@ -59,6 +39,20 @@ class _WindowState:
 
 class CommitTracker:
     """Tracks one input partition's consumed offsets and produced outputs and says which offset may be committed.
+
+    Kafka convention: the committed value ``P`` is the next offset to read ("everything ``< P`` is done"). ``P`` is
+    the least of (1) the last consumed offset + 1; (2) the lowest offset with an outstanding (produced, not yet
+    acknowledged) output, anything registered with :meth:`on_output_pending`; (3) ``min_open_window_offset``, the
+    lowest offset of a window the aggregator has not handed out yet; (4) the lowest input offset of every emitted
+    window that is not final: a window's messages are registered at its ``min_offset``, and a window is final once
+    all its messages are acknowledged and every window that started earlier is final too (finality moves forward
+    like a watermark, so the close horizon of :meth:`replay_horizon_us` treats exactly the final windows as closed
+    and every other window is replayed whole); (5) the offset of the first failed output
+    (:meth:`on_output_failed`): never commit past a failure; the caller stops, closes and restarts.
+
+    Cost: :meth:`on_consumed`, :meth:`on_output_pending` and :meth:`on_output_acked` are O(1) (a dict counter plus a
+    deque of offsets, cleaned lazily); :meth:`committable` is amortized O(1) per output plus the number of windows
+    awaiting finality.
 
     Usage per batch: ``on_consumed(offset)`` for each message; ``on_output_pending(offset)`` for each output
     produced for it (priced event, DLQ record); for each ``ClosedWindow`` produced after

@@ -1,34 +1,13 @@
 """Budget policies as code: a YAML file -> validated :class:`BudgetPolicy` records -> the compacted policy topic.
 
-File format (``infra/policies.example.yaml`` is the worked example)::
+Role: ``finops policy apply`` reads the file (keys are the BudgetPolicy fields, ``infra/policies.example.yaml`` is
+the worked example), diffs it against the published set and publishes the changes to ``finops.policies.v1``
+(compacted, keyed by ``policy_id``, a tombstone deletes). confluent-kafka is imported inside the Kafka functions.
 
-    policies:
-      - policy_id: support-monthly
-        scope_type: team            # team, project, agent or tag
-        scope_value: customer-support   # for tag: key=value
-        period: month               # day, week (ISO, Monday) or month, calendar-aligned in timezone
-        timezone: Europe/Berlin
-        limit_usd: 10000            # decimal; read exactly (never through a binary float)
-        mode: soft                  # soft or hard (hard suspends at 100 %)
-        thresholds:
-          - {percent: 80, actions: [notify, throttle], channels: ["slack:#support-finops"]}
-        forecast: true
-        max_task_cost_usd: 2.50
-        throttle_rate_per_minute: 30
-
-Keys are the BudgetPolicy fields (``schemas/avro/BudgetPolicy.avsc``) except ``version`` and ``updated_at``, which
-``finops policy apply`` manages: an unchanged policy keeps its version and is not republished; a changed one gets the
-published version + 1. An update that changes a published policy's scope (``scope_type`` / ``scope_value``) is a
-re-scope: the diff marks it and it is refused without ``--allow-rescope`` (:func:`check_rescopes`). Every problem of
-the file is reported at once with its line (``policies.yaml:14:
-policies[0].thresholds[1].percent: ...``), and a file with any problem publishes nothing, so the running policies
-stay as they were.
-
-YAML floats are read as :class:`~decimal.Decimal` from their text: ``limit_usd: 0.1`` is exactly 0.1.
-
-Topic: ``finops.policies.v1`` is compacted and keyed by ``policy_id``; the current policy set is the last value per
-key, a tombstone (null value) deletes. Reading it means reading every partition from the beginning to the high
-watermark seen at start. confluent-kafka is imported inside the functions that talk to Kafka.
+Guarantee: every problem of the file is reported at once with its line, and a file with any problem publishes
+nothing; YAML numbers are read exactly as ``Decimal``; an unchanged policy keeps its version, a changed one gets the
+published version + 1, and a re-scope is refused without ``--allow-rescope`` (:func:`check_rescopes`). See the
+README, "Budgets, anomalies, waste and enforcement".
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
 """``finops price --file EVENTS.jsonl``: price a file of calls offline (no broker, no ClickHouse), for audits and
 backfills.
 
-Each input line is one JSON object, either
+Role: each input line is a JSON usage event as ``finops emit --json`` takes it, or a provider response
+(``adapter``, ``response``, optional ``provider``, ``reported_cost`` and attribution fields; see
+:func:`compute_line_event`). Responses go through the same adapters as the SDK (``finops.adapters``), events
+through the same :class:`~finops.pricing.engine.Pricer` as the stream job.
 
-- a usage event as ``finops emit --json`` takes it (``provider``, ``model``, token counts, ``occurred_at``, ...), or
-- a provider response: ``adapter`` (``openrouter``, ``openai_chat``, ``openai_responses``, ``anthropic``,
-  ``gemini``), ``response`` (the response body, or only its usage object, then with ``model`` beside it), optional
-  ``provider`` (for ``openai_chat``: an OpenAI-compatible API under its own name), optional ``reported_cost`` (a
-  decimal string, beats the body's) and the attribution fields (``event_id``, ``source``, ``occurred_at``,
-  ``agent_id``, ``team``, ``project``, ``task_id``, ``tags``).
-
-Responses go through the same adapters as the SDK (``finops.adapters``, with the per-source reasoning convention
-of ``FINOPS_PRODUCER_REASONING_CONVENTIONS``), events through the same :class:`~finops.pricing.engine.Pricer` as the
-stream job (price book, cost basis, active catalogue). One JSON object is written per input line, in order; a line
-that cannot be read or priced gives ``{"line": N, "error": "..."}`` and makes the exit status 2.
+Guarantee: one JSON object is written per input line, in order; a line that cannot be read or priced gives
+``{"line": N, "error": "..."}`` and makes the exit status 2. See the README, "Pricing".
 """
 
 from __future__ import annotations
@@ -113,6 +107,14 @@ def compute_line_event(
     data: Any, *, now: datetime, reasoning: Mapping[str, str] | None = None
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The usage mapping one input line describes, and the normalisations its adapter applied.
+
+    A line is either a usage event as ``finops emit --json`` takes it (``provider``, ``model``, token counts,
+    ``occurred_at``, ...) or a provider response: ``adapter`` (``openrouter``, ``openai_chat``,
+    ``openai_responses``, ``anthropic``, ``gemini``), ``response`` (the body, or only its usage object, then with
+    ``model`` beside it), optional ``provider`` (for ``openai_chat``: an OpenAI-compatible API under its own name),
+    optional ``reported_cost`` (a decimal string, beats the body's) and the attribution fields (``event_id``,
+    ``source``, ``occurred_at``, ``agent_id``, ``team``, ``project``, ``task_id``, ``tags``). Responses use the
+    per-source reasoning convention of ``FINOPS_PRODUCER_REASONING_CONVENTIONS`` (``reasoning``).
 
     Raises :class:`LineError` (or the adapter's ``ProviderUsageError``) naming what is wrong."""
     if not isinstance(data, Mapping):

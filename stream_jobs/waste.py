@@ -1,32 +1,13 @@
 """Behavioural waste detectors: retry loops, runaway burn rate, duplicate prompts, oversized prompts.
 
-Pure, event-time logic (no Kafka, Faust, ClickHouse or wall clock). :meth:`WasteDetectors.process` takes one priced
-call (:class:`stream_jobs.budgets.SpendEvent`) and returns the waste signals it created or updated and the alerts it
-raised; :meth:`WasteDetectors.advance` moves the event-time clock (ends runaway episodes, evicts idle state).
+Role: pure, event-time logic (no Kafka, Faust, ClickHouse or wall clock). :meth:`WasteDetectors.process` takes one
+priced call (:class:`stream_jobs.budgets.SpendEvent`) and returns the waste signals it created or updated and the
+alerts it raised; :meth:`WasteDetectors.advance` moves the event-time clock (ends episodes, evicts idle state).
 
-Every signal carries an *estimated avoidable cost* (the saving had the waste not happened); the ``waste_signals``
-table sums them into the waste percentage. A signal has a deterministic id (same evidence, same id) and is re-emitted
-with a higher ``revision`` as its evidence grows; ``waste_signals`` is a ReplacingMergeTree keeping the latest.
-
-Detectors and their estimates
------------------------------
-- ``retry_loop``: one task sending the same prompt hash ``retry_min_repeats`` times, or an ``attempt`` number of
-  ``retry_min_attempt`` or more (client libraries give up after 3 attempts by default), or re-sending it
-  ``retry_after_ok`` times after a *successful* answer (a client retries failures; an agent that asks the same
-  question again after an answer is rejecting answers, which is how loops start and costs a full call each time).
-  Avoidable: every call of the loop after the first.
-- ``duplicate_prompt``: the same prompt hash sent as the first attempt of ``duplicate_min_tasks`` different tasks
-  within ``duplicate_window_s``, none of them a cache hit (``cache_read_tokens == 0``). Avoidable: the cost of every
-  repeat after the first call (a response cache keyed by the prompt hash would have answered them).
-- ``oversized_prompt``: a call whose input exceeds ``oversized_input_tokens``. Avoidable: the input-side cost of the
-  tokens above the limit (what trimming or retrieval would have saved). One signal per agent and hour.
-- ``runaway``: an agent's dollars per minute over the last ``runaway_window_s`` at least ``runaway_factor`` times
-  its norm, the norm being an exponentially weighted per-minute spend (half-life ``runaway_half_life_s``) updated
-  with winsorized minutes and frozen during an episode, so it is robust to the burst it must find. Spend alone is
-  heavy-tailed (one long-context call can be ten normal minutes), so the burst must also show in the agent's
-  behaviour: the root tasks started in the window must exceed the Poisson upper quantile (``runaway_poisson_p``) of
-  the agent's task rate (calls when the agent sends no task ids). Avoidable: episode spend minus the norm over the
-  episode's duration.
+Guarantee: every signal carries an estimated avoidable cost (what the waste cost beyond the needed calls) and a
+deterministic id (same evidence, same id); it is re-emitted with a higher ``revision`` as its evidence grows, and
+the ``waste_signals`` ReplacingMergeTree keeps the latest. The detectors and their estimates are described on
+:class:`WasteDetectors`; see DESIGN §7.
 """
 
 from __future__ import annotations
@@ -225,7 +206,24 @@ class _Burn:
 
 
 class WasteDetectors:
-    """All four detectors over one stream of priced calls. Not thread-safe."""
+    """All four detectors over one stream of priced calls. Not thread-safe.
+
+    - ``retry_loop``: one task sending the same prompt hash ``retry_min_repeats`` times, or an ``attempt`` of
+      ``retry_min_attempt`` or more (client libraries give up after 3 attempts by default), or re-sending it
+      ``retry_after_ok`` times after a successful answer (a client retries failures; an agent that asks again after
+      an answer is rejecting answers, which is how loops start). Avoidable: every call of the loop after the first.
+    - ``duplicate_prompt``: the same prompt hash as the first attempt of ``duplicate_min_tasks`` different tasks
+      within ``duplicate_window_s``, none a cache hit (``cache_read_tokens == 0``). Avoidable: every repeat after
+      the first call (a response cache keyed by the prompt hash would have answered them).
+    - ``oversized_prompt``: input above ``oversized_input_tokens``. Avoidable: the input-side cost of the tokens
+      above the limit. One signal per agent and hour.
+    - ``runaway``: an agent's dollars per minute over ``runaway_window_s`` at least ``runaway_factor`` times its
+      norm (an exponentially weighted per-minute spend, half-life ``runaway_half_life_s``, updated with winsorized
+      minutes and frozen during an episode, so it is robust to the burst it must find). Spend alone is heavy-tailed,
+      so the burst must also show in behaviour: the root tasks started in the window must exceed the Poisson upper
+      quantile (``runaway_poisson_p``) of the agent's task rate (calls when it sends no task ids). Avoidable:
+      episode spend minus the norm over the episode's duration.
+    """
 
     def __init__(self, config: WasteConfig | None = None) -> None:
         self.config = config or WasteConfig()
