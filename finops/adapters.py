@@ -1,63 +1,14 @@
 """Provider adapters: map a model provider's response body onto our canonical token counts.
 
-In the ground because two parts use them: the agent SDK (``producers.track``) and ``finops price --file`` /
-``finops pricebook suggest --file`` (``stream_jobs``), which must read a response exactly as the SDK does.
+Role: every provider counts tokens differently, and this is where peers mis-price most (DESIGN §3). One adapter per
+response shape (OpenAI Chat and Responses, Anthropic, Gemini, OpenRouter); :func:`usage_from_response` picks one by
+name. In the ground because the agent SDK (``producers.track``) and ``finops price --file`` (``stream_jobs``) must
+read a response exactly alike.
 
-Every provider counts tokens differently, and this is where peers mis-price most (DESIGN.md §3). The canonical
-semantics, which every adapter here produces and :class:`ProviderUsage` enforces:
-
-- ``input_tokens`` counts EVERY input token: uncached, cache reads, cache writes, audio, image, tool-use prompt.
-  ``cache_read_tokens`` and ``cache_write_tokens`` are parts of it; ``cache_write_1h_tokens`` is part of
-  ``cache_write_tokens`` (the rest of the writes are 5-minute writes); ``input_audio_tokens`` and ``image_tokens``
-  are parts of it; ``cache_audio_read_tokens`` is part of both ``cache_read_tokens`` and ``input_audio_tokens``.
-- ``output_tokens`` counts EVERY output token; ``reasoning_tokens`` and ``output_audio_tokens`` are parts of it.
-- ``web_search_calls`` and ``requests`` are separate counted units, not tokens.
-
-How each provider reports, and what we do with it:
-
-=================  ==========================================================================================
-OpenAI Chat        ``prompt_tokens`` already includes cached and audio tokens; ``completion_tokens`` already
-                   includes reasoning and audio tokens. Taken as they are.
-OpenAI Responses   ``input_tokens`` includes ``input_tokens_details.cached_tokens``; ``output_tokens`` includes
-                   ``output_tokens_details.reasoning_tokens``. Web searches are the ``web_search_call`` items of
-                   ``output`` (billed per call), counted here.
-Anthropic          ``input_tokens`` EXCLUDES cache reads and writes, so ours is ``input_tokens +
-                   cache_creation_input_tokens + cache_read_input_tokens``. ``cache_creation`` splits writes by
-                   TTL (5m and 1h are priced 1.25x and 2x base input). ``server_tool_use.web_search_requests``
-                   are billed per search.
-Google Gemini      ``promptTokenCount`` includes ``cachedContentTokenCount`` but NOT ``toolUsePromptTokenCount``
-                   (``totalTokenCount`` = prompt + candidates + thoughts + tool-use prompt), so ours is prompt +
-                   tool-use prompt. ``candidatesTokenCount`` excludes ``thoughtsTokenCount``, and thoughts are
-                   billed as output, so ours is candidates + thoughts. Modality breakdowns give audio and image.
-OpenRouter         OpenAI Chat shape, normalised by OpenRouter (``prompt_tokens`` includes cached tokens, whatever
-                   the upstream provider). ``usage.cost`` is what OpenRouter charged, in USD credits.
-=================  ==========================================================================================
-
-Token conventions of gateways (named normalisations)
----------------------------------------------------
-OpenAI's convention is that ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens``. Some
-OpenAI-compatible gateways pass Gemini's own convention through instead (reasoning reported *outside* the completion
-count). A call with reasoning > completion shows it: its reasoning cannot be a part of its completion, so the counts
-are exclusive and ``output_tokens = completion + reasoning`` (normalisation ``reasoning_exclusive``), never a
-rejected call. A single call with reasoning <= completion cannot show the convention: the caller declares it per
-source (``reasoning="exclusive"``; ``FINOPS_PRODUCER_REASONING_CONVENTIONS`` for ``finops price --file``). Every
-normalisation applied is named in :attr:`ProviderUsage.normalisations` (and, through :func:`normalisation_tags`, in
-the event's ``finops.normalised`` tag, which ``finops price`` explains).
-
-OpenRouter provider and model: we report ``provider="openrouter"`` and the full slug as ``model`` (e.g.
-``"anthropic/claude-3.5-sonnet"``), because OpenRouter is who bills the call, its prices can differ from the
-upstream vendor's, and the genai-prices catalogue prices exactly that pair (provider ``openrouter``, model id =
-slug). The upstream vendor stays recoverable from the slug with :func:`split_openrouter_slug`.
-
-Money: ``reported_cost`` is a ``Decimal``. JSON numbers parsed as ``float`` are converted through ``str(float)``
-(the shortest repr that round-trips, so the JSON text ``0.0021693`` becomes ``Decimal("0.0021693")``, not the
-binary float's 50-digit expansion). Pass the raw JSON text (``str``/``bytes``) to :func:`usage_from_response` to
-have it parsed with ``parse_float=Decimal`` and skip floats altogether. Amounts with more than 12 decimal places
-(money is ``Decimal(38, 12)`` everywhere) are rounded half-even to 12.
-
-Errors: every adapter raises :class:`ProviderUsageError` (a ``FinopsError``) naming the provider, the missing or
-bad path (e.g. ``usage.prompt_tokens``) and what to do. Adapters never guess a zero for a required count: an
-event with made-up tokens would be priced wrong silently.
+Guarantee: every adapter produces the canonical semantics, which :class:`ProviderUsage` enforces; every
+normalisation applied is named (:attr:`ProviderUsage.normalisations`, the ``finops.normalised`` tag); money stays
+``Decimal``; an adapter never guesses a zero for a required count: it raises :class:`ProviderUsageError` naming the
+provider, the missing or bad path (e.g. ``usage.prompt_tokens``) and what to do.
 """
 
 from __future__ import annotations
@@ -95,7 +46,7 @@ __all__ = [
 OPENROUTER_PROVIDER: Final = "openrouter"
 #: The tag that names the normalisations applied (``;``-separated); the pricer's explanation reads the same name.
 NORMALISED_TAG: Final = "finops.normalised"
-#: How a source counts reasoning tokens against ``completion_tokens`` (module docstring).
+#: How a source counts reasoning tokens against ``completion_tokens`` (:func:`_reasoning_output`).
 REASONING_CONVENTIONS: Final[tuple[str, ...]] = ("auto", "inclusive", "exclusive")
 MONEY_SCALE: Final = 12  # decimal places of money on the wire and in ClickHouse, Decimal(38, 12)
 _MONEY_QUANTUM: Final = Decimal(1).scaleb(-MONEY_SCALE)
@@ -124,7 +75,14 @@ class ProviderUsageError(FinopsError):
 
 @dataclass(frozen=True, slots=True)
 class ProviderUsage:
-    """Canonical usage of one model call, as read from a provider's response (semantics: module docstring).
+    """Canonical usage of one model call, as read from a provider's response.
+
+    Semantics: ``input_tokens`` counts EVERY input token (uncached, cache reads, cache writes, audio, image, tool-use
+    prompt); ``cache_read_tokens`` and ``cache_write_tokens`` are parts of it; ``cache_write_1h_tokens`` is part of
+    ``cache_write_tokens`` (the rest are 5-minute writes); ``input_audio_tokens`` and ``image_tokens`` are parts of
+    it; ``cache_audio_read_tokens`` is part of both ``cache_read_tokens`` and ``input_audio_tokens``.
+    ``output_tokens`` counts EVERY output token; ``reasoning_tokens`` and ``output_audio_tokens`` are parts of it.
+    ``web_search_calls`` and ``requests`` are separate counted units, not tokens.
 
     Construction checks the canonical invariants (parts never exceed their whole, no negative counts) and raises
     :class:`ProviderUsageError` when one fails, so no inconsistent usage can reach the pricer.
@@ -146,7 +104,7 @@ class ProviderUsage:
     requests: int = 1
     reported_cost: Decimal | None = None
     response_id: str | None = None
-    #: The token normalisations applied to the provider's counts, each named (module docstring); provenance.
+    #: The token normalisations applied to the provider's counts, each named (e.g. ``reasoning_exclusive``); provenance.
     normalisations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -223,7 +181,14 @@ def parse_reasoning_conventions(text: str | None) -> dict[str, str]:
 
 def _reasoning_output(completion: int, reasoning: int, convention: str, provider: str) -> tuple[int, tuple[str, ...]]:
     """``output_tokens`` from an OpenAI-style ``completion_tokens`` and ``reasoning_tokens`` under ``convention``,
-    with the normalisation it took (module docstring)."""
+    with the normalisation it took.
+
+    OpenAI's convention is that ``completion_tokens`` includes the reasoning tokens. Some OpenAI-compatible gateways
+    pass Gemini's convention through instead (reasoning outside the completion count). A call with reasoning >
+    completion shows it: the counts are exclusive and ``output_tokens = completion + reasoning`` (normalisation
+    ``reasoning_exclusive``), never a rejected call. A call with reasoning <= completion cannot show the convention:
+    the caller declares it per source (``reasoning="exclusive"``; ``FINOPS_PRODUCER_REASONING_CONVENTIONS`` for
+    ``finops price --file``); ``finops price`` explains the ``finops.normalised`` tag."""
     if convention not in REASONING_CONVENTIONS:
         raise ProviderUsageError(
             provider, "reasoning",
@@ -339,7 +304,12 @@ class _Reader:
         return value
 
     def money(self, path: str) -> Decimal | None:
-        """A USD amount as ``Decimal`` (floats via ``str``, see module docstring); ``None`` when absent."""
+        """A USD amount as ``Decimal``; ``None`` when absent.
+
+        A JSON number parsed as ``float`` is converted through ``str(float)``, the shortest repr that round-trips
+        (the JSON text ``0.0021693`` becomes ``Decimal("0.0021693")``, not the binary float's 50-digit expansion);
+        pass the raw JSON text to :func:`usage_from_response` to skip floats altogether (``parse_float=Decimal``).
+        More than 12 decimal places (money is ``Decimal(38, 12)`` everywhere) are rounded half-even to 12."""
         name, value = self.first(path)
         if value is None:
             return None
@@ -432,10 +402,13 @@ _OPENAI_CHAT_HINT = (
 def usage_from_openai_chat(body: Any, *, provider: str = "openai", reasoning: str = "auto") -> ProviderUsage:
     """Map an OpenAI Chat Completions response (``object: "chat.completion"``) onto canonical usage.
 
+    ``prompt_tokens`` already includes cached and audio tokens and ``completion_tokens`` reasoning and audio tokens,
+    so both are taken as they are.
+
     ``provider`` lets OpenAI-compatible APIs (Azure OpenAI, Groq, DeepSeek, ...) reuse this mapping under their
     own name. ``reasoning`` is the source's convention for ``completion_tokens_details.reasoning_tokens``
     (``auto``: inside ``completion_tokens`` unless reasoning > completion shows otherwise; ``exclusive``; ``inclusive``;
-    see the module docstring). Raises :class:`ProviderUsageError` when ``usage``, ``usage.prompt_tokens``,
+    see :func:`_reasoning_output`). Raises :class:`ProviderUsageError` when ``usage``, ``usage.prompt_tokens``,
     ``usage.completion_tokens`` or ``model`` is missing or malformed.
     """
     reader = _Reader(provider, _as_body(body, provider), _OPENAI_CHAT_HINT)
@@ -492,11 +465,13 @@ def usage_from_openai_responses(body: Any, *, provider: str = "openai") -> Provi
 def usage_from_anthropic(body: Any, *, provider: str = "anthropic") -> ProviderUsage:
     """Map an Anthropic Messages API response (``type: "message"``) onto canonical usage.
 
-    Anthropic's ``input_tokens`` excludes cache reads and writes; ours includes them. When ``usage.cache_creation``
-    is present its ``ephemeral_1h_input_tokens`` become ``cache_write_1h_tokens`` (the rest of the writes are
-    5-minute writes); when only the breakdown is present, the writes are its sum. ``provider`` lets the same
-    shape from Bedrock or Vertex be reported under their names. Raises :class:`ProviderUsageError` when
-    ``usage``, ``usage.input_tokens``, ``usage.output_tokens`` or ``model`` is missing or malformed.
+    Anthropic's ``input_tokens`` excludes cache reads and writes; ours includes them (``input_tokens +
+    cache_creation_input_tokens + cache_read_input_tokens``); writes are split by TTL because 5-minute and 1-hour
+    writes are priced differently, and ``server_tool_use.web_search_requests`` are billed per search. When
+    ``usage.cache_creation`` is present its ``ephemeral_1h_input_tokens`` become ``cache_write_1h_tokens`` (the rest
+    of the writes are 5-minute writes); when only the breakdown is present, the writes are its sum. ``provider``
+    lets the same shape from Bedrock or Vertex be reported under their names. Raises :class:`ProviderUsageError`
+    when ``usage``, ``usage.input_tokens``, ``usage.output_tokens`` or ``model`` is missing or malformed.
     """
     reader = _Reader(
         provider,
@@ -594,7 +569,10 @@ def usage_from_gemini(body: Any, *, provider: str = "google") -> ProviderUsage:
 
 def usage_from_openrouter(body: Any, *, reasoning: str = "auto") -> ProviderUsage:
     """Map an OpenRouter chat completion onto canonical usage, with ``provider="openrouter"`` and the full slug
-    as ``model`` (why: module docstring).
+    as ``model``: OpenRouter is who bills the call, its prices can differ from the upstream vendor's, and the
+    genai-prices catalogue prices exactly that pair (provider ``openrouter``, model id = slug); the vendor stays
+    recoverable with :func:`split_openrouter_slug`. The body is OpenAI Chat shaped, normalised by OpenRouter
+    (``prompt_tokens`` includes cached tokens whatever the upstream provider).
 
     ``reported_cost`` is ``usage.cost`` (USD credits OpenRouter charged). For a BYOK call (``usage.is_byok`` is
     true) that is only OpenRouter's fee, and the upstream vendor bills ``usage.cost_details.
@@ -639,8 +617,8 @@ def usage_from_response(provider: str, body: Any, *, reasoning: str = "auto") ->
     ``openai-responses``, ``anthropic``, ``google`` / ``gemini`` / ``google-gla`` / ``google-vertex`` / ``vertex``,
     ``openrouter``. ``body`` may be a mapping, JSON text (costs parsed exactly as ``Decimal``) or an SDK response
     object (``model_dump()``, ``to_dict()`` or attributes). ``reasoning`` is the source's reasoning-token convention
-    for the OpenAI Chat shapes (openai chat, openrouter; module docstring). Raises :class:`ProviderUsageError` for an
-    unknown provider name or a body the adapter cannot map.
+    for the OpenAI Chat shapes (openai chat, openrouter; see :func:`_reasoning_output`). Raises
+    :class:`ProviderUsageError` for an unknown provider name or a body the adapter cannot map.
     """
     name = provider.strip().lower().replace("_", "-")
     parsed = _as_body(body, provider)

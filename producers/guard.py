@@ -1,37 +1,14 @@
 """The agent-side enforcement guard: obey ``agent.control.v1`` before every model call.
 
-``ControlGuard`` follows the compacted control topic in a daemon thread. At start it reads every partition from the
-beginning (compaction leaves the latest command per ``scope_type:scope_value``: the current state), then keeps
-following. Before each model call the agent calls :meth:`ControlGuard.check`:
+Role: :class:`ControlGuard` follows the compacted control topic in a daemon thread (read whole at start, then
+followed); before each model call the agent calls :meth:`ControlGuard.check`, which raises :class:`AgentSuspended`
+for a live ``suspend``, waits or raises :class:`Throttled` for a live ``throttle``, and
+:meth:`ControlGuard.downgrade_model` names the cheaper model of a live ``downgrade``.
 
-- a live ``suspend`` on the agent, its team or its project raises :class:`AgentSuspended` (reason, who issued it,
-  when it expires);
-- a live ``throttle`` takes a token from a token bucket refilled at ``rate_per_minute`` (the strictest of the
-  agent's scopes); with no token, ``check`` blocks until one is due (``throttle="block"``, bounded by
-  ``max_block_s``) or raises :class:`Throttled` with the wait (``throttle="raise"``);
-- :meth:`ControlGuard.downgrade_model` returns the cheaper model of a live ``downgrade``, else the requested one.
-
-A command is *live* until its ``expires_at`` (the end of the budget period that caused it), so a period rollover
-releases the agent even when no ``resume`` arrives; a signed ``resume`` clears the scope at once.
-
-Only a verified command changes a scope's state. A tombstone (null value) carries no signature, so anyone who can
-write to the topic could send one: the guard never lets it clear a scope. It is ignored, counted, logged and
-reported exactly like a forged command. Cleanup needs no tombstone: the guard enforces the signed ``expires_at``
-itself, and the enforcer publishes a signed ``resume`` when a period ends (:meth:`alerting.enforcement.Enforcer.tick`)
-or the condition clears; an operator lifts a command with ``finops control resume``.
-
-Trust: a command is obeyed only if its HMAC-SHA256 signature verifies under one of ``keys`` (key id -> secret;
-several during a rotation). A forged, tampered or undecodable command is ignored, counted (``stats().forged``),
-logged and handed to ``on_forged`` so it can be reported. A command older (``issued_at``) than the state it would
-replace is ignored too, so a captured old ``resume`` cannot be replayed to lift a newer suspension. A forged,
-replayed or null message still occupies its key on the compacted topic, and once compacted a guard starting later
-would not see the genuine command: the alert worker answers each such message by re-publishing the key's genuine
-live command (``alerting/worker.py``), and writes to the topic should still be restricted with ACLs (the signature
-stops obedience, not writes).
-
-Before the first catch-up (the end of every partition reached once) ``check`` waits up to ``start_timeout_s``; then it
-fails open with a warning (the agent keeps working while the broker is unreachable) or, with ``fail_closed=True``,
-raises :class:`GuardNotReady`.
+Guarantee: only a command whose HMAC-SHA256 signature verifies changes a scope's state, and never one older than the
+state it would replace; a tombstone never clears a scope; a command lapses at its signed ``expires_at``. Forged
+commands are counted and reported, not obeyed. See DESIGN §7 and the README, "Budgets, anomalies, waste and
+enforcement".
 """
 
 from __future__ import annotations
@@ -159,6 +136,29 @@ class ControlGuard:
     """Follows the control topic for one agent and answers "may I call the model now?".
 
     Thread-safe: the follower thread applies commands; any thread may call :meth:`check`.
+
+    At start it reads every partition from the beginning (compaction leaves the latest command per
+    ``scope_type:scope_value``: the current state), then keeps following. :meth:`check`: a live ``suspend`` on the
+    agent, its team or its project raises :class:`AgentSuspended` (reason, issuer, expiry); a live ``throttle`` takes
+    a token from a bucket refilled at ``rate_per_minute`` (the strictest of the agent's scopes) and without one
+    blocks until one is due (``throttle="block"``, bounded by ``max_block_s``) or raises :class:`Throttled` with the
+    wait (``throttle="raise"``). A command is live until its ``expires_at`` (the end of the budget period that caused
+    it), so a rollover releases the agent even when no ``resume`` arrives; a signed ``resume`` clears it at once.
+
+    Trust: a command is obeyed only if its signature verifies under one of ``keys`` (key id -> secret; several during
+    a rotation). A forged, tampered or undecodable command is ignored, counted (``stats().forged``), logged and
+    handed to ``on_forged``. An older command (``issued_at``) than the state it would replace is ignored too, so a
+    captured old ``resume`` cannot lift a newer suspension. A tombstone carries no signature, so anyone who can write
+    to the topic could send one: it is treated exactly like a forged command. Cleanup needs no tombstone: the guard
+    enforces ``expires_at`` itself, and the enforcer publishes a signed ``resume`` when a period ends
+    (:meth:`alerting.enforcement.Enforcer.tick`) or the condition clears (or ``finops control resume``). A forged,
+    replayed or null message still occupies its key on the compacted topic, so the alert worker answers each one by
+    re-publishing the key's genuine live command (``alerting/worker.py``); restrict writes with ACLs too (the
+    signature stops obedience, not writes).
+
+    Before the first catch-up (the end of every partition reached once) ``check`` waits up to ``start_timeout_s``,
+    then fails open with a warning (the agent keeps working while the broker is unreachable) or, with
+    ``fail_closed=True``, raises :class:`GuardNotReady`.
     """
 
     def __init__(
@@ -293,7 +293,7 @@ class ControlGuard:
                       offset: int | None = None) -> bool:
         """Apply one raw control message (Avro bytes, or None for a tombstone). True when it changed the state.
         Public so tests and other transports can feed the guard. A tombstone never changes the state (it cannot be
-        verified, see the module docstring): it is reported as forged and False is returned."""
+        verified, see the class docstring): it is reported as forged and False is returned."""
         if value is None:
             self._forged(ForgedCommand(key, partition, offset, _TOMBSTONE_REASON,
                                        scope=key if key and ":" in key else None))

@@ -1,48 +1,12 @@
 """UsageProducer: validate, encode and publish usage events to Kafka, with a disk spool for broker outages.
 
-What is guaranteed (DESIGN.md §5, "Producers"):
+Role: the agent SDK's write path. :meth:`UsageProducer.emit` validates first (nothing invalid is sent), then
+hands the event to librdkafka's idempotent producer (key ``agent_id``, so one agent's events stay ordered) or, while
+the broker is away, to the on-disk spool (:mod:`producers.spool`) that a drainer thread sends later.
 
-- **Validation first.** :meth:`UsageProducer.emit` checks the event (``schemas.models.check_usage_dict`` plus the
-  field types the encoder needs) before anything is handed to Kafka or the spool; an invalid event raises
-  :class:`~schemas.errors.ValidationFailed` naming every broken field, and nothing is sent.
-- **Idempotent, acknowledged writes.** librdkafka's idempotent producer (``enable.idempotence=true``, so
-  ``acks=all``, in-order per partition, retries without duplicates while the producer lives). Key = ``agent_id``,
-  so one agent's events share a partition and stay ordered.
-- **At-least-once across outages and restarts.** An event ends in exactly one of these ways, and the caller's
-  ``on_delivery`` callback hears which (a :class:`Delivery`), once:
-
-  ``delivered``  the broker acknowledged it (topic, partition, offset given);
-  ``spooled``    the broker was unreachable: it is in the on-disk spool (:mod:`producers.spool`) and will be sent,
-                 in order, by this producer or the next one opened on the same spool directory;
-  ``failed``     a permanent broker error (message too large, not authorised, unknown topic): logged and counted,
-                 never retried (retrying cannot help);
-  ``refused``    the spool is full: :class:`~producers.spool.SpoolFull` is raised by ``emit`` (or ``on_spool_full``
-                 is called instead) — reported, never dropped silently.
-
-  Spooled events are sent again by a drainer thread; the spool cursor moves only after the broker acknowledged a
-  whole drained batch, so a crash or a new outage in the middle re-sends part of a batch: **duplicates are possible
-  and carry the same event_id**, which downstream deduplication removes (counted in ``stats().resent``).
-- **Order.** While the spool holds anything, new events go to the spool too, behind it. When the broker goes away,
-  messages still inside librdkafka are purged (``purge(in_queue, in_flight)``) and spooled in their delivery-report
-  order (per-partition order) *before* any newer event is accepted: emitters wait the few milliseconds this takes.
-  So per-agent order holds, except that an in-flight message the broker did store before the connection broke is
-  sent again later (a duplicate, out of order by definition).
-- **Bounded memory.** librdkafka's queue is capped (``queue.buffering.max.kbytes`` / ``.max.messages``); when it is
-  full (``BufferError``) or all brokers are down (``_ALL_BROKERS_DOWN``) or a message fails with a retriable error
-  (``_MSG_TIMED_OUT``, ``_TRANSPORT``, ...), the producer switches to the spool. The spool is on disk and bounded.
-- **Exit.** :meth:`close` (also registered with ``atexit``) flushes for up to ``close_timeout`` seconds, then
-  moves what librdkafka still holds into the spool, fsyncs it and releases it.
-
-What is NOT guaranteed: an event that librdkafka holds in memory (handed over, not yet acknowledged, not yet
-spooled) is lost if the process is SIGKILLed, OOM-killed or the machine dies in that window (at most
-``queue.buffering.max.*`` events, usually the last ``linger.ms`` plus a round trip; during an outage the switch to
-the spool happens when librdkafka reports all brokers down). Spooled events survive a process crash at once and a
-power loss after the spool's next fsync (``fsync_interval``).
-
-Threads: a daemon *poll thread* serves delivery reports (so callbacks fire without the caller polling) and performs
-the switch to the spool; a daemon *drainer thread* probes the broker and sends spooled events. ``emit`` is safe from
-any thread; :meth:`emit_async` awaits the delivery report from asyncio. Callbacks run on the poll thread (or on the
-emitting thread for ``spooled``): keep them short and do not call :meth:`flush` or :meth:`close` from them.
+Guarantee (DESIGN §5, "Producers"; detailed on :class:`UsageProducer`): at least once across outages and restarts;
+every event ends ``delivered``, ``spooled``, ``failed`` or ``refused`` and the caller hears which, once; duplicates
+carry the same ``event_id``. Not guaranteed: what librdkafka holds in memory when the process is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -135,7 +99,7 @@ class DeliveryFailed(FinopsError):
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """The outcome of one emitted event (module docstring: what each status means)."""
+    """The outcome of one emitted event (:class:`UsageProducer` says what each status means)."""
 
     event_id: str
     status: DeliveryStatus
@@ -176,7 +140,7 @@ class _Counters:
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID string; ~2.5x faster than ``str(uuid.uuid4())``, which matters at 100k events/s."""
+    """A random (version 4) UUID string, cheaper than ``str(uuid.uuid4())`` (it is built once per event)."""
     # getrandbits does not release the GIL (os.urandom does, handing the core to the poll thread mid-emit);
     # Mersenne Twister seeded from os.urandom and re-seeded after fork is plenty for uniqueness, and ids are not
     # secrets.
@@ -281,12 +245,47 @@ def build_producer_config(
 
 
 class UsageProducer:
-    """Publishes usage events to the usage topic (guarantees: module docstring).
+    """Publishes usage events to the usage topic.
 
     Construction starts two daemon threads and opens the spool (raises
     :class:`~producers.spool.SpoolLocked` when another process owns ``spool_dir``); it does not contact the broker.
     ``spool_dir=None`` disables the spool: broker outages then end as ``failed`` deliveries after
     ``message_timeout_ms`` (reported, not silent), for tools that must not write to disk.
+
+    Guarantees (DESIGN §5, "Producers"):
+
+    - Validation first: :meth:`emit` checks the event (``check_usage_dict`` plus the field types the encoder needs)
+      before anything reaches Kafka or the spool; an invalid event raises ``ValidationFailed`` naming every broken
+      field, and nothing is sent.
+    - Idempotent, acknowledged writes: ``enable.idempotence=true`` (so ``acks=all``, in order per partition,
+      retries without duplicates while the producer lives).
+    - At least once across outages and restarts. An event ends one way and ``on_delivery`` hears which (a
+      :class:`Delivery`), once: ``delivered`` (acknowledged; topic, partition, offset given); ``spooled`` (broker
+      unreachable: in the spool, sent in order by this producer or the next one on the same spool directory);
+      ``failed`` (a permanent broker error such as message too large, not authorised, unknown topic: logged,
+      counted, never retried); ``refused`` (spool full: :class:`~producers.spool.SpoolFull` raised by ``emit``, or
+      ``on_spool_full`` called). The drainer moves the spool cursor only after the broker acknowledged a whole
+      drained batch, so a crash or new outage mid-batch re-sends part of it: duplicates carry the same event_id and
+      are removed downstream (counted in ``stats().resent``).
+    - Order: while the spool holds anything, new events go to it too, behind it. When the broker goes away, the
+      messages still inside librdkafka are purged (``purge(in_queue, in_flight)``) and spooled in delivery-report
+      order before any newer event is accepted (emitters wait for the switch). Per-agent order holds, except that an
+      in-flight message the broker did store before the connection broke is sent again later.
+    - Bounded memory: librdkafka's queue is capped (``queue.buffering.max.*``); when it is full (``BufferError``),
+      all brokers are down (``_ALL_BROKERS_DOWN``) or a message fails retriably (``_MSG_TIMED_OUT``, ``_TRANSPORT``,
+      ...), the producer switches to the spool, which is on disk and bounded.
+    - Exit: :meth:`close` (also registered with ``atexit``) flushes for up to ``close_timeout`` seconds, then moves
+      what librdkafka still holds into the spool, fsyncs it and releases it.
+
+    Not guaranteed: an event librdkafka holds in memory (handed over, not yet acknowledged or spooled) is lost if
+    the process is SIGKILLed, OOM-killed or the machine dies in that window (at most ``queue.buffering.max.*``
+    events, usually the last ``linger.ms`` plus a round trip). Spooled events survive a process crash at once and a
+    power loss after the spool's next fsync (``fsync_interval``).
+
+    Threads: a daemon poll thread serves delivery reports (callbacks fire without the caller polling) and performs
+    the switch to the spool; a daemon drainer thread probes the broker and sends spooled events. ``emit`` is safe
+    from any thread; :meth:`emit_async` awaits the report from asyncio. Callbacks run on the poll thread (or on the
+    emitting thread for ``spooled``): keep them short and do not call :meth:`flush` or :meth:`close` from them.
     """
 
     def __init__(
@@ -438,7 +437,7 @@ class UsageProducer:
                     self._counters.invalid += 1
                 raise ValidationFailed(problems, record="UsageEvent")
             event_id = record["event_id"]
-            # fastavro converts an int faster than a datetime (~2 us per event at 100k/s); same Avro long.
+            # fastavro converts an int faster than a datetime; same Avro long.
             occurred = record["occurred_at"]
             record["occurred_at"] = to_micros(occurred) if isinstance(occurred, datetime) else occurred
         return event_id, record["agent_id"].encode(), self._encode(record)

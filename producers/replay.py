@@ -1,23 +1,13 @@
 """Replay a recorded usage trace (CSV or JSONL, optionally gzipped) as usage events: ``finops replay``.
 
-A YAML column mapping (:class:`ReplayMapping`) says which column gives each :class:`schemas.models.UsageEvent`
-field, or which constant to use, and how the provider follows from the model name when the trace has no provider
-column (first matching glob rule, else the prefix before ``/``). ``infra/replay/aider.yaml`` maps aider's public
-analytics sample (Apache-2.0, Aider-AI/aider) and is the worked example.
+Role: a YAML column mapping (:class:`ReplayMapping`; ``infra/replay/aider.yaml`` is the worked example) says which
+column or constant gives each UsageEvent field and how the provider follows from the model name; :class:`Pacer`
+replays ``fast``, at the ``original`` gaps or ``scaled:N`` (injected clock and sleep, so tests never sleep).
 
-Guarantees
-----------
-- **Deterministic ids.** ``event_id`` is ``uuid5(namespace, sha256(decompressed file content) + ":" + line)``: the
-  same file replayed twice produces the same ids, so the pipeline's dedupe drops the second copy; an edited file
-  gets new ids.
-- **Nothing is skipped silently.** A row that does not map raises :class:`ReplayRowError` naming the file, the
-  line, the column (name and position) and what to do. With ``--skip-bad`` such rows are written to a rejects file
-  (JSON lines, with every reason and the raw row) and counted in the summary instead.
-- **Events are valid.** Every mapped event passes the same rules as the producer SDK
-  (:func:`schemas.models.check_usage_dict`); a broken rule is reported against the column that fed the field.
-- **Timing.** ``fast`` (no waiting), ``original`` (sleep by the gaps between event times) or ``scaled:10x`` (gaps
-  divided by 10), with an optional cap on one idle gap (``--max-gap``). :class:`Pacer` takes an injected clock and
-  sleep, so tests never sleep.
+Guarantee: ``event_id`` is ``uuid5(namespace, sha256(decompressed file content) + ":" + line)``, so a file replayed
+twice gives the same ids and the pipeline's dedupe drops the second copy; nothing is skipped silently (a row that
+does not map raises :class:`ReplayRowError` naming file, line and column, or with ``--skip-bad`` goes to a rejects
+file and is counted); every event passes the SDK's rules (:func:`schemas.models.check_usage_dict`).
 """
 
 from __future__ import annotations

@@ -1,43 +1,13 @@
 """A deterministic synthetic agent fleet: ``finops simulate``.
 
-The generator is a pure function of ``(seed, config)``: :func:`generate` yields plain dicts of
-:class:`schemas.models.UsageEvent` fields in event-time order, and the same config always yields the same events
-(same ids, same times, same tokens). Nothing here reads the wall clock or the environment; pacing by wall clock
-(``--realtime``) and publishing happen in the CLI handler around the generator.
+Role: :func:`generate` yields plain dicts of :class:`schemas.models.UsageEvent` fields in event-time order: agents
+spread over teams and projects, each with a task type, a model mix and a log-normal activity weight, running tasks
+as chains of calls with growing cached context, sub-agents and retried failures (:class:`Simulation`). Pacing by
+wall clock (``--realtime``) and publishing happen in the CLI handler around the generator.
 
-The fleet
----------
-``agents`` agents spread round-robin over ``teams`` teams; each agent works for one of its team's ``projects``, has
-one task type (which fixes its token shapes and task length), one preferred model mix (realistic providers and
-models the genai-prices catalogue knows) and an activity weight (log-normal, so a few agents dominate, as in real
-fleets). Each agent starts tasks as a Poisson process; a task is a chain of calls whose context grows (later calls
-read the earlier prefix from the prompt cache; Anthropic calls also write it); calls may spawn sub-agent tasks
-(``parent_task_id``; sub-agents spawn their own down to ``subagent_depth`` levels); a call can fail (``error``,
-``timeout``, ``rate_limited``) and is then retried with the same ``prompt_hash`` and ``attempt`` + 1, up to
-:data:`MAX_NORMAL_ATTEMPTS`. The fleet-wide mean event rate is
-``rate_per_s`` from the first second: the fleet runs a discarded warm-up (:data:`WARMUP_S`) before ``start``.
-
-Token shapes
-------------
-Input and output token counts are log-normal. The (mu, sigma) of ln(tokens) below were fitted once (mean and
-population standard deviation of ln(x) over the rows with x > 0) from the public traces in
-``/work/shared/data/traces`` and hard-coded:
-
-- Azure LLM inference trace 2023, ``AzureLLMInferenceTrace_code.csv`` (8,819 rows; CC-BY 4.0, Patel et al.,
-  "Splitwise", ISCA 2024): input (7.00, 1.36), output (2.79, 0.85);
-- the same, ``AzureLLMInferenceTrace_conv.csv`` (19,366 rows): input (6.63, 0.99), output (5.02, 0.86);
-- BurstGPT ``burstgpt_slice.csv`` + ``burstgpt3_slice.csv`` (782 non-failed rows; CC-BY 4.0, Wang et al., KDD'25):
-  input (5.47, 1.46), output (4.79, 1.26); failure rate (0/0 tokens) 4.25 % -> our ~4 % failed attempts;
-- Mooncake FAST'25 ``conversation_trace.jsonl`` (12,031 rows; kvcache-ai/Mooncake, Apache-2.0): input (8.74, 1.20),
-  output (5.34, 1.36); 37 % of its input tokens are a reusable cached prefix.
-
-Misbehaviour
-------------
-On request, one agent each misbehaves in a known way (``retry_loop``, ``runaway``, ``duplicate_prompts``,
-``unknown_model``, ``oversized_prompts``). What was injected is recorded exactly in an :class:`AnswerKey` (agent,
-kind, start/end event time, task ids, event ids), so detection can be scored. Normal traffic is built so it never
-shows these patterns: normal retries stop at 3 attempts, normal prompt hashes are unique per call, normal prompts
-are capped at :data:`NORMAL_MAX_INPUT_TOKENS`, and normal models are all in the catalogue.
+Guarantee: a pure function of ``(seed, config)``: the same config always yields the same events (ids, times,
+tokens); nothing here reads the wall clock or the environment. Injected misbehaviour is recorded exactly in an
+:class:`AnswerKey`, and normal traffic never shows those patterns, so detection can be scored.
 """
 
 from __future__ import annotations
@@ -119,10 +89,18 @@ class SimulationError(FinopsError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Parameters (see the module docstring for where the token shapes come from)
+# Parameters
 # ---------------------------------------------------------------------------------------------------------------
 
-#: (mu, sigma) of ln(tokens), fitted from the traces named in the module docstring.
+# Input and output token counts are log-normal. The (mu, sigma) of ln(tokens) were fitted once (mean and population
+# standard deviation of ln(x) over the rows with x > 0) from the public traces in /work/shared/data/traces:
+# - Azure LLM inference trace 2023, AzureLLMInferenceTrace_code.csv (8,819 rows; CC-BY 4.0, Patel et al.,
+#   "Splitwise", ISCA 2024) and AzureLLMInferenceTrace_conv.csv (19,366 rows);
+# - BurstGPT burstgpt_slice.csv + burstgpt3_slice.csv (782 non-failed rows; CC-BY 4.0, Wang et al., KDD'25); its
+#   failure rate (0/0 tokens, 4.25 %) sets our ~4 % failed attempts (FAILURES);
+# - Mooncake FAST'25 conversation_trace.jsonl (12,031 rows; kvcache-ai/Mooncake, Apache-2.0), where 37 % of the
+#   input tokens are a reusable cached prefix.
+#: (mu, sigma) of ln(tokens), fitted from the traces above.
 AZURE_CODE_IN, AZURE_CODE_OUT = (7.00, 1.36), (2.79, 0.85)
 AZURE_CONV_IN, AZURE_CONV_OUT = (6.63, 0.99), (5.02, 0.86)
 BURSTGPT_IN, BURSTGPT_OUT = (5.47, 1.46), (4.79, 1.26)
@@ -383,6 +361,22 @@ class Simulation:
     """One run of the fleet described by ``config``.
 
     :meth:`events` yields the events (once); :attr:`answer_key` is complete when they are exhausted.
+
+    The fleet: ``agents`` agents spread round-robin over ``teams`` teams; each works for one of its team's
+    ``projects``, has one task type (its token shapes and task length), one preferred model mix (providers and models
+    the genai-prices catalogue knows) and a log-normal activity weight (a few agents dominate, as in real fleets).
+    Each agent starts tasks as a Poisson process; a task is a chain of calls whose context grows (later calls read
+    the earlier prefix from the prompt cache; Anthropic calls also write it); calls may spawn sub-agent tasks
+    (``parent_task_id``, down to ``subagent_depth`` levels); a failed call (``error``, ``timeout``,
+    ``rate_limited``) is retried with the same ``prompt_hash`` and ``attempt`` + 1, up to
+    :data:`MAX_NORMAL_ATTEMPTS`. The mean event rate is ``rate_per_s`` from the first second: the fleet runs a
+    discarded warm-up (:data:`WARMUP_S`) before ``start``.
+
+    Misbehaviour: on request one agent each misbehaves in a known way (``retry_loop``, ``runaway``,
+    ``duplicate_prompts``, ``unknown_model``, ``oversized_prompts``), recorded in the :class:`AnswerKey` (agent, kind,
+    start/end event time, task ids, event ids). Normal traffic never shows these patterns: normal retries stop at
+    :data:`MAX_NORMAL_ATTEMPTS`, normal prompt hashes are unique per call, normal prompts are capped at
+    :data:`NORMAL_MAX_INPUT_TOKENS`, and normal models are all in the catalogue.
     """
 
     def __init__(self, config: SimulationConfig) -> None:

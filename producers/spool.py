@@ -1,42 +1,13 @@
 """A bounded, crash-safe, append-only spool on local disk for Kafka records the broker could not take yet.
 
-The producer (:mod:`producers.producer`) writes here while the broker is unreachable and a drainer sends the
+Role: the producer (:mod:`producers.producer`) writes here while the broker is unreachable and a drainer sends the
 records, in order, once it is back. This module knows nothing about Kafka: it stores ``(key, value, event_id,
-timestamp_ms)`` records and a read cursor.
+timestamp_ms)`` records in numbered CRC-checked segment files and a read cursor (the layout is on :class:`Spool`).
 
-Layout (one directory per producer)::
-
-    <dir>/LOCK                       flock(2)ed while a process has the spool open (one owner at a time)
-    <dir>/00000000000000000007.seg   segment files, numbered, append-only, rolled at ``segment_bytes``
-    <dir>/cursor                     "<segment> <offset> <index>": the first record not yet acknowledged
-
-A segment starts with an 8-byte magic (``FINSPL01``) followed by records::
-
-    u32 body_length | u32 crc32(body) | body
-    body = i64 timestamp_ms | u16 key_len | u32 value_len | u8 event_id_len | key | value | event_id (utf-8)
-
-Guarantees (what callers may rely on):
-
-- **Order**: records are read back in exactly the order :meth:`Spool.append` stored them.
-- **Process crash** (SIGKILL, OOM kill): a record is in the kernel's page cache once ``append`` returns (one
-  unbuffered ``os.write`` per record, no user-space buffer), so it survives the death of the process.
-- **Power loss / kernel crash**: the tail segment is ``fsync``-ed according to ``fsync``: ``"always"`` after every
-  record (slow, strongest), ``"interval"`` (default) at most every ``fsync_interval`` seconds on the appending
-  thread plus on :meth:`sync` and :meth:`close`, so at most the last interval of records can be lost; ``"never"``
-  leaves it to the OS. The cursor file is always replaced atomically (write, fsync, rename, fsync of the dir).
-- **Torn write**: a record cut short by a crash is detected on open (short read or CRC mismatch in the last
-  segment) and the segment is truncated at the last whole record; the count of bytes dropped is logged and kept
-  in :attr:`Spool.truncated_bytes`. Nothing after a torn record can exist, since writes only append.
-- **Corruption elsewhere** (a bad CRC in a record that is not at the tail) is never skipped silently: it raises
-  :class:`SpoolCorrupt` naming the file and offset.
-- **Bound**: the bytes of all segment files never exceed ``max_bytes``. An append that would cross it raises
-  :class:`SpoolFull`, or, when an ``on_full`` callback is given, hands the record to the callback and returns
-  ``False``. Either way the caller learns about it: a record is never dropped silently.
-- **At-least-once reading**: :meth:`read` hands out records ahead of the persisted cursor; only :meth:`commit`
-  moves the cursor, and a reader commits after Kafka acknowledged the records. A crash between the send and the
-  commit re-sends those records after restart (same ``event_id``: downstream deduplicates on it).
-
-Thread-safety: every public method takes one internal lock; appenders and one reader may run in parallel.
+Guarantee: records come back in append order; a record survives a process crash once ``append`` returns and a
+power loss after the next fsync; a torn tail is truncated on open, corruption elsewhere raises; the bound is never
+crossed silently (:class:`SpoolFull`); only :meth:`Spool.commit` moves the cursor, so reading is at least once.
+Thread-safe (one internal lock). See DESIGN §5, "Producers".
 """
 
 from __future__ import annotations
@@ -173,7 +144,36 @@ def _parse(buf: bytes | memoryview, pos: int) -> tuple[int, bytes, bytes, str, i
 
 
 class Spool:
-    """The on-disk spool (format and guarantees: module docstring).
+    """The on-disk spool.
+
+    Layout (one directory per producer)::
+
+        <dir>/LOCK                       flock(2)ed while a process has the spool open (one owner at a time)
+        <dir>/00000000000000000007.seg   segment files, numbered, append-only, rolled at ``segment_bytes``
+        <dir>/cursor                     "<segment> <offset> <index>": the first record not yet acknowledged
+
+    A segment starts with an 8-byte magic (``FINSPL01``) followed by records::
+
+        u32 body_length | u32 crc32(body) | body
+        body = i64 timestamp_ms | u16 key_len | u32 value_len | u8 event_id_len | key | value | event_id (utf-8)
+
+    Guarantees:
+
+    - Order: records are read back in exactly the order :meth:`append` stored them.
+    - Process crash (SIGKILL, OOM kill): a record is in the kernel's page cache once ``append`` returns (one
+      unbuffered ``os.write`` per record, no user-space buffer).
+    - Power loss / kernel crash: the tail segment is fsync-ed per ``fsync``: ``"always"`` after every record,
+      ``"interval"`` (default) at most every ``fsync_interval`` seconds on the appending thread plus on :meth:`sync`
+      and :meth:`close`, so at most the last interval of records can be lost; ``"never"`` leaves it to the OS. The
+      cursor file is always replaced atomically (write, fsync, rename, fsync of the dir).
+    - Torn write: a record cut short by a crash is detected on open (short read or CRC mismatch in the last segment)
+      and the segment truncated at the last whole record; the bytes dropped are logged and kept in
+      :attr:`truncated_bytes`. Nothing after a torn record can exist, since writes only append.
+    - Corruption elsewhere (a bad CRC not at the tail) raises :class:`SpoolCorrupt` naming the file and offset.
+    - Bound: the segment files never exceed ``max_bytes``; an append that would cross it raises :class:`SpoolFull`
+      or, with an ``on_full`` callback, hands the record to it and returns ``False``: never dropped silently.
+    - At-least-once reading: :meth:`read` hands out records ahead of the persisted cursor; only :meth:`commit` moves
+      it, after Kafka acknowledged the records. A crash in between re-sends them (same ``event_id``).
 
     Opening takes an exclusive ``flock`` on ``<dir>/LOCK`` (raises :class:`SpoolLocked` when another process holds
     it), recovers a torn tail and counts the pending records (reads every unacknowledged byte once, verifying CRCs;
@@ -371,7 +371,7 @@ class Spool:
 
     # -- writing -------------------------------------------------------------------------------------------------
     def append(self, key: bytes, value: bytes, event_id: str, timestamp_ms: int | None = None) -> bool:
-        """Store one record at the end; return True once it is in the page cache (see module docstring).
+        """Store one record at the end; return True once it is in the page cache (see :class:`Spool`).
 
         Blocks on a disk write (and an fsync under ``fsync="always"`` or when the interval elapsed).
         Raises :class:`SpoolFull` when the record would push the spool past ``max_bytes`` and no ``on_full``

@@ -1,26 +1,15 @@
 """``producer.track(...)``: time one model call and emit its usage event when it ends.
 
-Context manager::
+Role: a context manager (sync and async) and a decorator (:class:`Track`)::
 
     with producer.track(agent_id="billing-bot", team="payments", project="invoices",
                         provider="openai", model="gpt-4o", task_id=task) as call:
         resp = client.chat.completions.create(...)
         call.record_response(resp)          # tokens, cache, reasoning... via finops.adapters
-    # one event emitted here: latency_ms measured, status "ok"
 
-Decorator (the wrapped function returns the provider's response, sync or async)::
-
-    @producer.track(agent_id="billing-bot", team="payments", project="invoices", provider="anthropic", model="x")
-    def ask(prompt: str) -> anthropic.types.Message: ...
-
-Status on exit: ``ok``; on an exception ``timeout`` (``TimeoutError`` or a class named ``*Timeout*``),
-``rate_limited`` (a class named ``*RateLimit*``, as the OpenAI and Anthropic SDKs name theirs), ``cancelled``
-(``asyncio.CancelledError``, ``KeyboardInterrupt``) or ``error``; the exception always propagates unchanged.
-
-A call that ends without recorded usage still emits an event (zero tokens, tag ``finops.usage_missing=true``)
-so failed calls and forgotten ``record_response`` calls stay visible instead of vanishing. An event that cannot be
-emitted raises from the ``with`` block when the call itself succeeded; when the call raised, the emit error is
-logged and the call's own exception propagates (never masked).
+Guarantee: one event per call, with the status of its end (:func:`status_for_exception`); a call without recorded
+usage still emits one (zero tokens, tag ``finops.usage_missing=true``); the call's own exception always propagates
+unchanged, never masked by an emit error. See the README, "Integrating an agent (Python)".
 """
 
 from __future__ import annotations
@@ -53,7 +42,11 @@ TRACK_FIELDS: frozenset[str] = frozenset(
 
 
 def status_for_exception(exc: BaseException) -> str:
-    """Map an exception raised by a model call to a usage-event status (module docstring)."""
+    """Map an exception raised by a model call to a usage-event status.
+
+    ``timeout`` for ``TimeoutError`` or a class named ``*Timeout*``, ``rate_limited`` for a class named
+    ``*RateLimit*`` (as the OpenAI and Anthropic SDKs name theirs), ``cancelled`` for ``asyncio.CancelledError`` and
+    ``KeyboardInterrupt``, else ``error``; a call that ends without an exception is ``ok``."""
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
         return "cancelled"
     names = [cls.__name__.lower() for cls in type(exc).__mro__]
@@ -115,7 +108,16 @@ class TrackedCall:
 
 
 class Track:
-    """Context manager (sync and async) and decorator made by :meth:`UsageProducer.track`."""
+    """Context manager (sync and async) and decorator made by :meth:`UsageProducer.track`.
+
+    As a decorator the wrapped function returns the provider's response, sync or async::
+
+        @producer.track(agent_id="billing-bot", team="payments", project="invoices", provider="anthropic", model="x")
+        def ask(prompt: str) -> anthropic.types.Message: ...
+
+    An event that cannot be emitted raises from the ``with`` block when the call itself succeeded; when the call
+    raised, the emit error is logged and the call's own exception propagates.
+    """
 
     def __init__(self, producer: UsageProducer, fields: dict[str, Any]) -> None:
         unknown = set(fields) - TRACK_FIELDS

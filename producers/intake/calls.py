@@ -1,18 +1,12 @@
 """What every intake mapping produces (:class:`Call`, one model call) and how a call becomes a usage event.
 
-Pure: no I/O, no clock. The rules that make a call count once live here and in each mapping's docstring:
+Role: pure (no I/O, no clock): the shared value helpers, :class:`Attribution` (where team, project, agent and task
+come from) and :func:`build_event`.
 
-- **Deterministic ids.** ``event_id = uuid5(INTAKE_NAMESPACE, identity)``. The identity is the tool's own request
-  id when it has one (``gen_ai.response.id``, Claude Code's ``request_id``, LiteLLM's ``id``), prefixed with the
-  provider, else ``span:<trace_id>:<span_id>`` or the log record's identity. A retried export (same spans, same
-  request ids) gives the same ids, and the hot path and the ledger drop the copy; two instrumentors that wrap the
-  same provider call and both record its response id give one id, so the call counts once.
-- **Token conventions** are normalised to the canonical ones (DESIGN §3: input includes cached input, output
-  includes reasoning); every normalisation applied is named in :attr:`Call.normalisations` and in the event's
-  ``intake.normalised`` tag.
-- **Attribution** (:class:`Attribution`): team, project, agent, task come from configurable attribute paths with
-  documented defaults, then the token's defaults; a call still missing team or project is *accepted* with the value
-  ``unattributed`` and tagged ``intake.unattributed`` (never dropped), so it shows in ``v_unattributed_spend``.
+Guarantee: a call counts once: ``event_id = uuid5(INTAKE_NAMESPACE, identity)`` (:func:`event_id_for`), so a
+retried export and two instrumentors recording the same response id give one id; token conventions are normalised
+to the canonical ones (DESIGN §3), each normalisation named in the ``intake.normalised`` tag; a call missing team or
+project is accepted as ``unattributed`` and tagged ``intake.unattributed``, never dropped.
 """
 
 from __future__ import annotations
@@ -99,7 +93,13 @@ def as_money(value: Any) -> Decimal | None:
 
 
 def event_id_for(identity: str) -> str:
-    """The event id of a call identity (module docstring)."""
+    """The event id of a call identity.
+
+    The identity is the tool's own request id when it has one (``gen_ai.response.id``, Claude Code's
+    ``request_id``, LiteLLM's ``id``), prefixed with the provider, else ``span:<trace_id>:<span_id>`` or the log
+    record's identity. A retried export (same spans, same request ids) gives the same ids, and the hot path and the
+    ledger drop the copy; two instrumentors that wrap the same provider call and both record its response id give
+    one id, so the call counts once."""
     return str(uuid.uuid5(INTAKE_NAMESPACE, identity))
 
 
@@ -108,7 +108,7 @@ class Call:
     """One model call read from telemetry, in canonical token semantics, before attribution."""
 
     family: str  # the mapping that read it: genai, openclaw, claude_code, codex, gemini_cli, openrouter, litellm
-    identity: str  # what the event id derives from (module docstring)
+    identity: str  # what the event id derives from (event_id_for)
     occurred_at_ns: int
     provider: str
     model: str
@@ -151,7 +151,9 @@ def _first(paths: Sequence[str], call: Call) -> str | None:
 class Attribution:
     """Where team, project, agent, task, parent task and environment come from: ordered lists of paths,
     ``attr:<name>`` (the span's or record's attribute), ``resource:<name>`` (the resource's) or ``span:parent``
-    (the parent span id). The first path that has a value wins; then the token's default team / project."""
+    (the parent span id). The first path that has a value wins; then the token's default team / project. A call
+    still missing team or project is accepted with the value ``unattributed`` and tagged ``intake.unattributed``,
+    so it shows in ``v_unattributed_spend``."""
 
     team: tuple[str, ...] = ("attr:team.name", "resource:team.name")
     project: tuple[str, ...] = ("attr:project.name", "resource:project.name")

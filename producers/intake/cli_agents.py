@@ -1,19 +1,12 @@
 """Coding-agent CLIs' OTLP log events -> :class:`Call`: Codex CLI and Gemini CLI (Claude Code has its own module).
 
-Codex CLI (``[otel]`` in ``~/.codex/config.toml``) logs ``codex.sse_event`` records; the one with ``event.kind`` =
-``response.completed`` carries the request's usage: ``input_token_count`` (OpenAI: includes cached input),
-``cached_token_count``, ``output_token_count`` (includes reasoning), ``reasoning_token_count``, plus ``model``,
-``conversation.id`` (the task) and ``duration_ms``. Provider ``openai``.
+Role: :func:`map_codex_log` reads Codex's ``codex.sse_event`` / ``response.completed`` records (provider
+``openai``), :func:`map_gemini_cli_log` Gemini CLI's ``gemini_cli.api_response`` records (provider ``google``);
+each documents the fields it reads and how they map onto the canonical counts.
 
-Gemini CLI (``telemetry`` in ``.gemini/settings.json``) logs ``gemini_cli.api_response`` with ``model``,
-``input_token_count`` (Gemini's prompt count: includes cached content), ``cached_content_token_count``,
-``output_token_count`` (candidates only), ``thoughts_token_count``, ``duration_ms``, ``prompt_id``,
-``session.id``. Gemini bills thoughts as output, so canonical output = output + thoughts and reasoning = thoughts
-(normalisation ``gemini-thoughts-outside-output``). Provider ``google``.
-
-Counted once: neither tool sends a provider request id in these events, so the identity is a hash of the record's
-own content (tool, session/conversation, prompt id, timestamp, counts, model): a re-sent record maps to the same
-id. Both tools' metrics (token and cost counters) describe the same requests and are never counted.
+Guarantee: counted once: neither tool sends a provider request id in these events, so the identity is a hash of
+the record's own content (tool, session/conversation, prompt id, timestamp, counts, model) and a re-sent record
+maps to the same id. Both tools' metrics (token and cost counters) describe the same requests and are never counted.
 """
 
 from __future__ import annotations
@@ -36,7 +29,12 @@ def _name(record: LogView) -> str:
 
 
 def map_codex_log(record: LogView) -> Call | None:
-    """The call of a Codex ``codex.sse_event`` / ``response.completed`` record, else None."""
+    """The call of a Codex ``codex.sse_event`` / ``response.completed`` record, else None.
+
+    Codex CLI (``[otel]`` in ``~/.codex/config.toml``): the ``response.completed`` event carries the request's
+    usage: ``input_token_count`` (OpenAI: includes cached input), ``cached_token_count``, ``output_token_count``
+    (includes reasoning), ``reasoning_token_count``, plus ``model``, ``conversation.id`` (the task) and
+    ``duration_ms``."""
     a = record.attributes
     if _name(record) != "codex.sse_event" or str(a.get("event.kind", "")) != "response.completed":
         return None
@@ -60,7 +58,13 @@ def map_codex_log(record: LogView) -> Call | None:
 
 
 def map_gemini_cli_log(record: LogView) -> Call | None:
-    """The call of a ``gemini_cli.api_response`` record, else None."""
+    """The call of a ``gemini_cli.api_response`` record, else None.
+
+    Gemini CLI (``telemetry`` in ``.gemini/settings.json``): ``model``, ``input_token_count`` (Gemini's prompt count:
+    includes cached content), ``cached_content_token_count``, ``output_token_count`` (candidates only),
+    ``thoughts_token_count``, ``duration_ms``, ``prompt_id``, ``session.id``. Gemini bills thoughts as output, so
+    canonical output = output + thoughts and reasoning = thoughts (normalisation
+    ``gemini-thoughts-outside-output``)."""
     if _name(record) != "gemini_cli.api_response":
         return None
     a = record.attributes

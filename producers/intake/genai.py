@@ -1,35 +1,13 @@
 """OpenTelemetry GenAI semantic-convention spans (and the instrumentors that write them) -> :class:`Call`.
 
-Attribute names read, first present wins (the OTel names, then the ones instrumentors still write):
+Role: :func:`map_genai_span` reads the usage of one span, trying the OTel attribute names first and then the ones
+instrumentors still write (OpenLLMetry, OpenLIT); :func:`select_call_spans` picks which spans of an export are
+calls (agent and tool operations and wrapper spans are not).
 
-=================  ==========================================================================================
-input tokens       ``gen_ai.usage.input_tokens`` (includes cached input), ``gen_ai.usage.prompt_tokens``
-                   (OpenLLMetry, older semconv), ``llm.usage.prompt_tokens``
-output tokens      ``gen_ai.usage.output_tokens``, ``gen_ai.usage.completion_tokens``, ``llm.usage.completion_tokens``
-cache read         ``gen_ai.usage.cache_read.input_tokens``, ``gen_ai.usage.cache_read_input_tokens`` (OpenLLMetry)
-cache write        ``gen_ai.usage.cache_creation.input_tokens``, ``gen_ai.usage.cache_creation_input_tokens``
-reasoning          ``gen_ai.usage.reasoning.output_tokens``, ``gen_ai.usage.reasoning_tokens``
-provider           ``gen_ai.provider.name``, deprecated ``gen_ai.system`` (catalogue ids: ``calls.normalise_provider``)
-model              ``gen_ai.response.model`` (what served the call), else ``gen_ai.request.model``
-request id         ``gen_ai.response.id`` (the call's identity when present)
-reported cost      ``gen_ai.usage.cost`` (OpenLIT): kept as ``reported_cost`` beside the computed price
-=================  ==========================================================================================
-
-Named normalisations: ``openlit-anthropic-input-excludes-cache`` (OpenLIT writes Anthropic's raw ``input_tokens``,
-which excludes cache reads and writes: they are added back), ``input-excluded-cache`` (any reporter whose input is
-below its own cache counts used the exclusive convention: added back), ``output-excluded-reasoning`` (likewise for
-reasoning above output).
-
-Which spans are calls (counted once; :func:`select_call_spans` applies it to one export):
-
-1. Spans whose ``gen_ai.operation.name`` is an agent or tool operation (``invoke_agent``, ``create_agent``,
-   ``execute_tool``, ``invoke_workflow``) are not calls: their usage is the total of the calls under them. Except
-   a CLIENT-kind ``invoke_agent`` span (semconv: a *remote* agent service, e.g. a hosted assistant, that bills the
-   call itself and has no model spans of ours under it): it is a call, and rule 2 still drops it if a span with
-   usage does sit under it in the export.
-2. Of nested spans that both carry usage (a framework span around the provider SDK's span: two instrumentors on
-   one call), only the innermost is a call; the outer one is a wrapper. Across exports, rule 2 is backed by the
-   identity: both spans carrying the same ``gen_ai.response.id`` map to one event id.
+Guarantee: a call counts once: nested spans of one call give one call, and two spans carrying the same
+``gen_ai.response.id`` map to one event id across exports; every token normalisation applied is named
+(``openlit-anthropic-input-excludes-cache``, ``input-excluded-cache``, ``output-excluded-reasoning``). See the
+README, "Connect your agents (no code change)".
 """
 
 from __future__ import annotations
@@ -82,7 +60,22 @@ def span_status(span: SpanView) -> str:
 
 
 def map_genai_span(span: SpanView) -> Call | None:
-    """The call a GenAI span reports, or None when it carries no token usage."""
+    """The call a GenAI span reports, or None when it carries no token usage.
+
+    Attribute names read, first present wins: input ``gen_ai.usage.input_tokens`` (includes cached input),
+    ``gen_ai.usage.prompt_tokens`` (OpenLLMetry, older semconv), ``llm.usage.prompt_tokens``; output
+    ``gen_ai.usage.output_tokens``, ``gen_ai.usage.completion_tokens``, ``llm.usage.completion_tokens``; cache read
+    ``gen_ai.usage.cache_read.input_tokens``, ``gen_ai.usage.cache_read_input_tokens``; cache write
+    ``gen_ai.usage.cache_creation.input_tokens``, ``gen_ai.usage.cache_creation_input_tokens``; reasoning
+    ``gen_ai.usage.reasoning.output_tokens``, ``gen_ai.usage.reasoning_tokens``; provider ``gen_ai.provider.name``,
+    deprecated ``gen_ai.system`` (catalogue ids: ``calls.normalise_provider``); model ``gen_ai.response.model``, else
+    ``gen_ai.request.model``; request id ``gen_ai.response.id`` (the identity when present); reported cost
+    ``gen_ai.usage.cost`` (OpenLIT), kept beside the computed price.
+
+    Normalisations: ``openlit-anthropic-input-excludes-cache`` (OpenLIT writes Anthropic's raw ``input_tokens``,
+    which excludes cache reads and writes: added back), ``input-excluded-cache`` (a reporter whose input is below its
+    own cache counts used the exclusive convention: added back), ``output-excluded-reasoning`` (likewise for
+    reasoning above output)."""
     attrs = span.attributes
     input_tokens = _count(attrs, _INPUT)
     output_tokens = _count(attrs, _OUTPUT)
@@ -119,8 +112,17 @@ def map_genai_span(span: SpanView) -> Call | None:
 
 
 def select_call_spans(spans: Iterable[SpanView]) -> tuple[list[SpanView], dict[str, int]]:
-    """The spans of one export that are calls (rules 1 and 2 of the module docstring), and how many spans with
-    usage were not counted, by reason (``agent_total``, ``wrapper``)."""
+    """The spans of one export that are calls, and how many spans with usage were not counted, by reason
+    (``agent_total``, ``wrapper``).
+
+    1. Spans whose ``gen_ai.operation.name`` is an agent or tool operation (``invoke_agent``, ``create_agent``,
+       ``execute_tool``, ``invoke_workflow``) are not calls: their usage is the total of the calls under them.
+       Except a CLIENT-kind ``invoke_agent`` span (semconv: a remote agent service that bills the call itself and
+       has no model spans of ours under it): it is a call, and rule 2 still drops it if a span with usage does sit
+       under it in the export.
+    2. Of nested spans that both carry usage (a framework span around the provider SDK's span: two instrumentors on
+       one call), only the innermost is a call. Across exports rule 2 is backed by the identity: both spans
+       carrying the same ``gen_ai.response.id`` map to one event id."""
     spans = list(spans)
     candidates = {}
     skipped = {"agent_total": 0, "wrapper": 0}

@@ -1,17 +1,10 @@
 """LiteLLM proxy's ``generic_api`` logging callback (its ``StandardLoggingPayload``) -> :class:`Call`.
 
-Body: ``log_format: json_array`` (a JSON list), ``ndjson`` (one JSON object a line) or a single object.
-Fields read: ``id`` (the identity: ``litellm:<id>``), ``model``, ``custom_llm_provider`` (catalogue id via
-``calls.normalise_provider``: ``vertex_ai``/``gemini`` -> google, ``bedrock`` -> aws, ...), ``prompt_tokens`` /
-``completion_tokens``, the usage details of ``response.usage`` (or ``metadata.usage_object``: OpenAI-style
-``prompt_tokens_details.cached_tokens``, ``completion_tokens_details.reasoning_tokens``, Anthropic-style
-``cache_read_input_tokens`` / ``cache_creation_input_tokens``), ``response_cost`` (the reported cost),
-``startTime`` / ``endTime`` (epoch seconds), ``status`` (``failure`` -> ``error``), ``metadata.user_api_key_team_alias``
-(else ``user_api_key_team_id``) as the team, ``end_user`` (else ``metadata.user_api_key_alias``) as the agent,
-``request_tags`` (a tag ``project:<name>`` names the project; all are kept in ``litellm.request_tags``).
+Role: :func:`parse_litellm_body` accepts ``log_format: json_array``, ``ndjson`` or a single object;
+:func:`map_litellm_payload` maps one payload (the fields it reads are listed there).
 
-LiteLLM reports usage in OpenAI's convention (prompt includes cached tokens); a payload whose prompt count is below
-its own cache counts is made inclusive (normalisation ``input-excluded-cache``). Counted once by ``id``: LiteLLM
+Guarantee: usage in OpenAI's convention (prompt includes cached tokens); a payload whose prompt count is below its
+own cache counts is made inclusive (normalisation ``input-excluded-cache``). Counted once by ``id``: LiteLLM
 retries a failed batch, and the same id maps to the same event id.
 """
 
@@ -75,7 +68,17 @@ def _ns(seconds: Any) -> int | None:
 
 
 def map_litellm_payload(payload: Mapping[str, Any]) -> Call | None:
-    """The call of one standard logging payload; None when it has no id or no usage."""
+    """The call of one standard logging payload; None when it has no id or no usage.
+
+    Fields read: ``id`` (the identity: ``litellm:<id>``), ``model``, ``custom_llm_provider`` (catalogue id via
+    ``calls.normalise_provider``: ``vertex_ai``/``gemini`` -> google, ``bedrock`` -> aws, ...), ``prompt_tokens`` /
+    ``completion_tokens``, the usage details of ``response.usage`` (or ``metadata.usage_object``: OpenAI-style
+    ``prompt_tokens_details.cached_tokens``, ``completion_tokens_details.reasoning_tokens``, Anthropic-style
+    ``cache_read_input_tokens`` / ``cache_creation_input_tokens``), ``response_cost`` (the reported cost),
+    ``startTime`` / ``endTime`` (epoch seconds), ``status`` (``failure`` -> ``error``),
+    ``metadata.user_api_key_team_alias`` (else ``user_api_key_team_id``) as the team, ``end_user`` (else
+    ``metadata.user_api_key_alias``) as the agent, ``request_tags`` (a tag ``project:<name>`` names the project; all
+    are kept in ``litellm.request_tags``)."""
     call_id = as_text(payload.get("id"))
     inp = as_count(payload.get("prompt_tokens"))
     out = as_count(payload.get("completion_tokens"))

@@ -1,19 +1,12 @@
 """OTLP/HTTP bodies in and out: decode an export request (protobuf or JSON, optionally gzip) with the generated
 ``opentelemetry-proto`` classes, flatten it into plain records the mappings read, and encode the answer.
 
-What the OTLP specification asks of a receiver, and where it is done:
+Role: :func:`decode_request` and :func:`encode_response` do what the OTLP specification asks of a receiver
+(both content types, gzip, OTLP/JSON's differences from protobuf's JSON mapping, ``partial_success``);
+:func:`spans_of` and :func:`logs_of` turn ``AnyValue`` into Python values and ids into lower-case hex.
 
-- ``application/x-protobuf`` and ``application/json`` request bodies; the response in the request's content type
-  (:func:`encode_response`); ``Content-Encoding: gzip`` bodies (:func:`decode_request`).
-- OTLP/JSON is protobuf's JSON mapping with three differences the generic parser does not know: trace and span
-  ids are hex (not base64), enums are integers, field names are lowerCamelCase. Ids are rewritten from hex to
-  base64 before parsing (ids already in base64, as some exporters send, are left alone); unknown fields are
-  ignored as the spec requires; int64 as strings and as numbers both parse.
-- An undecodable body is :class:`OtlpDecodeError` (HTTP 400 with a ``google.rpc.Status`` body, not retried).
-- ``partial_success`` carries how many items were rejected and why (:func:`encode_response`).
-
-Flattening (:func:`spans_of`, :func:`logs_of`) turns ``AnyValue`` into Python values (str, int, float, bool, bytes,
-list, dict) and ids into lower-case hex; the mappings (one module per source family) never see protobuf.
+Guarantee: the mappings (one module per source family) never see protobuf; an undecodable body is
+:class:`OtlpDecodeError` (HTTP 400 with a ``google.rpc.Status`` body, not retried).
 """
 
 from __future__ import annotations
@@ -122,7 +115,13 @@ def _hex_ids_to_base64(node: Any) -> Any:
 
 def decode_request(signal: Signal, body: bytes, content_type: str, *, content_encoding: str | None = None,
                    max_bytes: int = 64 * 1024 * 1024) -> Message:
-    """Parse an OTLP export request body. Raises :class:`OtlpDecodeError` naming what is wrong."""
+    """Parse an OTLP export request body. Raises :class:`OtlpDecodeError` naming what is wrong.
+
+    Accepts ``application/x-protobuf`` and ``application/json`` bodies, ``Content-Encoding: gzip`` or none. OTLP/JSON
+    is protobuf's JSON mapping with three differences the generic parser does not know: trace and span ids are hex
+    (not base64), enums are integers, field names are lowerCamelCase. Ids are rewritten from hex to base64 before
+    parsing (ids already in base64, as some exporters send, are left alone); unknown fields are ignored as the spec
+    requires; int64 as strings and as numbers both parse."""
     encoding = (content_encoding or "").strip().lower()
     if encoding == "gzip":
         body = gunzip(body, max_bytes)

@@ -1,20 +1,13 @@
 """The intake receiver: OTLP/HTTP (``POST /v1/traces``, ``/v1/logs``, ``/v1/metrics``) -> usage events on Kafka.
 
-One request, in this order: authenticate (``Authorization: Bearer fi_...``; missing, wrong or revoked -> 401 and
-nothing is read or written), check the content type (415), decode (400 with a ``google.rpc.Status``), map with the
-source family's pure mapping (:mod:`producers.intake.families`), attribute, validate, hand every event to the
-producer SDK (:class:`producers.producer.UsageProducer`) and **wait for each one's outcome**.
+Role: per request, authenticate the bearer token, check the content type, decode, map with the source family's
+pure mapping (:mod:`producers.intake.families`), attribute, validate and hand every event to the producer SDK,
+then wait for each one's outcome (:class:`IntakeReceiver`). OTLP/gRPC is not offered (README, "Connect your
+agents").
 
-Delivery guarantee: a 2xx answer means every accepted event was acknowledged by Kafka (``acks=all``) or written to
-the SDK's on-disk spool, which survives the death of this process (a power loss can take the spool's last
-``fsync_interval``, as for every SDK producer: DESIGN §5). When an event can be neither (spool full, a
-permanent broker error, no outcome within ``delivery_timeout``) the answer is 503 with ``Retry-After``: exporters
-retry, and what did get through is deduplicated downstream by its deterministic event id. An item that cannot
-become a valid event (negative counts...) is rejected by ``partial_success`` (count and reason) and not retried, as
-the OTLP specification asks. Metrics are decoded and acknowledged but never counted (:mod:`families`).
-
-Not offered: OTLP/gRPC (4317). Exporters are pointed at HTTP with ``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf``
-(or ``http/json``) and ``OTEL_EXPORTER_OTLP_ENDPOINT=http://host:4318`` (README "Connect your agents").
+Guarantee (DESIGN §5): a 2xx answer means every accepted event was acknowledged by Kafka or written to the SDK's
+on-disk spool; when one can be neither the answer is 503 with ``Retry-After`` and the deterministic event ids
+deduplicate the retry; an item that cannot become a valid event is rejected by ``partial_success``, not retried.
 """
 
 from __future__ import annotations
@@ -167,7 +160,18 @@ class _Outcome:
 
 
 class IntakeReceiver:
-    """The request handlers (module docstring: order and guarantee). ``producer`` is owned by the caller."""
+    """The request handlers. ``producer`` is owned by the caller.
+
+    One request, in this order: authenticate (``Authorization: Bearer fi_...``; missing, wrong or revoked -> 401 and
+    nothing is read or written), check the content type (415), decode (400 with a ``google.rpc.Status``), map,
+    attribute, validate, hand every event to the :class:`~producers.producer.UsageProducer` and wait for each
+    one's outcome. A 2xx means every accepted event was acknowledged (``acks=all``) or spooled, which survives the
+    death of this process (a power loss can take the spool's last ``fsync_interval``). Spool full, a permanent
+    broker error or no outcome within ``delivery_timeout`` answer 503 with ``Retry-After``: exporters retry, and
+    what did get through is deduplicated downstream by its event id. An item that cannot become a valid event
+    (negative counts...) is rejected by ``partial_success`` (count and reason), as the OTLP specification asks.
+    Metrics are decoded and acknowledged but never counted (:mod:`producers.intake.families`).
+    """
 
     def __init__(self, producer: UsageProducer, tokens: IntakeTokenStore, *, attribution: Attribution | None = None,
                  max_body_bytes: int = 32 * 1024 * 1024, retry_after: int = 5,
