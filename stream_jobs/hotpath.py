@@ -668,7 +668,7 @@ class HotPath:
         self._spend_encoder = SpendEncoder(self._codec)
         self._limiter = BadInputLimiter(config.dlq_max_ratio, config.dlq_ratio_window)
         self._states: dict[int, _PartitionState] = {}
-        # Ack groups produced since the last flush barrier (see "Acknowledgements" in the module docstring).
+        # Ack groups produced since the last flush barrier (see HotPath._flush).
         self._awaiting: list[_AckGroup | _WindowAck] = []
         # The latest stream-counter record per partition (also in stats(); produced when counters_topic is set).
         self._last_counters: dict[int, dict[str, Any]] = {}

@@ -213,7 +213,7 @@ class WindowAggregator:
 
         ``model`` is the model dimension key as the sink expects it (``provider/model``). ``cost_usd`` is ignored
         when ``priced`` is false (the event counts in ``unpriced_calls``). ``offset`` is the event's input offset.
-        Late means ``window_end(event_time_us) <= closed_before_us``; see the module docstring.
+        Late means ``window_end(event_time_us) <= closed_before_us``; see the class docstring.
         """
         size = self.size_us
         start = event_time_us - event_time_us % size
@@ -287,7 +287,7 @@ class WindowAggregator:
         The quiet check protects a lagging consumer: while a backlog is being read, the watermark moves and no
         window is closed by the wall clock. A consumer that is stalled for ``idle_timeout_us`` with a backlog
         pending would still close by the wall clock; call this only for partitions whose lag is 0 if the
-        consumer can tell. Wall-clock closes are not reproduced on replay (see the module docstring).
+        consumer can tell. Wall-clock closes are not reproduced on replay (see the class docstring).
         """
         if self._watermark_us != self._idle_seen_watermark_us or self._idle_since_wall_us is None:
             self._idle_seen_watermark_us = self._watermark_us
