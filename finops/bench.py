@@ -3,8 +3,9 @@
 
 Every number is measured on this machine in this run, beside a plain baseline measured in the same run:
 
-* producer events/s: the SDK (validate + ids/times + encode + produce) vs a bare confluent-kafka produce loop of
-  the same pre-encoded bytes (``finops bench-producer``);
+* producer events/s: the SDK (validate + ids/times + encode + produce), per event (``emit``) and in batches of
+  1,000 (``emit_many``), vs a bare confluent-kafka produce loop of the same pre-encoded bytes
+  (``finops bench-producer``);
 * stream events/s per core: the hot path (decode, validate, dedupe, price, windows, produce outputs, commit) vs a
   plain consume + decode + price + dicts loop, each pinned to one CPU (``finops bench-stream``);
 * sink rows/s: one sink thread (consume, decode, map, stored-id check, insert, commit) vs bare clickhouse-connect
@@ -198,7 +199,8 @@ def bench_producer(events: int) -> dict[str, Any]:
 
     text = _captured(lambda: _bench(argparse.Namespace(events=events, topic=None, cpu=None)))
     rows: dict[str, dict[str, float]] = {}
-    for key, label in (("sdk", "sdk: validate+encode+produce"), ("bare", "bare confluent-kafka produce")):
+    for key, label in (("sdk", "sdk: validate+encode+produce"), ("sdk_many", "sdk: emit_many"),
+                       ("bare", "bare confluent-kafka produce")):
         line = next((ln for ln in text.splitlines() if ln.startswith(label)), None)
         if line is None:
             raise FinopsError(f"bench-producer printed no {label!r} row:\n{text}")
@@ -709,6 +711,9 @@ def render(result: Mapping[str, Any]) -> str:
         p = result["producer"]
         row("producer events/s (SDK, 1 core)", p["sdk"]["events_per_s"], p["bare"]["events_per_s"],
             "bare confluent-kafka produce, pre-encoded")
+        if "sdk_many" in p:
+            row("producer emit_many events/s (SDK, 1 core)", p["sdk_many"]["events_per_s"],
+                p["bare"]["events_per_s"], "same; batches of 1,000 events")
     if "stream" in result:
         s = result["stream"]
         row("stream events/s per core (hot path)", s["hotpath"]["events_per_s"], s["plain"]["events_per_s"],

@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     bench = subparsers.add_parser(
         "bench-producer",
-        help="events/s of validate+encode+produce on one core, beside a bare confluent-kafka produce",
+        help="events/s of validate+encode+produce on one core (emit, and emit_many in batches), beside a bare "
+             "confluent-kafka produce",
     )
     bench.add_argument("--events", type=int, default=200_000, help="events per run (default 200000)")
     bench.add_argument("--topic", default=None, help="topic (default <prefix>finops.bench.producer, created)")
@@ -208,6 +209,10 @@ def _bench_events(n: int) -> list[dict[str, Any]]:
     return events
 
 
+#: Events per emit_many call in the bench (a producer that buffers a second of a busy agent's calls).
+_BENCH_BATCH = 1000
+
+
 def _row(name: str, n: int, wall: float, cpu: float) -> str:
     return f"{name:<44} {n:>9,} {wall:>8.2f} {cpu:>8.2f} {n / wall:>11,.0f} {wall / n * 1e6:>9.2f}"
 
@@ -271,6 +276,25 @@ def _bench(args: argparse.Namespace) -> int:
                               f"{stats.failed} failed; is the broker healthy?")
         rows.append(_row("sdk: validate+encode+produce (UsageProducer)", n, sdk_wall, sdk_cpu))
 
+    with tempfile.TemporaryDirectory() as spool_dir:
+        # 1b. The SDK's batch path: emit_many over batches of _BENCH_BATCH events, same events, a fresh producer.
+        producer = UsageProducer(settings.kafka.bootstrap, topic, "bench", Path(spool_dir), kafka_config=extra,
+                                 compression=settings.producer.compression, linger_ms=settings.producer.linger_ms,
+                                 register_atexit=False)
+        producer.emit_many(events[:1])
+        producer.flush(30)
+        w0, c0 = time.perf_counter(), time.process_time()
+        for start in range(0, n, _BENCH_BATCH):
+            producer.emit_many(events[start : start + _BENCH_BATCH])
+        left = producer.flush(120)
+        many_wall, many_cpu = time.perf_counter() - w0, time.process_time() - c0
+        stats = producer.stats()
+        producer.close()
+        if left or stats.spooled or stats.failed:
+            raise FinopsError(f"bench run (emit_many) incomplete: {left} unacknowledged, {stats.spooled} spooled, "
+                              f"{stats.failed} failed; is the broker healthy?")
+        rows.append(_row(f"sdk: emit_many (batches of {_BENCH_BATCH:,})", n, many_wall, many_cpu))
+
     # 2. Bare confluent-kafka: the same pre-encoded bytes, same producer settings, a counting delivery callback.
     conf = build_producer_config(settings.kafka.bootstrap, source="bench-bare",
                                  compression=settings.producer.compression, linger_ms=settings.producer.linger_ms,
@@ -319,5 +343,6 @@ def _bench(args: argparse.Namespace) -> int:
     for row in rows:
         print(row)
     print(f"ratio sdk/bare (events/s): {(n / sdk_wall) / (n / bare_wall):.2f}")
+    print(f"ratio emit_many/bare (events/s): {(n / many_wall) / (n / bare_wall):.2f}")
     print(f"peak RSS: {peak_mib:.0f} MiB")
     return 0

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from producers.spool import Spool, SpoolFull, SpoolRecord
 from finops.clock import utc_now
-from schemas.errors import FieldProblem, FinopsError, ValidationFailed
+from schemas.errors import EncodeError, FieldProblem, FinopsError, ValidationFailed
 from schemas.models import UsageEvent, check_usage_dict, to_micros, validate_event
 from schemas.wire import CONFLUENT_HEADER_LEN, SINGLE_OBJECT_HEADER_LEN, AvroCodec
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from producers.track import Track
 
 __all__ = [
+    "BatchValidationFailed",
     "Delivery",
     "DeliveryFailed",
     "DeliveryStatus",
@@ -95,6 +96,36 @@ class DeliveryFailed(FinopsError):
             "(a permanent error) or the spool bound (FINOPS_PRODUCER_SPOOL_MAX_BYTES)"
         )
         self.delivery = delivery
+
+
+class BatchValidationFailed(ValidationFailed):
+    """Some events of an :meth:`UsageProducer.emit_many` batch are invalid, so none of the batch was sent.
+
+    ``invalid`` maps each bad event's index in the batch to its problems (field names as for one event);
+    ``problems`` lists them all with the index as the first path segment (``3.input_tokens``), so ``fields()`` and
+    the message name the event and the field. ``size`` is the length of the batch.
+    """
+
+    def __init__(self, invalid: Mapping[int, list[FieldProblem]], size: int, record: str = "UsageEvent") -> None:
+        self.invalid: dict[int, list[FieldProblem]] = dict(invalid)
+        self.size = size
+        super().__init__(
+            [FieldProblem(f"{index}.{p.field}", p.rule, p.message) for index, ps in self.invalid.items() for p in ps],
+            record=record,
+        )
+
+    def _render(self) -> str:
+        bad = len(self.invalid)
+        lines = [f"{self.record} batch refused: {bad} of {self.size} event{'s' if self.size != 1 else ''} "
+                 f"{'is' if bad == 1 else 'are'} invalid, so none was sent (fix or drop them and emit the batch "
+                 "again):"]
+        for index, problems in self.invalid.items():
+            lines.extend(f"  - event {index}: {problem}" for problem in problems)
+        return "\n".join(lines)
+
+    def indexes(self) -> list[int]:
+        """The indexes of the invalid events, in batch order."""
+        return list(self.invalid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +225,14 @@ def _complete_usage(record: dict[str, Any], now: datetime, source: str) -> list[
     return problems
 
 
+def _encodes(encode: Callable[[Mapping[str, Any]], bytes], record: Mapping[str, Any]) -> bool:
+    try:
+        encode(record)
+    except EncodeError:
+        return False
+    return True
+
+
 def complete_usage_record(record: dict[str, Any], now: datetime, source: str) -> list[FieldProblem]:
     """Fill ``event_id``, ``source`` and ``occurred_at`` in place when absent and return every problem of the event
     (empty = valid), what :meth:`UsageProducer.prepare` refuses. Pure apart from the new event id; sends nothing.
@@ -257,6 +296,10 @@ class UsageProducer:
     - Validation first: :meth:`emit` checks the event (``check_usage_dict`` plus the field types the encoder needs)
       before anything reaches Kafka or the spool; an invalid event raises ``ValidationFailed`` naming every broken
       field, and nothing is sent.
+    - Batches: :meth:`emit_many` is ``emit`` for a list. It validates every event first (one clock reading) and
+      sends none unless all are valid (:class:`BatchValidationFailed` names each bad event's index and fields), then
+      encodes each to the bytes ``emit`` would send and hands them over under one lock acquisition; every guarantee
+      below holds per event, in list order.
     - Idempotent, acknowledged writes: ``enable.idempotence=true`` (so ``acks=all``, in order per partition,
       retries without duplicates while the producer lives).
     - At least once across outages and restarts. An event ends one way and ``on_delivery`` hears which (a
@@ -424,23 +467,59 @@ class UsageProducer:
         Fills a missing ``event_id`` (random UUID), ``occurred_at`` (the injected clock) and ``source`` (this
         producer's). Raises :class:`ValidationFailed` naming every broken field, or ``EncodeError``.
         """
+        record, problems = self._record(event, self._clock())
+        if problems:
+            with self._lock:
+                self._counters.invalid += 1
+            raise ValidationFailed(problems, record="UsageEvent")
+        return str(record["event_id"]), record["agent_id"].encode(), self._encode(record)
+
+    def prepare_many(self, events: Iterable[UsageEvent | Mapping[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+        """:meth:`prepare` for a batch: ``(event_id, key, value)`` per event, in order, each the very bytes
+        ``prepare`` returns for it. Sends nothing.
+
+        All events are validated against one clock reading before any is encoded. Raises
+        :class:`BatchValidationFailed` (naming each invalid event's index and fields; every invalid event counts in
+        ``stats().invalid``), or ``EncodeError`` naming the index of the first event that cannot be encoded.
+        """
         now = self._clock()
-        if isinstance(event, UsageEvent):
-            validate_event(event, now)
-            record = event.to_avro_dict()
-            event_id = str(event.event_id)
-        else:
-            record = dict(event)
-            problems = complete_usage_record(record, now, self.source)
+        complete = self._record
+        records: list[dict[str, Any]] = []
+        invalid: dict[int, list[FieldProblem]] = {}
+        for index, event in enumerate(events):
+            record, problems = complete(event, now)
             if problems:
-                with self._lock:
-                    self._counters.invalid += 1
-                raise ValidationFailed(problems, record="UsageEvent")
-            event_id = record["event_id"]
-            # fastavro converts an int faster than a datetime; same Avro long.
-            occurred = record["occurred_at"]
-            record["occurred_at"] = to_micros(occurred) if isinstance(occurred, datetime) else occurred
-        return event_id, record["agent_id"].encode(), self._encode(record)
+                invalid[index] = problems
+            else:
+                records.append(record)
+        if invalid:
+            with self._lock:
+                self._counters.invalid += len(invalid)
+            raise BatchValidationFailed(invalid, len(records) + len(invalid))
+        encode = self._encode
+        try:
+            return [(str(record["event_id"]), record["agent_id"].encode(), encode(record)) for record in records]
+        except EncodeError as err:
+            index = next(i for i, record in enumerate(records) if not _encodes(encode, record))
+            raise EncodeError(f"event {index} of the batch (none was sent): {err}") from err
+
+    def _record(self, event: UsageEvent | Mapping[str, Any],
+                now: datetime) -> tuple[dict[str, Any], list[FieldProblem]]:
+        """The completed Avro record of ``event`` (``occurred_at`` as int micros) and its problems (empty = valid)."""
+        if isinstance(event, UsageEvent):
+            try:
+                validate_event(event, now)
+            except ValidationFailed as err:
+                return {}, err.problems
+            return event.to_avro_dict(), []
+        record = dict(event)
+        problems = complete_usage_record(record, now, self.source)
+        if problems:
+            return record, problems
+        # fastavro converts an int faster than a datetime; same Avro long.
+        occurred = record["occurred_at"]
+        record["occurred_at"] = to_micros(occurred) if isinstance(occurred, datetime) else occurred
+        return record, problems
 
     # ------------------------------------------------------------------------------------------------ sending
     def emit(
@@ -459,6 +538,31 @@ class UsageProducer:
         event_id, key, value = self.prepare(event)
         self._submit(event_id, key, value, on_delivery)
         return event_id
+
+    def emit_many(
+        self,
+        events: Iterable[UsageEvent | Mapping[str, Any]],
+        *,
+        on_delivery: Callable[[Delivery], None] | None = None,
+    ) -> list[str]:
+        """Validate and send a batch of events, in order; return their event_ids. Does not wait for the broker.
+
+        All or nothing before sending: every event is validated first, and when any is invalid
+        :class:`BatchValidationFailed` is raised naming each bad event's index and fields and **none** is sent (as
+        ``emit`` sends nothing for an invalid event; a caller that retries the corrected batch creates no
+        duplicates). Then the events are encoded (each to the bytes ``emit`` would send) and handed to librdkafka
+        under one lock acquisition. Per event, everything ``emit`` guarantees holds: one :class:`Delivery` each
+        (``on_delivery`` and the producer-wide callback), key = ``agent_id``, list order kept per agent, a switch
+        to the spool mid-batch puts the rest of the batch behind what librdkafka held.
+
+        Raises :class:`BatchValidationFailed` or ``EncodeError`` (nothing sent), :class:`FinopsError` after
+        :meth:`close`, and :class:`~producers.spool.SpoolFull` when the spool refuses an event (unless
+        ``on_spool_full`` was given): the events before it were accepted and are reported as usual; it and the
+        ones after it were not (``err.index`` is its position in the batch, ``err.event_id`` its id).
+        """
+        prepared = self.prepare_many(events)
+        self._submit_many(prepared, on_delivery)
+        return [event_id for event_id, _, _ in prepared]
 
     async def emit_async(self, event: UsageEvent | Mapping[str, Any]) -> Delivery:
         """Emit and await the outcome without blocking the event loop on the broker.
@@ -512,6 +616,50 @@ class UsageProducer:
                         self._wait_switch()
             delivery = self._spool_locked(key, value, event_id, int(time.time() * 1000), raise_full=True)
         self._report(delivery, on_delivery)
+
+    def _submit_many(self, prepared: Sequence[tuple[str, bytes, bytes]],
+                     on_delivery: Callable[[Delivery], None] | None) -> None:
+        """:meth:`_submit` for a batch under one lock acquisition: straight to librdkafka while the state is direct;
+        from the first ``BufferError`` on (or when spooling), the rest goes to the spool, after the switch."""
+        callback = (
+            self._on_direct_report if on_delivery is None
+            else functools.partial(self._on_direct_report_to, on_delivery)
+        )
+        produce = self._producer.produce
+        topic = self.topic
+        spooled: list[Delivery] = []
+        try:
+            with self._lock:
+                if self._closed:
+                    raise FinopsError("the usage producer is closed; create a new one (or emit before close())")
+                self._counters.emitted += len(prepared)
+                on_poll_thread = threading.current_thread() is self._poll_thread
+                if self._state == _SWITCHING and not on_poll_thread:
+                    self._wait_switch()
+                done = 0  # handed to librdkafka
+                if self._state == _DIRECT:
+                    try:
+                        for _, key, value in prepared:
+                            produce(topic, value, key, on_delivery=callback)
+                            done += 1
+                    except BufferError:
+                        # As in _submit: librdkafka's queue is full; the rest follows what it holds, via the spool.
+                        self._begin_switch("the local send queue is full (broker unreachable or slow)")
+                        if not on_poll_thread:
+                            self._wait_switch()
+                for index in range(done, len(prepared)):
+                    event_id, key, value = prepared[index]
+                    try:
+                        delivery = self._spool_locked(key, value, event_id, int(time.time() * 1000), raise_full=True)
+                    except SpoolFull as err:
+                        err.index = index
+                        # Emitted: the events up to this one (refused, like a single emit); the rest never was.
+                        self._counters.emitted -= len(prepared) - index - 1
+                        raise
+                    spooled.append(delivery)
+        finally:
+            for delivery in spooled:
+                self._report(delivery, on_delivery)
 
     def _wait_switch(self) -> None:
         """Wait (lock held, released while waiting) until the poll thread finished moving messages to the spool."""

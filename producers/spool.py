@@ -58,12 +58,14 @@ class SpoolFull(SpoolError):
     """The spool reached ``max_bytes``; the record was NOT stored.
 
     The message names the directory and the bound; raise FINOPS_PRODUCER_SPOOL_MAX_BYTES, free disk or bring the
-    broker back. ``event_id`` says which event was refused.
+    broker back. ``event_id`` says which event was refused; ``index`` its position in the batch when it was raised
+    by ``UsageProducer.emit_many`` (None otherwise).
     """
 
     def __init__(self, message: str, event_id: str) -> None:
         super().__init__(message)
         self.event_id = event_id
+        self.index: int | None = None
 
 
 class SpoolCorrupt(SpoolError):

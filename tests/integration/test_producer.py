@@ -55,6 +55,53 @@ def test_events_arrive_keyed_by_agent_with_ids_and_times_filled(
     assert all(seq == sorted(seq) for seq in by_agent.values())
 
 
+def test_emit_many_delivers_every_event_once_in_order_per_agent(
+    kafka_bootstrap: str, topics: TopicNames, tmp_path: Path
+) -> None:
+    deliveries: list[Delivery] = []
+    lock = threading.Lock()
+
+    def on_delivery(d: Delivery) -> None:
+        with lock:
+            deliveries.append(d)
+
+    events = [sample_event(i) for i in range(2000)]
+    with _producer(kafka_bootstrap, topics.usage, tmp_path / "spool") as producer:
+        ids = producer.emit_many(events[:1500], on_delivery=on_delivery)
+        ids += producer.emit_many(events[1500:], on_delivery=on_delivery)
+        assert producer.flush(30) == 0
+        stats = producer.stats()
+    assert stats.emitted == stats.delivered == 2000 and stats.spooled == 0 and stats.failed == 0
+    assert len(set(ids)) == 2000
+    assert sorted(d.event_id for d in deliveries) == sorted(ids)  # one report per event
+    assert {d.status for d in deliveries} == {"delivered"}
+    got = read_topic(kafka_bootstrap, topics.usage, until=lambda out: len(out) >= 2000)
+    assert len(got) == 2000 and sorted(str(e["event_id"]) for _, e in got) == sorted(ids)
+    by_agent: dict[str, list[int]] = {}
+    for key, event in got:
+        assert key == event["agent_id"].encode() and event["source"] == "test-svc"
+        by_agent.setdefault(event["agent_id"], []).append(int(event["tags"]["seq"]))
+    # Each agent's events are on one partition in batch order (every agent's events span both calls).
+    assert len(by_agent) == 7
+    assert all(seq == sorted(seq) and len(seq) > 250 for seq in by_agent.values())
+
+
+def test_a_bad_event_in_a_batch_keeps_the_whole_batch_off_the_topic(
+    kafka_bootstrap: str, topics: TopicNames, tmp_path: Path
+) -> None:
+    with _producer(kafka_bootstrap, topics.usage, tmp_path / "spool") as producer:
+        batch = [sample_event(i) for i in range(10)]
+        batch[4] = sample_event(4, input_tokens=-5)
+        with pytest.raises(ValidationFailed) as info:
+            producer.emit_many(batch)
+        assert info.value.fields() == ["4.input_tokens"]
+        producer.emit(sample_event(99))  # a marker: once it is in, anything sent before it is too
+        assert producer.flush(30) == 0
+    got = read_topic(kafka_bootstrap, topics.usage, until=lambda out: len(out) >= 1)
+    assert [e["tags"]["seq"] for _, e in got] == ["99"]
+    assert topic_message_count(kafka_bootstrap, topics.usage) == 1
+
+
 INVALID = [
     ("negative token count", {"input_tokens": -5}, "input_tokens"),
     ("cache read above input", {"input_tokens": 10, "cache_read_tokens": 11}, "cache_read_tokens"),

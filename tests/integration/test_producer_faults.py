@@ -174,6 +174,26 @@ def test_spool_full_raises_and_nothing_is_silently_lost(dead_bootstrap: str, tmp
     assert stats.refused >= len(refused)
 
 
+def test_emit_many_into_a_full_spool_says_which_event_was_refused(dead_bootstrap: str, tmp_path: Path) -> None:
+    producer = UsageProducer(dead_bootstrap, "agent.usage.v1", "full-test", tmp_path / "spool",
+                             spool_max_bytes=64 * 1024, register_atexit=False)
+    first = producer.emit(sample_event(0))
+    wait_for(lambda: producer.stats().state == "spooling", 30, "the switch to the spool (the broker is down)")
+    batch = [sample_event(i, event_id=str(uuid.uuid4())) for i in range(1, 2001)]
+    with pytest.raises(SpoolFull) as info:
+        producer.emit_many(batch)
+    index = info.value.index
+    assert index is not None and 0 < index < len(batch)
+    assert info.value.event_id == batch[index]["event_id"]
+    stats = producer.stats()
+    producer.close(timeout=0)
+    with Spool(tmp_path / "spool", 64 * 1024) as spool:
+        kept = [r.event_id for r in spool.read(100_000)]
+    # In the spool, in order: the first event, then the batch up to the refused one; nothing after it was taken.
+    assert kept == [first] + [e["event_id"] for e in batch[:index]]
+    assert stats.emitted == 1 + index + 1 and stats.refused == 1 and stats.spooled == 1 + index
+
+
 def test_spool_full_calls_the_callback_instead_of_raising(dead_bootstrap: str, tmp_path: Path) -> None:
     handed: list[SpoolRecord] = []
     producer = UsageProducer(dead_bootstrap, "agent.usage.v1", "full-test", tmp_path / "spool",

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from producers.cli import build_event, register
-from producers.producer import UsageProducer, new_event_id
+from producers.producer import BatchValidationFailed, UsageProducer, new_event_id
 from schemas.errors import FinopsError, ValidationFailed
 from schemas.wire import AvroCodec
 
@@ -161,3 +161,104 @@ def test_emit_names_the_json_field_and_a_missing_fields_flag(monkeypatch: pytest
     code, problems, err = _emit_main(monkeypatch, tmp_path, capsys, "--agent", "a1",
                                      *[a for a in _EMIT_OK if a not in ("--team", "search")])
     assert code == 2 and len(problems) == 1 and problems[0].startswith("  - --team (team) [required]"), err
+
+
+# ---------------------------------------------------------------------------------------------------- emit_many
+def _batch(n: int) -> list[dict[str, Any]]:
+    return [_event(agent_id=f"agent-{i % 3}", input_tokens=10 + i, task_id=f"task-{i}", event_id=str(uuid.uuid4()),
+                   tags={"seq": str(i)}) for i in range(n)]
+
+
+def test_prepare_many_gives_the_bytes_prepare_gives_each_event(producer: Any) -> None:
+    events = _batch(50) + [_event(reported_cost="0.0125", latency_ms=7, occurred_at="2026-03-01T11:00:00+00:00",
+                                  event_id=str(uuid.uuid4()))]
+    assert producer.prepare_many(events) == [producer.prepare(e) for e in events]
+
+
+def test_prepare_many_fills_ids_times_and_source_once_per_event(producer: Any) -> None:
+    prepared = producer.prepare_many([_event(), _event(agent_id="b")])
+    codec = AvroCodec()
+    decoded = [codec.decode(value)[1] for _, _, value in prepared]
+    assert [key for _, key, _ in prepared] == [b"a", b"b"]
+    assert [str(d["event_id"]) for d in decoded] == [eid for eid, _, _ in prepared]
+    assert prepared[0][0] != prepared[1][0]
+    assert all(d["occurred_at"] == NOW and d["source"] == "unit-svc" for d in decoded)
+
+
+def test_prepare_many_takes_models_and_dicts(producer: Any) -> None:
+    from schemas.models import UsageEvent
+
+    model = UsageEvent.from_avro_dict(dict(_event(event_id=str(uuid.uuid4()), source="m", occurred_at=NOW)))
+    plain = _event(event_id=str(uuid.uuid4()))
+    assert producer.prepare_many([model, plain]) == [producer.prepare(model), producer.prepare(plain)]
+
+
+def test_prepare_many_does_not_change_the_callers_events(producer: Any) -> None:
+    events = _batch(3)
+    before = [dict(e) for e in events]
+    producer.prepare_many(events)
+    assert events == before
+
+
+def test_emit_many_refuses_the_whole_batch_naming_each_bad_index_and_field(producer: Any) -> None:
+    events = _batch(10)
+    events[3]["input_tokens"] = -1
+    events[7]["agent_id"] = " "
+    events[7]["reported_cost"] = 0.5
+    with pytest.raises(BatchValidationFailed) as info:
+        producer.emit_many(events)
+    err = info.value
+    assert err.indexes() == [3, 7]
+    assert [p.field for p in err.invalid[3]] == ["input_tokens"]
+    assert {p.field for p in err.invalid[7]} == {"agent_id", "reported_cost"}
+    assert "3.input_tokens" in err.fields() and "7.agent_id" in err.fields()
+    assert "2 of 10 events are invalid, so none was sent" in str(err)
+    assert "event 3: input_tokens [non_negative]" in str(err)
+    assert isinstance(err, ValidationFailed)  # `except ValidationFailed` catches a bad batch too
+    stats = producer.stats()
+    assert stats.invalid == 2 and stats.emitted == 0  # nothing handed over: the good eight were not sent either
+    assert len(producer._producer) == 0
+
+
+def test_emit_many_names_the_same_problems_as_emit(producer: Any) -> None:
+    bad = _event(cache_read_tokens=11, occurred_at=datetime(2026, 3, 1, 13, tzinfo=UTC))
+    with pytest.raises(ValidationFailed) as single:
+        producer.emit(bad)
+    with pytest.raises(BatchValidationFailed) as batch:
+        producer.emit_many([_event(), bad])
+    assert batch.value.invalid == {1: single.value.problems}
+
+
+def test_emit_many_queues_every_event_in_order(producer: Any) -> None:
+    events = _batch(20)
+    ids = producer.emit_many(events)
+    assert ids == [e["event_id"] for e in events]
+    assert producer.stats().emitted == 20 and len(producer._producer) == 20
+
+
+def test_emit_many_of_nothing_sends_nothing(producer: Any) -> None:
+    assert producer.emit_many([]) == []
+    assert producer.stats().emitted == 0
+
+
+def test_emit_many_after_close_is_refused(tmp_path: Path) -> None:
+    p = UsageProducer("127.0.0.1:1", "t", "s", tmp_path / "spool", register_atexit=False)
+    p.close(timeout=0)
+    with pytest.raises(FinopsError, match="closed"):
+        p.emit_many([_event()])
+
+
+def test_emit_many_names_the_event_that_cannot_be_encoded_and_sends_none(producer: Any) -> None:
+    from schemas.errors import EncodeError
+
+    real = producer._encode
+
+    def encode(record: Any) -> bytes:
+        if record["agent_id"] == "odd":
+            raise EncodeError("cannot encode UsageEvent: a stand-in failure")
+        return bytes(real(record))
+
+    producer._encode = encode
+    with pytest.raises(EncodeError, match=r"event 2 of the batch \(none was sent\)"):
+        producer.emit_many([_event(), _event(), _event(agent_id="odd"), _event()])
+    assert producer.stats().emitted == 0 and len(producer._producer) == 0

@@ -43,6 +43,38 @@ export class ValidationFailed extends FinopsError {
   }
 }
 
+/**
+ * Some events of an `emitMany` batch are invalid, so none of the batch was sent (the Python SDK's
+ * `BatchValidationFailed`). `invalid` maps each bad event's index to its problems; `problems` lists them all with
+ * the index as the first path segment (`3.input_tokens`); `size` is the batch length.
+ */
+export class BatchValidationFailed extends ValidationFailed {
+  readonly invalid: ReadonlyMap<number, readonly FieldProblem[]>;
+  readonly size: number;
+
+  constructor(invalid: ReadonlyMap<number, readonly FieldProblem[]>, size: number, record = "UsageEvent") {
+    const flat: FieldProblem[] = [];
+    for (const [index, problems] of invalid) {
+      for (const p of problems) flat.push({ field: `${index}.${p.field}`, rule: p.rule, message: p.message });
+    }
+    super(flat, record);
+    this.invalid = new Map(invalid);
+    this.size = size;
+    const bad = invalid.size;
+    const lines = [`${record} batch refused: ${bad} of ${size} event${size !== 1 ? "s" : ""} ` +
+      `${bad === 1 ? "is" : "are"} invalid, so none was sent (fix or drop them and emit the batch again):`];
+    for (const [index, problems] of invalid) {
+      for (const p of problems) lines.push(`  - event ${index}: ${formatProblem(p)}`);
+    }
+    this.message = lines.join("\n");
+  }
+
+  /** The indexes of the invalid events, in batch order. */
+  indexes(): number[] {
+    return [...this.invalid.keys()];
+  }
+}
+
 /** Bytes name a writer schema we do not know, or a schema name is not one of ours. */
 export class UnknownSchemaError extends FinopsError {}
 

@@ -4,6 +4,9 @@
  *
  * - **Validation first.** `emit` validates synchronously and throws {@link ValidationFailed} naming every broken
  *   field (same fields, rules and messages as Python); nothing reaches Kafka or the spool.
+ * - **Batches.** `emitMany` is `emit` for a list: every event is validated first (one clock reading) and none is
+ *   queued unless all are valid ({@link BatchValidationFailed} names each bad index and field); then each is
+ *   encoded to the bytes `emit` would send and queued in list order. Every guarantee below holds per event.
  * - **Idempotent, acknowledged writes.** @platformatic/kafka's idempotent producer (`acks=all` enforced, one
  *   in-flight request, sequence numbers): broker-side retries cannot duplicate or reorder. Key = `agent_id`, and
  *   the partition is `crc32(agent_id) % partitions`, librdkafka's default, so the Python and TypeScript SDKs put
@@ -27,7 +30,7 @@ import { crc32 } from "node:zlib";
 import { Producer, type ProducerOptions } from "@platformatic/kafka";
 
 import { buildUsageEvent, type UsageEventInput, type UsageEventRecord } from "./event.js";
-import { FinopsError } from "./errors.js";
+import { BatchValidationFailed, EncodeError, type FieldProblem, FinopsError, ValidationFailed } from "./errors.js";
 import { registerValueSchema } from "./registry.js";
 import { Spool, SpoolFull, type SpoolRecord } from "./spool.js";
 import { AvroCodec } from "./wire.js";
@@ -225,10 +228,69 @@ export class UsageProducer {
    */
   prepare(event: UsageEventInput): [string, Buffer, Buffer] {
     const record: UsageEventRecord = buildUsageEvent(event, this.clock(), this.source);
-    const value = this.schemaId === null
+    return [record.event_id, Buffer.from(record.agent_id, "utf8"), this.encodeRecord(record)];
+  }
+
+  private encodeRecord(record: UsageEventRecord): Buffer {
+    return this.schemaId === null
       ? this.codec.encode(record as unknown as Record<string, unknown>, "UsageEvent")
       : this.codec.encodeConfluent(record as unknown as Record<string, unknown>, "UsageEvent", this.schemaId);
-    return [record.event_id, Buffer.from(record.agent_id, "utf8"), value];
+  }
+
+  /**
+   * `prepare` for a batch: `[eventId, key, value]` per event, in order, each the bytes `prepare` gives it. Every
+   * event is validated against one clock reading before any is encoded. Throws {@link BatchValidationFailed}
+   * naming each invalid event's index and fields, or EncodeError naming the index of an event it cannot encode.
+   */
+  prepareMany(events: readonly UsageEventInput[]): Array<[string, Buffer, Buffer]> {
+    const now = this.clock();
+    const records: UsageEventRecord[] = [];
+    const invalid = new Map<number, readonly FieldProblem[]>();
+    events.forEach((event, index) => {
+      try {
+        records.push(buildUsageEvent(event, now, this.source));
+      } catch (err) {
+        if (!(err instanceof ValidationFailed)) throw err;
+        invalid.set(index, err.problems);
+      }
+    });
+    if (invalid.size > 0) throw new BatchValidationFailed(invalid, events.length);
+    return records.map((record, index) => {
+      try {
+        return [record.event_id, Buffer.from(record.agent_id, "utf8"), this.encodeRecord(record)];
+      } catch (err) {
+        if (!(err instanceof EncodeError)) throw err;
+        throw new EncodeError(`event ${index} of the batch (none was sent): ${err.message}`, { cause: err });
+      }
+    });
+  }
+
+  /**
+   * Validates and queues a batch, in order; the promise resolves with every event's {@link Delivery} (in batch
+   * order) once each is delivered, spooled, failed or refused (it never rejects). All or nothing before sending,
+   * as `emit` sends nothing for an invalid event: throws {@link BatchValidationFailed} synchronously when any
+   * event is invalid, and none of the batch is queued (retrying the corrected batch creates no duplicates).
+   * FinopsError after close().
+   */
+  emitMany(events: readonly UsageEventInput[]): Promise<Delivery[]> {
+    if (this.closed) throw new FinopsError("the usage producer is closed; create a new one (or emit before close())");
+    const prepared = this.prepareMany(events);
+    this.counters.emitted += prepared.length;
+    const timestampMs = Date.now();
+    const settled: Array<Promise<Delivery>> = [];
+    const items: Pending[] = prepared.map(([eventId, key, value]) => {
+      let resolve!: (delivery: Delivery) => void;
+      settled.push(new Promise<Delivery>((r) => { resolve = r; }));
+      return { eventId, key, value, timestampMs, resolve };
+    });
+    if (this.state === "spooling") {
+      this.toSpool(items);
+    } else if (items.length > 0) {
+      for (const item of items) this.queue.push(item);
+      if ((this.options.maxBatch ?? 500) <= this.queue.length) this.kick();
+      else if (!this.lingerTimer) this.lingerTimer = setTimeout(() => this.kick(), this.options.lingerMs ?? 5);
+    }
+    return Promise.all(settled);
   }
 
   /**
