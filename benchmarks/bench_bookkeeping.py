@@ -18,7 +18,7 @@ import tracemalloc
 from decimal import Decimal
 
 from stream_jobs.dedupe import Deduper
-from stream_jobs.offsets import CommitTracker
+from stream_jobs.offsets import WindowCommitTracker
 from stream_jobs.windows import WindowAggregator
 
 N = 200_000
@@ -53,7 +53,7 @@ def make_rows(span_us: int) -> list[Row]:
 def run(rows: list[Row]) -> tuple[int, int]:
     dedupe = Deduper()
     agg = WindowAggregator(0)
-    tracker = CommitTracker(0)
+    tracker = WindowCommitTracker(0)
     seen_or_add = dedupe.seen_or_add
     add = agg.add
     on_consumed = tracker.on_consumed

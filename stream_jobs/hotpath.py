@@ -2,23 +2,24 @@
 usage event, at close to plain-consumer speed (``finops bench-stream`` / ``make bench`` measure it).
 
 Role: per batch, ``consume(N)`` -> decode -> validate (``check_usage_dict``) -> dedupe -> price -> count in its
-1-minute window -> produce the priced event; then close idle windows, produce them, and commit. A plain loop, not
-Faust streams (Faust's per-message cost, DESIGN §9), written as a step with an explicit lifecycle (``run`` /
-``process`` / ``commit`` / ``close``) and hosted as a service of the Faust app, in its own consumer group.
+1-minute window -> produce the priced event; then close idle windows and produce them. A plain loop, not Faust
+streams (Faust's per-message cost, DESIGN §9): a :class:`~finops.kafka.loop.Step` of the one consume loop
+(``finops/kafka/loop.py``: poll, rebalances, the flush barrier, commits), hosted as a service of the Faust app, in its
+own consumer group. Latency: an event's priced output leaves within the consume call (``poll_timeout_s``, 200 ms)
+plus the producer's ``linger.ms`` (50 ms); the barrier and commit run every ``commit_interval_s``.
 
 Guarantee (DESIGN §5, detailed in :class:`HotPath`): input at least once, committed only per
-:class:`~stream_jobs.offsets.CommitTracker`; no exception skips an event (bad input goes to the DLQ); priced events
-effectively once in the ledger; closed windows emitted under a deterministic id with the same sums on replay.
+:class:`~stream_jobs.offsets.WindowCommitTracker`; no exception skips an event (bad input goes to the DLQ); priced
+events effectively once in the ledger; closed windows emitted under a deterministic id with the same sums on replay.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,6 +28,16 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
+from finops.kafka.loop import (
+    Assignment,
+    ConsumeLoop,
+    FlushContext,
+    FlushPolicy,
+    Step,
+    TopicPartitionKey,
+    classify_message_error,
+)
+from finops.kafka.offsets import CommitTracker
 from finops.pricing.engine import InvalidUsageError, Pricer, PriceResult, unpriced_fix
 from schemas.errors import ConfigError, FinopsError
 from schemas.fastcodec import UnsupportedSchemaError, build_fast_codec
@@ -35,7 +46,7 @@ from schemas.models import check_usage_dict
 from schemas.wire import SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC, AvroCodec
 from stream_jobs.dedupe import HOUR_US, Deduper
 from stream_jobs.dlq import BadInputLimiter, BadInputLimitExceeded, DeadLetter, Stage
-from stream_jobs.offsets import CommitTracker
+from stream_jobs.offsets import WindowCommitTracker
 from stream_jobs.windows import MINUTE_US, ClosedWindow, WindowAggregator
 
 if TYPE_CHECKING:
@@ -335,9 +346,17 @@ class HotPathConfig:
     #: Stream counters (JSON, one per window and partition, columns of ClickHouse ``stream_counters``) go here when
     #: set. No topic is declared for them yet; ``stats()`` carries the totals either way.
     counters_topic: str | None = None
+    #: Messages per consume call.
     batch_size: int = 1000
+    #: The longest a consume call waits for ``batch_size`` messages: with the producer's ``linger.ms`` (50) it
+    #: bounds an event's wait for its priced event to leave (250 ms, finops.kafka.loop.DEFAULT_MAX_BATCH_WAIT_S).
     poll_timeout_s: float = 0.2
+    #: The flush barrier (wait for every acknowledgement, then commit) runs when the oldest event since the last
+    #: one was read this long ago, or after ``commit_max_events`` events (finops.kafka.loop.FlushPolicy). Outputs
+    #: do not wait for it: it bounds how long an offset stays uncommitted, and each one blocks for a broker round
+    #: trip, so it is rarer than the outputs' own flush.
     commit_interval_s: float = 1.0
+    commit_max_events: int = 100_000
     window_us: int = MINUTE_US
     grace_us: int = 10_000_000
     idle_close_us: int = 30_000_000
@@ -403,7 +422,7 @@ class _Message(Protocol):
 
 
 class _Consumer(Protocol):
-    """What the hot path uses of ``confluent_kafka.Consumer`` (unit tests pass a fake)."""
+    """What the hot path and its loop use of ``confluent_kafka.Consumer`` (unit tests pass a fake)."""
 
     def subscribe(self, topics: list[str], *args: Any, **kwargs: Any) -> None: ...
     def consume(self, num_messages: int, timeout: float) -> list[Any]: ...
@@ -455,7 +474,12 @@ class _WindowAck:
     __slots__ = ("tracker", "start_us", "failed", "on_failure")
 
     def __init__(
-        self, tracker: CommitTracker, start_us: int, end_us: int, min_offset: int, on_failure: Callable[[Any], None]
+        self,
+        tracker: WindowCommitTracker,
+        start_us: int,
+        end_us: int,
+        min_offset: int,
+        on_failure: Callable[[Any], None],
     ) -> None:
         self.tracker = tracker
         self.start_us = start_us
@@ -483,10 +507,11 @@ class _PartitionState:
     )  # fmt: skip
 
     def __init__(
-        self, partition: int, committed: int | None, horizon_us: int | None, config: HotPathConfig
+        self, partition: int, tracker: WindowCommitTracker, horizon_us: int | None, config: HotPathConfig
     ) -> None:
         self.partition = partition
-        self.tracker = CommitTracker(partition, committed)
+        self.tracker = tracker
+        committed = tracker.committed
         self.windows = WindowAggregator(
             partition,
             size_us=config.window_us,
@@ -609,8 +634,9 @@ def compute_counter_record(
 
 
 # ---- the hot path ---------------------------------------------------------------------------------------------------
-class HotPath:
-    """The usage hot path over one consumer and one producer.
+class HotPath(Step):
+    """The usage hot path over one consumer and one producer, a step of a :class:`~finops.kafka.loop.ConsumeLoop`
+    (see the module docstring for the guarantees).
 
     Threading: every method except :meth:`stats` and :meth:`request_stop` must be called from one thread (the
     thread that runs :meth:`run`); delivery callbacks run on that thread too, inside ``producer.poll``/``flush``.
@@ -619,11 +645,13 @@ class HotPath:
     its 1-minute window -> produce the priced event (key ``agent_id``); decode / validate / price failures go to the
     DLQ with provenance (``stream_jobs/dlq.py``). After the messages: close idle windows, produce closed windows
     (key ``aggregate_id``), stream counters and unpriced-model alerts, feed the bad-input limiter,
-    ``producer.poll(0)``, and commit when the commit interval has passed.
+    ``producer.poll(0)``. The loop runs the flush barrier and commits once the oldest event since the last one was
+    read ``commit_interval_s`` ago (or after ``commit_max_events``); on a revoke it does so first, then the
+    partitions' state is dropped; a loss drops it without a commit.
 
     Guarantees (DESIGN §5):
 
-    - Input: at least once. An offset is committed only per :class:`~stream_jobs.offsets.CommitTracker`: below
+    - Input: at least once. An offset is committed only per :class:`~stream_jobs.offsets.WindowCommitTracker`: below
       every unacknowledged output, every open window and every closed window that is not final. After a crash,
       rebalance or kill -9 the next owner replays from the committed offset and recomputes the same outputs.
     - No exception skips an event. Bad input (``FinopsError`` from decode / validate / price) becomes a DLQ record
@@ -664,19 +692,28 @@ class HotPath:
         self._producer = producer
         self._codec = codec or AvroCodec()
         self._clock = clock
+        self._loop = ConsumeLoop(
+            consumer,
+            [config.usage_topic],
+            self,
+            policy=FlushPolicy(config.commit_max_events, config.commit_interval_s),
+            consume_batch=config.batch_size,
+            poll_timeout_s=config.poll_timeout_s,
+            clock=clock,
+            name="hot path",
+        )
         self._priced_encoder = PricedEncoder(self._codec)
         self._spend_encoder = SpendEncoder(self._codec)
         self._limiter = BadInputLimiter(config.dlq_max_ratio, config.dlq_ratio_window)
         self._states: dict[int, _PartitionState] = {}
-        # Ack groups produced since the last flush barrier (see HotPath._flush).
+        # Ack groups produced since the last flush barrier (see HotPath._flush), and when the first of them was
+        # produced (closed windows produced without new input wait for the barrier no longer than input does).
         self._awaiting: list[_AckGroup | _WindowAck] = []
+        self._awaiting_since: float | None = None
         # The latest stream-counter record per partition (also in stats(); produced when counters_topic is set).
         self._last_counters: dict[int, dict[str, Any]] = {}
-        self._stop = threading.Event()
         self._delivery_error: Any = None
-        self._last_commit = 0.0
         self._last_log = clock()
-        self._started = False
         self._closed = False
         # (provider, model, hour_start_us) already alerted by this process; hours older than 2 h are forgotten.
         self._alerted: set[tuple[str, str, str, int]] = set()
@@ -693,7 +730,6 @@ class HotPath:
         self._window_messages = 0
         self._counters_emitted = 0
         self._alerts = 0
-        self._commits = 0
         self._batches = 0
         self._unpriced_models: dict[str, int] = {}
         self._dlq_by_stage: dict[str, int] = {"decode": 0, "validate": 0, "price": 0}
@@ -701,20 +737,15 @@ class HotPath:
     # ---- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Subscribe to the usage topic (partitions come through the rebalance callbacks). Idempotent."""
-        if self._started:
-            return
-        self._started = True
-        self._consumer.subscribe(
-            [self.config.usage_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+        self._loop.start()
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to finish its current batch, commit what is safe and return (any thread)."""
-        self._stop.set()
+        self._loop.request_stop()
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._loop.stopping
 
     def run(self, max_batches: int | None = None, until: Callable[[], bool] | None = None) -> None:
         """Consume and process batches until :meth:`request_stop`, ``max_batches`` or ``until()``; then commit what
@@ -723,37 +754,17 @@ class HotPath:
         Blocks. Raises BadInputLimitExceeded (too much bad input), OutputDeliveryError (an output failed) or
         HotPathError (client error); in every case nothing unsafe was committed and the clients are closed.
         """
-        self.start()
-        batches = 0
         try:
-            while not self._stop.is_set():
-                if max_batches is not None and batches >= max_batches:
-                    break
-                if until is not None and until():
-                    break
-                self.poll_once()
-                batches += 1
+            self._loop.run(max_batches=max_batches, until=until)
         except BaseException:
             self._abort()
             raise
         self.close()
 
     def poll_once(self) -> int:
-        """Consume one batch, process it, and commit if the interval has passed; return the number of messages."""
-        if self._catalogue_watcher is not None:
-            reloaded = self._catalogue_watcher.poll(self._clock())
-            if reloaded is not None:
-                self._pricer = reloaded  # between batches: the next event is the first one the new catalogue prices
-        messages = self._consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
-        self.process(messages)
-        now = self._clock()
-        if now - self._last_commit >= self.config.commit_interval_s:
-            self.commit()
-            self._last_commit = now
-        if now - self._last_log >= self.config.log_interval_s:
-            self._last_log = now
-            self._log_progress()
-        return len(messages)
+        """Consume one batch, process it, and run the flush barrier and commit if due; return the number of
+        messages."""
+        return self._loop.poll_once()
 
     def _log_progress(self) -> None:
         s = self.stats()
@@ -770,9 +781,9 @@ class HotPath:
             return
         self._closed = True
         try:
-            self.commit()
+            self._loop.flush()
         finally:
-            self._consumer.close()
+            self._loop.close()
         self._raise_if_failed()
 
     def _abort(self) -> None:
@@ -781,56 +792,70 @@ class HotPath:
             return
         self._closed = True
         try:
-            self.commit()
+            self._loop.flush()
         except Exception:  # noqa: BLE001 - already failing; the original error is what matters
             log.exception("hot path: commit during abort failed; the restart replays from the previous commit")
         finally:
-            self._states.clear()  # the close below revokes: nothing more to commit
             try:
-                self._consumer.close()
+                self._loop.terminate()  # nothing more to commit
             except Exception:  # noqa: BLE001
                 log.exception("hot path: consumer close failed during abort")
 
-    # ---- rebalance callbacks -----------------------------------------------------------------------------------
-    # Rebalances: on_assign reads each partition's committed offset and its metadata (the replay horizon) and builds
-    # fresh state (tracker, window aggregator, deduper); on_revoke flushes, commits what is safe for the revoked
-    # partitions and drops their state; on_lost drops state without committing. The new owner replays from the
-    # committed offset, which is <= the lowest offset any open or non-final window needs, so it recomputes the same
-    # outputs.
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        committed = consumer.committed(partitions, timeout=30.0) if partitions else []
-        for tp in committed:
-            offset = tp.offset if tp.offset is not None and tp.offset >= 0 else None
-            horizon = load_horizon(getattr(tp, "metadata", None))
-            if offset is not None and horizon is None:
+    # ---- the step (driven by the loop) -------------------------------------------------------------------------
+    def new_tracker(self, topic: str, partition: int, committed: int | None) -> CommitTracker:
+        return WindowCommitTracker(partition, committed)
+
+    def assign(self, assignments: Sequence[Assignment]) -> None:
+        """Fresh state per partition (tracker, window aggregator, deduper) from its committed offset and the replay
+        horizon stored with it. Raises HotPathError when the committed offsets could not be read."""
+        for a in assignments:
+            if not a.known:
+                raise HotPathError(f"the committed offsets of {a.topic} could not be read; restart the job")
+            horizon = load_horizon(a.metadata)
+            if a.committed is not None and horizon is None:
                 log.warning(
                     "partition %s: committed offset %s has no replay horizon (committed by another tool?); windows "
-                    "that straddle it will be re-emitted as partial sums", tp.partition, offset
+                    "that straddle it will be re-emitted as partial sums", a.partition, a.committed
                 )
-            self._states[tp.partition] = _PartitionState(tp.partition, offset, horizon, self.config)
-        if partitions:
-            log.info("hot path: assigned %s", sorted(tp.partition for tp in partitions))
+            assert isinstance(a.tracker, WindowCommitTracker)
+            self._states[a.partition] = _PartitionState(a.partition, a.tracker, horizon, self.config)
 
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        revoked = [tp.partition for tp in partitions if tp.partition in self._states]
-        if not revoked:
-            return
-        # Commit what is safe for the partitions we are losing, so their new owner replays little.
+    def revoke(self, partitions: Sequence[TopicPartitionKey], *, lost: bool) -> None:
+        """Drop the partitions' state (on a revoke the loop flushed and committed first; on a loss it did not)."""
+        for _topic, partition in partitions:
+            self._states.pop(partition, None)
+            self._limiter.forget(partition)
+
+    def submit(self, messages: Sequence[Any]) -> None:
+        self.process(messages)
+
+    def poll(self) -> bool:
+        """Between batches: a new price catalogue takes over, the progress line; asks for the barrier when outputs
+        produced without new input (closed windows) have waited ``commit_interval_s``."""
+        now = self._clock()
+        if self._catalogue_watcher is not None:
+            reloaded = self._catalogue_watcher.poll(now)
+            if reloaded is not None:
+                self._pricer = reloaded  # between batches: the next event is the first one the new catalogue prices
+        if now - self._last_log >= self.config.log_interval_s:
+            self._last_log = now
+            self._log_progress()
+        since = self._awaiting_since
+        return since is not None and now - since >= self.config.commit_interval_s
+
+    def join(self, flush: FlushContext) -> bool:
+        """The acknowledgement barrier (:meth:`_flush`); what did not drain stays pending in the trackers."""
         self._flush()
-        self._commit_partitions(revoked)
-        for partition in revoked:
-            self._drop(partition)
-        log.info("hot path: revoked %s", sorted(revoked))
+        return True
 
-    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
-        # Lost (session timeout): another member may own them already; committing would be wrong.
-        for tp in partitions:
-            self._drop(tp.partition)
-        log.warning("hot path: lost %s without commit", sorted(tp.partition for tp in partitions))
-
-    def _drop(self, partition: int) -> None:
-        self._states.pop(partition, None)
-        self._limiter.forget(partition)
+    def commit_point(self, tp: TopicPartitionKey, tracker: CommitTracker) -> tuple[int, str | None] | None:
+        st = self._states.get(tp[1])
+        if st is None:
+            return None
+        position = st.tracker.committable(st.windows.min_open_offset())
+        if position is None:
+            return None
+        return position, compute_commit_metadata(st.tracker.replay_horizon_us(st.windows.polled_before_us))
 
     # ---- one batch -----------------------------------------------------------------------------------------------
     def process(self, messages: Sequence[Any]) -> None:
@@ -846,6 +871,8 @@ class HotPath:
         if messages:
             self._process_messages(messages, now_us, now_dt)
         self._close_windows(now_us)
+        if self._awaiting and self._awaiting_since is None:
+            self._awaiting_since = now_s
         self._producer.poll(0)
         self._raise_if_failed()
 
@@ -1031,17 +1058,10 @@ class HotPath:
 
     def _message_error(self, msg: Any) -> None:
         err = msg.error()
-        code = err.code() if hasattr(err, "code") else None
-        try:
-            from confluent_kafka import KafkaError
-
-            if code == KafkaError._PARTITION_EOF:
-                return
-            retriable = bool(err.retriable()) if hasattr(err, "retriable") else False
-            fatal = bool(err.fatal()) if hasattr(err, "fatal") else False
-        except ImportError:  # pragma: no cover - confluent-kafka is a dependency
-            retriable, fatal = False, True
-        if retriable and not fatal:
+        kind = classify_message_error(err)
+        if kind == "eof":
+            return
+        if kind == "retriable":
             log.warning("hot path: consumer reported %s (retriable); continuing", err)
             return
         raise HotPathError(f"the consumer of {self.config.usage_topic} failed: {err}; restart the job")
@@ -1243,48 +1263,15 @@ class HotPath:
                         self.config.flush_timeout_s)
             return False
         awaiting, self._awaiting = self._awaiting, []
+        self._awaiting_since = None
         for ack in awaiting:
             ack.ack()
         return True
 
-    # ---- committing ----------------------------------------------------------------------------------------------
     def commit(self) -> None:
-        """Flush (the acknowledgement barrier), then commit for every assigned partition the offset the tracker
-        allows, with the replay horizon as metadata.
-
-        Blocks on the broker (one flush round trip and one commit round trip). A failed commit is logged and retried
-        at the next interval (nothing is lost: the previous commit stays valid).
-        """
-        self._flush()
-        self._commit_partitions(list(self._states))
-
-    def _commit_partitions(self, partitions: Iterable[int]) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        offsets: list[Any] = []
-        positions: list[tuple[_PartitionState, int]] = []
-        for partition in partitions:
-            st = self._states.get(partition)
-            if st is None:
-                continue
-            position = st.tracker.committable(st.windows.min_open_offset())
-            if position is None:
-                continue
-            horizon = st.tracker.replay_horizon_us(st.windows.polled_before_us)
-            offsets.append(
-                TopicPartition(self.config.usage_topic, partition, position, metadata=compute_commit_metadata(horizon))
-            )
-            positions.append((st, position))
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as err:
-            log.warning("hot path: commit failed (%s); the next commit retries", err)
-            return
-        for st, position in positions:
-            st.tracker.mark_committed(position)
-        self._commits += 1
+        """The flush barrier, then commit for every assigned partition the offset the tracker allows, with the
+        replay horizon as metadata (one flush and one commit round trip; a failed commit is retried at the next)."""
+        self._loop.flush()
 
     # ---- observability ---------------------------------------------------------------------------------------------
     def stats(self) -> HotPathStats:
@@ -1316,7 +1303,7 @@ class HotPath:
             window_messages=self._window_messages,
             counters_emitted=self._counters_emitted,
             alerts_emitted=self._alerts,
-            commits=self._commits,
+            commits=self._loop.commits,
             batches=self._batches,
             assigned=tuple(sorted(st.partition for st in states)),
             committed={st.partition: st.tracker.committed for st in states},

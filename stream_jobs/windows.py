@@ -117,8 +117,8 @@ class WindowAggregator:
     per-event work does not grow with the number of dimensions.
 
     Replay: after a crash the hot path restarts at the committed offset ``P`` with empty state. The commit stores,
-    as offset metadata, the close horizon from ``CommitTracker.replay_horizon_us(aggregator.polled_before_us)``, and
-    the new aggregator is built with ``closed_before_us=`` that value: replayed events of windows already emitted and
+    as offset metadata, the close horizon from
+    ``WindowCommitTracker.replay_horizon_us(aggregator.polled_before_us)``, and the new aggregator is built with ``closed_before_us=`` that value: replayed events of windows already emitted and
     acknowledged are late (not re-emitted as partial sums under the same id), and every window not yet safely
     emitted has all its events at offsets ``>= P`` and is rebuilt whole. Only the ``late`` flag of a replayed priced
     event can differ (if a wall-clock idle close moved the horizon); the ledger deduplicates by event id either way.
@@ -384,7 +384,7 @@ class WindowAggregator:
     @property
     def polled_before_us(self) -> int:
         """The close horizon as of the last :meth:`poll_closed`: every window ending at or before it was handed
-        out (or never had an event). Store ``CommitTracker.replay_horizon_us(this)`` with each commit and pass it
+        out (or never had an event). Store ``WindowCommitTracker.replay_horizon_us(this)`` with each commit and pass it
         back as ``closed_before_us`` after a restart; unlike :attr:`closed_before_us` it never covers a window
         that closed but was not yet emitted, whatever the order of calls."""
         return self._polled_before_us

@@ -1,4 +1,4 @@
-"""CommitTracker: the commit rule on hand-made sequences, and property tests with seeded random ack orders."""
+"""WindowCommitTracker: the commit rule on hand-made sequences, and property tests with seeded random ack orders."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from stream_jobs.dedupe import Deduper
-from stream_jobs.offsets import CommitTracker, OffsetTrackingError
+from stream_jobs.offsets import OffsetTrackingError, WindowCommitTracker
 from stream_jobs.windows import MINUTE_US, ClosedWindow, WindowAggregator
 
 pytestmark = pytest.mark.unit
@@ -20,12 +20,12 @@ T0 = 1_700_000_040 * S  # a minute boundary
 
 # ---- hand-made sequences ---------------------------------------------------------------------------------------
 def test_nothing_consumed_nothing_to_commit() -> None:
-    t = CommitTracker(0)
+    t = WindowCommitTracker(0)
     assert t.committable(None) is None
 
 
 def test_commit_is_next_offset_to_read_after_all_acked() -> None:
-    t = CommitTracker(0)
+    t = WindowCommitTracker(0)
     for o in (5, 6, 7):
         t.on_consumed(o)
         t.on_output_pending(o)
@@ -42,7 +42,7 @@ def test_commit_is_next_offset_to_read_after_all_acked() -> None:
 
 
 def test_several_outputs_per_input_all_must_be_acked() -> None:
-    t = CommitTracker(0)
+    t = WindowCommitTracker(0)
     t.on_consumed(0)
     t.on_output_pending(0)  # priced event
     t.on_output_pending(0)  # e.g. a DLQ copy
@@ -54,21 +54,21 @@ def test_several_outputs_per_input_all_must_be_acked() -> None:
 
 
 def test_inputs_without_outputs_do_not_block() -> None:
-    t = CommitTracker(0)
+    t = WindowCommitTracker(0)
     for o in range(10):
         t.on_consumed(o)  # dropped duplicates: no output
     assert t.committable(None) == 10
 
 
 def test_open_window_holds_the_commit() -> None:
-    t = CommitTracker(0)
+    t = WindowCommitTracker(0)
     for o in range(10):
         t.on_consumed(o)
     assert t.committable(min_open_window_offset=3) == 3
 
 
 def test_closed_window_pins_its_min_offset_until_acked() -> None:
-    t = CommitTracker(0)
+    t = WindowCommitTracker(0)
     for o in range(20):
         t.on_consumed(o)
     t.on_window_pending(T0, T0 + MINUTE_US, 4)
@@ -82,7 +82,7 @@ def test_closed_window_pins_its_min_offset_until_acked() -> None:
 
 
 def test_acked_window_stays_pinned_while_an_older_one_is_not() -> None:
-    t = CommitTracker(0)
+    t = WindowCommitTracker(0)
     for o in range(30):
         t.on_consumed(o)
     t.on_window_pending(T0, T0 + MINUTE_US, 10)  # older window, events from offset 10
@@ -97,7 +97,7 @@ def test_acked_window_stays_pinned_while_an_older_one_is_not() -> None:
 
 
 def test_failure_stops_the_commit_for_good() -> None:
-    t = CommitTracker(0)
+    t = WindowCommitTracker(0)
     for o in range(5):
         t.on_consumed(o)
         t.on_output_pending(o)
@@ -112,7 +112,7 @@ def test_failure_stops_the_commit_for_good() -> None:
 
 
 def test_straggler_output_registered_below_the_tail() -> None:
-    t = CommitTracker(0)
+    t = WindowCommitTracker(0)
     for o in range(10):
         t.on_consumed(o)
     t.on_output_pending(8)
@@ -125,7 +125,7 @@ def test_straggler_output_registered_below_the_tail() -> None:
 
 
 def test_protocol_errors_are_reported() -> None:
-    t = CommitTracker(0, committed=10)
+    t = WindowCommitTracker(0, committed=10)
     t.on_consumed(10)
     with pytest.raises(OffsetTrackingError):
         t.on_consumed(9)
@@ -190,7 +190,7 @@ class Worker:
     partition: int
     dedupe: Deduper
     agg: WindowAggregator
-    tracker: CommitTracker
+    tracker: WindowCommitTracker
     inflight: list[tuple[str, int, object]] = field(default_factory=list)
     commits: list[tuple[int, int]] = field(default_factory=list)
 
@@ -200,7 +200,7 @@ class Worker:
             0,
             Deduper(),
             WindowAggregator(0, grace_us=10 * S, closed_before_us=None if committed is None else committed[1]),
-            CommitTracker(0, committed=None if committed is None else committed[0]),
+            WindowCommitTracker(0, committed=None if committed is None else committed[0]),
         )
 
     def process(self, batch: list[Ev]) -> None:

@@ -1,0 +1,1 @@
+"""The Kafka runtime of the ground layer: the client builder, the consume loop and the commit bookkeeping."""
