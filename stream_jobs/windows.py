@@ -116,12 +116,12 @@ class WindowAggregator:
     then in-place list updates; the four dimensions are rolled up from those cells only when a window closes, so the
     per-event work does not grow with the number of dimensions.
 
-    Replay: after a crash the hot path restarts at the committed offset ``P`` with empty state. The commit stores,
-    as offset metadata, the close horizon from
-    ``WindowCommitTracker.replay_horizon_us(aggregator.polled_before_us)``, and the new aggregator is built with ``closed_before_us=`` that value: replayed events of windows already emitted and
-    acknowledged are late (not re-emitted as partial sums under the same id), and every window not yet safely
-    emitted has all its events at offsets ``>= P`` and is rebuilt whole. Only the ``late`` flag of a replayed priced
-    event can differ (if a wall-clock idle close moved the horizon); the ledger deduplicates by event id either way.
+    Replay: after a crash the hot path restarts at the committed offset ``P`` with empty state. The commit stores, as
+    offset metadata, the close horizon from ``WindowCommitTracker.replay_horizon_us(aggregator.polled_before_us)``, and
+    the new aggregator is built with ``closed_before_us=`` that value: replayed events of windows already emitted and
+    acknowledged are late (not re-emitted as partial sums under the same id), and every window not yet safely emitted
+    has all its events at offsets ``>= P`` and is rebuilt whole. Only the ``late`` flag of a replayed priced event can
+    differ (if a wall-clock idle close moved the horizon); the ledger deduplicates by event id either way.
 
     Promises:
 
