@@ -167,6 +167,8 @@ class AvroCodec:
         self._readers: dict[int, tuple[AvroSchema, dict[str, Any]]] = {}
         # Generated codecs of the current schemas, by simple and full name: (single-object header, codec).
         self._fast: dict[str, tuple[bytes, FastCodec]] = {}
+        # The current schemas as given (logical types included), by record name: what a container header carries.
+        self._source: dict[str, dict[str, Any]] = {}
         for name, schema in schemas.items():
             parsed = _parse(_as_schema_dict(schema))
             full = _full_name(parsed)
@@ -175,6 +177,7 @@ class AvroCodec:
                 raise ConfigError(f"schema registered as {name!r} is record {full!r}; register it under its name")
             fp = schema_fingerprint(parsed)
             self._current[short] = (fp, parsed)
+            self._source[short] = _as_schema_dict(schema)
             read_view = _parse_for_reading(schema)
             self._current_read[short] = read_view
             fast = self._build_fast(schema)
@@ -298,31 +301,7 @@ class AvroCodec:
         Raises :class:`UnknownSchemaError` naming the fingerprint (hex) or schema id, and :class:`DecodeError` for
         bad magic, a truncated header or body, trailing bytes, or a body that does not match the writer schema.
         """
-        if data[:2] == SINGLE_OBJECT_MAGIC:
-            header = SINGLE_OBJECT_HEADER_LEN
-            if len(data) < header:
-                raise DecodeError(
-                    f"truncated single-object header: {len(data)} bytes, need {header} (magic + 8-byte fingerprint)"
-                )
-            fp = data[2:header]
-            entry = self._by_fingerprint.get(fp)
-            if entry is None:
-                raise UnknownSchemaError(
-                    f"unknown writer schema fingerprint {bytes(fp).hex()} (CRC-64-AVRO, little-endian); the "
-                    "producer uses a schema this consumer does not know: deploy the schema or register the old one"
-                )
-            framing = "single-object"
-        elif data[:1] == CONFLUENT_MAGIC:
-            header = CONFLUENT_HEADER_LEN
-            if len(data) < header:
-                raise DecodeError(f"truncated Confluent header: {len(data)} bytes, need {header} (magic + 4-byte id)")
-            schema_id = _CONFLUENT_ID.unpack_from(data, 1)[0]
-            entry = self._by_id.get(schema_id) or self._resolve_id(schema_id)
-            framing = "Confluent"
-        else:
-            framing_of(data)  # raises the DecodeError that names the bytes
-            raise AssertionError("unreachable")  # pragma: no cover
-
+        entry, header, framing = self._entry_of(data)
         name, reader = entry.name, entry.reader
         if reader_schema is not None:
             reader = self._reader_for(reader_schema)
@@ -363,6 +342,47 @@ class AvroCodec:
         if not isinstance(record, dict):
             raise DecodeError(f"{framing} {entry.name} body decoded to {type(record).__name__}, not a record")
         return name, record
+
+    def container_schema(self, data: bytes) -> tuple[str, dict[str, Any] | None]:
+        """The record name of the schema framed ``data`` was written with, and the current schema of that record as
+        given to the codec (logical types included) when the writer schema is exactly it, else None (an older or
+        foreign writer: its bodies need resolution). Reads only the framing header; the body is not checked.
+
+        Bodies of one non-None answer can be concatenated into an Avro container of that schema as they are
+        (sinks/avro_block.py). Raises what :meth:`decode` raises for a bad, truncated or unknown header.
+        """
+        entry, _, _ = self._entry_of(data)
+        current = self._current_read.get(entry.name)
+        exact = entry.reader is None and current is not None and entry.writer == current
+        return entry.name, (json.loads(json.dumps(self._source[entry.name])) if exact else None)
+
+    def _entry_of(self, data: bytes) -> tuple[_WriterEntry, int, str]:
+        """The writer entry named by the framing header of ``data``, the header's length and the framing's name."""
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            header = SINGLE_OBJECT_HEADER_LEN
+            if len(data) < header:
+                raise DecodeError(
+                    f"truncated single-object header: {len(data)} bytes, need {header} (magic + 8-byte fingerprint)"
+                )
+            fp = data[2:header]
+            entry = self._by_fingerprint.get(fp)
+            if entry is None:
+                raise UnknownSchemaError(
+                    f"unknown writer schema fingerprint {bytes(fp).hex()} (CRC-64-AVRO, little-endian); the "
+                    "producer uses a schema this consumer does not know: deploy the schema or register the old one"
+                )
+            framing = "single-object"
+        elif data[:1] == CONFLUENT_MAGIC:
+            header = CONFLUENT_HEADER_LEN
+            if len(data) < header:
+                raise DecodeError(f"truncated Confluent header: {len(data)} bytes, need {header} (magic + 4-byte id)")
+            schema_id = _CONFLUENT_ID.unpack_from(data, 1)[0]
+            entry = self._by_id.get(schema_id) or self._resolve_id(schema_id)
+            framing = "Confluent"
+        else:
+            framing_of(data)  # raises the DecodeError that names the bytes
+            raise AssertionError("unreachable")  # pragma: no cover
+        return entry, header, framing
 
     def _resolve_id(self, schema_id: int) -> _WriterEntry:
         if self._resolver is None:

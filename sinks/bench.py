@@ -104,18 +104,26 @@ class _RssSampler:
 
 
 class _OutageClient:
-    """Delegates to a clickhouse-connect client; ``insert`` raises a transient error while ``outage`` is set."""
+    """Delegates to a clickhouse-connect client; ``insert`` and ``raw_insert`` (the sink's Avro containers) raise a
+    transient error while ``outage`` is set."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self.outage = threading.Event()
 
-    def insert(self, *args: Any, **kwargs: Any) -> Any:
+    def _fail_in_outage(self) -> None:
         if self.outage.is_set():
             from clickhouse_connect.driver.exceptions import OperationalError
 
             raise OperationalError("bench: simulated ClickHouse outage")
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        self._fail_in_outage()
         return self._client.insert(*args, **kwargs)
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
+        self._fail_in_outage()
+        return self._client.raw_insert(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)

@@ -89,7 +89,8 @@ CLIENT_SETTINGS = frozenset(
      "output_format_parquet_string_as_string", "output_format_csv_crlf_end_of_line", "format_csv_delimiter",
      "output_format_pretty_max_rows", "output_format_pretty_color", "output_format_write_statistics",
      "output_format_json_named_tuples_as_objects", "input_format_null_as_default", "insert_deduplicate",
-     "insert_deduplication_token", "async_insert", "wait_for_async_insert", "mutations_sync", "final",
+     "insert_deduplication_token", "optimize_on_insert", "async_insert", "wait_for_async_insert", "mutations_sync",
+     "final",
      "use_query_cache", "query_cache_ttl", "extremes", "totals_mode", "max_memory_usage", "prefer_column_name_to_alias",
      "aggregate_functions_null_for_empty", "joined_subquery_requires_alias", "allow_experimental_analyzer",
      "enable_analyzer", "log_comment"}

@@ -1,9 +1,18 @@
-"""Batch writer: Kafka messages -> decoded rows -> one ClickHouse insert -> offsets the worker may commit.
+"""Batch writer: Kafka messages -> one ClickHouse insert -> offsets the worker may commit.
 
 Order and guarantee (DESIGN §5; snuba's InsertBatchWriter and OpenMeter's sink ``flush`` do the same):
 
-    decode + map  ->  drop ids already stored  ->  INSERT (retried, same token)  ->  dead letters flushed
+    split / decode  ->  drop ids already stored  ->  INSERT (retried, same token)  ->  dead letters flushed
     ->  (worker) COMMIT offsets
+
+Two paths into the insert. The ledger and spend tables (``RowSpec.avro_prefix``) take the BLOCK PATH (DESIGN §6:
+sinks hand ClickHouse the bytes): messages framed with the current schema of the table's record keep their Avro
+bodies, which are concatenated into one Avro object container per writer schema and inserted with ``FORMAT
+Avro`` (sinks/avro_block.py); Python reads only each body's leading fields (the ledger's ``event_id``, ``source``,
+``occurred_at``) for the checks below, and the columns the table adds come from its DEFAULTs. Everything else (an
+older writer schema, a bad header, another record) and the governance tables take the ROW PATH: decode and map in
+Python (sinks/rows.py), insert rows. A container ClickHouse refuses is bisected like a row insert; a single refused
+message is handed to the row path, whose decoder or insert dead-letters it with the reason.
 
 Offsets are committed only after ClickHouse acknowledged the insert and the dead-letter producer acknowledged every
 rejected message, so a crash anywhere re-delivers the batch: delivery into ClickHouse is AT LEAST ONCE. It is made
@@ -58,6 +67,7 @@ from typing import Any, Literal, Protocol
 
 from finops.retry import RetryPolicy, compute_backoff
 from schemas.errors import FinopsError
+from sinks.avro_block import PrefixReader, build_container, build_container_header, compute_frame_header
 from sinks.clickhouse import check_identifier
 from sinks.rows import RowMappingError, RowSpec
 
@@ -106,6 +116,8 @@ _TRANSIENT_CODES: frozenset[int] = frozenset(
         999,  # KEEPER_EXCEPTION
     }
 )
+# The two "end of data" codes above, when they answer an Avro container insert: the data ended early.
+_END_OF_DATA_CODES: frozenset[int] = frozenset({3, 32})
 # Errors about the table or the credentials, not the rows: bisecting would dead-letter every good row.
 _FATAL_CODES: frozenset[int] = frozenset(
     {
@@ -316,8 +328,25 @@ class WriteReport:
 
 @dataclass(slots=True)
 class _Row:
+    """One message on its way to ClickHouse. Row path (``frame`` None): ``values`` is the whole row. Block path:
+    ``values`` holds only the spec's ``avro_prefix`` fields (the first columns, so ``key_of`` and ``time_index``
+    read them as from a row) and the body, ``message.value[start:]``, goes to ClickHouse as it is."""
+
     message: SinkMessage
     values: list[Any]
+    start: int = 0
+    frame: _Frame | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """What the block path knows about one writer schema: its prefix reader, the container header (with the schema
+    JSON) and sync marker, and the columns of the insert (the schema's fields that are table columns)."""
+
+    prefix: PrefixReader
+    head: bytes
+    sync: bytes
+    columns: tuple[str, ...]
 
 
 def _describe(err: BaseException) -> str:
@@ -362,6 +391,10 @@ class ClickHouseBatchWriter:
         self._rng = rng or random.Random()
         self._dlq_timeout = dlq_timeout
         self._table = f"{self._database}.{spec.table}"
+        # Block path (spec.avro_prefix): framing header -> its writer schema's frame (None: row path), and the
+        # frames by container header, so both framings of one schema share one container.
+        self._frames: dict[bytes, _Frame | None] = {}
+        self._frames_by_head: dict[bytes, _Frame] = {}
 
     @property
     def spec(self) -> RowSpec:
@@ -382,7 +415,10 @@ class ClickHouseBatchWriter:
         :class:`SinkHaltError` for an error retrying or bisecting cannot fix. Commits nothing itself.
         """
         report = WriteReport(messages=len(batch))
-        rows, letters = self._decode(batch.messages)
+        if self._spec.avro_prefix is not None:
+            rows, letters = self._split(batch.messages)
+        else:
+            rows, letters = self._decode(batch.messages)
         rows = self._dedupe_in_batch(rows, report)
         rows = self._keep_latest(rows, report)
         if rows and self._spec.resolve is not None:
@@ -399,8 +435,17 @@ class ClickHouseBatchWriter:
                 report.duplicates += len(rows) - len(kept)
                 rows = kept
         ranges = batch.partition_ranges()
-        if rows:
-            self._insert_or_bisect(rows, ranges, letters, report, wait, should_abort, whole_batch=True)
+        groups: dict[bytes, list[_Row]] = {}
+        plain: list[_Row] = []
+        for row in rows:
+            if row.frame is None:
+                plain.append(row)
+            else:
+                groups.setdefault(row.frame.head, []).append(row)
+        for group in groups.values():  # one Avro container insert per writer schema (normally one)
+            self._insert_blocks_or_bisect(group, ranges, letters, report, wait, should_abort, whole_batch=True)
+        if plain:
+            self._insert_or_bisect(plain, ranges, letters, report, wait, should_abort, whole_batch=True)
         if letters:
             for letter in letters:
                 self._dead_letters.send(letter)
@@ -415,31 +460,91 @@ class ClickHouseBatchWriter:
     def _decode(self, messages: Sequence[SinkMessage]) -> tuple[list[_Row], list[DeadLetter]]:
         rows: list[_Row] = []
         letters: list[DeadLetter] = []
-        decode = self._codec.decode
-        expected = self._spec.schema_name
-        compute_row = self._spec.compute_row
-        tombstone_row = self._spec.tombstone_row
         for message in messages:
-            if message.value is None:
-                if tombstone_row is None:
-                    letters.append(DeadLetter(message, "decode: empty value (tombstone) on a data topic"))
-                    continue
-                try:  # a compacted topic's deletion: the spec makes a marker row of it
-                    rows.append(_Row(message, tombstone_row(message.key, message.timestamp_ms)))
-                except RowMappingError as err:
-                    letters.append(DeadLetter(message, f"mapping: {err}"))
-                continue
-            try:
-                name, record = decode(message.value)
-                if name != expected:
-                    letters.append(DeadLetter(message, f"decode: record {name} on a {expected} topic"))
-                    continue
-                rows.append(_Row(message, compute_row(record)))
+            self._decode_one(message, rows, letters)
+        return rows, letters
+
+    def _decode_one(self, message: SinkMessage, rows: list[_Row], letters: list[DeadLetter]) -> None:
+        """The row path: decode and map one message into ``rows``, or say why not in ``letters``."""
+        if message.value is None:
+            tombstone_row = self._spec.tombstone_row
+            if tombstone_row is None:
+                letters.append(DeadLetter(message, "decode: empty value (tombstone) on a data topic"))
+                return
+            try:  # a compacted topic's deletion: the spec makes a marker row of it
+                rows.append(_Row(message, tombstone_row(message.key, message.timestamp_ms)))
             except RowMappingError as err:
                 letters.append(DeadLetter(message, f"mapping: {err}"))
-            except FinopsError as err:  # DecodeError / UnknownSchemaError from the codec
-                letters.append(DeadLetter(message, f"decode: {err}"))
+            return
+        expected = self._spec.schema_name
+        try:
+            name, record = self._codec.decode(message.value)
+            if name != expected:
+                letters.append(DeadLetter(message, f"decode: record {name} on a {expected} topic"))
+                return
+            rows.append(_Row(message, self._spec.compute_row(record)))
+        except RowMappingError as err:
+            letters.append(DeadLetter(message, f"mapping: {err}"))
+        except FinopsError as err:  # DecodeError / UnknownSchemaError from the codec
+            letters.append(DeadLetter(message, f"decode: {err}"))
+
+    def _split(self, messages: Sequence[SinkMessage]) -> tuple[list[_Row], list[DeadLetter]]:
+        """The block path's first stage: a message framed with the current schema of the spec's record keeps its
+        bytes and gets only its prefix fields read; anything else (another writer schema, another record, a bad
+        header or prefix, a tombstone) takes the row path, whose decoder accepts it or names the problem."""
+        from schemas.errors import DecodeError
+
+        rows: list[_Row] = []
+        letters: list[DeadLetter] = []
+        frames = self._frames
+        for message in messages:
+            value = message.value
+            header = compute_frame_header(value) if value is not None else None
+            if header is None:
+                self._decode_one(message, rows, letters)
+                continue
+            frame = frames.get(header, _UNSEEN)
+            if frame is _UNSEEN:
+                frame = self._frame_for(value, header)  # type: ignore[arg-type]
+            if frame is None or value is None:
+                self._decode_one(message, rows, letters)
+                continue
+            assert isinstance(frame, _Frame)
+            start = len(header)
+            try:
+                prefix = frame.prefix.read(value, start)
+            except DecodeError:
+                self._decode_one(message, rows, letters)
+                continue
+            rows.append(_Row(message, prefix, start, frame))
         return rows, letters
+
+    def _frame_for(self, value: bytes, header: bytes) -> _Frame | None:
+        """The :class:`_Frame` of the writer schema ``header`` names, or None when its messages take the row path.
+        Cached per header when the codec knew the schema (an unknown one is asked again, as the row path does)."""
+        container_schema = getattr(self._codec, "container_schema", None)
+        if container_schema is None:
+            return None
+        try:
+            name, schema = container_schema(value)
+        except FinopsError:
+            return None  # unknown or bad header: the row path dead-letters it with the codec's reason
+        frame: _Frame | None = None
+        prefix_names = self._spec.avro_prefix
+        fields = {f.get("name") for f in (schema or {}).get("fields", [])}
+        if (name == self._spec.schema_name and schema is not None and prefix_names is not None
+                and all(column in fields for column in self._spec.columns)):
+            try:
+                prefix = PrefixReader(schema, prefix_names)
+            except FinopsError:
+                prefix = None
+            if prefix is not None:
+                head, sync = build_container_header(schema)
+                known = self._frames_by_head.get(head)
+                frame = known or _Frame(prefix, head, sync, tuple(self._spec.columns))
+                self._frames_by_head[head] = frame
+        self._frames[header] = frame
+        return frame
 
     def _dedupe_in_batch(self, rows: list[_Row], report: WriteReport) -> list[_Row]:
         key_of = self._spec.key_of
@@ -534,6 +639,75 @@ class ClickHouseBatchWriter:
                 "this looks like a schema or deploy problem, not bad data: the sink stops without committing"
             )
 
+    def _insert_blocks_or_bisect(
+        self,
+        rows: list[_Row],
+        ranges: Mapping[tuple[str, int], tuple[int, int]],
+        letters: list[DeadLetter],
+        report: WriteReport,
+        wait: Callable[[float], None],
+        should_abort: Callable[[], bool],
+        *,
+        whole_batch: bool = False,
+    ) -> int:
+        """Insert ``rows`` (one writer schema) as one Avro container; when ClickHouse refuses it, bisect as
+        :meth:`_insert_or_bisect` does, and hand a refused single message to the row path (full decode, then a row
+        insert), which inserts it or dead-letters it with the decoder's or ClickHouse's reason. Returns how many
+        rows ClickHouse refused; every row refused (none inserted) halts the sink, as on the row path."""
+        token = compute_dedup_token(
+            self._spec.table, ranges, ((r.message.topic, r.message.partition, r.message.offset) for r in rows)
+        )
+        if report.first_token is None:
+            report.first_token = token
+        frame = rows[0].frame
+        assert frame is not None
+        # Built once: every retry sends byte-for-byte the same insert under the same token.
+        block = build_container(frame.head, frame.sync, [r.message.value or b"" for r in rows], [r.start for r in rows])
+        settings = {**self._spec.block_settings, "insert_deduplication_token": token}
+        try:
+            self._retrying(lambda: self._insert_block(frame, block, settings, report), report, wait, should_abort,
+                           rejectable=True, reading_data=True)
+            report.inserted += len(rows)
+            return 0
+        except _Rejected as rejected:
+            reason = rejected.reason
+        if len(rows) == 1:
+            return self._insert_row_path(rows[0].message, ranges, letters, report, wait, should_abort)
+        middle = len(rows) // 2
+        inserted_before = report.inserted
+        refused = self._insert_blocks_or_bisect(rows[:middle], ranges, letters, report, wait, should_abort)
+        refused += self._insert_blocks_or_bisect(rows[middle:], ranges, letters, report, wait, should_abort)
+        if whole_batch and refused and report.inserted == inserted_before:
+            raise SinkHaltError(
+                f"ClickHouse rejected every one of {refused} rows of a batch for {self._table} ({reason}); "
+                "this looks like a schema or deploy problem, not bad data: the sink stops without committing"
+            )
+        return refused
+
+    def _insert_row_path(
+        self,
+        message: SinkMessage,
+        ranges: Mapping[tuple[str, int], tuple[int, int]],
+        letters: list[DeadLetter],
+        report: WriteReport,
+        wait: Callable[[float], None],
+        should_abort: Callable[[], bool],
+    ) -> int:
+        """One message ClickHouse refused as Avro, through the row path. Returns 1 if ClickHouse refused the row
+        too, 0 if it was inserted or did not decode (then it is a decode or mapping letter, not a refusal)."""
+        decoded: list[_Row] = []
+        self._decode_one(message, decoded, letters)
+        if not decoded:
+            return 0
+        before = len(letters)
+        self._insert_or_bisect(decoded, ranges, letters, report, wait, should_abort)
+        return len(letters) - before
+
+    def _insert_block(self, frame: _Frame, block: bytes, settings: dict[str, Any], report: WriteReport) -> None:
+        report.inserts += 1
+        self._client.raw_insert(self._table, column_names=list(frame.columns), insert_block=block, fmt="Avro",
+                                settings=settings)
+
     def _insert(self, rows: Sequence[_Row], token: str, report: WriteReport) -> None:
         report.inserts += 1
         self._client.insert(
@@ -552,6 +726,7 @@ class ClickHouseBatchWriter:
         should_abort: Callable[[], bool],
         *,
         rejectable: bool = False,
+        reading_data: bool = False,
     ) -> Any:
         attempt = 0
         while True:
@@ -561,6 +736,10 @@ class ClickHouseBatchWriter:
                 raise
             except Exception as err:  # noqa: BLE001 - classified below; nothing is swallowed silently
                 kind = classify_error(err) if not isinstance(err, DeadLetterDeliveryError) else "transient"
+                if reading_data and getattr(err, "code", None) in _END_OF_DATA_CODES:
+                    # While ClickHouse parses an Avro container, "unexpected end" means a body shorter than its
+                    # schema says, not a cut connection: retrying the same bytes would fail forever.
+                    kind = "rejected"
                 if kind == "rejected" and rejectable:
                     raise _Rejected(_describe(err)) from err
                 if kind != "transient":
@@ -577,6 +756,9 @@ class ClickHouseBatchWriter:
                 wait(delay)
                 if should_abort():
                     raise BatchAbandonedError(f"batch for {self._table} abandoned during retry") from err
+
+
+_UNSEEN: Any = object()  # a framing header the block path has not looked up yet
 
 
 class _Rejected(Exception):

@@ -181,7 +181,7 @@ def test_retried_identical_batch_is_dropped_by_its_token_before_the_views(ch_cli
 
 
 class FlakyClient:
-    """Delegates to the chdb client; ``insert`` raises a transient error while ``outage`` is set."""
+    """Delegates to the chdb client; ``insert`` and ``raw_insert`` raise a transient error while ``outage`` is set."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -195,6 +195,14 @@ class FlakyClient:
             self.failures += 1
             raise OperationalError("simulated: connection refused (ClickHouse restarting)")
         return self._client.insert(*args, **kwargs)
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
+        if self.outage.is_set():
+            from clickhouse_connect.driver.exceptions import OperationalError
+
+            self.failures += 1
+            raise OperationalError("simulated: connection refused (ClickHouse restarting)")
+        return self._client.raw_insert(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import random
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import fastavro
 import pytest
 from clickhouse_connect.driver import exceptions as ch_exc
 
@@ -50,7 +52,10 @@ def _batch(n: int, *, bad: set[int] = frozenset(), garbage: set[int] = frozenset
 
 
 class FakeClient:
-    """Records inserts; rejects any insert containing a cost of 666; fails transiently ``transient`` times."""
+    """Records inserts; rejects any insert containing a cost of 666; fails transiently ``transient`` times.
+
+    Takes row inserts (``insert``) and Avro container inserts (``raw_insert``, read back with fastavro's container
+    reader, so a container the writer built wrongly fails here), both recorded as rows."""
 
     def __init__(self, transient: int = 0, error: Exception | None = None) -> None:
         self.inserts: list[tuple[list[list[Any]], str]] = []
@@ -70,6 +75,13 @@ class FakeClient:
         if any(row[cost] == Decimal(666) for row in data):
             raise ch_exc.DataError("Unable to create native array for column `cost_usd`")
         self.inserts.append((data, settings["insert_deduplication_token"]))
+
+    def raw_insert(self, table: str, column_names: list[str], *, insert_block: bytes, fmt: str,
+                   settings: dict[str, Any]) -> None:
+        assert fmt == "Avro" and table == "db.spend_1m"
+        records = list(fastavro.reader(io.BytesIO(insert_block)))
+        self.insert(table, [[r[name] for name in column_names] for r in records], column_names=column_names,
+                    database="db", settings=settings)
 
 
 class Letters:

@@ -1,0 +1,162 @@
+"""Kafka Avro frames -> one Avro object container, without decoding the records (pure: no Kafka, no ClickHouse).
+
+The priced and spend topics carry Avro binary bodies behind a 10-byte single-object header (``C3 01`` + the 8-byte
+fingerprint of the writer schema) or a 5-byte Confluent header (``00`` + a 4-byte registry id), see
+:mod:`schemas.wire`. An Avro object container file (Avro spec, "Object Container Files") is::
+
+    "Obj" 01 | metadata map {avro.schema: <writer schema JSON>, avro.codec: "null"} | 16-byte sync marker
+    | blocks: <record count> <byte size> <concatenated record bodies> <sync marker>
+
+so a batch of bodies of one writer schema becomes a container by stripping each frame's header and concatenating:
+no record is decoded. The sink hands the container to ClickHouse (``INSERT ... FORMAT Avro``), whose reader maps
+the record fields to the table's columns by name (DESIGN §6).
+
+Python still reads a few leading fields of each body (:class:`PrefixReader`: the ledger's ``event_id``, ``source``
+and ``occurred_at``, which come first in PricedUsageEvent) for the stored-id check; the rest of the body is
+ClickHouse's to parse. What ClickHouse's reader does not check, and the row path's decoder does: bytes left over
+after the last record of a block are skipped. A body with trailing bytes anywhere else shifts the records after it
+and the insert fails; the writer then bisects and re-reads the offending message with the full decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.errors import DecodeError
+from schemas.wire import CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC
+
+__all__ = [
+    "PrefixReader",
+    "build_container",
+    "build_container_header",
+    "compute_frame_header",
+    "encode_long",
+]
+
+_CONTAINER_MAGIC = b"Obj\x01"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def encode_long(value: int) -> bytes:
+    """Avro ``long``: zig-zag, then base-128 varint, least significant group first."""
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _encode_bytes(data: bytes) -> bytes:
+    return encode_long(len(data)) + data
+
+
+def compute_frame_header(value: bytes) -> bytes | None:
+    """The framing header of a Kafka value (the bytes that name its writer schema), or None when the value is too
+    short for its framing or has neither magic. The body starts at ``len(header)``."""
+    if value[:2] == SINGLE_OBJECT_MAGIC:
+        return value[:SINGLE_OBJECT_HEADER_LEN] if len(value) >= SINGLE_OBJECT_HEADER_LEN else None
+    if value[:1] == CONFLUENT_MAGIC:
+        return value[:CONFLUENT_HEADER_LEN] if len(value) >= CONFLUENT_HEADER_LEN else None
+    return None
+
+
+def build_container_header(schema: Mapping[str, Any] | str) -> tuple[bytes, bytes]:
+    """``(file header, sync marker)`` of a container for ``schema`` (the writer schema, logical types included).
+
+    The sync marker is derived from the schema text, so equal batches give byte-identical containers.
+    """
+    text = schema if isinstance(schema, str) else json.dumps(schema, separators=(",", ":"), sort_keys=True)
+    schema_bytes = text.encode("utf-8")
+    sync = hashlib.sha256(b"finops-avro-sync:" + schema_bytes).digest()[:16]
+    meta = (
+        encode_long(2)
+        + _encode_bytes(b"avro.schema")
+        + _encode_bytes(schema_bytes)
+        + _encode_bytes(b"avro.codec")
+        + _encode_bytes(b"null")
+        + encode_long(0)
+    )
+    return _CONTAINER_MAGIC + meta + sync, sync
+
+
+def build_container(header: bytes, sync: bytes, frames: Sequence[bytes], offsets: Sequence[int]) -> bytes:
+    """One container of one data block: ``frames[i][offsets[i]:]`` (the bodies after their framing headers)
+    concatenated. ``header`` and ``sync`` come from :func:`build_container_header` of the frames' writer schema."""
+    data = b"".join([frame[offset:] for frame, offset in zip(frames, offsets, strict=True)])
+    return b"".join((header, encode_long(len(frames)), encode_long(len(data)), data, sync))
+
+
+class PrefixReader:
+    """Reads the leading fields of an Avro record body up to the last one asked for, skipping nothing else.
+
+    Built once per writer schema: the fields before and including the wanted ones must be ``string`` (returned as
+    text), ``long`` / ``int`` (int; ``timestamp-micros`` as a UTC datetime) or ``boolean``. :meth:`read` raises
+    :class:`DecodeError` on a truncated or malformed prefix (the caller then lets the full decoder say why).
+    """
+
+    __slots__ = ("_plan", "names")
+
+    def __init__(self, schema: Mapping[str, Any], wanted: Sequence[str]) -> None:
+        fields = list(schema.get("fields", []))
+        names = [f["name"] for f in fields]
+        missing = [name for name in wanted if name not in names]
+        if missing:
+            raise DecodeError(f"record {schema.get('name')} has no field(s) {', '.join(missing)}")
+        last = max((names.index(name) for name in wanted), default=-1)
+        plan: list[str] = []
+        for field in fields[: last + 1]:
+            kind = field["type"]
+            logical = None
+            if isinstance(kind, dict):
+                logical = kind.get("logicalType")
+                kind = kind.get("type")
+            if kind == "string":
+                plan.append("string")
+            elif kind in ("long", "int"):
+                plan.append("timestamp" if logical == "timestamp-micros" else "long")
+            elif kind == "boolean":
+                plan.append("boolean")
+            else:
+                raise DecodeError(f"field {field['name']} of {schema.get('name')} ({kind}) cannot be read as a prefix")
+        self._plan = tuple(plan)
+        self.names = tuple(names[: last + 1])
+
+    def read(self, data: bytes, pos: int) -> list[Any]:
+        """The prefix values of the body starting at ``data[pos]``, in field order."""
+        out: list[Any] = []
+        end = len(data)
+        try:
+            for kind in self._plan:
+                if kind == "boolean":
+                    out.append(data[pos] == 1)
+                    pos += 1
+                    continue
+                shift = n = 0
+                while True:
+                    b = data[pos]
+                    pos += 1
+                    n |= (b & 0x7F) << shift
+                    if b < 0x80:
+                        break
+                    shift += 7
+                    if shift > 63:
+                        raise DecodeError("varint longer than 10 bytes")
+                value = (n >> 1) ^ -(n & 1)
+                if kind == "string":
+                    if value < 0 or pos + value > end:
+                        raise DecodeError("string length beyond the body")
+                    out.append(data[pos : pos + value].decode("utf-8"))
+                    pos += value
+                elif kind == "timestamp":
+                    out.append(_EPOCH + timedelta(microseconds=value))
+                else:
+                    out.append(value)
+        except (IndexError, UnicodeDecodeError, OverflowError) as err:
+            raise DecodeError(f"record prefix does not decode: {type(err).__name__}: {err}") from None
+        return out

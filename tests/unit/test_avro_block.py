@@ -1,0 +1,80 @@
+"""Avro containers from framed bodies (sinks/avro_block.py): read back by fastavro's container reader exactly as the
+codec decodes each frame, for both framings; the prefix reader; zig-zag longs."""
+
+from __future__ import annotations
+
+import io
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import fastavro
+import pytest
+
+from schemas.errors import DecodeError
+from schemas.loader import load_schema
+from schemas.wire import AvroCodec
+from sinks.avro_block import PrefixReader, build_container, build_container_header, compute_frame_header, encode_long
+from sinks.bench import build_bench_event
+
+pytestmark = pytest.mark.unit
+
+
+def _events(n: int) -> list[dict[str, Any]]:
+    rng = random.Random(5)
+    return [build_bench_event(i, rng, datetime(2025, 6, 1, tzinfo=UTC)) for i in range(n)]
+
+
+@pytest.mark.parametrize("value", [0, 1, -1, 63, -64, 64, 2**31, -(2**31), 2**63 - 1, -(2**63)])
+def test_encode_long_is_avro_long(value: int) -> None:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "long", value)
+    assert encode_long(value) == out.getvalue()
+
+
+def test_container_of_both_framings_reads_back_as_the_codec_decodes_each_frame() -> None:
+    codec = AvroCodec(resolver={9: load_schema("PricedUsageEvent")}.__getitem__)
+    events = _events(50)
+    frames = [codec.encode(e, "PricedUsageEvent") if i % 2 else codec.encode_confluent(e, "PricedUsageEvent", 9)
+              for i, e in enumerate(events)]
+    headers = [compute_frame_header(f) for f in frames]
+    assert [len(h or b"") for h in headers] == [5 if i % 2 == 0 else 10 for i in range(50)]
+    name, schema = codec.container_schema(frames[0])
+    assert name == "PricedUsageEvent" and schema == load_schema("PricedUsageEvent")
+    assert codec.container_schema(frames[1])[1] == schema
+    head, sync = build_container_header(schema)
+    blob = build_container(head, sync, frames, [len(h or b"") for h in headers])
+    assert blob == build_container(*build_container_header(schema), frames, [len(h or b"") for h in headers])
+    read = list(fastavro.reader(io.BytesIO(blob)))
+    decoded = [codec.decode(f)[1] for f in frames]
+    assert len(read) == 50
+    for got, want in zip(read, decoded, strict=True):
+        assert {k: (str(v) if k == "event_id" else v) for k, v in got.items()} == want
+
+
+def test_container_schema_is_none_for_an_older_writer() -> None:
+    codec = AvroCodec()
+    old = load_schema("PricedUsageEvent")
+    old["fields"] = old["fields"][:-2]
+    fp = codec.register_writer_schema(old)
+    assert codec.container_schema(b"\xc3\x01" + fp + b"body") == ("PricedUsageEvent", None)
+
+
+def test_frame_header_needs_a_whole_header() -> None:
+    assert compute_frame_header(b"\xc3\x01" + b"x" * 7) is None
+    assert compute_frame_header(b"\x00\x01") is None
+    assert compute_frame_header(b"garbage") is None
+    assert compute_frame_header(b"\x00\x00\x00\x00\x07body") == b"\x00\x00\x00\x00\x07"
+
+
+def test_prefix_reader_reads_the_leading_fields_and_refuses_a_cut_body() -> None:
+    codec = AvroCodec()
+    event = _events(1)[0]
+    frame = codec.encode(event, "PricedUsageEvent")
+    reader = PrefixReader(load_schema("PricedUsageEvent"), ("event_id", "source", "occurred_at"))
+    assert reader.read(frame, 10) == [event["event_id"], event["source"], event["occurred_at"]]
+    with pytest.raises(DecodeError):
+        reader.read(frame[:30], 10)
+    with pytest.raises(DecodeError, match="cannot be read as a prefix"):
+        PrefixReader(load_schema("PricedUsageEvent"), ("tags",))
+    assert PrefixReader(load_schema("SpendAggregate"), ()).read(b"anything", 0) == []
