@@ -42,8 +42,12 @@ __all__ = [
     "build_registry_deserializer",
     "build_registry_resolver",
     "build_registry_serializer",
+    "decode_body",
+    "encode_body",
     "framing_of",
+    "parse_record_schema",
     "schema_fingerprint",
+    "without_uuid",
 ]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -61,7 +65,7 @@ AvroSchema = Mapping[str, Any] | str
 def schema_fingerprint(schema: AvroSchema) -> bytes:
     """The 8 fingerprint bytes single-object encoding writes: CRC-64-AVRO (Rabin) of the parsing canonical form,
     little-endian (fastavro's hex is already in that byte order, as Java's ``SchemaNormalization`` writes it)."""
-    parsed = _parse(_as_schema_dict(schema))
+    parsed = parse_record_schema(_as_schema_dict(schema))
     return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
 
 
@@ -84,29 +88,49 @@ def _as_schema_dict(schema: AvroSchema) -> dict[str, Any]:
     return dict(schema)
 
 
-def _without_uuid(schema: Any) -> Any:
+def without_uuid(schema: Any) -> Any:
     """A copy of a schema whose uuid logical types are dropped, so fastavro reads them as plain strings (the binary
     encoding is the same; the parsing canonical form, hence the fingerprint, too)."""
     if isinstance(schema, dict):
         return {
-            key: _without_uuid(value)
+            key: without_uuid(value)
             for key, value in schema.items()
             if not (key == "logicalType" and value == "uuid")
         }
     if isinstance(schema, list):
-        return [_without_uuid(item) for item in schema]
+        return [without_uuid(item) for item in schema]
     return schema
 
 
-def _parse(schema: Any) -> dict[str, Any]:
+def parse_record_schema(schema: Any) -> dict[str, Any]:
+    """fastavro's compiled form of a record schema, for :func:`encode_body` / :func:`decode_body`."""
     parsed = parse_schema(schema)
     if not isinstance(parsed, dict):
         raise ConfigError(f"expected an Avro record schema (a JSON object), got {type(parsed).__name__}")
     return parsed
 
 
+def encode_body(parsed: dict[str, Any], record: Mapping[str, Any]) -> bytes:
+    """The Avro binary body of ``record`` under a schema from :func:`parse_record_schema` (no header): the one
+    schemaless writer of the project (the hot path uses it for bodies its own encoders do not build)."""
+    out = BytesIO()
+    schemaless_writer(out, parsed, record)
+    return out.getvalue()
+
+
+def decode_body(data: bytes, pos: int, writer: dict[str, Any],
+                reader: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
+    """Read one Avro body from ``data`` at ``pos`` (``writer`` and optional ``reader`` from
+    :func:`parse_record_schema`); returns the record and the position after it. Raises what fastavro raises on
+    malformed input (callers that route bad input to the DLQ catch it)."""
+    stream = BytesIO(data)
+    stream.seek(pos)
+    record: Any = schemaless_reader(stream, writer, reader)
+    return record, stream.tell()
+
+
 def _parse_for_reading(schema: AvroSchema) -> dict[str, Any]:
-    return _parse(_without_uuid(_as_schema_dict(schema)))
+    return parse_record_schema(without_uuid(_as_schema_dict(schema)))
 
 
 def _full_name(schema: Mapping[str, Any]) -> str:
@@ -170,7 +194,7 @@ class AvroCodec:
         # The current schemas as given (logical types included), by record name: what a container header carries.
         self._source: dict[str, dict[str, Any]] = {}
         for name, schema in schemas.items():
-            parsed = _parse(_as_schema_dict(schema))
+            parsed = parse_record_schema(_as_schema_dict(schema))
             full = _full_name(parsed)
             short = _short_name(full)
             if name not in (short, full):

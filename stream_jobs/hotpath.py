@@ -23,10 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from io import BytesIO
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from finops.kafka.loop import (
     Assignment,
@@ -43,7 +41,15 @@ from schemas.errors import ConfigError, FinopsError
 from schemas.fastcodec import UnsupportedSchemaError, build_fast_codec
 from schemas.loader import load_schema
 from schemas.models import check_usage_dict
-from schemas.wire import SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC, AvroCodec
+from schemas.wire import (
+    SINGLE_OBJECT_HEADER_LEN,
+    SINGLE_OBJECT_MAGIC,
+    AvroCodec,
+    decode_body,
+    encode_body,
+    parse_record_schema,
+    without_uuid,
+)
 from stream_jobs.dedupe import HOUR_US, Deduper
 from stream_jobs.dlq import BadInputLimiter, BadInputLimitExceeded, DeadLetter, Stage
 from stream_jobs.offsets import WindowCommitTracker
@@ -137,15 +143,6 @@ _TRUE: Final = b"\x01"
 _DEC_ZERO: Final = b"\x02\x00"
 
 
-def _without_uuid(schema: Any) -> Any:
-    # Read uuid strings as plain str (as schemas.wire does): same bytes, no uuid.UUID per event.
-    if isinstance(schema, dict):
-        return {k: _without_uuid(v) for k, v in schema.items() if not (k == "logicalType" and v == "uuid")}
-    if isinstance(schema, list):
-        return [_without_uuid(item) for item in schema]
-    return schema
-
-
 def _raw_timestamp(schema: dict[str, Any], field_name: str) -> dict[str, Any]:
     # The same binary (a long), read without the timestamp-micros conversion.
     fields = [dict(f, type="long") if f["name"] == field_name else f for f in schema["fields"]]
@@ -200,10 +197,10 @@ class PricedEncoder:
         self.usage_fingerprint = codec.fingerprint("UsageEvent")
         self.usage_header = SINGLE_OBJECT_MAGIC + self.usage_fingerprint
         self.header = SINGLE_OBJECT_MAGIC + codec.fingerprint("PricedUsageEvent")
-        self.usage_writer = parse_schema(usage)
+        self.usage_writer = parse_record_schema(usage)
         # The fast path's reader: uuid as str, and occurred_at as the raw long (µs): fastavro's datetime
         # conversion costs more than building the datetime here, and the windows want the µs anyway.
-        self.usage_reader = parse_schema(_raw_timestamp(_without_uuid(usage), "occurred_at"))
+        self.usage_reader = parse_record_schema(_raw_timestamp(without_uuid(usage), "occurred_at"))
         #: ``(data, pos) -> (record, end)`` for the current UsageEvent body, occurred_at as raw µs: the generated
         #: codec of schemas/fastcodec.py (cheaper than fastavro's reader, see ``make bench``), or fastavro's reader
         #: for a schema the generator does not support.
@@ -214,24 +211,19 @@ class PricedEncoder:
             log.warning("UsageEvent schema not supported by the generated codec; the hot path decodes with fastavro")
         # The price-set part (price_input_mtok .. price_source) written by fastavro itself, once per distinct set.
         segment = [f for f in priced_fields if f["name"] in expected_tail[6:16]]
-        self._segment_schema = parse_schema(
+        self._segment_schema = parse_record_schema(
             {"type": "record", "name": "PriceSetSegment", "namespace": "finops.hotpath", "fields": segment}
         )
         self._segments: dict[tuple[Any, ...], bytes] = {}
         self._bases: dict[str, bytes] = {}
 
     def _fastavro_usage(self, data: bytes, pos: int) -> tuple[dict[str, Any], int]:
-        stream = BytesIO(data)
-        stream.seek(pos)
-        record: Any = schemaless_reader(stream, self.usage_reader, None)
-        return record, stream.tell()
+        return decode_body(data, pos, self.usage_reader)
 
     def usage_body(self, record: Mapping[str, Any]) -> bytes:
         """The Avro body of ``record`` under the current UsageEvent schema (for input that arrived Confluent-framed
         or under an older schema, so its own body is not the current layout)."""
-        out = BytesIO()
-        schemaless_writer(out, self.usage_writer, record)
-        return out.getvalue()
+        return encode_body(self.usage_writer, record)
 
     @staticmethod
     def batch_suffix(priced_at_us: int, source_topic: str, source_partition: int) -> bytes:
@@ -244,9 +236,8 @@ class PricedEncoder:
         if cached is None:
             if len(self._segments) > 20_000:
                 self._segments.clear()  # bound: a flood of distinct price sets (it is only a cache)
-            out = BytesIO()
-            schemaless_writer(out, self._segment_schema, dict(zip(PriceResult._fields[6:16], key, strict=True)))
-            cached = self._segments[key] = out.getvalue()
+            fields = dict(zip(PriceResult._fields[6:16], key, strict=True))
+            cached = self._segments[key] = encode_body(self._segment_schema, fields)
         return cached
 
     def encode(self, body: bytes | memoryview, price: PriceResult, late: bool, suffix: bytes, offset: int) -> bytes:

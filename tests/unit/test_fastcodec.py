@@ -31,7 +31,7 @@ from schemas.fastcodec import (
 )
 from schemas.loader import SCHEMA_NAMES, load_schema
 from schemas.models import EXAMPLES_DIR, example_record_name, load_example
-from schemas.wire import SINGLE_OBJECT_HEADER_LEN, AvroCodec, _without_uuid
+from schemas.wire import SINGLE_OBJECT_HEADER_LEN, AvroCodec, without_uuid
 
 pytestmark = pytest.mark.unit
 
@@ -62,8 +62,8 @@ class Reference:
         self.name = name
         self.schema = raw
         self.writer = parse_schema(raw)
-        self.reader = parse_schema(_without_uuid(raw))
-        self.reader_micros = parse_schema(_strip_timestamps(_without_uuid(raw)))
+        self.reader = parse_schema(without_uuid(raw))
+        self.reader_micros = parse_schema(_strip_timestamps(without_uuid(raw)))
 
     def encode(self, record: Any) -> bytes:
         out = BytesIO()

@@ -14,12 +14,12 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from schemas.loader import load_schema
-from schemas.wire import AvroCodec
-from stream_jobs.hotpath import PricedEncoder, _raw_timestamp, _without_uuid
+from schemas.wire import AvroCodec, without_uuid
+from stream_jobs.hotpath import PricedEncoder, _raw_timestamp
 
 pytestmark = pytest.mark.unit
 
-READ_SCHEMA = _raw_timestamp(_without_uuid(load_schema("UsageEvent")), "occurred_at")
+READ_SCHEMA = _raw_timestamp(without_uuid(load_schema("UsageEvent")), "occurred_at")
 PARSED = parse_schema(READ_SCHEMA)
 DECODE = PricedEncoder(AvroCodec()).decode_usage
 EXACT = Context(prec=38)
