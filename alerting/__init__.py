@@ -11,6 +11,6 @@ Modules (nouns, each one role):
 - :mod:`alerting.worker`        the alert worker: consume, enforce, enqueue, commit; delivery lanes; audit follower
 - :mod:`alerting.control_cli`   ``finops control ...`` and ``finops alerts run``
 
-Nothing here imports ``stream_jobs`` or ``sinks`` internals except :func:`sinks.clickhouse.build_client` (the one
-way to reach ClickHouse); the parts meet on Kafka topics and ClickHouse tables (DESIGN §1).
+Nothing here imports ``stream_jobs`` or ``sinks``; ClickHouse clients come from the ground layer's
+:mod:`finops.clickhouse`, and the parts meet on Kafka topics and ClickHouse tables (DESIGN §1).
 """

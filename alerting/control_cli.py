@@ -362,7 +362,7 @@ def _alerts_run(args: argparse.Namespace) -> int:
     from alerting.worker import AlertWorker, WorkerOptions
     from finops.settings import load_settings
     from finops.topics import TopicNames, ensure_topics
-    from sinks.sql_cli import open_client
+    from finops.clickhouse import open_client
 
     settings = load_settings()
     a = settings.alerting

@@ -1,5 +1,5 @@
 """ClickHouse writers of the alert worker: the delivery log (``alert_deliveries``) and the control audit
-(``control_commands``), through clickhouse-connect (:func:`sinks.clickhouse.build_client`).
+(``control_commands``), through a client of :mod:`finops.clickhouse`.
 
 Both buffer rows in memory (lanes append from their threads) and are flushed by the worker's consumer thread, so
 one thread talks to ClickHouse (the chdb engine is one process' embedded state). Rows carry the destination's

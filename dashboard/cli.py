@@ -112,7 +112,9 @@ def authorise_admin(args: argparse.Namespace, settings: Any, store: Any, action:
             raise PermissionDeniedError(f"`finops token {action}` needs a finops_admin token; the one given is "
                                         f"{principal.role} ({principal.token_id})")
         return f"{principal.subject} (cli, token {principal.token_id})"
-    if str(getattr(store.writer, "uri", "")).startswith("chdb://"):
+    from finops.clickhouse import is_embedded
+
+    if is_embedded(store.writer):
         # The store's files were opened directly (the system is stopped): whoever can do that owns the data.
         return f"{getpass.getuser()} (cli, store files)"
     secret = secret_path(settings.data_dir, STORE_WRITER_PASSWORD)

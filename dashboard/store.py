@@ -1,6 +1,6 @@
 """How the dashboard reaches ClickHouse: a read-only client for every API read and a writer for tokens and the audit.
 
-Where it connects is decided by ``sinks.sql_cli.open_readonly_client`` (the same rule as ``finops sql``): a server
+Where it connects is decided by :func:`finops.clickhouse.open_reader_writer` (the rule of ``finops sql``): a server
 URL directly; in embedded mode the store owner's endpoint when it answers (the sink role or ``make run`` hold the
 chdb path), else the chdb path itself. The writer follows the reader to the same place. Reads run with ClickHouse's
 ``readonly = 2`` (writes and DDL refused by the engine) and a per-query ``max_execution_time``, so a heavy page
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import FinopsError
+from finops.clickhouse import ClickHouseQueryError, is_embedded, open_reader_writer, query_errors
 
 __all__ = ["Store", "StoreQueryError", "open_store"]
 
@@ -26,8 +26,8 @@ __all__ = ["Store", "StoreQueryError", "open_store"]
 QUERY_TIMEOUT_S = 20
 
 
-class StoreQueryError(FinopsError):
-    """A dashboard query failed in ClickHouse; the message carries ClickHouse's reason."""
+class StoreQueryError(ClickHouseQueryError):
+    """A dashboard query failed in ClickHouse; the message carries ClickHouse's reason (``code``, ``reason``)."""
 
 
 class Store:
@@ -42,14 +42,12 @@ class Store:
         self.reader = reader
         self.writer = writer
         self.where = where
-        self._serial = str(getattr(reader, "uri", "")).startswith("chdb://")
+        self._serial = is_embedded(reader)
         self._lock = threading.Lock()
 
     def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run one read-only SELECT with bound ``params``; rows as dicts. Raises :class:`StoreQueryError`."""
-        from clickhouse_connect.driver import exceptions as ch_exc
-
-        try:
+        with query_errors("dashboard query", StoreQueryError):
             if self._serial:
                 with self._lock:
                     result = self.reader.query(sql, parameters=dict(params or {}),
@@ -57,27 +55,21 @@ class Store:
             else:
                 result = self.reader.query(sql, parameters=dict(params or {}),
                                            settings={"max_execution_time": QUERY_TIMEOUT_S})
-        except ch_exc.Error as err:
-            raise StoreQueryError(f"dashboard query failed: {err}") from err
         names = result.column_names
         return [dict(zip(names, row, strict=True)) for row in result.result_rows]
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert ``rows`` (dicts with the same keys) into ``table`` (a name from this package, never input)."""
-        from clickhouse_connect.driver import exceptions as ch_exc
-
         if not rows:
             return
         columns = list(rows[0])
         data = [[row[c] for c in columns] for row in rows]
-        try:
+        with query_errors(f"write to {table}", StoreQueryError):
             if self._serial:
                 with self._lock:
                     self.writer.insert(table, data, column_names=columns)
             else:
                 self.writer.insert(table, data, column_names=columns)
-        except ch_exc.Error as err:
-            raise StoreQueryError(f"write to {table} failed: {err}") from err
 
     def ping(self) -> bool:
         try:
@@ -95,26 +87,13 @@ class Store:
 
 
 def open_store(
-    clickhouse_url: str, database: str, query_url: str | None = None, *, data_dir: Path | None = None
+    clickhouse_url: str, database: str, query_url: str | None = None, *, data_dir: Path | None
 ) -> Store:
     """Connect the dashboard to ClickHouse (see the module docstring for where). At the store endpoint the reader
     logs in as the installation's read-only user and the writer as its writer (secrets of ``data_dir``).
 
     Blocks while probing the store endpoint and connecting. Raises the errors of
-    :func:`sinks.sql_cli.open_readonly_client` (ConfigError, StoreBusyError, ClickHouseUnavailableError).
+    :func:`finops.clickhouse.open_client` (ConfigError, StoreBusyError, ClickHouseUnavailableError).
     """
-    import clickhouse_connect.common
-
-    from sinks.clickhouse import build_client
-    from sinks.sql_cli import open_readonly_client, store_endpoint_for
-
-    # A session id makes a ClickHouse server refuse concurrent queries of one client ("session is locked"); the
-    # dashboard keeps no session state, so it runs without one and its thread pool can query in parallel.
-    clickhouse_connect.common.set_setting("autogenerate_session_id", False)
-    reader, where = open_readonly_client(clickhouse_url, database, query_url, data_dir=data_dir)
-    if where.endswith("(store endpoint)"):
-        endpoint = store_endpoint_for(query_url, data_dir, readonly=False)
-        writer = build_client(endpoint.client_url(), database=database)
-    else:
-        writer = build_client(clickhouse_url, database=database)
+    reader, writer, where = open_reader_writer(clickhouse_url, database, query_url, data_dir=data_dir)
     return Store(reader, writer, where)

@@ -53,6 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finops.clickhouse import open_endpoint_client
 from schemas.errors import FinopsError
 
 __all__ = ["LatencyConfig", "register", "render", "run_latency", "run_suite"]
@@ -486,7 +487,6 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
     from finops.receiver import start_receiver
     from finops.topics import TopicNames, ensure_topics
     from producers.producer import UsageProducer
-    from sinks.clickhouse import build_client
 
     client = settings.kafka.client_config()
     run = uuid.uuid4().hex[:8]
@@ -530,11 +530,9 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
         roles.start("stream", [*finops, "stream", "run"], env)
         roles.start("detect", [*finops, "detect", "run", "--from-earliest", "--no-clickhouse"], env)
         roles.start("alerts", [*finops, "alerts", "run", "--group", f"bench-alerts-{run}"], env)
-        from sinks.sql_cli import store_endpoint_for
 
         # The sink generated this installation's credentials in `home` at its start; read as the reader.
-        endpoint = store_endpoint_for(f"http://127.0.0.1:{store_port}", home, readonly=True)
-        reader = build_client(endpoint.client_url(), database="finops", readonly=True)
+        reader = open_endpoint_client(f"http://127.0.0.1:{store_port}", "finops", readonly=True, data_dir=home)
 
         def ledger_count(tag: str) -> int:
             return int(reader.query("SELECT count() FROM usage_ledger WHERE tags['bench_level'] = {t:String}",

@@ -425,16 +425,16 @@ def demo_token(finops: list[str], env: dict[str, str], token_file: Path, logs: P
 
 def _spend_probe(settings: Any) -> Callable[[], tuple[int, Any] | None]:
     """A function returning (calls, dollars) in the ledger through the store owner's endpoint, None if unreachable."""
-    from sinks.sql_cli import open_readonly_client
+    from finops.clickhouse import open_client
 
     state: dict[str, Any] = {}
 
     def probe() -> tuple[int, Any] | None:
         try:
             if "client" not in state:
-                state["client"], _ = open_readonly_client(settings.clickhouse_url(), settings.clickhouse.database,
-                                                          settings.clickhouse.query_url, ping_timeout=2.0,
-                                                          data_dir=settings.data_dir)
+                state["client"], _ = open_client(settings.clickhouse_url(), settings.clickhouse.database,
+                                                 settings.clickhouse.query_url, ping_timeout=2.0,
+                                                 readonly=True, data_dir=settings.data_dir)
             rows = state["client"].query("SELECT count(), sum(cost_usd) FROM usage_ledger FINAL "
                                          "WHERE source = 'finops-simulator'").result_rows
             return int(rows[0][0]), rows[0][1]
@@ -497,8 +497,7 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
     from finops.settings import load_settings
     from finops.stack import stack_from_settings
     from finops.topics import ensure_topics
-    from sinks.clickhouse import parse_clickhouse_url
-    from sinks.store_server import parse_query_url
+    from finops.clickhouse import parse_clickhouse_url, parse_query_url
 
     t_start = time.monotonic()
     settings = load_settings()

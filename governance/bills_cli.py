@@ -54,7 +54,7 @@ def _handle_import(args: argparse.Namespace) -> int:
         store_report,
     )
     from governance.period import parse_period
-    from governance.store import open_store_client
+    from finops.clickhouse import open_client
 
     settings = load_settings()
     now = datetime.now(UTC)
@@ -74,8 +74,8 @@ def _handle_import(args: argparse.Namespace) -> int:
         report = fetch_report(args.provider, period, config)
         origin = "api"
     database = settings.clickhouse.database
-    client, where = open_store_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                      readonly=False, data_dir=settings.data_dir)
+    client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                readonly=False, data_dir=settings.data_dir)
     try:
         import_id = store_report(client, database, report, origin=origin, now=now)
     finally:
@@ -100,14 +100,14 @@ def _handle_reconcile(args: argparse.Namespace) -> int:
         store_reconciliation,
     )
     from governance.period import parse_period
-    from governance.store import open_store_client
+    from finops.clickhouse import open_client
 
     settings = load_settings()
     period = parse_period(args.period)
     now = datetime.now(UTC)
     database = settings.clickhouse.database
-    client, where = open_store_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                      readonly=args.no_store, data_dir=settings.data_dir)
+    client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                readonly=args.no_store, data_dir=settings.data_dir)
     print(f"-- {where}, database {database}", file=sys.stderr)
     try:
         bills, ledger = load_reconciliation_inputs(client, database, period)
@@ -143,14 +143,14 @@ def _handle_demo_seed(args: argparse.Namespace) -> int:
         store_report,
     )
     from governance.period import parse_period
-    from governance.store import open_store_client
+    from finops.clickhouse import open_client
 
     settings = load_settings()
     now = datetime.now(UTC)
     period = parse_period(args.period, now=now)
     database = settings.clickhouse.database
-    client, where = open_store_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                      readonly=False, data_dir=settings.data_dir)
+    client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                readonly=False, data_dir=settings.data_dir)
     try:
         reports = build_bill_from_ledger(client, database, period)
         for report in reports:

@@ -162,11 +162,11 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _with_client(settings: Any, readonly: bool, work: Callable[[Any, str], int]) -> int:
-    from governance.store import open_store_client
+    from finops.clickhouse import open_client
 
     database = settings.clickhouse.database
-    client, where = open_store_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                      readonly=readonly, data_dir=settings.data_dir)
+    client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                readonly=readonly, data_dir=settings.data_dir)
     print(f"-- {where}, database {database}", file=sys.stderr)
     try:
         return work(client, database)

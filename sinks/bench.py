@@ -150,7 +150,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
     from finops.topics import TopicNames, ensure_topics
     from schemas.wire import AvroCodec
-    from sinks.clickhouse import build_client
+    from finops.clickhouse import connect
     from sinks.migrations import MigrationRunner
     from finops.tables import LEDGER_COLUMNS
     from sinks.rows import LEDGER, compute_ledger_row
@@ -164,7 +164,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if url is None:
         tmp = tempfile.TemporaryDirectory(prefix="finops-bench-")
         url = f"chdb://{Path(tmp.name) / 'ch'}"
-    client = build_client(url)
+    client = connect(url)
     suffix = uuid.uuid4().hex[:8]
     databases = {name: f"bench_{name}_{suffix}" for name in ("base", "sink", "bp")}
     for db in databases.values():

@@ -70,14 +70,14 @@ def apply_migrations(
     pending. Errors (bad URL, unreachable ClickHouse, changed migration file, failed statement) are printed to
     ``err`` as one message saying what to do; the password never appears.
     """
-    from sinks.clickhouse import build_client
+    from finops.clickhouse import connect
     from sinks.migrations import MigrationRunner
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     client = None
     try:
-        client = build_client(url)
+        client = connect(url)
         runner = MigrationRunner(client, database, migrations_dir, cluster=cluster)
         plans = runner.apply(dry_run=dry_run, log=lambda line: print(line, file=out))
     except FinopsError as error:

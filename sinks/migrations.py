@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import FinopsError
-from sinks.clickhouse import ClickHouseError, check_identifier
+from finops.clickhouse import ClickHouseError, check_identifier
 
 __all__ = [
     "DEFAULT_MIGRATIONS_DIR",

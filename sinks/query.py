@@ -1,7 +1,7 @@
 """Read-only ad-hoc queries (``finops sql``) and how their results are printed.
 
 :func:`run_readonly_query` runs one statement with ClickHouse's own read-only enforcement, on any clickhouse-connect
-client: a chdb client must have been opened read-only (``build_client(url, readonly=True)``: its session is
+client: a chdb client must have been opened read-only (``connect(url, readonly=True)``: its session is
 ``readonly = 2`` and cannot be lifted), an HTTP client gets ``readonly = 2`` on the request unless its session is
 already read-only. The engine, not a parser of ours, decides what is a write, so INSERT, CREATE, DROP, ALTER,
 TRUNCATE, SYSTEM, OPTIMIZE ... all fail with READONLY, which is translated into :class:`ReadOnlyQueryError`.
@@ -54,7 +54,7 @@ _CLICKHOUSE_FORMATS: dict[str, OutputFormat] = {"vertical": "vertical", "csvwith
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*\Z", re.IGNORECASE)
 READONLY_CODE = 164  # ClickHouse READONLY
 ACCESS_DENIED_CODE = 497  # ClickHouse ACCESS_DENIED: the store endpoint's policy (sinks/query_policy.py) refused it
-_READONLY_LEVEL = "2"  # see sinks/clickhouse.py: 1 would also refuse per-query settings
+_READONLY_LEVEL = "2"  # see finops/clickhouse.py: 1 would also refuse per-query settings
 
 
 class QueryError(FinopsError):
@@ -91,7 +91,7 @@ def run_readonly_query(
             # On chdb a per-query readonly is applied with SET and cannot be restored afterwards (ClickHouse refuses
             # to lift readonly), so it would silently turn the caller's client read-only for good.
             raise QueryError(
-                "run_readonly_query needs a read-only chdb client: open it with build_client(url, readonly=True)"
+                "run_readonly_query needs a read-only chdb client: open it with connect(url, readonly=True)"
             )
         settings["readonly"] = _READONLY_LEVEL
     try:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sinks.clickhouse import check_identifier
+from finops.clickhouse import check_identifier
 
 __all__ = [
     "Comparison",

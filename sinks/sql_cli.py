@@ -1,13 +1,8 @@
 """``finops sql`` (read-only SQL from a shell) and ``finops store serve`` (the store endpoint on its own).
 
-Where ``finops sql`` connects (:func:`open_readonly_client`):
-
-1. ``FINOPS_CLICKHOUSE_URL`` is ``http(s)://``: that ClickHouse server, read-only.
-2. It is ``chdb://`` (embedded): first the store owner's endpoint (``FINOPS_CLICKHOUSE_QUERY_URL``, default
-   http://127.0.0.1:8124), because while the system runs its owner process holds the data path;
-3. if nothing answers there, the chdb path itself (nobody owns it: the system is stopped);
-4. if the path is held by another process that does not serve the endpoint, an error names the process and the
-   endpoint it should serve.
+``finops sql`` connects read-only where :func:`finops.clickhouse.open_client` says: a server directly; in embedded
+mode the store owner's endpoint when the system runs, else the chdb path itself (then the endpoint's query policy is
+applied here).
 
 ``finops store serve`` runs a process that owns the chdb path and serves the endpoint: for querying a stopped
 system from several shells or from Grafana. When the system runs, its owner (the sink role or ``make run``) serves
@@ -17,29 +12,23 @@ the endpoint itself and this command refuses to start (the path is taken).
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
-import os
 import signal
 import sys
 import threading
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
 
-from schemas.errors import ConfigError, FinopsError
+from finops.clickhouse import (
+    StoreBusyError,
+    chdb_path_owner,
+    connect,
+    is_embedded,
+    open_client,
+    parse_clickhouse_url,
+    parse_query_url,
+)
+from schemas.errors import ConfigError
 
-__all__ = [
-    "StoreBusyError", "chdb_path_owner", "check_in_process", "endpoint_answers", "open_client",
-    "open_readonly_client", "register", "store_endpoint_for",
-]
-
-_PING_TIMEOUT_S = 1.0
-
-
-class StoreBusyError(FinopsError):
-    """The embedded store is held by another process and cannot be reached through an endpoint."""
+__all__ = ["check_in_process", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -76,161 +65,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.set_defaults(func=_handle_store_serve)
 
 
-# ---- connection resolution -----------------------------------------------------------------------------------
-def endpoint_answers(url: str, timeout: float = _PING_TIMEOUT_S) -> bool:
-    """True if a ClickHouse HTTP endpoint at ``url`` answers ``/ping`` with ``Ok.`` (blocks up to ``timeout``)."""
-    from sinks.store_server import parse_query_url
-
-    endpoint = parse_query_url(url)
-    try:
-        with urllib.request.urlopen(f"{endpoint.url}/ping", timeout=timeout) as response:  # noqa: S310 - http only
-            return bool(response.status == 200 and response.read(16).startswith(b"Ok."))
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def chdb_path_owner(path: str | Path) -> int | None:
-    """The pid of the process holding the chdb data directory ``path``, or None if nobody holds it.
-
-    ClickHouse keeps an exclusive ``flock`` on ``<path>/status`` while an engine is open and writes its pid there.
-    This process itself is never reported (it may open the path again). Returns -1 when the lock is held but the
-    pid cannot be read.
-    """
-    status = Path(path) / "status"
-    try:
-        fd = os.open(status, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            pid = _status_pid(status)
-            return None if pid == os.getpid() else (pid if pid is not None else -1)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def _status_pid(status: Path) -> int | None:
-    try:
-        for line in status.read_text(errors="replace").splitlines():
-            if line.startswith("PID:"):
-                return int(line.split(":", 1)[1].strip())
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def open_readonly_client(
-    clickhouse_url: str, database: str, query_url: str | None = None, *, data_dir: Path | None = None,
-    ping_timeout: float = _PING_TIMEOUT_S,
-) -> tuple[Any, str]:
-    """A read-only clickhouse-connect client for ``finops sql`` and a printable description of where it points.
-
-    See :func:`open_client` (this is it with ``readonly=True``).
-    """
-    return open_client(clickhouse_url, database, query_url, readonly=True, data_dir=data_dir,
-                       ping_timeout=ping_timeout)
-
-
-def store_endpoint_for(query_url: str | None, data_dir: Path | None, *, readonly: bool) -> Any:
-    """The store endpoint of ``query_url`` with the credentials a client of this installation uses: the URL's own
-    ``user:password@`` when it names one, else the installation's reader (``readonly``) or writer from
-    ``<data_dir>/secrets`` (finops/secrets.py; None when they do not exist yet or ``data_dir`` is None).
-
-    Raises:
-        SecretFileError: a secret file is readable by others or cannot be read (the message names it).
-    """
-    from finops.secrets import load_store_credentials
-    from sinks.store_server import parse_query_url
-
-    endpoint = parse_query_url(query_url)
-    if endpoint.username is not None or data_dir is None:
-        return endpoint
-    credentials = load_store_credentials(data_dir, create=False)
-    if credentials is None:
-        return endpoint
-    return endpoint.with_credentials(*credentials.for_role(readonly=readonly))
-
-
-def open_client(
-    clickhouse_url: str, database: str, query_url: str | None = None, *, readonly: bool,
-    data_dir: Path | None = None, ping_timeout: float = _PING_TIMEOUT_S,
-) -> tuple[Any, str]:
-    """A clickhouse-connect client for any role but the store owner, and a printable description of where it points.
-
-    See the module docstring for the order: a server URL directly; in embedded mode the owner's store endpoint when
-    it answers, else the chdb path when nobody holds it. ``readonly`` applies ClickHouse's ``readonly`` setting
-    (writes such as re-rating corrections or the alert worker's delivery log pass ``False``) and, at the store
-    endpoint, logs in as the installation's reader instead of its writer (``data_dir``: where the settings keep the
-    installation's secrets, see :func:`store_endpoint_for`). Blocks up to ``ping_timeout`` probing the endpoint,
-    then while connecting.
-
-    Raises:
-        ConfigError: bad URL, bad credentials or a missing database (from :func:`sinks.clickhouse.build_client`);
-            at the store endpoint, credentials it refuses (the message says where they come from).
-        StoreBusyError: the chdb path is held by another process and nothing answers at the endpoint.
-        ClickHouseUnavailableError: ClickHouse cannot be reached.
-    """
-    from sinks.clickhouse import ClickHouseUnavailableError, build_client, parse_clickhouse_url
-    from sinks.store_server import parse_query_url
-
-    target = parse_clickhouse_url(clickhouse_url)
-    if target.kind == "http":
-        return build_client(clickhouse_url, database=database, readonly=readonly), target.redacted()
-    endpoint = parse_query_url(query_url)
-    if endpoint_answers(endpoint.url, ping_timeout):
-        return _endpoint_client(store_endpoint_for(query_url, data_dir, readonly=readonly), database,
-                                readonly=readonly, data_dir=data_dir), f"{endpoint.url} (store endpoint)"
-    assert target.path is not None
-    owner = chdb_path_owner(target.path)
-    if owner is not None:
-        raise _busy(target.path, owner, endpoint.url)
-    try:
-        return build_client(clickhouse_url, database=database, readonly=readonly), target.redacted()
-    except ClickHouseUnavailableError:
-        owner = chdb_path_owner(target.path)
-        if owner is not None:  # taken between the check and the open
-            raise _busy(target.path, owner, endpoint.url) from None
-        raise
-
-
-def _endpoint_client(endpoint: Any, database: str, *, readonly: bool, data_dir: Path | None) -> Any:
-    """A clickhouse-connect client of the store endpoint; a refused login says where credentials come from."""
-    from sinks.clickhouse import build_client
-
-    try:
-        return build_client(endpoint.client_url(), database=database, readonly=readonly)
-    except ConfigError as err:
-        if "rejected the credentials" not in str(err):
-            raise
-        from finops.secrets import secrets_dir
-
-        where = (f"the installation's secrets in {secrets_dir(data_dir)} (readable by the installation's owner "
-                 "only)" if data_dir is not None else "no credentials (none were given)")
-        if endpoint.username is not None and data_dir is not None:
-            where = f"user {endpoint.username!r}"
-        raise ConfigError(
-            f"the store endpoint at {endpoint.url} refused the login ({where}). Run the command as the user that "
-            "runs the system (it reads <data dir>/secrets), with the same FINOPS_DATA_DIR, or put a user and "
-            "password in FINOPS_CLICKHOUSE_QUERY_URL=http://user:password@host:port"
-        ) from None
-
-
-def _busy(path: str, pid: int, endpoint_url: str) -> StoreBusyError:
-    who = f"process {pid}" if pid > 0 else "another process"
-    return StoreBusyError(
-        f"the embedded store at {path} is held by {who}, and no store endpoint answers at {endpoint_url}. "
-        f"Start the store endpoint at {endpoint_url} in that process (the sink role and `make run` serve it; "
-        "see FINOPS_CLICKHOUSE_QUERY_URL), or point FINOPS_CLICKHOUSE_QUERY_URL at where it listens, or stop "
-        f"{who} to query the path directly."
-    )
-
-
 # ---- handlers --------------------------------------------------------------------------------------------------
 def _parse_params(pairs: list[str]) -> dict[str, str]:
     params: dict[str, str] = {}
@@ -250,10 +84,10 @@ def _handle_sql(args: argparse.Namespace) -> int:
     settings = load_settings()
     params = _parse_params(args.param)
     database = args.database or settings.clickhouse.database
-    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                         data_dir=settings.data_dir)
+    client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url, readonly=True,
+                                data_dir=settings.data_dir)
     try:
-        if str(getattr(client, "uri", "")).startswith("chdb://"):
+        if is_embedded(client):
             # On the chdb path itself nobody else checks the statement: apply the store endpoint's policy here.
             check_in_process(client, query)
         columns, rows = run_readonly_query(client, query, params)
@@ -283,9 +117,8 @@ def check_in_process(client: Any, sql: str) -> None:
 
 def _handle_store_serve(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
-    from sinks.clickhouse import build_client, parse_clickhouse_url
     from finops.secrets import load_store_credentials, secrets_dir
-    from sinks.store_server import StoreServerError, parse_query_url, serve_store
+    from sinks.store_server import StoreServerError, serve_store
 
     settings = load_settings()
     url = settings.clickhouse_url()
@@ -307,7 +140,7 @@ def _handle_store_serve(args: argparse.Namespace) -> int:
         )
     credentials = load_store_credentials(settings.data_dir)
     assert credentials is not None
-    client = build_client(url)
+    client = connect(url)
     try:
         server = serve_store(client, host, port, credentials=credentials, users=endpoint.users())
         stop = threading.Event()

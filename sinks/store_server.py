@@ -16,7 +16,7 @@ What is implemented of the ClickHouse HTTP interface (enough for clickhouse-conn
 * Every other URL parameter that is not a transport parameter is a ClickHouse setting for that request only.
   ``readonly=1|2`` (and any ``GET``, as in ClickHouse) runs the request on a handle whose session is
   ``readonly = 2``, so every write and DDL fails with READONLY (164) and cannot be lifted; per-query settings still
-  apply (see sinks/clickhouse.py for why 2 and not 1).
+  apply (see finops/clickhouse.py for why 2 and not 1).
 * ``database`` (parameter or ``X-ClickHouse-Database``), ``default_format`` (or ``X-ClickHouse-Format``);
   without either the format is TabSeparated, as in ClickHouse. The output is whatever the engine writes for the
   format (Native, TabSeparated, CSV, JSON, JSONEachRow, ...), passed through unchanged.
@@ -70,32 +70,27 @@ import time
 import uuid
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP as HTTP_POLICY
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
+from finops.clickhouse import DEFAULT_HOST, DEFAULT_PORT, connect, execute_raw, is_embedded
 from finops.secrets import StoreCredentials
 from schemas.errors import FinopsError
 from sinks.query_policy import ACCESS_DENIED, QueryPolicy, QueryRefusedError, format_allowed
 
 __all__ = [
-    "DEFAULT_HOST",
-    "DEFAULT_PORT",
     "DEFAULT_QUERY_URL",
-    "StoreEndpoint",
     "StoreServer",
     "StoreServerError",
-    "parse_query_url",
     "serve_store",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8124
 DEFAULT_QUERY_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 # A request body larger than this is refused with QUERY_IS_TOO_LARGE before it is read into memory. Sink batches
 # are written by the owner itself; what comes over HTTP is queries and the odd manual insert.
@@ -185,76 +180,6 @@ class ClickHouseHTTPError(Exception):
             f"Code: {code}. DB::Exception: {message}. ({_ERROR_NAMES.get(code, 'UNKNOWN')})"
         )
         super().__init__(self.body)
-
-
-# ---- the query URL (where the endpoint listens and how to log in) ----------------------------------------------
-@dataclass(frozen=True)
-class StoreEndpoint:
-    """Where a store endpoint listens and, when the URL carries credentials, the one user it accepts."""
-
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` without credentials (safe to print)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def client_url(self) -> str:
-        """``http://[user[:password]@]host:port`` for clickhouse-connect (secret: carries the password)."""
-        from urllib.parse import quote
-
-        auth = ""
-        if self.username is not None:
-            auth = quote(self.username, safe="")
-            if self.password is not None:
-                auth += ":" + quote(self.password, safe="")
-            auth += "@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{auth}{host}:{self.port}"
-
-    def users(self) -> dict[str, str] | None:
-        """The ``users`` argument of :func:`serve_store` for this URL: its user as an extra writer (None: none)."""
-        if self.username is None:
-            return None
-        return {self.username: self.password or ""}
-
-    def with_credentials(self, username: str, password: str) -> StoreEndpoint:
-        """This endpoint with ``username``/``password`` unless the URL named a user itself (explicit wins)."""
-        if self.username is not None:
-            return self
-        return StoreEndpoint(self.host, self.port, username, password)
-
-
-def parse_query_url(url: str | None) -> StoreEndpoint:
-    """Parse ``clickhouse.query_url`` (``http://[user:password@]host:port``); None gives the default endpoint.
-
-    Raises:
-        StoreServerError: the URL is not ``http://host:port`` (the message never contains the password).
-    """
-    if not url:
-        return StoreEndpoint()
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        raise StoreServerError(
-            "FINOPS_CLICKHOUSE_QUERY_URL is not a valid URL (bad host or port); expected http://host:port"
-        ) from None
-    if parts.scheme != "http" or not parts.hostname:
-        raise StoreServerError(
-            f"FINOPS_CLICKHOUSE_QUERY_URL must be http://[user:password@]host:port (got scheme {parts.scheme!r}); "
-            "the store endpoint speaks plain HTTP on a local address"
-        )
-    return StoreEndpoint(
-        host=parts.hostname,
-        port=port or DEFAULT_PORT,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-    )
 
 
 # ---- request parsing (pure) -----------------------------------------------------------------------------------
@@ -672,8 +597,6 @@ class StoreEngine:
                                                 written_bytes=str(summary.get("written_bytes", "0"))))
 
     def _query_locked(self, request: StoreRequest, keyword: str, started: int) -> EngineAnswer:
-        from clickhouse_connect.driver._backend.models import QueryRuntime
-
         fmt, named = output_format(request.sql, request.default_format)
         sql = request.sql
         produces_result = keyword in _RESULT_KEYWORDS
@@ -683,17 +606,9 @@ class StoreEngine:
             text: str | bytes = sql.decode()
         except UnicodeDecodeError:
             text = sql  # binary bound values: the engine takes bytes
-        # The backend's raw-query seam is used instead of Client.raw_query because the HTTP request carries
-        # param_<name> values already in ClickHouse's escaped text form; raw_query would format them again as
-        # Python values. The same seam serves clickhouse-connect's own chdb client (pinned 1.12).
-        body = self._client._backend.execute_raw_query(
-            text, request.bind_params, None, QueryRuntime(database=request.database, settings={}), None
-        )
-        return EngineAnswer(
-            bytes(body or b""),
-            fmt if produces_result else None,
-            _summary(started, result_bytes=str(len(body or b""))),
-        )
+        # The HTTP request carries param_<name> values already in ClickHouse's escaped text form (see execute_raw).
+        body = execute_raw(self._client, text, request.bind_params, request.database)
+        return EngineAnswer(body, fmt if produces_result else None, _summary(started, result_bytes=str(len(body))))
 
     def close(self) -> None:
         """Close this handle (the owner's own client is never closed here)."""
@@ -1040,17 +955,15 @@ def serve_store(
     directory or the address cannot be bound.
     """
     path = getattr(client, "path", None)
-    uri = str(getattr(client, "uri", ""))
-    if not uri.startswith("chdb://") or not isinstance(path, str) or not os.path.isabs(path):
+    if not is_embedded(client) or not isinstance(path, str) or not os.path.isabs(path):
         raise StoreServerError(
             "the store endpoint fronts an embedded store: pass the owner's chdb client "
-            "(build_client('chdb:///abs/path')); a ClickHouse server has its own HTTP interface"
+            "(finops.clickhouse.connect('chdb:///abs/path')); a ClickHouse server has its own HTTP interface"
         )
-    from sinks.clickhouse import build_client
-
-    writer = StoreEngine(build_client(f"chdb://{path}"), name="writer")
+    # The endpoint's own engine handles on the owner's path (chdb allows several in the process that holds it).
+    writer = StoreEngine(connect(f"chdb://{path}"), name="writer")
     try:
-        reader = StoreEngine(build_client(f"chdb://{path}", readonly=True), name="reader")
+        reader = StoreEngine(connect(f"chdb://{path}", readonly=True), name="reader")
     except BaseException:
         writer.close()
         raise

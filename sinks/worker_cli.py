@@ -176,8 +176,9 @@ def _start_store_endpoint(client: Any, query_url: str | None, host: str | None, 
     """Serve the chdb this process owns to other processes (sinks/store_server.py): in embedded mode the sink is
     the store owner, so dashboards, ``finops sql`` and ``finops reconcile`` query through this endpoint. Returns
     the started server (call ``stop()``). Raises StoreServerError when the address cannot be bound."""
+    from finops.clickhouse import parse_query_url
     from finops.secrets import load_store_credentials, secrets_dir
-    from sinks.store_server import parse_query_url, serve_store
+    from sinks.store_server import serve_store
 
     endpoint = parse_query_url(query_url)
     # The installation's credentials, generated 0600 at first start (DESIGN §6: the endpoint is a trust boundary).
@@ -193,8 +194,8 @@ def _start_store_endpoint(client: Any, query_url: str | None, host: str | None, 
 
 def _sink_run(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
+    from finops.clickhouse import connect, parse_clickhouse_url
     from finops.topics import TopicNames, sink_group
-    from sinks.clickhouse import build_client, parse_clickhouse_url
 
     settings = load_settings()
     url = settings.clickhouse_url()
@@ -204,7 +205,7 @@ def _sink_run(args: argparse.Namespace) -> int:
 
     # Connectivity first: a wrong URL or a broker that is down is reported before anything is built.
     _check_kafka(kafka_config)
-    client = build_client(url, database=database)
+    client = connect(url, database=database)
     check_tables(client, database)
 
     codec = build_codec(settings.kafka.schema_registry_url.get_secret_value()
@@ -297,15 +298,15 @@ def _reconcile(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
     from finops.topics import TopicNames
     from sinks.reconcile import build_drift_alert, compute_reconciliation
-    from sinks.sql_cli import open_readonly_client
+    from finops.clickhouse import open_client
 
     start, end = parse_instant(args.start), parse_instant(args.end)
     settings = load_settings()
     database = settings.clickhouse.database
     # Embedded mode: while `finops sink run` owns the chdb path, read through its store endpoint; otherwise open
     # the path (or the server) read-only.
-    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                         data_dir=settings.data_dir)
+    client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                readonly=True, data_dir=settings.data_dir)
     log.info("reconciling against %s", where)
     try:
         report = compute_reconciliation(client, database, start, end)

@@ -65,10 +65,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from finops.clickhouse import check_identifier
 from finops.retry import RetryPolicy, compute_backoff
 from schemas.errors import FinopsError
 from sinks.avro_block import PrefixReader, build_container, build_container_header, compute_frame_header
-from sinks.clickhouse import check_identifier
 from sinks.rows import RowMappingError, RowSpec
 
 __all__ = [

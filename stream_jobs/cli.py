@@ -281,15 +281,14 @@ def _drift_calls_from_file(path: Path, pricer: Any, settings: Any) -> list[Any]:
 
 
 def _drift_calls_from_ledger(since: str, until: str | None, settings: Any, pricer: Any) -> list[Any]:
-    from sinks.clickhouse import check_identifier
-    from sinks.sql_cli import open_readonly_client
+    from finops.clickhouse import check_identifier, open_client
     from stream_jobs.drift import DriftCall
 
     lo = _parse_when(since, "--since")
     hi = _parse_when(until, "--until") if until else datetime.now(UTC)
     database = settings.clickhouse.database
-    client, where = open_readonly_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                         data_dir=settings.data_dir)
+    client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
+                                readonly=True, data_dir=settings.data_dir)
     print(f"-- {where}, database {database}", file=sys.stderr)
     columns = (
         "provider", "model", "source", "occurred_at", "event_id", "input_tokens", "output_tokens", "cache_read_tokens",
@@ -398,8 +397,7 @@ def _record_version(settings: Any, info: Any) -> None:
     """Write the version to price_catalogue_versions; a ClickHouse that cannot be reached is reported, not fatal
     (the workers read the catalogue directory, not ClickHouse)."""
     try:
-        from sinks.clickhouse import check_identifier
-        from sinks.sql_cli import open_client
+        from finops.clickhouse import check_identifier, open_client
 
         client, _ = open_client(settings.clickhouse_url(), settings.clickhouse.database,
                                 settings.clickhouse.query_url, readonly=False,

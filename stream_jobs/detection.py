@@ -125,7 +125,7 @@ class ClickHouseLedgerReader:
                   "tag": "tags[{k:String}] = {v:String}"}
 
     def __init__(self, client: Any, database: str) -> None:
-        from sinks.clickhouse import check_identifier
+        from finops.clickhouse import check_identifier
 
         check_identifier(database)
         self._client = client
@@ -685,10 +685,10 @@ def build_ledger_reader(settings: FinopsSettings) -> LedgerReader | None:
     """A read-only ledger reader: the ClickHouse server, or the store endpoint in embedded mode. None (and a
     warning) when ClickHouse cannot be reached: detection runs without reconciliation rather than not at all."""
     try:
-        from sinks.sql_cli import open_readonly_client
+        from finops.clickhouse import open_client
 
-        client, where = open_readonly_client(settings.clickhouse_url(), settings.clickhouse.database,
-                                             settings.clickhouse.query_url, data_dir=settings.data_dir)
+        client, where = open_client(settings.clickhouse_url(), settings.clickhouse.database,
+                                    settings.clickhouse.query_url, readonly=True, data_dir=settings.data_dir)
     except FinopsError as err:
         log.warning("ClickHouse not reachable (%s): no reconciliation or baseline seeding", err)
         return None

@@ -96,9 +96,9 @@ def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def ch_client(chdb_url: str) -> Any:
-    from sinks.clickhouse import build_client
+    from finops.clickhouse import connect
 
-    return build_client(chdb_url)
+    return connect(chdb_url)
 
 
 @pytest.fixture

@@ -153,10 +153,10 @@ class RecordingPublisher:
 
 
 def build_store(chdb_url: str, database: str) -> Store:
-    from sinks.clickhouse import build_client
+    from finops.clickhouse import connect
 
-    return Store(build_client(chdb_url, database=database, readonly=True),
-                 build_client(chdb_url, database=database), where="test chdb")
+    return Store(connect(chdb_url, database=database, readonly=True),
+                 connect(chdb_url, database=database), where="test chdb")
 
 
 @dataclass

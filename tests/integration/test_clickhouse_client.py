@@ -1,4 +1,4 @@
-"""build_client against real chdb: read-only enforcement and translated errors."""
+"""connect against real chdb: read-only enforcement and translated errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from schemas.errors import ConfigError
-from sinks.clickhouse import ClickHouseUnavailableError, build_client
+from finops.clickhouse import ClickHouseUnavailableError, connect
 
 pytestmark = pytest.mark.integration
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def test_readonly_client_reads_but_cannot_write_alter_or_lift_readonly(
     chdb_url: str, ch_client: Any, ch_database: str
 ) -> None:
-    reader = build_client(chdb_url, database=ch_database, readonly=True)
+    reader = connect(chdb_url, database=ch_database, readonly=True)
     try:
         assert reader.query("SELECT count() FROM usage_ledger").result_rows == [(0,)]
         # per-query settings still work (the reason for readonly = 2 rather than 1)
@@ -38,12 +38,12 @@ def test_readonly_client_reads_but_cannot_write_alter_or_lift_readonly(
 
 def test_missing_database_says_run_migrate(chdb_url: str, ch_client: Any) -> None:
     with pytest.raises(ConfigError, match="finops migrate"):
-        build_client(chdb_url, database="no_such_db_here")
+        connect(chdb_url, database="no_such_db_here")
 
 
 def test_unreachable_server_is_translated_and_hides_the_password() -> None:
     with pytest.raises(ClickHouseUnavailableError) as info:
-        build_client("http://alice:s3cret-pw@127.0.0.1:1/finops")
+        connect("http://alice:s3cret-pw@127.0.0.1:1/finops")
     message = str(info.value)
     assert "s3cret-pw" not in message
     assert "127.0.0.1:1" in message and "FINOPS_CLICKHOUSE_URL" in message
@@ -51,4 +51,4 @@ def test_unreachable_server_is_translated_and_hides_the_password() -> None:
 
 def test_bad_database_identifier_is_refused_before_connecting(chdb_url: str) -> None:
     with pytest.raises(ConfigError, match="invalid database"):
-        build_client(chdb_url, database="x; DROP DATABASE y")
+        connect(chdb_url, database="x; DROP DATABASE y")

@@ -41,9 +41,9 @@ def test_readme_has_one_example_per_metric_view() -> None:
 
 @pytest.mark.parametrize("sql", _examples())
 def test_readme_sql_example_runs(sql: str, chdb_url: str, ch_database: str) -> None:
-    from sinks.clickhouse import build_client
+    from finops.clickhouse import connect
 
-    client = build_client(chdb_url, database=ch_database, readonly=True)  # as `finops sql` runs it
+    client = connect(chdb_url, database=ch_database, readonly=True)  # as `finops sql` runs it
     client.query(sql)  # runs (an empty database has no rows; the columns are checked below)
     described = [row[0] for row in client.query(f"DESCRIBE ({sql})").result_rows]
     assert _selected(sql) == described
@@ -56,7 +56,7 @@ def test_cost_per_successful_task_example_has_one_row_per_day_and_team(
     from datetime import UTC, datetime, timedelta
     from decimal import Decimal
 
-    from sinks.clickhouse import build_client
+    from finops.clickhouse import connect
     from tests.integration.ch_fixtures import insert_ledger, ledger_row
 
     day = datetime(2026, 11, 3, 10, tzinfo=UTC).replace(tzinfo=None)
@@ -70,7 +70,7 @@ def test_cost_per_successful_task_example_has_one_row_per_day_and_team(
     ]
     insert_ledger(ch_client, ch_database, rows)
     (sql,) = [s for s in _examples() if "v_cost_per_successful_task" in s]
-    client = build_client(chdb_url, database=ch_database, readonly=True)
+    client = connect(chdb_url, database=ch_database, readonly=True)
     result = client.query(sql).result_rows
     assert [(r[0].isoformat(), r[1]) for r in result] == [("2026-11-03", "a"), ("2026-11-03", "b")]
     assert [tuple(r[2:]) for r in result] == [(3, 2, Decimal("3")), (1, 0, None)]  # $6 over 2 successful tasks

@@ -19,7 +19,8 @@ import clickhouse_connect
 import pytest
 
 from sinks.query import QueryError, ReadOnlyQueryError, run_readonly_query
-from sinks.sql_cli import StoreBusyError, chdb_path_owner, open_readonly_client, register
+from finops.clickhouse import StoreBusyError, chdb_path_owner, open_client
+from sinks.sql_cli import register
 from sinks.store_server import StoreServer, serve_store
 
 pytestmark = pytest.mark.integration
@@ -65,9 +66,9 @@ def _count(ch_client: Any, database: str) -> int:
 
 @pytest.mark.parametrize("statement", WRITES)
 def test_chdb_readonly_client_refuses_writes(chdb_url: str, ch_client: Any, database: str, statement: str) -> None:
-    from sinks.clickhouse import build_client
+    from finops.clickhouse import connect
 
-    client = build_client(chdb_url, database=database, readonly=True)
+    client = connect(chdb_url, database=database, readonly=True)
     try:
         with pytest.raises(ReadOnlyQueryError, match="finops sql is read-only"):
             run_readonly_query(client, statement)
@@ -115,7 +116,7 @@ def test_query_errors_carry_clickhouse_message(store: StoreServer, database: str
 
 def test_connects_through_the_endpoint_when_it_answers(chdb_url: str, store: StoreServer, database: str,
                                                       store_data_dir: Path) -> None:
-    client, where = open_readonly_client(chdb_url, database, store.url, data_dir=store_data_dir)
+    client, where = open_client(chdb_url, database, store.url, readonly=True, data_dir=store_data_dir)
     try:
         assert "store endpoint" in where and str(client.uri).startswith("http")
         assert run_readonly_query(client, "SELECT count() FROM spend")[1] == [(2,)]
@@ -126,7 +127,8 @@ def test_connects_through_the_endpoint_when_it_answers(chdb_url: str, store: Sto
 
 
 def test_opens_the_path_when_no_endpoint_answers(chdb_url: str, database: str, free_port: int) -> None:
-    client, where = open_readonly_client(chdb_url, database, f"http://127.0.0.1:{free_port}", ping_timeout=0.5)
+    client, where = open_client(chdb_url, database, f"http://127.0.0.1:{free_port}", readonly=True,
+                                data_dir=None, ping_timeout=0.5)
     try:
         assert where.startswith("chdb://") and str(client.uri).startswith("chdb://")
         assert run_readonly_query(client, "SELECT count() FROM spend")[1] == [(2,)]
@@ -160,7 +162,7 @@ def test_path_held_by_another_process_names_the_endpoint(tmp_path: Path, free_po
         assert chdb_path_owner(path) == holder.pid
         endpoint = f"http://127.0.0.1:{free_port}"
         with pytest.raises(StoreBusyError) as caught:
-            open_readonly_client(f"chdb://{path}", "default", endpoint, ping_timeout=0.5)
+            open_client(f"chdb://{path}", "default", endpoint, readonly=True, data_dir=None, ping_timeout=0.5)
         message = str(caught.value)
         assert f"process {holder.pid}" in message and f"Start the store endpoint at {endpoint}" in message
     finally:

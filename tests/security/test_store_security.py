@@ -390,9 +390,9 @@ def test_finops_sql_on_the_chdb_path_refuses_each_class(tmp_path: Path) -> None:
            "FINOPS_CLICKHOUSE_DATABASE": "default", "FINOPS_CLICKHOUSE_QUERY_URL": f"http://127.0.0.1:{_free_port()}",
            "PYTHONPATH": str(REPO)}
     script = (
-        "import sys, json; from sinks.sql_cli import check_in_process; from sinks.clickhouse import build_client\n"
+        "import sys, json; from sinks.sql_cli import check_in_process; from finops.clickhouse import connect\n"
         "from sinks.query import run_readonly_query\n"
-        "c = build_client(sys.argv[1], readonly=True); out = {}\n"
+        "c = connect(sys.argv[1], readonly=True); out = {}\n"
         "for q in json.loads(sys.argv[2]):\n"
         "    try:\n        check_in_process(c, q); out[q] = 'ran: ' + repr(run_readonly_query(c, q)[1][:1])\n"
         "    except Exception as e:\n        out[q] = 'refused: ' + str(e)\n"

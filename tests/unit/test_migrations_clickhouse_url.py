@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.errors import ConfigError
-from sinks.clickhouse import ClickHouseTarget, check_identifier, parse_clickhouse_url
+from finops.clickhouse import ClickHouseTarget, check_identifier, parse_clickhouse_url
 
 pytestmark = pytest.mark.unit
 

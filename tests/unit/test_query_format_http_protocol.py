@@ -7,6 +7,8 @@ import zlib
 
 import pytest
 
+from finops.clickhouse import parse_query_url
+from schemas.errors import ConfigError
 from sinks.store_server import (
     _STATUS_BY_CODE,
     AUTHENTICATION_FAILED,
@@ -16,14 +18,12 @@ from sinks.store_server import (
     SYNTAX_ERROR,
     UNKNOWN_COMPRESSION_METHOD,
     ClickHouseHTTPError,
-    StoreServerError,
     build_request,
     decompress_body,
     first_keyword,
     output_format,
     parse_insert_head,
     parse_multipart,
-    parse_query_url,
 )
 
 pytestmark = pytest.mark.unit
@@ -123,5 +123,5 @@ def test_query_url_parsing() -> None:
     assert (endpoint.host, endpoint.port, endpoint.users()) == ("127.0.0.1", 9000, {"finops": "p@ss"})
     assert "p@ss" not in repr(endpoint) and endpoint.url == "http://127.0.0.1:9000"
     assert parse_query_url(None).url == "http://127.0.0.1:8124" and parse_query_url(None).users() is None
-    with pytest.raises(StoreServerError, match="http://"):
+    with pytest.raises(ConfigError, match="http://"):
         parse_query_url("https://x:1")

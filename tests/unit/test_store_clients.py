@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-OPENERS = {"open_client", "open_readonly_client", "open_store_client", "open_store"}
+OPENERS = {"open_client", "open_endpoint_client", "open_reader_writer", "open_store"}
 PACKAGES = ("alerting", "dashboard", "finops", "governance", "producers", "sinks", "stream_jobs")
 
 
