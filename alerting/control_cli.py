@@ -153,9 +153,8 @@ def _signing(settings: Any) -> tuple[str, bytes]:
 
 
 def _operator_command(args: argparse.Namespace) -> int:
-    from confluent_kafka import Producer
-
     from alerting.worker import publish_commands
+    from finops.kafka.clients import Role, build_producer
     from finops.settings import load_settings
     from finops.topics import TopicNames
     from schemas.models import ControlCommand, sign
@@ -180,7 +179,7 @@ def _operator_command(args: argparse.Namespace) -> int:
         key_id="", signature="")
     cmd = sign(cmd, key_id, secret)
     topic = TopicNames(settings.kafka.topic_prefix).control
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all"})
+    producer = build_producer(settings.kafka, Role.CONTROL)
     publish_commands(producer, topic, [cmd], AvroCodec(), timeout=30)
     expiry = cmd.expires_at.isoformat() if cmd.expires_at else "until replaced"
     print(f"{cmd.action} {scope[0]}:{scope[1]} published ({cmd.command_id}, issued by {cmd.issued_by}, "
@@ -278,10 +277,12 @@ def read_control_messages(kafka_config: Mapping[str, Any], topic: str,
     (bounded by ``timeout``), in Kafka order per partition."""
     import time
 
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-    consumer = Consumer({**kafka_config, "group.id": f"finops-control-status-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    from finops.kafka.clients import Role, build_consumer
+
+    consumer = build_consumer(kafka_config, Role.READER, f"finops-control-status-{uuid.uuid4().hex[:8]}",
+                              overrides={"enable.partition.eof": True})
     messages: list[tuple[str | None, bytes | None]] = []
     try:
         md = consumer.list_topics(topic, timeout=timeout)

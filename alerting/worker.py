@@ -260,8 +260,7 @@ class AlertWorker:
                  routes: RoutingTable, outbox: Outbox, enforcer: Enforcer, verify_keys: Mapping[str, bytes],
                  options: WorkerOptions | None = None, transport: HttpTransport | None = None,
                  clock: Clock | None = None, ch_client: Any = None, ch_database: str | None = None) -> None:
-        from confluent_kafka import Consumer, Producer
-
+        from finops.kafka.clients import Role, build_consumer, build_producer
         from schemas.wire import AvroCodec
 
         self.options = options or WorkerOptions()
@@ -272,11 +271,9 @@ class AlertWorker:
         self.codec = AvroCodec()
         base = dict(kafka_config)
         self.producer_config = base
-        self.producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
-        self.consumer = Consumer({**base, "group.id": self.options.group_id, "enable.auto.commit": False,
-                                  "auto.offset.reset": "earliest"})
-        self.audit_consumer = Consumer({**base, "group.id": self.options.audit_group_id,
-                                        "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self.producer = build_producer(base, Role.ALERTS)
+        self.consumer = build_consumer(base, Role.ALERTS, self.options.group_id)
+        self.audit_consumer = build_consumer(base, Role.ALERTS, self.options.audit_group_id)
         self.delivery_log = DeliveryLog(ch_client, ch_database or "finops") if ch_client is not None else None
         self.audit_log = ControlAuditLog(ch_client, ch_database or "finops") if ch_client is not None else None
         self.dispatcher = Dispatcher(routes, outbox, transport=transport, clock=clock, policy=self.options.policy,

@@ -139,12 +139,14 @@ def collect_kafka_metrics(
     subscribing, so it never joins or rebalances the group) and closes it.
     """
     try:
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
+
+        from finops.kafka.clients import Role, build_consumer
     except ImportError:  # pragma: no cover - confluent-kafka is a dependency
         return [MetricSample("finops_up", 0, {"component": "kafka"})]
     samples: list[MetricSample] = []
     try:
-        probe = Consumer({**kafka_config, "group.id": "finops-metrics-probe", "enable.auto.commit": False})
+        probe = build_consumer(kafka_config, Role.DASHBOARD, "finops-metrics-probe")
         try:
             metadata = probe.list_topics(timeout=timeout)
             dlq = metadata.topics.get(dlq_topic)
@@ -162,7 +164,7 @@ def collect_kafka_metrics(
                 ]
                 if not partitions:
                     continue
-                member = Consumer({**kafka_config, "group.id": group, "enable.auto.commit": False})
+                member = build_consumer(kafka_config, Role.DASHBOARD, group)
                 try:
                     committed = member.committed(partitions, timeout=timeout)
                     for tp in committed:

@@ -75,9 +75,9 @@ class KafkaPublisher:
     are rare and must not be reported as sent before the broker has them."""
 
     def __init__(self, kafka_config: Mapping[str, Any], timeout: float = 10.0) -> None:
-        from confluent_kafka import Producer
+        from finops.kafka.clients import Role, build_producer
 
-        self._producer = Producer({**kafka_config, "enable.idempotence": True, "acks": "all"})
+        self._producer = build_producer(kafka_config, Role.DASHBOARD)
         self._timeout = timeout
 
     def publish(self, topic: str, key: str, value: bytes) -> None:

@@ -248,13 +248,14 @@ def bench_sink(events: int) -> dict[str, Any]:
 
 def bench_intake(settings: Any) -> dict[str, Any]:
     """The intake receiver (decode, map, produce, acks) vs a bare protobuf decode of the same bodies, one core."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+    from finops.kafka.clients import build_admin
     from producers.intake.bench import run_bench
 
     client = settings.kafka.client_config()
     topic = f"{settings.kafka.topic_prefix}finops.bench.intake"
-    admin = AdminClient(client)
+    admin = build_admin(client)
     if topic not in admin.list_topics(timeout=15).topics:
         for future in admin.create_topics([NewTopic(topic, num_partitions=settings.kafka.usage_partitions,
                                                     replication_factor=settings.kafka.replication_factor)]).values():
@@ -419,12 +420,11 @@ def _bare_loop(client: dict[str, Any], in_topic: str, out_topic: str, expected: 
     """Child process: the plain baseline. consume(500) -> produce each message's bytes to ``out_topic`` with its
     original timestamp; the delivery report's wall time minus that timestamp is the event's latency (ms). Runs
     until ``expected`` (a shared value the parent sets once it has sent the level, -1 before) messages are seen."""
-    from confluent_kafka import Consumer, Producer
+    from finops.kafka.clients import Role, build_consumer, build_producer
 
-    consumer = Consumer({**client, "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "latest",
-                         "enable.auto.commit": False})
-    producer = Producer({**client, "linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True,
-                         "acks": "all"})
+    consumer = build_consumer(client, Role.BENCH, f"bench-bare-{uuid.uuid4().hex[:8]}",
+                              overrides={"auto.offset.reset": "latest"})
+    producer = build_producer(client, Role.BENCH, overrides={"linger.ms": 5, "compression.type": "lz4"})
     assigned = threading.Event()
     consumer.subscribe([in_topic], on_assign=lambda c, parts: assigned.set())
     while not assigned.is_set():
@@ -627,11 +627,11 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
         roles.stop()
         receiver.shutdown()
         with contextlib.suppress(Exception):
-            from confluent_kafka.admin import AdminClient
+            from finops.kafka.clients import build_admin
 
-
-            md = AdminClient(client).list_topics(timeout=10)
-            AdminClient(client).delete_topics([t for t in md.topics if t.startswith(prefix)])
+            admin = build_admin(client)
+            md = admin.list_topics(timeout=10)
+            admin.delete_topics([t for t in md.topics if t.startswith(prefix)])
         tmp.cleanup()
     return result
 
@@ -648,12 +648,13 @@ def _run_baseline(settings: Any, client: dict[str, Any], prefix: str, events: li
                   config: LatencyConfig, capacity: float) -> list[dict[str, Any]]:
     """The bare consume -> produce loop at each level's rate (roles stopped, so it has the machine to itself as the
     roles had it to themselves)."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+    from finops.kafka.clients import build_admin
     from producers.producer import UsageProducer
 
     in_topic, out_topic = f"{prefix}bare.in", f"{prefix}bare.out"
-    admin = AdminClient(client)
+    admin = build_admin(client)
     for fut in admin.create_topics([NewTopic(t, num_partitions=settings.kafka.usage_partitions,
                                              replication_factor=settings.kafka.replication_factor)
                                     for t in (in_topic, out_topic)]).values():

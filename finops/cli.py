@@ -109,9 +109,9 @@ def _stack_status(args: argparse.Namespace) -> int:
     print(f"kafka: {status.detail} on {status.bootstrap} (pid {status.pid}, home {status.home})")
     if not status.running:
         return 1
-    from confluent_kafka.admin import AdminClient
+    from finops.kafka.clients import build_admin
 
-    md = AdminClient(settings.kafka.client_config()).list_topics(timeout=10)
+    md = build_admin(settings.kafka).list_topics(timeout=10)
     for name in sorted(t for t in md.topics if not t.startswith("__")):
         print(f"  {name}  partitions={len(md.topics[name].partitions)}")
     return 0

@@ -449,8 +449,9 @@ def _backlog_probe(settings: Any, ledger_probe: Callable[[], tuple[int, Any] | N
                    ) -> Callable[[int], str | None]:
     """A function of the fleet's sent total that says what the pipeline has not handled yet (None: all of it):
     the ledger short of the simulator's events, or detection behind the end of the priced topic."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
+    from finops.kafka.clients import Role, build_consumer
     from finops.topics import TopicNames
     from stream_jobs.detection import DetectionConfig
 
@@ -460,8 +461,7 @@ def _backlog_probe(settings: Any, ledger_probe: Callable[[], tuple[int, Any] | N
     def detection_behind() -> int | None:
         try:
             if "consumer" not in state:
-                state["consumer"] = Consumer({**settings.kafka.client_config(), "group.id": DetectionConfig.group_id,
-                                              "enable.auto.commit": False})
+                state["consumer"] = build_consumer(settings.kafka, Role.READER, DetectionConfig.group_id)
             consumer = state["consumer"]
             parts = consumer.list_topics(priced, timeout=5).topics[priced].partitions
             committed = consumer.committed([TopicPartition(priced, p) for p in parts], timeout=5)

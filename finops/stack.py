@@ -274,10 +274,10 @@ class KafkaStack:
         return self.status()
 
     def _wait_ready(self, timeout: float) -> None:
-        from confluent_kafka.admin import AdminClient
+        from finops.kafka.clients import build_admin
 
         deadline = time.monotonic() + timeout
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = build_admin({"bootstrap.servers": self.bootstrap}, overrides={"log_level": 0})
         while time.monotonic() < deadline:
             pid = self._read_pid()
             if pid is None or not _pid_alive(pid):

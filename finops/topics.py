@@ -146,9 +146,11 @@ def ensure_topics(
     reason when a creation fails for any reason but "already exists".
     """
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient(client_config)
+    from finops.kafka.clients import build_admin
+
+    admin = build_admin(client_config)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as err:

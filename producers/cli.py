@@ -225,11 +225,11 @@ def _bench(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
     from pathlib import Path
 
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+    from finops.kafka.clients import Role, build_admin, build_producer
     from finops.settings import load_settings
-    from producers.producer import UsageProducer, build_producer_config
+    from producers.producer import UsageProducer, sdk_client_id, sdk_producer_settings
     from schemas.models import check_usage_dict
     from schemas.wire import AvroCodec
 
@@ -240,7 +240,7 @@ def _bench(args: argparse.Namespace) -> int:
     os.sched_setaffinity(0, {cpu})
     topic = args.topic or f"{settings.kafka.topic_prefix}finops.bench.producer"
     client = settings.kafka.client_config()
-    admin = AdminClient(client)
+    admin = build_admin(client)
     if topic not in admin.list_topics(timeout=15).topics:
         futures = admin.create_topics([NewTopic(topic, num_partitions=settings.kafka.usage_partitions,
                                                 replication_factor=settings.kafka.replication_factor)])
@@ -296,10 +296,11 @@ def _bench(args: argparse.Namespace) -> int:
         rows.append(_row(f"sdk: emit_many (batches of {_BENCH_BATCH:,})", n, many_wall, many_cpu))
 
     # 2. Bare confluent-kafka: the same pre-encoded bytes, same producer settings, a counting delivery callback.
-    conf = build_producer_config(settings.kafka.bootstrap, source="bench-bare",
-                                 compression=settings.producer.compression, linger_ms=settings.producer.linger_ms,
-                                 extra=extra)
-    bare = Producer(conf)
+    bare = build_producer(
+        {"bootstrap.servers": settings.kafka.bootstrap}, Role.SDK, client_id=sdk_client_id("bench-bare"),
+        overrides={**sdk_producer_settings(compression=settings.producer.compression,
+                                           linger_ms=settings.producer.linger_ms), **extra},
+    )
     delivered = [0]
 
     def on_delivery(err: Any, msg: Any) -> None:

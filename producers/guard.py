@@ -241,17 +241,12 @@ class ControlGuard:
         return self._ready.wait(timeout)
 
     def _follow(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-        conf = {
-            **self._kafka,
-            # A private, never-committed group: every start re-reads the compacted state from the beginning.
-            "group.id": f"finops-guard-{self.agent_id}-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-        }
-        consumer = Consumer(conf)
+        from finops.kafka.clients import Role, build_consumer
+
+        # A private, never-committed group: every start re-reads the compacted state from the beginning.
+        consumer = build_consumer(self._kafka, Role.GUARD, f"finops-guard-{self.agent_id}-{uuid.uuid4().hex[:8]}")
         try:
             partitions: list[int] = []
             while not self._stop.is_set() and not partitions:

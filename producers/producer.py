@@ -26,8 +26,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 
+from finops.kafka.clients import Role, build_producer
 from producers.spool import Spool, SpoolFull, SpoolRecord
 from finops.clock import utc_now
 from schemas.errors import EncodeError, FieldProblem, FinopsError, ValidationFailed
@@ -45,7 +46,8 @@ __all__ = [
     "DeliveryStatus",
     "ProducerStats",
     "UsageProducer",
-    "build_producer_config",
+    "sdk_client_id",
+    "sdk_producer_settings",
     "complete_usage_record",
     "new_event_id",
 ]
@@ -245,42 +247,17 @@ def complete_usage_record(record: dict[str, Any], now: datetime, source: str) ->
     return problems
 
 
-def build_producer_config(
-    bootstrap: str,
-    *,
-    source: str,
-    compression: str = "lz4",
-    linger_ms: int = 20,
-    queue_max_kbytes: int = 32 * 1024,
-    queue_max_messages: int = 100_000,
-    message_timeout_ms: int = 30_000,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The librdkafka configuration of a usage producer (why each setting: comments). Contains secrets when
-    ``extra`` does (SASL): never log it."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "client.id": f"finops-producer-{source}"[:200],
-        # Idempotence implies acks=all, max.in.flight<=5 and infinite retries inside message.timeout.ms: no
-        # duplicates or reordering from librdkafka's own retries. acks is spelled out so nobody "tunes" it away.
-        "enable.idempotence": True,
-        "acks": "all",
-        "compression.type": compression,
-        "linger.ms": linger_ms,
-        # Bound librdkafka's memory: when full, produce() raises BufferError and we spool instead (the RSS bound
-        # of the whole process rests on this, since an outage otherwise grows this queue).
-        "queue.buffering.max.kbytes": queue_max_kbytes,
-        "queue.buffering.max.messages": queue_max_messages,
-        # A message librdkafka could not deliver in this time comes back as _MSG_TIMED_OUT and goes to the spool,
-        # so a long outage moves data to disk instead of holding it in memory.
-        "message.timeout.ms": message_timeout_ms,
-        "socket.keepalive.enable": True,
-        # Reconnect quickly once the broker is back (defaults back off up to 10 s).
-        "reconnect.backoff.max.ms": 2000,
-    }
-    if extra:
-        conf.update(extra)
-    return conf
+def sdk_client_id(source: str) -> str:
+    """The ``client.id`` of the usage producer of ``source`` (librdkafka caps it at 200 characters here)."""
+    return f"finops-producer-{source}"[:200]
+
+
+def sdk_producer_settings(*, compression: str = "lz4", linger_ms: int = 20, queue_max_kbytes: int = 32 * 1024,
+                          queue_max_messages: int = 100_000, message_timeout_ms: int = 30_000) -> dict[str, Any]:
+    """The constructor's tuning arguments as librdkafka settings, applied over the SDK role profile of
+    :mod:`finops.kafka.clients` (why each setting: the comments there)."""
+    return {"compression.type": compression, "linger.ms": linger_ms, "queue.buffering.max.kbytes": queue_max_kbytes,
+            "queue.buffering.max.messages": queue_max_messages, "message.timeout.ms": message_timeout_ms}
 
 
 class UsageProducer:
@@ -376,16 +353,18 @@ class UsageProducer:
             self._encode = self._registry_encoder(schema_registry_url)
             self._header_len = CONFLUENT_HEADER_LEN
 
-        self._config = build_producer_config(
-            bootstrap, source=source, compression=compression, linger_ms=linger_ms,
-            queue_max_kbytes=queue_max_kbytes, queue_max_messages=queue_max_messages,
-            message_timeout_ms=message_timeout_ms, extra=kafka_config,
-        )  # fmt: skip
-        self._config["error_cb"] = self._on_error
-        # librdkafka's own log lines (connection refused while the broker is down, ...) go through logging, served
-        # by the poll thread, instead of straight to stderr.
-        self._config["logger"] = logging.getLogger("producers.librdkafka")
-        self._producer = Producer(self._config)
+        self._producer = build_producer(
+            {"bootstrap.servers": bootstrap}, Role.SDK, client_id=sdk_client_id(source),
+            overrides={
+                **sdk_producer_settings(compression=compression, linger_ms=linger_ms, queue_max_kbytes=queue_max_kbytes,
+                                        queue_max_messages=queue_max_messages, message_timeout_ms=message_timeout_ms),
+                **(kafka_config or {}),  # the caller's security settings (and any tuning) win
+                "error_cb": self._on_error,
+                # librdkafka's own log lines (connection refused while the broker is down, ...) go through logging,
+                # served by the poll thread, instead of straight to stderr.
+                "logger": logging.getLogger("producers.librdkafka"),
+            },
+        )
 
         self._spool: Spool | None = (
             Spool(spool_dir, spool_max_bytes, fsync_interval=spool_fsync_interval) if spool_dir is not None else None

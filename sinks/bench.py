@@ -145,8 +145,7 @@ def _mb(n: int) -> str:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the phases and print the table. Blocks for the whole run; needs a reachable broker."""
-    from confluent_kafka import Producer
-
+    from finops.kafka.clients import Role, build_producer
     from finops.settings import load_settings
     from finops.topics import TopicNames, ensure_topics
     from schemas.wire import AvroCodec
@@ -178,8 +177,7 @@ def run_bench(args: argparse.Namespace) -> int:
     rng = random.Random(42)
     start = datetime(2025, 6, 1, tzinfo=UTC)
     payloads = [codec.encode(build_bench_event(i, rng, start), "PricedUsageEvent") for i in range(n)]
-    producer = Producer({**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
-                         "compression.type": "lz4"})
+    producer = build_producer(kafka_config, Role.BENCH, overrides={"linger.ms": 20, "compression.type": "lz4"})
     for i, value in enumerate(payloads):
         while True:
             try:

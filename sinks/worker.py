@@ -32,30 +32,13 @@ from typing import Any
 from schemas.errors import FinopsError
 from sinks.writer import BatchAbandonedError, ClickHouseBatchWriter, MessageBatch, SinkMessage, WriteReport
 
-__all__ = ["SinkStats", "SinkWorker", "SinkWorkerError", "build_sink_consumer_config"]
+__all__ = ["SinkStats", "SinkWorker", "SinkWorkerError"]
 
 log = logging.getLogger(__name__)
 
 
 class SinkWorkerError(FinopsError):
     """The consumer hit an error it cannot continue from (fatal librdkafka error, unknown topic ...)."""
-
-
-def build_sink_consumer_config(kafka_config: dict[str, Any], group_id: str) -> dict[str, Any]:
-    """librdkafka settings for a sink consumer: our own commits only, read from the start of a new group, and a
-    bounded prefetch queue (the memory ceiling under backpressure). Contains the secrets of ``kafka_config``."""
-    return {
-        **kafka_config,
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        # ~64 MB of prefetched messages at most per consumer; paused partitions are not fetched at all.
-        "queued.max.messages.kbytes": 65536,
-        "max.poll.interval.ms": 300000,
-        "session.timeout.ms": 45000,
-    }
 
 
 @dataclass(slots=True)

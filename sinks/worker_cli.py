@@ -101,10 +101,11 @@ def parse_instant(text: str) -> datetime:
 
 def _check_kafka(kafka_config: dict[str, Any]) -> None:
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+
+    from finops.kafka.clients import build_admin
 
     try:
-        AdminClient(kafka_config).list_topics(timeout=10)
+        build_admin(kafka_config).list_topics(timeout=10)
     except KafkaException as err:
         raise FinopsError(
             f"cannot reach Kafka at {kafka_config.get('bootstrap.servers')}: {err}; start it with `finops stack up` "
@@ -135,9 +136,9 @@ def build_codec(schema_registry_url: str | None) -> Any:
 
 def build_dlq_producer(kafka_config: dict[str, Any]) -> Any:
     """An idempotent, acks=all producer for dead letters."""
-    from confluent_kafka import Producer
+    from finops.kafka.clients import Role, build_producer
 
-    return Producer({**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+    return build_producer(kafka_config, Role.SINK)
 
 
 def build_sink_worker(
@@ -156,14 +157,13 @@ def build_sink_worker(
     codec: Any = None,
 ) -> Any:
     """Wire one :class:`~sinks.worker.SinkWorker` (``kind`` one of :data:`SINK_KINDS`). Does not subscribe yet."""
-    from confluent_kafka import Consumer
-
+    from finops.kafka.clients import Role, build_consumer
     from sinks.rows import SINK_SPECS
-    from sinks.worker import SinkWorker, build_sink_consumer_config
+    from sinks.worker import SinkWorker
     from sinks.writer import ClickHouseBatchWriter, KafkaDeadLetterSink
 
     spec = SINK_SPECS[kind]
-    consumer = Consumer(build_sink_consumer_config(kafka_config, group_id))
+    consumer = build_consumer(kafka_config, Role.SINK, group_id)
     if consumer_wrapper is not None:
         consumer = consumer_wrapper(consumer)
     writer = ClickHouseBatchWriter(client, database, spec, KafkaDeadLetterSink(dlq_producer, dlq_topic), codec=codec)
@@ -280,12 +280,11 @@ def emit_alert(kafka_config: dict[str, Any], topic: str, alert: dict[str, Any], 
 
     Raises FinopsError when the broker does not acknowledge within ``timeout``.
     """
-    from confluent_kafka import Producer
-
+    from finops.kafka.clients import Role, build_producer
     from schemas.wire import AvroCodec
 
     failures: list[str] = []
-    producer = Producer({**kafka_config, "enable.idempotence": True, "acks": "all"})
+    producer = build_producer(kafka_config, Role.CONTROL)
     producer.produce(
         topic, key=alert["dedup_key"].encode(), value=AvroCodec().encode(alert, "Alert"),
         on_delivery=lambda err, _msg: failures.append(str(err)) if err is not None else None,

@@ -149,19 +149,21 @@ def _peak_rss_mb() -> float:
 
 def _fill_topic(client: dict[str, Any], topic: str, events: int, agents: int, rate: float, seed: int) -> int:
     """Create and fill the input topic unless it already holds ``events`` messages; return the count."""
-    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    from finops.kafka.clients import Role, build_admin, build_consumer, build_producer
 
     from producers.simulator import SimulationConfig, generate
     from schemas.wire import AvroCodec
 
-    admin = AdminClient(client)
+    admin = build_admin(client)
     try:
         metadata = admin.list_topics(timeout=15)
     except KafkaException as err:
         raise FinopsError(f"cannot reach Kafka at {client.get('bootstrap.servers')}: {err}") from err
     if topic in metadata.topics:
-        probe = Consumer({**client, "group.id": "finops-bench-probe"})
+        probe = build_consumer(client, Role.READER, "finops-bench-probe")
         total = 0
         for p in metadata.topics[topic].partitions:
             low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
@@ -179,7 +181,8 @@ def _fill_topic(client: dict[str, Any], topic: str, events: int, agents: int, ra
         {"seed": seed, "agents": agents, "teams": max(1, agents // 100), "projects": max(1, agents // 40),
          "duration_s": events / rate * 1.5 + 60, "rate_per_s": rate, "start": start}
     )  # fmt: skip
-    producer = Producer({**client, "linger.ms": 50, "compression.type": "lz4", "batch.num.messages": 10_000})
+    producer = build_producer(client, Role.BENCH,
+                              overrides={"linger.ms": 50, "compression.type": "lz4", "batch.num.messages": 10_000})
     sent = 0
     for event in generate(config):
         if sent >= events:
@@ -212,11 +215,11 @@ def _plain_phase(client: dict[str, Any], topic: str, events: int, cpu: int) -> B
     os.sched_setaffinity(0, {cpu})
     from io import BytesIO
 
-    from confluent_kafka import Consumer
     from fastavro import parse_schema, schemaless_reader
     from genai_prices import data_snapshot
     from genai_prices import types as gp_types
 
+    from finops.kafka.clients import Role, build_consumer
     from schemas.loader import load_schema
     from schemas.wire import without_uuid
     from stream_jobs.hotpath import tune_gc
@@ -234,10 +237,8 @@ def _plain_phase(client: dict[str, Any], topic: str, events: int, cpu: int) -> B
             return Decimal(0)
         return value.base if isinstance(value, gp_types.TieredPrices) else value
 
-    consumer = Consumer(
-        {**client, "group.id": f"finops-bench-plain-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
-         "enable.auto.commit": False}
-    )  # fmt: skip
+    consumer = build_consumer(client, Role.BENCH, f"finops-bench-plain-{uuid.uuid4().hex[:8]}",
+                              overrides={"auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     by_agent: dict[str, Decimal] = {}
     by_team: dict[str, Decimal] = {}
@@ -282,12 +283,10 @@ def _plain_phase(client: dict[str, Any], topic: str, events: int, cpu: int) -> B
 def _hotpath_phase(client: dict[str, Any], topic: str, events: int, cpu: int) -> BenchResult:
     """(b) the full hot path, producing priced events and windows to throw-away topics."""
     os.sched_setaffinity(0, {cpu})
-    from confluent_kafka import Consumer, Producer
-    from confluent_kafka.admin import AdminClient
-
+    from finops.kafka.clients import Role, build_admin, build_consumer, build_producer
     from finops.pricing.engine import Pricer
     from finops.topics import TopicNames, ensure_topics
-    from stream_jobs.hotpath import HotPath, HotPathConfig, build_consumer_config, build_producer_config, tune_gc
+    from stream_jobs.hotpath import HotPath, HotPathConfig, tune_gc
 
     run = f"finops.bench.{uuid.uuid4().hex[:8]}."
     created = ensure_topics(client, prefix=run, usage_partitions=3)
@@ -301,8 +300,8 @@ def _hotpath_phase(client: dict[str, Any], topic: str, events: int, cpu: int) ->
     hot = HotPath(
         config,
         pricer,
-        Consumer(build_consumer_config(client, config.group_id)),
-        Producer(build_producer_config(client)),
+        build_consumer(client, Role.HOTPATH, config.group_id),
+        build_producer(client, Role.HOTPATH),
     )
     try:
         hot.start()
@@ -321,7 +320,7 @@ def _hotpath_phase(client: dict[str, Any], topic: str, events: int, cpu: int) ->
         stats = hot.stats()
         hot.close()
     finally:
-        AdminClient(client).delete_topics(created)
+        build_admin(client).delete_topics(created)
     detail = (
         f"{stats.priced:,} priced, {stats.window_messages:,} window messages ({stats.windows_emitted} windows), "
         f"{stats.dead_lettered} DLQ, {stats.commits} commits"

@@ -358,13 +358,12 @@ def _pricebook_suggest(args: argparse.Namespace) -> int:
 
 
 def _publish_alerts(settings: Any, alerts: list[dict[str, Any]]) -> None:
-    from confluent_kafka import Producer
-
+    from finops.kafka.clients import Role, build_producer
     from finops.topics import TopicNames
     from schemas.wire import AvroCodec
 
     codec = AvroCodec()
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True})
+    producer = build_producer(settings.kafka, Role.CONTROL)
     topic = TopicNames(settings.kafka.topic_prefix).alerts
     failures: list[str] = []
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
+from finops.kafka.clients import Role, build_consumer, build_producer
 from finops.topics import LEDGER_SINK_GROUP, TopicNames, ensure_topics
 from schemas.errors import FinopsError
 from schemas.models import BudgetPolicy
@@ -265,23 +266,15 @@ class DetectionService:
     def start(self) -> None:
         """Create own topics, restore counters from the state topic, load the policies (whole topic), seed the
         anomaly baselines from the ledger, subscribe to the priced topic. Raises DetectionError."""
-        from confluent_kafka import Consumer, Producer
-
         ensure_topics(dict(self._client_config), prefix=self.topics.prefix)  # every worker creates what is missing
         self._restore_state()
-        self._producer = Producer({**self._client_config, "enable.idempotence": True, "acks": "all",
-                                   "linger.ms": 20, "compression.type": "lz4"})
-        self._policy_consumer = Consumer({**self._client_config, "group.id": f"{self.config.group_id}-policies",
-                                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self._producer = build_producer(self._client_config, Role.DETECTION)
+        self._policy_consumer = build_consumer(self._client_config, Role.READER, f"{self.config.group_id}-policies",
+                                               overrides={"auto.offset.reset": "earliest"})
         self._load_policies()
         self._seed_anomalies()
-        self._consumer = Consumer({
-            **self._client_config,
-            "group.id": self.config.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": self.config.start_from,
-            "partition.assignment.strategy": "cooperative-sticky",
-        })
+        self._consumer = build_consumer(self._client_config, Role.DETECTION, self.config.group_id,
+                                        overrides={"auto.offset.reset": self.config.start_from})
         self._consumer.subscribe([self.topics.priced], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._last_flush = self._last_reconcile = self._wall()
         self._started = True
@@ -474,11 +467,10 @@ class DetectionService:
         """Remember the event ids of the priced messages of ``partition`` produced up to ``dedupe_rebuild_s``
         before the one at ``end - 1`` (at most ``dedupe_max_entries``), i.e. what this group applied last before
         the restart. Returns how many were read; blocks on the broker (bounded by its timeouts)."""
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
 
         topic = self.topics.priced
-        reader = Consumer({**self._client_config, "group.id": f"{self.config.group_id}-dedupe-rebuild",
-                           "enable.auto.commit": False})
+        reader = build_consumer(self._client_config, Role.READER, f"{self.config.group_id}-dedupe-rebuild")
         deduper = self._deduper(partition)
         read = 0
         try:
@@ -633,13 +625,12 @@ class DetectionService:
         group = self.config.ledger_sink_group
         if group is None or self._ledger is None:
             return None
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
 
         try:
             if self._sink_offsets_reader is None:
                 # Reads the group's commits only: never subscribes, so it never joins (or disturbs) that group.
-                self._sink_offsets_reader = Consumer({**self._client_config, "group.id": group,
-                                                      "enable.auto.commit": False})
+                self._sink_offsets_reader = build_consumer(self._client_config, Role.READER, group)
             reader = self._sink_offsets_reader
             topic = self.topics.priced
             parts = reader.list_topics(topic, timeout=10).topics[topic].partitions

@@ -67,9 +67,7 @@ __all__ = [
     "OutputDeliveryError",
     "PricedEncoder",
     "SpendEncoder",
-    "build_consumer_config",
     "build_hot_path",
-    "build_producer_config",
     "compute_commit_metadata",
     "compute_counter_record",
     "compute_unpriced_alert",
@@ -1335,46 +1333,6 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-def build_consumer_config(client_config: Mapping[str, Any], group_id: str) -> dict[str, Any]:
-    """librdkafka consumer settings of the hot path (why each: comments). Contains secrets: never log it."""
-    return {
-        **client_config,
-        "group.id": group_id,
-        "client.id": "finops-usage-hotpath",
-        # Offsets are committed by the CommitTracker rule only, never by a timer.
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        # Bound the prefetch (RSS): 16 MB of fetched messages per consumer is ~60k events.
-        "queued.max.messages.kbytes": 16 * 1024,
-        "fetch.max.bytes": 16 * 1024 * 1024,
-        "partition.assignment.strategy": "range",
-    }
-
-
-def build_producer_config(client_config: Mapping[str, Any]) -> dict[str, Any]:
-    """librdkafka producer settings of the hot path. Contains secrets: never log it."""
-    return {
-        **client_config,
-        "client.id": "finops-usage-hotpath",
-        # acks=all, ordered per partition, no duplicates from librdkafka's own retries.
-        "enable.idempotence": True,
-        "acks": "all",
-        "compression.type": "lz4",
-        # Delivery reports only for failures: success is confirmed by the flush barrier before each commit, which
-        # saves a Python callback per message. See HotPath._flush.
-        "delivery.report.only.error": True,
-        # Larger batches cost less CPU per message; the barrier's flush ignores linger, so commits do not wait it.
-        "linger.ms": 50,
-        "batch.num.messages": 10_000,
-        # Bounded queue (RSS): when full, the hot path serves delivery reports before reading more input.
-        "queue.buffering.max.kbytes": 64 * 1024,
-        "queue.buffering.max.messages": 200_000,
-        # An output not delivered in 2 minutes fails the job (after committing what was safe): restart replays it.
-        "message.timeout.ms": 120_000,
-    }
-
-
 def build_hot_path(
     settings: FinopsSettings,
     *,
@@ -1388,8 +1346,7 @@ def build_hot_path(
     ``overrides`` replaces fields of :class:`HotPathConfig` (tests: a short idle close, a small batch).
     Raises ConfigError for a bad price book or settings.
     """
-    from confluent_kafka import Consumer, Producer
-
+    from finops.kafka.clients import Role, build_consumer, build_producer
     from finops.topics import TopicNames
     names = TopicNames(settings.kafka.topic_prefix)
     s = settings.stream
@@ -1422,10 +1379,9 @@ def build_hot_path(
         catalogue_dir(s, data_dir), lambda: build_pricer(s, data_dir, price_book=book), pricer.catalogue_version,
         interval_s=s.catalogue_poll_seconds,
     )
-    client = settings.kafka.client_config()
     codec = codec or _codec_for(settings)
-    consumer = Consumer(build_consumer_config(client, config.group_id), logger=log)
-    producer = Producer(build_producer_config(client), logger=log)
+    consumer = build_consumer(settings.kafka, Role.HOTPATH, config.group_id, logger=log)
+    producer = build_producer(settings.kafka, Role.HOTPATH, logger=log)
     return HotPath(config, pricer, consumer, producer, codec=codec, clock=clock, catalogue_watcher=watcher)
 
 

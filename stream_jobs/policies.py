@@ -341,10 +341,12 @@ def read_compacted_topic(client_config: Mapping[str, Any], topic: str, *,
     ``timeout``. Raises :class:`PolicyPublishError`."""
     import time as _time
 
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka import KafkaException, TopicPartition
 
-    consumer = Consumer({**client_config, "group.id": "finops-compacted-reader", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest"})
+    from finops.kafka.clients import Role, build_consumer
+
+    consumer = build_consumer(client_config, Role.READER, "finops-compacted-reader",
+                              overrides={"auto.offset.reset": "earliest"})
     latest: dict[str, bytes | None] = {}
     deadline = _time.monotonic() + timeout
     try:
@@ -415,12 +417,13 @@ def publish_changes(client_config: Mapping[str, Any], topic: str, changes: Seque
     """Publish the add/update/delete changes (key policy_id; delete = tombstone) with an idempotent producer and
     wait for every acknowledgement. Returns the number published. Raises :class:`PolicyPublishError` if any
     delivery fails (the message names the policy)."""
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import KafkaException
 
+    from finops.kafka.clients import Role, build_producer
     from schemas.wire import AvroCodec
 
     codec = codec or AvroCodec()
-    producer = Producer({**client_config, "enable.idempotence": True, "acks": "all"})
+    producer = build_producer(client_config, Role.CONTROL)
     failures: list[str] = []
 
     def report(err: Any, msg: Any) -> None:
