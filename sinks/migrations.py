@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finops.clickhouse import ClickHouseQueryError, check_identifier, query_errors
 from schemas.errors import FinopsError
-from finops.clickhouse import ClickHouseError, check_identifier
 
 __all__ = [
     "DEFAULT_MIGRATIONS_DIR",
@@ -320,14 +320,11 @@ class MigrationRunner:
         return plans
 
     def _execute(self, statement: str, where: str) -> None:
-        from clickhouse_connect.driver import exceptions as ch_exc
-
         try:
-            self._client.command(statement)
-        except ch_exc.Error as err:
-            raise MigrationError(f"{where} failed on {self.database}: {err}") from err
-        except ClickHouseError as err:  # pragma: no cover - translated client errors
-            raise MigrationError(f"{where} failed on {self.database}: {err}") from err
+            with query_errors(where):
+                self._client.command(statement)
+        except ClickHouseQueryError as err:
+            raise MigrationError(f"{where} failed on {self.database}: {err.reason}") from err
 
 
 # --- rendering helpers ------------------------------------------------------------------------------------------

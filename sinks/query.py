@@ -30,6 +30,7 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
+from finops.clickhouse import ClickHouseQueryError, is_embedded, query_errors
 from schemas.errors import FinopsError
 
 __all__ = [
@@ -65,10 +66,6 @@ class ReadOnlyQueryError(QueryError):
     """The statement would change data or schema, which ``finops sql`` never does."""
 
 
-def _is_chdb(client: Any) -> bool:
-    return str(getattr(client, "uri", "")).startswith("chdb://")
-
-
 def run_readonly_query(
     client: Any, sql: str, params: Mapping[str, Any] | None = None
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -82,12 +79,10 @@ def run_readonly_query(
             query (its message is included).
         ReadOnlyQueryError: the statement writes (ClickHouse answered READONLY).
     """
-    from clickhouse_connect.driver import exceptions as ch_exc
-
     session = str(client.get_client_setting("readonly") or "0")
     settings: dict[str, str] = {}
     if session in ("", "0"):
-        if _is_chdb(client):
+        if is_embedded(client):
             # On chdb a per-query readonly is applied with SET and cannot be restored afterwards (ClickHouse refuses
             # to lift readonly), so it would silently turn the caller's client read-only for good.
             raise QueryError(
@@ -95,10 +90,11 @@ def run_readonly_query(
             )
         settings["readonly"] = _READONLY_LEVEL
     try:
-        result = client.query(sql, parameters=dict(params) if params else None, settings=settings or None)
-    except ch_exc.DatabaseError as err:
-        code = getattr(err, "code", None)
-        text = _clickhouse_message(str(err))
+        with query_errors("the query"):
+            result = client.query(sql, parameters=dict(params) if params else None, settings=settings or None)
+    except ClickHouseQueryError as err:
+        code = err.code
+        text = _clickhouse_message(err.reason)
         if code == READONLY_CODE or "(READONLY)" in text:
             raise ReadOnlyQueryError(
                 "finops sql is read-only; ClickHouse refused the statement because it would change data or schema "
@@ -109,9 +105,9 @@ def run_readonly_query(
                 "finops sql is read-only and reaches only the store's own tables and pure functions; the store "
                 f"refused the statement ({text})"
             ) from err
+        if code is None:
+            raise QueryError(f"the query could not be run: {text}") from err
         raise QueryError(f"the query failed: {text}") from err
-    except ch_exc.Error as err:
-        raise QueryError(f"the query could not be run: {_clickhouse_message(str(err))}") from err
     return list(result.column_names), [tuple(row) for row in result.result_rows]
 
 
