@@ -1,15 +1,12 @@
 """``finops bench-sink``: what one sink core writes into ClickHouse, against a bare insert measured in the same run.
 
 Phases (one process, one embedded ClickHouse in a temporary directory unless ``--clickhouse-url`` is given, topics
-under a fresh prefix on the configured broker):
-
-1. pre-fill ``agent.usage.priced.v1`` with N synthetic PricedUsageEvents (single-object Avro);
-2. breakdown: fastavro decode and row mapping of the same payloads, in memory (µs per row);
-3. baseline: bare ``client.insert`` of the same pre-built rows, in batches of ``--batch-rows``;
-4. sink: one :class:`~sinks.worker.SinkWorker` (one thread: consume, decode, map, stored-id check, insert with
-   token, commit) from the pre-filled topic until every event is written; rows/s and the ratio to the baseline;
-5. backpressure: a second sink over the same topic whose inserts fail for ``--outage-seconds``; the process's RSS is
-   sampled every 20 ms: before, peak during the outage, and messages consumed while paused (bounded by one batch).
+under a fresh prefix): (1) pre-fill ``agent.usage.priced.v1`` with N synthetic PricedUsageEvents; (2) breakdown:
+decode and row mapping of the same payloads in memory; (3) baseline: bare ``client.insert`` of the same rows in
+batches of ``--batch-rows``; (4) sink: one :class:`~sinks.worker.SinkWorker` from the pre-filled topic until every
+event is written, and its ratio to the baseline; (5) backpressure: a second sink whose inserts fail for
+``--outage-seconds``, its RSS sampled by a background thread: before, peak during the outage, and messages
+consumed while paused (bounded by one batch).
 
 chdb runs inside this process, so ClickHouse's own CPU is in both the baseline and the sink numbers.
 """

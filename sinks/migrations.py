@@ -1,27 +1,13 @@
 """Numbered SQL migrations for the ClickHouse schema, and the runner that applies and records them.
 
-Files: ``infra/clickhouse/migrations/NNNN_<name>.sql``. Each file holds statements written against a ``{database}``
-placeholder, each ending with ``;`` at the end of a line (a ``;`` elsewhere on a line does not split, so string
-literals and comments may contain one). Statements must be idempotent (``IF NOT EXISTS``, ``ADD COLUMN IF NOT
-EXISTS``): ClickHouse DDL is not transactional, so a migration that failed half-way is re-run from its start.
+Role: files ``infra/clickhouse/migrations/NNNN_<name>.sql`` hold statements against a ``{database}`` placeholder,
+each ending with ``;`` at the end of a line; :class:`MigrationRunner` applies the pending ones and records them in
+``{database}.schema_migrations``; :func:`render_statements` also renders the cluster variant (snuba's habit:
+raw table -> materialized view -> rollup).
 
-Applied migrations are recorded in ``{database}.schema_migrations`` (version, name, checksum, applied_at). A file
-whose checksum differs from the recorded one is an error naming the file: an applied migration is history, and a
-change to it needs a new migration.
-
-Cluster variant (:func:`render_statements` with ``cluster``): the convention most ClickHouse deployments use, so
-that queries and views keep their single-node SQL:
-
-* every DDL gets ``ON CLUSTER <cluster>``;
-* a MergeTree-family table ``T`` becomes ``T_local`` with the ``Replicated*`` engine at
-  ``'/clickhouse/tables/{shard}/<database>/T_local', '{replica}'`` (``{shard}`` and ``{replica}`` are server macros),
-  plus ``T`` = ``Distributed(<cluster>, <database>, T_local, <sharding key>)``. The sharding key comes from a
-  ``-- shard_by: <expr>`` comment in the statement (``rand()`` if none): tables deduplicated by an id shard by a hash
-  of that id, so duplicates meet on one shard and ``FINAL`` through the Distributed table stays exact;
-* materialized views read and write the ``_local`` tables (they fire on the shard that stores the inserted block);
-* plain views query the Distributed names, i.e. the same SQL as on one node;
-* ``schema_migrations`` is replicated to every node of the cluster (its replication path has no ``{shard}``), so
-  whichever node the runner reaches knows what was applied.
+Guarantee: statements are idempotent (``IF NOT EXISTS``), so a migration that failed half-way is re-run from its
+start (ClickHouse DDL is not transactional); a file whose checksum differs from the recorded one is an error naming
+the file: an applied migration is history, and a change needs a new migration. See DESIGN §6.
 """
 
 from __future__ import annotations
@@ -178,7 +164,17 @@ def render_statements(
     cluster: str | None = None,
     sharded_tables: dict[str, str] | None = None,
 ) -> list[str]:
-    """Render statements for ``database`` (single node) or for ``cluster`` (see the module docstring).
+    """Render statements for ``database`` (single node) or for ``cluster``.
+
+    The cluster variant is the convention most ClickHouse deployments use, so queries and views keep their
+    single-node SQL: every DDL gets ``ON CLUSTER <cluster>``; a MergeTree-family table ``T`` becomes ``T_local``
+    with the ``Replicated*`` engine at ``'/clickhouse/tables/{shard}/<database>/T_local', '{replica}'`` (server
+    macros), plus ``T`` = ``Distributed(<cluster>, <database>, T_local, <sharding key>)``. The sharding key comes
+    from a ``-- shard_by: <expr>`` comment in the statement (``rand()`` if none): tables deduplicated by an id shard
+    by a hash of that id, so duplicates meet on one shard and ``FINAL`` through the Distributed table stays exact.
+    Materialized views read and write the ``_local`` tables (they fire on the shard that stores the block); plain
+    views query the Distributed names; ``schema_migrations`` is replicated to every node (its replication path has
+    no ``{shard}``), so whichever node the runner reaches knows what was applied.
 
     Pure. ``sharded_tables`` (from :func:`find_sharded_tables` over ALL migrations, so a later ALTER knows an
     earlier table) is needed only for the cluster variant. Leading comments are dropped from the output.

@@ -1,18 +1,13 @@
 """Read-only ad-hoc queries (``finops sql``) and how their results are printed.
 
-:func:`run_readonly_query` runs one statement with ClickHouse's own read-only enforcement, on any clickhouse-connect
-client: a chdb client must have been opened read-only (``connect(url, readonly=True)``: its session is
-``readonly = 2`` and cannot be lifted), an HTTP client gets ``readonly = 2`` on the request unless its session is
-already read-only. The engine, not a parser of ours, decides what is a write, so INSERT, CREATE, DROP, ALTER,
-TRUNCATE, SYSTEM, OPTIMIZE ... all fail with READONLY, which is translated into :class:`ReadOnlyQueryError`.
+Role: :func:`run_readonly_query` runs one statement with ClickHouse's own read-only enforcement on any
+clickhouse-connect client; :func:`format_result` prints it as a table, vertically, as CSV or JSON (pure);
+:func:`split_format_clause` maps a user's trailing ``FORMAT x`` onto an output format (or refuses it naming
+``--format``), since the client asks ClickHouse for its own wire format.
 
-The formatters are pure: table (aligned, long cells truncated, NULL shown as ``NULL``), vertical (one ``name: value``
-line per column, as ClickHouse's ``Vertical``), CSV and JSON. Money stays exact: a ``Decimal`` is printed with
-``str`` in the table and CSV and as a JSON string (never a float).
-
-The client asks ClickHouse for its own wire format, so a user's trailing ``FORMAT x`` would be a second FORMAT clause
-(a syntax error): :func:`split_format_clause` takes it off and maps it onto an output format, or refuses it naming
-``--format``.
+Guarantee: the engine, not a parser of ours, decides what is a write, so every write fails with READONLY,
+translated into :class:`ReadOnlyQueryError`; money stays exact (``Decimal`` printed with ``str``, a JSON string in
+JSON, never a float).
 """
 
 from __future__ import annotations
@@ -72,7 +67,10 @@ def run_readonly_query(
     """Run ``sql`` read-only and return ``(column_names, rows)``.
 
     ``params`` are bound by clickhouse-connect: ``{name:Type}`` placeholders server-side (values never become SQL),
-    ``%(name)s`` client-side with quoting. Blocks for the query. Commits nothing, by construction.
+    ``%(name)s`` client-side with quoting. Blocks for the query. Commits nothing, by construction: a chdb client
+    must have been opened read-only (``connect(url, readonly=True)``: its session is ``readonly = 2`` and
+    cannot be lifted), an HTTP client gets ``readonly = 2`` on the request unless its session is already read-only;
+    INSERT, CREATE, DROP, ALTER, TRUNCATE, SYSTEM, OPTIMIZE ... all fail with READONLY.
 
     Raises:
         QueryError: ``client`` is a chdb client not opened read-only (nothing is run), or ClickHouse failed the
@@ -279,6 +277,9 @@ def format_result(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: OutputFormat = "table", *, max_width: int = 40
 ) -> str:
     """Dispatch to :func:`format_table`, :func:`format_vertical`, :func:`format_csv` or :func:`format_json`.
+
+    Table: aligned, long cells truncated, NULL shown as ``NULL``; vertical: one ``name: value`` line per column, as
+    ClickHouse's ``Vertical``.
 
     Raises:
         QueryError: an unknown format name.

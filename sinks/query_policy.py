@@ -1,26 +1,14 @@
 """What a client of the embedded store may run: an allow-list decided on a ClickHouse-faithful tokenisation.
 
-DESIGN §6: no client of the store endpoint (nor ``finops sql`` on the chdb path) may reach table functions,
+Role (DESIGN §6): no client of the store endpoint (nor ``finops sql`` on the chdb path) may reach table functions,
 engines, dictionaries or functions that touch files, the network or processes, nor lift the restriction with
-settings. A deny-list would let every new ClickHouse function through; this module allows only what it knows:
+settings. A deny-list would let every new ClickHouse function through, so :class:`QueryPolicy` allows only what it
+knows (its rules are listed there); the lexer is a pure function of the bytes and :func:`load_query_policy` reads
+the engine's catalogue once.
 
-* statements: ``SELECT`` / ``WITH`` / ``(`` / ``SHOW TABLES|DATABASES|COLUMNS|CREATE`` / ``DESCRIBE`` / ``EXISTS``
-  / ``EXPLAIN`` for everyone, and ``INSERT INTO <table>`` for the writer. No DDL, ``SYSTEM``, ``KILL``, ``SET``,
-  ``BACKUP`` ...: migrations run in the store owner's process (``finops migrate``), never over HTTP;
-* every name followed by ``(`` (bare or quoted) must be an allowed function, aggregate (with combinators), pure
-  table function (:data:`PURE_TABLE_FUNCTIONS`), data type or SQL keyword; a name that matches a refused
-  function or table function in any letter case is refused. Allowed functions come from the engine's own
-  ``system.functions``: the categories in :data:`PURE_CATEGORIES` (minus :data:`REFUSED_FUNCTIONS`), the pure
-  "Other" functions of :data:`PURE_OTHER_FUNCTIONS`, and aliases of those; functions introduced after
-  :data:`REVIEWED_THROUGH` are refused until someone reviews them, so a chdb upgrade cannot widen the list;
-* ``APPLY`` (which calls a function named without parentheses) is checked the same way;
-* ``SETTINGS`` clauses and URL settings only from :data:`CLIENT_SETTINGS`; ``FORMAT`` only from
-  :func:`format_allowed`; ``system`` tables only from :data:`SYSTEM_TABLES`;
-* ``INTO OUTFILE``, ``FROM INFILE``, ``FUNCTION``, heredocs (``$$``), multi-statements, nested comments and any
-  character this lexer does not know are refused: when the tokeniser and ClickHouse could disagree, the answer is no.
-
-The lexer is a pure function of the bytes; :func:`load_query_policy` reads the engine's catalogue once.
-tests/security/ checks every function, table function and engine of the running engine against this policy.
+Guarantee: when the tokeniser and ClickHouse could disagree, the answer is no; functions newer than
+:data:`REVIEWED_THROUGH` are refused until reviewed, so a chdb upgrade cannot widen the list. tests/security/ checks
+every function, table function and engine of the running engine against this policy.
 """
 
 from __future__ import annotations
@@ -251,7 +239,22 @@ def _version(text: str) -> tuple[int, ...] | None:
 
 @dataclass
 class QueryPolicy:
-    """The decision, built from the engine's catalogue by :func:`load_query_policy` (or by hand in tests)."""
+    """The decision, built from the engine's catalogue by :func:`load_query_policy` (or by hand in tests).
+
+    * statements: ``SELECT`` / ``WITH`` / ``(`` / ``SHOW TABLES|DATABASES|COLUMNS|CREATE`` / ``DESCRIBE`` /
+      ``EXISTS`` / ``EXPLAIN`` for everyone, ``INSERT INTO <table>`` for the writer; no DDL, ``SYSTEM``, ``KILL``,
+      ``SET``, ``BACKUP`` ... (migrations run in the store owner's process, never over HTTP);
+    * every name followed by ``(`` (bare or quoted) must be an allowed function, aggregate (with combinators), pure
+      table function (:data:`PURE_TABLE_FUNCTIONS`), data type or SQL keyword; a name matching a refused function or
+      table function in any letter case is refused. Allowed functions come from the engine's ``system.functions``:
+      the categories in :data:`PURE_CATEGORIES` (minus :data:`REFUSED_FUNCTIONS`), the pure "Other" functions of
+      :data:`PURE_OTHER_FUNCTIONS`, and their aliases; functions introduced after :data:`REVIEWED_THROUGH` are refused;
+    * ``APPLY`` (which calls a function named without parentheses) is checked the same way;
+    * ``SETTINGS`` clauses and URL settings only from :data:`CLIENT_SETTINGS`; ``FORMAT`` only from
+      :func:`format_allowed`; ``system`` tables only from :data:`SYSTEM_TABLES`;
+    * ``INTO OUTFILE``, ``FROM INFILE``, ``FUNCTION``, heredocs (``$$``), multi-statements, nested comments and any
+      character the lexer does not know are refused.
+    """
 
     functions: frozenset[str]
     functions_ci: frozenset[str]

@@ -1,22 +1,11 @@
 """Reconciliation: do the ledger, its rollups, the stream's 1-minute partials and the stream's counters agree?
 
-The ledger (``usage_ledger`` read with FINAL, so a replayed event counts once) is the reference. For a time range
-``[start, end)`` each other source is compared with the ledger over the widest range that source can express
-exactly, i.e. the range widened to its bucket (hour, day, minute):
+Role: :func:`compute_reconciliation` compares, for a time range, each source with the ledger (``usage_ledger`` read
+with FINAL, so a replayed event counts once: the reference) over the widest range that source can express exactly;
+the checks are listed there.
 
-| check            | source                                     | compared with the ledger's                       |
-|------------------|--------------------------------------------|--------------------------------------------------|
-| spend_hourly     | hourly rollup (MV from the ledger)         | cost (incl. corrections), calls, input, output   |
-| spend_daily      | daily rollup (MV from the ledger)          | cost (incl. corrections), calls, input, output   |
-| spend_1m         | stream partials, dimension ``team``, FINAL | cost of original rows, calls, input, output      |
-| stream_counters  | the hot path's counters, FINAL             | cost of original rows, calls (= priced_events)   |
-
-Every comparison is exact (Decimal and integers: no tolerance; a rounding difference is a bug). A source without
-any row in its range is reported as ``no data`` and counts as drift only when the ledger has data there (spend_1m
-and stream_counters may legitimately be absent, e.g. when the hot path does not write counters: then ``skipped``).
-
-Rollups are compared against the ledger's rows INCLUDING re-rating corrections (they are fed by the same inserts);
-the stream knows nothing of corrections, so spend_1m and stream_counters are compared with original rows only.
+Guarantee: every comparison is exact (Decimal and integers, no tolerance: a rounding difference is a bug); a source
+without rows counts as drift only where the ledger has data. See DESIGN §5 and §6.
 """
 
 from __future__ import annotations
@@ -216,6 +205,20 @@ def _counter_totals(client: Any, db: str, lo: datetime, hi: datetime) -> Totals:
 
 def compute_reconciliation(client: Any, database: str, start: datetime, end: datetime) -> ReconcileReport:
     """Compare the ledger with its rollups, spend_1m and stream_counters over ``[start, end)`` (tz-aware).
+
+    Each source is compared over the range widened to its bucket (hour, day, minute):
+
+    | check            | source                                     | compared with the ledger's                       |
+    |------------------|--------------------------------------------|--------------------------------------------------|
+    | spend_hourly     | hourly rollup (MV from the ledger)         | cost (incl. corrections), calls, input, output   |
+    | spend_daily      | daily rollup (MV from the ledger)          | cost (incl. corrections), calls, input, output   |
+    | spend_1m         | stream partials, dimension ``team``, FINAL | cost of original rows, calls, input, output      |
+    | stream_counters  | the hot path's counters, FINAL             | cost of original rows, calls (= priced_events)   |
+
+    Rollups include re-rating corrections (they are fed by the same inserts); the stream knows nothing of
+    corrections, so spend_1m and stream_counters are compared with original rows only. A source without any row in
+    its range is ``no data`` (drift only when the ledger has data there); spend_1m and stream_counters may
+    legitimately be absent (e.g. when the hot path does not write counters: then ``skipped``).
 
     ``client`` is anything with clickhouse-connect's ``query(sql, parameters=...)`` returning ``result_rows`` (a
     client, or the store endpoint's remote client in embedded mode). Read-only; blocks on the queries. Raises

@@ -1,57 +1,14 @@
 """The store endpoint: a small ClickHouse-HTTP-interface-compatible server in front of an embedded (chdb) store.
 
-Why it exists (DESIGN §6): a chdb data path can be opened by one process only, and clickhouse-connect's async
-client does not work on chdb. In embedded mode the store owner (the sink role, or the all-in-one ``make run``
-process) calls :func:`serve_store`; every other role (dashboard replicas, detection's reconciliation, ``finops sql``,
-Grafana, curl) reaches the data with the same SQL and the same clickhouse-connect code it would use against a
-ClickHouse server: ``clickhouse_connect.get_client(host="127.0.0.1", port=8124)``, i.e.
-``FINOPS_CLICKHOUSE_URL=http://127.0.0.1:8124/finops``.
+Role (DESIGN §6): a chdb data path can be opened by one process only, and clickhouse-connect's async client does not
+work on chdb. So the store owner (the sink role, or the all-in-one ``make run`` process) calls :func:`serve_store`,
+and every other role (dashboard, detection's reconciliation, ``finops sql``, Grafana, curl) uses the same SQL and
+clickhouse-connect code as against a ClickHouse server (``FINOPS_CLICKHOUSE_URL=http://127.0.0.1:8124/finops``).
+What of the HTTP interface is implemented, and what is not, is listed on :class:`StoreServer`.
 
-What is implemented of the ClickHouse HTTP interface (enough for clickhouse-connect's sync client and for curl):
-
-* ``GET /ping`` and ``GET /`` without a query answer ``Ok.\\n`` (never authenticated, like ClickHouse).
-* The query comes from the ``query`` URL parameter and/or the POST body (``query + "\\n" + body``, ClickHouse's
-  concatenation rule), or from a ``multipart/form-data`` body (clickhouse-connect's form encoding for long
-  parameters). ``param_<name>`` values are server-side bound exactly as sent (ClickHouse's escaped text form).
-* Every other URL parameter that is not a transport parameter is a ClickHouse setting for that request only.
-  ``readonly=1|2`` (and any ``GET``, as in ClickHouse) runs the request on a handle whose session is
-  ``readonly = 2``, so every write and DDL fails with READONLY (164) and cannot be lifted; per-query settings still
-  apply (see finops/clickhouse.py for why 2 and not 1).
-* ``database`` (parameter or ``X-ClickHouse-Database``), ``default_format`` (or ``X-ClickHouse-Format``);
-  without either the format is TabSeparated, as in ClickHouse. The output is whatever the engine writes for the
-  format (Native, TabSeparated, CSV, JSON, JSONEachRow, ...), passed through unchanged.
-* ``INSERT INTO t [(cols)] FORMAT f`` followed by data goes through the chdb client's ``raw_insert``; other
-  INSERTs (``VALUES``, ``SELECT``) run as statements.
-* Request bodies may be compressed (``Content-Encoding`` gzip, deflate, zstd, lz4, br: clickhouse-connect compresses
-  inserts by default); answers are never compressed (``enable_http_compression`` is accepted and ignored, so the
-  client reads them as identity).
-* Errors are answered as ClickHouse does: the status from ClickHouse's exceptionCodeToHTTPStatus, the body
-  ``Code: N. DB::Exception: ...`` and ``X-ClickHouse-Exception-Code``, so clickhouse-connect raises its usual
-  ``DatabaseError``.
-* Response headers clickhouse-connect reads: ``X-ClickHouse-Summary``, ``-Format``, ``-Timezone``, ``-Query-Id``,
-  ``-Server-Display-Name``.
-* Authentication is required for everything but ``/ping`` (DESIGN §6: this endpoint is a trust boundary): the
-  installation's two users from ``<data dir>/secrets`` (finops/secrets.py), ``finops_writer`` and
-  ``finops_reader``, whose requests always run read-only; plus the user a ``FINOPS_CLICKHOUSE_QUERY_URL`` with
-  ``user:password@`` names, as a writer. Credentials travel as ClickHouse accepts them (HTTP basic auth,
-  ``X-ClickHouse-User``/``X-ClickHouse-Key`` headers or ``user``/``password`` parameters); passwords are compared
-  in constant time and never logged or echoed. A wrong or missing one is AUTHENTICATION_FAILED (516, HTTP 403).
-* Every statement passes :mod:`sinks.query_policy` first (an allow-list: reads of the store's tables, pure
-  functions and table functions, INSERT for the writer, client settings from an allow-list); anything else is
-  ACCESS_DENIED (497, HTTP 403). DDL never comes over HTTP: ``finops migrate`` runs in the owner's process.
-* Browser requests from other sites are refused: a request with an ``Origin`` header that is not in
-  ``allowed_origins`` (none by default), or with ``Sec-Fetch-Site: cross-site|same-site``, is answered 403 before
-  anything else is read, so a web page cannot use the endpoint even with a "simple" ``text/plain`` POST.
-
-Not implemented (answered with NOT_IMPLEMENTED, 501): sessions (``SET`` and ``USE`` statements; pass settings as
-URL parameters or a ``SETTINGS`` clause instead, ``session_id`` is ignored), external data tables, ClickHouse's own
-``compress``/``decompress`` block format. Results are materialised before they are sent (no streaming), which suits
-the product's aggregate queries; a result too big for memory should be paged with ``LIMIT``.
-
-Concurrency: the server opens two handles of its own on the owner's data path (chdb allows many handles on the one
-path a process holds): a writer and a reader (session ``readonly = 2``). Each is guarded by a lock and keeps its
-session settings between requests, setting only what a request changes, so the owner's own client never sees a
-``USE`` or ``SET`` from here. Requests on the reader and the writer run in parallel; requests on one handle queue.
+Guarantee: this endpoint is a trust boundary: every request but ``/ping`` is authenticated, reader requests always
+run read-only, every statement passes :mod:`sinks.query_policy` first, DDL never comes over HTTP, and browser
+requests from other sites are refused before anything is read.
 """
 
 from __future__ import annotations
@@ -632,7 +589,7 @@ def _summary(started: int, **values: str) -> dict[str, str]:
 # ---- HTTP ----------------------------------------------------------------------------------------------------
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clickhouse-connect pools its connections
-    # Headers and body leave in separate writes; with Nagle on, the client's delayed ACK adds ~40 ms per request.
+    # Headers and body leave in separate writes; with Nagle on, the client's delayed ACK would add a wait per request.
     disable_nagle_algorithm = True
     server: _StoreHTTPServer
 
@@ -765,7 +722,47 @@ class _StoreHTTPServer(ThreadingHTTPServer):
 
 class StoreServer:
     """A running (after :meth:`start`) ClickHouse-HTTP endpoint over an embedded store. Build it with
-    :func:`serve_store`; use as a context manager or call :meth:`stop`."""
+    :func:`serve_store`; use as a context manager or call :meth:`stop`.
+
+    Implemented of the ClickHouse HTTP interface (enough for clickhouse-connect's sync client and for curl):
+
+    * ``GET /ping`` and ``GET /`` without a query answer ``Ok.\\n`` (never authenticated, like ClickHouse).
+    * The query comes from the ``query`` URL parameter and/or the POST body (``query + "\\n" + body``, ClickHouse's
+      concatenation rule), or from a ``multipart/form-data`` body (clickhouse-connect's form encoding for long
+      parameters). ``param_<name>`` values are server-side bound exactly as sent (ClickHouse's escaped text form).
+    * Every other non-transport URL parameter is a ClickHouse setting for that request only. ``readonly=1|2`` (and
+      any ``GET``, as in ClickHouse) runs on a handle whose session is ``readonly = 2``, so every write and DDL
+      fails with READONLY (164) and cannot be lifted (finops/clickhouse.py says why 2 and not 1).
+    * ``database`` (parameter or ``X-ClickHouse-Database``), ``default_format`` (or ``X-ClickHouse-Format``;
+      TabSeparated without either); the engine's output for the format is passed through unchanged.
+    * ``INSERT INTO t [(cols)] FORMAT f`` followed by data goes through the chdb client's ``raw_insert``; other
+      INSERTs (``VALUES``, ``SELECT``) run as statements.
+    * Request bodies may be compressed (gzip, deflate, zstd, lz4, br: clickhouse-connect compresses inserts by
+      default); answers never are (``enable_http_compression`` is accepted and ignored).
+    * Errors are answered as ClickHouse does (status from exceptionCodeToHTTPStatus, body ``Code: N.
+      DB::Exception: ...``, ``X-ClickHouse-Exception-Code``), so clickhouse-connect raises its usual
+      ``DatabaseError``; the headers it reads (``X-ClickHouse-Summary``, ``-Format``, ``-Timezone``, ``-Query-Id``,
+      ``-Server-Display-Name``) are sent.
+    * Authentication: the installation's users from ``<data dir>/secrets`` (finops/secrets.py), ``finops_writer``
+      and ``finops_reader`` (always read-only), plus the user a ``FINOPS_CLICKHOUSE_QUERY_URL`` with
+      ``user:password@`` names, as a writer; credentials as ClickHouse accepts them (basic auth,
+      ``X-ClickHouse-User``/``X-ClickHouse-Key``, ``user``/``password`` parameters), compared in constant time,
+      never logged or echoed. A wrong or missing one is AUTHENTICATION_FAILED (516, HTTP 403).
+    * Every statement passes :mod:`sinks.query_policy` (reads of the store's tables, pure functions and table
+      functions, INSERT for the writer, allow-listed client settings); anything else is ACCESS_DENIED (497, 403).
+    * A request with an ``Origin`` not in ``allowed_origins`` (none by default) or ``Sec-Fetch-Site:
+      cross-site|same-site`` is answered 403 first, so a web page cannot use the endpoint even with a "simple"
+      ``text/plain`` POST.
+
+    Not implemented (NOT_IMPLEMENTED, 501): sessions (``SET``, ``USE``; pass settings as URL parameters or a
+    ``SETTINGS`` clause, ``session_id`` is ignored), external data tables, ClickHouse's ``compress``/``decompress``
+    block format. Results are materialised before they are sent (no streaming): page a huge result with ``LIMIT``.
+
+    Concurrency: two handles of its own on the owner's data path (chdb allows many handles on the one path a process
+    holds), a writer and a reader (session ``readonly = 2``), each guarded by a lock and keeping its session
+    settings between requests (:class:`StoreEngine`), so the owner's own client never sees a ``USE`` or ``SET`` from
+    here. Requests on the reader and the writer run in parallel; requests on one handle queue.
+    """
 
     def __init__(
         self,

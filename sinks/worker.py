@@ -1,23 +1,11 @@
 """The sink run loop: consume one topic, batch by size or time, write through the batch writer, then commit.
 
-One :class:`SinkWorker` per table and consumer group ``finops-sink-<kind>`` (``ledger`` over
-``agent.usage.priced.v1``, ``spend`` over ``finops.spend.1m.v1``, ``alerts`` over ``finops.alerts.v1``, ``waste`` over
-``finops.waste.v1``, ``budgets`` over the compacted ``finops.policies.v1``), auto-commit off. The order per batch is
-write, then commit (see :mod:`sinks.writer` for the guarantee this gives: at-least-once delivery, effectively-once
-rows).
+Role: one :class:`SinkWorker` per table and consumer group ``finops-sink-<kind>`` (``ledger``, ``spend``,
+``alerts``, ``waste``, ``budgets``), auto-commit off. While a batch is written the worker pauses its assignment and
+keeps polling: a ClickHouse outage neither grows memory nor evicts the consumer from its group.
 
-Backpressure: while a batch is being written the worker pauses its whole assignment. librdkafka then stops fetching
-(its prefetch queue is bounded by ``queued.max.messages.kbytes``), so a ClickHouse outage does not grow the
-process's memory; between retries the worker keeps calling ``poll`` so the consumer stays in its group (no
-``max.poll.interval.ms`` eviction) and rebalance callbacks still run.
-
-Rebalance: on revoke (or loss) the worker DROPS the uncommitted messages of the revoked partitions instead of
-flushing them. Flushing inside the callback would hold the whole group's rebalance hostage to ClickHouse (during an
-outage, indefinitely); dropping costs the new owner at most one batch (about a second) of re-reading, and the
-re-read is harmless: the ledger drops ids it already stores and the dedup token drops a repeated insert. A revoke
-that arrives while a write is waiting to retry abandons that write for the revoked partitions (the remaining
-partitions are written as a new, smaller insert with its own token), so after a revoke this worker never writes a
-row of a partition it no longer owns.
+Guarantee (DESIGN §5): per batch, write then commit (:mod:`sinks.writer`: at-least-once delivery, effectively-once
+rows); after a revoke this worker never writes a row of a partition it no longer owns.
 """
 
 from __future__ import annotations
@@ -59,7 +47,21 @@ class SinkWorker:
     """Consumes ``topic`` with ``consumer`` and writes batches through ``writer``.
 
     The consumer is created by the caller (so tests can wrap it) and must not be subscribed yet; the worker
-    subscribes in :meth:`run` and closes it in :meth:`close`.
+    subscribes in :meth:`run` and closes it in :meth:`close`. Groups and topics: ``ledger`` over
+    ``agent.usage.priced.v1``, ``spend`` over ``finops.spend.1m.v1``, ``alerts`` over ``finops.alerts.v1``, ``waste``
+    over ``finops.waste.v1``, ``budgets`` over the compacted ``finops.policies.v1``.
+
+    Backpressure: while a batch is being written the worker pauses its whole assignment. librdkafka then stops
+    fetching (its prefetch queue is bounded by ``queued.max.messages.kbytes``), so a ClickHouse outage does not grow
+    the process's memory; between retries the worker keeps calling ``poll`` so the consumer stays in its group (no
+    ``max.poll.interval.ms`` eviction) and rebalance callbacks still run.
+
+    Rebalance: on revoke (or loss) the worker DROPS the uncommitted messages of the revoked partitions instead of
+    flushing them. Flushing inside the callback would hold the whole group's rebalance hostage to ClickHouse (during
+    an outage, indefinitely); dropping costs the new owner at most one batch of re-reading, and the re-read is
+    harmless: the ledger drops ids it already stores and the dedup token drops a repeated insert. A revoke during a
+    write waiting to retry abandons that write for the revoked partitions (the rest is written as a new, smaller
+    insert with its own token).
     """
 
     def __init__(

@@ -1,56 +1,13 @@
 """Batch writer: Kafka messages -> one ClickHouse insert -> offsets the worker may commit.
 
-Order and guarantee (DESIGN §5; snuba's InsertBatchWriter and OpenMeter's sink ``flush`` do the same):
+Role (snuba's InsertBatchWriter, OpenMeter's sink ``flush``): split / decode -> drop ids already stored -> INSERT
+(retried, same token) -> dead letters flushed -> (worker) COMMIT offsets. The ledger and spend tables hand
+ClickHouse the Avro bytes (the block path, DESIGN §6), the rest decode rows in Python; a refused row is bisected out
+to the DLQ, and a table-level error halts the sink (:class:`ClickHouseBatchWriter`).
 
-    split / decode  ->  drop ids already stored  ->  INSERT (retried, same token)  ->  dead letters flushed
-    ->  (worker) COMMIT offsets
-
-Two paths into the insert. The ledger and spend tables (``RowSpec.avro_prefix``) take the BLOCK PATH (DESIGN §6:
-sinks hand ClickHouse the bytes): messages framed with the current schema of the table's record keep their Avro
-bodies, which are concatenated into one Avro object container per writer schema and inserted with ``FORMAT
-Avro`` (sinks/avro_block.py); Python reads only each body's leading fields (the ledger's ``event_id``, ``source``,
-``occurred_at``) for the checks below, and the columns the table adds come from its DEFAULTs. Everything else (an
-older writer schema, a bad header, another record) and the governance tables take the ROW PATH: decode and map in
-Python (sinks/rows.py), insert rows. A container ClickHouse refuses is bisected like a row insert; a single refused
-message is handed to the row path, whose decoder or insert dead-letters it with the reason.
-
-Offsets are committed only after ClickHouse acknowledged the insert and the dead-letter producer acknowledged every
-rejected message, so a crash anywhere re-delivers the batch: delivery into ClickHouse is AT LEAST ONCE. It is made
-EFFECTIVELY ONCE for the ledger and everything derived from it (the hourly and daily rollups fed by materialized
-views) by three layers:
-
-(a) a deterministic ``insert_deduplication_token`` per insert: a hash of (topic, partition, first offset, last
-    offset) of every partition in the batch plus the offsets of the rows actually inserted. A retried insert of the
-    same batch carries the same token and is dropped by ClickHouse's block deduplication BEFORE the materialized
-    views fire (the ledger and the rollup targets keep ``non_replicated_deduplication_window``; checked on chdb in
-    tests/integration/test_sink_worker.py). The row offsets are in the token because ClickHouse deduplicates by
-    token alone: if a re-delivered batch inserts a different subset (layer (b) dropped the rows an earlier attempt
-    stored), it must get a different token, or ClickHouse would drop rows it never saw.
-(b) the ledger is deduplicated by ``(source, event_id)``: before the first attempt the writer asks which ids of the
-    batch are already stored (bounded by the batch's occurred_at range) and drops them, as OpenMeter's sink does.
-    So an event re-delivered in a *different* batch composition (after a crash between insert and commit, or a
-    rebalance) is not inserted again and the rollups do not count it twice. The filtered rows and the token are
-    fixed for the batch's lifetime: every retry sends byte-for-byte the same insert.
-(c) ``ReplacingMergeTree`` on ``(..., source, event_id)`` collapses whatever slips through (read with FINAL); for
-    ``spend_1m`` this is the dedupe (the aggregate_id is deterministic, a re-emitted window replaces the old one).
-
-The governance tables (``alerts``, ``waste_signals``, ``budgets``; no materialized view reads them) rely on (a) and
-(c) only, by their natural id, and read with FINAL. Their specs add two pure steps before the insert (sinks/rows.py):
-rows of a batch with the same identity collapse to the last in Kafka order (``latest_of``), and ``budgets`` folds the
-batch over the stored rows of its policy ids (``resolve``; the look-up, like (b), happens once before the first
-attempt, so every retry sends the same insert). A tombstone on the compacted policy topic is a deletion there
-(``tombstone_row``), not a dead letter. Note: those three tables have no ``non_replicated_deduplication_window`` (on
-chdb and single servers the token is then not checked), so a retried insert can store a duplicate row until a merge;
-it is identical by id and FINAL hides it.
-
-Failure handling:
-* transient ClickHouse errors (connection, timeouts, too many parts, memory limit ...) -> exponential backoff with
-  full jitter, retry the SAME insert; nothing is committed meanwhile. The wait is delegated to the caller
-  (:class:`~sinks.worker.SinkWorker` pauses its partitions and keeps polling, which is the backpressure);
-* a row ClickHouse (or its client) rejects -> the insert is bisected until the offending rows are isolated, those
-  go to the dead-letter topic with the reason, the rest is inserted;
-* a batch whose every row is rejected, or an error that is about the table rather than the data (unknown table,
-  no access ...) -> :class:`SinkHaltError`: a bad deploy must stop the sink, not empty the topic into the DLQ.
+Guarantee (DESIGN §5): offsets are committed only after ClickHouse acknowledged the insert and the dead-letter
+producer acknowledged every rejected message, so delivery is at least once; it is effectively once for the ledger
+and its rollups through a deterministic insert token, a stored-id check and ``ReplacingMergeTree``.
 """
 
 from __future__ import annotations
@@ -237,6 +194,10 @@ def compute_dedup_token(
     """The ``insert_deduplication_token`` of an insert: sha256 of the table, each partition's (first, last) offset
     range of the batch, and the (topic, partition, offset) of every row inserted. Pure and order-independent.
 
+    The row offsets are in the token because ClickHouse deduplicates by token alone: a re-delivered batch that
+    inserts a different subset (the stored-id check dropped rows an earlier attempt stored) must get a different
+    token, or ClickHouse would drop rows it never saw.
+
     Kafka offsets name immutable bytes, so equal tokens mean equal inserts: a retry is recognised, and a different
     subset of the same batch (after dedupe or bisection) is not mistaken for it.
     """
@@ -362,6 +323,46 @@ class ClickHouseBatchWriter:
     """Writes one :class:`MessageBatch` into one table; the caller commits the offsets after :meth:`write` returns.
 
     Not thread-safe: one writer per worker thread (the ClickHouse client may be shared).
+
+    Two paths into the insert. The ledger and spend tables (``RowSpec.avro_prefix``) take the BLOCK PATH (DESIGN §6:
+    sinks hand ClickHouse the bytes): messages framed with the current schema of the table's record keep their Avro
+    bodies, which are concatenated into one Avro object container per writer schema and inserted with ``FORMAT
+    Avro`` (sinks/avro_block.py); Python reads only each body's leading fields (the ledger's ``event_id``,
+    ``source``, ``occurred_at``) for the checks below, and the columns the table adds come from its DEFAULTs.
+    Everything else (an older writer schema, a bad header, another record) and the governance tables take the ROW
+    PATH: decode and map in Python (sinks/rows.py), insert rows. A container ClickHouse refuses is bisected like a
+    row insert; a single refused message is handed to the row path, whose decoder or insert dead-letters it with the
+    reason.
+
+    Effectively once for the ledger and the hourly and daily rollups its materialized views feed, by three layers:
+
+    (a) a deterministic ``insert_deduplication_token`` per insert (:func:`compute_dedup_token`): a retried insert of
+        the same batch is dropped by ClickHouse's block deduplication BEFORE the materialized views fire (the ledger
+        and the rollup targets keep ``non_replicated_deduplication_window``; checked on chdb in
+        tests/integration/test_sink_worker.py);
+    (b) the ledger is deduplicated by ``(source, event_id)``: before the first attempt the writer asks which ids of
+        the batch are already stored (bounded by the batch's occurred_at range) and drops them, as OpenMeter's sink
+        does, so an event re-delivered in a different batch composition is not inserted again and the rollups do
+        not count it twice. The filtered rows and the token are fixed for the batch's lifetime: every retry sends
+        byte-for-byte the same insert;
+    (c) ``ReplacingMergeTree`` on ``(..., source, event_id)`` collapses whatever slips through (read with FINAL);
+        for ``spend_1m`` this is the dedupe (a re-emitted window has the same aggregate_id and replaces the old one).
+
+    The governance tables (``alerts``, ``waste_signals``, ``budgets``; no materialized view reads them) rely on (a)
+    and (c) only, by their natural id. Their specs add two pure steps before the insert (sinks/rows.py): rows of a
+    batch with the same identity collapse to the last in Kafka order (``latest_of``), and ``budgets`` folds the batch
+    over the stored rows of its policy ids (``resolve``, looked up once before the first attempt). A tombstone on the
+    compacted policy topic is a deletion there (``tombstone_row``), not a dead letter. Those three tables have no
+    ``non_replicated_deduplication_window`` (on chdb and single servers the token is then not checked), so a retried
+    insert can store a duplicate row until a merge; it is identical by id and FINAL hides it.
+
+    Failures: transient ClickHouse errors (connection, timeouts, too many parts, memory limit ...) -> exponential
+    backoff with full jitter, retry the SAME insert, nothing committed meanwhile; the wait is delegated to the caller
+    (:class:`~sinks.worker.SinkWorker` pauses its partitions and keeps polling: the backpressure). A row ClickHouse
+    (or its client) rejects -> the insert is bisected until the offending rows are isolated; they go to the
+    dead-letter topic with the reason, the rest is inserted. A batch whose every row is rejected, or an error about
+    the table rather than the data (unknown table, no access ...) -> :class:`SinkHaltError`: a bad deploy must stop
+    the sink, not empty the topic into the DLQ.
     """
 
     def __init__(
