@@ -1,32 +1,11 @@
 """``finops bench [all|producer|stream|sink|intake|latency] [--json FILE]``: the benchmark suite in one run
 (``make bench``).
 
-Every number is measured on this machine in this run, beside a plain baseline measured in the same run:
-
-* producer events/s: the SDK (validate + ids/times + encode + produce), per event (``emit``) and in batches of
-  1,000 (``emit_many``), vs a bare confluent-kafka produce loop of the same pre-encoded bytes
-  (``finops bench-producer``);
-* stream events/s per core: the hot path (decode, validate, dedupe, price, windows, produce outputs, commit) vs a
-  plain consume + decode + price + dicts loop, each pinned to one CPU (``finops bench-stream``);
-* sink rows/s: one sink thread (consume, decode, map, stored-id check, insert, commit) vs bare clickhouse-connect
-  inserts of pre-built rows (``finops bench-sink``);
-* intake spans/s: the OTLP receiver's work per body (decode, map, produce, wait for every acknowledgement) vs a
-  bare protobuf decode of the same bodies, one CPU (``producers/intake/bench.py``);
-* latency (new here): the real roles as child processes (``finops sink run`` owning a temporary chdb and serving
-  it, ``finops stream run``, ``finops detect run``, ``finops alerts run`` posting to a local receiver) on the
-  configured broker under a fresh topic prefix. Capacity is measured first: a burst of events through the running
-  pipeline, divided by the time until the last is queryable (the stream bench's one-core figure is not it: here the
-  load generator, stream, sink with chdb, detection and alerts share the machine). A steady load is then driven
-  with the producer SDK at 25 / 50 / 75 % of it, each event's ``occurred_at`` stamped at emit time, and measured as
-    - event-to-queryable: the ledger's ``ingested_at - occurred_at`` (p50 / p99 over every event of the level);
-    - event-to-alert: during each level a few agents with a $1 daily budget get one event that costs more; from
-      that event's emit time to the receiver getting the first Slack POST naming the agent (PagerDuty gets only
-      critical alerts). ``detect run`` runs with ``--no-clickhouse`` (no ledger reconciliation: the measured path
-      is the stream's);
-    - baseline: a bare confluent-kafka consume -> produce loop (one child process) at the same rate, from emit to
-      the forwarded message's delivery report;
-    - peak memory: VmHWM from ``/proc/<pid>/status`` of each role at the end.
-The table goes to the terminal and the whole result to JSON (default ``bench-results/latest.json``).
+Role: every number is measured on this machine in this run, beside a plain baseline measured in the same run:
+producer events/s (``finops bench-producer``), stream events/s per core (``finops bench-stream``), sink rows/s
+(``finops bench-sink``), intake spans/s (``producers/intake/bench.py``) and the whole pipeline's latency under load
+(:func:`run_latency`). The table goes to the terminal and the whole result to JSON (default
+``bench-results/latest.json``); the README, "Performance", quotes the latest run.
 """
 
 from __future__ import annotations
@@ -145,6 +124,12 @@ def _say(text: str) -> None:
 def run_suite(settings: Any, parts: tuple[str, ...], *, producer_events: int, stream_events: int, sink_events: int,
               capacity: float | None, latency: LatencyConfig) -> dict[str, Any]:
     """Run the chosen parts in order and return everything measured (JSON-ready). Blocks for the whole run.
+
+    Baselines: the producer SDK (validate + ids/times + encode + produce), per event (``emit``) and in batches of
+    1,000 (``emit_many``), vs a bare confluent-kafka produce loop of the same pre-encoded bytes; the stream hot path
+    vs a plain consume + decode + price + dicts loop, each pinned to one CPU; one sink thread vs bare
+    clickhouse-connect inserts of pre-built rows; the OTLP receiver's work per body (decode, map, produce, wait for
+    every acknowledgement) vs a bare protobuf decode of the same bodies, one CPU.
 
     Raises FinopsError when the broker cannot be reached or a part fails.
     """
@@ -479,7 +464,19 @@ def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledge
 
 def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) -> dict[str, Any]:  # noqa: PLR0915
     """Start the roles on a fresh prefix and a temporary chdb, measure the pipeline's capacity (unless given), drive
-    each load level, measure; see the module doc.
+    each load level, measure.
+
+    The real roles run as child processes (``finops sink run`` owning a temporary chdb and serving it, ``finops
+    stream run``, ``finops detect run``, ``finops alerts run`` posting to a local receiver) on the configured broker
+    under a fresh topic prefix. Capacity is measured first: a burst of events through the running pipeline, divided
+    by the time until the last is queryable (not the stream bench's one-core figure: here the load generator, stream,
+    sink with chdb, detection and alerts share the machine). A steady load is then driven with the producer SDK at
+    25 / 50 / 75 % of it, each event's ``occurred_at`` stamped at emit time, and measured as event-to-queryable (the
+    ledger's ``ingested_at - occurred_at``, p50 / p99 over the level); event-to-alert (a few agents with a $1 daily
+    budget get one event that costs more; from its emit time to the receiver getting the first Slack POST naming the
+    agent; ``detect run`` runs with ``--no-clickhouse``, so the measured path is the stream's); the baseline, a bare
+    confluent-kafka consume -> produce loop at the same rate, from emit to the forwarded message's delivery report;
+    and peak memory (VmHWM from ``/proc/<pid>/status`` of each role at the end).
 
     Blocks for the whole run (about a minute per level). Raises FinopsError when a role dies or a level does not
     drain within ``config.drain_timeout_s``.

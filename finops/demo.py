@@ -1,33 +1,14 @@
 """`finops demo`: the whole system on one machine with a simulated fleet (what `make run` runs).
 
-Order (STYLE.md: logging, settings, connectivity, build, signals, run, close in reverse):
-1. the local Kafka broker (`finops stack up`: topics included) and the ClickHouse migrations;
-2. a local HTTP receiver standing in for Slack and PagerDuty unless real destinations are configured;
-3. every role as a child process, each with its log in ``<data dir>/logs``: the sink (it owns the embedded
-   ClickHouse and serves it to the others on ``FINOPS_CLICKHOUSE_QUERY_URL``), the stream job, detection, the
-   alert worker and the dashboard; then a dashboard token and the demo budget policies;
-4. the fleet, in phases of one seeded timeline (same seed = same agents, so one phase's habits are the next one's
-   baseline), fixed at the first start in ``<data dir>/demo-fleet/timeline.json``:
-   a. *history*: the 70 minutes before the first start, emitted as fast as the pipeline takes them. The dashboard
-      has a fleet's spend within seconds, and the runaway detector has the hour of per-agent norms it needs before
-      it judges an agent (``runaway_warmup_s``);
-   b. *incident*: the next 90 s, in real time, in which one agent runs away (50x its task rate) from about 50 s
-      in (seed 7 puts the start at 54 % of the phase; the simulator picks 30-60 %), so its alert reaches the
-      receiver about a minute and a half after the start (the detector judges a 60 s window);
-   c. *steady*: the same fleet in real time, in one-hour segments, until Ctrl-C;
-5. where to look (dashboard URL and token, a `finops sql` query, where the alerts went), then the first spend
-   seen in ClickHouse and every alert the receiver gets, as they happen.
-A restart on the same data dir continues the timeline: each phase records how far it got (``simulate
---resume-file``, saved after the producer's flush barrier), so the events already sent are not sent again; what
-fell due while the demo was stopped is caught up at once, at most ``--max-catch-up`` of it (older events are
-skipped: the fleet was off). Its events keep their ids, so the few a crash re-sends are dropped by id (ledger and
-detection). The dashboard token is reused (and any other demo token revoked); the budgets are re-applied (no
-change). Another fleet (``--agents``, ``--rate``, ...) on the same data dir is refused: use a clean one.
-Ctrl-C or SIGTERM (also when started in the background, where SIGINT starts ignored) stops the children one by one
-in reverse order (the fleet first, the sink last, so every event in flight is written) and leaves the broker
-running for the next start (`finops stack down` stops it). The children run in their own sessions: a terminal's
-Ctrl-C reaches the demo only, which then stops them in order. A role that exits on its own stops the demo with its
-log tail: a half-running system is not a demo.
+Role: in STYLE.md's order (logging, settings, connectivity, build, signals, run, close in reverse), start the local
+broker and the migrations, a local stand-in receiver for Slack and PagerDuty, every role as a child process (the
+sink owns the embedded ClickHouse and serves it to the others), a dashboard token and the demo budgets, then the
+fleet in phases of one seeded timeline: history, an incident in which one agent runs away, steady traffic
+(:func:`run_demo` lists the steps).
+
+Guarantee: a restart on the same data dir continues the timeline without re-sending what was sent (re-sent events
+keep their ids and are dropped by id); Ctrl-C or SIGTERM stops the children in reverse order, the sink last, so every
+event in flight is written; a role that exits on its own stops the demo with its log tail. README, "Demo".
 """
 
 from __future__ import annotations
@@ -132,7 +113,7 @@ class FleetTimeline:
     ``origin`` is the event time of the first history event (the first fleet start minus the history), and
     ``live_start`` the event time the live phases begin at, set when the incident first starts (the history ends
     at the fleet's start, but sending it takes a while; the incident then starts live instead of in the past).
-    The phases follow each other from there (module docstring, step 4)."""
+    The phases follow each other from there (:func:`run_demo`, step 4)."""
 
     origin: datetime
     agents: int
@@ -490,6 +471,31 @@ def _backlog_probe(settings: Any, ledger_probe: Callable[[], tuple[int, Any] | N
 # ---- the command -------------------------------------------------------------------------------------------------
 def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script, in the order above
     """Start everything, print where to look, block until Ctrl-C / SIGTERM or a role dies; stop in reverse order.
+
+    1. the local Kafka broker (`finops stack up`: topics included) and the ClickHouse migrations;
+    2. a local HTTP receiver standing in for Slack and PagerDuty unless real destinations are configured;
+    3. every role as a child process, each with its log in ``<data dir>/logs``: the sink (it owns the embedded
+       ClickHouse and serves it on ``FINOPS_CLICKHOUSE_QUERY_URL``), the stream job, detection, the alert worker and
+       the dashboard; then a dashboard token and the demo budget policies;
+    4. the fleet, in phases of one seeded timeline (same seed = same agents, so one phase's habits are the next
+       one's baseline), fixed at the first start in ``<data dir>/demo-fleet/timeline.json``: (a) history, the
+       70 minutes before the first start, emitted as fast as the pipeline takes them, so the dashboard has a fleet's
+       spend at once and the runaway detector has the hour of per-agent norms it needs (``runaway_warmup_s``);
+       (b) incident, the next 90 s in real time, in which one agent runs away (50x its task rate) part-way in (the
+       simulator picks 30-60 % of the phase), so its alert reaches the receiver within the phase; (c) steady, the
+       same fleet in real time, in one-hour segments, until Ctrl-C;
+    5. where to look (dashboard URL and token, a `finops sql` query, where the alerts went), then the first spend
+       seen in ClickHouse and every alert the receiver gets, as they happen.
+
+    Restart: each phase records how far it got (``simulate --resume-file``, saved after the producer's flush
+    barrier), so events already sent are not sent again; what fell due while stopped is caught up at once, at most
+    ``--max-catch-up`` of it (older events are skipped: the fleet was off). The dashboard token is reused (any other
+    demo token revoked); the budgets are re-applied (no change). Another fleet (``--agents``, ``--rate``, ...) on the
+    same data dir is refused: use a clean one.
+
+    Stop: Ctrl-C or SIGTERM (also in the background, where SIGINT starts ignored) stops the children one by one in
+    reverse order (the fleet first, the sink last) and leaves the broker running for the next start (`finops stack
+    down` stops it). The children run in their own sessions, so a terminal's Ctrl-C reaches the demo only.
 
     Returns 0 after a requested stop. Raises FinopsError when a port is taken, the broker or the migrations fail,
     or a role does not come up / exits on its own.

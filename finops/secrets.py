@@ -1,18 +1,13 @@
 """This installation's secrets: generated at first use, kept 0600 in ``<data dir>/secrets``, found by every command.
 
-DESIGN §6: the embedded store endpoint is a trust boundary that requires this installation's credentials. Whoever
-can read the data dir's secret files *is* the installation's owner (the OS user that runs ``make run``); every role
-and command of the installation reads them from the data dir the settings name, so a plain shell needs no extra
-environment. Real deployments may override each secret with its environment variable (see the README's
-configuration table); a server deployment uses ClickHouse's own users and grants instead of the store secrets.
+Role (DESIGN §6): the embedded store endpoint is a trust boundary that requires this installation's credentials.
+Whoever can read the data dir's secret files is the installation's owner; every role and command reads them from
+the data dir the settings name. Real deployments may override each secret by its environment variable (README,
+"Configuration reference"); a server deployment uses ClickHouse's own users and grants instead.
 
-Guarantees:
-
-* a secret is random (``secrets.token_hex``, 256 bits), written once, atomically: a temporary file created with
-  ``O_CREAT | O_EXCL`` and mode 0600 from the first byte, fsynced, then linked to its name (``link`` never replaces:
-  two processes racing at first start end up with the same secret);
-* a secret file (or the directory) that the group or others may read or write is refused with an error naming the
-  file and the ``chmod`` that fixes it; the secret itself never appears in a message or a log line.
+Guarantee: a secret is random, written once and atomically, so processes racing at first start share it
+(:func:`load_or_create_secret`); a file or directory readable or writable by group or others is refused with the
+``chmod`` that fixes it; the secret itself never appears in a message or a log line.
 """
 
 from __future__ import annotations
@@ -133,6 +128,10 @@ def read_secret(path: Path) -> str | None:
 
 def load_or_create_secret(path: Path) -> str:
     """The secret in ``path``, generating it first if the file does not exist (atomic, 0600 from the start).
+
+    The secret is ``secrets.token_hex`` (256 bits), written to a temporary file created with ``O_CREAT | O_EXCL``
+    and mode 0600 from the first byte, fsynced, then linked to its name (``link`` never replaces: two processes
+    racing at first start end up with the same secret).
 
     Blocks on a few file-system calls. Raises :class:`SecretFileError` (see :func:`read_secret`), also when the
     directory cannot be written.

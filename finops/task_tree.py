@@ -1,25 +1,13 @@
 """Cost per task across sub-agent trees, each call counted once: the pure rollup behind ``finops report tasks``,
 ``GET /api/tasks`` and the dashboard's Tasks page.
 
-Input is one :class:`TaskNode` per task (its OWN cost, calls, unpriced calls and tokens, outcome, and the parents
-its calls claimed), as the ``v_task_nodes`` view returns them (infra/clickhouse/migrations/0015_task_tree.sql).
-The forest is computed from the whole set at once, never in arrival order, so a parent that arrived after its
-children changes nothing. The rules, each deterministic:
+Role: :func:`compute_task_forest` takes one :class:`TaskNode` per task (its own cost, calls, tokens, outcome and the
+parents its calls claimed, as the ``v_task_nodes`` view returns them) and builds the forest from the whole set at
+once, never in arrival order; diamonds, missing parents and cycles are resolved deterministically and flagged.
 
-* **Diamond** (calls of one task name different parents): the chosen parent is the claim seen first, ordered by
-  ``(first_seen_at, first_event_id, parent_task_id)``; the task is flagged ``diamond`` and keeps the other claims.
-* **Missing parent** (the chosen parent is not in the set: not arrived yet, outside the window or the caller's
-  teams): the task is a root of its own tree, flagged with ``missing_parent``. The other claims are not tried, so
-  a tree's shape does not depend on who is looking.
-* **Cycle** (following chosen parents comes back to a task): the member that started first (earliest
-  ``first_call_at``, then ``task_id``) drops its parent edge and becomes the root; every member is flagged
-  ``cycle`` and the root ``cycle_broken``.
-After these, each task has at most one parent and no cycle, so every task lies in exactly one tree and every call
-is counted once: the sum over roots of ``total_cost_usd`` equals the sum of every task's own cost.
-
-A tree's outcome is its root's (``root_status``; a successful tree is one whose root task succeeded), so the cost
-per successful task charges sub-agent spend to the task that spawned it. Unpriced calls are counted as calls and
-tokens, never as $0 (DESIGN.md section 4). Money is Decimal. Nothing here imports ClickHouse, Kafka or Faust.
+Guarantee: every task lies in exactly one tree and every call is counted once (the sum over roots equals the sum of
+every task's own cost); a tree's outcome is its root's; unpriced calls count as calls and tokens, never as $0
+(DESIGN §4). Money is Decimal; no ClickHouse, Kafka or Faust import. README, "Cost per task across sub-agent trees".
 """
 
 from __future__ import annotations
@@ -211,9 +199,22 @@ def _start_key(node: TaskNode) -> tuple[datetime, str]:
 
 
 def compute_task_forest(nodes: Iterable[TaskNode]) -> TaskForest:
-    """Roll every task up with the sub-agent tasks below it (rules in the module docstring). Pure; runs in
-    O(n log n) for n tasks without recursion (a chain of any depth is fine). Raises :class:`TaskTreeError` when a
-    task id appears twice."""
+    """Roll every task up with the sub-agent tasks below it. Pure; runs in O(n log n) for n tasks without recursion
+    (a chain of any depth is fine). Raises :class:`TaskTreeError` when a task id appears twice.
+
+    The rules, each deterministic, so a parent that arrived after its children changes nothing:
+
+    * Diamond (calls of one task name different parents): the chosen parent is the claim seen first, ordered by
+      ``(first_seen_at, first_event_id, parent_task_id)``; the task is flagged ``diamond`` and keeps the others.
+    * Missing parent (the chosen parent is not in the set: not arrived yet, outside the window or the caller's
+      teams): the task is a root of its own tree, flagged ``missing_parent``. The other claims are not tried, so a
+      tree's shape does not depend on who is looking.
+    * Cycle (following chosen parents comes back to a task): the member that started first (earliest
+      ``first_call_at``, then ``task_id``) drops its parent edge and becomes the root; every member is flagged
+      ``cycle`` and the root ``cycle_broken``.
+
+    A tree's outcome is its root's (``root_status``), so the cost per successful task charges sub-agent spend to
+    the task that spawned it."""
     index: dict[str, TaskNode] = {}
     for node in nodes:
         if node.task_id in index:

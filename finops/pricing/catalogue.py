@@ -1,22 +1,13 @@
 """The price catalogue the workers use: the bundled genai-prices data, or a newer snapshot installed without a release.
 
-``finops prices update --from FILE|URL`` (DESIGN §4) reads a genai-prices data file (the JSON array of providers that
-genai-prices itself fetches for its auto-update, ``prices/data.json`` of its repository), checks that genai-prices can
-load it, and installs it in the catalogue directory (``FINOPS_STREAM_CATALOGUE_DIR``, default ``<data dir>/prices``):
-``catalogue-<sha256>.json`` plus ``current.json``, which names the active snapshot (version, source, installed_at).
-Nothing is fetched at run time unless the user asks: the workers only read that directory.
+Role: ``finops prices update --from FILE|URL`` (DESIGN §4) checks that genai-prices can load a data file and
+installs it in the catalogue directory (``FINOPS_STREAM_CATALOGUE_DIR``) as ``catalogue-<sha256>.json`` plus
+``current.json`` naming the active snapshot (:func:`install_catalogue`); :class:`CatalogueWatcher` lets the hot path
+pick up a new one between batches; ``finops prices status`` warns when the catalogue's date is too old.
 
-Versions: ``genai-prices-data.<sha256 of the file, 12 hex>`` for an installed snapshot; the bundled data keeps
-``finops.pricing.engine.catalogue_version`` (package version + hash of its data module). The version is stamped on
-every priced event (``catalogue_version``) and recorded, with its source, in ``price_catalogue_versions``.
-
-Hot reload: :class:`CatalogueWatcher` is polled by the hot path between batches (a safe point: no event is half
-priced); when ``current.json`` names another version it builds a new :class:`~finops.pricing.engine.Pricer`, and every
-event from the next batch on is priced (and stamped) with it, so per partition the version changes at one offset.
-
-The catalogue's date is the newest price-change date it contains (``StartDateConstraint``) that is not in the future,
-or the install time for data without one; ``finops prices status`` warns when it is older than
-``FINOPS_STREAM_CATALOGUE_MAX_AGE_DAYS``.
+Guarantee: nothing is fetched at run time unless the user asks; every priced event carries its
+``catalogue_version`` (``genai-prices-data.<sha256, 12 hex>`` for an installed snapshot), and per partition the
+version changes at one offset. See the README, "Pricing".
 """
 
 from __future__ import annotations
@@ -125,7 +116,8 @@ def _providers(data: bytes, source: str) -> list[gp_types.Provider]:
 
 def _data_date(providers: list[gp_types.Provider], not_after: date) -> date | None:
     """The newest price-change date in the data that is not after ``not_after`` (a catalogue also lists changes
-    announced for later dates; those do not make it recent)."""
+    announced for later dates; those do not make it recent). Data without one is dated by its install time, and
+    ``finops prices status`` warns when the date is older than ``FINOPS_STREAM_CATALOGUE_MAX_AGE_DAYS``."""
     newest: date | None = None
     for provider in providers:
         for model in provider.models:
@@ -144,6 +136,11 @@ def _data_date(providers: list[gp_types.Provider], not_after: date) -> date | No
 
 def install_catalogue(source: str, directory: Path, *, now: datetime) -> CatalogueInfo:
     """Read ``source``, check that genai-prices loads it, install it in ``directory`` and make it current.
+
+    ``source`` is a genai-prices data file (the JSON array of providers genai-prices fetches for its auto-update,
+    ``prices/data.json`` of its repository). The default directory is ``<data dir>/prices``. The bundled data keeps
+    ``finops.pricing.engine.catalogue_version`` (package version + hash of its data module) as its version; each
+    version is recorded with its source in ``price_catalogue_versions``.
 
     Writes ``catalogue-<sha>.json`` then replaces ``current.json`` atomically (a worker reads either the old or the
     new pointer, never half of one). Raises :class:`CatalogueError`."""
@@ -257,7 +254,10 @@ class CatalogueWatcher:
     """Tells the hot path when ``current.json`` names another catalogue, and builds the Pricer for it.
 
     ``poll(now)`` is cheap (one ``stat`` at most every ``interval_s``); it returns a new Pricer only when the active
-    version changed and the new snapshot loaded; a snapshot that fails to load is logged and the old Pricer kept."""
+    version changed and the new snapshot loaded; a snapshot that fails to load is logged and the old Pricer kept.
+
+    The hot path polls it between batches (a safe point: no event is half priced), and every event from the next
+    batch on is priced and stamped with the new Pricer, so per partition the version changes at one offset."""
 
     def __init__(self, directory: Path, make_pricer: Any, current_version: str, *, interval_s: float = 5.0) -> None:
         self.directory = directory

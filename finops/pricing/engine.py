@@ -1,80 +1,14 @@
 """Price one usage event: genai-prices catalogue as of ``occurred_at``, overlaid by the organisation price book.
 
-Pure logic: no Kafka, Faust or ClickHouse; no clock (the event's ``occurred_at`` is the only time used).
+Role: pure logic, no Kafka, Faust or ClickHouse and no clock (the event's ``occurred_at`` is the only time used).
+:class:`Pricer` prices with genai-prices' own decomposition (leaf counts per priced unit, :func:`_compile`) from
+compiled rates cached per (provider, model) and price period, never per result, so the hot path does not pay
+``genai_prices.calc_price`` per event; gateways' ``vendor/model`` names fall back to the vendor's entry.
 
-How a cost is computed (the same decomposition genai-prices uses, made fast)
--------------------------------------------------------------------------------
-Our token fields are canonical (DESIGN §3): ``input_tokens`` is ALL input, and the cache, audio and image counts are
-*parts* of it; ``output_tokens`` is ALL output, reasoning and audio output are parts of it. genai-prices uses the very
-same semantics (its Anthropic extractor adds cache reads and writes back into ``input_tokens``), so the mapping is
-one to one (``to_genai_usage``): ``reasoning_tokens`` -> ``output_reasoning_tokens``, ``image_tokens`` ->
-``input_image_tokens``, ``web_search_calls`` -> ``web_searches``, and the 5-minute writes are
-``cache_write_tokens - cache_write_1h_tokens``.
-
-genai-prices prices every unit a model has a price for on its *leaf* count: the unit's count minus the counts of its
-priced sub-units. With input, cache-read and cache-write prices that gives::
-
-    uncached input = input_tokens - cache_read_tokens - cache_write_tokens      at input_mtok
-    cache reads    = cache_read_tokens                                          at cache_read_mtok
-    5-minute writes= cache_write_tokens - cache_write_1h_tokens                 at cache_write_mtok
-    1-hour writes  = cache_write_1h_tokens                                      at cache_write_1h_mtok
-    output         = output_tokens (reasoning included)                         at output_mtok
-
-A part that has no price of its own stays in its parent (OpenAI has no cache-write price, so cache writes are billed
-as input; a model without an audio price bills audio tokens as input). Leaf counts are linear in the usage fields,
-so for each price set we precompute, once, every priced unit's leaf as integer coefficients over our fields
-(``_compile``); pricing an event is then a few integer sums and one Decimal multiply per priced unit.
-
-Rate cache (the performance rule)
----------------------------------
-``genai_prices.calc_price`` costs ~100 µs (model matching, price-set validation, Usage objects); the hot path
-needs < 10 µs. We cache compiled RATES, never results, keyed by (provider, model) and then by the price *period*:
-
-- the catalogue's conditional prices change on UTC dates (``StartDateConstraint``) and at UTC times of day
-  (``TimeOfDateConstraint``, DeepSeek off-peak); between two consecutive boundaries the active price is constant,
-  so the period key is ``(bisect(date boundaries, date), bisect(time boundaries, time), bisect(book boundaries,
-  instant))``. A model with no conditions and no price-book entries has one static rate set and skips even that.
-- tiered prices (``TieredPrices``: the whole call pays the tier that ``input_tokens`` exceeds, the "cliff" rule of
-  genai-prices ``calc_unit_price``) are computed in the fast path from the compiled tiers, not by a slow fallback.
-
-``tests/unit/test_pricing_parity.py`` checks the fast path against ``calc_price`` on every catalogue model.
-
-Money
------
-Catalogue prices are already ``Decimal`` parsed from their text; a unit price per token is ``mtok.scaleb(-6)``
-(exact). Products of a Decimal price and an integer count are exact at the default 28-digit context for any
-realistic count. Results are quantized to 12 places (ClickHouse ``Decimal(38, 12)``) with ROUND_HALF_EVEN: the total
-is the correctly rounded exact total, each part is rounded the same way, and if the rounded parts do not add up to
-the rounded total the difference (at most a few 1e-12) goes to the largest part, so the parts always sum exactly.
-
-The 1-hour cache-write rule
----------------------------
-The catalogue has ``cache_write_1h_mtok`` for Anthropic's own API. Where a Claude model is sold by a first-party
-cloud (AWS Bedrock, Google Vertex, Azure) with a 5-minute write price but no 1-hour price, we derive the 1-hour
-price from Anthropic's published convention, 2 x the base input price (tiers scaled the same way), and say so in
-``explain``. Elsewhere a 1-hour write without its own price is billed at the cache-write price (genai-prices'
-rule). A price-book override can always set ``cache_write_1h_mtok`` explicitly.
-
-Gateways (DESIGN §4, step 3)
-----------------------------
-When the event's provider has no catalogue entry for the model and the model is a ``vendor/model`` name (OpenRouter
-slugs, LiteLLM-style names, any gateway that keeps the vendor prefix), the call is priced at the upstream vendor's
-entry and ``price_source`` says so: ``catalogue:google via openrouter``. A gateway's own entry (the catalogue lists
-many OpenRouter slugs) always wins over the vendor's.
-
-Reported costs (DESIGN §4, step 4: ``cost_basis``)
----------------------------------------------------
-A reported cost (what a gateway billed, what a client computed) is kept beside the computed one
-(``computed_cost_usd``). Which of the two is ``cost_usd`` depends on the ``cost_basis`` of the event's source or
-provider (:class:`CostBasisPolicy`): ``catalogue`` (the computed cost is authoritative, a report is only compared),
-``reported`` (the report *is* the bill: OpenRouter's ``usage.cost``, the default for provider ``openrouter``), or
-``reported_if_unpriced`` (the computed cost, or the report when the catalogue and book cannot price the call: the
-default otherwise, so a call whose cost is known from its report is never unpriced). When the report answers,
-``price_source == "reported"`` and the parts are the computed parts scaled to the report (all in ``cost_other_usd``
-when nothing was computed), so they still add up exactly.
-
-Not modelled: genai-prices ``price_variants`` (batch processing, service tiers) need request context the usage
-event does not carry yet; calls are priced at standard rates.
+Guarantee: money is exact ``Decimal``, quantized to 12 places with the parts always summing to the total;
+``tests/unit/test_pricing_parity.py`` checks the result against ``calc_price`` on every catalogue model; a reported
+cost is kept beside the computed one and the ``cost_basis`` (:class:`CostBasisPolicy`) says which is ``cost_usd``.
+See DESIGN §4 and the README, "Pricing".
 """
 
 from __future__ import annotations
@@ -124,7 +58,7 @@ __all__ = [
 
 PricingStatus = Literal["priced", "unpriced"]
 #: ``catalogue`` | ``price_book`` | ``catalogue:<vendor> via <gateway>`` | ``price_book:<vendor> via <gateway>`` |
-#: ``reported`` | ``none`` (see the module docstring).
+#: ``reported`` | ``none`` (see Pricer and CostBasisPolicy).
 PriceSource = str
 CostBasis = Literal["catalogue", "reported", "reported_if_unpriced"]
 COST_BASES: Final[tuple[str, ...]] = ("catalogue", "reported", "reported_if_unpriced")
@@ -264,7 +198,14 @@ _tuple_new: Final = tuple.__new__
 
 
 class CostBasisPolicy:
-    """Which cost is authoritative for an event: ``cost_basis`` per source and per provider (module docstring).
+    """Which cost is authoritative for an event: ``cost_basis`` per source and per provider (DESIGN §4, step 4).
+
+    A reported cost (what a gateway billed, what a client computed) is kept beside the computed one
+    (``computed_cost_usd``). ``catalogue``: the computed cost is authoritative, a report is only compared;
+    ``reported``: the report is the bill; ``reported_if_unpriced``: the computed cost, or the report when the
+    catalogue and book cannot price the call, so a call whose cost is known from its report is never unpriced. When
+    the report answers, ``price_source == "reported"`` and the parts are the computed parts scaled to the report
+    (all in ``cost_other_usd`` when nothing was computed), so they still add up exactly.
 
     Precedence: the event's source, then its provider, then ``default``, then the built-in defaults: ``reported`` for
     provider ``openrouter`` (its ``usage.cost`` is the bill), ``reported_if_unpriced`` for everything else (a direct
@@ -424,7 +365,30 @@ def _scale(value: Decimal | gp_types.TieredPrices, factor: Decimal) -> Decimal |
 
 
 def _compile(price_map: Mapping[str, Any], source: PriceSource, notes: tuple[str, ...], label: str) -> _Rates:
-    """Turn a genai-prices price set into leaf terms over our fields (see the module docstring)."""
+    """Turn a genai-prices price set into leaf terms over our fields.
+
+    Our token fields are canonical (DESIGN §3) and genai-prices uses the same semantics, so the mapping is one to
+    one (:func:`to_genai_usage`). genai-prices prices every unit a model has a price for on its leaf count: the
+    unit's count minus the counts of its priced sub-units. With input, cache-read and cache-write prices::
+
+        uncached input = input_tokens - cache_read_tokens - cache_write_tokens      at input_mtok
+        cache reads    = cache_read_tokens                                          at cache_read_mtok
+        5-minute writes= cache_write_tokens - cache_write_1h_tokens                 at cache_write_mtok
+        1-hour writes  = cache_write_1h_tokens                                      at cache_write_1h_mtok
+        output         = output_tokens (reasoning included)                         at output_mtok
+
+    A part without a price of its own stays in its parent (OpenAI has no cache-write price, so cache writes are
+    billed as input; a model without an audio price bills audio tokens as input). Leaf counts are linear in the
+    usage fields, so each priced unit's leaf is precomputed once as integer coefficients over our fields; pricing an
+    event is then a few integer sums and one Decimal multiply per priced unit. Tiered prices (the whole call pays the
+    tier that ``input_tokens`` exceeds, genai-prices' "cliff" rule) are compiled too, not a slow fallback.
+
+    The 1-hour cache-write rule: where a Claude model is sold by a first-party cloud (AWS Bedrock, Google Vertex,
+    Azure) with a 5-minute write price but no 1-hour price, the 1-hour price is derived from Anthropic's published
+    convention, 2 x the base input price (tiers scaled the same way), and ``explain`` says so. Elsewhere a 1-hour
+    write without its own price is billed at the cache-write price (genai-prices' rule); a price-book override can
+    always set ``cache_write_1h_mtok``.
+    """
     registry = _get_registry()
     units: list[tuple[UnitDef, Decimal | gp_types.TieredPrices]] = []
     ignored: list[str] = []
@@ -509,7 +473,13 @@ def _compile(price_map: Mapping[str, Any], source: PriceSource, notes: tuple[str
 def _allocate(total: Decimal, parts: list[Decimal], computed: Decimal) -> tuple[Decimal, ...]:
     """``total`` split over the five cost parts in proportion to the computed ``parts`` (which sum to ``computed``),
     each rounded half-even to 12 places, the rounding remainder on the largest part so they add up exactly; all in
-    the last part (other) when nothing was computed."""
+    the last part (other) when nothing was computed.
+
+    Catalogue prices are ``Decimal`` parsed from their text; a unit price per token is ``mtok.scaleb(-6)`` (exact),
+    and products with an integer count are exact at the default 28-digit context for any realistic count. Results
+    are quantized to 12 places (ClickHouse ``Decimal(38, 12)``) with ROUND_HALF_EVEN: the total is the correctly
+    rounded exact total, each part is rounded the same way, and the difference (at most a few 1e-12) goes to the
+    largest part."""
     if not computed:
         return (_ZERO12, _ZERO12, _ZERO12, _ZERO12, total)
     out = [(p * total / computed).quantize(_Q12, ROUND_HALF_EVEN) if p else _ZERO12 for p in parts]
@@ -604,7 +574,13 @@ def _utc(at: Any) -> datetime:
 
 class _ModelEntry:
     """Everything about one (provider, model) pair of events: its catalogue model, the price-book entries that can
-    apply, the boundaries of its price periods and the compiled rates per period."""
+    apply, the boundaries of its price periods and the compiled rates per period.
+
+    The catalogue's conditional prices change on UTC dates (``StartDateConstraint``) and at UTC times of day
+    (``TimeOfDateConstraint``, DeepSeek off-peak); between two consecutive boundaries the active price is constant,
+    so the period key is ``(bisect(date boundaries, date), bisect(time boundaries, time), bisect(book boundaries,
+    instant))``. A model with no conditions and no price-book entries has one static rate set and skips even that.
+    """
 
     __slots__ = (
         "provider",
@@ -684,6 +660,13 @@ class Pricer:
     Not thread-safe for concurrent first use of a model (the caches are plain dicts; a race only builds the same
     rates twice). The catalogue snapshot is captured at construction: to pick up new genai-prices data, build a new
     Pricer.
+
+    Gateways (DESIGN §4, step 3): when the event's provider has no catalogue entry for the model and the model is a
+    ``vendor/model`` name (OpenRouter slugs, LiteLLM-style names), the call is priced at the upstream vendor's entry
+    and ``price_source`` says so (``catalogue:google via openrouter``); a gateway's own entry always wins.
+
+    Not modelled: genai-prices ``price_variants`` (batch processing, service tiers) need request context the usage
+    event does not carry yet; calls are priced at standard rates.
     """
 
     def __init__(
@@ -730,7 +713,7 @@ class Pricer:
         """Price one usage event (a Mapping, e.g. a decoded Avro dict, or an object with the usage attributes).
 
         Promises: an unknown model or provider gives ``pricing_status == "unpriced"`` with a reason, never $0
-        priced. Blocks on nothing; the first event of a (provider, model, period) compiles its rates (~0.1-1 ms).
+        priced. Blocks on nothing; the first event of a (provider, model, period) compiles its rates (once).
 
         Raises:
             InvalidUsageError: a priced part exceeds its whole, a count is not an integer, or ``occurred_at`` is
@@ -788,7 +771,7 @@ class Pricer:
             display = (shown[0], shown[1], shown[2], shown[3], shown[4])
 
         total = (costs[0] + costs[1] + costs[2] + costs[3] + costs[4]).quantize(_Q12, ROUND_HALF_EVEN)
-        # Untouched parts are already the 12-place zero; skip their quantize (~0.15 µs each).
+        # Untouched parts are already the 12-place zero; skip their quantize.
         parts = [c if c is _ZERO12 else c.quantize(_Q12, ROUND_HALF_EVEN) for c in costs]
         residual = total - (parts[0] + parts[1] + parts[2] + parts[3] + parts[4])
         if residual:
@@ -800,7 +783,7 @@ class Pricer:
         basis = entry.basis or self._basis(get("source"), key[0])
         reported = get("reported_cost")
         if reported is None:
-            # tuple.__new__ skips the NamedTuple's generated __new__ (~0.15 µs); same fields, same order.
+            # tuple.__new__ skips the NamedTuple's generated __new__; same fields, same order.
             return _tuple_new(
                 PriceResult,
                 (

@@ -1,29 +1,13 @@
 """The organisation price book: effective-dated overrides and discounts laid over the genai-prices catalogue.
 
-A price book is a YAML file (see ``infra/pricebook.example.yaml`` for every option, commented):
+Role: a YAML file (``infra/pricebook.example.yaml`` shows every option, commented) with a ``version`` stamped on
+every priced event, ``overrides`` (exact unit prices for one provider + model, optionally tiered by prompt size:
+:class:`OverridePrices`, :class:`TieredPrice`) and ``discounts`` (percent off the catalogue, per provider or model).
 
-- ``version`` (required string) is written on every priced event, so a cost can be traced to the book that made it.
-- ``overrides``: exact unit prices for one provider + model (negotiated rates, custom fine-tunes, self-hosted
-  models the catalogue cannot know). An override replaces the catalogue's whole price set for that model: a price
-  key it leaves out has no separate price (for example without ``cache_read_mtok`` cache reads are charged at
-  ``input_mtok``, the genai-prices convention). A price may be tiered by prompt size, in genai-prices' own form and
-  with its exact semantics: ``input_mtok: {base: 1.25, tiers: [{start: 200000, price: 2.5}]}`` means a call whose
-  ``input_tokens`` (ALL input, cache reads and writes included) is strictly greater than ``start`` pays ``price``
-  for ALL its tokens of that unit (the "cliff" rule of genai-prices ``calc_unit_price``, not a marginal rate for
-  the tokens above the threshold); with several tiers the highest ``start`` exceeded wins; otherwise ``base``.
-- ``discounts``: percent off the catalogue price of every unit, for a whole provider or one provider + model
-  (committed-use and enterprise agreements).
-
-Precedence when pricing one event: an active override beats an active discount, which beats the plain catalogue; a
-provider + model discount beats a provider-wide one. "Active" means ``effective_from <= occurred_at <
-effective_to`` (``effective_to`` is exclusive and optional); dates are UTC midnight, datetimes are converted to UTC.
-Two entries of the same kind and scope may not overlap in time, so precedence never depends on file order.
-
-Provider and model names match case-insensitively either the event's own strings or the catalogue's ids for them
-(``claude-sonnet-4-0`` matches an event for ``claude-sonnet-4-20250514`` that the catalogue resolves to it).
-
-Numbers in the YAML are read as ``Decimal`` from their text, never through float, so ``0.1`` is exactly 0.1.
-Every error names the file, the line and the field.
+Guarantee: an active override beats an active discount, which beats the plain catalogue, and entries of one kind
+and scope never overlap in time, so precedence never depends on file order (:class:`PriceBook`); numbers are read
+as ``Decimal`` from their text, never through float; every error names the file, the line and the field. See
+DESIGN §4 and the README, "Pricing".
 """
 
 from __future__ import annotations
@@ -211,9 +195,13 @@ class PriceTier(BaseModel):
 
 
 class TieredPrice(BaseModel):
-    """A price tiered by prompt size, genai-prices' ``TieredPrices`` with the same "cliff" semantics (module
-    docstring): ``base`` until the first tier; above a tier's ``start`` input tokens, that tier's price for ALL
-    tokens of the unit."""
+    """A price tiered by prompt size, genai-prices' ``TieredPrices`` with the same "cliff" semantics: ``base``
+    until the first tier; above a tier's ``start`` input tokens, that tier's price for ALL tokens of the unit.
+
+    ``input_mtok: {base: 1.25, tiers: [{start: 200000, price: 2.5}]}`` means a call whose ``input_tokens`` (ALL
+    input, cache reads and writes included) is strictly greater than ``start`` pays ``price`` for ALL its tokens of
+    that unit (genai-prices ``calc_unit_price``, not a marginal rate for the tokens above the threshold); with
+    several tiers the highest ``start`` exceeded wins."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -358,7 +346,17 @@ class DiscountEntry(_Entry):
 
 
 class PriceBook(BaseModel):
-    """A validated organisation price book. Immutable; build it with :func:`load_price_book`."""
+    """A validated organisation price book. Immutable; build it with :func:`load_price_book`.
+
+    An override replaces the catalogue's whole price set for its model: a price key it leaves out has no separate
+    price (without ``cache_read_mtok`` cache reads are charged at ``input_mtok``, the genai-prices convention).
+    Precedence for one event: an active override beats an active discount, which beats the plain catalogue; a
+    provider + model discount beats a provider-wide one. "Active" means ``effective_from <= occurred_at <
+    effective_to`` (``effective_to`` exclusive and optional; dates are UTC midnight, datetimes converted to UTC). Two
+    entries of the same kind and scope may not overlap in time. Provider and model names match case-insensitively
+    the event's own strings or the catalogue's ids for them (``claude-sonnet-4-0`` matches an event for
+    ``claude-sonnet-4-20250514`` that the catalogue resolves to it).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
