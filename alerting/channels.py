@@ -1,24 +1,12 @@
 """Pure payload builders for the three channel types, and the destination they are sent to.
 
-Nothing here does I/O or reads a clock: every function takes the alert (and, for the webhook signature, the
-timestamp) and returns bytes and headers, so the shapes are unit-tested exactly.
+Role: Slack incoming webhooks (:func:`build_slack_message`), PagerDuty Events API v2 (:func:`build_pagerduty_event`)
+and a generic signed webhook (:func:`build_webhook_body`, :func:`compute_webhook_signature`); each builder states
+the channel facts (limits, fields, answers) its shape follows, from Slack's and PagerDuty's public docs.
 
-Channel facts the shapes follow (Slack and PagerDuty public docs):
-
-- **Slack incoming webhook**: ``POST`` JSON ``{"text": ..., "blocks": [...]}``. ``text`` is the fallback shown in
-  notifications and by clients that cannot render blocks, so it carries the whole message in one line. Block limits:
-  header text 150 characters (plain_text), section text 3000, each section field 2000, at most 10 fields. mrkdwn
-  text must escape ``&``, ``<`` and ``>``. The webhook URL *is* the credential.
-- **PagerDuty Events API v2**: ``POST https://events.pagerduty.com/v2/enqueue`` JSON with ``routing_key``,
-  ``event_action`` (trigger / acknowledge / resolve) and ``dedup_key`` (at most 255 characters; a resolve with the
-  trigger's key closes the incident). A trigger needs ``payload.summary`` (at most 1024 characters),
-  ``payload.source`` and ``payload.severity`` (critical, error, warning, info); ``timestamp``, ``component``,
-  ``group``, ``class`` and ``custom_details`` are optional. Answers 202 when accepted, 400 for an invalid event,
-  429 when the routing key is rate limited. The routing key is in the body, so bodies are never logged.
-- **Generic webhook**: our own JSON document, signed like Stripe's: header ``X-Finops-Signature:
-  sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`` with ``X-Finops-Timestamp`` (Unix seconds), so a
-  receiver can refuse replays outside a tolerance; ``X-Finops-Delivery`` is a stable id (alert id + destination)
-  the receiver may dedupe on, because delivery is at least once.
+Guarantee: nothing here does I/O or reads a clock: every function takes the alert (and, for the webhook signature,
+the timestamp) and returns bytes and headers, so the shapes are unit-tested exactly. The Slack URL and the
+PagerDuty routing key are credentials: bodies are never logged.
 """
 
 from __future__ import annotations
@@ -171,6 +159,11 @@ def build_slack_message(alert: Alert, dashboard_url: str) -> dict[str, Any]:
 
     Says who (team / project / agent), how much (spend of limit, percent), which budget or baseline, the action
     taken and links the dashboard.
+
+    Slack: ``POST`` JSON ``{"text": ..., "blocks": [...]}``. ``text`` is the fallback shown in notifications and by
+    clients that cannot render blocks, so it carries the whole message in one line. Block limits: header text 150
+    characters (plain_text), section text 3000, each section field 2000, at most 10 fields. mrkdwn text must escape
+    ``&``, ``<`` and ``>``. The webhook URL is the credential.
     """
     link = alert_link(alert, dashboard_url)
     resolved = alert.state == "resolve"
@@ -225,7 +218,14 @@ def pagerduty_dedup_key(dedup_key: str) -> str:
 
 def build_pagerduty_event(alert: Alert, routing_key: str, dashboard_url: str,
                           source: str = "agent-finops") -> dict[str, Any]:
-    """PagerDuty Events API v2 event: ``trigger`` with a full payload, or ``resolve`` with just the key."""
+    """PagerDuty Events API v2 event: ``trigger`` with a full payload, or ``resolve`` with just the key.
+
+    ``POST https://events.pagerduty.com/v2/enqueue`` JSON with ``routing_key``, ``event_action`` (trigger /
+    acknowledge / resolve) and ``dedup_key`` (at most 255 characters; a resolve with the trigger's key closes the
+    incident). A trigger needs ``payload.summary`` (at most 1024 characters), ``payload.source`` and
+    ``payload.severity`` (critical, error, warning, info); ``timestamp``, ``component``, ``group``, ``class`` and
+    ``custom_details`` are optional. PagerDuty answers 202 when accepted, 400 for an invalid event, 429 when the
+    routing key is rate limited. The routing key is in the body, so bodies are never logged."""
     dedup = pagerduty_dedup_key(alert.dedup_key)
     if alert.state == "resolve":
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup}
@@ -280,7 +280,11 @@ def build_webhook_body(alert: Alert, delivery_id: str, dashboard_url: str) -> by
 
 
 def compute_webhook_signature(secret: bytes, timestamp: int, body: bytes) -> str:
-    """``sha256=<hex>`` of HMAC-SHA256(secret, ``b"<timestamp>." + body``)."""
+    """``sha256=<hex>`` of HMAC-SHA256(secret, ``b"<timestamp>." + body``).
+
+    Signed like Stripe's webhooks: header ``X-Finops-Signature`` with ``X-Finops-Timestamp`` (Unix seconds), so a
+    receiver can refuse replays outside a tolerance; ``X-Finops-Delivery`` is a stable id (alert id + destination)
+    the receiver may dedupe on, because delivery is at least once."""
     mac = hmac.new(secret, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
     return f"sha256={mac}"
 

@@ -1,19 +1,12 @@
 """``finops control suspend | throttle | resume | status`` for operators, and ``finops alerts run``.
 
-Operator commands publish a signed ControlCommand on ``agent.control.v1`` for one scope (``--agent``, ``--team`` or
-``--project``) with a reason, an optional expiry (``--expires 2h`` or an ISO timestamp) and the operator's identity
-(``issued_by = operator:<name>``). They are refused without the operator role: possession of this installation's
-operator key, presented with ``--operator-key`` or ``FINOPS_CONTROL_OPERATOR_KEY`` and checked against the stored
-``<data dir>/secrets/control-operator.key`` (0600, generated per installation; finops/secrets.py), never against a
-variable the caller sets. Commands are signed with ``FINOPS_CONTROL_SIGNING_KEY`` when a deployment sets it, else
-with the installation's ``<data dir>/secrets/control-signing.key``, which every role finds by itself. ``status``
-reads the topic's current state (no operator key needed: it only reads) and says for each scope whether the command
-verifies under that key and is still live.
-It folds the topic by the guard's rules (:func:`compute_control_state`), so it shows what agents obey: a tombstone
-or a forged command after a genuine one is reported as ignored, never shown as the state.
+Role: operator commands publish a signed ControlCommand on ``agent.control.v1`` for one scope (``--agent``,
+``--team`` or ``--project``) with a reason, an optional expiry and ``issued_by = operator:<name>``; ``status`` folds
+the topic by the guard's rules (:func:`compute_control_state`), so it shows what agents obey.
 
-The audit table is written by the alert worker, which follows the control topic: operator commands, enforcement
-commands and forged ones (``verified = false``) land there alike, from one writer.
+Guarantee: commands are refused without the installation's operator key (:func:`authorize`) and signed with the
+installation's signing key (:func:`_signing`); a tombstone or forged command after a genuine one is reported as
+ignored, never shown as the state. The alert worker writes every command, forged ones included, to the audit table.
 """
 
 from __future__ import annotations
@@ -58,7 +51,9 @@ class NotAuthorized(FinopsError):
 def authorize(presented: str | None, data_dir: Path) -> None:
     """Raise :class:`NotAuthorized` unless ``presented`` is the installation's operator key (the stored
     ``<data dir>/secrets/control-operator.key``; see :func:`finops.secrets.operator_key_matches`). Neither key
-    appears in a message."""
+    appears in a message. The key is presented with ``--operator-key`` or ``FINOPS_CONTROL_OPERATOR_KEY`` and checked
+    against the stored file (0600, generated per installation), never against a variable the caller sets; ``status``
+    needs no operator key (it only reads)."""
     from finops.secrets import CONTROL_OPERATOR_KEY, operator_key_matches, secret_path
 
     where = secret_path(data_dir, CONTROL_OPERATOR_KEY)
@@ -141,7 +136,9 @@ def _scope(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def _signing(settings: Any) -> tuple[str, bytes]:
-    """The key id and key that sign control commands (FINOPS_CONTROL_SIGNING_KEY, else the installation's)."""
+    """The key id and key that sign control commands (FINOPS_CONTROL_SIGNING_KEY, else the installation's).
+
+    The installation's key is ``<data dir>/secrets/control-signing.key``, which every role finds by itself."""
     from finops.secrets import load_control_signing_key
 
     configured = settings.control.signing_key.get_secret_value() if settings.control.signing_key else None

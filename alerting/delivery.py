@@ -1,29 +1,13 @@
 """Delivery to one destination: pacing, ``Retry-After``, exponential backoff with jitter, broken destinations.
 
-A :class:`DestinationSender` owns one destination and sends one item at a time (the lane in
-:mod:`alerting.worker` feeds it in outbox order, which keeps the order per key). For each item it loops:
+Role: a :class:`DestinationSender` owns one destination and sends one item at a time (the lane in
+:mod:`alerting.worker` feeds it in outbox order, which keeps the order per key): pace, send through the injected
+:class:`HttpTransport`, classify the answer (the ladder is on :class:`DestinationSender`).
 
-1. **Pace**: wait until ``min_interval_s`` has passed since the previous request to this destination (Slack: about
-   one message per second per webhook; PagerDuty: within the routing key's event rate).
-2. **Send** through the injected :class:`HttpTransport` with a timeout.
-3. **Classify** the answer:
-
-   ================================  =====================================================================
-   2xx                               delivered
-   429                               wait ``Retry-After`` (seconds or HTTP date; capped), or backoff if absent
-   5xx, 408, timeout, connection     exponential backoff with full jitter: ``uniform(0, min(cap, base * 2^n))``
-   any other 4xx (400, 403, 404,     permanent: no retry; the destination is *broken* (wrong URL, revoked
-   410 ...)                          webhook, archived channel, bad key) and a configuration alert is raised
-   ================================  =====================================================================
-
-4. After ``max_attempts`` retryable failures the item stays pending and the sender reports ``retry_later``: the
-   lane waits ``retry_later_s`` and tries the same head item again, so nothing later overtakes it.
-
-Every attempt is reported to ``on_attempt`` (the delivery log) with the destination *name*, the HTTP status and an
-error text scrubbed of the destination's secrets: URLs and routing keys never reach logs, errors or the log table.
-
-Time comes from an injected :class:`Clock` (monotonic for pacing and backoff, wall time for the webhook signature,
-an interruptible ``sleep``), so unit tests run the whole ladder in microseconds with a fake clock.
+Guarantee: nothing later overtakes a pending item (after ``max_attempts`` the same head item is tried again later);
+a permanent 4xx marks the destination broken and raises a configuration alert instead of retrying; URLs and
+routing keys never reach logs, errors or the delivery log. Time comes from an injected :class:`Clock`, so tests
+run the whole ladder with a fake clock.
 """
 
 from __future__ import annotations
@@ -116,7 +100,24 @@ class Outcome:
 
 
 class DestinationSender:
-    """Sends items to one destination with pacing and the retry ladder. Not thread-safe: one lane owns it."""
+    """Sends items to one destination with pacing and the retry ladder. Not thread-safe: one lane owns it.
+
+    For each item:
+
+    1. Pace: wait until ``min_interval_s`` has passed since the previous request to this destination (Slack: about
+       one message per second per webhook; PagerDuty: within the routing key's event rate).
+    2. Send through the transport with a timeout.
+    3. Classify: 2xx delivered; 429 wait ``Retry-After`` (seconds or HTTP date; capped), or backoff if absent; 5xx,
+       408, timeout, connection: exponential backoff with full jitter, ``uniform(0, min(cap, base * 2^n))``; any
+       other 4xx (400, 403, 404, 410 ...): permanent, no retry, the destination is broken (wrong URL, revoked
+       webhook, archived channel, bad key) and a configuration alert is raised.
+    4. After ``max_attempts`` retryable failures the item stays pending and the sender reports ``retry_later``: the
+       lane waits ``retry_later_s`` and tries the same head item again.
+
+    Every attempt is reported to ``on_attempt`` (the delivery log) with the destination name, the HTTP status and an
+    error text scrubbed of the destination's secrets (:func:`scrub`). The clock is monotonic for pacing and backoff,
+    wall time for the webhook signature, with an interruptible ``sleep``.
+    """
 
     def __init__(self, destination: Destination, transport: HttpTransport, clock: Clock, *,
                  policy: DeliveryPolicy | None = None, dashboard_url: str = "http://127.0.0.1:8080",

@@ -1,31 +1,14 @@
 """Enforcement: budget alerts become signed ControlCommands on the compacted ``agent.control.v1``.
 
-The ladder (DESIGN §7) is notify -> throttle -> downgrade -> suspend. ``agent.control.v1`` is keyed by
-``scope_type:scope_value`` and compacted, so an agent only ever sees the *latest* command per scope: one scope has
-one effective state. The :class:`Enforcer` therefore keeps, per scope, the enforcements currently asked for by open
-alert keys (one per ``dedup_key``, i.e. per policy threshold and period) and publishes the strongest of them:
+Role: the ladder (DESIGN §7) is notify -> throttle -> downgrade -> suspend. The control topic is keyed by
+``scope_type:scope_value`` and compacted, so an agent only ever sees the latest command per scope; the
+:class:`Enforcer` keeps, per scope, the steps asked for by open alert keys and publishes the strongest of them
+(what an alert must carry is on :func:`compute_spec`).
 
-- a **trigger** with enforcing actions records its step and publishes the scope's strongest active step;
-- a **resolve** (the period rolled over, the limit was raised) drops that key's step and publishes the strongest
-  remaining one, or ``resume`` when none is left. A resolve for a key that never enforced anything does nothing;
-- :meth:`Enforcer.tick` drops steps whose period has ended and resumes the scope, so the topic's state is clean even
-  if no resolve ever comes. (Agents also honour ``expires_at`` themselves: every command expires at the end of the
-  budget period that caused it, so a rollover releases an agent even while this worker is down.)
-
-Each command says who issued it (``issued_by``), why (``reason``: policy, spend, limit, period), when it expires,
-and carries an HMAC-SHA256 signature (:func:`schemas.models.sign`). Ids are deterministic (UUIDv5 of the alert id,
-scope and action), so an alert consumed twice publishes the same command and the audit table collapses it.
-
-What the alert must carry (fields of ``Alert`` plus ``details`` keys, all optional but the scope):
-
-- scope: ``details.scope_type`` / ``details.scope_value`` when given (agent, team or project; detection sets the
-  policy's scope there); otherwise the most specific of ``agent_id``, ``project``, ``team``. Task and call caps
-  enforce on the agent that broke them. A tag-scoped policy cannot be enforced through the control topic
-  (its scopes are agent, team, project); it falls back to ``agent_id`` or is only notified.
-- expiry: ``details.period_end`` (ISO 8601), or ``details.period`` (``2025-03``, ``2025-W11``, ``2025-03-14``) with
-  ``details.timezone`` (IANA, default UTC).
-- throttle rate: ``details.throttle_rate_per_minute`` (else the enforcer's default); downgrade target:
-  ``details.downgrade_model`` (without it the step falls back to throttle).
+Guarantee: every command is HMAC-SHA256 signed (:func:`schemas.models.sign`), says who issued it, why and when it
+expires (the end of the budget period that caused it, so a rollover releases an agent even while this worker is
+down); ids are deterministic (UUIDv5 of alert id, scope and action), so an alert consumed twice publishes the same
+command.
 """
 
 from __future__ import annotations
@@ -93,7 +76,7 @@ def control_key(scope_type: str, scope_value: str) -> str:
 
 
 def compute_scope(alert: Alert) -> tuple[Literal["agent", "team", "project"], str] | None:
-    """The control scope an alert enforces on (see the module docstring), or None when it has none."""
+    """The control scope an alert enforces on (see :func:`compute_spec`), or None when it has none."""
     stype = alert.details.get("scope_type")
     svalue = alert.details.get("scope_value")
     if alert.kind in ("task_cap", "call_cap") and alert.agent_id:
@@ -163,7 +146,18 @@ def _reason(alert: Alert) -> str:
 
 def compute_spec(alert: Alert, *, default_rate_per_minute: int = 10) -> EnforcementSpec | None:
     """The enforcement step a *trigger* alert asks for: its strongest enforcing action on its scope. None when the
-    alert only notifies, has no enforceable scope, or its period has already ended."""
+    alert only notifies, has no enforceable scope, or its period has already ended.
+
+    What the alert must carry (fields of ``Alert`` plus ``details`` keys, all optional but the scope):
+
+    - scope: ``details.scope_type`` / ``details.scope_value`` when given (agent, team or project; detection sets the
+      policy's scope there); otherwise the most specific of ``agent_id``, ``project``, ``team``. Task and call caps
+      enforce on the agent that broke them. A tag-scoped policy cannot be enforced through the control topic (its
+      scopes are agent, team, project); it falls back to ``agent_id`` or is only notified.
+    - expiry: ``details.period_end`` (ISO 8601), or ``details.period`` (``2025-03``, ``2025-W11``, ``2025-03-14``)
+      with ``details.timezone`` (IANA, default UTC).
+    - throttle rate: ``details.throttle_rate_per_minute`` (else the enforcer's default); downgrade target:
+      ``details.downgrade_model`` (without it the step falls back to throttle)."""
     if alert.state != "trigger" or alert.kind not in _ENFORCING_KINDS:
         return None
     wanted = [a for a in alert.actions if a in ACTION_RANK]
@@ -230,7 +224,20 @@ class MemoryEnforcementStore:
 
 
 class Enforcer:
-    """Turns alerts into signed commands. Not thread-safe (the worker's consumer thread owns it)."""
+    """Turns alerts into signed commands. Not thread-safe (the worker's consumer thread owns it).
+
+    Per scope it keeps the enforcements asked for by open alert keys (one per ``dedup_key``, i.e. per policy
+    threshold and period) and publishes the strongest:
+
+    - a trigger with enforcing actions records its step and publishes the scope's strongest active step;
+    - a resolve (the period rolled over, the limit was raised) drops that key's step and publishes the strongest
+      remaining one, or ``resume`` when none is left; a resolve for a key that never enforced anything does nothing;
+    - :meth:`tick` drops steps whose period has ended and resumes the scope, so the topic's state is clean even if no
+      resolve ever comes (agents also honour ``expires_at`` themselves).
+
+    Each command carries ``issued_by``, ``reason`` (policy, spend, limit, period) and ``expires_at``; the audit table
+    collapses a command published twice by its deterministic id.
+    """
 
     def __init__(self, store: EnforcementStore, *, key_id: str, secret: bytes,
                  issued_by: str = "policy-engine", default_rate_per_minute: int = 10,

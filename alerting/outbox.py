@@ -1,27 +1,12 @@
 """The durable outbox: one SQLite file holding what must be delivered, what was, and the per-key state.
 
-Why SQLite and not a compacted Kafka topic: the outbox is one worker's private bookkeeping with row-level updates
-(attempts, status) and an ordered "next pending per destination" query; SQLite in WAL mode with
-``synchronous=FULL`` makes each transaction durable at commit in microseconds and needs no second consumer. The
-alert topic stays the shared truth; the outbox only remembers delivery progress.
+Role: one worker's private delivery bookkeeping (row-level updates and an ordered "next pending per destination"
+query, which a compacted topic would not give); the alert topic stays the shared truth. It also keeps the
+broken-destination flags and the enforcement ledger of :mod:`alerting.enforcement`.
 
-Guarantees (the worker commits a Kafka offset only after :meth:`Outbox.enqueue` returned):
-
-- **Never lost**: an alert routed to a destination is a ``pending`` row before its offset is committed; it stays
-  pending through retries, restarts and a broken destination, until it is ``sent`` (or ``skipped`` by design).
-- **Never resent after delivery**: rows are unique on ``(alert_id, destination)``, so an alert consumed again after a
-  crash (offset not yet committed) is ignored; a ``sent`` row is never picked again. The one window left is a crash
-  after the HTTP 2xx and before :meth:`mark_sent` commits: that item is sent again on restart (at least once;
-  PagerDuty collapses it by ``dedup_key``, webhook receivers by ``X-Finops-Delivery``).
-- **Order**: per destination, rows are delivered in ``seq`` order (consumption order, which is per-key order since
-  the alert topic is keyed by dedup_key).
-- **Cooldown per key** (DESIGN §5: at most one notification per key per window), decided at enqueue time from the
-  alerts' own ``occurred_at`` so a replay decides the same: a trigger is ``skipped`` while the key's last accepted
-  trigger on that destination is younger than the cooldown; a resolve is ``skipped`` when nothing is open for the key
-  on that destination (no Slack "resolved" for an alert that was never posted).
-
-The file also keeps the broken-destination flags (with a fingerprint of the destination's secrets: rotating the URL
-or key clears the flag at the next start) and the enforcement ledger of :mod:`alerting.enforcement`.
+Guarantee (the worker commits a Kafka offset only after :meth:`Outbox.enqueue` returned; details on
+:class:`Outbox`): an alert routed to a destination is never lost, never resent after a recorded delivery, delivered
+in order per destination, and notified at most once per key per cooldown window (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -113,7 +98,26 @@ class EnqueueResult:
 
 class Outbox:
     """Thread-safe (one connection behind a lock; lanes and the consumer share it). ``changed`` is notified on every
-    enqueue so idle lanes wake at once."""
+    enqueue so idle lanes wake at once.
+
+    SQLite in WAL mode with ``synchronous=FULL`` makes each transaction durable at commit and needs no second
+    consumer. Guarantees:
+
+    - Never lost: an alert routed to a destination is a ``pending`` row before its offset is committed; it stays
+      pending through retries, restarts and a broken destination, until it is ``sent`` (or ``skipped`` by design).
+    - Never resent after delivery: rows are unique on ``(alert_id, destination)``, so an alert consumed again after a
+      crash is ignored and a ``sent`` row is never picked again. The one window left is a crash after the HTTP 2xx
+      and before :meth:`mark_sent` commits: that item is sent again on restart (PagerDuty collapses it by
+      ``dedup_key``, webhook receivers by ``X-Finops-Delivery``).
+    - Order: per destination, rows are delivered in ``seq`` order (consumption order, which is per-key order since
+      the alert topic is keyed by dedup_key).
+    - Cooldown per key, decided at enqueue time from the alerts' own ``occurred_at`` so a replay decides the same: a
+      trigger is ``skipped`` while the key's last accepted trigger on that destination is younger than the cooldown;
+      a resolve is ``skipped`` when nothing is open for the key on that destination.
+
+    Broken-destination flags carry a fingerprint of the destination's secrets: rotating the URL or key clears the
+    flag at the next start.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path

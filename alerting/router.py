@@ -1,26 +1,11 @@
 """Routing rules: which destinations an alert goes to, from YAML (or from the single-destination settings).
 
-The file (see ``infra/alert_routes.example.yaml``)::
+Role: :func:`load_routes` reads a file like ``infra/alert_routes.example.yaml`` (``destinations`` by name and ordered
+``routes`` with a ``match`` and a ``to`` list) into a :class:`RoutingTable`, whose :meth:`RoutingTable.route` is pure.
 
-    destinations:
-      slack-finops: {type: slack, url_env: FINOPS_SLACK_FINOPS_URL, min_interval_s: 1.0}
-      pd-finops:    {type: pagerduty, routing_key_env: FINOPS_PD_FINOPS_KEY}
-      audit-hook:   {type: webhook, url_env: FINOPS_AUDIT_HOOK_URL, secret_env: FINOPS_AUDIT_HOOK_SECRET}
-    routes:
-      - name: support-critical
-        match: {team: [customer-support], severity: [critical]}
-        to: [slack-finops, pd-finops]
-        continue: true          # keep evaluating the next routes (default: first match wins)
-      - name: default
-        match: {}
-        to: [slack-finops]
-
-Secrets are never in the file: a destination names the environment variable that holds its URL or key
-(``url_env``, ``routing_key_env``, ``secret_env``); :func:`load_routes` receives the environment from the entry
-point. A route matches when every listed dimension (``team``, ``project``, ``severity``, ``kind``, ``state``) contains
-the alert's value (a missing dimension matches anything; ``"*"`` in a list matches anything too). Routes are
-evaluated in order; the first match wins unless it says ``continue: true``; destinations are deduplicated keeping
-the first-seen order. Every problem in the file is reported at once, naming the route or destination.
+Guarantee: secrets are never in the file: a destination names the environment variable holding its URL or key, and
+the environment comes from the entry point; every problem in the file is reported at once, naming the route or
+destination. See the README, "Budgets, anomalies, waste and enforcement".
 """
 
 from __future__ import annotations
@@ -65,7 +50,28 @@ class Route:
 
 @dataclass(frozen=True)
 class RoutingTable:
-    """Destinations by name plus ordered routes. :meth:`route` is pure."""
+    """Destinations by name plus ordered routes. :meth:`route` is pure.
+
+    The file::
+
+        destinations:
+          slack-finops: {type: slack, url_env: FINOPS_SLACK_FINOPS_URL, min_interval_s: 1.0}
+          pd-finops:    {type: pagerduty, routing_key_env: FINOPS_PD_FINOPS_KEY}
+          audit-hook:   {type: webhook, url_env: FINOPS_AUDIT_HOOK_URL, secret_env: FINOPS_AUDIT_HOOK_SECRET}
+        routes:
+          - name: support-critical
+            match: {team: [customer-support], severity: [critical]}
+            to: [slack-finops, pd-finops]
+            continue: true          # keep evaluating the next routes (default: first match wins)
+          - name: default
+            match: {}
+            to: [slack-finops]
+
+    A route matches when every listed dimension (``team``, ``project``, ``severity``, ``kind``, ``state``) contains
+    the alert's value (a missing dimension matches anything; ``"*"`` in a list matches anything too). Routes are
+    evaluated in order; the first match wins unless it says ``continue: true``; destinations are deduplicated keeping
+    the first-seen order.
+    """
 
     destinations: Mapping[str, Destination]
     routes: tuple[Route, ...] = field(default_factory=tuple)

@@ -1,23 +1,13 @@
 """The alert worker: consume alerts, enforce, enqueue deliveries, commit; deliver in lanes; audit the control topic.
 
-One loop iteration (:meth:`AlertWorker.run_once`), in this order because each step's guarantee needs the previous:
+Role: :meth:`AlertWorker.run_once` consumes ``finops.alerts.v1``, turns budget alerts into signed commands,
+routes every alert into the outbox and commits; :class:`DeliveryLane` threads, one per destination, deliver the
+outbox in order, so a slow or broken destination delays only its own lane; the worker also follows the control
+topic into the audit table.
 
-1. consume a batch from ``finops.alerts.v1`` (group ``finops-alerts``, manual commits);
-2. enforcement: :class:`~alerting.enforcement.Enforcer` turns budget alerts into signed commands, published to the
-   compacted ``agent.control.v1`` and *acknowledged* (``flush``) before anything else, so agents stop quickly;
-3. route each alert (:mod:`alerting.router`) and write it to the outbox for its destinations, one SQLite
-   transaction (:meth:`~alerting.outbox.Outbox.enqueue`);
-4. commit the batch's offsets: only now, so a crash before it replays the batch, and the outbox (unique per alert
-   and destination) and the deterministic command ids make the replay harmless;
-5. flush the delivery log, follow the control topic into the audit table (commit after the insert), and every
-   ``tick_s`` let the enforcer release scopes whose period ended. A tombstone, forged, mis-keyed or replayed
-   (stale) message on a key is reported and answered by re-publishing the key's genuine live command, so log
-   compaction cannot leave the unverifiable message as the key's only value (:meth:`AlertWorker._reassert`).
-
-Delivery happens in :class:`DeliveryLane` threads, one per destination, each sending its outbox items in order
-through a :class:`~alerting.delivery.DestinationSender`: a slow, rate-limited or hanging destination delays only its
-own lane. When a destination answers a permanent 4xx, the lane marks it broken in the outbox and the worker publishes
-a ``config`` alert to the alerts topic, which is routed (like every alert) to the destinations that still work.
+Guarantee (DESIGN §5): offsets are committed only after the commands are acknowledged and the alerts are in the
+outbox, so a crash replays the batch and the outbox and deterministic command ids make the replay harmless; a
+forged or stale control message is answered by re-publishing the key's genuine command.
 """
 
 from __future__ import annotations
@@ -110,7 +100,11 @@ def build_config_alert(destination: Destination, reason: str, http_status: int |
 
 
 class DeliveryLane(threading.Thread):
-    """Sends one destination's outbox items in order until stopped."""
+    """Sends one destination's outbox items in order until stopped.
+
+    When the destination answers a permanent 4xx, the lane marks it broken in the outbox and the worker publishes a
+    ``config`` alert to the alerts topic, which is routed (like every alert) to the destinations that still work.
+    """
 
     def __init__(self, destination: Destination, outbox: Outbox, sender: DestinationSender, stop: threading.Event,
                  *, retry_later_s: float, on_broken: Callable[[Destination, str, int | None], None]) -> None:
@@ -326,7 +320,22 @@ class AlertWorker:
             self.stop()
 
     def run_once(self) -> int:
-        """One iteration (see the module docstring). Returns the number of alerts consumed."""
+        """One iteration. Returns the number of alerts consumed.
+
+        In this order, because each step's guarantee needs the previous:
+
+        1. consume a batch from ``finops.alerts.v1`` (group ``finops-alerts``, manual commits);
+        2. enforcement: the :class:`~alerting.enforcement.Enforcer` turns budget alerts into signed commands,
+           published to the compacted ``agent.control.v1`` and acknowledged (``flush``) first, so agents stop quickly;
+        3. route each alert (:mod:`alerting.router`) and write it to the outbox for its destinations, one SQLite
+           transaction (:meth:`~alerting.outbox.Outbox.enqueue`);
+        4. commit the batch's offsets: only now, so a crash before it replays the batch, and the outbox (unique per
+           alert and destination) and the deterministic command ids make the replay harmless;
+        5. flush the delivery log, follow the control topic into the audit table (commit after the insert), and
+           every ``tick_s`` let the enforcer release scopes whose period ended. A tombstone, forged, mis-keyed or
+           replayed (stale) message on a key is reported and answered by re-publishing the key's genuine live
+           command, so compaction cannot leave the unverifiable message as the key's only value (:meth:`_reassert`).
+        """
         msgs = self.consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
         alerts: list[Alert] = []
         for msg in msgs:
