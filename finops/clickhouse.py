@@ -6,8 +6,8 @@ log in with the installation's credentials from ``<data dir>/secrets``, and open
 writer clients. Guarantee: library errors are translated here, with ``raise ... from err``, into
 :class:`ClickHouseError` and its subclasses, and their messages never carry a password. See DESIGN §6.
 
-clickhouse-connect is imported inside the functions that connect: importing it costs ~150 ms (measured with
-``python -X importtime -c "import clickhouse_connect"``), which ``finops --help`` would otherwise pay.
+clickhouse-connect is imported inside the functions that connect: its import has a measured start-up cost
+(``python -X importtime -c "import clickhouse_connect"``) that ``finops --help`` would otherwise pay.
 """
 
 from __future__ import annotations
