@@ -2,11 +2,12 @@
 
 Phases (one process, one embedded ClickHouse in a temporary directory unless ``--clickhouse-url`` is given, topics
 under a fresh prefix): (1) pre-fill ``agent.usage.priced.v1`` with N synthetic PricedUsageEvents; (2) breakdown:
-decode and row mapping of the same payloads in memory; (3) baseline: bare ``client.insert`` of the same rows in
-batches of ``--batch-rows``; (4) sink: one :class:`~sinks.worker.SinkWorker` from the pre-filled topic until every
-event is written, and its ratio to the baseline; (5) backpressure: a second sink whose inserts fail for
-``--outage-seconds``, its RSS sampled by a background thread: before, peak during the outage, and messages
-consumed while paused (bounded by one batch).
+decode and row mapping of the same payloads in memory (the row path's cost); (3) baseline: bare ``client.insert``
+of the same rows in batches of ``--batch-rows``; (3b) on chdb, the engine's floor: the same payloads as the sink's
+Avro containers in files, inserted by ``INSERT ... SELECT FROM file(..., Avro)`` with the sink's settings; (4) sink:
+one :class:`~sinks.worker.SinkWorker` from the pre-filled topic until every event is written, and its ratio to the
+baseline; (5) backpressure: a second sink whose inserts fail for ``--outage-seconds``, its RSS sampled by a
+background thread: before, peak during the outage, and messages consumed while paused (bounded by one batch).
 
 chdb runs inside this process, so ClickHouse's own CPU is in both the baseline and the sink numbers.
 """
@@ -126,6 +127,33 @@ class _OutageClient:
         return getattr(self._client, name)
 
 
+def _engine_floor(client: Any, database: str, payloads: list[bytes], batch_rows: int,
+                  directory: Path) -> tuple[float, float]:
+    """Seconds (wall, CPU) for chdb to insert ``payloads`` into the ledger from Avro container files of
+    ``batch_rows`` bodies each (built as the sink builds them), with the sink's insert settings."""
+    from schemas.loader import load_schema
+    from sinks.avro_block import build_container, build_container_header
+    from sinks.rows import LEDGER
+
+    head, sync = build_container_header(load_schema(LEDGER.schema_name))
+    files = []
+    for lo in range(0, len(payloads), batch_rows):
+        chunk = payloads[lo : lo + batch_rows]
+        path = directory / f"floor-{lo}.avro"
+        path.write_bytes(build_container(head, sync, chunk, [10] * len(chunk)))
+        files.append(path)
+    columns = ", ".join(LEDGER.columns)
+    settings = ", ".join(f"{k} = {v}" for k, v in LEDGER.block_settings.items())
+    t0, c0 = time.perf_counter(), time.process_time()
+    for path in files:
+        client.command(f"INSERT INTO {database}.{LEDGER.table} ({columns}) SELECT {columns} FROM "
+                       f"file('{path}', Avro)" + (f" SETTINGS {settings}" if settings else ""))
+    elapsed = (time.perf_counter() - t0, time.process_time() - c0)
+    for path in files:
+        path.unlink()
+    return elapsed
+
+
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     from schemas.errors import FinopsError
 
@@ -162,7 +190,7 @@ def run_bench(args: argparse.Namespace) -> int:
         url = f"chdb://{Path(tmp.name) / 'ch'}"
     client = connect(url)
     suffix = uuid.uuid4().hex[:8]
-    databases = {name: f"bench_{name}_{suffix}" for name in ("base", "sink", "bp")}
+    databases = {name: f"bench_{name}_{suffix}" for name in ("base", "floor", "sink", "bp")}
     for db in databases.values():
         MigrationRunner(client, db).apply()
     topics = TopicNames(f"bench{suffix}.")
@@ -202,6 +230,12 @@ def run_bench(args: argparse.Namespace) -> int:
         client.insert(LEDGER.table, rows[lo:lo + batch_rows], column_names=columns, database=databases["base"])
     t_base, cpu_base = time.perf_counter() - t0, time.process_time() - c0
     del rows
+
+    # 3b. the engine's floor: the same containers the sink builds, read from files by ClickHouse itself
+    floor: tuple[float, float] | None = None
+    if url.startswith("chdb://"):
+        floor = _engine_floor(client, databases["floor"], payloads, batch_rows, Path(tmp.name if tmp else
+                                                                                       tempfile.gettempdir()))
 
     # 4. the sink
     dlq = build_dlq_producer(kafka_config)
@@ -253,10 +287,15 @@ def run_bench(args: argparse.Namespace) -> int:
     print("-" * len(header))
     print(f"{'bare clickhouse-connect insert of pre-built rows':58} {n:>9,} {t_base:>8.2f} {base_rate:>10,.0f} "
           f"{cpu_base:>7.2f} {'1.00':>11}")
-    print(f"{'sink: consume+decode+map+id check+insert+commit (1 thread)':58} {stored:>9,} {t_sink:>8.2f} "
+    if floor is not None:
+        t_floor, cpu_floor = floor
+        print(f"{'engine floor: chdb INSERT SELECT FROM file(), same Avro':58} {n:>9,} {t_floor:>8.2f} "
+              f"{n / t_floor:>10,.0f} {cpu_floor:>7.2f} {n / t_floor / base_rate:>11.2f}")
+    print(f"{'sink: consume+ids+Avro insert+commit (1 thread)':58} {stored:>9,} {t_sink:>8.2f} "
           f"{sink_rate:>10,.0f} {cpu_sink:>7.2f} {sink_rate / base_rate:>11.2f}")
-    print(f"breakdown per row: fastavro decode {t_decode / n * 1e6:.1f} µs, row mapping {t_map / n * 1e6:.2f} µs, "
-          f"bare insert {t_base / n * 1e6:.1f} µs, sink total {t_sink / n * 1e6:.1f} µs")
+    print(f"breakdown per row: row path's fastavro decode {t_decode / n * 1e6:.1f} µs and row mapping "
+          f"{t_map / n * 1e6:.2f} µs (the sink skips both), bare insert {t_base / n * 1e6:.1f} µs, sink total "
+          f"{t_sink / n * 1e6:.1f} µs")
     print(f"sink peak RSS {_mb(sink_peak)}")
     print(f"backpressure: {bp_line}")
     for db in databases.values():
