@@ -1,26 +1,13 @@
 """The providers' own bills next to the ledger: import their cost and usage reports, reconcile, explain the gap.
 
-Import (``finops bills import``): OpenAI's organization costs (``/v1/organization/costs``, buckets of
-``amount{value,currency}`` by ``project_id`` and ``line_item``) and completions usage
-(``/v1/organization/usage/completions``: tokens by model, project and API key), Anthropic's Admin API cost report
-(``/v1/organizations/cost_report``: amounts in cents as decimal strings, by workspace and description) and messages
-usage report (``/v1/organizations/usage_report/messages``: tokens by model, workspace and API key), and OpenRouter's
-activity (``/api/v1/activity``, one UTC day per request, or its CSV export). Pages are followed through
-``has_more``/``next_page``; a 429 or 5xx is retried a bounded number of times, waiting the ``Retry-After`` it gives
-(capped) or the project's backoff (:func:`finops.retry.compute_backoff`); a 401/403 names the setting to fix and never
-the key. Money is parsed as Decimal from the JSON text itself (never through float). Token counts are mapped onto
-DESIGN §3's convention (input counts cached and cache-write tokens) by :func:`compute_usage_line` per provider.
+Role: ``finops bills import`` fetches (:func:`fetch_report`) or reads OpenAI's, Anthropic's and OpenRouter's cost
+and usage reports, maps their tokens onto DESIGN §3's convention (:func:`compute_usage_line`) and stores them
+(:func:`store_report`); :func:`compute_reconciliation` (pure) compares per day x provider x model x account the
+bill with the ledger and classifies each cell.
 
-Idempotence: an import writes its lines under a new ``import_id`` and records, for every (provider, day) it covers,
-that it is now the day's current import (migration 0016); the views read only current imports, so re-importing a
-period replaces it and never adds.
-
-Reconciliation (:func:`compute_reconciliation`, pure) compares per day x provider x model x account (project /
-workspace) the bill with the ledger. An account maps to a ledger project through ``FINOPS_BILLS_ACCOUNTS`` or, when
-not mapped, by name; a bill line without an account is compared with the ledger's spend that no account claimed.
-Each cell is matched (within the tolerance), under_reported (the bill is higher: the excess is unattributed spend),
-over_reported (the ledger is higher) or unattributed (nothing in the ledger: an agent, key or project that is not
-instrumented), with the API keys the provider's usage names for it.
+Guarantee: money is parsed as Decimal from the JSON text (never through float); a 401/403 names the setting to
+fix and never the key; re-importing a period replaces it and never adds (the views read only each day's current
+import). See the README, "The provider's bill next to the ledger".
 """
 
 from __future__ import annotations
@@ -370,7 +357,16 @@ def _paged(provider: Provider, config: FetchConfig, path: str, params: list[tupl
 def fetch_report(provider: Provider, period: Period, config: FetchConfig, *, sleep: Sleeper = time.sleep,
                  rng: random.Random | None = None) -> ProviderReport:
     """Every page of the provider's cost and usage reports for ``period`` (UTC days). The report answers for every
-    day of the period, also days with no cost. Raises BillsAuthError / BillsError."""
+    day of the period, also days with no cost. Raises BillsAuthError / BillsError.
+
+    Sources: OpenAI's organization costs (``/v1/organization/costs``, buckets of ``amount{value,currency}`` by
+    ``project_id`` and ``line_item``) and completions usage (``/v1/organization/usage/completions``: tokens by model,
+    project and API key); Anthropic's Admin API cost report (``/v1/organizations/cost_report``: amounts in cents as
+    decimal strings, by workspace and description) and messages usage report
+    (``/v1/organizations/usage_report/messages``); OpenRouter's activity (``/api/v1/activity``, one UTC day per
+    request, or its CSV export). Pages are followed through ``has_more``/``next_page``; a 429 or 5xx is retried a
+    bounded number of times, waiting the ``Retry-After`` it gives (capped) or the project's backoff
+    (:func:`finops.retry.compute_backoff`)."""
     rng = rng or random.Random()
     start, end = int(period.start.timestamp()), int(period.end.timestamp())
     if provider == "openai":
@@ -410,7 +406,10 @@ _USAGE_COLUMNS = ("provider", "day", "import_id", "line_no", "account_id", "api_
 
 def store_report(client: Any, database: str, report: ProviderReport, *, origin: str, now: datetime) -> str:
     """Write the report's lines under a new import id, then make it the current import of every day it covers
-    (lines first: a crash in between leaves the previous import current). Returns the import id."""
+    (lines first: a crash in between leaves the previous import current). Returns the import id.
+
+    Every (provider, day) covered records this import as the day's current one (migration 0016); the views read
+    only current imports, so re-importing a period replaces it and never adds."""
     import_id = uuid.uuid4().hex
     bills_t, usage_t, imports_t = (qualified(database, t) for t in
                                    ("provider_bills", "provider_usage", "provider_bill_imports"))
@@ -532,7 +531,13 @@ def _within(bill: Decimal, ledger: Decimal, tol_usd: Decimal, tol_pct: Decimal) 
 def compute_reconciliation(period: str, bills: Sequence[BillCell], ledger: Sequence[LedgerCell],
                            accounts: Mapping[str, str], *, tolerance_usd: Decimal,
                            tolerance_pct: Decimal) -> ReconciliationReport:
-    """Pure: the bill cells against the ledger cells (see the module docstring for the rules)."""
+    """Pure: the bill cells against the ledger cells.
+
+    An account (project / workspace) maps to a ledger project through ``FINOPS_BILLS_ACCOUNTS`` or, when not mapped,
+    by name; a bill line without an account is compared with the ledger's spend that no account claimed. Each cell
+    is matched (within the tolerance), under_reported (the bill is higher: the excess is unattributed spend),
+    over_reported (the ledger is higher) or unattributed (nothing in the ledger: an agent, key or project that is
+    not instrumented), with the API keys the provider's usage names for it."""
     by_key: dict[CellKey, dict[str, LedgerCell]] = defaultdict(dict)
     for lc in ledger:
         by_key[(lc.day, lc.provider, lc.model)][lc.project] = lc

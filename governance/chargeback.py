@@ -1,19 +1,13 @@
 """Chargeback and showback per team and project: cost by agent and model, shared costs allocated to the teams that
 consume them, budget versus actual, and the calls that could not be priced.
 
-Where the numbers come from: ``usage_ledger FINAL`` over the period (UTC), originals *and* re-rating corrections,
-so a report always equals the ledger to the cent: every ledger row of the period lands in exactly one cost line,
-shared lines are moved (never copied) to the consuming teams by :mod:`governance.allocation`, whose shares sum
-exactly to the shared cost. :attr:`ChargebackReport.ledger_total_usd` is queried independently and the report
-states whether it matches.
+Role: :func:`build_chargeback` reads ``usage_ledger FINAL`` over the period (UTC), originals and re-rating
+corrections; chargeback allocates shared costs to the consuming teams (the bill a team would pay), showback shows
+the same spend without the allocation (FinOps Foundation terms).
 
-Chargeback vs showback (FinOps Foundation terms): chargeback allocates shared costs to the consuming teams (the
-bill a team would pay); showback shows the same spend without the allocation (each team sees what its own agents
-spent, shared services stay with the team that runs them).
-
-Budgets: team, project and agent budgets are compared with the ledger spend of their scope in the period (before
-allocation: budgets are enforced on what a scope's own agents spend). A budget whose period is a day or a week is
-scaled to the report period (limit x days / period days) and marked as such.
+Guarantee: a report equals the ledger to the cent: every ledger row lands in exactly one cost line, shared lines are
+moved, never copied (:mod:`governance.allocation`, shares summing exactly), and
+:attr:`ChargebackReport.ledger_total_usd` is queried independently so the report states whether it matches.
 """
 
 from __future__ import annotations
@@ -323,7 +317,10 @@ def load_tagged_usage(client: Any, database: str, period: Period, config: Govern
 
 
 def load_budgets(client: Any, database: str, period: Period, lines: list[CostLine]) -> list[BudgetLine]:
-    """Enabled team / project / agent budgets with the scope's ledger spend in the period (see module docstring)."""
+    """Enabled team / project / agent budgets with the scope's ledger spend in the period.
+
+    Spend is before allocation (budgets are enforced on what a scope's own agents spend). A budget whose period is a
+    day or a week is scaled to the report period (limit x days / period days) and marked as such."""
     rows = client.query(
         "SELECT policy_id, scope_type, scope_value, period, limit_usd "
         f"FROM {qualified(database, 'budgets')} FINAL WHERE NOT deleted AND enabled "

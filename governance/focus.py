@@ -1,40 +1,14 @@
 """FOCUS 1.2 export (FinOps Open Cost and Usage Specification) of a period's AI charges, as CSV.
 
-One FOCUS row is one charge: a UTC day x provider x model x team / project / agent x task type x token type
-(input, output, cache read, cache write, other), separately for originals and re-rating corrections. That keeps a
-month of a large fleet to a size a FinOps tool ingests, while every dimension the chargeback uses survives.
+Role: one FOCUS row is one charge: a UTC day x provider x model x team / project / agent x task type x token type,
+separately for originals and re-rating corrections, so a month of a large fleet stays a size a FinOps tool
+ingests while every chargeback dimension survives (:func:`build_focus_rows`; how our numbers map onto FOCUS's
+columns is on :func:`compute_focus_rows`).
 
-How our numbers map onto FOCUS's four costs (the spec's definitions, applied to per-token API billing with no
-upfront purchases and no amortisation):
-
-- ``ListCost``: the same tokens at the public catalogue price (genai-prices as of the call), before any negotiated
-  rate. Equal to our cost for calls priced from the catalogue; for calls priced from the organisation price book
-  (``price_source = 'price_book'``) the tokens are priced again with a catalogue-only :class:`Pricer`.
-- ``ContractedCost``: the cost at the negotiated rates, i.e. the ledger's ``cost_*_usd`` (price book over catalogue).
-- ``EffectiveCost`` and ``BilledCost``: the same as ContractedCost (usage-based, nothing prepaid to amortise). So
-  ``sum(EffectiveCost)`` over the export equals the ledger total of the period, corrections included.
-- Re-rating corrections become ``ChargeClass = 'Correction'`` rows carrying the deltas (FOCUS's own mechanism for
-  corrections of previously invoiced charges); their quantities are null, and their ListCost is the delta too.
-- Unpriced calls are exported with zero costs and ``x_PricingStatus = 'unpriced'`` (their tokens still count).
-
-Quantities: ``ConsumedQuantity`` / ``ConsumedUnit`` are tokens (``Tokens``); ``PricingQuantity`` is in millions of
-tokens with ``PricingUnit = '1000000 Tokens'`` because unit prices are per million tokens (FOCUS Unit Format
-"<quantity> <plural-units>"). The "other" part (request fees, web-search calls) is counted in ``Requests``. The
-unit prices are the *effective* average of the row (cost x 10^6 / tokens, 12 decimal places) since one row can
-span a price change within the day.
-
-Provider columns: ``ProviderName``, ``PublisherName`` and ``InvoiceIssuerName`` are the model provider (direct API
-billing; a gateway that resells would be the issuer, which the usage event does not say). Every charge is on the
-issuer's invoice for the billing period, so ``InvoiceId`` is never null (FOCUS InvoiceId-C-005-C): the ledger does
-not know the provider's invoice number, so the export writes a provisional one, as the spec allows
-(InvoiceId-C-006-O), ``<BillingAccountId>/<InvoiceIssuerName>/<YYYY-MM>`` of the billing period; a FinOps tool maps
-it onto the provider's number. ``SkuPriceDetails`` describes the SKU price (``{"x_Model", "x_TokenType"}``; FOCUS
-defines no key for tokens, so the keys carry the ``x_`` prefix). ``CommitmentDiscountStatus`` is always null
-(nothing is committed) and present because ConsumedQuantity's nullability rule is conditioned on it. Teams are
-sub-accounts
-(``SubAccountId``/``Name``, ``SubAccountType = 'Team'``), agents are resources (``ResourceType = 'AI Agent'``),
-``SkuId`` is ``provider/model`` and ``SkuPriceId`` adds the token type. Custom columns carry the ``x_`` prefix the
-spec reserves for them: ``x_TokenType``, ``x_TaskType``, ``x_Calls``, ``x_PricingStatus``, ``x_PriceSource``.
+Guarantee: ``sum(EffectiveCost)`` over the export equals the ledger total of the period, corrections included;
+``InvoiceId`` is never null; unpriced calls are exported with zero costs and ``x_PricingStatus = 'unpriced'``;
+tests check the output with the FinOps Foundation's FOCUS validator. See the README, "Reports, recommendations and
+re-rating".
 """
 
 from __future__ import annotations
@@ -216,7 +190,30 @@ def _day_start(day: date) -> datetime:
 
 
 def compute_focus_rows(groups: Mapping[_Key, _Group], *, billing_account: str) -> list[dict[str, Any]]:
-    """FOCUS rows (column -> Python value) from grouped charges. Pure."""
+    """FOCUS rows (column -> Python value) from grouped charges. Pure.
+
+    The four costs (the spec's definitions applied to per-token API billing, no upfront purchases, no amortisation):
+    ``ListCost`` is the same tokens at the public catalogue price (for calls priced from the price book the tokens
+    are priced again with a catalogue-only Pricer); ``ContractedCost`` is the ledger's ``cost_*_usd``;
+    ``EffectiveCost`` and ``BilledCost`` equal ContractedCost (usage-based, nothing prepaid to amortise).
+    Re-rating corrections become ``ChargeClass = 'Correction'`` rows carrying the deltas (FOCUS's mechanism for
+    corrections of previously invoiced charges), with null quantities and the delta as ListCost.
+
+    Quantities: ``ConsumedQuantity`` / ``ConsumedUnit`` are tokens (``Tokens``); ``PricingQuantity`` is in millions
+    of tokens with ``PricingUnit = '1000000 Tokens'`` (unit prices are per million; FOCUS Unit Format); the "other"
+    part (request fees, web-search calls) is counted in ``Requests``. Unit prices are the row's effective average
+    (cost x 10^6 / tokens, 12 places), since one row can span a price change within the day.
+
+    Provider columns: ``ProviderName``, ``PublisherName`` and ``InvoiceIssuerName`` are the model provider (direct
+    billing; a reselling gateway would be the issuer, which the event does not say). ``InvoiceId`` is never null
+    (InvoiceId-C-005-C): the ledger does not know the provider's invoice number, so it is a provisional
+    ``<BillingAccountId>/<InvoiceIssuerName>/<YYYY-MM>`` (InvoiceId-C-006-O) a FinOps tool maps onto the real one.
+    ``SkuPriceDetails`` is ``{"x_Model", "x_TokenType"}`` (FOCUS defines no key for tokens).
+    ``CommitmentDiscountStatus`` is always null and present because ConsumedQuantity's nullability rule is
+    conditioned on it. Teams are sub-accounts (``SubAccountType = 'Team'``), agents resources (``ResourceType = 'AI
+    Agent'``), ``SkuId`` is ``provider/model`` and ``SkuPriceId`` adds the token type. Custom columns carry the
+    ``x_`` prefix: ``x_TokenType``, ``x_TaskType``, ``x_Calls``, ``x_PricingStatus``, ``x_PriceSource``.
+    """
     rows: list[dict[str, Any]] = []
     for key in sorted(groups):
         day, provider, model, team, project, agent, task_type, row_kind, status, source = key

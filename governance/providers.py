@@ -1,19 +1,13 @@
 """Provider view for contract talks: spend, tokens and calls by provider and model per month, growth, a projection
 for the next quarter, and what a discount or a committed-use agreement would have saved.
 
-Sources: ``spend_daily`` (SummingMergeTree: summed without FINAL; it carries re-rating corrections, and calls are
-counted on original rows only). Months are UTC calendar months.
+Role: :func:`build_provider_view` reads ``spend_daily`` (summed without FINAL; it carries re-rating corrections,
+calls counted on original rows only) by UTC calendar month; :func:`compute_projection` and
+:func:`compute_commit_saving` are pure.
 
-Projection: the next three months continue the provider's recent growth, the geometric mean of the last (up to
-three) month-over-month ratios, compounded from the last full month; with less than two months of history it is
-flat. This is deliberately simple and stated in the report, because it is what a negotiation needs (an order of
-magnitude with its assumption), not a forecast model.
-
-What-ifs, per provider and month, over the months shown:
-- a flat discount of D %: ``saved = spend x D / 100``;
-- a committed-use agreement of C USD per month at D % off: the commitment is paid whatever the use,
-  ``cost = C x (1 - D/100) + max(0, spend - C)`` (use beyond the commitment at the current rate), and
-  ``saved = spend - cost``, negative when the commitment is not used up.
+Guarantee: the projection is deliberately simple and its assumption is stated in the report, because a negotiation
+needs an order of magnitude with its assumption, not a forecast model. See the README, "Reports, recommendations
+and re-rating".
 """
 
 from __future__ import annotations
@@ -75,7 +69,11 @@ class ProviderView:
 
 
 def compute_commit_saving(spend: Decimal, commit: Decimal, discount_pct: Decimal) -> Decimal:
-    """What a month with ``spend`` would have saved under a commitment of ``commit`` at ``discount_pct`` off."""
+    """What a month with ``spend`` would have saved under a commitment of ``commit`` at ``discount_pct`` off.
+
+    The commitment is paid whatever the use: ``cost = C x (1 - D/100) + max(0, spend - C)`` (use beyond it at the
+    current rate) and ``saved = spend - cost``, negative when the commitment is not used up. A flat discount of D %
+    saves ``spend x D / 100``."""
     cost = commit * (1 - discount_pct / 100) + max(_ZERO, spend - commit)
     return spend - cost
 
@@ -83,7 +81,10 @@ def compute_commit_saving(spend: Decimal, commit: Decimal, discount_pct: Decimal
 def compute_projection(history: list[Decimal], labels: list[str], *, months: int = 3) -> tuple[
     Decimal | None, list[tuple[str, Decimal]]
 ]:
-    """(monthly growth rate or None, [(month label, projected spend)]) for the ``months`` after ``labels[-1]``."""
+    """(monthly growth rate or None, [(month label, projected spend)]) for the ``months`` after ``labels[-1]``.
+
+    The months continue the recent growth, the geometric mean of the last (up to three) month-over-month ratios,
+    compounded from the last full month; with less than two months of history the projection is flat."""
     ratios = [b / a for a, b in zip(history[-4:-1], history[-3:], strict=False) if a > 0 and b > 0]
     growth: Decimal | None = None
     if ratios:

@@ -1,28 +1,13 @@
 """Recommendations: where the fleet spends money it need not, each with the evidence, the estimated monthly saving
 in dollars and the query that shows it (runnable as ``finops sql``).
 
-Kinds and how the saving is estimated (at the prices recorded on the ledger's original rows):
+Role: :func:`build_recommendations` finds ``model_tiering``, ``caching``, ``retry_waste``, ``prompt_bloat`` and
+``prompt_cache`` opportunities at the prices recorded on the ledger's original rows (each estimate is described on
+the function); :func:`load_waste` reads the waste percentage.
 
-- ``model_tiering``: an agent's calls of one task type on a model, where a cheaper model of the same provider
-  serves the same task type elsewhere in the fleet with a success rate no worse than ``tiering_success_tolerance``
-  below (or is a configured cheaper tier). Saving = the calls' cost minus the *same tokens* priced on the cheaper
-  model by :class:`finops.pricing.engine.Pricer`, call by call (tiers and cache prices included).
-- ``caching``: the same prompt (``prompt_hash``) sent again as a first attempt without a prompt-cache hit. With a
-  response cache every repeat after the first is free: saving = cost of the repeats.
-- ``retry_waste``: calls of one task repeating one prompt (``attempt`` > 1 or a loop): every call except the last,
-  whose answer was used, is waste: saving = cost of all but the last call of each (task, prompt).
-- ``prompt_bloat``: prompts longer than ``prompt_bloat_tokens``: saving = the excess input tokens at the call's
-  input price.
-- ``prompt_cache``: multi-call tasks on models with a cache-read price whose later calls re-send the previous
-  call's context uncached. The cacheable prefix of a call is ``min(previous call's input, this input)`` (the context
-  grows call by call) when it reaches the providers' 1,024-token minimum; saving = the cacheable tokens not read from
-  the cache x (input price - cache-read price). Cache-write premiums (Anthropic) are not deducted: an upper bound.
-
-The findings' savings are estimated independently per kind (a call can appear in two, e.g. a bloated retry), so
-their sum is an upper bound on what fixing all recovers. The *waste percentage* is not that sum: it is the one
-definition every page uses, ``v_waste_percentage`` (migration 0011): the avoidable cost of the recorded waste
-signals (the detectors' and those ``finops recommend --record`` stored) over total cost, for the period's UTC days
-(:func:`load_waste`). Findings count there once recorded.
+Guarantee: read-only; savings are estimated independently per kind, so their sum is an upper bound; the waste
+percentage is the one definition every page uses, ``v_waste_percentage`` (migration 0011), not that sum. See the
+README, "Reports, recommendations and re-rating".
 """
 
 from __future__ import annotations
@@ -413,7 +398,25 @@ def _model_tiering(client: Any, ledger: str, period: Period, settings: Recommend
 def build_recommendations(client: Any, database: str, period: Period, settings: RecommendSettings | None = None,
                           *, pricer: Pricer | None = None, kinds: tuple[str, ...] = KINDS) -> RecommendationReport:
     """Every recommendation of ``kinds`` for the period, largest monthly saving first. Read-only; blocks on the
-    queries (model tiering prices the candidate calls in Python)."""
+    queries (model tiering prices the candidate calls in Python).
+
+    - ``model_tiering``: an agent's calls of one task type on a model, where a cheaper model of the same provider
+      serves the same task type elsewhere in the fleet with a success rate no worse than ``tiering_success_tolerance``
+      below (or is a configured cheaper tier). Saving = the calls' cost minus the same tokens priced on the cheaper
+      model by :class:`finops.pricing.engine.Pricer`, call by call (tiers and cache prices included).
+    - ``caching``: the same prompt (``prompt_hash``) sent again as a first attempt without a prompt-cache hit; with a
+      response cache every repeat after the first is free: saving = cost of the repeats.
+    - ``retry_waste``: calls of one task repeating one prompt (``attempt`` > 1 or a loop): saving = cost of all but
+      the last call of each (task, prompt), whose answer was used.
+    - ``prompt_bloat``: prompts longer than ``prompt_bloat_tokens``: saving = the excess input tokens at the call's
+      input price.
+    - ``prompt_cache``: multi-call tasks on models with a cache-read price whose later calls re-send the previous
+      call's context uncached. The cacheable prefix is ``min(previous call's input, this input)`` when it reaches the
+      providers' 1,024-token minimum; saving = the cacheable tokens not read from the cache x (input price -
+      cache-read price). Cache-write premiums (Anthropic) are not deducted: an upper bound.
+
+    A call can appear in two kinds (a bloated retry). Findings count in the waste percentage (the avoidable cost of
+    the recorded waste signals over total cost, :func:`load_waste`) once ``finops recommend --record`` stored them."""
     settings = settings or RecommendSettings()
     ledger = qualified(database, "usage_ledger")
     waste = load_waste(client, database, period)

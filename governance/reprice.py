@@ -1,23 +1,13 @@
 """Re-rating: price a time range of the ledger again with a corrected catalogue or price book, write the
 difference as correction rows, and report which rows changed.
 
-The ledger is append-only history (infra/clickhouse/README.md, "Re-rating"): an original row is never updated.
-For every event in ``[from, to)`` this computes
+Role: the ledger is append-only history (infra/clickhouse/README.md, "Re-rating"): an original row is never
+updated. For every event in ``[from, to)`` :func:`reprice` writes one ``row_kind = 'correction'`` row carrying
+``new price - (original + every correction already written)`` per cost part (:func:`compute_correction`).
 
-    delta = new price - (original + every correction already written for the event)
-
-per cost part, and writes one ``row_kind = 'correction'`` row carrying the deltas (zero tokens and requests, the
-event's own dimensions and ``occurred_at``, so it lands in the same period, team and rollup bucket). Totals move by
-exactly the sum of the deltas; re-running with the same prices writes nothing (every delta is 0).
-
-``correction_id`` is deterministic: ``<run>-<n>`` where ``<run>`` digests the catalogue and price-book versions
-(and the book's content) and ``n`` is the number of corrections the event already had. Both parts matter: the
-ledger's ReplacingMergeTree collapses rows with equal keys, so a retried insert of the same correction collapses
-(idempotent), while a later run that happens to use the same prices again (A: v2, B: back to v1, C: v2 again) gets
-a new ``n`` and cannot overwrite A's row.
-
-Unpriced events that the new book prices get a correction with ``pricing_status = 'priced'``; the chargeback's
-unpriced list leaves them out from then on.
+Guarantee: totals move by exactly the sum of the deltas; re-running with the same prices writes nothing; a retried
+insert collapses by its deterministic ``correction_id`` and a later run can never overwrite an earlier one's row.
+Unpriced events the new book prices become priced. See the README, "Reports, recommendations and re-rating".
 """
 
 from __future__ import annotations
@@ -120,6 +110,14 @@ def compute_correction(
     ``original`` is the event's original ledger row (a mapping over the ledger columns), ``net`` the current
     totals per cost part (original plus earlier corrections), ``corrections_so_far`` how many corrections the event
     has. Pure apart from the pricer's caches. Raises InvalidUsageError for impossible usage.
+
+    The row has zero tokens and requests and the event's own dimensions and ``occurred_at``, so it lands in the same
+    period, team and rollup bucket. ``correction_id`` is ``<run>-<n>``: ``<run>`` digests the catalogue and
+    price-book versions (and the book's content, :func:`compute_run_id`) and ``n`` is the number of corrections the
+    event already had. Both parts matter: the ledger's ReplacingMergeTree collapses rows with equal keys, so a
+    retried insert of the same correction collapses, while a later run that happens to use the same prices again
+    (A: v2, B: back to v1, C: v2 again) gets a new ``n`` and cannot overwrite A's row. An unpriced event the new book
+    prices gets ``pricing_status = 'priced'``; the chargeback's unpriced list leaves it out from then on.
     """
     result = pricer.price(original)
     new = result._asdict()
