@@ -1,21 +1,12 @@
 """Tokens, roles and the caller's scope.
 
-A token is ``fo_<token_id>_<secret>``: ``token_id`` (12 hex digits) is public and is the table's key, ``secret`` is
-32 random bytes (url-safe base64). Only ``sha256(secret)`` is stored (``api_tokens.token_hash``), so neither the
-table nor the audit ever holds a usable token; comparison is constant-time. Looking the row up by ``token_id`` and
-then comparing hashes means an attacker cannot probe hashes through timing of the lookup.
+Role: a token is ``fo_<token_id>_<secret>`` (:class:`TokenStore` issues, revokes, lists and checks them); a role
+(developer, team_lead, operator, finops_admin; DESIGN §7) says what a caller may do (:func:`role_allows`), and every
+read is additionally filtered by the caller's :class:`Scope`.
 
-Roles (DESIGN §7) and what each may do; every read is additionally filtered by the caller's :class:`Scope`:
-
-================  ======================================================================================
-developer         read their teams (optionally narrowed to projects)
-team_lead         read their teams; put budgets for them; decide approvals in them; bill vs ledger of their projects
-operator          read their teams; issue control commands (throttle, downgrade, suspend, resume) in them
-finops_admin      everything: every team, policies, approvals, control, reports, tokens, the audit
-================  ======================================================================================
-
-Revocation is checked on every request (no cache): a revoked token is refused on its next call. The look-up is a
-key read of a tiny table (FINAL over one ORDER BY key), cheap next to the dashboard's aggregate queries.
+Guarantee: only ``sha256(secret)`` is stored, so neither the table nor the audit ever holds a usable token;
+comparison is constant-time after a look-up by the public ``token_id``, so hashes cannot be probed through timing;
+revocation is checked on every request (no cache). README, "Dashboard and API".
 """
 
 from __future__ import annotations
@@ -92,7 +83,16 @@ class PermissionDeniedError(AccessError):
 
 
 def role_allows(role: str, action: Action) -> bool:
-    """Whether ``role`` may perform ``action`` (pure; unknown roles may do nothing)."""
+    """Whether ``role`` may perform ``action`` (pure; unknown roles may do nothing).
+
+    ================  ====================================================================================
+    developer         read their teams (optionally narrowed to projects)
+    team_lead         read their teams; put budgets for them; decide approvals in them; bill vs ledger of
+                      their projects
+    operator          read their teams; issue control commands (throttle, downgrade, suspend, resume) in them
+    finops_admin      everything: every team, policies, approvals, control, reports, tokens, the audit
+    ================  ====================================================================================
+    """
     return role in _ALLOWED.get(action, frozenset())
 
 
@@ -208,7 +208,14 @@ _TOKEN_COLUMNS = "token_id, token_hash, role, teams, projects, subject, created_
 
 @dataclass
 class TokenStore:
-    """Issues, revokes, lists and checks tokens in ``api_tokens`` (through a :class:`QueryRunner`)."""
+    """Issues, revokes, lists and checks tokens in ``api_tokens`` (through a :class:`QueryRunner`).
+
+    ``token_id`` (12 hex digits) is public and the table's key; ``secret`` is 32 random bytes (url-safe base64) of
+    which only ``sha256(secret)`` is stored (``api_tokens.token_hash``). Looking the row up by ``token_id`` and then
+    comparing hashes in constant time means an attacker cannot probe hashes through timing of the lookup.
+    Revocation is checked on every request: the look-up is a key read of a small table (FINAL over one ORDER BY
+    key), cheap next to the dashboard's aggregate queries.
+    """
 
     runner: QueryRunner
     _random: Any = field(default=secrets, repr=False)

@@ -1,22 +1,13 @@
 """The HTTP API (JSON under ``/api/``) and the web dashboard, on aiohttp.
 
-Request path: the auth middleware turns the bearer token (``Authorization: Bearer fo_...``, or the HttpOnly cookie
-the login page sets) into a :class:`~dashboard.auth.Principal`; a handler checks the role for writes and passes the
-principal's :class:`~dashboard.auth.Scope` into :mod:`dashboard.queries`, where ClickHouse filters every row.
-Queries are blocking (clickhouse-connect is synchronous, and its async client does not work on chdb), so they run
-on the default thread pool and the event loop keeps serving.
+Role: the auth middleware turns the bearer token (or the HttpOnly cookie the login page sets) into a
+:class:`~dashboard.auth.Principal`; handlers check the role for writes and pass the principal's
+:class:`~dashboard.auth.Scope` into :mod:`dashboard.queries`, where ClickHouse filters every row. Pages are one
+static shell that reads the API, so a page shows exactly what the API returns for the caller (:func:`build_app`).
 
-Writes (all audited in ``admin_audit``, refused ones too):
-* ``POST /api/control``          operator, finops_admin: a signed ControlCommand on ``agent.control.v1``;
-* ``POST /api/budgets``          team_lead (their teams: the new scope and an existing policy's), finops_admin: a
-                                 BudgetPolicy on ``finops.policies.v1``;
-* ``POST /api/approvals/{id}``   team_lead (their teams), finops_admin: approve / deny an approval request;
-* ``POST /api/tokens/{id}/revoke`` finops_admin.
-Cookie-authenticated writes must carry ``X-Finops-Request: 1`` (a header a cross-site form cannot send), which
-with ``SameSite=Strict`` keeps other sites from writing on a signed-in browser's behalf.
-
-Pages are one static shell (``static/index.html`` + ``app.js``) that reads its data from the API and polls it, so
-what a page shows is exactly what the API returns for the caller.
+Guarantee: every write (control, budgets, approvals, token revocation) is role-checked and audited in
+``admin_audit``, refused ones too; cookie-authenticated writes need ``X-Finops-Request: 1``, which with
+``SameSite=Strict`` keeps other sites from writing on a signed-in browser's behalf. README, "Dashboard and API".
 """
 
 from __future__ import annotations
@@ -637,7 +628,19 @@ async def _security_headers(
 
 
 def build_app(config: DashboardConfig) -> web.Application:
-    """The aiohttp application: pages, ``/api/...``, ``/healthz`` and ``/metrics``."""
+    """The aiohttp application: pages, ``/api/...``, ``/healthz`` and ``/metrics``.
+
+    Queries are blocking (clickhouse-connect is synchronous, and its async client does not work on chdb), so they
+    run on the default thread pool and the event loop keeps serving. Writes, all audited in ``admin_audit``:
+
+    * ``POST /api/control``            operator, finops_admin: a signed ControlCommand on ``agent.control.v1``;
+    * ``POST /api/budgets``            team_lead (their teams: the new scope and an existing policy's),
+                                       finops_admin: a BudgetPolicy on ``finops.policies.v1``;
+    * ``POST /api/approvals/{id}``     team_lead (their teams), finops_admin: approve / deny an approval request;
+    * ``POST /api/tokens/{id}/revoke`` finops_admin.
+
+    Pages are one static shell (``static/index.html`` + ``app.js``) that reads its data from the API and polls it.
+    """
     app = web.Application(middlewares=[_security_headers, _error_middleware, _auth_middleware, _params_middleware],
                           client_max_size=64 * 1024)
     app[CONFIG] = config
