@@ -1,21 +1,13 @@
 """Kafka Avro frames -> one Avro object container, without decoding the records (pure: no Kafka, no ClickHouse).
 
-The priced and spend topics carry Avro binary bodies behind a 10-byte single-object header (``C3 01`` + the 8-byte
-fingerprint of the writer schema) or a 5-byte Confluent header (``00`` + a 4-byte registry id), see
-:mod:`schemas.wire`. An Avro object container file (Avro spec, "Object Container Files") is::
+Role: the priced and spend topics carry Avro binary bodies behind a single-object or Confluent header
+(:mod:`schemas.wire`); stripping each frame's header and concatenating the bodies of one writer schema gives an
+Avro object container (:func:`build_container`) that the sink hands to ClickHouse (``INSERT ... FORMAT Avro``),
+whose reader maps the record fields to the table's columns by name (DESIGN §6). :class:`PrefixReader` reads the
+few leading fields the stored-id check needs.
 
-    "Obj" 01 | metadata map {avro.schema: <writer schema JSON>, avro.codec: "null"} | 16-byte sync marker
-    | blocks: <record count> <byte size> <concatenated record bodies> <sync marker>
-
-so a batch of bodies of one writer schema becomes a container by stripping each frame's header and concatenating:
-no record is decoded. The sink hands the container to ClickHouse (``INSERT ... FORMAT Avro``), whose reader maps
-the record fields to the table's columns by name (DESIGN §6).
-
-Python still reads a few leading fields of each body (:class:`PrefixReader`: the ledger's ``event_id``, ``source``
-and ``occurred_at``, which come first in PricedUsageEvent) for the stored-id check; the rest of the body is
-ClickHouse's to parse. What ClickHouse's reader does not check, and the row path's decoder does: bytes left over
-after the last record of a block are skipped. A body with trailing bytes anywhere else shifts the records after it
-and the insert fails; the writer then bisects and re-reads the offending message with the full decoder.
+Guarantee: no record is decoded in Python; a body ClickHouse's reader cannot place makes the insert fail, and the
+writer then bisects and re-reads the offending message with the full decoder.
 """
 
 from __future__ import annotations
@@ -87,13 +79,23 @@ def build_container_header(schema: Mapping[str, Any] | str) -> tuple[bytes, byte
 
 def build_container(header: bytes, sync: bytes, frames: Sequence[bytes], offsets: Sequence[int]) -> bytes:
     """One container of one data block: ``frames[i][offsets[i]:]`` (the bodies after their framing headers)
-    concatenated. ``header`` and ``sync`` come from :func:`build_container_header` of the frames' writer schema."""
+    concatenated. ``header`` and ``sync`` come from :func:`build_container_header` of the frames' writer schema.
+
+    The headers stripped are 10 bytes of single-object encoding (``C3 01`` + the 8-byte writer-schema fingerprint)
+    or 5 of Confluent framing (``00`` + a 4-byte registry id). An object container (Avro spec, "Object Container
+    Files") is ``"Obj" 01 | metadata map {avro.schema, avro.codec: "null"} | 16-byte sync marker | blocks: <record
+    count> <byte size> <concatenated record bodies> <sync marker>``, so no record needs decoding."""
     data = b"".join([frame[offset:] for frame, offset in zip(frames, offsets, strict=True)])
     return b"".join((header, encode_long(len(frames)), encode_long(len(data)), data, sync))
 
 
 class PrefixReader:
     """Reads the leading fields of an Avro record body up to the last one asked for, skipping nothing else.
+
+    Reads the ledger's ``event_id``, ``source`` and ``occurred_at``, which come first in PricedUsageEvent; the rest
+    of the body is ClickHouse's to parse. What ClickHouse's reader does not check, and the row path's decoder does:
+    bytes left over after the last record of a block are skipped; trailing bytes anywhere else shift the records
+    after them and the insert fails.
 
     Built once per writer schema: the fields before and including the wanted ones must be ``string`` (returned as
     text), ``long`` / ``int`` (int; ``timestamp-micros`` as a UTC datetime) or ``boolean``. :meth:`read` raises
