@@ -371,8 +371,8 @@ def _breach_event(agent: str) -> dict[str, Any]:
 
 def _drive(producer: Any, events: list[dict[str, Any]], rate: float, seconds: float, tag: dict[str, str],
            injections: list[tuple[float, Callable[[], None]]] | None = None) -> int:
-    """Emit ``rate`` events/s for ``seconds`` through ``producer`` (10 ms ticks, occurred_at stamped at emit time);
-    run each injection when its offset (seconds into the level) has come. Returns the events emitted."""
+    """Emit ``rate`` events/s for ``seconds`` through ``producer`` (in fixed ``tick`` steps, occurred_at stamped at
+    emit time); run each injection when its offset (seconds into the level) has come. Returns the events emitted."""
     pending = sorted(injections or [], key=lambda x: x[0])
     tick = 0.01
     per_tick = rate * tick

@@ -4,9 +4,9 @@ usage event, at close to plain-consumer speed (``finops bench-stream`` / ``make 
 Role: per batch, ``consume(N)`` -> decode -> validate (``check_usage_dict``) -> dedupe -> price -> count in its
 1-minute window -> produce the priced event; then close idle windows and produce them. A plain loop, not Faust
 streams (Faust's per-message cost, DESIGN §9): a :class:`~finops.kafka.loop.Step` of the one consume loop
-(``finops/kafka/loop.py``: poll, rebalances, the flush barrier, commits), hosted as a service of the Faust app, in its
-own consumer group. Latency: an event's priced output leaves within the consume call (``poll_timeout_s``, 200 ms)
-plus the producer's ``linger.ms`` (50 ms); the barrier and commit run every ``commit_interval_s``.
+(``finops/kafka/loop.py``: poll, rebalances, the flush barrier, commits), hosted as a service of the Faust app, in
+its own consumer group. Latency: an event's priced output leaves within the consume call (``poll_timeout_s``) plus
+the producer's ``linger.ms``; the barrier and commit run every ``commit_interval_s``.
 
 Guarantee (DESIGN §5, detailed in :class:`HotPath`): input at least once, committed only per
 :class:`~stream_jobs.offsets.WindowCommitTracker`; no exception skips an event (bad input goes to the DLQ); priced
@@ -337,8 +337,8 @@ class HotPathConfig:
     counters_topic: str | None = None
     #: Messages per consume call.
     batch_size: int = 1000
-    #: The longest a consume call waits for ``batch_size`` messages: with the producer's ``linger.ms`` (50) it
-    #: bounds an event's wait for its priced event to leave (250 ms, finops.kafka.loop.DEFAULT_MAX_BATCH_WAIT_S).
+    #: The longest a consume call waits for ``batch_size`` messages: with the producer's ``linger.ms`` it bounds an
+    #: event's wait for its priced event to leave (finops.kafka.loop.DEFAULT_MAX_BATCH_WAIT_S).
     poll_timeout_s: float = 0.2
     #: The flush barrier (wait for every acknowledgement, then commit) runs when the oldest event since the last
     #: one was read this long ago, or after ``commit_max_events`` events (finops.kafka.loop.FlushPolicy). Outputs

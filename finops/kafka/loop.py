@@ -3,10 +3,11 @@
 Every consuming role (the hot path, the sinks, detection, the alert worker) is a :class:`Step` plugged into a
 :class:`ConsumeLoop`, the shape of arroyo's ``StreamProcessor`` and ``ProcessingStrategy``: the loop owns the
 consumer and the per-partition :class:`~finops.kafka.offsets.CommitTracker`; the step owns the processing and says,
-through the trackers, what is durable. The guarantee (DESIGN §5): an offset is committed only after the step's
-flush barrier (:meth:`Step.join`) returned and only as far as the partition's tracker allows, so a crash anywhere
-replays what was not durable. Latency: a batch is flushed at most ``max_batch_wait_s`` (default 250 ms) after the
-consume call that returned its oldest message began, or earlier when ``max_batch_size`` messages are held.
+through the trackers, what is durable. The guarantee (DESIGN §5): an offset is committed only after the step's flush
+barrier (:meth:`Step.join`) returned and only as far as the partition's tracker allows, so a crash anywhere replays
+what was not durable. Latency: a batch is flushed at most ``max_batch_wait_s`` (default
+``DEFAULT_MAX_BATCH_WAIT_S``) after the consume call that returned its oldest message began, or earlier when
+``max_batch_size`` messages are held.
 """
 
 from __future__ import annotations
