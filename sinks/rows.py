@@ -1,17 +1,11 @@
 """Avro dicts -> ClickHouse rows for the sink tables (pure: no Kafka, no ClickHouse, no clock).
 
-A :class:`RowSpec` says everything the sink needs to know about one table: the Avro record it accepts, the columns
-it writes (in insert order), the function that maps one decoded record to one row, and, for the ledger, the
-deduplication key ``(source, event_id)`` and the time column that narrows the "already stored?" look-up.
+Role: a :class:`RowSpec` says everything the sink needs to know about one table: the Avro record it accepts, the
+columns it writes (in insert order), the mapping of one decoded record to one row, and, for the ledger, the
+deduplication key and the time column that narrows the "already stored?" look-up.
 
-Columns the table fills itself are left out on purpose: ``ingested_at`` (``DEFAULT now64(6)``, the
-ReplacingMergeTree version), and on the ledger ``row_kind`` / ``correction_id`` (``'original'`` / ``''``): the sink
-writes priced events, never re-rating corrections.
-
-The mapping is exact: Decimals pass through unchanged (ClickHouse ``Decimal(38, 12)``), timestamps stay tz-aware
-UTC datetimes. Range checks (negative token counts, costs beyond 26 integer digits) are NOT done here: ClickHouse
-(or its client) rejects such a row, and the writer bisects the batch and dead-letters exactly that row with
-ClickHouse's reason.
+Guarantee: the mapping is exact (Decimals pass through unchanged, timestamps stay tz-aware UTC); range checks are
+left to ClickHouse, whose refusal makes the writer bisect the batch and dead-letter exactly that row with the reason.
 """
 
 from __future__ import annotations
@@ -417,6 +411,11 @@ class RowSpec:
     ``key_of`` (ledger only) gives the identity the sink checks against the stored rows before inserting, and
     ``time_column`` / ``time_index`` the event-time column that bounds that look-up to the batch's time range (so
     ClickHouse prunes partitions instead of scanning the table).
+
+    Columns the table fills itself are left out on purpose: ``ingested_at`` (``DEFAULT now64(6)``, the
+    ReplacingMergeTree version), and on the ledger ``row_kind`` / ``correction_id`` (``'original'`` / ``''``): the
+    sink writes priced events, never re-rating corrections. Negative token counts or costs beyond 26 integer digits
+    are not checked here: ClickHouse (or its client) rejects such a row.
     """
 
     table: str
