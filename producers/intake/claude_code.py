@@ -1,17 +1,12 @@
 """Claude Code's ``claude_code.api_request`` log events (OTLP logs, ``OTEL_LOGS_EXPORTER=otlp``) -> :class:`Call`.
 
-Claude Code sends one event per model request; attributes read: ``model``, ``input_tokens``, ``output_tokens``,
-``cache_read_tokens``, ``cache_creation_tokens``, ``cost_usd``, ``duration_ms``, ``request_id``, ``session.id``
-(the task), ``organization.id`` (the ``intake.organization`` tag), ``user.account_uuid`` / ``user.email`` (the
-``intake.user`` tag), and
-the resource attributes set with ``OTEL_RESOURCE_ATTRIBUTES`` (``team.name``, ``project.name``...).
+Role: :func:`map_claude_code_log` maps one event per model request (the attributes it reads are listed there),
+with the named normalisation ``anthropic-input-excludes-cache``: Claude Code reports Anthropic's usage fields, whose
+``input_tokens`` excludes cache reads and writes, so canonical input is their sum.
 
-Named normalisation: ``anthropic-input-excludes-cache``: Claude Code reports Anthropic's usage fields, whose
-``input_tokens`` excludes cache reads and writes; canonical input is their sum.
-
-Counted once: the identity is ``anthropic:request:<request_id>``; without a request id, the session, prompt id,
-timestamp and counts (a re-sent record is identical, so it maps to the same id). Claude Code's metrics
-(``claude_code.cost.usage``, ``claude_code.token.usage``) describe the same requests: they are never counted.
+Guarantee: counted once: the identity is ``anthropic:request:<request_id>`` (without one, the session, prompt id,
+timestamp and counts, so a re-sent record maps to the same id); Claude Code's metrics describe the same requests
+and are never counted.
 """
 
 from __future__ import annotations
@@ -33,7 +28,13 @@ def is_api_request(record: LogView) -> bool:
 
 
 def map_claude_code_log(record: LogView) -> Call | None:
-    """The call of one ``claude_code.api_request`` record, or None for any other record."""
+    """The call of one ``claude_code.api_request`` record, or None for any other record.
+
+    Attributes read: ``model``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
+    ``cache_creation_tokens``, ``cost_usd``, ``duration_ms``, ``request_id``, ``session.id`` (the task),
+    ``organization.id`` (the ``intake.organization`` tag), ``user.account_uuid`` / ``user.email`` (the
+    ``intake.user`` tag) and the resource attributes set with ``OTEL_RESOURCE_ATTRIBUTES`` (``team.name``,
+    ``project.name``...). Never counted: ``claude_code.cost.usage`` and ``claude_code.token.usage`` metrics."""
     if not is_api_request(record):
         return None
     attrs = record.attributes

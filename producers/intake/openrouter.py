@@ -1,17 +1,12 @@
 """OpenRouter Broadcast traces (OpenRouter settings -> Observability -> OpenTelemetry Collector) -> :class:`Call`.
 
-Broadcast sends, per request, a generation span with GenAI attributes (``gen_ai.request.model`` /
-``gen_ai.response.model``, ``gen_ai.usage.input_tokens`` / ``output_tokens``, ``gen_ai.usage.total_cost`` in USD,
-``gen_ai.provider.name`` as a display name of the upstream) plus OpenRouter metadata under
-``trace.metadata.openrouter.*``, and one child span per provider attempt.
+Role: Broadcast sends, per request, a generation span with GenAI attributes plus OpenRouter metadata under
+``trace.metadata.openrouter.*``, and one child span per provider attempt; :func:`select_openrouter_calls` maps the
+generations. The call is OpenRouter's: ``provider="openrouter"``, ``model`` the slug that served it, and
+``gen_ai.usage.total_cost`` is the bill (``reported_cost``; DESIGN §4 makes OpenRouter's report authoritative).
 
-The call is OpenRouter's: ``provider="openrouter"``, ``model`` the slug that served it, and ``total_cost`` is the
-bill (kept as ``reported_cost``; DESIGN §4 makes OpenRouter's report authoritative). Counted once: within an
-export, a span whose parent is in the same export is a provider attempt and not counted; every other span is a
-generation. The identity is the generation's response id (``gen_ai.response.id``: the root and its attempts share
-it, so an attempt exported alone later still maps to the same event id), else the root's span id (never the trace
-id alone: an app that propagates its trace context to OpenRouter puts several generations in one trace).
-Cache and reasoning counts are read with the GenAI mapping's names (OpenAI-style inclusive counts).
+Guarantee: counted once: provider attempts are not counted, and the identity is the generation's response id (else
+the root's span id, never the trace id alone), so an attempt exported alone later maps to the same event id.
 """
 
 from __future__ import annotations
@@ -50,7 +45,13 @@ def _to_call(span: SpanView) -> Call | None:
 
 def select_openrouter_calls(spans: Iterable[SpanView]) -> tuple[list[Call], int]:
     """The calls of OpenRouter spans of one export (the generations: spans without a parent in the export), and
-    how many provider-attempt spans were not counted."""
+    how many provider-attempt spans were not counted.
+
+    Attributes: ``gen_ai.request.model`` / ``gen_ai.response.model``, ``gen_ai.usage.input_tokens`` /
+    ``output_tokens``, ``gen_ai.usage.total_cost`` in USD, ``gen_ai.provider.name`` (a display name of the upstream);
+    cache and reasoning counts are read with the GenAI mapping's names (OpenAI-style inclusive counts). The identity
+    is ``gen_ai.response.id``, which the root and its attempts share, else the root's span id: never the trace id
+    alone, because an app that propagates its trace context to OpenRouter puts several generations in one trace."""
     spans = list(spans)
     ids = {(s.trace_id, s.span_id) for s in spans}
     calls: list[Call] = []
