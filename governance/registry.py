@@ -1,17 +1,13 @@
 """Agent registry and the approval of costly agent deployments.
 
-Every agent may be registered with an owner, a team and an expected monthly cost. An agent whose expected cost is at
-or above the policy's ``threshold_usd`` needs a team lead's approval (``approval.team_leads`` in governance.yaml;
-``*`` lists approvers for every team); cheaper agents are approved on request. ``finops agent check`` looks at the
-agents that emitted events in a recent window and raises an ``approval`` alert for each one that needs approval and
-does not have it: registered but still requested or rejected, or not registered at all while its observed spend,
-projected to a month, reaches the threshold. With ``on_unapproved: throttle`` the alert also carries the
-``throttle`` action (and the rate), which the alerting service's enforcement ladder turns into a signed control
-command; the agent's SDK guard obeys it.
+Role: agents are registered with an owner, a team and an expected monthly cost (:func:`request_agent`); one at or
+above the policy's ``threshold_usd`` needs a team lead's approval (:func:`approve_agent`), and ``finops agent
+check`` raises an ``approval`` alert, optionally with a ``throttle`` action, for each active agent that needs
+approval and lacks it (:func:`find_unapproved`).
 
-State lives in ``agent_registry`` (latest version per agent, read with FINAL) and every action is appended to
-``agent_approvals`` (the audit). Versions are microsecond timestamps from the injected clock, bumped past the stored
-version so a decision is never lost to clock skew.
+Guarantee: state lives in ``agent_registry`` (latest version per agent, read with FINAL) and every action is
+appended to ``agent_approvals`` (the audit); versions come from the injected clock, bumped past the stored version,
+so a decision is never lost to clock skew.
 """
 
 from __future__ import annotations
@@ -164,7 +160,13 @@ def approve_agent(client: Any, database: str, *, agent_id: str, approver: str, p
 
 def find_unapproved(client: Any, database: str, policy: ApprovalPolicy, *, now: datetime,
                     window: timedelta = timedelta(hours=24)) -> list[UnapprovedAgent]:
-    """Agents with events in ``[now - window, now)`` that need approval and lack it (see the module docstring)."""
+    """Agents with events in ``[now - window, now)`` that need approval and lack it.
+
+    That is: registered but still requested or rejected, or not registered at all while the observed spend,
+    projected to a month, reaches ``threshold_usd`` (approvers are ``approval.team_leads`` in governance.yaml; ``*``
+    lists approvers for every team; cheaper agents are approved on request). With ``on_unapproved: throttle`` the
+    alert also carries the ``throttle`` action (and the rate), which the enforcement ladder turns into a signed
+    control command that the agent's SDK guard obeys."""
     rows = client.query(
         "SELECT l.agent_id, any(l.team), sum(l.cost_usd), countIf(l.row_kind = 'original'), "
         "any(r.status), any(r.expected_monthly_cost_usd), any(r.agent_id) != '' "

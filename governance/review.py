@@ -1,17 +1,12 @@
 """Cost reviews: weekly for operators, monthly for leadership; as HTML and as a Slack digest through the alerting
 channels, on a schedule the running system keeps (``finops report review --weekly --schedule``).
 
-Weekly (the ISO week before ``now``, UTC): anomalies (``v_anomaly_alerts`` raised in the week), budgets at risk (this
-month's team / project / agent budgets at >= 80 % or heading past their limit at the month's burn rate), top movers
-(agents whose spend changed most against the week before) and waste (``finops recommend`` for the week).
+Role: :func:`build_review` gathers the weekly review (anomalies, budgets at risk, top movers, waste) or the
+monthly one (trend, cost per task and per successful task, budget utilisation, savings found); :func:`render_html`
+and :func:`build_slack_digest` (pure, within Slack's limits) present it; :func:`send_digest` posts it.
 
-Monthly (the calendar month before ``now``): the trend (daily spend and six months), cost per task and per successful
-task (all tasks' cost carried by the successful ones, as ``v_cost_per_successful_task`` defines it), budget
-utilisation, and the savings found (recommendations, per month).
-
-The Slack digest is built by a pure function (Block Kit within Slack's limits) and posted with the alerting
-project's transport (:class:`finops.http.UrllibTransport`) to the configured Slack destination; the digest is
-not an alert, so it does not go through the alert outbox.
+Guarantee: read-only on the ledger; the digest is not an alert, so it does not go through the alert outbox. See
+the README, "Reports, recommendations and re-rating".
 """
 
 from __future__ import annotations
@@ -126,7 +121,14 @@ def _tasks(client: Any, database: str, period: Period) -> tuple[int, int, Decima
 
 def build_review(client: Any, database: str, cadence: Cadence, now: datetime, *,
                  recommend: RecommendSettings | None = None) -> Review:
-    """The review due at ``now``: the last full ISO week (weekly) or calendar month (monthly). Read-only."""
+    """The review due at ``now``: the last full ISO week (weekly) or calendar month (monthly). Read-only.
+
+    Weekly (the ISO week before ``now``, UTC): anomalies (``v_anomaly_alerts`` raised in the week), budgets at risk
+    (this month's team / project / agent budgets at >= 80 % or heading past their limit at the month's burn rate),
+    top movers (agents whose spend changed most against the week before) and waste (``finops recommend`` for the
+    week). Monthly (the calendar month before ``now``): the trend (daily spend and six months), cost per task and
+    per successful task (all tasks' cost carried by the successful ones, as ``v_cost_per_successful_task`` defines
+    it), budget utilisation, and the savings found (recommendations, per month)."""
     now = now.astimezone(UTC)
     if cadence == "weekly":
         period = week_period((now - timedelta(days=7)).date())
