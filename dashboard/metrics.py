@@ -1,17 +1,12 @@
 """Health and metrics of the pipeline itself, in the Prometheus text exposition format (version 0.0.4).
 
-Served unauthenticated at ``/metrics`` (Prometheus scrapers carry no bearer token): it holds no team, agent or
-cost figures, only the pipeline's own vital signs. Sources:
+Role: served unauthenticated at ``/metrics`` (scrapers carry no bearer token): consumer lag per group and
+partition and DLQ depth (:func:`collect_kafka_metrics`), ledger throughput and sink latency
+(:func:`collect_clickhouse_metrics`), rendered by :func:`render_prometheus`.
 
-* consumer lag per group / topic / partition: the group's committed offsets (``Consumer.committed``, which reads
-  offsets without joining the group) against the partition's high watermark (``get_watermark_offsets``);
-* DLQ messages per partition: high - low watermark of ``agent.usage.dlq.v1`` (what is still retained);
-* events/s: ledger rows ingested in the last minute / 60 (by ``ingested_at``, i.e. what the sink wrote);
-* sink latency: now - max(ingested_at) (how long since the sink last wrote) and the p50 / p99 of
-  ``ingested_at - occurred_at`` over the last five minutes (event time to stored).
-
-A source that cannot be reached is reported as ``finops_up{component=...} 0`` and its metrics are left out; the
-endpoint itself answers (a scrape that fails hides *which* part is down).
+Guarantee: it holds no team, agent or cost figures, only the pipeline's own vital signs; a source that cannot be
+reached is reported as ``finops_up{component=...} 0`` and its metrics left out, while the endpoint itself answers
+(a failed scrape would hide which part is down).
 """
 
 from __future__ import annotations
@@ -104,7 +99,11 @@ _LEDGER_STATS = (
 
 
 def collect_clickhouse_metrics(db: Runner, now: datetime) -> list[MetricSample]:
-    """Ledger throughput and sink latency (see the module docstring). Never raises: a failure is ``finops_up 0``.
+    """Ledger throughput and sink latency. Never raises: a failure is ``finops_up 0``.
+
+    Throughput: ledger rows ingested in the last minute / 60 (by ``ingested_at``, what the sink wrote). Latency: now
+    - max(ingested_at) (how long since the sink last wrote) and the p50 / p99 of ``ingested_at - occurred_at`` over
+    the last five minutes (event time to stored).
 
     Reads only the last day of ``usage_ledger`` by ``ingested_at`` (the sink's write time; no FINAL: a duplicate
     written twice was written twice)."""
@@ -137,6 +136,10 @@ def collect_kafka_metrics(
 
     Blocks up to about ``timeout`` seconds per broker call. Opens one short-lived consumer per group (without
     subscribing, so it never joins or rebalances the group) and closes it.
+
+    Lag is the group's committed offsets (``Consumer.committed``, which reads offsets without joining the group)
+    against each partition's high watermark; DLQ depth is high - low watermark of ``agent.usage.dlq.v1`` per
+    partition (what is still retained).
     """
     try:
         from confluent_kafka import KafkaException, TopicPartition
