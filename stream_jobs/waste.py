@@ -217,12 +217,15 @@ class WasteDetectors:
       the first call (a response cache keyed by the prompt hash would have answered them).
     - ``oversized_prompt``: input above ``oversized_input_tokens``. Avoidable: the input-side cost of the tokens
       above the limit. One signal per agent and hour.
-    - ``runaway``: an agent's dollars per minute over ``runaway_window_s`` at least ``runaway_factor`` times its
+    - ``runaway``: an agent's dollars per minute over a trailing window at least ``runaway_factor`` times its
       norm (an exponentially weighted per-minute spend, half-life ``runaway_half_life_s``, updated with winsorized
       minutes and frozen during an episode, so it is robust to the burst it must find). Spend alone is heavy-tailed,
       so the burst must also show in behaviour: the root tasks started in the window must exceed the Poisson upper
-      quantile (``runaway_poisson_p``) of the agent's task rate (calls when it sends no task ids). Avoidable:
-      episode spend minus the norm over the episode's duration.
+      quantile (``runaway_poisson_p``) of the agent's task rate (calls when it sends no task ids). The windows are
+      the last 1, 2, ... ``runaway_bucket_s`` buckets up to ``runaway_window_s``, judged on every call and sharing
+      ``runaway_poisson_p`` (:meth:`_find_burst`): a steep jump is reported as soon as its first buckets prove it,
+      a gentler one when the whole window does. Avoidable: episode spend minus the norm over the episode's
+      duration.
     """
 
     def __init__(self, config: WasteConfig | None = None) -> None:
@@ -553,23 +556,17 @@ class WasteDetectors:
             return
         if burn.minutes * 60 < cfg.runaway_warmup_s:
             return
-        window_min = cfg.runaway_window_s / 60.0
+        burst = self._find_burst(burn, ts)
+        if burst is None:
+            return
+        start, length_s, win_spend, count, rate = burst
+        window_min = length_s / 60.0
         norm_window = burn.norm_spend * window_min
-        spend = float(burn.win_spend)
-        if spend < cfg.runaway_factor * norm_window or burn.win_spend < cfg.runaway_min_usd:
-            return
-        if burn.uses_tasks:
-            count, rate = burn.win_tasks, burn.norm_tasks
-        else:
-            count, rate = burn.win_calls, burn.norm_calls
-        needed = max(cfg.runaway_min_tasks, compute_poisson_upper(round(rate * window_min, 3), cfg.runaway_poisson_p))
-        if count < needed:
-            return
-        start = buckets[0][0]
+        spend = float(win_spend)
         burn.episode = WasteSignal(
             f"runaway:{event.agent_id}:{start}", "runaway", start, ts, event.team, event.project, event.agent_id, "",
             event.model, _ZERO, {})
-        burn.episode_spend = burn.win_spend
+        burn.episode_spend = win_spend
         burn.last_update_minute = ts
         burn.calm_since = None
         self._update_episode(burn, ts)
@@ -578,11 +575,50 @@ class WasteDetectors:
         alerts.append(_alert(
             burn.episode, "critical", f"waste:runaway:{event.agent_id}:{start}",
             f"Runaway spend: {event.agent_id} burning {ratio:.0f}x its usual rate",
-            (f"{event.agent_id} spent ${spend:.4f} in the last {cfg.runaway_window_s} s against a norm of "
+            (f"{event.agent_id} spent ${spend:.4f} in the last {length_s} s against a norm of "
              f"${norm_window:.4f} ({ratio:.1f}x), starting {count} tasks where ~{rate * window_min:.1f} are usual. "
              "Throttle or suspend it if this is not expected."),
             ["notify", "throttle"],
         ))
+
+    def _find_burst(self, burn: _Burn, now_us: int) -> tuple[int, int, Decimal, int, float] | None:
+        """The shortest trailing window of whole buckets (up to ``runaway_window_s``) that proves a runaway, as
+        ``(start_us, length_s, spend, count, rate per minute)``, or None.
+
+        Every window is held to the same three tests, scaled to its length ``L``: spend at least ``runaway_factor``
+        x the norm over ``L``, at least ``runaway_min_usd`` per ``runaway_window_s`` (a burn-rate floor), and a task
+        (or call) count at or above the Poisson upper quantile of the norm over ``L``. Up to
+        ``runaway_window_s / runaway_bucket_s`` windows are tested together, so each gets ``runaway_poisson_p``
+        divided by that number (Bonferroni): the false-alarm bound of the single window is kept, and a steep jump is
+        proven once its first buckets hold enough evidence instead of once a whole window of it has passed. ``L`` is
+        the time from the window's first bucket to now rounded up to whole buckets (at least the time the window
+        saw), capped at ``runaway_window_s`` for the whole window, as before."""
+        cfg = self.config
+        bucket_s = cfg.runaway_bucket_s
+        tests = max(1, cfg.runaway_window_s // bucket_s)
+        p = cfg.runaway_poisson_p / tests
+        rate = burn.norm_tasks if burn.uses_tasks else burn.norm_calls
+        count_index = 2 if burn.uses_tasks else 3
+        buckets = burn.buckets
+        spend = _ZERO
+        count = 0
+        for k in range(1, len(buckets) + 1):
+            bucket = buckets[-k]
+            spend += bucket[1]
+            count += bucket[count_index]
+            length_s = max(k, -((bucket[0] - now_us) // self._bucket_us)) * bucket_s
+            if length_s >= cfg.runaway_window_s:
+                if k < len(buckets):
+                    continue  # the whole window (every bucket still in it) is the last test
+                length_s = cfg.runaway_window_s
+            window_min = length_s / 60.0
+            if (float(spend) < cfg.runaway_factor * burn.norm_spend * window_min
+                    or spend * cfg.runaway_window_s < cfg.runaway_min_usd * length_s):
+                continue
+            needed = max(cfg.runaway_min_tasks, compute_poisson_upper(round(rate * window_min, 3), p))
+            if count >= needed:
+                return bucket[0], length_s, spend, count, rate
+        return None
 
     def _update_episode(self, burn: _Burn, now_us: int) -> None:
         episode = burn.episode

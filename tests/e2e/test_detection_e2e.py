@@ -106,7 +106,8 @@ def test_simulated_day_detects_injected_misbehaviour_only(kafka_config: dict[str
     print(f"  runaway detected {runaway_delay:.1f} s after its rate jump; retry loop {loop_delay:.1f} s after its "
           f"first repeat ({(loop_alert - loop_inj.start).total_seconds():.1f} s after its first call)")
 
-    assert 0 <= runaway_delay <= 60
+    # Event time, deterministic (seed 12): the first window holding enough evidence, not a whole 60 s one (22.3 s).
+    assert 0 <= runaway_delay <= 25
     assert 0 <= loop_delay <= 60
     assert found["duplicate_prompts"], "the duplicate prompts are flagged"
     steady_anomalies = [a for a in by_kind.get("anomaly", []) if not matches(a)]

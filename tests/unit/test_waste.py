@@ -115,3 +115,40 @@ def test_runaway_burn_rate_found_quickly_and_steady_noise_ignored() -> None:
     assert runaway, "the burst was not found"
     delay = (runaway[0]["occurred_at"].timestamp() * S - (T0 + start * S)) / S
     assert delay <= 60
+
+
+def _steady_then(rng: random.Random, detectors: WasteDetectors, burst_every_s: float) -> tuple[float, list[Any]]:
+    """Three steady hours (~1 task a minute, 3 calls each), then tasks every ``burst_every_s`` seconds; returns the
+    burst's start and the runaway alerts."""
+    events, t, task = [], 0.0, 0
+    while t < 3 * 3600:
+        t += rng.expovariate(1 / 60)
+        task += 1
+        events += [call(t + j * 3, f"{rng.lognormvariate(-6, 1.2):.6f}", task_id=f"t{task}", prompt_hash=f"p{task}-{j}")
+                   for j in range(3)]
+    events.sort(key=lambda e: e.occurred_at_us)
+    _, alerts = run(detectors, events)
+    assert alerts == []
+    start = t + 60
+    burst = [call(start + i * burst_every_s + j, f"{rng.lognormvariate(-6, 1.2):.6f}", task_id=f"r{i}",
+                  prompt_hash=f"r{i}-{j}") for i in range(40) for j in range(3)]
+    burst.sort(key=lambda e: e.occurred_at_us)
+    _, alerts = run(detectors, burst)
+    return start, [a for a in alerts if a["details"]["waste_kind"] == "runaway"]
+
+
+def test_a_steep_runaway_is_proven_by_its_first_buckets_not_a_whole_window() -> None:
+    start, runaway = _steady_then(random.Random(1), WasteDetectors(), 3.0)  # 20x the task rate
+    assert len(runaway) == 1
+    delay = (runaway[0]["occurred_at"].timestamp() * S - (T0 + start * S)) / S
+    # Seven new tasks in a 20 s window against ~0.3 usual pass every test of that window: no need to wait for 60 s.
+    assert delay <= 25
+    assert "in the last 20 s" in runaway[0]["summary"]
+
+
+def test_a_gentler_rise_still_needs_the_whole_window() -> None:
+    start, runaway = _steady_then(random.Random(1), WasteDetectors(), 6.0)  # 10x the task rate
+    assert len(runaway) == 1
+    assert "in the last 60 s" in runaway[0]["summary"]
+    delay = (runaway[0]["occurred_at"].timestamp() * S - (T0 + start * S)) / S
+    assert 30 < delay <= 60
