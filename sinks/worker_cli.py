@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finops.kafka.loop import DEFAULT_MAX_BATCH_WAIT_S
 from schemas.errors import ConfigError, FinopsError
 
 __all__ = ["SINK_KINDS", "parse_instant", "register", "sink_topic"]
@@ -58,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--only", choices=SINK_KINDS, default=None,
                      help="run one sink only (default: all five, one thread each)")
     run.add_argument("--batch-rows", type=int, default=10_000, help="flush after this many messages (10000)")
-    run.add_argument("--batch-seconds", type=float, default=1.0, help="flush a batch this old (1.0 s)")
+    run.add_argument("--batch-seconds", type=float, default=DEFAULT_MAX_BATCH_WAIT_S,
+                     help="flush a batch when its oldest message has waited this long (0.25 s)")
     run.add_argument("--store-host", default=None,
                      help="store endpoint host in embedded mode (default: the host of FINOPS_CLICKHOUSE_QUERY_URL)")
     run.add_argument("--store-port", type=int, default=None,
@@ -152,7 +154,7 @@ def build_sink_worker(
     dlq_producer: Any,
     group_id: str,
     batch_rows: int = 10_000,
-    batch_seconds: float = 1.0,
+    batch_seconds: float = DEFAULT_MAX_BATCH_WAIT_S,
     consumer_wrapper: Callable[[Any], Any] | None = None,
     codec: Any = None,
 ) -> Any:

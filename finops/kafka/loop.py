@@ -348,6 +348,7 @@ class ConsumeLoop:
             return
         self.consumer.seek(TopicPartition(tp[0], tp[1], offset))
         self.trackers[tp] = self.step.new_tracker(tp[0], tp[1], tracker.committed)
+        self._carried = [m for m in self._carried if (m.topic(), m.partition()) != tp]  # they are read again
 
     def close(self) -> None:
         """Close the consumer, which revokes the assignment (flush and commit per :attr:`Step.flush_on_revoke`).
