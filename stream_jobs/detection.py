@@ -17,13 +17,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from finops.kafka.clients import Role, build_consumer, build_producer
+from finops.kafka.loop import Assignment, ConsumeLoop, FlushContext, FlushPolicy, Step, TopicPartitionKey
 from finops.topics import LEDGER_SINK_GROUP, TopicNames, ensure_topics
 from schemas.errors import FinopsError
 from schemas.models import BudgetPolicy
@@ -182,8 +183,9 @@ def build_spend_event(record: Mapping[str, Any]) -> SpendEvent:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class DetectionService:
+class DetectionService(Step):
     """Run with :meth:`start` then :meth:`poll_once` in a loop (or :meth:`run`); :meth:`close` flushes and commits.
+    A step of a :class:`~finops.kafka.loop.ConsumeLoop` over the priced topic.
 
     Blocks only inside Kafka calls (bounded by ``poll_timeout_s`` and flush). Not thread-safe: one thread drives it;
     :meth:`request_stop` may be called from any thread.
@@ -244,11 +246,15 @@ class DetectionService:
         # Price drift (stream_jobs/drift.py): reported costs that consistently disagree with the catalogue.
         # drift_tiers gives a tiered model's thresholds (Pricer.price_tiers), so its drift is solved per tier.
         self.drift = DriftWatcher(tiers_for=drift_tiers)
-        self._consumer: Any = None
+        # The flush barrier runs every flush_interval_s (poll asks for it even without new input: counters change
+        # when the clock advances); the policy's age bound is the same interval.
+        self._loop = ConsumeLoop(None, [topics.priced], self,
+                                 policy=FlushPolicy(1 << 62, self.config.flush_interval_s),
+                                 consume_batch=self.config.batch_size, poll_timeout_s=self.config.poll_timeout_s,
+                                 clock=wall_clock, name="detection")
         self._policy_consumer: Any = None
         self._producer: Any = None
         self._failures: list[str] = []
-        self._next_offsets: dict[int, int] = {}
         self._partition_ts: dict[int, int] = {}
         self._partition_seen_wall: dict[int, float] = {}
         self._assigned_wall: dict[int, float] = {}
@@ -256,7 +262,6 @@ class DetectionService:
         self._last_flush = 0.0
         self._last_reconcile = 0.0
         self._last_advance_us = 0
-        self._stop = threading.Event()
         self._started = False
         self.stats = {"events": 0, "alerts": 0, "waste_records": 0, "bad_records": 0, "policies": 0,
                       "duplicates": 0, "dedupe_rebuilt": 0, "reconciled_up": 0, "reconciled_down": 0}
@@ -275,21 +280,29 @@ class DetectionService:
         self._seed_anomalies()
         self._consumer = build_consumer(self._client_config, Role.DETECTION, self.config.group_id,
                                         overrides={"auto.offset.reset": self.config.start_from})
-        self._consumer.subscribe([self.topics.priced], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._loop.start()
         self._last_flush = self._last_reconcile = self._wall()
         self._started = True
         self._reconcile_all()
         log.info("detection started: %d policies, %d counters restored", len(self.budgets.policies),
                  len(self.budgets.counters))
 
+    @property
+    def _consumer(self) -> Any:
+        """The priced-topic consumer (the loop drives it)."""
+        return self._loop.consumer
+
+    @_consumer.setter
+    def _consumer(self, consumer: Any) -> None:
+        self._loop.consumer = consumer
+
     def request_stop(self) -> None:
-        self._stop.set()
+        self._loop.request_stop()
 
     def run(self) -> None:
         """Poll until :meth:`request_stop`; then close (flush and commit)."""
         try:
-            while not self._stop.is_set():
-                self.poll_once()
+            self._loop.run()
         finally:
             self.close()
 
@@ -301,20 +314,32 @@ class DetectionService:
         try:
             self._flush(commit=True)
         finally:
-            for client in (self._consumer, self._policy_consumer, self._sink_offsets_reader):
-                if client is not None:
-                    client.close()
-            self._consumer = self._policy_consumer = self._sink_offsets_reader = None
+            try:
+                self._loop.close()  # the revoke flushes and commits again, then the partitions' state goes
+            finally:
+                for client in (self._policy_consumer, self._sink_offsets_reader):
+                    if client is not None:
+                        client.close()
+                self._policy_consumer = self._sink_offsets_reader = None
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
     def poll_once(self) -> int:
         """One batch: policy updates, priced events, clock advance; flush/commit and reconcile when due.
-        Returns the number of priced events read."""
+        Returns the number of priced messages read."""
+        return self._loop.poll_once()
+
+    def poll(self) -> bool:
+        """Between batches: policy updates; asks for the flush barrier every ``flush_interval_s``."""
         self._poll_policies(0.0)
-        messages = self._consumer.consume(self.config.batch_size, timeout=self.config.poll_timeout_s)
+        return self._wall() - self._last_flush >= self.config.flush_interval_s
+
+    def submit(self, messages: Sequence[Any]) -> None:
+        """Priced events through the dedupe and the detectors, then the clock advance and reconcile when due."""
         now_wall = self._wall()
         count = 0
+        trackers = self._loop.trackers
+        topic = self.topics.priced
         for msg in messages:
             if msg.error() is not None:
                 code = msg.error().code()
@@ -323,7 +348,9 @@ class DetectionService:
                 log.warning("consumer error (code %s): %s", code, msg.error())
                 continue
             partition, offset = msg.partition(), msg.offset()
-            self._next_offsets[partition] = offset + 1
+            tracker = trackers.get((topic, partition))
+            if tracker is not None:  # else fetched before a revoke: processed, never committed here
+                tracker.on_consumed(offset)
             try:
                 _, record = self._codec.decode(msg.value())
                 event = build_spend_event(record)
@@ -356,12 +383,9 @@ class DetectionService:
                 deduper.expire(now_epoch_us)
         self._advance_clock(now_wall)
         self._producer.poll(0)
-        if now_wall - self._last_flush >= self.config.flush_interval_s:
-            self._flush(commit=True)
         if self._ledger is not None and now_wall - self._last_reconcile >= self.config.reconcile_interval_s:
             self._reconcile_all()
             self._last_reconcile = now_wall
-        return count
 
     def _advance_clock(self, now_wall: float) -> None:
         if not self._partition_ts:
@@ -416,16 +440,22 @@ class DetectionService:
             self.stats["waste_records"] += 1
 
     def _flush(self, *, commit: bool) -> None:
-        """Persist changed counters, wait for every acknowledgement, then commit input offsets (in that order).
+        """The flush barrier (:meth:`join`), then, with ``commit``, the loop commits what was consumed."""
+        if commit:
+            self._loop.flush()
+        else:
+            self.join(None)
+
+    def join(self, flush: FlushContext | None) -> bool:
+        """Persist changed counters, wait for every acknowledgement; the loop commits input offsets only after.
 
         Every ``flush_interval_s``: (1) alerts and waste records produced while processing, (2) changed counters
         written to the state topic, (3) ``producer.flush()`` waits for every acknowledgement, (4) only then the input
-        offsets are committed. A crash replays from the last commit; restored counters skip offsets they applied."""
-        from confluent_kafka import TopicPartition
-
+        offsets are committed. A crash replays from the last commit; restored counters skip offsets they applied.
+        Returns False (commit nothing) without a producer; raises DetectionError when an output failed."""
         self._last_flush = self._wall()
         if self._producer is None:
-            return
+            return False
         for key, state in self.budgets.take_dirty():
             value = None if state is None else json.dumps(state, sort_keys=True).encode()
             self._produce(state_topic(self.topics), key, value)
@@ -437,9 +467,7 @@ class DetectionService:
             failures, self._failures = self._failures, []
             raise DetectionError(f"{remaining} output(s) unacknowledged, failures: {'; '.join(failures[:5])}; "
                                  "not committing: restart replays from the last commit")
-        if commit and self._consumer is not None and self._next_offsets:
-            offsets = [TopicPartition(self.topics.priced, p, o) for p, o in self._next_offsets.items()]
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+        return True
 
     def _deduper(self, partition: int) -> Deduper:
         deduper = self._dedupers.get(partition)
@@ -448,20 +476,20 @@ class DetectionService:
                                                           max_entries=self.config.dedupe_max_entries)
         return deduper
 
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+    def assign(self, assignments: Sequence[Assignment]) -> None:
+        """Hold the clock for the new partitions and rebuild their dedupe from what was applied before the commit."""
         now = self._wall()
-        for tp in partitions:
-            self._assigned_wall[tp.partition] = now
-        try:
-            committed = consumer.committed(partitions, timeout=30)
-        except Exception as err:  # noqa: BLE001 - without the commit there is nothing to rebuild from
-            log.warning("dedupe not rebuilt for %s (%s): re-sent events older than this start pass once; "
-                        "reconciliation corrects them", [tp.partition for tp in partitions], err)
+        for a in assignments:
+            self._assigned_wall[a.partition] = now
+        if not all(a.known for a in assignments):
+            # Without the commit there is nothing to rebuild from.
+            log.warning("dedupe not rebuilt for %s (committed offsets unreadable): re-sent events older than this "
+                        "start pass once; reconciliation corrects them", [a.partition for a in assignments])
             return
-        for tp in committed:
-            self._dedupers.pop(tp.partition, None)
-            if tp.offset > 0:
-                self.stats["dedupe_rebuilt"] += self._rebuild_dedupe(tp.partition, tp.offset)
+        for a in assignments:
+            self._dedupers.pop(a.partition, None)
+            if a.committed:
+                self.stats["dedupe_rebuilt"] += self._rebuild_dedupe(a.partition, a.committed)
 
     def _rebuild_dedupe(self, partition: int, end: int) -> int:
         """Remember the event ids of the priced messages of ``partition`` produced up to ``dedupe_rebuild_s``
@@ -505,15 +533,14 @@ class DetectionService:
         log.info("dedupe of %s/%d rebuilt from %d messages before offset %d", topic, partition, read, end)
         return read
 
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        # Commit what we have before the partitions move; counters stay (their offsets guard a later replay).
-        self._flush(commit=True)
-        for tp in partitions:
-            self._next_offsets.pop(tp.partition, None)
-            self._dedupers.pop(tp.partition, None)
-            self._partition_ts.pop(tp.partition, None)
-            self._assigned_wall.pop(tp.partition, None)
-            self._partition_seen_wall.pop(tp.partition, None)
+    def revoke(self, partitions: Sequence[TopicPartitionKey], *, lost: bool) -> None:
+        """Drop the partitions' dedupe and clock state (on a revoke the loop flushed and committed first); counters
+        stay: their offsets guard a later replay."""
+        for _topic, partition in partitions:
+            self._dedupers.pop(partition, None)
+            self._partition_ts.pop(partition, None)
+            self._assigned_wall.pop(partition, None)
+            self._partition_seen_wall.pop(partition, None)
 
     # -- state, policies, ledger --------------------------------------------------------------------------------
 
