@@ -1,9 +1,9 @@
 """The alert worker: consume alerts, enforce, enqueue deliveries, commit; deliver in lanes; audit the control topic.
 
-Role: :meth:`AlertWorker.run_once` consumes ``finops.alerts.v1``, turns budget alerts into signed commands,
-routes every alert into the outbox and commits; :class:`DeliveryLane` threads, one per destination, deliver the
-outbox in order, so a slow or broken destination delays only its own lane; the worker also follows the control
-topic into the audit table.
+Role: :meth:`AlertWorker.run_once` (a step of the one consume loop, ``finops/kafka/loop.py``) consumes
+``finops.alerts.v1``, turns budget alerts into signed commands, routes every alert into the outbox and commits;
+:class:`DeliveryLane` threads, one per destination, deliver the outbox in order, so a slow or broken destination
+delays only its own lane; the worker also follows the control topic into the audit table.
 
 Guarantee (DESIGN §5): offsets are committed only after the commands are acknowledged and the alerts are in the
 outbox, so a crash replays the batch and the outbox and deterministic command ids make the replay harmless; a
@@ -28,6 +28,7 @@ from alerting.enforcement import Enforcer, control_key
 from alerting.outbox import EnqueueResult, Outbox
 from alerting.router import RoutingTable
 from finops.clock import Clock, SystemClock
+from finops.kafka.loop import ConsumeLoop, FlushContext, FlushPolicy, Step
 from finops.http import HttpTransport, UrllibTransport
 from schemas.errors import FinopsError
 from schemas.models import Alert, ControlCommand, verify
@@ -247,8 +248,13 @@ class WorkerOptions:
     policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
 
 
-class AlertWorker:
-    """Wires Kafka, the enforcer, the dispatcher and the ClickHouse logs. ``run`` blocks until :meth:`stop`."""
+class AlertWorker(Step):
+    """Wires Kafka, the enforcer, the dispatcher and the ClickHouse logs. ``run`` blocks until :meth:`stop`.
+
+    As a step of its :class:`~finops.kafka.loop.ConsumeLoop`: :meth:`submit` does steps 1-3 of :meth:`run_once`
+    synchronously, so :meth:`join` has nothing left to wait for and the loop commits after every non-empty batch;
+    :meth:`poll` (between batches) does step 5. A revoke commits what was processed; nothing else is held.
+    """
 
     def __init__(self, *, kafka_config: Mapping[str, Any], alerts_topic: str, control_topic: str,
                  routes: RoutingTable, outbox: Outbox, enforcer: Enforcer, verify_keys: Mapping[str, bytes],
@@ -274,6 +280,11 @@ class AlertWorker:
                                      dashboard_url=self.options.dashboard_url, cooldown_s=self.options.cooldown_s,
                                      delivery_log=self.delivery_log, on_broken=self._raise_config_alert)
         self.clock = self.dispatcher.clock
+        self._loop = ConsumeLoop(self.consumer, [alerts_topic], self,
+                                 policy=FlushPolicy(self.options.batch_size, 0.0),
+                                 consume_batch=self.options.batch_size, poll_timeout_s=self.options.poll_timeout_s,
+                                 clock=self.clock.monotonic, name="alert worker")
+        self._alerts_in_batch = 0
         self._next_tick = 0.0
         self.invalid_alerts = 0
         self.commands_published: list[ControlCommand] = []
@@ -287,7 +298,7 @@ class AlertWorker:
 
     def start(self) -> None:
         self._load_obeyed()
-        self.consumer.subscribe([self.alerts_topic])
+        self._loop.start()
         self.audit_consumer.subscribe([self.control_topic])
         self.dispatcher.start()
 
@@ -308,7 +319,7 @@ class AlertWorker:
         self.dispatcher.stop()
         self._flush_logs()
         self.audit_consumer.close()
-        self.consumer.close()
+        self._loop.close()
         self.producer.flush(10)
 
     def run(self, stop: threading.Event) -> None:
@@ -329,19 +340,33 @@ class AlertWorker:
            published to the compacted ``agent.control.v1`` and acknowledged (``flush``) first, so agents stop quickly;
         3. route each alert (:mod:`alerting.router`) and write it to the outbox for its destinations, one SQLite
            transaction (:meth:`~alerting.outbox.Outbox.enqueue`);
-        4. commit the batch's offsets: only now, so a crash before it replays the batch, and the outbox (unique per
-           alert and destination) and the deterministic command ids make the replay harmless;
-        5. flush the delivery log, follow the control topic into the audit table (commit after the insert), and
-           every ``tick_s`` let the enforcer release scopes whose period ended. A tombstone, forged, mis-keyed or
-           replayed (stale) message on a key is reported and answered by re-publishing the key's genuine live
-           command, so compaction cannot leave the unverifiable message as the key's only value (:meth:`_reassert`).
+        4. commit the batch's offsets (the loop flushes after every non-empty batch): only now, so a crash before it
+           replays the batch, and the outbox (unique per alert and destination) and the deterministic command ids
+           make the replay harmless;
+        5. (:meth:`poll`, before the next batch) flush the delivery log, follow the control topic into the audit
+           table (commit after the insert), and every ``tick_s`` let the enforcer release scopes whose period ended.
+           A tombstone, forged, mis-keyed or replayed (stale) message on a key is reported and answered by
+           re-publishing the key's genuine live command, so compaction cannot leave the unverifiable message as the
+           key's only value (:meth:`_reassert`).
         """
-        msgs = self.consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
+        self._alerts_in_batch = 0
+        self._loop.poll_once()
+        return self._alerts_in_batch
+
+    def submit(self, msgs: Sequence[Any]) -> None:
+        """Steps 1-3: decode, enforce (commands acknowledged), route into the outbox."""
         alerts: list[Alert] = []
+        trackers = self._loop.trackers
         for msg in msgs:
+            if msg.error() is not None:
+                log.warning("alerts consumer: %s", msg.error())
+                continue
+            tracker = trackers.get((msg.topic(), msg.partition()))
+            if tracker is not None:
+                tracker.on_consumed(msg.offset())
             value = msg.value()
-            if msg.error() is not None or value is None:
-                log.warning("alerts consumer: %s", msg.error() or "empty message skipped")
+            if value is None:
+                log.warning("alerts consumer: empty message skipped")
                 continue
             try:
                 _, record = self.codec.decode(value)
@@ -360,8 +385,14 @@ class AlertWorker:
                 log.info("control: published %s %s:%s (%s)", cmd.action, cmd.scope_type, cmd.scope_value,
                          cmd.command_id)
             self.dispatcher.dispatch(alerts)
-        if msgs:
-            self.consumer.commit(asynchronous=False)
+        self._alerts_in_batch = len(alerts)
+
+    def join(self, flush: FlushContext) -> bool:
+        """Step 4's precondition: the commands are acknowledged and the outbox holds the batch (both in submit)."""
+        return True
+
+    def poll(self) -> bool:
+        """Step 5, between batches: release expired scopes every ``tick_s``, audit the control topic, flush logs."""
         if self.clock.monotonic() >= self._next_tick:
             self._next_tick = self.clock.monotonic() + self.options.tick_s
             expired = self.enforcer.tick(self.clock.now())
@@ -371,7 +402,7 @@ class AlertWorker:
                 self.commands_published.extend(expired)
         self._audit_once()
         self._flush_logs()
-        return len(alerts)
+        return False
 
     def _audit_once(self) -> None:
         """Audit the control messages since the last call: every command into the audit table (``verified``
