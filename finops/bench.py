@@ -4,7 +4,7 @@
 Role: every number is measured on this machine in this run, beside a plain baseline measured in the same run:
 producer events/s (``finops bench-producer``), stream events/s per core (``finops bench-stream``), sink rows/s
 (``finops bench-sink``, beside the bare row insert and the engine's floor), intake spans/s
-(``producers/intake/bench.py``) and the whole pipeline's latency under load (:func:`run_latency`). The table goes
+(``finops/benches/intake.py``) and the whole pipeline's latency under load (:func:`run_latency`). The table goes
 to the terminal and the whole result to JSON (default ``bench-results/latest.json``); the README, "Performance",
 quotes the latest run.
 """
@@ -45,7 +45,12 @@ PARTS = ("producer", "stream", "sink", "intake", "latency")
 
 # ---- CLI ---------------------------------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``finops bench``."""
+    """Add ``finops bench`` and the per-part benches (``bench-producer``, ``bench-stream``, ``bench-sink``)."""
+    from finops.benches import producer, sink, stream
+
+    producer.register(sub)
+    stream.register(sub)
+    sink.register(sub)
     bench = sub.add_parser("bench", help="the benchmark suite (make bench): producer, stream, sink and end-to-end "
                            "latency, each beside a bare confluent-kafka baseline; a table and JSON",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,9 +187,9 @@ def _num(text: str) -> float:
 
 def bench_producer(events: int) -> dict[str, Any]:
     """``finops bench-producer`` (imported), its table parsed: SDK and bare events/s, µs/event, peak RSS."""
-    from producers.cli import _bench
+    from finops.benches.producer import run_bench
 
-    text = _captured(lambda: _bench(argparse.Namespace(events=events, topic=None, cpu=None)))
+    text = _captured(lambda: run_bench(argparse.Namespace(events=events, topic=None, cpu=None)))
     rows: dict[str, dict[str, float]] = {}
     for key, label in (("sdk", "sdk: validate+encode+produce"), ("sdk_many", "sdk: emit_many"),
                        ("bare", "bare confluent-kafka produce")):
@@ -200,8 +205,8 @@ def bench_producer(events: int) -> dict[str, Any]:
 
 def bench_stream(settings: Any, events: int) -> dict[str, Any]:
     """``finops bench-stream`` (imported): plain loop vs hot path, one pinned CPU each, in child processes."""
-    from stream_jobs.bench import render as render_stream
-    from stream_jobs.bench import run_bench
+    from finops.benches.stream import render as render_stream
+    from finops.benches.stream import run_bench
 
     results = run_bench(settings.kafka.client_config(), events=events, agents=10_000, rate=2_000.0, seed=7,
                         cpu=None, prefix=settings.kafka.topic_prefix)
@@ -216,7 +221,7 @@ def bench_stream(settings: Any, events: int) -> dict[str, Any]:
 
 def bench_sink(events: int) -> dict[str, Any]:
     """``finops bench-sink`` (imported), its table parsed: bare insert and sink rows/s, peak RSS."""
-    from sinks.bench import run_bench
+    from finops.benches.sink import run_bench
 
     args = argparse.Namespace(events=events, batch_rows=10_000, partitions=3, outage_seconds=3.0,
                               clickhouse_url=None)
@@ -240,7 +245,7 @@ def bench_intake(settings: Any) -> dict[str, Any]:
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
     from finops.kafka.clients import build_admin
-    from producers.intake.bench import run_bench
+    from finops.benches.intake import run_bench
 
     client = settings.kafka.client_config()
     topic = f"{settings.kafka.topic_prefix}finops.bench.intake"
@@ -349,9 +354,9 @@ def _load_events(n: int) -> list[dict[str, Any]]:
     """The producer bench's events without task ids: cycled through at a steady rate, eight calls of one task would
     look like retry loops to the waste detector, and hundreds of waste alerts queued at Slack's rate limit would
     measure the queue, not the pipeline."""
-    from producers.cli import _bench_events
+    from finops.benches.producer import bench_events
 
-    return [{k: v for k, v in e.items() if k != "task_id"} for e in _bench_events(n)]
+    return [{k: v for k, v in e.items() if k != "task_id"} for e in bench_events(n)]
 
 
 def _breach_policies(agents: list[str]) -> str:

@@ -123,11 +123,10 @@ def _handle_reconcile(args: argparse.Namespace) -> int:
     sys.stdout.write(render_reconciliation(report, top=args.top))
     alerts = build_bill_drift_alerts(report, now)
     if alerts and not args.no_alert:
-        from sinks.worker_cli import emit_alert
+        from finops.alerts import publish_alerts
 
         topic = TopicNames(settings.kafka.topic_prefix).alerts
-        for alert in alerts:
-            emit_alert(settings.kafka.client_config(), topic, alert)
+        publish_alerts(settings.kafka, topic, alerts)
         print(f"published {len(alerts)} bill_drift alert(s) to {topic}", file=sys.stderr)
     return 1 if alerts else 0
 

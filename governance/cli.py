@@ -422,7 +422,7 @@ def _handle_agent_list(args: argparse.Namespace) -> int:
 def _handle_agent_check(args: argparse.Namespace) -> int:
     from finops.topics import TopicNames
     from governance.registry import build_unapproved_alerts, find_unapproved
-    from sinks.worker_cli import emit_alert
+    from finops.alerts import publish_alerts
 
     settings, config = _settings(), _config(args)
     now = datetime.now(UTC)
@@ -433,8 +433,8 @@ def _handle_agent_check(args: argparse.Namespace) -> int:
         for agent in found:
             print(f"{agent.agent_id} ({agent.team}): {agent.reason}")
         if found and not args.no_alert:
-            for alert in build_unapproved_alerts(found, config.approval, now=now):
-                emit_alert(settings.kafka.client_config(), TopicNames(settings.kafka.topic_prefix).alerts, alert)
+            publish_alerts(settings.kafka, TopicNames(settings.kafka.topic_prefix).alerts,
+                           build_unapproved_alerts(found, config.approval, now=now))
             print(f"{len(found)} approval alerts published", file=sys.stderr)
         return 1 if found else 0
 

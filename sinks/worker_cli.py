@@ -78,16 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     rec.add_argument("--no-alert", action="store_true", help="print the table only; do not emit the drift alert")
     rec.set_defaults(func=_reconcile)
 
-    from sinks.bench import add_arguments as add_bench_arguments
-
-    bench = subparsers.add_parser(
-        "bench-sink",
-        help="measure sink rows/s per core (decode + map + insert) against a bare clickhouse-connect insert, and "
-        "peak RSS under backpressure",
-    )
-    add_bench_arguments(bench)
-    bench.set_defaults(func=_bench_sink)
-
 
 def parse_instant(text: str) -> datetime:
     """An ISO 8601 instant; a trailing ``Z`` is UTC and a value without zone is taken as UTC. Raises ConfigError."""
@@ -277,25 +267,8 @@ def _sink_run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------- reconcile
 
 
-def emit_alert(kafka_config: dict[str, Any], topic: str, alert: dict[str, Any], timeout: float = 15.0) -> None:
-    """Publish one Alert (single-object Avro, key = dedup_key) and wait for the acknowledgement.
-
-    Raises FinopsError when the broker does not acknowledge within ``timeout``.
-    """
-    from finops.kafka.clients import Role, build_producer
-    from schemas.wire import AvroCodec
-
-    failures: list[str] = []
-    producer = build_producer(kafka_config, Role.CONTROL)
-    producer.produce(
-        topic, key=alert["dedup_key"].encode(), value=AvroCodec().encode(alert, "Alert"),
-        on_delivery=lambda err, _msg: failures.append(str(err)) if err is not None else None,
-    )
-    if producer.flush(timeout) or failures:
-        raise FinopsError(f"drift alert not acknowledged by {topic}: {'; '.join(failures) or 'timeout'}")
-
-
 def _reconcile(args: argparse.Namespace) -> int:
+    from finops.alerts import publish_alerts
     from finops.settings import load_settings
     from finops.topics import TopicNames
     from sinks.reconcile import build_drift_alert, compute_reconciliation
@@ -318,15 +291,6 @@ def _reconcile(args: argparse.Namespace) -> int:
         return 0
     if not args.no_alert:
         alert = build_drift_alert(report, datetime.now(UTC))
-        emit_alert(settings.kafka.client_config(), TopicNames(settings.kafka.topic_prefix).alerts, alert)
+        publish_alerts(settings.kafka, TopicNames(settings.kafka.topic_prefix).alerts, [alert])
         print(f"drift alert {alert['alert_id']} sent (dedup key {alert['dedup_key']})", file=sys.stderr)
     return 1
-
-
-# --------------------------------------------------------------------------------------------------- bench
-
-
-def _bench_sink(args: argparse.Namespace) -> int:
-    from sinks.bench import run_bench
-
-    return run_bench(args)

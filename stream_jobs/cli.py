@@ -24,7 +24,7 @@ _EXIT_UNPRICED = 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``stream run``, ``price`` and ``bench-stream``."""
+    """Add ``stream run``, ``price``, ``pricebook`` and ``prices``."""
     stream = sub.add_parser("stream", help="the stream worker: price and window usage in real time")
     stream_sub = stream.add_subparsers(dest="stream_cmd", required=True, metavar="{run}")
     run = stream_sub.add_parser(
@@ -110,9 +110,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_prices_status)
 
-    from stream_jobs.bench import register_bench
-
-    register_bench(sub)
 
 
 # ---- finops stream run --------------------------------------------------------------------------------------------
@@ -358,23 +355,11 @@ def _pricebook_suggest(args: argparse.Namespace) -> int:
 
 
 def _publish_alerts(settings: Any, alerts: list[dict[str, Any]]) -> None:
-    from finops.kafka.clients import Role, build_producer
+    from finops.alerts import publish_alerts
     from finops.topics import TopicNames
-    from schemas.wire import AvroCodec
 
-    codec = AvroCodec()
-    producer = build_producer(settings.kafka, Role.CONTROL)
     topic = TopicNames(settings.kafka.topic_prefix).alerts
-    failures: list[str] = []
-
-    def delivered(err: Any, msg: Any) -> None:
-        if err is not None:
-            failures.append(str(err))
-
-    for alert in alerts:
-        producer.produce(topic, codec.encode(alert, "Alert"), alert["dedup_key"].encode(), on_delivery=delivered)
-    if producer.flush(30) or failures:
-        raise ConfigError(f"price_drift alerts not delivered to {topic}: {failures or 'timed out'}")
+    publish_alerts(settings.kafka, topic, alerts, timeout=30)
     print(f"published {len(alerts)} price_drift alert(s) to {topic}", file=sys.stderr)
 
 

@@ -23,7 +23,7 @@ from finops.topics import TopicNames, ensure_topics
 from producers.producer import UsageProducer
 from schemas.models import MAX_TAG_LENGTH, MAX_TAGS
 from schemas.wire import AvroCodec
-from sinks.bench import _OutageClient
+from finops.benches.sink import _OutageClient
 from tests.faults.pipeline import Pipeline, fleet, paced, reconcile, report
 from tests.integration.hotpath_child import committed_offsets, publish_fleet
 from tests.integration.test_hotpath import _child

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
+from finops.alerts import publish_alerts
 from finops.topics import TopicNames
 from schemas.models import Alert
 from schemas.wire import AvroCodec
 from sinks.reconcile import build_drift_alert, ceil_to, compute_reconciliation, floor_to
-from sinks.worker_cli import emit_alert
 from tests.integration.test_sink_support import (
     BASE_TIME,
     caught_up,
@@ -101,7 +101,7 @@ def test_reconcile_finds_no_drift_then_reports_and_alerts_a_deleted_ledger_row(
     assert "DRIFT" in table and str(victim["cost_usd"].normalize()) in table
 
     alert = build_drift_alert(drifted, datetime.now(UTC))
-    emit_alert(kafka_config, topics.alerts, alert)
+    publish_alerts(kafka_config, topics.alerts, [alert])
     consumer = Consumer({**kafka_config, "group.id": f"a-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest"})
     consumer.subscribe([topics.alerts])
     got: list[Any] = []

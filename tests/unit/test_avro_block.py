@@ -15,7 +15,7 @@ from schemas.errors import DecodeError
 from schemas.loader import load_schema
 from schemas.wire import AvroCodec
 from sinks.avro_block import PrefixReader, build_container, build_container_header, compute_frame_header, encode_long
-from sinks.bench import build_bench_event
+from finops.benches.sink import build_bench_event
 
 pytestmark = pytest.mark.unit
 

@@ -26,7 +26,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "build_bench_event", "run_bench"]
+__all__ = ["add_arguments", "build_bench_event", "register", "run_bench"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``finops bench-sink``."""
+    bench = sub.add_parser(
+        "bench-sink",
+        help="measure sink rows/s per core (decode + map + insert) against a bare clickhouse-connect insert, and "
+        "peak RSS under backpressure",
+    )
+    add_arguments(bench)
+    bench.set_defaults(func=run_bench)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from schemas.errors import FinopsError
 
-__all__ = ["BenchResult", "register_bench", "run_bench"]
+__all__ = ["BenchResult", "register", "run_bench"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class BenchResult:
         return self.cpu_s / self.events * 1e6 if self.events else 0.0
 
 
-def register_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``finops bench-stream``."""
     bench = sub.add_parser(
         "bench-stream",
