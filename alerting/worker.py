@@ -23,7 +23,7 @@ from typing import Any
 from alerting.channels import Destination
 from alerting.delivery import AttemptRecord, DeliveryPolicy, DestinationSender
 from alerting.delivery_log import ControlAuditLog, DeliveryLog, DeliveryLogError
-from alerting.control_cli import compute_obeyed, judge_control_message, read_control_messages
+from alerting.control_state import compute_obeyed, judge_control_message, read_control_messages
 from alerting.enforcement import Enforcer, control_key
 from alerting.outbox import EnqueueResult, Outbox
 from alerting.router import RoutingTable

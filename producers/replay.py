@@ -53,6 +53,7 @@ __all__ = [
     "RowProblem",
     "TimeSpec",
     "event_id_for",
+    "event_to_json",
     "file_digest",
     "iter_rows",
     "load_mapping",
@@ -655,12 +656,21 @@ class EventSink(Protocol):
     def close(self) -> None: ...
 
 
+def event_to_json(event: Mapping[str, Any]) -> str:
+    """One event as a JSON line: UUID and Decimal as strings, times as ISO-8601 UTC."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, (uuid.UUID, Decimal)):
+            return str(value)
+        if isinstance(value, datetime):
+            return value.isoformat()
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+    return json.dumps(event, default=convert, separators=(",", ":"))
+
+
 class JsonlSink:
     """Writes events as JSON lines (the ``--out`` option of simulate and replay)."""
 
     def __init__(self, path: Path) -> None:
-        from producers.simulator import event_to_json
-
         self.path = path
         self.report = ""
         self.lost = 0

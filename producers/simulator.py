@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import heapq
 import itertools
-import json
 import math
 import random
 import re
@@ -25,7 +24,6 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
@@ -56,7 +54,6 @@ __all__ = [
     "SimulationConfig",
     "SimulationError",
     "agent_ids",
-    "event_to_json",
     "generate",
     "parse_duration",
     "parse_rate",
@@ -787,17 +784,6 @@ def parse_rate(text: str) -> float:
     if value <= 0 or per is None:
         raise ConfigError(f"rate {text!r} is not understood; write e.g. 20/s, 1200/m or 72000/h")
     return value / per
-
-
-def event_to_json(event: Mapping[str, Any]) -> str:
-    """One event as a JSON line: UUID and Decimal as strings, times as ISO-8601 UTC."""
-    def convert(value: Any) -> Any:
-        if isinstance(value, (uuid.UUID, Decimal)):
-            return str(value)
-        if isinstance(value, datetime):
-            return value.isoformat()
-        raise TypeError(f"cannot serialise {type(value).__name__}")
-    return json.dumps(event, default=convert, separators=(",", ":"))
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -21,12 +21,9 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from schemas.errors import FinopsError
-
-if TYPE_CHECKING:
-    from producers.producer import UsageProducer
 
 __all__ = ["TrackedCall", "Track", "status_for_exception"]
 
@@ -107,6 +104,13 @@ class TrackedCall:
         return event
 
 
+class Emitter(Protocol):
+    """What a :class:`Track` needs of its producer (:class:`producers.producer.UsageProducer`): ``emit`` returning
+    the event id. A protocol, so this module does not import the producer that imports it."""
+
+    def emit(self, event: dict[str, Any]) -> str: ...
+
+
 class Track:
     """Context manager (sync and async) and decorator made by :meth:`UsageProducer.track`.
 
@@ -119,7 +123,7 @@ class Track:
     raised, the emit error is logged and the call's own exception propagates.
     """
 
-    def __init__(self, producer: UsageProducer, fields: dict[str, Any]) -> None:
+    def __init__(self, producer: Emitter, fields: dict[str, Any]) -> None:
         unknown = set(fields) - TRACK_FIELDS
         if unknown:
             raise FinopsError(

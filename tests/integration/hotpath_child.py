@@ -27,7 +27,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from producers.simulator import SimulationConfig, event_to_json, generate
+from producers.replay import event_to_json
+from producers.simulator import SimulationConfig, generate
 from schemas.wire import AvroCodec
 
 Q12 = Decimal("1e-12")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from alerting import control_cli
+from alerting import control_cli, control_state
 from alerting.enforcement import Enforcer, MemoryEnforcementStore
 from alerting.outbox import Outbox
 from alerting.router import RoutingTable
@@ -190,7 +190,7 @@ def test_unsigned_tombstone_never_lifts_a_suspension(kafka_bootstrap: str, topic
                 assert fresh.stats().forged == 1 and len(fresh_forged) == 1
 
             # `finops control status` reads the same state the guards obey, and names the ignored tombstone
-            state = control_cli.read_control_state({"bootstrap.servers": kafka_bootstrap}, topics.control, KEYS)
+            state = control_state.read_control_state({"bootstrap.servers": kafka_bootstrap}, topics.control, KEYS)
             row = state["agent:bot-1"]
             assert (row["action"], row["command_id"], row["verified"], row["live"]) == \
                 ("suspend", suspend.command_id, True, True)
@@ -207,10 +207,10 @@ def test_unsigned_tombstone_never_lifts_a_suspension(kafka_bootstrap: str, topic
 
             _wait(audited, what="the audit to re-assert the suspension")
             assert worker.forged_seen == 1 and worker.reasserted == 1
-            *_, (last_key, last_value) = control_cli.read_control_messages(
+            *_, (last_key, last_value) = control_state.read_control_messages(
                 {"bootstrap.servers": kafka_bootstrap}, topics.control)
             assert last_key == "agent:bot-1" and last_value is not None
-            assert control_cli.compute_obeyed([(last_key, last_value)], KEYS)["agent:bot-1"] == suspend
+            assert control_state.compute_obeyed([(last_key, last_value)], KEYS)["agent:bot-1"] == suspend
             _wait(lambda: running.stats().applied == 2, what="the running guard to see the re-asserted command")
             assert _suspended(running) and running.stats().forged == 1
             # a genuine but older resume replayed over it: guards call it stale; compaction would let it win, so it

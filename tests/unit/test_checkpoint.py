@@ -13,7 +13,8 @@ import pytest
 
 from producers.checkpoint import ProgressCheckpoint, SimulationProgress, load_progress
 from producers.replay import JsonlSink
-from producers.simulator import config_from_args, event_to_json, generate, register_commands
+from producers.replay import event_to_json
+from producers.simulator import config_from_args, generate, register_commands
 from schemas.errors import ConfigError
 
 pytestmark = pytest.mark.unit

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from alerting.control_cli import compute_control_state
+from alerting.control_state import compute_control_state
 from schemas.models import ControlCommand, sign
 from schemas.wire import AvroCodec
 

@@ -26,12 +26,12 @@ from producers.simulator import (
     SimulationConfig,
     SimulationError,
     config_from_args,
-    event_to_json,
     generate,
     parse_duration,
     parse_rate,
     register_commands,
 )
+from producers.replay import event_to_json
 from schemas.errors import ConfigError, FinopsError
 from schemas.models import UsageEvent, check_usage_dict
 from schemas.wire import AvroCodec
