@@ -46,11 +46,13 @@ test: setup focus-validator ## the whole suite: unit, integration, e2e, faults (
 test-unit: setup ## the fast tests only
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
-# Both checks run and report even when the first fails; the target fails if either does.
-lint: setup      ## ruff and mypy --strict (configured in pyproject.toml); CI runs it after the tests
+# Every check runs and reports even when an earlier one fails; the target fails if any does. lint-imports checks the
+# layers of DESIGN §1 (the contracts are in pyproject.toml: shell <- parts <- ground <- schemas, no cycles).
+lint: setup      ## ruff, mypy --strict and import-linter (configured in pyproject.toml); CI runs it after the tests
 	@status=0; \
 	echo "$(BIN)/ruff check ."; $(BIN)/ruff check . || status=1; \
 	echo "$(BIN)/python -m mypy $(TYPED)"; $(BIN)/python -m mypy $(TYPED) || status=1; \
+	echo "$(BIN)/lint-imports"; $(BIN)/lint-imports || status=1; \
 	exit $$status
 
 bench: setup     ## benchmarks, printed as a table and written to bench-results/
