@@ -206,3 +206,34 @@ def test_typescript_guard_obeys_python_signed_commands(kafka_bootstrap: str, kaf
         {"action": "allow", "model": "gpt-4o"},  # the forged team suspension is not obeyed
     ]
     assert result["stats"]["rejected"] == 1
+
+
+def test_typescript_emit_many_delivers_every_event_once_in_order_per_agent(
+    kafka_bootstrap: str, topics: TopicNames
+) -> None:
+    events = _events(250)  # as much as one command line holds
+    refused = [dict(e, event_id=str(uuid.uuid4())) for e in _events(5)]
+    refused[3]["output_tokens"] = -1
+    result = _run({"op": "publish", "bootstrap": kafka_bootstrap, "topic": topics.usage, "source": "ts-batch-svc",
+                   "events": events, "batch": True, "invalidBatch": refused})
+    # A bad event keeps its whole batch off the topic, and the error names its index and field.
+    assert result["invalidBatch"]["indexes"] == [3] and result["invalidBatch"]["fields"] == ["3.output_tokens"]
+    assert "1 of 5 events is invalid, so none was sent" in result["invalidBatch"]["message"]
+    deliveries = result["deliveries"]
+    assert [d["eventId"] for d in deliveries] == [e["event_id"] for e in events]  # one Delivery each, batch order
+    assert {d["status"] for d in deliveries} == {"delivered"}
+    assert result["stats"]["emitted"] == len(events)
+
+    messages = _consume_all(kafka_bootstrap, topics.usage, len(events))
+    codec = AvroCodec()
+    decoded = [(m.partition(), m.offset(), codec.decode(m.value())[1]) for m in messages]
+    assert sorted(r["event_id"] for _, _, r in decoded) == sorted(e["event_id"] for e in events)
+    by_agent: dict[str, list[tuple[int, int, int]]] = {}
+    for partition, offset, record in decoded:
+        assert record["source"] == "ts-batch-svc"
+        by_agent.setdefault(record["agent_id"], []).append((partition, offset, int(record["tags"]["i"])))
+    assert len(by_agent) == 4
+    for seen in by_agent.values():
+        assert len({p for p, _, _ in seen}) == 1  # one agent, one partition
+        in_offset_order = [i for _, _, i in sorted(seen)]
+        assert in_offset_order == sorted(in_offset_order)  # in the order of the batch

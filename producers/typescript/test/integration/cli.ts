@@ -1,8 +1,9 @@
 // A small driver for tests/integration/test_typescript_producer.py: reads one JSON command from argv[2], runs it
 // against a real broker through the public API, prints one JSON result line on stdout.
-//   {"op": "publish", "bootstrap", "topic", "source", "events": [...], "invalid": {...}}
+//   {"op": "publish", "bootstrap", "topic", "source", "events": [...], "invalid": {...}, "batch": true,
+//    "invalidBatch": [...]}   (batch: the events go in one emitMany call; invalidBatch: emitMany refuses it)
 //   {"op": "guard", "bootstrap", "topic", "keys": {"id": "secret"}, "calls": [{agent_id, team, project, model}]}
-import { ControlGuard, UsageProducer, ValidationFailed } from "../../src/index.js";
+import { BatchValidationFailed, ControlGuard, UsageProducer, ValidationFailed } from "../../src/index.js";
 
 type Command = {
   op: "publish" | "guard";
@@ -11,6 +12,8 @@ type Command = {
   source?: string;
   events?: Array<Record<string, unknown>>;
   invalid?: Record<string, unknown>;
+  batch?: boolean;
+  invalidBatch?: Array<Record<string, unknown>>;
   spoolDir?: string;
   keys?: Record<string, string>;
   calls?: Array<{ agent_id: string; team: string; project: string; model: string }>;
@@ -32,9 +35,20 @@ async function publish(cmd: Command): Promise<unknown> {
       invalid = { fields: err.fields(), problems: err.problems };
     }
   }
-  const deliveries = await Promise.all((cmd.events ?? []).map((event) => producer.send(event as never)));
+  let invalidBatch: unknown = null;
+  if (cmd.invalidBatch) {
+    try {
+      void producer.emitMany(cmd.invalidBatch as never);
+    } catch (err) {
+      if (!(err instanceof BatchValidationFailed)) throw err;
+      invalidBatch = { indexes: err.indexes(), fields: err.fields(), message: err.message };
+    }
+  }
+  const deliveries = cmd.batch
+    ? await producer.emitMany((cmd.events ?? []) as never)
+    : await Promise.all((cmd.events ?? []).map((event) => producer.send(event as never)));
   await producer.close();
-  return { deliveries, invalid, stats: producer.stats() };
+  return { deliveries, invalid, invalidBatch, stats: producer.stats() };
 }
 
 async function guard(cmd: Command): Promise<unknown> {
