@@ -1,5 +1,5 @@
 """The sink step: consume one topic on the one consume loop (finops/kafka/loop.py), batch by size or by the age
-of the oldest message (250 ms by default), write through the batch writer, then commit.
+of the oldest message (``DEFAULT_MAX_BATCH_WAIT_S`` by default), write through the batch writer, then commit.
 
 Role: one :class:`SinkWorker` per table and consumer group ``finops-sink-<kind>`` (``ledger``, ``spend``,
 ``alerts``, ``waste``, ``budgets``), auto-commit off. While a batch is written the worker pauses its assignment and
@@ -7,7 +7,7 @@ keeps polling: a ClickHouse outage neither grows memory nor evicts the consumer 
 
 Guarantee (DESIGN §5): per batch, write then commit (:mod:`sinks.writer`: at-least-once delivery, effectively-once
 rows); after a revoke this worker never writes a row of a partition it no longer owns. Latency: a message waits at
-most ``max_batch_seconds`` (0.25 s) after the consume call that returned it began, then the write.
+most ``max_batch_seconds`` after the consume call that returned it began, then the write.
 """
 
 from __future__ import annotations
