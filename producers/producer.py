@@ -242,6 +242,8 @@ def complete_usage_record(record: dict[str, Any], now: datetime, source: str) ->
     One cause, one problem: a field this step already refused (an ``occurred_at`` that is not ISO-8601) is not
     reported again by :func:`~schemas.models.check_usage_dict`."""
     problems = _complete_usage(record, now, source)
+    if not problems:
+        return check_usage_dict(record, now)
     reported = {problem.field for problem in problems}
     problems.extend(p for p in check_usage_dict(record, now) if p.field not in reported)
     return problems
