@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from finops.kafka.loop import Assignment, ConsumeLoop, FlushContext, FlushPolicy, Step, TopicPartitionKey
+from finops.kafka.loop import (
+    Assignment,
+    ConsumeLoop,
+    FlushContext,
+    FlushPolicy,
+    Step,
+    TopicPartitionKey,
+    classify_message_error,
+)
 from finops.kafka.offsets import CommitTracker
 
 pytestmark = pytest.mark.unit
@@ -457,3 +465,10 @@ def test_the_flush_policy_rejects_nonsense() -> None:
     assert FlushPolicy(10, 0.25).due(10, None, 0.0)
     assert not FlushPolicy(10, 0.25).due(1, 5.0, 5.2)
     assert FlushPolicy(10, 0.25).due(1, 5.0, 5.25)
+
+
+def test_message_errors_are_classified_as_librdkafka_reports_them() -> None:
+    assert classify_message_error(KafkaError(KafkaError._PARTITION_EOF)) == "eof"
+    assert classify_message_error(KafkaError(KafkaError._TRANSPORT, retriable=True)) == "retriable"
+    assert classify_message_error(KafkaError(KafkaError._FATAL, fatal=True)) == "fatal"
+    assert classify_message_error(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)) == "fatal"
