@@ -28,6 +28,10 @@ from urllib.parse import quote, unquote, urlsplit
 from finops.secrets import load_store_credentials, secrets_dir
 from schemas.errors import ConfigError, FinopsError
 
+# Imports inside functions: clickhouse-connect (pipeline extra) loads on the first HTTP connect, not
+# when `finops --help` imports this module (start-up cost; measure with
+# `python -X importtime -c "import clickhouse_connect"`).
+
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",

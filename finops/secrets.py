@@ -12,6 +12,8 @@ Guarantee: a secret is random, written once and atomically, so processes racing 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -219,8 +221,5 @@ def operator_key_matches(data_dir: Path, presented: str) -> bool:
     """True if ``presented`` is this installation's operator key (``<data dir>/secrets/control-operator.key``,
     generated on first use). The reference is the stored file, never a variable the caller sets, and the
     comparison is of SHA-256 digests in constant time. Raises :class:`SecretFileError`."""
-    import hashlib
-    import hmac
-
     stored = load_or_create_secret(secret_path(data_dir, CONTROL_OPERATOR_KEY))
     return hmac.compare_digest(hashlib.sha256(stored.encode()).digest(), hashlib.sha256(presented.encode()).digest())

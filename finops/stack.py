@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from finops.kafka.clients import build_admin
 from schemas.errors import FinopsError
 
 log = logging.getLogger(__name__)
@@ -274,8 +275,6 @@ class KafkaStack:
         return self.status()
 
     def _wait_ready(self, timeout: float) -> None:
-        from finops.kafka.clients import build_admin
-
         deadline = time.monotonic() + timeout
         admin = build_admin({"bootstrap.servers": self.bootstrap}, overrides={"log_level": 0})
         while time.monotonic() < deadline:

@@ -10,6 +10,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+from finops.kafka.clients import build_admin
 from schemas.errors import FinopsError
 
 log = logging.getLogger(__name__)
@@ -145,10 +149,6 @@ def ensure_topics(
     Blocks until the broker answers or ``timeout`` passes. Raises FinopsError naming the topic and the broker's
     reason when a creation fails for any reason but "already exists".
     """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
-
-    from finops.kafka.clients import build_admin
 
     admin = build_admin(client_config)
     try:

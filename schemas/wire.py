@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 
+# Imports inside functions: the Schema Registry client is an optional extra that the SDK import must
+# not load (tests/unit/test_packaging.py; measure with
+# `python -X importtime -c "import confluent_kafka.schema_registry.avro"`).
+
 __all__ = [
     "CONFLUENT_HEADER_LEN",
     "CONFLUENT_MAGIC",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import genai_prices
 from genai_prices import data_snapshot
@@ -171,8 +172,6 @@ def install_catalogue(source: str, directory: Path, *, now: datetime) -> Catalog
 
 def _redact(url: str) -> str:
     """A URL without user info or query (a token in a query string is a secret)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from genai_prices.types import Tier, TieredPrices
+from genai_prices.units import _get_registry  # private, pinned by genai-prices>=0.2.3,<0.3
+from genai_prices.validation import validate_model_price
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -220,8 +223,6 @@ class TieredPrice(BaseModel):
 
     def as_genai(self) -> Any:
         """As ``genai_prices.types.TieredPrices`` (what the Pricer compiles)."""
-        from genai_prices.types import Tier, TieredPrices
-
         return TieredPrices(base=self.base, tiers=[Tier(start=t.start, price=t.price) for t in self.tiers])
 
 
@@ -277,9 +278,6 @@ class OverridePrices(BaseModel):
             raise ValueError("an override needs at least one price")
         # genai-prices' own coverage rules (a part's parent must be priced; overlapping parts need their join),
         # so the decomposition in pricing.py is well defined for every override.
-        from genai_prices.units import _get_registry  # private, pinned by genai-prices>=0.2.3,<0.3
-        from genai_prices.validation import validate_model_price
-
         try:
             validate_model_price(set(given), _get_registry())
         except ValueError as err:
