@@ -22,9 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
 from finops.clock import Clock, SystemClock
+from finops.kafka.clients import Role, build_consumer
 from schemas.errors import FinopsError
 from schemas.models import ControlCommand, verify
+from schemas.wire import AvroCodec
 
 __all__ = [
     "AgentSuspended",
@@ -217,8 +221,6 @@ class ControlGuard:
             return self
         if "bootstrap.servers" not in self._kafka:
             raise FinopsError("ControlGuard needs bootstrap= or kafka_config with bootstrap.servers")
-        from schemas.wire import AvroCodec
-
         self._codec = AvroCodec()
         self._thread = threading.Thread(target=self._follow, name=f"control-guard-{self.agent_id}", daemon=True)
         self._thread.start()
@@ -241,10 +243,6 @@ class ControlGuard:
         return self._ready.wait(timeout)
 
     def _follow(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
-        from finops.kafka.clients import Role, build_consumer
-
         # A private, never-committed group: every start re-reads the compacted state from the beginning.
         consumer = build_consumer(self._kafka, Role.GUARD, f"finops-guard-{self.agent_id}-{uuid.uuid4().hex[:8]}")
         try:
@@ -295,8 +293,6 @@ class ControlGuard:
             return False
         try:
             if self._codec is None:
-                from schemas.wire import AvroCodec
-
                 self._codec = AvroCodec()
             _, record = self._codec.decode(value)
             cmd = ControlCommand.from_avro_dict(record)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
+from finops.adapters import normalisation_tags, to_usage_fields, usage_from_response
 from schemas.errors import FinopsError
 
 __all__ = ["TrackedCall", "Track", "status_for_exception"]
@@ -69,8 +70,6 @@ class TrackedCall:
         exact version that was billed). ``reasoning`` declares how this source's gateway counts reasoning tokens
         (``exclusive`` when its completion_tokens leave them out); every normalisation applied is named in the
         ``finops.normalised`` tag. Raises ``ProviderUsageError`` when the body has no usable usage."""
-        from finops.adapters import normalisation_tags, to_usage_fields, usage_from_response
-
         name = provider or self.fields.get("provider")
         if not name:
             raise FinopsError("record_response needs a provider: pass provider= to track() or record_response()")

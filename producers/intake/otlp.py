@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
+from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsPartialSuccess,
     ExportLogsServiceRequest,
@@ -167,8 +168,6 @@ def encode_response(signal: Signal, content_type: str, *, rejected: int = 0, mes
 
 def encode_error(content_type: str, code: int, message: str) -> bytes:
     """A ``google.rpc.Status`` body for a 4xx/5xx answer (code: the gRPC status code, e.g. 3 INVALID_ARGUMENT)."""
-    from google.rpc.status_pb2 import Status
-
     status = Status(code=code, message=message)
     if content_type == JSON:
         return json.dumps(json_format.MessageToDict(status)).encode()
