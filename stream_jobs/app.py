@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 import faust
 import mode
 
+from finops.topics import TopicNames
 from schemas.errors import FinopsError
 from schemas.wire import AvroCodec
+from stream_jobs.hotpath import build_hot_path
 
 if TYPE_CHECKING:
     from finops.settings import FinopsSettings
@@ -196,8 +198,6 @@ def build_app(
     Nothing connects here; ``faust.Worker(app).execute_from_commandline()`` (or ``await app.start()``) does.
     Raises ConfigError for bad settings.
     """
-    from finops.topics import TopicNames
-
     names = TopicNames(settings.kafka.topic_prefix)
     partitions = settings.kafka.usage_partitions
     # Faust creates <datadir> itself but not its parents (the data dir may not exist on a fresh machine).
@@ -258,8 +258,6 @@ def build_app(
     if with_hot_path:
         factory = hot_path_factory
         if factory is None:
-            from stream_jobs.hotpath import build_hot_path
-
             def factory() -> HotPath:
                 return build_hot_path(settings)
 

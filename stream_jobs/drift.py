@@ -12,6 +12,9 @@ reported as underdetermined. See DESIGN §4 and the README, "Pricing".
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
@@ -446,8 +449,6 @@ def compute_price_drift_alert(suggestion: DriftSuggestion, yaml_text: str, now: 
     """The ``price_drift`` Alert (Avro dict for ``finops.alerts.v1``) for one drifting suggestion. Pure.
 
     One alert per (provider, model, source, effective date): its dedup key, so a rerun repeats it, never piles up."""
-    import hashlib
-
     assert suggestion.effective_from is not None
     day = suggestion.effective_from.date().isoformat()
     dedup_key = f"price_drift:{suggestion.provider}:{suggestion.model}:{suggestion.source}:{day}"
@@ -460,8 +461,6 @@ def compute_price_drift_alert(suggestion: DriftSuggestion, yaml_text: str, now: 
         + "".join(f"; NOT DETERMINED: {item} (the catalogue's rate kept)" for item in suggestion.undetermined)
         + ". Fix: add this price-book entry (FINOPS_STREAM_PRICE_BOOK), then run finops reprice:\n" + yaml_text
     )
-    import uuid
-
     return {
         "alert_id": str(uuid.uuid5(uuid.UUID(hashlib.sha256(b"finops.price_drift").hexdigest()[:32]), dedup_key)),
         "dedup_key": dedup_key, "kind": "price_drift", "severity": "warning", "state": "trigger",
@@ -503,8 +502,6 @@ class DriftWatcher:
     def __init__(self, *, window: int = 500, min_calls: int = 20, min_share: Decimal = Decimal("0.5"),
                  check_every: int = 50, max_groups: int = 10_000,
                  tiers_for: Callable[[Mapping[str, Any]], TierTable] | None = None) -> None:  # fmt: skip
-        from collections import OrderedDict, deque
-
         self._tiers_for = tiers_for
         self._deque = deque
         self._window = window

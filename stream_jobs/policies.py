@@ -12,7 +12,9 @@ README, "Budgets, anomalies, waste and enforcement".
 
 from __future__ import annotations
 
+import logging
 import re
+import time as _time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from confluent_kafka import KafkaException, TopicPartition
 
+from finops.kafka.clients import Role, build_consumer, build_producer
 from schemas.errors import ConfigError, FinopsError, ValidationFailed
 from schemas.models import BudgetPolicy
+from schemas.wire import AvroCodec
 
 __all__ = [
     "PolicyChange",
@@ -339,12 +344,6 @@ def read_compacted_topic(client_config: Mapping[str, Any], topic: str, *,
     """The last value per key of a (compacted) topic: every partition from the beginning to its high watermark at
     call time (None = tombstone). Retries the broker's transient answers for a new topic (no leader yet) until
     ``timeout``. Raises :class:`PolicyPublishError`."""
-    import time as _time
-
-    from confluent_kafka import KafkaException, TopicPartition
-
-    from finops.kafka.clients import Role, build_consumer
-
     consumer = build_consumer(client_config, Role.READER, "finops-compacted-reader",
                               overrides={"auto.offset.reset": "earliest"})
     latest: dict[str, bytes | None] = {}
@@ -394,10 +393,6 @@ def load_published_policies(client_config: Mapping[str, Any], topic: str, *, tim
     """The current policy set on the compacted topic (last value per key; tombstones delete). A record that does
     not decode or validate is skipped with a warning (``apply`` never publishes one). Blocks up to ``timeout``.
     Raises :class:`PolicyPublishError`."""
-    import logging
-
-    from schemas.wire import AvroCodec
-
     log = logging.getLogger(__name__)
     codec = codec or AvroCodec()
     policies: dict[str, BudgetPolicy] = {}
@@ -417,11 +412,6 @@ def publish_changes(client_config: Mapping[str, Any], topic: str, changes: Seque
     """Publish the add/update/delete changes (key policy_id; delete = tombstone) with an idempotent producer and
     wait for every acknowledgement. Returns the number published. Raises :class:`PolicyPublishError` if any
     delivery fails (the message names the policy)."""
-    from confluent_kafka import KafkaException
-
-    from finops.kafka.clients import Role, build_producer
-    from schemas.wire import AvroCodec
-
     codec = codec or AvroCodec()
     producer = build_producer(client_config, Role.CONTROL)
     failures: list[str] = []
