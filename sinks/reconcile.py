@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from finops.clickhouse import check_identifier
+from schemas.errors import ConfigError
 
 __all__ = [
     "Comparison",
@@ -226,8 +227,6 @@ def compute_reconciliation(client: Any, database: str, start: datetime, end: dat
     """
     db = check_identifier(database)
     if start.tzinfo is None or end.tzinfo is None or end <= start:
-        from schemas.errors import ConfigError
-
         raise ConfigError("reconcile needs a time range with --from before --to, both with a time zone (e.g. Z)")
     comparisons: list[Comparison] = []
     for name, table, column, step in (

@@ -37,7 +37,10 @@ from urllib.parse import parse_qsl, urlsplit
 from finops.clickhouse import DEFAULT_HOST, DEFAULT_PORT, connect, execute_raw, is_embedded
 from finops.secrets import StoreCredentials
 from schemas.errors import FinopsError
-from sinks.query_policy import ACCESS_DENIED, QueryPolicy, QueryRefusedError, format_allowed
+from sinks.query_policy import ACCESS_DENIED, QueryPolicy, QueryRefusedError, format_allowed, load_query_policy
+
+# Imports inside functions: the decoders of compressed request bodies (zstandard or backports.zstd,
+# lz4, brotli) are optional and may be absent (decompress_body answers UNKNOWN_COMPRESSION_METHOD).
 
 __all__ = [
     "DEFAULT_QUERY_URL",
@@ -965,8 +968,6 @@ def serve_store(
         writer.close()
         raise
     try:
-        from sinks.query_policy import load_query_policy
-
         timezone = str(reader._client.command("SELECT timezone()", use_database=False))
         policy = load_query_policy(reader._client)
         return StoreServer(
