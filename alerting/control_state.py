@@ -6,12 +6,18 @@ status``. Reading is a private, never-committed pass over the compacted topic fr
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from finops.kafka.clients import Role, build_consumer
 from schemas.errors import FinopsError
+from schemas.models import ControlCommand, verify
+from schemas.wire import AvroCodec
 
 if TYPE_CHECKING:
     from schemas.models import ControlCommand
@@ -35,8 +41,6 @@ def judge_control_message(raw_key: str | None, value: bytes | None, keys: Mappin
     when a guard holding ``keys`` obeys it (verified, its key is its scope, not older than ``current``, the key's
     obeyed command); otherwise ``(command or None, why it is ignored)``: a tombstone, undecodable, mis-keyed,
     forged or stale. Pure but for decoding."""
-    from schemas.models import ControlCommand, verify
-
     if value is None:
         return None, TOMBSTONE_REASON
     try:
@@ -56,8 +60,6 @@ def judge_control_message(raw_key: str | None, value: bytes | None, keys: Mappin
 def compute_obeyed(messages: Iterable[tuple[str | None, bytes | None]],
                    keys: Mapping[str, bytes]) -> dict[str, ControlCommand]:
     """The command a guard holding ``keys`` obeys per key after ``messages`` (Kafka order)."""
-    from schemas.wire import AvroCodec
-
     codec = AvroCodec()
     obeyed: dict[str, ControlCommand] = {}
     for raw_key, value in messages:
@@ -76,8 +78,6 @@ def compute_control_state(messages: Iterable[tuple[str | None, bytes | None]], k
     replaces, is the state; tombstones, forged, mis-keyed and undecodable messages change nothing and are counted
     in ``ignored`` (with the last ``ignored_reason``). A key with no verified command shows its latest unverified
     command flagged ``verified: false`` (so a missing or wrong key is visible), or only the ignored count."""
-    from schemas.wire import AvroCodec
-
     codec = AvroCodec()
     obeyed: dict[str, ControlCommand] = {}
     unverified: dict[str, ControlCommand] = {}
@@ -114,12 +114,6 @@ def read_control_messages(kafka_config: Mapping[str, Any], topic: str,
                           timeout: float = 15.0) -> list[tuple[str | None, bytes | None]]:
     """Every message of the control topic as ``(key, value)``, read from the beginning to the end of every partition
     (bounded by ``timeout``), in Kafka order per partition."""
-    import time
-
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
-    from finops.kafka.clients import Role, build_consumer
-
     consumer = build_consumer(kafka_config, Role.READER, f"finops-control-status-{uuid.uuid4().hex[:8]}",
                               overrides={"enable.partition.eof": True})
     messages: list[tuple[str | None, bytes | None]] = []
