@@ -30,6 +30,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
+from finops.retry import RetryPolicy, compute_backoff
 from governance.period import Period
 from governance.store import qualified
 from schemas.errors import ConfigError, FinopsError
@@ -299,8 +300,6 @@ def _get_json(provider: Provider, config: FetchConfig, path: str, params: Sequen
               headers: Mapping[str, str], sleep: Sleeper, rng: random.Random) -> Any:
     """GET one page; retries 429 / 5xx / connection errors up to ``max_retries`` times. Raises BillsAuthError on
     401/403 and BillsError otherwise; neither message contains the key."""
-    from finops.retry import RetryPolicy, compute_backoff
-
     url = config.base_url.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
     shown = config.base_url.rstrip("/") + path
     policy = RetryPolicy(base_seconds=0.5, cap_seconds=config.max_wait_s)

@@ -21,8 +21,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from governance import html as h
 from governance.allocation import Allocation, compute_allocation
 from governance.config import GovernanceConfig
+from governance.html import money
 from governance.period import Period, previous_month
 from governance.store import qualified
 
@@ -474,8 +476,6 @@ def render_csv(report: ChargebackReport) -> str:
 
 def render_html(report: ChargebackReport) -> str:
     """The report as one self-contained HTML page with its charts (see :mod:`governance.html`)."""
-    from governance import html as h
-
     scope = f" for team {report.team_filter}" if report.team_filter else ""
     title = f"{report.mode.capitalize()} {report.period.label}{scope}"
     subtitle = (
@@ -555,8 +555,6 @@ def render_html(report: ChargebackReport) -> str:
 
 def render_text(report: ChargebackReport) -> str:
     """A terminal summary: totals per team, the allocation, and whether the report equals the ledger."""
-    from governance.html import money
-
     lines = [f"{report.mode} {report.period.label}" + (f" team {report.team_filter}" if report.team_filter else "")]
     for team, v in report.team_totals().items():
         lines.append(f"  {team:<24} direct {money(v['direct']):>14}  allocated {money(v['allocated']):>12}  "

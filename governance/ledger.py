@@ -16,8 +16,9 @@ from decimal import Decimal
 from typing import Any
 
 from finops.pricing.engine import Pricer, PriceResult
-from schemas.loader import COUNTED_FIELDS
 from finops.tables import LEDGER_COLUMNS
+from governance.store import qualified
+from schemas.loader import COUNTED_FIELDS
 
 __all__ = [
     "COST_PARTS",
@@ -91,8 +92,6 @@ def insert_ledger_rows(client: Any, database: str, rows: Iterable[Mapping[str, A
     """Insert ledger rows (dicts over :data:`CORRECTION_COLUMNS`) in batches, each with a deterministic dedup
     token. Returns the number of rows sent. Blocks on each insert; raises the client's error on failure (nothing
     is retried here: re-running the command is safe, see :func:`batch_token`)."""
-    from governance.store import qualified
-
     table = qualified(database, "usage_ledger")
     db, name = table.split(".")
     sent = 0

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from governance import html as h
+from governance.html import money, pct
 from governance.period import Period, month_period, previous_month
 from governance.store import qualified
 
@@ -127,14 +129,10 @@ def build_provider_view(client: Any, database: str, last: Period, *, months: int
 
 
 def _growth_pct(growth: Decimal | None) -> str:
-    from governance.html import pct
-
     return "n/a" if growth is None else pct(growth * 100)
 
 
 def render_text(view: ProviderView) -> str:
-    from governance.html import money, pct
-
     lines = [f"providers {view.months[0]} .. {view.months[-1]}"]
     for provider, by_month in view.provider_months().items():
         growth = view.growth.get(provider)
@@ -153,8 +151,6 @@ def render_text(view: ProviderView) -> str:
 
 
 def render_html(view: ProviderView) -> str:
-    from governance import html as h
-
     by_provider = view.provider_months()
     body = [h.line_chart("Monthly spend by provider", view.months,
                          {p: list(v.values()) for p, v in by_provider.items()})]

@@ -12,7 +12,9 @@ README, "Reports, recommendations and re-rating".
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from typing import Any, Literal
 
 from finops.pricing.engine import Pricer
 from governance.config import RecommendSettings
+from governance.html import money, pct
 from governance.period import Period
 from governance.store import qualified
 
@@ -57,8 +60,6 @@ class Recommendation:
 
     def sql_command(self) -> str:
         """The ``finops sql`` command that shows the evidence."""
-        import shlex
-
         args = " ".join(f"--param {shlex.quote(f'{k}={v}')}" for k, v in sorted(self.params.items()))
         return f"finops sql {shlex.quote(' '.join(self.query.split()))} {args}"
 
@@ -439,8 +440,6 @@ def build_recommendations(client: Any, database: str, period: Period, settings: 
 
 
 def render_text(report: RecommendationReport, *, show_queries: bool = True) -> str:
-    from governance.html import money, pct
-
     waste = report.waste
     recorded = f" ({money(waste.avoidable_usd)} avoidable in {waste.signals} recorded signals)" if waste else ""
     lines = [f"recommendations {report.period.label}: {len(report.items)} findings, "
@@ -460,8 +459,6 @@ def render_text(report: RecommendationReport, *, show_queries: bool = True) -> s
 def to_waste_signals(report: RecommendationReport, *, detected_at: Any) -> list[dict[str, Any]]:
     """The recommendations as ``waste_signals`` rows (deterministic ids: same period, agent and kind, same id), so
     ``v_waste_percentage`` shows them. Kinds map onto the detectors' names where they mean the same."""
-    import hashlib
-
     names: Mapping[str, str] = {"retry_waste": "retry_loop", "caching": "duplicate_prompt",
                                 "prompt_bloat": "oversized_prompt", "model_tiering": "model_tiering",
                                 "prompt_cache": "prompt_cache"}

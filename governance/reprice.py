@@ -23,9 +23,10 @@ from decimal import Decimal
 from typing import Any
 
 from finops.pricing.engine import Pricer
+from finops.tables import LEDGER_COLUMNS
+from governance.html import money
 from governance.ledger import CORRECTION_COLUMNS, COST_PARTS, TOKEN_FIELDS, insert_ledger_rows
 from governance.store import qualified
-from finops.tables import LEDGER_COLUMNS
 
 __all__ = ["RepriceResult", "RowChange", "compute_correction", "compute_run_id", "reprice", "render_diff"]
 
@@ -212,8 +213,6 @@ def reprice(
 def render_diff(result: RepriceResult, *, limit: int = 20) -> str:
     """The diff report: totals before and after, the change per model, and the rows that changed (largest first,
     ``limit`` of them; the CSV has all)."""
-    from governance.html import money
-
     lines = [
         f"reprice {result.start:%Y-%m-%d %H:%M} .. {result.end:%Y-%m-%d %H:%M} UTC  run {result.run_id}  "
         f"(catalogue {result.catalogue_version}, price book {result.price_book_version or '(none)'})"

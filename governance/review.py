@@ -17,11 +17,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+from finops.http import HttpRequest, UrllibTransport
+from finops.money import format_usd
+from governance import html as h
 from governance.chargeback import BudgetLine, load_budgets, load_daily, load_ledger_lines, load_monthly
 from governance.config import RecommendSettings, ReviewSchedule
 from governance.period import Period, month_period, previous_month, week_period
 from governance.recommend import RecommendationReport, build_recommendations
 from governance.store import qualified
+from schemas.errors import FinopsError
 
 __all__ = ["Review", "build_review", "build_slack_digest", "compute_next_run", "render_html", "send_digest"]
 
@@ -159,8 +163,6 @@ def build_review(client: Any, database: str, cadence: Cadence, now: datetime, *,
 
 
 def render_html(review: Review) -> str:
-    from governance import html as h
-
     change = review.total_usd - review.previous_total_usd
     body = ["<div class=\"cards\">", h.card("spend", h.money(review.total_usd)),
             h.card("vs previous", h.money(change, signed=True), "bad" if change > 0 else "ok")]
@@ -215,8 +217,6 @@ def render_html(review: Review) -> str:
 
 def build_slack_digest(review: Review, report_url: str | None = None) -> dict[str, Any]:
     """The review as a Slack incoming-webhook payload (``text`` fallback + Block Kit). Pure."""
-    from finops.money import format_usd
-
     rec = review.recommendations
     change = review.total_usd - review.previous_total_usd
     head = (f"{review.cadence.capitalize()} cost review {review.period.label}: {format_usd(review.total_usd)} "
@@ -256,9 +256,6 @@ def build_slack_digest(review: Review, report_url: str | None = None) -> dict[st
 def send_digest(payload: dict[str, Any], webhook_url: str, *, timeout: float = 10.0, transport: Any = None) -> int:
     """POST the digest to a Slack incoming webhook with the alerting package's transport. Returns the HTTP status;
     raises FinopsError for a non-2xx answer (the URL is a secret and never appears in the message)."""
-    from finops.http import HttpRequest, UrllibTransport
-    from schemas.errors import FinopsError
-
     request = HttpRequest(url=webhook_url, body=json.dumps(payload).encode(),
                           headers={"Content-Type": "application/json"})
     response = (transport or UrllibTransport()).post(request, timeout)

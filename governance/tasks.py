@@ -26,6 +26,7 @@ from finops.task_tree import (
 )
 from governance.period import Period
 from governance.store import qualified
+from schemas.errors import ConfigError
 
 __all__ = ["NODE_COLUMNS", "TaskReport", "build_task_report", "load_task_forest", "render_json", "render_text"]
 
@@ -62,8 +63,6 @@ def build_task_report(client: Any, database: str, period: Period, *, team: str =
                       limit: int = 20) -> TaskReport:
     """The period's task trees: the ``limit`` costliest, or the one tree holding ``task``. Raises ConfigError
     when ``task`` is not among the period's tasks."""
-    from schemas.errors import ConfigError
-
     forest = load_task_forest(client, database, period, team)
     if task:
         if task not in forest.tasks:
