@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from confluent_kafka import KafkaException, TopicPartition
+
+from finops.kafka.clients import Role, build_consumer
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -141,12 +145,6 @@ def collect_kafka_metrics(
     against each partition's high watermark; DLQ depth is high - low watermark of ``agent.usage.dlq.v1`` per
     partition (what is still retained).
     """
-    try:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        from finops.kafka.clients import Role, build_consumer
-    except ImportError:  # pragma: no cover - confluent-kafka is a dependency
-        return [MetricSample("finops_up", 0, {"component": "kafka"})]
     samples: list[MetricSample] = []
     try:
         probe = build_consumer(kafka_config, Role.DASHBOARD, "finops-metrics-probe")

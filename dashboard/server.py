@@ -13,6 +13,8 @@ Guarantee: every write (control, budgets, approvals, token revocation) is role-c
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import logging
 import uuid
@@ -38,7 +40,10 @@ from dashboard.auth import (
 from dashboard.metrics import MetricSample, collect_clickhouse_metrics, collect_kafka_metrics, render_prometheus
 from dashboard.params import ParameterError, month_bounds, parse_minutes, parse_request_params
 from dashboard.store import Store, StoreQueryError
+from finops.kafka.clients import Role, build_producer
 from schemas.errors import FinopsError, ValidationFailed
+from schemas.models import BudgetPolicy, ControlCommand, sign
+from schemas.wire import AvroCodec
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +71,6 @@ class KafkaPublisher:
     are rare and must not be reported as sent before the broker has them."""
 
     def __init__(self, kafka_config: Mapping[str, Any], timeout: float = 10.0) -> None:
-        from finops.kafka.clients import Role, build_producer
-
         self._producer = build_producer(kafka_config, Role.DASHBOARD)
         self._timeout = timeout
 
@@ -454,9 +457,6 @@ async def _require_budget_owner(config: DashboardConfig, principal: Principal, p
 
 
 async def _control(request: web.Request) -> web.StreamResponse:
-    from schemas.models import ControlCommand, sign
-    from schemas.wire import AvroCodec
-
     config = request.app[CONFIG]
     principal = _principal(request)
     body = await _body(request)
@@ -493,9 +493,6 @@ async def _control(request: web.Request) -> web.StreamResponse:
 
 
 async def _budget_put(request: web.Request) -> web.StreamResponse:
-    from schemas.models import BudgetPolicy
-    from schemas.wire import AvroCodec
-
     config = request.app[CONFIG]
     principal = _principal(request)
     body = await _body(request)
@@ -572,9 +569,6 @@ async def _audit_log(request: web.Request) -> web.StreamResponse:
 
 
 async def _chargeback(request: web.Request) -> web.StreamResponse:
-    import csv
-    import io
-
     config = request.app[CONFIG]
     principal = _principal(request)
     month = _param(request, "month") or config.clock().strftime("%Y-%m")
