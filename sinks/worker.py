@@ -2,8 +2,8 @@
 of the oldest message (``DEFAULT_MAX_BATCH_WAIT_S`` by default), write through the batch writer, then commit.
 
 Role: one :class:`SinkWorker` per table and consumer group ``finops-sink-<kind>`` (``ledger``, ``spend``,
-``alerts``, ``waste``, ``budgets``), auto-commit off. While a batch is written the worker pauses its assignment and
-keeps polling: a ClickHouse outage neither grows memory nor evicts the consumer from its group.
+``alerts``, ``waste``, ``budgets``), auto-commit off. While a write waits to retry, the worker pauses its assignment
+and keeps polling: a ClickHouse outage neither grows memory nor evicts the consumer from its group.
 
 Guarantee (DESIGN §5): per batch, write then commit (:mod:`sinks.writer`: at-least-once delivery, effectively-once
 rows); after a revoke this worker never writes a row of a partition it no longer owns. Latency: a message waits at
@@ -67,10 +67,11 @@ class SinkWorker(Step):
     Guarantee: a batch's offsets are committed only after the writer returned (rows and dead letters durable), and
     only for partitions still owned.
 
-    Backpressure: while a batch is being written the loop pauses the whole assignment (``pause_while_flushing``).
-    librdkafka then stops fetching (its prefetch queue is bounded by ``queued.max.messages.kbytes``), so a ClickHouse
-    outage does not grow the process's memory; between retries the loop keeps calling ``poll`` so the consumer stays
-    in its group (no ``max.poll.interval.ms`` eviction) and rebalance callbacks still run.
+    Backpressure: a write that has to wait for a retry pauses the whole assignment (``pause_while_flushing``) until
+    it ends; librdkafka then stops fetching, so a ClickHouse outage does not grow the process's memory, and between
+    retries the loop keeps calling ``poll`` so the consumer stays in its group (no ``max.poll.interval.ms``
+    eviction) and rebalance callbacks still run. A write that succeeds at once is not paused: pausing would discard
+    the prefetched messages (a re-fetch per batch); the prefetch queue is bounded by ``queued.max.messages.kbytes``.
 
     Rebalance: on revoke (or loss) the worker DROPS the uncommitted messages of the revoked partitions instead of
     flushing them (``flush_on_revoke`` False). Flushing inside the callback would hold the whole group's rebalance
@@ -170,7 +171,7 @@ class SinkWorker(Step):
             self.stats.consumed += 1
 
     def join(self, flush: FlushContext) -> bool:
-        """Write the batch in hand (the loop has paused the assignment), then tell the trackers. On abandonment
+        """Write the batch in hand (a retry wait pauses the assignment), then tell the trackers. On abandonment
         (stop during a failing write) nothing is acknowledged, so nothing is committed."""
         batch, self._batch = self._batch, MessageBatch()
         held, self._held = self._held, {}

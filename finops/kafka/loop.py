@@ -118,6 +118,10 @@ class FlushContext:
         """Wait up to ``seconds``, polling the consumer in short slices; returns early when :meth:`should_abort`."""
         loop = self._loop
         deadline = loop.clock() + seconds
+        if loop.step.pause_while_flushing and not loop._paused:
+            loop._paused = True
+            if loop.trackers:
+                loop.consumer.pause(loop._owned())
         while not self.should_abort():
             remaining = deadline - loop.clock()
             if remaining <= 0:
@@ -151,7 +155,11 @@ class Step:
     and only as far as :meth:`commit_point` (by default the tracker's ``committable()``) allows.
     """
 
-    #: Pause the whole assignment while :meth:`join` runs (a slow write then stops the fetching: back-pressure).
+    #: Back-pressure for a flush that has to wait (a write retrying through an outage): from the join's first
+    #: :meth:`FlushContext.wait` until it returns, the whole assignment is paused, so the polls that keep the
+    #: consumer in its group fetch nothing. A join that does not wait is not paused: a paused partition loses
+    #: librdkafka's prefetched messages and is fetched again on resume, a broker round trip per batch, while the
+    #: join's own blocking already stops consumption (the prefetch queue is bounded by ``queued.max.messages.kbytes``).
     pause_while_flushing: ClassVar[bool] = False
     #: Run the flush barrier and commit before revoked partitions are dropped (False: drop them uncommitted).
     flush_on_revoke: ClassVar[bool] = True
@@ -224,6 +232,7 @@ class ConsumeLoop:
         self._held = 0
         self._oldest: float | None = None
         self._flushing = False
+        self._paused = False
         self._revoked_in_flush: set[TopicPartitionKey] = set()
         self._carried: list[Any] = []
         self._stop = threading.Event()
@@ -284,22 +293,22 @@ class ConsumeLoop:
         return len(messages)
 
     def flush(self) -> bool:
-        """The flush barrier: :meth:`Step.join` (with the assignment paused if the step asks), then commit what the
-        trackers allow. Returns whether the step's join allowed the commit. Blocks as long as the join does."""
+        """The flush barrier: :meth:`Step.join` (the assignment paused from its first wait, if the step asks), then
+        commit what the trackers allow. Returns whether the step's join allowed the commit. Blocks as long as the
+        join does."""
         if self._flushing:
             return False  # a revoke during the join: the join in progress decides
         step = self.step
-        pause = step.pause_while_flushing
         self._flushing = True
         self._revoked_in_flush = set()
-        if pause and self.trackers:
-            self.consumer.pause(self._owned())
         try:
             ok = step.join(FlushContext(self))
         finally:
             self._flushing = False
-            if pause and self.trackers:
-                self.consumer.resume(self._owned())
+            if self._paused:
+                self._paused = False
+                if self.trackers:
+                    self.consumer.resume(self._owned())
         self._held = len(self._carried)
         self._oldest = self.clock() if self._carried else None
         if ok:
@@ -394,8 +403,8 @@ class ConsumeLoop:
             tracker = self.step.new_tracker(tp.topic, tp.partition, offset)
             self.trackers[(tp.topic, tp.partition)] = tracker
             assignments.append(Assignment(tp.topic, tp.partition, offset, metadata, known, tracker))
-        if self._flushing and self.step.pause_while_flushing:
-            consumer.pause(partitions)  # keep the back-pressure on partitions assigned during a flush
+        if self._paused:
+            consumer.pause(partitions)  # keep the back-pressure on partitions assigned during a waiting flush
         self.step.assign(assignments)
         log.info("%s: assigned %s", self.name, sorted((a.topic, a.partition) for a in assignments))
 

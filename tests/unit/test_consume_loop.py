@@ -347,15 +347,34 @@ def test_commit_point_may_add_metadata_and_hold_the_offset() -> None:
 
 
 # ---- pause / resume during a flush -------------------------------------------------------------------------------
-def test_the_assignment_is_paused_while_a_pausing_step_flushes() -> None:
+def test_the_assignment_is_paused_from_a_pausing_steps_first_wait_until_its_flush_ends() -> None:
     loop, consumer, step, _ = build(PausingStep(), wait=0)
     consumer.assign_now(0, 1)
     seen: list[set[int]] = []
-    step.during_join = lambda flush: seen.append(set(consumer.paused))
+
+    def join(flush: FlushContext) -> None:
+        seen.append(set(consumer.paused))
+        flush.wait(0)  # a retry wait
+        seen.append(set(consumer.paused))
+        flush.wait(0)
+        seen.append(set(consumer.paused))
+
+    step.during_join = join
     consumer.batches = [[Msg(0, 0)]]
     loop.poll_once()
-    assert seen == [{0, 1}] and consumer.paused == set()
+    assert seen == [set(), {0, 1}, {0, 1}] and consumer.paused == set()
     assert consumer.pause_log == [("pause", [0, 1]), ("resume", [0, 1])]
+
+
+def test_a_pausing_step_whose_flush_does_not_wait_keeps_its_prefetch() -> None:
+    # Pausing discards librdkafka's prefetched messages: a write that succeeds at once must not pay a re-fetch.
+    loop, consumer, step, _ = build(PausingStep(), wait=0)
+    consumer.assign_now(0, 1)
+    consumer.batches = [[Msg(0, 0)], [Msg(0, 1)]]
+    loop.poll_once()
+    loop.poll_once()
+    assert consumer.pause_log == []
+    assert consumer.commits[-1] == {0: (2, None)}
 
 
 def test_a_step_that_does_not_pause_is_never_paused() -> None:
