@@ -28,7 +28,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import TopicPartition
+
+from finops.cli import build_parser
+from finops.clickhouse import open_client, parse_clickhouse_url, parse_query_url
 from finops.receiver import alert_summary, start_receiver
+from finops.secrets import CONTROL_OPERATOR_KEY, load_control_signing_key, load_or_create_secret, secret_path
+from producers.simulator import parse_duration
 from schemas.errors import FinopsError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -303,8 +309,6 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def _available_commands() -> set[str]:
-    from finops.cli import build_parser
-
     parser = build_parser()
     for action in parser._actions:  # noqa: SLF001 - argparse has no public accessor for sub-commands
         if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
@@ -409,8 +413,6 @@ def demo_token(finops: list[str], env: dict[str, str], token_file: Path, logs: P
 
 def _spend_probe(settings: Any) -> Callable[[], tuple[int, Any] | None]:
     """A function returning (calls, dollars) in the ledger through the store owner's endpoint, None if unreachable."""
-    from finops.clickhouse import open_client
-
     state: dict[str, Any] = {}
 
     def probe() -> tuple[int, Any] | None:
@@ -433,8 +435,6 @@ def _backlog_probe(settings: Any, ledger_probe: Callable[[], tuple[int, Any] | N
                    ) -> Callable[[int], str | None]:
     """A function of the fleet's sent total that says what the pipeline has not handled yet (None: all of it):
     the ledger short of the simulator's events, or detection behind the end of the priced topic."""
-    from confluent_kafka import TopicPartition
-
     from finops.kafka.clients import Role, build_consumer
     from finops.topics import TopicNames
     from stream_jobs.detection import DetectionConfig
@@ -506,8 +506,6 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
     from finops.settings import load_settings
     from finops.stack import stack_from_settings
     from finops.topics import ensure_topics
-    from finops.clickhouse import parse_clickhouse_url, parse_query_url
-
     t_start = time.monotonic()
     settings = load_settings()
     data = settings.data_dir
@@ -584,8 +582,6 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         say("2/5 alerts: delivering to the configured Slack / PagerDuty destinations")
     # This installation's keys, generated once in <data dir>/secrets (0600) and found there by every role and by a
     # plain shell's `finops control`; FINOPS_CONTROL_SIGNING_KEY still overrides for a real deployment.
-    from finops.secrets import CONTROL_OPERATOR_KEY, load_control_signing_key, load_or_create_secret, secret_path
-
     load_control_signing_key(data, None, create=True)
     operator_key_file = secret_path(data, CONTROL_OPERATOR_KEY)
     load_or_create_secret(operator_key_file)
@@ -758,8 +754,6 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
 
 def _seconds(text: str) -> int:
     """Whole seconds of a duration flag (``90s``, ``10m``, ``1h``)."""
-    from producers.simulator import parse_duration
-
     try:
         return max(1, int(parse_duration(text)))
     except FinopsError as err:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from datetime import UTC as _UTC
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,6 @@ def _cpu() -> float:
 def run_bench(bootstrap: str, topic: str, *, requests: int = 200, spans_per_request: int = 100, in_flight: int = 8,
               kafka_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure both rows (module docstring); returns spans, wall and CPU seconds and spans/s of each."""
-    from datetime import UTC as _UTC
-
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )

@@ -23,9 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from io import BytesIO
 from typing import Any
 
+from confluent_kafka import KafkaException, TopicPartition
+
+from producers.simulator import SimulationConfig, generate
 from schemas.errors import FinopsError
+from schemas.loader import load_schema
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
 # dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
@@ -152,12 +157,9 @@ def _peak_rss_mb() -> float:
 
 def _fill_topic(client: dict[str, Any], topic: str, events: int, agents: int, rate: float, seed: int) -> int:
     """Create and fill the input topic unless it already holds ``events`` messages; return the count."""
-    from confluent_kafka import KafkaException, TopicPartition
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
     from finops.kafka.clients import Role, build_admin, build_consumer, build_producer
-
-    from producers.simulator import SimulationConfig, generate
     from schemas.wire import AvroCodec
 
     admin = build_admin(client)
@@ -216,14 +218,11 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
 def _plain_phase(client: dict[str, Any], topic: str, events: int, cpu: int) -> BenchResult:
     """(a) consume(1000) + fastavro decode + genai-prices rates cached per model + three dict aggregates."""
     os.sched_setaffinity(0, {cpu})
-    from io import BytesIO
-
     from fastavro import parse_schema, schemaless_reader
     from genai_prices import data_snapshot
     from genai_prices import types as gp_types
 
     from finops.kafka.clients import Role, build_consumer
-    from schemas.loader import load_schema
     from schemas.wire import without_uuid
     from stream_jobs.hotpath import tune_gc
 
