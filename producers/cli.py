@@ -10,9 +10,11 @@ import argparse
 import json
 import sys
 import threading
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from producers import replay, simulator
 from schemas.errors import FieldProblem, FinopsError, ValidationFailed
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -37,8 +39,6 @@ EXIT_DELIVERED, EXIT_FAILED, EXIT_SPOOLED = 0, 1, 3
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``emit``, ``simulate`` and ``replay``."""
-    from producers import replay, simulator
-
     simulator.register_commands(subparsers)
     replay.register_commands(subparsers)
     emit = subparsers.add_parser(
@@ -139,8 +139,6 @@ def build_event(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _emit(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
     from finops.settings import load_settings
     from producers.producer import Delivery, UsageProducer, complete_usage_record
 

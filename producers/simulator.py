@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from producers.replay import Pacer, open_sink
 from schemas.errors import ConfigError, FinopsError
 
 if TYPE_CHECKING:
@@ -879,8 +880,6 @@ def publish(events: Iterator[dict[str, Any]], emit: Callable[[dict[str, Any]], N
 def _handle_simulate(args: argparse.Namespace) -> int:
     from producers.checkpoint import ProgressCheckpoint, load_progress
     from producers.progress import ProgressBar
-    from producers.replay import Pacer, open_sink
-
     now = datetime.now(UTC)
     config = config_from_args(args, now)
     skip_before = _parse_time(args.skip_before, "--skip-before") if args.skip_before else None

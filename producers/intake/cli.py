@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from producers.replay import open_sink
 from schemas.errors import FinopsError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -107,8 +108,6 @@ def _token_list(args: argparse.Namespace) -> int:
 
 def _backfill_openclaw(args: argparse.Namespace) -> int:
     from producers.intake.openclaw_transcripts import iter_transcript_events
-    from producers.replay import open_sink
-
     events = 0
     with open_sink(args.out, source_label=args.source) as sink:
         for path in args.files:
