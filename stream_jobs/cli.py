@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from finops.clickhouse import check_identifier, open_client
 from schemas.errors import ConfigError
 from schemas.errors import FinopsError as FinopsErrorType
 
@@ -281,7 +282,6 @@ def _drift_calls_from_file(path: Path, pricer: Any, settings: Any) -> list[Any]:
 
 
 def _drift_calls_from_ledger(since: str, until: str | None, settings: Any, pricer: Any) -> list[Any]:
-    from finops.clickhouse import check_identifier, open_client
     from stream_jobs.drift import DriftCall
 
     lo = _parse_when(since, "--since")

@@ -6,7 +6,12 @@ connectivity, build, signal handlers, run, close in reverse."""
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -49,9 +54,6 @@ def _context() -> tuple[Any, Any]:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-    from pathlib import Path
-
     from stream_jobs.policies import (
         check_rescopes,
         compute_diff,
@@ -86,9 +88,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import logging
-    import signal
-
     from stream_jobs.detection import (
         DetectionService,
         build_detection_config,
@@ -100,8 +99,6 @@ def _run(args: argparse.Namespace) -> int:
     settings, topics = _context()
     detection_config = build_detection_config(settings)
     if args.from_earliest:
-        from dataclasses import replace
-
         detection_config = replace(detection_config, start_from="earliest")
     ledger = None if args.no_clickhouse else build_ledger_reader(settings)
     service = DetectionService(settings.kafka.client_config(), topics, detection_config, ledger=ledger,
