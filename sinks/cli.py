@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from finops.clickhouse import connect
 from schemas.errors import FinopsError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -73,7 +74,6 @@ def apply_migrations(
     pending. Errors (bad URL, unreachable ClickHouse, changed migration file, failed statement) are printed to
     ``err`` as one message saying what to do; the password never appears.
     """
-    from finops.clickhouse import connect
     from sinks.migrations import MigrationRunner
 
     out = out if out is not None else sys.stdout

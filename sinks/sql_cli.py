@@ -26,6 +26,7 @@ from finops.clickhouse import (
     parse_clickhouse_url,
     parse_query_url,
 )
+from finops.secrets import load_store_credentials, secrets_dir
 from schemas.errors import ConfigError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -120,7 +121,6 @@ def check_in_process(client: Any, sql: str) -> None:
 
 def _handle_store_serve(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
-    from finops.secrets import load_store_credentials, secrets_dir
     from sinks.store_server import StoreServerError, serve_store
 
     settings = load_settings()

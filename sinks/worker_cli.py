@@ -16,7 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
+
+from finops.clickhouse import connect, open_client, parse_clickhouse_url, parse_query_url
 from finops.kafka.loop import DEFAULT_MAX_BATCH_WAIT_S
+from finops.secrets import load_store_credentials, secrets_dir
 from schemas.errors import ConfigError, FinopsError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -95,8 +99,6 @@ def parse_instant(text: str) -> datetime:
 
 
 def _check_kafka(kafka_config: dict[str, Any]) -> None:
-    from confluent_kafka import KafkaException
-
     from finops.kafka.clients import build_admin
 
     try:
@@ -171,8 +173,6 @@ def _start_store_endpoint(client: Any, query_url: str | None, host: str | None, 
     """Serve the chdb this process owns to other processes (sinks/store_server.py): in embedded mode the sink is
     the store owner, so dashboards, ``finops sql`` and ``finops reconcile`` query through this endpoint. Returns
     the started server (call ``stop()``). Raises StoreServerError when the address cannot be bound."""
-    from finops.clickhouse import parse_query_url
-    from finops.secrets import load_store_credentials, secrets_dir
     from sinks.store_server import serve_store
 
     endpoint = parse_query_url(query_url)
@@ -189,7 +189,6 @@ def _start_store_endpoint(client: Any, query_url: str | None, host: str | None, 
 
 def _sink_run(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
-    from finops.clickhouse import connect, parse_clickhouse_url
     from finops.topics import TopicNames, sink_group
 
     settings = load_settings()
@@ -275,8 +274,6 @@ def _reconcile(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
     from finops.topics import TopicNames
     from sinks.reconcile import build_drift_alert, compute_reconciliation
-    from finops.clickhouse import open_client
-
     start, end = parse_instant(args.start), parse_instant(args.end)
     settings = load_settings()
     database = settings.clickhouse.database
