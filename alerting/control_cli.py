@@ -16,12 +16,22 @@ import getpass
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finops.clickhouse import open_client
+from finops.secrets import (
+    CONTROL_OPERATOR_KEY,
+    CONTROL_SIGNING_KEY,
+    load_control_signing_key,
+    operator_key_matches,
+    secret_path,
+)
 from schemas.errors import ConfigError, FinopsError
 
 if TYPE_CHECKING:
@@ -51,8 +61,6 @@ def authorize(presented: str | None, data_dir: Path) -> None:
     appears in a message. The key is presented with ``--operator-key`` or ``FINOPS_CONTROL_OPERATOR_KEY`` and checked
     against the stored file (0600, generated per installation), never against a variable the caller sets; ``status``
     needs no operator key (it only reads)."""
-    from finops.secrets import CONTROL_OPERATOR_KEY, operator_key_matches, secret_path
-
     where = secret_path(data_dir, CONTROL_OPERATOR_KEY)
     if not presented:
         raise NotAuthorized("operator role required: present this installation's operator key with --operator-key "
@@ -136,8 +144,6 @@ def _signing(settings: Any) -> tuple[str, bytes]:
     """The key id and key that sign control commands (FINOPS_CONTROL_SIGNING_KEY, else the installation's).
 
     The installation's key is ``<data dir>/secrets/control-signing.key``, which every role finds by itself."""
-    from finops.secrets import load_control_signing_key
-
     configured = settings.control.signing_key.get_secret_value() if settings.control.signing_key else None
     key = load_control_signing_key(settings.data_dir, configured, create=True)
     if not key:
@@ -183,7 +189,6 @@ def _operator_command(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from alerting.control_state import read_control_state
-    from finops.secrets import CONTROL_SIGNING_KEY, load_control_signing_key, secret_path
     from finops.settings import load_settings
     from finops.topics import TopicNames
 
@@ -222,17 +227,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _alerts_run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from alerting.enforcement import Enforcer
     from alerting.outbox import Outbox
     from alerting.router import build_default_routes, load_routes
     from alerting.worker import AlertWorker, WorkerOptions
     from finops.settings import load_settings
     from finops.topics import TopicNames, ensure_topics
-    from finops.clickhouse import open_client
-
     settings = load_settings()
     a = settings.alerting
     if args.routes:

@@ -19,6 +19,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from finops.clickhouse import is_embedded
+from finops.secrets import (
+    STORE_WRITER_PASSWORD,
+    SecretUnreadableError,
+    load_control_signing_key,
+    read_secret,
+    secret_path,
+)
+
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
 # dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
 
@@ -101,13 +110,6 @@ def authorise_admin(args: argparse.Namespace, settings: Any, store: Any, action:
         SecretFileError: the secret file is readable by others (the message names the chmod).
     """
     from dashboard.auth import PermissionDeniedError, TokenStore
-    from finops.secrets import (
-        STORE_WRITER_PASSWORD,
-        SecretUnreadableError,
-        read_secret,
-        secret_path,
-    )
-
     token = getattr(args, "admin_token", None) or os.environ.get("FINOPS_ADMIN_TOKEN")
     if token:
         principal = TokenStore(store).authenticate(token.strip())
@@ -115,8 +117,6 @@ def authorise_admin(args: argparse.Namespace, settings: Any, store: Any, action:
             raise PermissionDeniedError(f"`finops token {action}` needs a finops_admin token; the one given is "
                                         f"{principal.role} ({principal.token_id})")
         return f"{principal.subject} (cli, token {principal.token_id})"
-    from finops.clickhouse import is_embedded
-
     if is_embedded(store.writer):
         # The store's files were opened directly (the system is stopped): whoever can do that owns the data.
         return f"{getpass.getuser()} (cli, store files)"
@@ -210,8 +210,6 @@ def _handle_serve(args: argparse.Namespace) -> int:
     if not args.no_kafka:
         kafka_config = settings.kafka.client_config()
         publisher = KafkaPublisher(kafka_config)
-    from finops.secrets import load_control_signing_key
-
     # FINOPS_CONTROL_SIGNING_KEY, else the installation's key in <data dir>/secrets (the one the guards verify).
     secret = load_control_signing_key(
         settings.data_dir,

@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from finops.clickhouse import open_client
 from schemas.errors import ConfigError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -57,8 +58,6 @@ def _handle_import(args: argparse.Namespace) -> int:
         store_report,
     )
     from governance.period import parse_period
-    from finops.clickhouse import open_client
-
     settings = load_settings()
     now = datetime.now(UTC)
     if args.file is not None:
@@ -103,8 +102,6 @@ def _handle_reconcile(args: argparse.Namespace) -> int:
         store_reconciliation,
     )
     from governance.period import parse_period
-    from finops.clickhouse import open_client
-
     settings = load_settings()
     period = parse_period(args.period)
     now = datetime.now(UTC)
@@ -145,8 +142,6 @@ def _handle_demo_seed(args: argparse.Namespace) -> int:
         store_report,
     )
     from governance.period import parse_period
-    from finops.clickhouse import open_client
-
     settings = load_settings()
     now = datetime.now(UTC)
     period = parse_period(args.period, now=now)

@@ -9,15 +9,19 @@ from ``--config`` or ``FINOPS_GOVERNANCE_CONFIG`` (read here, at the entry point
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from finops.clickhouse import open_client
 from schemas.errors import ConfigError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -165,8 +169,6 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _with_client(settings: Any, readonly: bool, work: Callable[[Any, str], int]) -> int:
-    from finops.clickhouse import open_client
-
     database = settings.clickhouse.database
     client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
                                 readonly=readonly, data_dir=settings.data_dir)
@@ -260,9 +262,6 @@ def _review_once(args: argparse.Namespace, settings: Any, config: Any, now: date
 
 
 def _handle_review(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from governance.review import compute_next_run
 
     settings, config = _settings(), _config(args)
@@ -349,8 +348,6 @@ def _handle_recommend(args: argparse.Namespace) -> int:
 
 
 def _handle_reprice(args: argparse.Namespace) -> int:
-    import hashlib
-
     from finops.pricing.pricebook import load_price_book
     from governance.period import parse_period
     from governance.reprice import render_diff, render_diff_csv, reprice
@@ -423,9 +420,9 @@ def _handle_agent_list(args: argparse.Namespace) -> int:
 
 
 def _handle_agent_check(args: argparse.Namespace) -> int:
+    from finops.alerts import publish_alerts
     from finops.topics import TopicNames
     from governance.registry import build_unapproved_alerts, find_unapproved
-    from finops.alerts import publish_alerts
 
     settings, config = _settings(), _config(args)
     now = datetime.now(UTC)
