@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +34,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finops.benches import producer as producer_bench
+from finops.benches import sink as sink_bench
+from finops.benches import stream as stream_bench
+from finops.benches.producer import bench_events
+from finops.benches.producer import run_bench as run_producer_bench
+from finops.benches.sink import run_bench as run_sink_bench
+from finops.benches.stream import render as render_stream
+from finops.benches.stream import run_bench as run_stream_bench
 from finops.clickhouse import open_endpoint_client
+from finops.receiver import start_receiver
 from schemas.errors import FinopsError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -49,11 +59,9 @@ PARTS = ("producer", "stream", "sink", "intake", "latency")
 # ---- CLI ---------------------------------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``finops bench`` and the per-part benches (``bench-producer``, ``bench-stream``, ``bench-sink``)."""
-    from finops.benches import producer, sink, stream
-
-    producer.register(sub)
-    stream.register(sub)
-    sink.register(sub)
+    producer_bench.register(sub)
+    stream_bench.register(sub)
+    sink_bench.register(sub)
     bench = sub.add_parser("bench", help="the benchmark suite (make bench): producer, stream, sink and end-to-end "
                            "latency, each beside a bare confluent-kafka baseline; a table and JSON",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,9 +198,7 @@ def _num(text: str) -> float:
 
 def bench_producer(events: int) -> dict[str, Any]:
     """``finops bench-producer`` (imported), its table parsed: SDK and bare events/s, µs/event, peak RSS."""
-    from finops.benches.producer import run_bench
-
-    text = _captured(lambda: run_bench(argparse.Namespace(events=events, topic=None, cpu=None)))
+    text = _captured(lambda: run_producer_bench(argparse.Namespace(events=events, topic=None, cpu=None)))
     rows: dict[str, dict[str, float]] = {}
     for key, label in (("sdk", "sdk: validate+encode+produce"), ("sdk_many", "sdk: emit_many"),
                        ("bare", "bare confluent-kafka produce")):
@@ -208,11 +214,8 @@ def bench_producer(events: int) -> dict[str, Any]:
 
 def bench_stream(settings: Any, events: int) -> dict[str, Any]:
     """``finops bench-stream`` (imported): plain loop vs hot path, one pinned CPU each, in child processes."""
-    from finops.benches.stream import render as render_stream
-    from finops.benches.stream import run_bench
-
-    results = run_bench(settings.kafka.client_config(), events=events, agents=10_000, rate=2_000.0, seed=7,
-                        cpu=None, prefix=settings.kafka.topic_prefix)
+    results = run_stream_bench(settings.kafka.client_config(), events=events, agents=10_000, rate=2_000.0,
+                               seed=7, cpu=None, prefix=settings.kafka.topic_prefix)
     out: dict[str, Any] = {}
     for key, r in results.items():
         out[key] = {"name": r.name, "events": r.events, "wall_s": r.wall_s, "cpu_s": r.cpu_s,
@@ -224,11 +227,9 @@ def bench_stream(settings: Any, events: int) -> dict[str, Any]:
 
 def bench_sink(events: int) -> dict[str, Any]:
     """``finops bench-sink`` (imported), its table parsed: bare insert and sink rows/s, peak RSS."""
-    from finops.benches.sink import run_bench
-
     args = argparse.Namespace(events=events, batch_rows=10_000, partitions=3, outage_seconds=3.0,
                               clickhouse_url=None)
-    text = _captured(lambda: run_bench(args))
+    text = _captured(lambda: run_sink_bench(args))
     rows: dict[str, dict[str, float]] = {}
     for key, label in (("bare", "bare clickhouse-connect insert"), ("floor", "engine floor: chdb"),
                        ("sink", "sink: consume")):
@@ -247,8 +248,8 @@ def bench_intake(settings: Any) -> dict[str, Any]:
     """The intake receiver (decode, map, produce, acks) vs a bare protobuf decode of the same bodies, one core."""
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-    from finops.kafka.clients import build_admin
     from finops.benches.intake import run_bench
+    from finops.kafka.clients import build_admin
 
     client = settings.kafka.client_config()
     topic = f"{settings.kafka.topic_prefix}finops.bench.intake"
@@ -357,8 +358,6 @@ def _load_events(n: int) -> list[dict[str, Any]]:
     """The producer bench's events without task ids: cycled through at a steady rate, eight calls of one task would
     look like retry loops to the waste detector, and hundreds of waste alerts queued at Slack's rate limit would
     measure the queue, not the pipeline."""
-    from finops.benches.producer import bench_events
-
     return [{k: v for k, v in e.items() if k != "task_id"} for e in bench_events(n)]
 
 
@@ -493,7 +492,6 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
     Blocks for the whole run (about a minute per level). Raises FinopsError when a role dies or a level does not
     drain within ``config.drain_timeout_s``.
     """
-    from finops.receiver import start_receiver
     from finops.topics import TopicNames, ensure_topics
     from producers.producer import UsageProducer
 
@@ -625,8 +623,6 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
         result["baseline"] = _run_baseline(settings, client, prefix, events, config, capacity)
     except BaseException:
         # Keep the role logs of a failed run: the temporary directory goes away below.
-        import shutil
-
         kept = Path("bench-results") / "latency-logs"
         shutil.rmtree(kept, ignore_errors=True)
         shutil.copytree(logs, kept)
