@@ -384,8 +384,6 @@ def _record_version(settings: Any, info: Any) -> None:
     """Write the version to price_catalogue_versions; a ClickHouse that cannot be reached is reported, not fatal
     (the workers read the catalogue directory, not ClickHouse)."""
     try:
-        from finops.clickhouse import check_identifier, open_client
-
         client, _ = open_client(settings.clickhouse_url(), settings.clickhouse.database,
                                 settings.clickhouse.query_url, readonly=False,
                                 data_dir=settings.data_dir)  # fmt: skip
