@@ -28,7 +28,7 @@ ALLOWED: dict[str, str] = {
     "finops/cli.py": STARTUP,
     "finops/bench.py": STARTUP,
     "finops/demo.py": STARTUP,
-    "finops/benches/stream.py": STARTUP + "; finops.bench imports it at the top",
+    "finops/benches/stream.py": STARTUP + "; finops.bench imports it at the top for its register()",
     "finops/benches/intake.py": STARTUP + "; its handler loads opentelemetry-proto (the intake extra)",
     "finops/clickhouse.py": STARTUP + "; the CLI modules import it at the top, clickhouse-connect (pipeline extra) "
                             "loads on the first HTTP connect",
