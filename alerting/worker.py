@@ -21,17 +21,19 @@ from datetime import datetime
 from typing import Any
 
 from alerting.channels import Destination
+from alerting.control_state import compute_obeyed, judge_control_message, read_control_messages
 from alerting.delivery import AttemptRecord, DeliveryPolicy, DestinationSender
 from alerting.delivery_log import ControlAuditLog, DeliveryLog, DeliveryLogError
-from alerting.control_state import compute_obeyed, judge_control_message, read_control_messages
 from alerting.enforcement import Enforcer, control_key
 from alerting.outbox import EnqueueResult, Outbox
 from alerting.router import RoutingTable
 from finops.clock import Clock, SystemClock
-from finops.kafka.loop import ConsumeLoop, FlushContext, FlushPolicy, Step
 from finops.http import HttpTransport, UrllibTransport
+from finops.kafka.clients import Role, build_consumer, build_producer
+from finops.kafka.loop import ConsumeLoop, FlushContext, FlushPolicy, Step
 from schemas.errors import FinopsError
 from schemas.models import Alert, ControlCommand, verify
+from schemas.wire import AvroCodec
 
 __all__ = [
     "AlertWorker",
@@ -260,9 +262,6 @@ class AlertWorker(Step):
                  routes: RoutingTable, outbox: Outbox, enforcer: Enforcer, verify_keys: Mapping[str, bytes],
                  options: WorkerOptions | None = None, transport: HttpTransport | None = None,
                  clock: Clock | None = None, ch_client: Any = None, ch_database: str | None = None) -> None:
-        from finops.kafka.clients import Role, build_consumer, build_producer
-        from schemas.wire import AvroCodec
-
         self.options = options or WorkerOptions()
         self.alerts_topic = alerts_topic
         self.control_topic = control_topic

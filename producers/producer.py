@@ -27,17 +27,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka.serialization import MessageField, SerializationContext
 
-from finops.kafka.clients import Role, build_producer
-from producers.spool import Spool, SpoolFull, SpoolRecord
 from finops.clock import utc_now
+from finops.kafka.clients import Role, build_producer
+from finops.topics import TopicNames
+from producers.spool import Spool, SpoolFull, SpoolRecord
+from producers.track import Track
 from schemas.errors import EncodeError, FieldProblem, FinopsError, ValidationFailed
 from schemas.models import UsageEvent, check_usage_dict, to_micros, validate_event
-from schemas.wire import CONFLUENT_HEADER_LEN, SINGLE_OBJECT_HEADER_LEN, AvroCodec
+from schemas.wire import CONFLUENT_HEADER_LEN, SINGLE_OBJECT_HEADER_LEN, AvroCodec, build_registry_serializer
 
 if TYPE_CHECKING:
     from finops.settings import FinopsSettings
-    from producers.track import Track
 
 __all__ = [
     "BatchValidationFailed",
@@ -404,8 +406,6 @@ class UsageProducer:
         """Build from :func:`finops.settings.load_settings` output: FINOPS_KAFKA_* (bootstrap, security, topic
         prefix, schema registry) and FINOPS_PRODUCER_* (source, spool, compression, linger). ``overrides`` are
         passed to the constructor (tests and tools)."""
-        from finops.topics import TopicNames
-
         kafka = settings.kafka
         prod = settings.producer
         client = kafka.client_config()
@@ -427,10 +427,6 @@ class UsageProducer:
         return cls(**kwargs)
 
     def _registry_encoder(self, url: str) -> Callable[[Mapping[str, Any]], bytes]:
-        from confluent_kafka.serialization import MessageField, SerializationContext
-
-        from schemas.wire import build_registry_serializer
-
         serializer = build_registry_serializer(url, "UsageEvent")
         ctx = SerializationContext(self.topic, MessageField.VALUE)
 
@@ -569,8 +565,6 @@ class UsageProducer:
     def track(self, **fields: Any) -> Track:
         """Time a model call and emit its usage on exit (context manager and decorator): see
         :class:`producers.track.Track`."""
-        from producers.track import Track
-
         return Track(self, fields)
 
     def _submit(self, event_id: str, key: bytes, value: bytes,

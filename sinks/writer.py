@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from clickhouse_connect.driver import exceptions as ch_exc
+
 from finops.clickhouse import check_identifier
 from finops.retry import RetryPolicy, compute_backoff
-from schemas.errors import FinopsError
+from schemas.errors import DecodeError, FinopsError
+from schemas.wire import AvroCodec
 from sinks.avro_block import PrefixReader, build_container, build_container_header, compute_frame_header
 from sinks.rows import RowMappingError, RowSpec
 
@@ -109,8 +112,6 @@ class BatchAbandonedError(FinopsError):
 def classify_error(err: BaseException) -> ErrorClass:
     """Whether a failed insert or query should be retried (``transient``), bisected to find bad rows
     (``rejected``), or stop the sink (``fatal``). Pure; judged by exception type and ClickHouse error code."""
-    from clickhouse_connect.driver import exceptions as ch_exc
-
     code = getattr(err, "code", None)
     if isinstance(code, int):
         if code in _TRANSIENT_CODES:
@@ -384,8 +385,6 @@ class ClickHouseBatchWriter:
         """``client`` is a clickhouse-connect client; ``database`` holds the migrated tables; ``codec`` decodes
         both wire framings (default :class:`schemas.wire.AvroCodec` over our schemas)."""
         if codec is None:
-            from schemas.wire import AvroCodec
-
             codec = AvroCodec()
         self._client = client
         self._database = check_identifier(database)
@@ -497,8 +496,6 @@ class ClickHouseBatchWriter:
         """The block path's first stage: a message framed with the current schema of the spec's record keeps its
         bytes and gets only its prefix fields read; anything else (another writer schema, another record, a bad
         header or prefix, a tombstone) takes the row path, whose decoder accepts it or names the problem."""
-        from schemas.errors import DecodeError
-
         rows: list[_Row] = []
         letters: list[DeadLetter] = []
         frames = self._frames

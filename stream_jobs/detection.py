@@ -23,11 +23,17 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
+import mode
+from confluent_kafka import TopicPartition
+
+from finops.clickhouse import check_identifier, open_client
 from finops.kafka.clients import Role, build_consumer, build_producer
 from finops.kafka.loop import Assignment, ConsumeLoop, FlushContext, FlushPolicy, Step, TopicPartitionKey
+from finops.pricing.catalogue import build_pricer
 from finops.topics import LEDGER_SINK_GROUP, TopicNames, ensure_topics
 from schemas.errors import FinopsError
 from schemas.models import BudgetPolicy
+from schemas.wire import AvroCodec
 from stream_jobs.anomaly import AnomalyConfig, AnomalyDetector, build_anomaly_alert
 from stream_jobs.budgets import BudgetEngine, SpendEvent
 from stream_jobs.dedupe import HOUR_US, Deduper
@@ -127,8 +133,6 @@ class ClickHouseLedgerReader:
                   "tag": "tags[{k:String}] = {v:String}"}
 
     def __init__(self, client: Any, database: str) -> None:
-        from finops.clickhouse import check_identifier
-
         check_identifier(database)
         self._client = client
         self._db = database
@@ -228,8 +232,6 @@ class DetectionService(Step):
         epoch_clock: Callable[[], float] = time.time,
         drift_tiers: Callable[[Mapping[str, Any]], Any] | None = None,
     ) -> None:
-        from schemas.wire import AvroCodec
-
         self.config = config or DetectionConfig()
         self.topics = topics
         self._client_config = dict(client_config)
@@ -495,8 +497,6 @@ class DetectionService(Step):
         """Remember the event ids of the priced messages of ``partition`` produced up to ``dedupe_rebuild_s``
         before the one at ``end - 1`` (at most ``dedupe_max_entries``), i.e. what this group applied last before
         the restart. Returns how many were read; blocks on the broker (bounded by its timeouts)."""
-        from confluent_kafka import TopicPartition
-
         topic = self.topics.priced
         reader = build_consumer(self._client_config, Role.READER, f"{self.config.group_id}-dedupe-rebuild")
         deduper = self._deduper(partition)
@@ -582,8 +582,6 @@ class DetectionService(Step):
     def _load_policies(self) -> None:
         for key, value in self._read_compacted(self.topics.policies).items():
             self._apply_policy_record(key, value)
-        from confluent_kafka import TopicPartition
-
         meta = self._policy_consumer.list_topics(self.topics.policies, timeout=30)
         parts = list(meta.topics[self.topics.policies].partitions)
         ends = []
@@ -652,8 +650,6 @@ class DetectionService(Step):
         group = self.config.ledger_sink_group
         if group is None or self._ledger is None:
             return None
-        from confluent_kafka import TopicPartition
-
         try:
             if self._sink_offsets_reader is None:
                 # Reads the group's commits only: never subscribes, so it never joins (or disturbs) that group.
@@ -691,8 +687,6 @@ def build_drift_tiers(settings: FinopsSettings) -> Callable[[Mapping[str, Any]],
     book and active catalogue, as at start). None (and a warning) when it cannot be built: drift is then solved as
     one flat price set per model, and a tiered model shows a residual instead of its tier rates."""
     try:
-        from finops.pricing.catalogue import build_pricer
-
         return build_pricer(settings.stream, settings.core.data_dir).price_tiers
     except FinopsError as err:
         log.warning("no tier thresholds for price drift (%s): tiered models are solved as flat price sets", err)
@@ -703,8 +697,6 @@ def build_ledger_reader(settings: FinopsSettings) -> LedgerReader | None:
     """A read-only ledger reader: the ClickHouse server, or the store endpoint in embedded mode. None (and a
     warning) when ClickHouse cannot be reached: detection runs without reconciliation rather than not at all."""
     try:
-        from finops.clickhouse import open_client
-
         client, where = open_client(settings.clickhouse_url(), settings.clickhouse.database,
                                     settings.clickhouse.query_url, readonly=True, data_dir=settings.data_dir)
     except FinopsError as err:
@@ -717,8 +709,6 @@ def build_ledger_reader(settings: FinopsSettings) -> LedgerReader | None:
 def register_detection(app: Any, settings: FinopsSettings) -> None:
     """Run the detection service inside a Faust worker: a ``mode.Service`` started and stopped with the app that
     drives :class:`DetectionService` on its own thread (the consumer loop blocks; the event loop must not)."""
-    import mode
-
     topics = TopicNames(settings.kafka.topic_prefix)
     client_config = settings.kafka.client_config()
 

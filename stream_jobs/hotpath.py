@@ -15,6 +15,7 @@ events effectively once in the ledger; closed windows emitted under a determinis
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -25,7 +26,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from confluent_kafka import TopicPartition
 
+from finops.kafka.clients import Role, build_consumer, build_producer
 from finops.kafka.loop import (
     Assignment,
     ConsumeLoop,
@@ -36,7 +39,9 @@ from finops.kafka.loop import (
     classify_message_error,
 )
 from finops.kafka.offsets import CommitTracker
+from finops.pricing.catalogue import CatalogueWatcher, build_pricer, catalogue_dir
 from finops.pricing.engine import InvalidUsageError, Pricer, PriceResult, unpriced_fix
+from finops.topics import TopicNames
 from schemas.errors import ConfigError, FinopsError
 from schemas.fastcodec import UnsupportedSchemaError, build_fast_codec
 from schemas.loader import load_schema
@@ -45,6 +50,7 @@ from schemas.wire import (
     SINGLE_OBJECT_HEADER_LEN,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
+    build_registry_resolver,
     decode_body,
     encode_body,
     parse_record_schema,
@@ -1180,8 +1186,6 @@ class HotPath(Step):
     def _caught_up(self, st: _PartitionState) -> bool:
         """Whether this partition has been read up to the broker's high watermark (librdkafka's cached value from
         the last fetch: no broker call). Unknown counts as not caught up."""
-        from confluent_kafka import TopicPartition
-
         try:
             _low, high = self._consumer.get_watermark_offsets(
                 TopicPartition(self.config.usage_topic, st.partition), cached=True
@@ -1326,8 +1330,6 @@ def tune_gc() -> None:
     measured on the hot path as less CPU per event. Reference cycles are rare here, so memory held until the next
     collection stays small.
     """
-    import gc
-
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
@@ -1346,8 +1348,6 @@ def build_hot_path(
     ``overrides`` replaces fields of :class:`HotPathConfig` (tests: a short idle close, a small batch).
     Raises ConfigError for a bad price book or settings.
     """
-    from finops.kafka.clients import Role, build_consumer, build_producer
-    from finops.topics import TopicNames
     names = TopicNames(settings.kafka.topic_prefix)
     s = settings.stream
     values: dict[str, Any] = {
@@ -1369,8 +1369,6 @@ def build_hot_path(
     }
     values.update(overrides or {})
     config = HotPathConfig(**values)
-    from finops.pricing.catalogue import CatalogueWatcher, build_pricer, catalogue_dir
-
     if pricer is None:
         pricer = build_pricer(s, settings.core.data_dir)
     book = pricer.price_book
@@ -1389,6 +1387,4 @@ def _codec_for(settings: FinopsSettings) -> AvroCodec:
     url = settings.kafka.schema_registry_url
     if url is None:
         return AvroCodec()
-    from schemas.wire import build_registry_resolver
-
     return AvroCodec(resolver=build_registry_resolver(url.get_secret_value()))

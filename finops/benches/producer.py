@@ -7,10 +7,19 @@ A shell module: it drives the producer part's public API (``UsageProducer``) the
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from schemas.errors import FinopsError
+
+# Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
+# dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
 
 __all__ = ["bench_events", "register", "run_bench"]
 
@@ -54,12 +63,6 @@ def _row(name: str, n: int, wall: float, cpu: float) -> str:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the producer bench (arguments as ``finops bench-producer`` parses them); prints the table; returns 0."""
-    import os
-    import resource
-    import tempfile
-    import time
-    from datetime import UTC, datetime
-    from pathlib import Path
 
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 

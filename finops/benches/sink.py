@@ -15,6 +15,7 @@ chdb runs inside this process, so ClickHouse's own CPU is in both the baseline a
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import tempfile
 import threading
@@ -25,6 +26,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from finops.clickhouse import connect
+from schemas.errors import FinopsError
+from schemas.loader import load_schema
+from sinks.worker_cli import build_dlq_producer, build_sink_worker
+
+# Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
+# dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
 
 __all__ = ["add_arguments", "build_bench_event", "register", "run_bench"]
 
@@ -84,7 +93,6 @@ def _rss_bytes() -> int:
 
 
 def _page_size() -> int:
-    import os
 
     return os.sysconf("SC_PAGE_SIZE")
 
@@ -142,7 +150,6 @@ def _engine_floor(client: Any, database: str, payloads: list[bytes], batch_rows:
                   directory: Path) -> tuple[float, float]:
     """Seconds (wall, CPU) for chdb to insert ``payloads`` into the ledger from Avro container files of
     ``batch_rows`` bodies each (built as the sink builds them), with the sink's insert settings."""
-    from schemas.loader import load_schema
     from sinks.avro_block import build_container, build_container_header
     from sinks.rows import LEDGER
 
@@ -166,7 +173,6 @@ def _engine_floor(client: Any, database: str, payloads: list[bytes], batch_rows:
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    from schemas.errors import FinopsError
 
     deadline = time.monotonic() + timeout
     while not condition():
@@ -183,13 +189,11 @@ def run_bench(args: argparse.Namespace) -> int:
     """Run the phases and print the table. Blocks for the whole run; needs a reachable broker."""
     from finops.kafka.clients import Role, build_producer
     from finops.settings import load_settings
+    from finops.tables import LEDGER_COLUMNS
     from finops.topics import TopicNames, ensure_topics
     from schemas.wire import AvroCodec
-    from finops.clickhouse import connect
     from sinks.migrations import MigrationRunner
-    from finops.tables import LEDGER_COLUMNS
     from sinks.rows import LEDGER, compute_ledger_row
-    from sinks.worker_cli import build_dlq_producer, build_sink_worker
 
     settings = load_settings()
     kafka_config = settings.kafka.client_config()
