@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finops.clickhouse import open_client
+from finops.clock import utc_now
 from finops.secrets import (
     CONTROL_OPERATOR_KEY,
     CONTROL_SIGNING_KEY,
@@ -170,7 +171,7 @@ def _operator_command(args: argparse.Namespace) -> int:
     key_id, secret = _signing(settings)
     scope = _scope(args)
     assert scope is not None  # argparse requires one
-    now = datetime.now(UTC)
+    now = utc_now()
     operator = args.operator or getpass.getuser()
     cmd = ControlCommand(
         command_id=f"op-{uuid.uuid4()}", scope_type=scope[0], scope_value=scope[1],  # type: ignore[arg-type]

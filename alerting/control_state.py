@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+from finops.clock import utc_now
 from finops.kafka.clients import Role, build_consumer
 from schemas.errors import FinopsError
 from schemas.models import ControlCommand, verify
@@ -144,4 +145,4 @@ def read_control_state(kafka_config: dict[str, Any], topic: str, keys: dict[str,
                        timeout: float = 15.0) -> dict[str, dict[str, Any]]:
     """The control topic's current state per key (:func:`read_control_messages` folded by
     :func:`compute_control_state`): what a guard holding ``keys`` obeys."""
-    return compute_control_state(read_control_messages(kafka_config, topic, timeout), keys, datetime.now(UTC))
+    return compute_control_state(read_control_messages(kafka_config, topic, timeout), keys, utc_now())

@@ -16,10 +16,10 @@ import getpass
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from finops.clickhouse import is_embedded
+from finops.clock import utc_now
 from finops.secrets import (
     STORE_WRITER_PASSWORD,
     SecretUnreadableError,
@@ -93,7 +93,7 @@ def _audit_cli(store: Any, action: str, target: str, details: dict[str, Any], *,
     from dashboard.auth import audit_row
     from dashboard.server import json_dumps
 
-    store.insert("admin_audit", [audit_row(None, action, target, "ok", json_dumps(details), datetime.now(UTC),
+    store.insert("admin_audit", [audit_row(None, action, target, "ok", json_dumps(details), utc_now(),
                                            actor=actor)])
 
 
@@ -143,7 +143,7 @@ def _handle_issue(args: argparse.Namespace) -> int:
         subject = args.subject or getpass.getuser()
         token, record = TokenStore(store).issue(
             args.role, args.team, projects=args.project, subject=subject,
-            created_by=actor, now=datetime.now(UTC),
+            created_by=actor, now=utc_now(),
         )
         _audit_cli(store, "token.issue", record.token_id,
                    {"role": record.role, "teams": record.teams, "projects": record.projects, "subject": subject},
@@ -167,7 +167,7 @@ def _handle_revoke(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     try:
         actor = authorise_admin(args, settings, store, "revoke")
-        revoked = TokenStore(store).revoke(args.token_id, now=datetime.now(UTC))
+        revoked = TokenStore(store).revoke(args.token_id, now=utc_now())
         if revoked:
             _audit_cli(store, "token.revoke", args.token_id, {}, actor=actor)
     finally:

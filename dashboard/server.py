@@ -40,6 +40,7 @@ from dashboard.auth import (
 from dashboard.metrics import MetricSample, collect_clickhouse_metrics, collect_kafka_metrics, render_prometheus
 from dashboard.params import ParameterError, month_bounds, parse_minutes, parse_request_params
 from dashboard.store import Store, StoreQueryError
+from finops.clock import utc_now
 from finops.kafka.clients import Role, build_producer
 from schemas.errors import FinopsError, ValidationFailed
 from schemas.models import BudgetPolicy, ControlCommand, sign
@@ -92,7 +93,7 @@ class DashboardConfig:
     """Everything the app needs, built by ``finops serve`` (or a test)."""
 
     store: Store
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    clock: Callable[[], datetime] = lambda: utc_now()
     publisher: Publisher | None = None
     control_topic: str = "agent.control.v1"
     policies_topic: str = "finops.policies.v1"
@@ -596,13 +597,13 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    started = datetime.now(UTC)
+    started = utc_now()
     samples: list[MetricSample] = list(await _run(collect_clickhouse_metrics, config.store, config.clock()))
     if config.kafka_config is not None:
         samples.extend(await _run(collect_kafka_metrics, config.kafka_config, config.consumer_groups,
                                   config.dlq_topic))
     samples.append(MetricSample("finops_scrape_duration_seconds",
-                                (datetime.now(UTC) - started).total_seconds()))
+                                (utc_now() - started).total_seconds()))
     return web.Response(text=render_prometheus(samples), content_type="text/plain",
                         headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
 

@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from finops.benches.sink import run_bench as run_sink_bench
 from finops.benches.stream import render as render_stream
 from finops.benches.stream import run_bench as run_stream_bench
 from finops.clickhouse import open_endpoint_client
+from finops.clock import utc_now
 from finops.receiver import start_receiver
 from schemas.errors import FinopsError
 
@@ -151,7 +151,7 @@ def run_suite(settings: Any, parts: tuple[str, ...], *, producer_events: int, st
     Raises FinopsError when the broker cannot be reached or a part fails.
     """
     result: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": utc_now().isoformat(timespec="seconds"),
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
                     "platform": platform.platform(), "cpu_model": _cpu_model()},
         "broker": settings.kafka.bootstrap,
@@ -396,7 +396,7 @@ def _drive(producer: Any, events: list[dict[str, Any]], rate: float, seconds: fl
         while pending and pending[0][0] <= elapsed:
             pending.pop(0)[1]()
         owed += per_tick
-        stamp = datetime.now(UTC)
+        stamp = utc_now()
         while owed >= 1.0:
             event = events[i % len(events)]
             i += 1
@@ -461,10 +461,10 @@ def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledge
     """
     _say(f"latency: capacity: {n:,} events at once through the whole pipeline ...")
     t0 = time.monotonic()
-    stamp = datetime.now(UTC)
+    stamp = utc_now()
     for i in range(n):
         if i % 1000 == 0:
-            stamp = datetime.now(UTC)
+            stamp = utc_now()
         producer.emit({**events[i % len(events)], "occurred_at": stamp, "tags": {"bench_level": "capacity"}})
     producer.flush(120)
     _wait(lambda: ledger_count("capacity") >= n, 600, "the capacity burst to be queryable", check)
@@ -567,7 +567,7 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
             def breach(agent: str, emitted: dict[str, float] = emitted) -> Callable[[], None]:
                 def inject() -> None:
                     emitted[agent] = time.time()
-                    producer.emit({**_breach_event(agent), "occurred_at": datetime.now(UTC)})
+                    producer.emit({**_breach_event(agent), "occurred_at": utc_now()})
                 return inject
 
             offsets = [(config.level_seconds * (k + 1) / (config.breaches + 1), breach(a))

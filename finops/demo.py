@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from confluent_kafka import TopicPartition
 
 from finops.cli import build_parser
 from finops.clickhouse import open_client, parse_clickhouse_url, parse_query_url
+from finops.clock import utc_now
 from finops.receiver import alert_summary, start_receiver
 from finops.secrets import CONTROL_OPERATOR_KEY, load_control_signing_key, load_or_create_secret, secret_path
 from producers.simulator import parse_duration
@@ -204,7 +205,7 @@ def _phase_progress(state_dir: Path, phase: FleetPhase) -> dict[str, Any]:
 
 
 def build_fleet_plan(finops: Sequence[str], timeline: FleetTimeline, state_dir: Path, *, skip_before: datetime,
-                     answer_key: Path, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                     answer_key: Path, clock: Callable[[], datetime] = lambda: utc_now(),
                      ) -> Iterator[tuple[str, list[str]]]:
     """The simulate invocations still to run, lazily, in order: ``(phase name, argv)``. Phases that finished on
     an earlier start, or that lie wholly before ``skip_before``, are left out; the others resume from their
@@ -531,7 +532,7 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
                           "other ports (finops demo --port/--receiver-port, FINOPS_CLICKHOUSE_QUERY_URL).")
     # The fleet's timeline before anything starts: another fleet on this data dir is refused with nothing running.
     fleet_dir = data / "demo-fleet"
-    wanted_fleet = FleetTimeline(origin=datetime.now(UTC), agents=args.agents, rate=args.rate,
+    wanted_fleet = FleetTimeline(origin=utc_now(), agents=args.agents, rate=args.rate,
                                  history_s=args.history, incident_s=args.incident)
     held_timeline = check_timeline(fleet_dir, wanted_fleet)
     if held_timeline is None:
@@ -653,7 +654,7 @@ def run_demo(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
             say(f"4/5 budgets: {policy} " + ("applied" if applied.returncode == 0 else
                                              f"NOT applied (exit {applied.returncode}, see {logs / 'policy.log'})"))
 
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = utc_now().replace(microsecond=0)
         resuming = held_timeline is not None and fleet_totals(fleet_dir)[0] > 0
         if held_timeline is None or not resuming:
             # Nothing sent yet: the history ends now, when the fleet starts (not when the demo did).

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from finops.clock import utc_now
 
 __all__ = ["alert_summary", "start_receiver"]
 
@@ -32,7 +33,7 @@ class _Receiver(BaseHTTPRequestHandler):
         except ValueError:
             payload = body.decode("utf-8", "replace")
         channel = "pagerduty" if "pagerduty" in self.path else "slack" if "slack" in self.path else "webhook"
-        record = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "channel": channel, "path": self.path,
+        record = {"at": utc_now().isoformat(timespec="milliseconds"), "channel": channel, "path": self.path,
                   "payload": payload}
         with self.lock, open(self.log_path, "a") as out:
             out.write(json.dumps(record) + "\n")

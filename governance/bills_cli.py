@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from finops.clickhouse import open_client
+from finops.clock import utc_now
 from schemas.errors import ConfigError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -59,7 +59,7 @@ def _handle_import(args: argparse.Namespace) -> int:
     )
     from governance.period import parse_period
     settings = load_settings()
-    now = datetime.now(UTC)
+    now = utc_now()
     if args.file is not None:
         report = parse_report_file(args.provider, args.file)
         origin = f"file:{args.file.name}"
@@ -104,7 +104,7 @@ def _handle_reconcile(args: argparse.Namespace) -> int:
     from governance.period import parse_period
     settings = load_settings()
     period = parse_period(args.period)
-    now = datetime.now(UTC)
+    now = utc_now()
     database = settings.clickhouse.database
     client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
                                 readonly=args.no_store, data_dir=settings.data_dir)
@@ -143,7 +143,7 @@ def _handle_demo_seed(args: argparse.Namespace) -> int:
     )
     from governance.period import parse_period
     settings = load_settings()
-    now = datetime.now(UTC)
+    now = utc_now()
     period = parse_period(args.period, now=now)
     database = settings.clickhouse.database
     client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,

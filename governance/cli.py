@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from finops.clickhouse import open_client
+from finops.clock import utc_now
 from schemas.errors import ConfigError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -182,7 +183,7 @@ def _with_client(settings: Any, readonly: bool, work: Callable[[Any, str], int])
 def _period(args: argparse.Namespace) -> Any:
     from governance.period import parse_period
 
-    return parse_period(args.period, start=args.start, end=args.end, now=datetime.now(UTC))
+    return parse_period(args.period, start=args.start, end=args.end, now=utc_now())
 
 
 def _write(path: Path | None, text: str, what: str) -> None:
@@ -265,7 +266,7 @@ def _handle_review(args: argparse.Namespace) -> int:
     from governance.review import compute_next_run
 
     settings, config = _settings(), _config(args)
-    now = datetime.fromisoformat(args.now.replace("Z", "+00:00")).astimezone(UTC) if args.now else datetime.now(UTC)
+    now = datetime.fromisoformat(args.now.replace("Z", "+00:00")).astimezone(UTC) if args.now else utc_now()
     if not args.schedule:
         _review_once(args, settings, config, now)
         return 0
@@ -273,10 +274,10 @@ def _handle_review(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.is_set():
-            due = compute_next_run(datetime.now(UTC), args.cadence, config.review)
+            due = compute_next_run(utc_now(), args.cadence, config.review)
             print(f"next {args.cadence} review at {due:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
             # Wait on the stop event (interruptible), not a sleep: a signal ends the wait at once.
-            if stop.wait(max(0.0, (due - datetime.now(UTC)).total_seconds())):
+            if stop.wait(max(0.0, (due - utc_now()).total_seconds())):
                 break
             _review_once(args, settings, config, due)
     finally:
@@ -290,7 +291,7 @@ def _handle_providers(args: argparse.Namespace) -> int:
     from governance.providers import build_provider_view, render_html, render_text
 
     settings = _settings()
-    last = parse_period(args.period, now=datetime.now(UTC))
+    last = parse_period(args.period, now=utc_now())
 
     def work(client: Any, database: str) -> int:
         view = build_provider_view(client, database, last, months=args.months, discount_pct=args.discount,
@@ -326,7 +327,7 @@ def _handle_recommend(args: argparse.Namespace) -> int:
     def work(client: Any, database: str) -> int:
         report = build_recommendations(client, database, period, config.recommend, kinds=kinds)
         if args.record and report.items:
-            rows = to_waste_signals(report, detected_at=datetime.now(UTC))
+            rows = to_waste_signals(report, detected_at=utc_now())
             client.insert("waste_signals", [list(r.values()) for r in rows], column_names=list(rows[0]),
                           database=database)
             print(f"{len(rows)} waste signals recorded", file=sys.stderr)
@@ -363,7 +364,7 @@ def _handle_reprice(args: argparse.Namespace) -> int:
     pricer = build_pricer(settings.stream, settings.core.data_dir, price_book=book)
 
     def work(client: Any, database: str) -> int:
-        result = reprice(client, database, period.start, period.end, pricer, now=datetime.now(UTC),
+        result = reprice(client, database, period.start, period.end, pricer, now=utc_now(),
                          price_book_digest=digest, dry_run=args.dry_run)
         sys.stdout.write(render_diff(result, limit=args.limit))
         _write(args.diff_csv, render_diff_csv(result), "diff CSV")
@@ -385,7 +386,7 @@ def _handle_agent_request(args: argparse.Namespace) -> int:
     def work(client: Any, database: str) -> int:
         entry = request_agent(client, database, agent_id=args.agent, team=args.team, owner=args.owner,
                               expected_monthly_cost_usd=args.expected_monthly_cost, requested_by=args.by or args.owner,
-                              policy=config.approval, now=datetime.now(UTC), note=args.note)
+                              policy=config.approval, now=utc_now(), note=args.note)
         _print_entry(entry)
         if entry.status == "requested":
             approvers = ", ".join(config.approval.approvers(entry.team)) or "(none configured)"
@@ -402,7 +403,7 @@ def _handle_agent_approve(args: argparse.Namespace) -> int:
 
     def work(client: Any, database: str) -> int:
         _print_entry(approve_agent(client, database, agent_id=args.agent, approver=args.by, policy=config.approval,
-                                   now=datetime.now(UTC), reject=args.reject, note=args.note))
+                                   now=utc_now(), reject=args.reject, note=args.note))
         return 0
 
     return _with_client(settings, False, work)
@@ -425,7 +426,7 @@ def _handle_agent_check(args: argparse.Namespace) -> int:
     from governance.registry import build_unapproved_alerts, find_unapproved
 
     settings, config = _settings(), _config(args)
-    now = datetime.now(UTC)
+    now = utc_now()
 
     def work(client: Any, database: str) -> int:
         found = find_unapproved(client, database, config.approval, now=now,

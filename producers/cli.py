@@ -10,10 +10,10 @@ import argparse
 import json
 import sys
 import threading
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from finops.clock import utc_now
 from producers import replay, simulator
 from schemas.errors import FieldProblem, FinopsError, ValidationFailed
 
@@ -145,7 +145,7 @@ def _emit(args: argparse.Namespace) -> int:
     settings = load_settings()
     event, origins = build_event_with_origins(args)
     # Validated before any broker connection, so bad input gets its own message and nothing else.
-    problems = complete_usage_record(event, datetime.now(UTC), settings.producer.source)
+    problems = complete_usage_record(event, utc_now(), settings.producer.source)
     if problems:
         raise EmitInvalid(problems, origins)  # -> exit 2 via finops.cli
     done = threading.Event()

@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from finops.clock import utc_now
 from schemas.errors import ConfigError, FinopsError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -916,7 +917,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, FieldSpec | None]:
 def _handle_replay(args: argparse.Namespace) -> int:
     from producers.progress import ProgressBar
 
-    now = datetime.now(UTC)
+    now = utc_now()
     mapping = load_mapping(args.mapping).with_overrides(**_overrides(args))
     if args.source:
         mapping = mapping.model_copy(update={"source": args.source})

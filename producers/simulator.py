@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from finops.clock import utc_now
 from producers.replay import Pacer, open_sink
 from schemas.errors import ConfigError, FinopsError
 
@@ -880,7 +881,7 @@ def publish(events: Iterator[dict[str, Any]], emit: Callable[[dict[str, Any]], N
 def _handle_simulate(args: argparse.Namespace) -> int:
     from producers.checkpoint import ProgressCheckpoint, load_progress
     from producers.progress import ProgressBar
-    now = datetime.now(UTC)
+    now = utc_now()
     config = config_from_args(args, now)
     skip_before = _parse_time(args.skip_before, "--skip-before") if args.skip_before else None
     simulation = Simulation(config)

@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from finops.clickhouse import connect, open_client, parse_clickhouse_url, parse_query_url
+from finops.clock import utc_now
 from finops.kafka.loop import DEFAULT_MAX_BATCH_WAIT_S
 from finops.secrets import load_store_credentials, secrets_dir
 from schemas.errors import ConfigError, FinopsError
@@ -290,7 +291,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     if not report.drift:
         return 0
     if not args.no_alert:
-        alert = build_drift_alert(report, datetime.now(UTC))
+        alert = build_drift_alert(report, utc_now())
         publish_alerts(settings.kafka, TopicNames(settings.kafka.topic_prefix).alerts, [alert])
         print(f"drift alert {alert['alert_id']} sent (dedup key {alert['dedup_key']})", file=sys.stderr)
     return 1

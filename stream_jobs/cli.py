@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finops.clickhouse import check_identifier, open_client
+from finops.clock import utc_now
 from schemas.errors import ConfigError
 from schemas.errors import FinopsError as FinopsErrorType
 
@@ -214,7 +215,7 @@ def _price(args: argparse.Namespace) -> int:
     pricer = build_pricer(settings.stream, settings.core.data_dir, book_path=args.price_book)
     if args.file is not None:
         return _price_file(args.file, pricer, settings)
-    event = load_price_request(args.event_json, datetime.now(UTC))
+    event = load_price_request(args.event_json, utc_now())
     print(pricer.explain(event))  # InvalidUsageError is a FinopsError: printed as one message, exit 2
     result = pricer.price(event)
     if result.pricing_status == "unpriced":
@@ -236,7 +237,7 @@ def _price_file(path: Path, pricer: Any, settings: Any) -> int:
     write = sys.stdout.write
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     with handle:
-        for out, running in price_lines(handle, pricer, now=datetime.now(UTC), reasoning=reasoning):
+        for out, running in price_lines(handle, pricer, now=utc_now(), reasoning=reasoning):
             write(dumps(out) + "\n")
             summary = running  # the running summary of the last line is the file's
     sys.stdout.flush()
@@ -258,7 +259,7 @@ def _drift_calls_from_file(path: Path, pricer: Any, settings: Any) -> list[Any]:
     from stream_jobs.price_file import compute_line_event
 
     reasoning = parse_reasoning_conventions(settings.producer.reasoning_conventions)
-    now = datetime.now(UTC)
+    now = utc_now()
     calls = []
     try:
         text = path.read_text(encoding="utf-8")
@@ -285,7 +286,7 @@ def _drift_calls_from_ledger(since: str, until: str | None, settings: Any, price
     from stream_jobs.drift import DriftCall
 
     lo = _parse_when(since, "--since")
-    hi = _parse_when(until, "--until") if until else datetime.now(UTC)
+    hi = _parse_when(until, "--until") if until else utc_now()
     database = settings.clickhouse.database
     client, where = open_client(settings.clickhouse_url(), database, settings.clickhouse.query_url,
                                 readonly=True, data_dir=settings.data_dir)
@@ -341,7 +342,7 @@ def _pricebook_suggest(args: argparse.Namespace) -> int:
     else:
         calls = _drift_calls_from_ledger(args.since, args.until, settings, pricer)
     suggestions = compute_drift(calls, min_calls=args.min_calls, min_share=args.min_share)
-    now = datetime.now(UTC)
+    now = utc_now()
     version = args.book_version or f"suggested-{now.date().isoformat()}"
     text = render_price_book(suggestions, version=version)
     sys.stdout.write(text)
@@ -373,7 +374,7 @@ def _prices_update(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     info = install_catalogue(args.source, catalogue_dir(settings.stream, settings.core.data_dir),
-                             now=datetime.now(UTC))  # fmt: skip
+                             now=utc_now())  # fmt: skip
     print(f"installed price catalogue {info.version} ({info.providers} providers, {info.models} models, data date "
           f"{info.data_date or 'unknown'}) from {info.source}")  # fmt: skip
     _record_version(settings, info)
@@ -394,7 +395,7 @@ def _record_version(settings: Any, info: Any) -> None:
     try:
         details = json.dumps(info.as_json(), sort_keys=True)
         client.insert(f"{check_identifier(settings.clickhouse.database)}.price_catalogue_versions",
-                      [[info.version, "", info.installed_at or datetime.now(UTC), details]],
+                      [[info.version, "", info.installed_at or utc_now(), details]],
                       column_names=["catalogue_version", "price_book_version", "first_seen_at", "details"])  # fmt: skip
         print(f"recorded {info.version} in price_catalogue_versions")
     except Exception as err:  # noqa: BLE001 - a refused write must not hide that the catalogue is installed
@@ -409,7 +410,7 @@ def _prices_status(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     info, _ = load_active_catalogue(catalogue_dir(settings.stream, settings.core.data_dir))
-    today = datetime.now(UTC).date()
+    today = utc_now().date()
     dated = info.data_date or (info.installed_at.date() if info.installed_at else None)
     age = (today - dated).days if dated else None
     limit = settings.stream.catalogue_max_age_days

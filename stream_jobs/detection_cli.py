@@ -10,9 +10,10 @@ import logging
 import signal
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from finops.clock import utc_now
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
 # dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
@@ -64,7 +65,7 @@ def _apply(args: argparse.Namespace) -> int:
     )
 
     # Validate before touching Kafka: a bad file is refused even when the broker is down.
-    wanted = load_policy_file(Path(args.file), now=datetime.now(UTC))
+    wanted = load_policy_file(Path(args.file), now=utc_now())
     settings, topics = _context()
     config = settings.kafka.client_config()
     published = load_published_policies(config, topics.policies)

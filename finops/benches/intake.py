@@ -18,10 +18,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from datetime import UTC as _UTC
 from pathlib import Path
 from typing import Any
+
+from finops.clock import utc_now
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
 # dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
@@ -42,7 +42,7 @@ def build_payloads(requests: int, spans_per_request: int) -> list[bytes]:
         v = AnyValue(int_value=value) if isinstance(value, int) else AnyValue(string_value=value)
         return KeyValue(key=key, value=v)
 
-    now = int(datetime.now(UTC).timestamp() * 1e9)
+    now = int(utc_now().timestamp() * 1e9)
     res = Resource(attributes=[kv("service.name", "bench-app"), kv("team.name", "bench"),
                                kv("project.name", "intake"), kv("deployment.environment.name", "prod")])
     bodies = []
@@ -112,7 +112,7 @@ def run_bench(bootstrap: str, topic: str, *, requests: int = 200, spans_per_requ
         out["bare"] = {"wall_s": wall, "cpu_s": cpu_s, "spans_per_s": spans / wall, "us_per_span": cpu_s / spans * 1e6}
 
         store = IntakeTokenStore(Path(tmp) / "tokens.json")
-        _, token = store.issue("bench", created_by="bench", now=datetime.now(_UTC))
+        _, token = store.issue("bench", created_by="bench", now=utc_now())
         producer = UsageProducer(bootstrap=bootstrap, topic=topic, source="intake-bench", spool_dir=Path(tmp) / "spool",
                                  register_atexit=False, linger_ms=5, kafka_config=kafka_config)
         receiver = IntakeReceiver(producer, store)

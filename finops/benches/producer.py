@@ -12,10 +12,10 @@ import resource
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finops.clock import utc_now
 from schemas.errors import FinopsError
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
@@ -164,7 +164,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     # 3. Where the SDK's time goes: the pure-Python steps alone (no Kafka).
     codec = AvroCodec()
-    now = datetime.now(UTC)
+    now = utc_now()
     sample = [dict(e, event_id=p[0], source="bench", occurred_at=now) for e, p in
               zip(events[: min(n, 50_000)], prepared, strict=False)]
     w0, c0 = time.perf_counter(), time.process_time()

@@ -21,13 +21,14 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from io import BytesIO
 from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from finops.clock import utc_now
 from producers.simulator import SimulationConfig, generate
 from schemas.errors import FinopsError
 from schemas.loader import load_schema
@@ -181,7 +182,7 @@ def _fill_topic(client: dict[str, Any], topic: str, events: int, agents: int, ra
     admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result()
     codec = AvroCodec()
     # Recent event times (an hour ago): the deduper judges them (it forgets events older than its window).
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    start = utc_now().replace(microsecond=0) - timedelta(hours=1)
     config = SimulationConfig.model_validate(
         {"seed": seed, "agents": agents, "teams": max(1, agents // 100), "projects": max(1, agents // 40),
          "duration_s": events / rate * 1.5 + 60, "rate_per_s": rate, "start": start}

@@ -28,6 +28,7 @@ import genai_prices
 from genai_prices import data_snapshot
 from genai_prices import types as gp_types
 
+from finops.clock import utc_now
 from finops.pricing.engine import Pricer, catalogue_version, parse_cost_basis
 from finops.pricing.pricebook import PriceBook, load_price_book
 from schemas.errors import ConfigError, FinopsError
@@ -210,7 +211,7 @@ def bundled_info() -> CatalogueInfo:
     snapshot = data_snapshot.get_snapshot()
     return CatalogueInfo(
         version=catalogue_version(snapshot), source=f"bundled with genai-prices {genai_prices.__version__}",
-        installed_at=None, data_date=_data_date(snapshot.providers, datetime.now(UTC).date()), path=None,
+        installed_at=None, data_date=_data_date(snapshot.providers, utc_now().date()), path=None,
         providers=len(snapshot.providers),
         models=sum(len(p.models) for p in snapshot.providers),
     )  # fmt: skip

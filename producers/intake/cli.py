@@ -9,10 +9,10 @@ import json
 import logging
 import signal
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finops.clock import utc_now
 from producers.replay import open_sink
 from schemas.errors import FinopsError
 
@@ -73,7 +73,7 @@ def _token_issue(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
 
     text, record = _store(load_settings()).issue(args.source, team=args.team, project=args.project,
-                                                 created_by=getpass.getuser(), now=datetime.now(UTC))
+                                                 created_by=getpass.getuser(), now=utc_now())
     if args.json:
         print(json.dumps({"token": text, **record.as_json()}))
     else:
@@ -86,7 +86,7 @@ def _token_issue(args: argparse.Namespace) -> int:
 def _token_revoke(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
 
-    if not _store(load_settings()).revoke(args.token_id, now=datetime.now(UTC)):
+    if not _store(load_settings()).revoke(args.token_id, now=utc_now()):
         print(f"finops: no active intake token {args.token_id!r}", file=sys.stderr)
         return 1
     print(f"intake token {args.token_id} revoked")
