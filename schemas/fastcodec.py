@@ -28,6 +28,7 @@ __all__ = [
     "Timestamps",
     "UnsupportedSchemaError",
     "build_fast_codec",
+    "encode_long",
     "generate_source",
 ]
 
@@ -90,6 +91,13 @@ def _uvarint(z: int) -> bytes:
     if z < 0x100000000000000:
         return _C[z & 0x3FFF] + _C[(z >> 14) & 0x3FFF] + _C[(z >> 28) & 0x3FFF] + _U[z >> 42]
     return _C[z & 0x3FFF] + _C[(z >> 14) & 0x3FFF] + _C[(z >> 28) & 0x3FFF] + _C[(z >> 42) & 0x3FFF] + _U[z >> 56]
+
+
+def encode_long(n: int) -> bytes:
+    """Avro ``int`` / ``long`` of an integer the caller knows is in int64: the project's one zig-zag varint
+    encoder for code that assembles Avro bytes itself (the hot path's outputs, the sinks' containers)."""
+    z = (n << 1) ^ (n >> 63)
+    return _U[z] if z < 0x4000 else _uvarint(z)
 
 
 def _zz(n: Any) -> bytes:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.errors import DecodeError
+from schemas.fastcodec import encode_long
 from schemas.wire import CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC
 
 __all__ = [
@@ -26,22 +27,10 @@ __all__ = [
     "build_container",
     "build_container_header",
     "compute_frame_header",
-    "encode_long",
 ]
 
 _CONTAINER_MAGIC = b"Obj\x01"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def encode_long(value: int) -> bytes:
-    """Avro ``long``: zig-zag, then base-128 varint, least significant group first."""
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _encode_bytes(data: bytes) -> bytes:

@@ -43,7 +43,7 @@ from finops.pricing.catalogue import CatalogueWatcher, build_pricer, catalogue_d
 from finops.pricing.engine import InvalidUsageError, Pricer, PriceResult, unpriced_fix
 from finops.topics import TopicNames
 from schemas.errors import ConfigError, FinopsError
-from schemas.fastcodec import UnsupportedSchemaError, build_fast_codec
+from schemas.fastcodec import UnsupportedSchemaError, build_fast_codec, encode_long
 from schemas.loader import load_schema
 from schemas.models import check_usage_dict
 from schemas.wire import (
@@ -105,20 +105,7 @@ class OutputDeliveryError(HotPathError):
 
 
 # ---- Avro primitives (byte-identical to fastavro for these types; tests compare) -----------------------------------
-def _long(n: int) -> bytes:
-    """Avro ``int`` / ``long``: zig-zag varint."""
-    n = (n << 1) ^ (n >> 63)
-    if n < 0x80:
-        return _ONE_BYTE[n]
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_ONE_BYTE: Final = tuple(bytes((i,)) for i in range(256))
+_long: Final = encode_long
 
 
 def _string(text: str) -> bytes:

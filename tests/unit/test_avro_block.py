@@ -11,11 +11,12 @@ from typing import Any
 import fastavro
 import pytest
 
+from finops.benches.sink import build_bench_event
 from schemas.errors import DecodeError
+from schemas.fastcodec import encode_long
 from schemas.loader import load_schema
 from schemas.wire import AvroCodec
-from sinks.avro_block import PrefixReader, build_container, build_container_header, compute_frame_header, encode_long
-from finops.benches.sink import build_bench_event
+from sinks.avro_block import PrefixReader, build_container, build_container_header, compute_frame_header
 
 pytestmark = pytest.mark.unit
 
