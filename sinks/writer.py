@@ -631,11 +631,7 @@ class ClickHouseBatchWriter:
         *,
         whole_batch: bool = False,
     ) -> None:
-        token = compute_dedup_token(
-            self._spec.table, ranges, ((r.message.topic, r.message.partition, r.message.offset) for r in rows)
-        )
-        if report.first_token is None:
-            report.first_token = token
+        token = self._token(rows, ranges, report)
         try:
             self._retrying(lambda: self._insert(rows, token, report), report, wait, should_abort, rejectable=True)
             report.inserted += len(rows)
@@ -672,11 +668,7 @@ class ClickHouseBatchWriter:
         :meth:`_insert_or_bisect` does, and hand a refused single message to the row path (full decode, then a row
         insert), which inserts it or dead-letters it with the decoder's or ClickHouse's reason. Returns how many
         rows ClickHouse refused; every row refused (none inserted) halts the sink, as on the row path."""
-        token = compute_dedup_token(
-            self._spec.table, ranges, ((r.message.topic, r.message.partition, r.message.offset) for r in rows)
-        )
-        if report.first_token is None:
-            report.first_token = token
+        token = self._token(rows, ranges, report)
         frame = rows[0].frame
         assert frame is not None
         # Built once: every retry sends byte-for-byte the same insert under the same token.
@@ -720,6 +712,16 @@ class ClickHouseBatchWriter:
         before = len(letters)
         self._insert_or_bisect(decoded, ranges, letters, report, wait, should_abort)
         return len(letters) - before
+
+    def _token(self, rows: Sequence[_Row], ranges: Mapping[tuple[str, int], tuple[int, int]],
+               report: WriteReport) -> str:
+        """The deterministic deduplication token of an insert of ``rows`` (the first one is reported)."""
+        token = compute_dedup_token(
+            self._spec.table, ranges, ((r.message.topic, r.message.partition, r.message.offset) for r in rows)
+        )
+        if report.first_token is None:
+            report.first_token = token
+        return token
 
     def _insert_block(self, frame: _Frame, block: bytes, settings: dict[str, Any], report: WriteReport) -> None:
         report.inserts += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ class FlushContext:
                 loop._carried.append(msg)
 
 
-class Step:
+class Step(ABC):
     """One consuming role, driven by a :class:`ConsumeLoop` on one thread. Lifecycle (arroyo's names):
 
     - :meth:`assign` / :meth:`revoke`: partitions arrive with their committed position and tracker, and leave. On a
@@ -168,30 +169,30 @@ class Step:
         """The tracker for a newly assigned partition."""
         return CommitTracker(partition, committed)
 
-    def assign(self, assignments: Sequence[Assignment]) -> None:
+    def assign(self, assignments: Sequence[Assignment]) -> None:  # noqa: B027 - optional hook
         """Partitions were assigned (incrementally: added to what is owned)."""
 
-    def revoke(self, partitions: Sequence[TopicPartitionKey], *, lost: bool) -> None:
+    def revoke(self, partitions: Sequence[TopicPartitionKey], *, lost: bool) -> None:  # noqa: B027 - optional hook
         """Partitions were revoked or lost: drop their uncommitted state."""
 
+    @abstractmethod
     def submit(self, messages: Sequence[Any]) -> None:
         """Process one consumed batch (possibly empty)."""
-        raise NotImplementedError
 
     def poll(self) -> bool:
         """Periodic work between batches; True asks the loop for a flush barrier after the next batch."""
         return False
 
+    @abstractmethod
     def join(self, flush: FlushContext) -> bool:
         """The flush barrier (see the class docstring); True: the trackers are up to date, commit."""
-        raise NotImplementedError
 
     def commit_point(self, tp: TopicPartitionKey, tracker: CommitTracker) -> tuple[int, str | None] | None:
         """The offset (and offset metadata) to commit for ``tp`` now, or ``None``."""
         offset = tracker.committable()
         return None if offset is None else (offset, None)
 
-    def committed(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+    def committed(self, offsets: Mapping[TopicPartitionKey, int]) -> None:  # noqa: B027 - optional hook
         """Called after a successful commit of ``offsets``."""
 
 
