@@ -4,10 +4,11 @@ published to the priced topic and judged by the detection service; the simulator
 The priced events are made here with ``finops.pricing.engine.Pricer`` (what the hot path does), so this test does not
 depend on the hot path being deployed.
 
-Latency is measured in event time. The runaway is timed from its rate jump (the answer key's start). The retry
-loop is timed from its first repeated call: a loop is a repetition, so its first call is indistinguishable from any
-other call, and the simulator stamps an event with the call's finish time (a timed-out attempt lands 60 s after it
-was sent), so nothing can see the loop before its first repeat arrives.
+Latency is measured in event time. The runaway is timed from its first event after the rate jump (the answer key's
+start is the jump itself, and the simulator stamps an event with the call's finish time, so nothing can see the jump
+before that event). The retry loop is timed from its first repeated call: a loop is a repetition, so its first call
+is indistinguishable from any other call (a timed-out attempt lands 60 s after it was sent), so nothing can see the
+loop before its first repeat arrives.
 """
 
 from __future__ import annotations
@@ -98,16 +99,21 @@ def test_simulated_day_detects_injected_misbehaviour_only(kafka_config: dict[str
     print(f"  overall precision {precision:.2f} ({total_good}/{len(triggers)}), recall {recall:.2f} {found}")
 
     runaway = min(a["occurred_at"] for a in by_kind["runaway"] if _culprit(a) == RUNAWAY)
-    runaway_delay = (runaway - injections["runaway"].start).total_seconds()
+    runaway_inj = injections["runaway"]
+    runaway_first = min(e["occurred_at"] for e in events if e["event_id"] in set(runaway_inj.event_ids))
+    runaway_delay = (runaway - runaway_first).total_seconds()
     loop_inj = injections["retry_loop"]
     loop_times = sorted(e["occurred_at"] for e in events if e["event_id"] in set(loop_inj.event_ids))
     loop_alert = min(a["occurred_at"] for a in by_kind["retry_loop"] if _culprit(a) == LOOP)
     loop_delay = (loop_alert - loop_times[1]).total_seconds()
-    print(f"  runaway detected {runaway_delay:.1f} s after its rate jump; retry loop {loop_delay:.1f} s after its "
-          f"first repeat ({(loop_alert - loop_inj.start).total_seconds():.1f} s after its first call)")
+    print(f"  runaway detected {runaway_delay:.1f} s after its first event "
+          f"({(runaway - runaway_inj.start).total_seconds():.1f} s after its rate jump); retry loop {loop_delay:.1f} s "
+          f"after its first repeat ({(loop_alert - loop_inj.start).total_seconds():.1f} s after its first call)")
 
-    # Event time, deterministic (seed 12): the first window holding enough evidence, not a whole 60 s one (22.3 s).
-    assert 0 <= runaway_delay <= 25
+    # Event time, deterministic (seed 12): the first window holding enough evidence, not a whole 60 s one. Not 15 s:
+    # by then this agent (about 1.3 tasks a minute) had started 4 tasks, a count its steady peers reach many times a
+    # day (README, "How fast a runaway is found").
+    assert 0 <= runaway_delay <= 21
     assert 0 <= loop_delay <= 60
     assert found["duplicate_prompts"], "the duplicate prompts are flagged"
     steady_anomalies = [a for a in by_kind.get("anomaly", []) if not matches(a)]
