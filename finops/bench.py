@@ -54,6 +54,7 @@ __all__ = ["LatencyConfig", "register", "render", "run_latency", "run_suite"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = Path("bench-results") / "latest.json"
 PARTS = ("producer", "stream", "sink", "intake", "latency")
+_BROKER_PID: list[int] = []  # the bench's own broker while bench_broker() runs (its CPU is measured too)
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------------
@@ -105,12 +106,15 @@ def bench_broker() -> Iterator[str]:
         port = free_port_pair()
         stack = KafkaStack(Path(home), port=port, controller_port=port + 1)
         _say(f"broker: none configured; starting a local one on 127.0.0.1:{port} (stopped at the end) ...")
-        stack.up()
+        status = stack.up()
+        if status.pid is not None:
+            _BROKER_PID[:] = [status.pid]
         os.environ["FINOPS_KAFKA_BOOTSTRAP"] = stack.bootstrap
         try:
             yield stack.bootstrap
         finally:
             os.environ.pop("FINOPS_KAFKA_BOOTSTRAP", None)
+            _BROKER_PID.clear()
             stack.down()
 
 
@@ -270,7 +274,7 @@ class LatencyConfig:
     levels: tuple[float, ...] = (0.25, 0.5, 0.75)
     level_seconds: float = 15.0
     breaches: int = 3
-    capacity_events: int = 40_000
+    capacity_events: int = 100_000
     drain_timeout_s: float = 180.0
     alert_timeout_s: float = 90.0
 
@@ -318,6 +322,44 @@ def _vm_hwm_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used (its threads included), or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs: /proc/stat minus idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuMeter:
+    """CPU seconds per process over a phase: the role processes, the broker when it is ours, this process (the load
+    generator, the alert receiver, the polling) and the machine as a whole, read from /proc at the start and end."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._pids = dict(pids)
+        self._t0 = time.monotonic()
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float | None]:
+        now: dict[str, float | None] = {name: _proc_cpu_s(pid) for name, pid in self._pids.items()}
+        now["load generator (bench process)"] = time.process_time()
+        now["machine"] = _machine_busy_s()
+        return now
+
+    def stop(self) -> dict[str, Any]:
+        """``{"seconds": wall, "cpu_s": {name: CPU seconds}}``; a process that went away is left out."""
+        end, wall = self._read(), time.monotonic() - self._t0
+        used = {name: end[name] - begin for name, begin in self._start.items()  # type: ignore[operator]
+                if begin is not None and end.get(name) is not None}
+        return {"seconds": wall, "cpu_s": used}
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -455,11 +497,13 @@ def _bare_loop(client: dict[str, Any], in_topic: str, out_topic: str, expected: 
 
 
 def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledger_count: Callable[[str], int],
-                      check: Callable[[], None]) -> float:
+                      check: Callable[[], None], meter: Callable[[], _CpuMeter]) -> tuple[float, dict[str, Any]]:
     """The running pipeline's throughput on this machine: ``n`` events emitted as fast as the SDK goes, divided by
-    the time from the first emit until the last one is queryable (every role shares the machine, as in the levels).
+    the time from the first emit until the last one is queryable (every role shares the machine, as in the levels);
+    with the CPU seconds each process used meanwhile (``meter`` starts the count).
     """
     _say(f"latency: capacity: {n:,} events at once through the whole pipeline ...")
+    cpu = meter()
     t0 = time.monotonic()
     stamp = utc_now()
     for i in range(n):
@@ -469,8 +513,10 @@ def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledge
     producer.flush(120)
     _wait(lambda: ledger_count("capacity") >= n, 600, "the capacity burst to be queryable", check)
     rate = n / (time.monotonic() - t0)
-    _say(f"latency: capacity {rate:,.0f} events/s end to end")
-    return rate
+    used = cpu.stop()
+    _say(f"latency: capacity {rate:,.0f} events/s end to end; CPU s: "
+         + ", ".join(f"{k} {v:.2f}" for k, v in used["cpu_s"].items()))
+    return rate, used
 
 
 def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) -> dict[str, Any]:  # noqa: PLR0915
@@ -545,21 +591,28 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
             return int(reader.query("SELECT count() FROM usage_ledger WHERE tags['bench_level'] = {t:String}",
                                     parameters={"t": tag}).result_rows[0][0])
 
+        def cpu_meter() -> _CpuMeter:
+            return _CpuMeter({**{name: proc.pid for name, proc in roles.procs.items()},
+                              **({"broker": _BROKER_PID[0]} if _BROKER_PID else {})})
+
         events = _load_events(20_000)
         producer = UsageProducer(settings.kafka.bootstrap, names.usage, f"bench-{run}", home / "spool",
                                  kafka_config={k: v for k, v in client.items() if k != "bootstrap.servers"},
-                                 compression=settings.producer.compression, linger_ms=5, register_atexit=False)
+                                 compression=settings.producer.compression, linger_ms=settings.producer.linger_ms,
+                                 register_atexit=False)
         # Warm-up: the pipeline is ready when a first handful of events is queryable (group joins, Faust start).
         warm = _drive(producer, events, 200, 1.0, {"bench_level": "warmup"})
         producer.flush(30)
         _wait(lambda: ledger_count("warmup") >= warm, 180, "the warm-up events to be queryable", roles.check)
         if capacity is None:
-            capacity = _measure_capacity(producer, events, config.capacity_events, ledger_count, roles.check)
+            capacity, result["capacity_cpu"] = _measure_capacity(
+                producer, events, config.capacity_events, ledger_count, roles.check, cpu_meter)
             result["capacity_source"] = (f"measured: {config.capacity_events:,} events emitted at once, "
                                          "divided by the time until the last was queryable")
         else:
             result["capacity_source"] = "given"
         result["capacity_events_per_s"] = capacity
+        result["capacity_events"] = config.capacity_events
         for level, p in zip(config.levels, pct, strict=True):
             rate = capacity * level
             emitted: dict[str, float] = {}
@@ -573,6 +626,7 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
             offsets = [(config.level_seconds * (k + 1) / (config.breaches + 1), breach(a))
                        for k, a in enumerate(breach_agents[p])]
             _say(f"latency: {p} % of capacity = {rate:,.0f} events/s for {config.level_seconds:g} s ...")
+            level_cpu = cpu_meter()
             t0 = time.monotonic()
             sent = _drive(producer, events, rate, config.level_seconds, {"bench_level": str(p)}, offsets)
             achieved = sent / (time.monotonic() - t0)
@@ -580,6 +634,7 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
                 raise FinopsError("bench: the load generator's events were not acknowledged")
             _wait(lambda tag=str(p), n=sent: ledger_count(tag) >= n, config.drain_timeout_s,  # type: ignore[misc]
                   f"{sent:,} events of level {p} % to be queryable", roles.check)
+            used = level_cpu.stop()
 
             def alerted(emitted: dict[str, float] = emitted) -> dict[str, float]:
                 firsts: dict[str, float] = {}
@@ -613,7 +668,7 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
                                 and r["channel"] == "slack") for a in emitted}
             result["levels"].append({"percent": p, "target_events_per_s": rate, "achieved_events_per_s": achieved,
                                      "events": sent, "queryable_ms": queryable, "alert_ms": to_alert,
-                                     "slack_posts_per_breach": per_agent})
+                                     "slack_posts_per_breach": per_agent, "cpu": used})
             _say(f"latency: {p} %: queryable p50 {queryable['p50']:.0f} ms p99 {queryable['p99']:.0f} ms; "
                  f"alert p50 {to_alert['p50']:.0f} ms")
         result["peak_rss_mb"] = roles.peak_rss_mb()
@@ -669,7 +724,8 @@ def _run_baseline(settings: Any, client: dict[str, Any], prefix: str, events: li
     with tempfile.TemporaryDirectory(prefix="finops-bench-bare-") as spool:
         producer = UsageProducer(settings.kafka.bootstrap, in_topic, "bench-bare", Path(spool),
                                  kafka_config={k: v for k, v in client.items() if k != "bootstrap.servers"},
-                                 compression=settings.producer.compression, linger_ms=5, register_atexit=False)
+                                 compression=settings.producer.compression, linger_ms=settings.producer.linger_ms,
+                                 register_atexit=False)
         for level in config.levels:
             rate = capacity * level
             expected = ctx.Value("q", -1)
@@ -696,6 +752,13 @@ def _fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "n/a"
     return f"{value:,.0f}{unit}"
+
+
+def _cpu_line(what: str, cpu: Mapping[str, Any], events: int, cpus: int) -> str:
+    """CPU µs per event of each process over a phase, and how busy the whole machine was."""
+    per = ", ".join(f"{k} {v / events * 1e6:,.0f}" for k, v in cpu["cpu_s"].items() if k != "machine")
+    busy = cpu["cpu_s"].get("machine", 0.0) / max(cpu["seconds"], 1e-9) / cpus * 100
+    return f"  CPU µs per event, {what}: {per}; machine busy {busy:.0f} % of {cpus} CPUs over {cpu['seconds']:.1f} s"
 
 
 def render(result: Mapping[str, Any]) -> str:
@@ -741,6 +804,9 @@ def render(result: Mapping[str, Any]) -> str:
             # much of the machine the roles beside the hot path (sink, detection, alerts, broker) take.
             row("whole pipeline events/s (all roles, this machine)", lat["capacity_events_per_s"],
                 result["stream"]["hotpath"]["events_per_s"], "the hot path's one-core rate above")
+        if lat.get("capacity_cpu"):
+            lines.append(_cpu_line("capacity burst", lat["capacity_cpu"], lat.get("capacity_events") or 1,
+                                   m["cpus"]))
         lines.append(f"latency at % of capacity = {lat['capacity_events_per_s']:,.0f} events/s, the whole pipeline's "
                      f"throughput here ({lat.get('capacity_source', '')}); finops = SDK -> broker -> stream -> sink "
                      "-> ClickHouse, all roles on this machine")
@@ -752,6 +818,8 @@ def render(result: Mapping[str, Any]) -> str:
             row(f"event->queryable p50 ms {label}", q["p50"], b.get("p50"), "bare consume->produce, emit->ack",
                 higher_better=False)
             row(f"event->queryable p99 ms {label}", q["p99"], b.get("p99"), "same", higher_better=False)
+            if level.get("cpu"):
+                lines.append(_cpu_line(f"@{pct}%", level["cpu"], level["events"], m["cpus"]))
             a = level["alert_ms"]
             lines.append(f"{'event->alert (Slack POST) p50 / max ms ' + f'@{pct}%':<46} "
                          f"{_fmt(a['p50']) + ' / ' + _fmt(a['max']):>16} {'n/a':>16} {'':>6}  "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from finops.bench import render
@@ -27,3 +29,27 @@ def test_pipeline_capacity_row_is_a_share_of_the_hot_path_rate() -> None:
 
 def test_no_pipeline_share_when_the_capacity_was_given_not_measured() -> None:
     assert "whole pipeline events/s" not in render(_result("given"))
+
+
+def test_cpu_per_event_line_names_each_process_and_the_machine_share() -> None:
+    result = _result("measured: 100,000 events emitted at once")
+    result["latency"]["capacity_events"] = 100_000
+    result["latency"]["capacity_cpu"] = {"seconds": 10.0, "cpu_s": {"sink": 3.0, "broker": 4.5, "machine": 15.0}}
+    line = next(x for x in render(result).splitlines() if "CPU µs per event, capacity burst" in x)
+    assert "sink 30, broker 45;" in line  # CPU seconds / events, in µs
+    assert "machine busy 75 % of 2 CPUs over 10.0 s" in line  # 15 CPU s over 10 s on 2 CPUs
+    assert "machine 150" not in line  # the machine total is a share, not a process
+
+
+def test_cpu_meter_counts_this_process_and_leaves_out_a_process_that_is_gone() -> None:
+    from finops.bench import _CpuMeter
+
+    meter = _CpuMeter({"self": os.getpid(), "gone": 2**22 + 12345})
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn CPU the meter must see
+        pass
+    used = meter.stop()
+    assert "gone" not in used["cpu_s"]
+    assert used["cpu_s"]["self"] >= 0.15
+    assert used["cpu_s"]["load generator (bench process)"] >= 0.15
+    assert used["cpu_s"]["machine"] >= 0.15
