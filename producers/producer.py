@@ -35,8 +35,26 @@ from finops.topics import TopicNames
 from producers.spool import Spool, SpoolFull, SpoolRecord
 from producers.track import Track
 from schemas.errors import EncodeError, FieldProblem, FinopsError, ValidationFailed
-from schemas.models import UsageEvent, check_usage_dict, to_micros, validate_event
-from schemas.wire import CONFLUENT_HEADER_LEN, SINGLE_OBJECT_HEADER_LEN, AvroCodec, build_registry_serializer
+from schemas.fastcodec import CheckedEncoder, build_checked_encoder, encode_long
+from schemas.loader import load_schema
+from schemas.models import (
+    MAX_FUTURE_SKEW,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    USAGE_STATUSES,
+    UUID_TEXT,
+    UsageEvent,
+    check_usage_dict,
+    to_micros,
+    validate_event,
+)
+from schemas.wire import (
+    CONFLUENT_HEADER_LEN,
+    SINGLE_OBJECT_HEADER_LEN,
+    SINGLE_OBJECT_MAGIC,
+    AvroCodec,
+    build_registry_serializer,
+)
 
 if TYPE_CHECKING:
     from finops.settings import FinopsSettings
@@ -178,9 +196,13 @@ def new_event_id() -> str:
     """A random (version 4) UUID string, cheaper than ``str(uuid.uuid4())`` (it is built once per event)."""
     # getrandbits does not release the GIL (os.urandom does, handing the core to the poll thread mid-emit);
     # Mersenne Twister seeded from os.urandom and re-seeded after fork is plenty for uniqueness, and ids are not
-    # secrets.
-    h = f"{_random_bits(128):032x}"
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    # secrets. The version (4) and variant (10) bits are set on the integer, before it is formatted.
+    h = f"{(_random_bits(128) & _UUID_KEEP) | _UUID_SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID_KEEP = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID_SET = (0x4 << 76) | (0x2 << 62)
 
 
 def _complete_usage(record: dict[str, Any], now: datetime, source: str) -> list[FieldProblem]:
@@ -229,14 +251,6 @@ def _complete_usage(record: dict[str, Any], now: datetime, source: str) -> list[
     return problems
 
 
-def _encodes(encode: Callable[[Mapping[str, Any]], bytes], record: Mapping[str, Any]) -> bool:
-    try:
-        encode(record)
-    except EncodeError:
-        return False
-    return True
-
-
 def complete_usage_record(record: dict[str, Any], now: datetime, source: str) -> list[FieldProblem]:
     """Fill ``event_id``, ``source`` and ``occurred_at`` in place when absent and return every problem of the event
     (empty = valid), what :meth:`UsageProducer.prepare` refuses. Pure apart from the new event id; sends nothing.
@@ -249,6 +263,67 @@ def complete_usage_record(record: dict[str, Any], now: datetime, source: str) ->
     reported = {problem.field for problem in problems}
     problems.extend(p for p in check_usage_dict(record, now) if p.field not in reported)
     return problems
+
+
+def _tags_ok(tags: dict[Any, Any]) -> bool:
+    if len(tags) > MAX_TAGS:
+        return False
+    for key, value in tags.items():
+        if key.__class__ is not str or value.__class__ is not str:
+            return False
+        if len(key) > MAX_TAG_LENGTH or len(value) > MAX_TAG_LENGTH:
+            return False
+    return True
+
+
+_TEXT = "{{{0}}}.__class__ is str and {{{0}}} and not {{{0}}}.isspace()"
+_COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+                 "reasoning_tokens", "input_audio_tokens", "output_audio_tokens", "cache_audio_read_tokens",
+                 "image_tokens", "web_search_calls", "requests", "attempt")
+#: What complete_usage_record accepts, as one expression over the fields as given (the one-pass path's guard). It
+#: may refuse more (subclasses, a uuid.UUID id, an ISO-8601 string time, a non-Decimal cost): those take the slow
+#: path, which fills, converts and diagnoses. It must never accept what the slow path refuses, nor give other bytes:
+#: tests/unit/test_producer_fastpath.py compares the two paths on edge cases, examples and traces.
+_USAGE_GUARD = " and ".join((
+    "_KNOWN.issuperset(rec)",
+    "({event_id} is None or ({event_id}.__class__ is str and _uuid_match({event_id}) is not None))",
+    "({source} is None or (" + _TEXT.format("source") + "))",
+    "({occurred_at} is None or ({occurred_at}.__class__ is _datetime and {occurred_at}.tzinfo is not None"
+    " and {occurred_at} - now <= _SKEW))",
+    *(_TEXT.format(name) for name in ("agent_id", "team", "project", "provider", "model")),
+    *(f"{{{name}}}.__class__ is int" for name in _COUNT_FIELDS),
+    "0 <= {cache_read_tokens} and 0 <= {cache_write_tokens}"
+    " and {cache_read_tokens} + {cache_write_tokens} <= {input_tokens}"
+    " and 0 <= {cache_write_1h_tokens} <= {cache_write_tokens} and 0 <= {reasoning_tokens} <= {output_tokens}"
+    " and 0 <= {input_audio_tokens} <= {input_tokens} and 0 <= {output_audio_tokens} <= {output_tokens}"
+    " and 0 <= {cache_audio_read_tokens} <= {cache_read_tokens} and 0 <= {image_tokens} <= {input_tokens}"
+    " and 0 <= {web_search_calls} and 0 <= {requests} and 1 <= {attempt}",
+    *(f"({{{name}}} is None or {{{name}}}.__class__ is str)" for name in _OPTIONAL_TEXT),
+    "{status}.__class__ is str and {status} in _STATUSES",
+    "({latency_ms} is None or ({latency_ms}.__class__ is int and {latency_ms} >= 0))",
+    "({reported_cost} is None or {reported_cost}.__class__ is _Decimal)",
+    "{tags}.__class__ is dict and (not {tags} or _tags_ok({tags}))",
+))
+
+
+def build_usage_fast_path(header: bytes) -> CheckedEncoder:
+    """The one-pass path of :meth:`UsageProducer.prepare` for an event dict, generated from the UsageEvent schema:
+    ``prepare(event, source, source_bytes, now, now_micros, now_bytes)`` (the ``_bytes`` are the Avro encodings of
+    the value before) returns ``(event_id, key, value)``, the very triple the slow path (complete, check, encode)
+    returns, or None when the slow path must decide (any doubt, any invalid event). ``header`` frames the value.
+    Never mutates the event."""
+    return build_checked_encoder(
+        load_schema("UsageEvent"),
+        prefix=header,
+        params=("source", "source_bytes", "now", "now_micros", "now_bytes"),
+        guard=_USAGE_GUARD,
+        fills={"event_id": ("_new_event_id()", None), "source": ("source", "source_bytes"),
+               "occurred_at": ("now_micros", "now_bytes")},
+        returns="({event_id}, {agent_id}.encode(), {body})",
+        names={"_KNOWN": _KNOWN_FIELDS, "_uuid_match": UUID_TEXT.fullmatch, "_datetime": datetime,
+               "_SKEW": MAX_FUTURE_SKEW, "_STATUSES": USAGE_STATUSES, "_Decimal": Decimal, "_tags_ok": _tags_ok,
+               "_new_event_id": new_event_id},
+    )
 
 
 def sdk_client_id(source: str) -> str:
@@ -353,9 +428,14 @@ class UsageProducer:
         self._header_len = SINGLE_OBJECT_HEADER_LEN
         self._encode: Callable[[Mapping[str, Any]], bytes] = functools.partial(self._codec.encode,
                                                                                 schema_name="UsageEvent")
+        # The one-pass path for event dicts (same bytes as the slow path; with a registry, the serializer frames).
+        self._fast: Callable[..., tuple[str, bytes, bytes] | None] | None = build_usage_fast_path(
+            SINGLE_OBJECT_MAGIC + self._codec.fingerprint("UsageEvent")).prepare
         if schema_registry_url:
             self._encode = self._registry_encoder(schema_registry_url)
             self._header_len = CONFLUENT_HEADER_LEN
+            self._fast = None
+        self._source_bytes = encode_long(len(source.encode())) + source.encode()  # its Avro string
 
         self._producer = build_producer(
             {"bootstrap.servers": bootstrap}, Role.SDK, client_id=sdk_client_id(source),
@@ -444,7 +524,13 @@ class UsageProducer:
         Fills a missing ``event_id`` (random UUID), ``occurred_at`` (the injected clock) and ``source`` (this
         producer's). Raises :class:`ValidationFailed` naming every broken field, or ``EncodeError``.
         """
-        record, problems = self._record(event, self._clock())
+        now = self._clock()
+        if self._fast is not None and now.tzinfo is not None:
+            micros = to_micros(now)
+            prepared = self._fast(event, self.source, self._source_bytes, now, micros, encode_long(micros))
+            if prepared is not None:
+                return prepared
+        record, problems = self._record(event, now)
         if problems:
             with self._lock:
                 self._counters.invalid += 1
@@ -460,25 +546,34 @@ class UsageProducer:
         ``stats().invalid``), or ``EncodeError`` naming the index of the first event that cannot be encoded.
         """
         now = self._clock()
+        fast = self._fast if now.tzinfo is not None else None  # a naive clock: the slow path says what is wrong
+        now_micros = to_micros(now) if fast is not None else 0
+        now_bytes = encode_long(now_micros)
+        source, source_bytes = self.source, self._source_bytes
         complete = self._record
-        records: list[dict[str, Any]] = []
+        prepared: list[tuple[str, bytes, bytes] | None] = []
+        slow: list[tuple[int, dict[str, Any]]] = []  # (index, completed record) of valid events the fast path left
         invalid: dict[int, list[FieldProblem]] = {}
         for index, event in enumerate(events):
-            record, problems = complete(event, now)
-            if problems:
-                invalid[index] = problems
-            else:
-                records.append(record)
+            done = fast(event, source, source_bytes, now, now_micros, now_bytes) if fast is not None else None
+            if done is None:
+                record, problems = complete(event, now)
+                if problems:
+                    invalid[index] = problems
+                else:
+                    slow.append((index, record))
+            prepared.append(done)
         if invalid:
             with self._lock:
                 self._counters.invalid += len(invalid)
-            raise BatchValidationFailed(invalid, len(records) + len(invalid))
+            raise BatchValidationFailed(invalid, len(prepared))
         encode = self._encode
-        try:
-            return [(str(record["event_id"]), record["agent_id"].encode(), encode(record)) for record in records]
-        except EncodeError as err:
-            index = next(i for i, record in enumerate(records) if not _encodes(encode, record))
-            raise EncodeError(f"event {index} of the batch (none was sent): {err}") from err
+        for index, record in slow:
+            try:
+                prepared[index] = (str(record["event_id"]), record["agent_id"].encode(), encode(record))
+            except EncodeError as err:
+                raise EncodeError(f"event {index} of the batch (none was sent): {err}") from err
+        return prepared  # type: ignore[return-value]  # every slot is filled: fast, slow, or raised
 
     def _record(self, event: UsageEvent | Mapping[str, Any],
                 now: datetime) -> tuple[dict[str, Any], list[FieldProblem]]:

@@ -12,6 +12,8 @@ and :class:`schemas.wire.AvroCodec` falls back to fastavro, which stays the auth
 
 from __future__ import annotations
 
+import ast
+import builtins
 import decimal
 import struct
 from collections.abc import Callable, Mapping
@@ -24,9 +26,11 @@ from fastavro.write import LOGICAL_WRITERS
 from schemas.errors import ConfigError, DecodeError, EncodeError
 
 __all__ = [
+    "CheckedEncoder",
     "FastCodec",
     "Timestamps",
     "UnsupportedSchemaError",
+    "build_checked_encoder",
     "build_fast_codec",
     "encode_long",
     "generate_source",
@@ -329,7 +333,9 @@ def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: i
     elif k in ("int", "long"):
         name = e.fresh("x")
         # A float passes the comparison and fails the list index (TypeError): refused, fastavro decides.
-        e.emit(ind, f"{name} = _ZZ[{value}] if 0 <= {value} < 16384 else _zz({value})")
+        # Up to 2**27 (two table bytes for the low 14 bits of the zigzag, one lookup for the rest) inline.
+        e.emit(ind, f"{name} = _ZZ[{value}] if 0 <= {value} < 16384 else (_C[({value} << 1) & 16383] + "
+                    f"_U[{value} >> 13] if 0 <= {value} < 134217728 else _zz({value}))")
         out.append(name)
     elif k == "timestamp":
         name = e.fresh("x")
@@ -767,13 +773,12 @@ class FastCodec:
     decode: Decoder
 
 
-def build_fast_codec(schema: Mapping[str, Any], *, timestamps: Timestamps = "datetime") -> FastCodec:
-    """Generate, compile and return the codec of record ``schema``. Costs a few milliseconds: call once per schema
-    (at codec construction), not per message. Raises :class:`UnsupportedSchemaError` when the schema uses a type
-    the generator does not handle (keep fastavro for that schema)."""
-    source, consts = _generate(schema, timestamps)
-    namespace: dict[str, Any] = {
+def _runtime_globals() -> dict[str, Any]:
+    """The helpers every generated module sees as globals."""
+    return {
         "_ZZ": _ZZ,
+        "_U": _U,
+        "_C": _C,
         "_zz": _zz,
         "_zz_strict": _zz_strict,
         "_rlong": _rlong,
@@ -795,8 +800,15 @@ def build_fast_codec(schema: Mapping[str, Any], *, timestamps: Timestamps = "dat
         "_DecodeError": DecodeError,
         "_EncodeError": EncodeError,
         "struct_error": struct.error,
-        **consts,
     }
+
+
+def build_fast_codec(schema: Mapping[str, Any], *, timestamps: Timestamps = "datetime") -> FastCodec:
+    """Generate, compile and return the codec of record ``schema``. Costs a few milliseconds: call once per schema
+    (at codec construction), not per message. Raises :class:`UnsupportedSchemaError` when the schema uses a type
+    the generator does not handle (keep fastavro for that schema)."""
+    source, consts = _generate(schema, timestamps)
+    namespace: dict[str, Any] = {**_runtime_globals(), **consts}
     full = _full_name(str(schema.get("name")), schema.get("namespace"))
     exec(compile(source, f"<fastcodec {full}>", "exec"), namespace)  # noqa: S102 - our own generated source
     return FastCodec(
@@ -806,3 +818,243 @@ def build_fast_codec(schema: Mapping[str, Any], *, timestamps: Timestamps = "dat
         encode=namespace["encode"],
         decode=namespace["decode"],
     )
+
+
+# ------------------------------------------------------------------------------------------------ checked encoder
+# One generated function per record *shape* (the tuple of keys an event dict has, in order): absent fields are
+# constants (their defaults' bytes, computed once when the shape is first seen), present ones are read, checked and
+# encoded; a shape is compiled on first sight and cached (bounded; beyond the bound the generic function runs).
+
+_MAX_SHAPES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedEncoder:
+    """A compiled one-pass check-fill-encode function of one record schema (see :func:`build_checked_encoder`).
+
+    ``prepare(rec, *params)`` returns the ``returns`` expression (by default the framed bytes) when ``rec`` passes
+    the guard and encodes, else ``None``: never raises, never mutates ``rec``. ``None`` means "not sure": the caller
+    takes its slow path, which either accepts the record (with the same bytes) or says what is wrong. ``source`` is
+    the generic function's text; ``shape_source(keys)`` the text of the function specialised to a dict's keys.
+    """
+
+    name: str
+    source: str
+    prepare: Callable[..., Any]
+    shape_source: Callable[[tuple[str, ...]], str]
+
+
+@dataclass(frozen=True)
+class _CheckedSpec:
+    schema: Mapping[str, Any]
+    params: tuple[str, ...]
+    guard: str
+    fills: Mapping[str, tuple[str, str | None]]
+    returns: str
+    names: Mapping[str, Any]
+
+
+class _GuardFolder(ast.NodeTransformer):
+    """Partial evaluation of a guard in a boolean context: a part that reads no local and calls nothing is
+    evaluated once (against the module's globals), and ``and``/``or`` drop the parts that are then decided."""
+
+    def __init__(self, env: Mapping[str, Any], variables: set[str]) -> None:
+        self.env = dict(env)
+        self.variables = variables
+
+    def _constant(self, node: ast.expr) -> bool:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Call):
+                return False
+            if isinstance(sub, ast.Name) and (sub.id in self.variables
+                                              or (sub.id not in self.env and not hasattr(builtins, sub.id))):
+                return False
+        return True
+
+    def visit(self, node: ast.AST) -> Any:
+        node = super().visit(node)
+        if isinstance(node, ast.BoolOp):
+            decided = isinstance(node.op, ast.Or)  # the value that decides an or (True) or an and (False)
+            kept = []
+            for value in node.values:
+                if isinstance(value, ast.Constant):
+                    if bool(value.value) is decided:
+                        return ast.Constant(decided)
+                    continue
+                kept.append(value)
+            if not kept:
+                return ast.Constant(not decided)
+            return kept[0] if len(kept) == 1 else ast.BoolOp(node.op, kept)
+        if isinstance(node, (ast.Compare, ast.Attribute, ast.UnaryOp)) and self._constant(node):
+            try:
+                value = eval(compile(ast.Expression(node), "<guard>", "eval"), self.env)  # noqa: S307 - our own
+            except Exception:  # noqa: BLE001 - left for run time, where it makes the function return None
+                return node
+            if value is None or isinstance(value, (bool, int, str)):
+                return ast.Constant(bool(value) if isinstance(node, ast.Compare) else value)
+        return node
+
+
+def _fold_guard(guard: str, env: Mapping[str, Any], variables: set[str]) -> str:
+    folder = _GuardFolder({"__builtins__": builtins, **env}, variables)
+    return ast.unparse(ast.fix_missing_locations(folder.visit(ast.parse(guard, mode="eval"))))
+
+
+def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
+    """Source of one checked function (generic when ``present`` is None) and the constants it needs; raises
+    :class:`UnsupportedSchemaError`, or ``LookupError`` when the shape lacks a required field (no function then)."""
+    e = _Emitter("datetime")
+    t = _Types(e)
+    full = t.norm(dict(spec.schema), None)[1]
+    namespace = full.rsplit(".", 1)[0] if "." in full else None
+    fields = _fields(t, spec.schema, namespace)
+    known = {name for name, _, _ in fields}
+    unknown = sorted(set(spec.fills) - known)
+    if unknown:
+        raise ConfigError(f"fills name fields {', '.join(unknown)} that record {full} does not have")
+    here = known if present is None else set(present)
+    local: dict[str, str] = {}
+    const_runs: list[list[tuple[str, tuple[str, Any], str]]] = []  # runs of absent fields: (name, kind, literal)
+    plan: list[tuple[str, Any]] = []  # ("field", index) | ("const", run index)
+    e.emit(0, f"def {fn}(rec{''.join(', ' + p for p in spec.params)}):")
+    e.emit(1, "try:")
+    for index, (name, kind, fld) in enumerate(fields):
+        value = f"v{index}"
+        if name in here:
+            local[name] = value
+            if present is not None:
+                e.emit(2, f"{value} = rec[{name!r}]")  # the shape says it is there
+            elif "default" in fld and name not in spec.fills:
+                e.emit(2, f"{value} = rec.get({name!r}, {_default_expr(e, fld['default'])})")
+            elif kind[0] == "optional" or name in spec.fills:
+                e.emit(2, f"{value} = rec.get({name!r})")
+            else:
+                e.emit(2, f"{value} = rec[{name!r}]")
+            plan.append(("field", index))
+        elif name in spec.fills:
+            local[name] = "None"  # the guard sees an absent filled field as None
+            plan.append(("fill", index))
+        else:
+            if "default" in fld:
+                literal = _default_expr(e, fld["default"])
+            elif kind[0] == "optional":
+                literal = "None"
+            else:
+                raise LookupError(name)
+            local[name] = f"({literal})"
+            if plan and plan[-1][0] == "const":
+                const_runs[-1].append((name, kind, literal))
+            else:
+                const_runs.append([(name, kind, literal)])
+                plan.append(("const", len(const_runs) - 1))
+    guard = spec.guard.format_map(local)
+    if present is not None:
+        variables = {"rec", *spec.params, *(v for v in local.values() if v.isidentifier())}
+        guard = _fold_guard(guard, {**_runtime_globals(), **spec.names, **e.consts}, variables)
+    if guard != "True":
+        e.emit(2, f"if not ({guard}):")
+        e.emit(3, "return None")
+    slots: list[str] = ["_PREFIX"]
+    finals = dict(local)
+    for step, ref in plan:
+        if step == "const":
+            slots.append(f"_K{ref}")
+            continue
+        name, kind, _fld = fields[ref]
+        value = f"v{ref}"
+        finals[name] = value
+        expr, encoded = spec.fills.get(name, (None, None))
+        if step == "fill" and encoded is not None:
+            e.emit(2, f"{value} = {expr}")
+            slots.append(encoded)
+            continue
+        if step == "fill":
+            e.emit(2, f"{value} = {expr}")
+        elif expr is not None:
+            e.emit(2, f"if {value} is None:")
+            e.emit(3, f"{value} = {expr}")
+        _enc_value(e, t, kind, value, 2, slots)
+    body = f"b\"\".join(({', '.join(slots)},))"
+    e.emit(2, f"return {spec.returns.format_map({**finals, 'body': body})}")
+    e.emit(1, "except Exception:  # anything odd: the caller's slow path decides (and explains)")
+    e.emit(2, "return None")
+    # The absent fields' bytes: the same generated statements, run once on the defaults at module execution.
+    for ref, run in enumerate(const_runs):
+        e.emit(0, "")
+        e.emit(0, f"def _make_K{ref}():")
+        parts: list[str] = []
+        for offset, (_name, kind, literal) in enumerate(run):
+            e.emit(1, f"c{offset} = {literal}")
+            _enc_value(e, t, kind, f"c{offset}", 1, parts)
+        e.emit(1, f"return b\"\".join(({', '.join(parts)},))")
+        e.emit(0, "")
+        e.emit(0, f"_K{ref} = _make_K{ref}()")
+    helpers = [source for _, item in e.pending for source in (item["source"], "", "")]
+    header = [f"# Generated by schemas.fastcodec (checked encoder) for record {full}"
+              f"{'' if present is None else ', shape ' + repr(present)}. Do not edit: regenerate.",
+              *(f"#   {name} = {_describe(value)}" for name, value in e.consts.items())]
+    return "\n".join([*header, "", *e.lines, "", "", *helpers]), e.consts
+
+
+def build_checked_encoder(
+    schema: Mapping[str, Any],
+    *,
+    prefix: bytes = b"",
+    params: tuple[str, ...] = (),
+    guard: str = "True",
+    fills: Mapping[str, tuple[str, str | None]] | None = None,
+    returns: str = "{body}",
+    names: Mapping[str, Any] | None = None,
+) -> CheckedEncoder:
+    """Compile a one-pass ``prepare(rec, *params)`` for record ``schema``: read each field once, evaluate ``guard``
+    (a Python expression; ``{field}`` is the field's value as given: absent = its default, or None for a filled
+    field), set absent filled fields from ``fills`` (field -> (value expression, expression of its encoded bytes or
+    None)), then encode with the statements of :func:`build_fast_codec`, ``prefix`` (the framing) first.
+    ``returns`` is the result (``{body}`` = the framed bytes, ``{field}`` = a field's final value); ``names`` are
+    extra globals of the expressions. A plain dict runs the function specialised to its keys. Any failure inside
+    returns None. Raises :class:`UnsupportedSchemaError` as :func:`build_fast_codec` does.
+    """
+    spec = _CheckedSpec(schema, params, guard, dict(fills or {}), returns, dict(names or {}))
+    base: dict[str, Any] = {**_runtime_globals(), **(names or {}), "_PREFIX": bytes(prefix)}
+    full = _full_name(str(schema.get("name")), schema.get("namespace"))
+
+    def compile_fn(present: tuple[str, ...] | None) -> Callable[..., Any]:
+        source, consts = _checked_function(spec, "checked", present)
+        namespace = {**base, **consts}
+        exec(compile(source, f"<fastcodec checked {full}>", "exec"), namespace)  # noqa: S102 - our own source
+        fn: Callable[..., Any] = namespace["checked"]
+        return fn
+
+    generic = compile_fn(None)
+    known = frozenset(str(fld["name"]) for fld in schema.get("fields", []))
+    shapes: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+    def refuse(*_args: Any) -> None:
+        return None  # a shape that lacks a required field: the slow path names it
+
+    def new_shape(keys: tuple[Any, ...]) -> Callable[..., Any]:
+        if len(shapes) >= _MAX_SHAPES or len(set(keys)) != len(keys) or not known.issuperset(keys):
+            return generic  # unknown keys, or too many shapes: the generic function (and the slow path) decide
+        try:
+            fn = compile_fn(keys)
+        except LookupError:
+            fn = refuse
+        shapes[keys] = fn
+        return fn
+
+    def shape_source(keys: tuple[str, ...]) -> str:
+        return _checked_function(spec, "checked", keys)[0]
+
+    # The dispatcher, generated too so the parameters pass without *args packing.
+    args = "".join(", " + p for p in params)
+    dispatch: dict[str, Any] = {"_generic": generic, "_shape": shapes.get, "_new_shape": new_shape, "_dict": dict}
+    exec(compile(  # noqa: S102 - our own generated source
+        f"def prepare(rec{args}):\n"
+        f"    if rec.__class__ is not _dict:\n"
+        f"        return _generic(rec{args})\n"
+        f"    keys = tuple(rec)\n"
+        f"    return (_shape(keys) or _new_shape(keys))(rec{args})\n",
+        f"<fastcodec checked {full} dispatch>", "exec"), dispatch)
+    prepare: Callable[..., Any] = dispatch["prepare"]
+    return CheckedEncoder(name=full, source=_checked_function(spec, "checked", None)[0], prepare=prepare,
+                          shape_source=shape_source)

@@ -47,6 +47,7 @@ __all__ = [
     "MAX_TAGS",
     "MODELS",
     "USAGE_STATUSES",
+    "UUID_TEXT",
     "Alert",
     "AvroRecord",
     "AvroType",
@@ -143,6 +144,8 @@ def _uuid_to_str(value: Any) -> Any:
 EventId = Annotated[str, BeforeValidator(_uuid_to_str), AvroType(_UUID_AVRO)]
 # RFC 4122 text form as uuid.UUID prints it: dedupe compares strings, so one spelling per id.
 _UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: The canonical UUID text the ``uuid`` rule accepts (``UUID_TEXT.fullmatch(s)`` is not None).
+UUID_TEXT = _UUID_TEXT
 
 
 def to_micros(value: datetime) -> int:
