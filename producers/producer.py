@@ -70,6 +70,7 @@ __all__ = [
     "sdk_producer_settings",
     "complete_usage_record",
     "new_event_id",
+    "new_event_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,19 @@ def new_event_id() -> str:
 
 _UUID_KEEP = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID_SET = (0x4 << 76) | (0x2 << 62)
+_UUID_KEEP_BYTES = _UUID_KEEP.to_bytes(16, "big")
+_UUID_SET_BYTES = _UUID_SET.to_bytes(16, "big")
+
+
+def new_event_ids(n: int) -> list[str]:
+    """``n`` ids as :func:`new_event_id` makes them, from one random draw (a batch's ids)."""
+    if n <= 0:
+        return []
+    keep = int.from_bytes(_UUID_KEEP_BYTES * n, "big")
+    setbits = int.from_bytes(_UUID_SET_BYTES * n, "big")
+    h = ((_random_bits(128 * n) & keep) | setbits).to_bytes(16 * n, "big").hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, 32 * n, 32)]
 
 
 def _complete_usage(record: dict[str, Any], now: datetime, source: str) -> list[FieldProblem]:
@@ -284,7 +298,7 @@ _COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_wr
 #: may refuse more (subclasses, a uuid.UUID id, an ISO-8601 string time, a non-Decimal cost): those take the slow
 #: path, which fills, converts and diagnoses. It must never accept what the slow path refuses, nor give other bytes:
 #: tests/unit/test_producer_fastpath.py compares the two paths on edge cases, examples and traces.
-_USAGE_GUARD = " and ".join((
+_USAGE_GUARD = (
     "_KNOWN.issuperset(rec)",
     "({event_id} is None or ({event_id}.__class__ is str and _uuid_match({event_id}) is not None))",
     "({source} is None or (" + _TEXT.format("source") + "))",
@@ -303,26 +317,26 @@ _USAGE_GUARD = " and ".join((
     "({latency_ms} is None or ({latency_ms}.__class__ is int and {latency_ms} >= 0))",
     "({reported_cost} is None or {reported_cost}.__class__ is _Decimal)",
     "{tags}.__class__ is dict and (not {tags} or _tags_ok({tags}))",
-))
+)
 
 
 def build_usage_fast_path(header: bytes) -> CheckedEncoder:
     """The one-pass path of :meth:`UsageProducer.prepare` for an event dict, generated from the UsageEvent schema:
-    ``prepare(event, source, source_bytes, now, now_micros, now_bytes)`` (the ``_bytes`` are the Avro encodings of
-    the value before) returns ``(event_id, key, value)``, the very triple the slow path (complete, check, encode)
-    returns, or None when the slow path must decide (any doubt, any invalid event). ``header`` frames the value.
-    Never mutates the event."""
+    ``prepare(event, next_id, source, source_bytes, now, now_micros, now_bytes)`` (``next_id()`` gives a new event
+    id; the ``_bytes`` are the Avro encodings of the value before) returns ``(event_id, key, value)``, the very
+    triple the slow path (complete, check, encode) returns, or None when the slow path must decide (any doubt, any
+    invalid event). ``header`` frames the value. Never mutates the event."""
     return build_checked_encoder(
         load_schema("UsageEvent"),
         prefix=header,
-        params=("source", "source_bytes", "now", "now_micros", "now_bytes"),
+        params=("next_id", "source", "source_bytes", "now", "now_micros", "now_bytes"),
         guard=_USAGE_GUARD,
-        fills={"event_id": ("_new_event_id()", None), "source": ("source", "source_bytes"),
+        fills={"event_id": ("next_id()", None), "source": ("source", "source_bytes"),
                "occurred_at": ("now_micros", "now_bytes")},
         returns="({event_id}, {agent_id}.encode(), {body})",
         names={"_KNOWN": _KNOWN_FIELDS, "_uuid_match": UUID_TEXT.fullmatch, "_datetime": datetime,
-               "_SKEW": MAX_FUTURE_SKEW, "_STATUSES": USAGE_STATUSES, "_Decimal": Decimal, "_tags_ok": _tags_ok,
-               "_new_event_id": new_event_id},
+               "_SKEW": MAX_FUTURE_SKEW, "_STATUSES": USAGE_STATUSES, "_Decimal": Decimal, "_tags_ok": _tags_ok},
+        memo=("agent_id", "team", "project", "provider", "model"),  # an agent's attribution repeats
     )
 
 
@@ -527,7 +541,8 @@ class UsageProducer:
         now = self._clock()
         if self._fast is not None and now.tzinfo is not None:
             micros = to_micros(now)
-            prepared = self._fast(event, self.source, self._source_bytes, now, micros, encode_long(micros))
+            prepared = self._fast(event, new_event_id, self.source, self._source_bytes, now, micros,
+                                  encode_long(micros))
             if prepared is not None:
                 return prepared
         record, problems = self._record(event, now)
@@ -550,12 +565,16 @@ class UsageProducer:
         now_micros = to_micros(now) if fast is not None else 0
         now_bytes = encode_long(now_micros)
         source, source_bytes = self.source, self._source_bytes
+        events = events if isinstance(events, list) else list(events)
+        # One random draw for the batch's new ids (an event that brings its own id leaves one unused).
+        next_id = iter(new_event_ids(len(events))).__next__ if fast is not None else new_event_id
         complete = self._record
         prepared: list[tuple[str, bytes, bytes] | None] = []
         slow: list[tuple[int, dict[str, Any]]] = []  # (index, completed record) of valid events the fast path left
         invalid: dict[int, list[FieldProblem]] = {}
         for index, event in enumerate(events):
-            done = fast(event, source, source_bytes, now, now_micros, now_bytes) if fast is not None else None
+            done = (fast(event, next_id, source, source_bytes, now, now_micros, now_bytes) if fast is not None
+                    else None)
             if done is None:
                 record, problems = complete(event, now)
                 if problems:

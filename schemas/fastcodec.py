@@ -15,8 +15,9 @@ from __future__ import annotations
 import ast
 import builtins
 import decimal
+import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -848,10 +849,11 @@ class CheckedEncoder:
 class _CheckedSpec:
     schema: Mapping[str, Any]
     params: tuple[str, ...]
-    guard: str
+    guard: tuple[str, ...]
     fills: Mapping[str, tuple[str, str | None]]
     returns: str
     names: Mapping[str, Any]
+    memo: tuple[str, ...] = ()
 
 
 class _GuardFolder(ast.NodeTransformer):
@@ -898,6 +900,45 @@ class _GuardFolder(ast.NodeTransformer):
 def _fold_guard(guard: str, env: Mapping[str, Any], variables: set[str]) -> str:
     folder = _GuardFolder({"__builtins__": builtins, **env}, variables)
     return ast.unparse(ast.fix_missing_locations(folder.visit(ast.parse(guard, mode="eval"))))
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+#: Entries of a checked encoder's memo (encoded runs of string fields, by their values); beyond it, no new entries.
+_MEMO_MAX = 4096
+
+
+def _memo_fields(spec: _CheckedSpec, fields: list[tuple[str, tuple[str, Any], Any]], here: set[str],
+                 present: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The memoised run of this shape: ``spec.memo`` when the shape has all of it, unfilled, as consecutive string
+    fields of the schema; else none."""
+    if not spec.memo or present is None or not set(spec.memo) <= here or set(spec.memo) & set(spec.fills):
+        return ()
+    names = [name for name, _, _ in fields]
+    start = names.index(spec.memo[0])
+    run = fields[start : start + len(spec.memo)]
+    if tuple(name for name, _, _ in run) != spec.memo or any(kind[0] != "string" for _, kind, _ in run):
+        raise ConfigError(f"memo {spec.memo} is not a run of consecutive string fields of the record")
+    return spec.memo
+
+
+def _memo_run(e: _Emitter, t: _Types, fields: list[tuple[str, tuple[str, Any], Any]], memo: tuple[str, ...],
+              local: Mapping[str, str], parts: list[str], check: Callable[[list[str], int], None],
+              slots: list[str]) -> None:
+    """Emit the memoised encoding of the run ``memo``: a hit is the bytes of the same values checked and encoded
+    before; a miss checks the guard parts about them only, encodes them and remembers the bytes."""
+    key = f"({', '.join(local[name] for name in memo)},)"
+    e.emit(2, f"mk = {key}")
+    e.emit(2, "m = _MEMO_get(mk)")
+    e.emit(2, "if m is None:")
+    check(parts, 3)
+    inner: list[str] = []
+    kinds = {name: kind for name, kind, _ in fields}
+    for name in memo:
+        _enc_value(e, t, kinds[name], local[name], 3, inner)
+    e.emit(3, f"m = b\"\".join(({', '.join(inner)},))")
+    e.emit(3, "if len(_MEMO) < _MEMO_MAX:")
+    e.emit(4, "_MEMO[mk] = m")
+    slots.append("m")
 
 
 def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
@@ -947,18 +988,30 @@ def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | No
             else:
                 const_runs.append([(name, kind, literal)])
                 plan.append(("const", len(const_runs) - 1))
-    guard = spec.guard.format_map(local)
-    if present is not None:
-        variables = {"rec", *spec.params, *(v for v in local.values() if v.isidentifier())}
-        guard = _fold_guard(guard, {**_runtime_globals(), **spec.names, **e.consts}, variables)
-    if guard != "True":
-        e.emit(2, f"if not ({guard}):")
-        e.emit(3, "return None")
+    memo = _memo_fields(spec, fields, here, present)
+    main = [part for part in spec.guard
+            if not memo or not _PLACEHOLDER.findall(part) or not set(_PLACEHOLDER.findall(part)) <= set(memo)]
+    main += [f"{{{name}}}.__class__ is str" for name in memo]  # a memo hit is then an exact string match
+    variables = {"rec", *spec.params, *(v for v in local.values() if v.isidentifier())}
+
+    def check(parts: list[str], ind: int) -> None:
+        guard = " and ".join(f"({part})" for part in parts).format_map(local) or "True"
+        if present is not None:
+            guard = _fold_guard(guard, {**_runtime_globals(), **spec.names, **e.consts}, variables)
+        if guard != "True":
+            e.emit(ind, f"if not ({guard}):")
+            e.emit(ind + 1, "return None")
+
+    check(main, 2)
     slots: list[str] = ["_PREFIX"]
     finals = dict(local)
     for step, ref in plan:
         if step == "const":
             slots.append(f"_K{ref}")
+            continue
+        if memo and fields[ref][0] in memo:
+            if fields[ref][0] == memo[0]:
+                _memo_run(e, t, fields, memo, local, [p for p in spec.guard if p not in main], check, slots)
             continue
         name, kind, _fld = fields[ref]
         value = f"v{ref}"
@@ -1001,21 +1054,25 @@ def build_checked_encoder(
     *,
     prefix: bytes = b"",
     params: tuple[str, ...] = (),
-    guard: str = "True",
+    guard: Sequence[str] = (),
     fills: Mapping[str, tuple[str, str | None]] | None = None,
     returns: str = "{body}",
     names: Mapping[str, Any] | None = None,
+    memo: Sequence[str] = (),
 ) -> CheckedEncoder:
-    """Compile a one-pass ``prepare(rec, *params)`` for record ``schema``: read each field once, evaluate ``guard``
-    (a Python expression; ``{field}`` is the field's value as given: absent = its default, or None for a filled
-    field), set absent filled fields from ``fills`` (field -> (value expression, expression of its encoded bytes or
-    None)), then encode with the statements of :func:`build_fast_codec`, ``prefix`` (the framing) first.
-    ``returns`` is the result (``{body}`` = the framed bytes, ``{field}`` = a field's final value); ``names`` are
-    extra globals of the expressions. A plain dict runs the function specialised to its keys. Any failure inside
-    returns None. Raises :class:`UnsupportedSchemaError` as :func:`build_fast_codec` does.
+    """Compile a one-pass ``prepare(rec, *params)`` for record ``schema``: read each field once, check ``guard``
+    (Python expressions that must all hold; ``{field}`` is the field's value as given: absent = its default, or None
+    for a filled field), set absent filled fields from ``fills`` (field -> (value expression, expression of its
+    encoded bytes or None)), then encode with the statements of :func:`build_fast_codec`, ``prefix`` (the framing)
+    first. ``returns`` is the result (``{body}`` = the framed bytes, ``{field}`` = a field's final value); ``names``
+    are extra globals of the expressions. A plain dict runs the function specialised to its keys. ``memo`` names a
+    run of consecutive string fields whose guard parts and bytes are remembered by value (exact ``str`` only).
+    Any failure inside returns None. Raises :class:`UnsupportedSchemaError` as :func:`build_fast_codec` does.
     """
-    spec = _CheckedSpec(schema, params, guard, dict(fills or {}), returns, dict(names or {}))
-    base: dict[str, Any] = {**_runtime_globals(), **(names or {}), "_PREFIX": bytes(prefix)}
+    spec = _CheckedSpec(schema, params, tuple(guard), dict(fills or {}), returns, dict(names or {}), tuple(memo))
+    memo_table: dict[tuple[str, ...], bytes] = {}
+    base: dict[str, Any] = {**_runtime_globals(), **(names or {}), "_PREFIX": bytes(prefix), "_MEMO": memo_table,
+                            "_MEMO_get": memo_table.get, "_MEMO_MAX": _MEMO_MAX}
     full = _full_name(str(schema.get("name")), schema.get("namespace"))
 
     def compile_fn(present: tuple[str, ...] | None) -> Callable[..., Any]:

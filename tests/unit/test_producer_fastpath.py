@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from producers.producer import BatchValidationFailed, UsageProducer
+from producers.producer import BatchValidationFailed, UsageProducer, new_event_id, new_event_ids
 from producers.replay import RejectsWriter, load_mapping, replay_file
 from schemas import fastcodec
 from schemas.errors import EncodeError, ValidationFailed
@@ -70,8 +70,8 @@ _DROP = object()
 def _one_pass(producer: UsageProducer, event: Any) -> tuple[str, bytes, bytes] | None:
     assert producer._fast is not None
     micros = to_micros(NOW)
-    result: tuple[str, bytes, bytes] | None = producer._fast(event, producer.source, producer._source_bytes, NOW,
-                                                             micros, encode_long(micros))
+    result: tuple[str, bytes, bytes] | None = producer._fast(event, new_event_id, producer.source,
+                                                             producer._source_bytes, NOW, micros, encode_long(micros))
     return result
 
 
@@ -245,3 +245,20 @@ def test_events_of_a_real_trace_agree_and_take_the_one_pass_path(producers: Any,
     assert events
     taken = sum(_agree(producers, e) for e in events)
     assert taken == len(events)
+
+
+def test_memoised_attribution_is_checked_once_per_value_and_only_for_exact_strings(producers: Any) -> None:
+    # The same attribution values, first valid (remembered), then a blank one and a str subclass: each decided anew.
+    assert _agree(producers, _event(agent_id="m1", team="tm"))
+    assert _agree(producers, _event(agent_id="m1", team="tm", input_tokens=3))
+    assert not _agree(producers, _event(agent_id="m1", team=" "))
+    assert not _agree(producers, _event(agent_id=_StrSub("m1"), team="tm"))
+    assert _agree(producers, {"team": "tm", **_event(agent_id="m1")})  # another key order: another shape, same memo
+
+
+def test_batch_ids_are_random_version_4_uuids() -> None:
+    ids = new_event_ids(2000)
+    assert len(set(ids)) == 2000 and new_event_ids(0) == []
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122
+               for i in ids)
+    assert {i[19] for i in ids} == set("89ab") and {i[14] for i in ids} == {"4"}
