@@ -439,7 +439,9 @@ def _enc_optional(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind
     if k in ("int", "long"):
         name = e.fresh("x")
         lo, hi = (_INT32_MIN, _INT32_MAX) if k == "int" else (_INT64_MIN, _INT64_MAX)
-        e.emit(ind + 1, f"{name} = _zz_strict({value}, {lo}, {hi})")
+        # A small exact int inline (what _zz_strict returns for it); anything else through _zz_strict's checks.
+        e.emit(ind + 1, f"{name} = _ZZ[{value}] if {value}.__class__ is int and 0 <= {value} < 16384 "
+                        f"else _zz_strict({value}, {lo}, {hi})")
         inner.append(name)
     elif k == "timestamp":
         name = e.fresh("x")
