@@ -331,8 +331,9 @@ class HotPathConfig:
     #: Messages per consume call.
     batch_size: int = 1000
     #: The longest a consume call waits for ``batch_size`` messages: with the producer's ``linger.ms`` it bounds an
-    #: event's wait for its priced event to leave (finops.kafka.loop.DEFAULT_MAX_BATCH_WAIT_S).
-    poll_timeout_s: float = 0.2
+    #: event's wait for its priced event to leave. Short, because a batch is processed as soon as the call returns:
+    #: under load the calls return full anyway, and at a steady rate a long wait only adds latency.
+    poll_timeout_s: float = 0.05
     #: The flush barrier (wait for every acknowledgement, then commit) runs when the oldest event since the last
     #: one was read this long ago, or after ``commit_max_events`` events (finops.kafka.loop.FlushPolicy). Outputs
     #: do not wait for it: it bounds how long an offset stays uncommitted, and each one blocks for a broker round
