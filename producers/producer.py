@@ -443,12 +443,13 @@ class UsageProducer:
         self._encode: Callable[[Mapping[str, Any]], bytes] = functools.partial(self._codec.encode,
                                                                                 schema_name="UsageEvent")
         # The one-pass path for event dicts (same bytes as the slow path; with a registry, the serializer frames).
-        self._fast: Callable[..., tuple[str, bytes, bytes] | None] | None = build_usage_fast_path(
-            SINGLE_OBJECT_MAGIC + self._codec.fingerprint("UsageEvent")).prepare
+        fast_path = build_usage_fast_path(SINGLE_OBJECT_MAGIC + self._codec.fingerprint("UsageEvent"))
+        self._fast: Callable[..., tuple[str, bytes, bytes] | None] | None = fast_path.prepare
+        self._fast_all: Callable[..., list[tuple[str, bytes, bytes] | None]] | None = fast_path.prepare_all
         if schema_registry_url:
             self._encode = self._registry_encoder(schema_registry_url)
             self._header_len = CONFLUENT_HEADER_LEN
-            self._fast = None
+            self._fast = self._fast_all = None
         self._source_bytes = encode_long(len(source.encode())) + source.encode()  # its Avro string
 
         self._producer = build_producer(
@@ -561,27 +562,27 @@ class UsageProducer:
         ``stats().invalid``), or ``EncodeError`` naming the index of the first event that cannot be encoded.
         """
         now = self._clock()
-        fast = self._fast if now.tzinfo is not None else None  # a naive clock: the slow path says what is wrong
-        now_micros = to_micros(now) if fast is not None else 0
-        now_bytes = encode_long(now_micros)
-        source, source_bytes = self.source, self._source_bytes
+        fast = self._fast_all if now.tzinfo is not None else None  # a naive clock: the slow path says what is wrong
         events = events if isinstance(events, list) else list(events)
-        # One random draw for the batch's new ids (an event that brings its own id leaves one unused).
-        next_id = iter(new_event_ids(len(events))).__next__ if fast is not None else new_event_id
+        prepared: list[tuple[str, bytes, bytes] | None]
+        if fast is not None:
+            micros = to_micros(now)
+            # One random draw for the batch's new ids (an event that brings its own id leaves one unused).
+            prepared = fast(events, iter(new_event_ids(len(events))).__next__, self.source, self._source_bytes,
+                            now, micros, encode_long(micros))
+        else:
+            prepared = [None] * len(events)
         complete = self._record
-        prepared: list[tuple[str, bytes, bytes] | None] = []
         slow: list[tuple[int, dict[str, Any]]] = []  # (index, completed record) of valid events the fast path left
         invalid: dict[int, list[FieldProblem]] = {}
-        for index, event in enumerate(events):
-            done = (fast(event, next_id, source, source_bytes, now, now_micros, now_bytes) if fast is not None
-                    else None)
-            if done is None:
-                record, problems = complete(event, now)
-                if problems:
-                    invalid[index] = problems
-                else:
-                    slow.append((index, record))
-            prepared.append(done)
+        if None in prepared:
+            for index, done in enumerate(prepared):
+                if done is None:
+                    record, problems = complete(events[index], now)
+                    if problems:
+                        invalid[index] = problems
+                    else:
+                        slow.append((index, record))
         if invalid:
             with self._lock:
                 self._counters.invalid += len(invalid)

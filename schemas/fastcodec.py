@@ -837,13 +837,15 @@ class CheckedEncoder:
 
     ``prepare(rec, *params)`` returns the ``returns`` expression (by default the framed bytes) when ``rec`` passes
     the guard and encodes, else ``None``: never raises, never mutates ``rec``. ``None`` means "not sure": the caller
-    takes its slow path, which either accepts the record (with the same bytes) or says what is wrong. ``source`` is
-    the generic function's text; ``shape_source(keys)`` the text of the function specialised to a dict's keys.
+    takes its slow path, which either accepts the record (with the same bytes) or says what is wrong.
+    ``prepare_all(recs, *params)`` is the list of ``prepare`` results. ``source`` is the generic function's text;
+    ``shape_source(keys)`` the text of the function specialised to a dict's keys.
     """
 
     name: str
     source: str
     prepare: Callable[..., Any]
+    prepare_all: Callable[..., list[Any]]
     shape_source: Callable[[tuple[str, ...]], str]
 
 
@@ -877,15 +879,24 @@ class _GuardFolder(ast.NodeTransformer):
 
     def visit(self, node: ast.AST) -> Any:
         node = super().visit(node)
+        if isinstance(node, ast.Compare) and not self._constant(node):
+            node = self._drop_constant_links(node)
         if isinstance(node, ast.BoolOp):
             decided = isinstance(node.op, ast.Or)  # the value that decides an or (True) or an and (False)
-            kept = []
-            for value in node.values:
+            kept: list[ast.expr] = []
+            seen: set[str] = set()
+            values: list[ast.expr] = []
+            for value in node.values:  # a and (b and c) is a and b and c
+                same = isinstance(value, ast.BoolOp) and type(value.op) is type(node.op)
+                values.extend(value.values if isinstance(value, ast.BoolOp) and same else [value])
+            for value in values:
                 if isinstance(value, ast.Constant):
                     if bool(value.value) is decided:
                         return ast.Constant(decided)
                     continue
-                kept.append(value)
+                if ast.dump(value) not in seen:  # a repeated test (pure: reads and compares) decides nothing new
+                    seen.add(ast.dump(value))
+                    kept.append(value)
             if not kept:
                 return ast.Constant(not decided)
             return kept[0] if len(kept) == 1 else ast.BoolOp(node.op, kept)
@@ -896,6 +907,21 @@ class _GuardFolder(ast.NodeTransformer):
                 return node
             if value is None or isinstance(value, (bool, int, str)):
                 return ast.Constant(bool(value) if isinstance(node, ast.Compare) else value)
+        return node
+
+    def _drop_constant_links(self, node: ast.Compare) -> ast.expr:
+        # ``0 <= 0 <= v`` is ``0 <= v``: leading links between constants that hold are dropped; one that fails
+        # decides the whole chain.
+        while len(node.ops) > 1 and self._constant(node.left) and self._constant(node.comparators[0]):
+            link = ast.Compare(node.left, node.ops[:1], node.comparators[:1])
+            try:
+                expression = ast.fix_missing_locations(ast.Expression(link))
+                holds = eval(compile(expression, "<guard>", "eval"), self.env)  # noqa: S307 - our own
+            except Exception:  # noqa: BLE001 - left for run time
+                return node
+            if not holds:
+                return ast.Constant(False)
+            node = ast.Compare(node.comparators[0], node.ops[1:], node.comparators[1:])
         return node
 
 
@@ -1112,8 +1138,19 @@ def build_checked_encoder(
         f"    if rec.__class__ is not _dict:\n"
         f"        return _generic(rec{args})\n"
         f"    keys = tuple(rec)\n"
-        f"    return (_shape(keys) or _new_shape(keys))(rec{args})\n",
+        f"    return (_shape(keys) or _new_shape(keys))(rec{args})\n"
+        f"\n"
+        f"def prepare_all(recs{args}):\n"
+        f"    out = []\n"
+        f"    append = out.append\n"
+        f"    for rec in recs:\n"
+        f"        if rec.__class__ is _dict:\n"
+        f"            keys = tuple(rec)\n"
+        f"            append((_shape(keys) or _new_shape(keys))(rec{args}))\n"
+        f"        else:\n"
+        f"            append(_generic(rec{args}))\n"
+        f"    return out\n",
         f"<fastcodec checked {full} dispatch>", "exec"), dispatch)
     prepare: Callable[..., Any] = dispatch["prepare"]
     return CheckedEncoder(name=full, source=_checked_function(spec, "checked", None)[0], prepare=prepare,
-                          shape_source=shape_source)
+                          prepare_all=dispatch["prepare_all"], shape_source=shape_source)

@@ -51,7 +51,7 @@ def producers() -> Any:
     # Nothing listens on port 1: nothing is sent; both producers only prepare.
     fast = UsageProducer("127.0.0.1:1", "agent.usage.v1", "unit-svc", None, clock=lambda: NOW, register_atexit=False)
     slow = UsageProducer("127.0.0.1:1", "agent.usage.v1", "unit-svc", None, clock=lambda: NOW, register_atexit=False)
-    slow._fast = None
+    slow._fast = slow._fast_all = None
     yield fast, slow
     fast.close(timeout=0)
     slow.close(timeout=0)
@@ -191,7 +191,9 @@ def test_beyond_the_shape_bound_the_generic_function_still_agrees(producers: Any
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fastcodec, "_MAX_SHAPES", 0)
     fast, _ = producers
-    fast._fast = UsageProducer("127.0.0.1:1", "t", "unit-svc", None, register_atexit=False)._fast
+    other = UsageProducer("127.0.0.1:1", "t", "unit-svc", None, register_atexit=False)
+    fast._fast, fast._fast_all = other._fast, other._fast_all
+    other.close(timeout=0)
     rng = random.Random(5)
     assert sum(_agree(producers, _random_event(rng)) for _ in range(500)) > 50
     assert _agree(producers, MappingProxyType(_event(tags={"k": "v"})))  # not a dict: the generic function
