@@ -279,17 +279,6 @@ def complete_usage_record(record: dict[str, Any], now: datetime, source: str) ->
     return problems
 
 
-def _tags_ok(tags: dict[Any, Any]) -> bool:
-    if len(tags) > MAX_TAGS:
-        return False
-    for key, value in tags.items():
-        if key.__class__ is not str or value.__class__ is not str:
-            return False
-        if len(key) > MAX_TAG_LENGTH or len(value) > MAX_TAG_LENGTH:
-            return False
-    return True
-
-
 _TEXT = "{{{0}}}.__class__ is str and {{{0}}} and not {{{0}}}.isspace()"
 _COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
                  "reasoning_tokens", "input_audio_tokens", "output_audio_tokens", "cache_audio_read_tokens",
@@ -316,8 +305,10 @@ _USAGE_GUARD = (
     "{status}.__class__ is str and {status} in _STATUSES",
     "({latency_ms} is None or ({latency_ms}.__class__ is int and {latency_ms} >= 0))",
     "({reported_cost} is None or {reported_cost}.__class__ is _Decimal)",
-    "{tags}.__class__ is dict and (not {tags} or _tags_ok({tags}))",
+    "{tags}.__class__ is dict and len({tags}) <= _MAX_TAGS",  # each entry: _TAG_ENTRY, while it is encoded
 )
+_TAG_ENTRY = ("{key}.__class__ is str and {value}.__class__ is str and len({key}) <= _MAX_TAG_LENGTH "
+              "and len({value}) <= _MAX_TAG_LENGTH")
 
 
 def build_usage_fast_path(header: bytes) -> CheckedEncoder:
@@ -335,7 +326,9 @@ def build_usage_fast_path(header: bytes) -> CheckedEncoder:
                "occurred_at": ("now_micros", "now_bytes")},
         returns="({event_id}, {agent_id}.encode(), {body})",
         names={"_KNOWN": _KNOWN_FIELDS, "_uuid_match": UUID_TEXT.fullmatch, "_datetime": datetime,
-               "_SKEW": MAX_FUTURE_SKEW, "_STATUSES": USAGE_STATUSES, "_Decimal": Decimal, "_tags_ok": _tags_ok},
+               "_SKEW": MAX_FUTURE_SKEW, "_STATUSES": USAGE_STATUSES, "_Decimal": Decimal, "_MAX_TAGS": MAX_TAGS,
+               "_MAX_TAG_LENGTH": MAX_TAG_LENGTH},
+        item_guards={"tags": _TAG_ENTRY},
         memo=("agent_id", "team", "project", "provider", "model"),  # an agent's attribution repeats
     )
 

@@ -321,9 +321,11 @@ class _Types:
 # ---------------------------------------------------------------------------------------------------- encoder
 
 
-def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: int, out: list[str]) -> None:
+def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: int, out: list[str],
+               item_check: str | None = None) -> None:
     """Emit code that encodes the expression ``value`` (a local name) of type ``kind``; appends to ``out`` the local
-    names holding its bytes, in order."""
+    names holding its bytes, in order. ``item_check`` (maps, checked encoders only: ``{key}``/``{value}`` stand for
+    an entry) makes the function return None on an entry that fails it."""
     k, info = kind
     if k == "null":
         out.append('b""')
@@ -393,6 +395,9 @@ def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: i
         e.emit(ind, f"if len({value}):")
         e.emit(ind + 1, f"{parts} = [_ZZ[len({value})] if len({value}) < 16384 else _zz(len({value}))]")
         e.emit(ind + 1, f"for {key}, {item} in {value}.items():")
+        if item_check is not None:
+            e.emit(ind + 2, f"if not ({item_check.format(key=key, value=item)}):")
+            e.emit(ind + 3, "return None")
         inner: list[str] = []
         _enc_value(e, t, ("string", None), key, ind + 2, inner)
         _enc_value(e, t, info, item, ind + 2, inner)
@@ -858,6 +863,7 @@ class _CheckedSpec:
     returns: str
     names: Mapping[str, Any]
     memo: tuple[str, ...] = ()
+    item_guards: Mapping[str, str] = field(default_factory=dict)
 
 
 class _GuardFolder(ast.NodeTransformer):
@@ -1054,7 +1060,7 @@ def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | No
         elif expr is not None:
             e.emit(2, f"if {value} is None:")
             e.emit(3, f"{value} = {expr}")
-        _enc_value(e, t, kind, value, 2, slots)
+        _enc_value(e, t, kind, value, 2, slots, spec.item_guards.get(name) if kind[0] == "map" else None)
     body = f"b\"\".join(({', '.join(slots)},))"
     e.emit(2, f"return {spec.returns.format_map({**finals, 'body': body})}")
     e.emit(1, "except Exception:  # anything odd: the caller's slow path decides (and explains)")
@@ -1087,6 +1093,7 @@ def build_checked_encoder(
     returns: str = "{body}",
     names: Mapping[str, Any] | None = None,
     memo: Sequence[str] = (),
+    item_guards: Mapping[str, str] | None = None,
 ) -> CheckedEncoder:
     """Compile a one-pass ``prepare(rec, *params)`` for record ``schema``: read each field once, check ``guard``
     (Python expressions that must all hold; ``{field}`` is the field's value as given: absent = its default, or None
@@ -1094,10 +1101,12 @@ def build_checked_encoder(
     encoded bytes or None)), then encode with the statements of :func:`build_fast_codec`, ``prefix`` (the framing)
     first. ``returns`` is the result (``{body}`` = the framed bytes, ``{field}`` = a field's final value); ``names``
     are extra globals of the expressions. A plain dict runs the function specialised to its keys. ``memo`` names a
-    run of consecutive string fields whose guard parts and bytes are remembered by value (exact ``str`` only).
+    run of consecutive string fields whose guard parts and bytes are remembered by value (exact ``str`` only);
+    ``item_guards`` maps a map field to a test of each entry (``{key}``, ``{value}``), made while it is encoded.
     Any failure inside returns None. Raises :class:`UnsupportedSchemaError` as :func:`build_fast_codec` does.
     """
-    spec = _CheckedSpec(schema, params, tuple(guard), dict(fills or {}), returns, dict(names or {}), tuple(memo))
+    spec = _CheckedSpec(schema, params, tuple(guard), dict(fills or {}), returns, dict(names or {}), tuple(memo),
+                        dict(item_guards or {}))
     memo_table: dict[tuple[str, ...], bytes] = {}
     base: dict[str, Any] = {**_runtime_globals(), **(names or {}), "_PREFIX": bytes(prefix), "_MEMO": memo_table,
                             "_MEMO_get": memo_table.get, "_MEMO_MAX": _MEMO_MAX}
