@@ -128,22 +128,28 @@ class PrefixReader:
                     out.append(data[pos] == 1)
                     pos += 1
                     continue
-                shift = n = 0
-                while True:
-                    b = data[pos]
-                    pos += 1
-                    n |= (b & 0x7F) << shift
-                    if b < 0x80:
-                        break
-                    shift += 7
-                    if shift > 63:
-                        raise DecodeError("varint longer than 10 bytes")
+                # Zig-zag varint; one byte covers lengths below 64, the common case (ids, names).
+                n = data[pos]
+                pos += 1
+                if n >= 0x80:
+                    n &= 0x7F
+                    shift = 7
+                    while True:
+                        b = data[pos]
+                        pos += 1
+                        n |= (b & 0x7F) << shift
+                        if b < 0x80:
+                            break
+                        shift += 7
+                        if shift > 63:
+                            raise DecodeError("varint longer than 10 bytes")
                 value = (n >> 1) ^ -(n & 1)
                 if kind == "string":
-                    if value < 0 or pos + value > end:
+                    stop = pos + value
+                    if value < 0 or stop > end:
                         raise DecodeError("string length beyond the body")
-                    out.append(data[pos : pos + value].decode("utf-8"))
-                    pos += value
+                    out.append(data[pos:stop].decode("utf-8"))
+                    pos = stop
                 elif kind == "timestamp":
                     out.append(_EPOCH + timedelta(microseconds=value))
                 else:

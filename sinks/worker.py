@@ -148,27 +148,36 @@ class SinkWorker(Step):
         now = self._clock()
         trackers = self._loop.trackers
         held = self._held
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if classify_message_error(err) == "fatal":
-                    raise SinkWorkerError(f"{self.name}: fatal consumer error: {err.str()}")
-                log.warning("%s: consumer error (librdkafka retries it): %s", self.name, err.str())
-                continue
-            tp = (msg.topic(), msg.partition())
-            tracker = trackers.get(tp)
-            if tracker is None:
-                continue  # fetched before a revoke: its new owner reads it
-            offset = msg.offset()
-            tracker.on_consumed(offset)
-            if tp not in held:
-                tracker.on_output_pending(offset)
-                held[tp] = (tracker, offset)
-            headers = tuple(msg.headers() or ())
-            ts_type, ts_ms = msg.timestamp()
-            timestamp_ms = ts_ms if ts_type != 0 else None  # 0 = TIMESTAMP_NOT_AVAILABLE
-            self._batch.add(SinkMessage(tp[0], tp[1], offset, msg.key(), msg.value(), headers, timestamp_ms), now)
-            self.stats.consumed += 1
+        batch = self._batch
+        append = batch.messages.append
+        added = 0
+        try:
+            for msg in messages:
+                err = msg.error()
+                if err is not None:
+                    if classify_message_error(err) == "fatal":
+                        raise SinkWorkerError(f"{self.name}: fatal consumer error: {err.str()}")
+                    log.warning("%s: consumer error (librdkafka retries it): %s", self.name, err.str())
+                    continue
+                topic, partition = tp = (msg.topic(), msg.partition())
+                tracker = trackers.get(tp)
+                if tracker is None:
+                    continue  # fetched before a revoke: its new owner reads it
+                offset = msg.offset()
+                tracker.on_consumed(offset)
+                if tp not in held:
+                    tracker.on_output_pending(offset)
+                    held[tp] = (tracker, offset)
+                headers = msg.headers()
+                ts_type, ts_ms = msg.timestamp()
+                append(SinkMessage(topic, partition, offset, msg.key(), msg.value(), tuple(headers) if headers else (),
+                                   ts_ms if ts_type != 0 else None))  # timestamp type 0: TIMESTAMP_NOT_AVAILABLE
+                added += 1
+        finally:
+            if added:
+                if batch.started_at is None:
+                    batch.started_at = now
+                self.stats.consumed += added
 
     def join(self, flush: FlushContext) -> bool:
         """Write the batch in hand (a retry wait pauses the assignment), then tell the trackers. On abandonment
