@@ -236,10 +236,10 @@ def bench_sink(events: int) -> dict[str, Any]:
     text = _captured(lambda: run_sink_bench(args))
     rows: dict[str, dict[str, float]] = {}
     for key, label in (("bare", "bare clickhouse-connect insert"), ("floor", "engine floor: chdb"),
-                       ("sink", "sink: consume")):
+                       ("decode", "decode-only floor"), ("sink", "sink: consume")):
         line = next((ln for ln in text.splitlines() if ln.startswith(label)), None)
         if line is None:
-            if key == "floor":
+            if key in ("floor", "decode"):
                 continue  # only measured on chdb
             raise FinopsError(f"bench-sink printed no {label!r} row:\n{text}")
         nums = [_num(x) for x in re.findall(_NUM, line[58:])]
@@ -792,6 +792,9 @@ def render(result: Mapping[str, Any]) -> str:
         if "floor" in k:
             row("sink rows/s vs the engine's floor", k["sink"]["rows_per_s"], k["floor"]["rows_per_s"],
                 "chdb INSERT SELECT FROM file() of the same containers")
+        if "decode" in k:
+            row("sink rows/s vs the engine's Avro decode alone", k["sink"]["rows_per_s"], k["decode"]["rows_per_s"],
+                "the same INSERT into a Null-engine ledger")
     if "intake" in result:
         i = result["intake"]
         row("intake spans/s into Kafka (1 core, OTLP proto)", i["intake"]["spans_per_s"], i["bare"]["spans_per_s"],
