@@ -45,6 +45,7 @@ from finops.clickhouse import open_endpoint_client
 from finops.clock import utc_now
 from finops.receiver import start_receiver
 from schemas.errors import FinopsError
+from sinks.worker_cli import DEFAULT_BATCH_ROWS
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
 # dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
@@ -231,7 +232,7 @@ def bench_stream(settings: Any, events: int) -> dict[str, Any]:
 
 def bench_sink(events: int) -> dict[str, Any]:
     """``finops bench-sink`` (imported), its table parsed: bare insert and sink rows/s, peak RSS."""
-    args = argparse.Namespace(events=events, batch_rows=10_000, partitions=3, outage_seconds=3.0,
+    args = argparse.Namespace(events=events, batch_rows=DEFAULT_BATCH_ROWS, partitions=3, outage_seconds=3.0,
                               clickhouse_url=None)
     text = _captured(lambda: run_sink_bench(args))
     rows: dict[str, dict[str, float]] = {}

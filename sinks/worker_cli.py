@@ -27,9 +27,15 @@ from schemas.errors import ConfigError, FinopsError
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
 # dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
 
-__all__ = ["SINK_KINDS", "parse_instant", "register", "sink_topic"]
+__all__ = ["DEFAULT_BATCH_ROWS", "SINK_KINDS", "parse_instant", "register", "sink_topic"]
 
 log = logging.getLogger(__name__)
+
+# The most messages a sink batch holds. Under a steady load a batch is flushed by the age of its oldest message long
+# before it fills; the cap matters when the sink is behind (a backlog, a catch-up after an outage), where each insert's
+# fixed engine cost (a part per table, the views) is shared by more rows. It also bounds what one batch holds in memory
+# and what is consumed while a failing write pauses the assignment.
+DEFAULT_BATCH_ROWS = 50_000
 
 # The sink kinds in start order (the keys of sinks.rows.SINK_SPECS) and the TopicNames property each one consumes.
 # Each kind is its own consumer group, finops-sink-<kind>, and its own thread, so a halted or lagging table does not
@@ -66,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     run.add_argument("--only", choices=SINK_KINDS, default=None,
                      help="run one sink only (default: all five, one thread each)")
-    run.add_argument("--batch-rows", type=int, default=10_000, help="flush after this many messages (10000)")
+    run.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+                     help=f"flush after this many messages ({DEFAULT_BATCH_ROWS})")
     run.add_argument("--batch-seconds", type=float, default=DEFAULT_MAX_BATCH_WAIT_S,
                      help="flush a batch when its oldest message has waited this long (0.25 s)")
     run.add_argument("--store-host", default=None,
@@ -149,7 +156,7 @@ def build_sink_worker(
     dlq_topic: str,
     dlq_producer: Any,
     group_id: str,
-    batch_rows: int = 10_000,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     batch_seconds: float = DEFAULT_MAX_BATCH_WAIT_S,
     consumer_wrapper: Callable[[Any], Any] | None = None,
     codec: Any = None,

@@ -31,7 +31,7 @@ from typing import Any
 from finops.clickhouse import connect
 from schemas.errors import FinopsError
 from schemas.loader import load_schema
-from sinks.worker_cli import build_dlq_producer, build_sink_worker
+from sinks.worker_cli import DEFAULT_BATCH_ROWS, build_dlq_producer, build_sink_worker
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
 # dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events to pre-fill and write (200000)")
-    parser.add_argument("--batch-rows", type=int, default=10_000, help="rows per insert for both paths (10000)")
+    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+                        help=f"rows per insert for both paths (the sink's default, {DEFAULT_BATCH_ROWS})")
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the bench topic (3)")
     parser.add_argument("--outage-seconds", type=float, default=5.0, help="ClickHouse outage in the backpressure "
                         "phase (5 s; 0 skips the phase)")
