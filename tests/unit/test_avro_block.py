@@ -79,3 +79,15 @@ def test_prefix_reader_reads_the_leading_fields_and_refuses_a_cut_body() -> None
     with pytest.raises(DecodeError, match="cannot be read as a prefix"):
         PrefixReader(load_schema("PricedUsageEvent"), ("tags",))
     assert PrefixReader(load_schema("SpendAggregate"), ()).read(b"anything", 0) == []
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 200, 70_000])
+def test_prefix_reader_reads_strings_of_one_and_many_length_bytes(length: int) -> None:
+    codec = AvroCodec()
+    event = {**_events(1)[0], "event_id": "e" * length, "source": "s" * (length // 2 + 1),
+             "occurred_at": datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)}  # a negative timestamp
+    frame = codec.encode(event, "PricedUsageEvent")
+    reader = PrefixReader(load_schema("PricedUsageEvent"), ("event_id", "source", "occurred_at"))
+    assert reader.read(frame, 10) == [event["event_id"], event["source"], event["occurred_at"]]
+    with pytest.raises(DecodeError):
+        reader.read(frame[:10] + b"\xff" * 11, 10)  # a varint longer than ten bytes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import uuid
@@ -108,6 +109,21 @@ def test_token_is_deterministic_order_independent_and_content_exact() -> None:
     assert token != compute_dedup_token("usage_ledger", ranges, rows[:2])  # a subset is a different insert
     assert token != compute_dedup_token("spend_1m", ranges, rows)
     assert token != compute_dedup_token("usage_ledger", {("t", 0): (10, 21), ("t", 1): (5, 7)}, rows)
+
+
+def test_token_is_the_sha256_of_the_documented_text() -> None:
+    # The bytes hashed are fixed (a batch retried across an upgrade keeps its token): the table, each partition's
+    # range, "#", then every row's provenance in sorted order, over topics, partitions and repeated offsets.
+    rng = random.Random(3)
+    rows = [(topic, partition, rng.randrange(10**9)) for topic in ("b", "a") for partition in (2, 0, 11)
+            for _ in range(40)]
+    rows += [rows[0], rows[7]]
+    rng.shuffle(rows)
+    ranges = {("b", 2): (4, 9), ("a", 11): (0, 1)}
+    text = "usage_ledger" + "".join(f"|{t}:{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items())) + "#"
+    text += "".join(f"{t}:{p}:{o}," for t, p, o in sorted(rows))
+    assert compute_dedup_token("usage_ledger", ranges, rows) == hashlib.sha256(text.encode()).hexdigest()
+    assert compute_dedup_token("usage_ledger", {}, []) == hashlib.sha256(b"usage_ledger#").hexdigest()
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
