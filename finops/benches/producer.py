@@ -62,8 +62,19 @@ def _row(name: str, n: int, wall: float, cpu: float) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Run the producer bench (arguments as ``finops bench-producer`` parses them); prints the table; returns 0."""
+    """Run the producer bench (arguments as ``finops bench-producer`` parses them); prints the table; returns 0.
 
+    The process runs pinned to one CPU meanwhile and gets its CPU set back at the end (``finops bench all`` runs
+    this in-process, and the roles the latency part starts later inherit the CPU set of this process)."""
+    before = os.sched_getaffinity(0)
+    try:
+        return _run_pinned(args)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _run_pinned(args: argparse.Namespace) -> int:
+    """The bench itself: pins this process to ``args.cpu`` (default the first allowed) and runs both paths."""
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
     from finops.kafka.clients import Role, build_admin, build_producer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import pytest
@@ -29,3 +30,17 @@ def test_uses_the_configured_broker_as_is(monkeypatch: pytest.MonkeyPatch, kafka
     with bench_broker() as bootstrap:
         assert bootstrap == kafka_bootstrap
     assert os.environ["FINOPS_KAFKA_BOOTSTRAP"] == kafka_bootstrap
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell pinned from not")
+def test_the_producer_bench_gives_the_cpu_set_back(monkeypatch: pytest.MonkeyPatch, kafka_bootstrap: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench all` runs the producer bench in-process before starting the latency part's roles, which inherit the
+    process's CPU set: left pinned, every role would share one core (the pipeline measured at half the machine)."""
+    from finops.benches.producer import run_bench
+
+    monkeypatch.setenv("FINOPS_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    before = os.sched_getaffinity(0)
+    assert run_bench(argparse.Namespace(events=2_000, topic=None, cpu=min(before))) == 0
+    assert "pinned to CPU" in capsys.readouterr().err  # it did pin while it ran
+    assert os.sched_getaffinity(0) == before
