@@ -143,9 +143,8 @@ def _uuid_to_str(value: Any) -> Any:
 #: model and :func:`check_usage_dict` report it identically.
 EventId = Annotated[str, BeforeValidator(_uuid_to_str), AvroType(_UUID_AVRO)]
 # RFC 4122 text form as uuid.UUID prints it: dedupe compares strings, so one spelling per id.
-_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: The canonical UUID text the ``uuid`` rule accepts (``UUID_TEXT.fullmatch(s)`` is not None).
-UUID_TEXT = _UUID_TEXT
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def to_micros(value: datetime) -> int:
@@ -359,7 +358,7 @@ def _usage_looks_valid(record: Mapping[str, Any], now: datetime | None) -> bool:
         if type(text) is not str or not text or text.isspace():
             return False
     event_id = get("event_id")
-    if type(event_id) is not str or _UUID_TEXT.fullmatch(event_id) is None:
+    if type(event_id) is not str or UUID_TEXT.fullmatch(event_id) is None:
         return False
     if get("status", "ok") not in USAGE_STATUSES:
         return False
@@ -394,7 +393,7 @@ def _diagnose_usage(record: Mapping[str, Any], now: datetime | None) -> list[Fie
     event_id = get("event_id")
     if not isinstance(event_id, str):
         add(FieldProblem("event_id", "required", f"event_id must be a UUID string (got {event_id!r})"))
-    elif _UUID_TEXT.fullmatch(event_id) is None:
+    elif UUID_TEXT.fullmatch(event_id) is None:
         add(FieldProblem("event_id", "uuid",
                          f"event_id must be a UUID in canonical lower-case form like str(uuid.uuid4()) "
                          f"(got {event_id[:80]!r}): one spelling per id keeps deduplication exact"))

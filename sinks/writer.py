@@ -567,11 +567,15 @@ class ClickHouseBatchWriter:
         key_of = self._spec.key_of
         if key_of is None:
             return rows
-        # The last row of each key, by position; the first of each is kept (arrival order).
-        first = {key: index for index, key in reversed(list(enumerate(map(key_of, (row.values for row in rows)))))}
-        if len(first) == len(rows):
-            return rows
-        kept = [rows[index] for index in sorted(first.values())]
+        keys = [key_of(row.values) for row in rows]
+        if len(set(keys)) == len(keys):
+            return rows  # the common case: no key twice
+        seen: set[Any] = set()
+        kept: list[_Row] = []
+        for row, key in zip(rows, keys, strict=True):
+            if key not in seen:  # the first of each key is kept (arrival order)
+                seen.add(key)
+                kept.append(row)
         report.duplicates += len(rows) - len(kept)
         return kept
 

@@ -287,7 +287,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     def timed_consumer(consumer: Any) -> _TimedConsumer:
         timed.append(_TimedConsumer(consumer))
-        return timed[0]
+        return timed[-1]
 
     worker = build_sink_worker("ledger", client=client, database=databases["sink"], kafka_config=kafka_config,
                                topic=topics.priced, dlq_topic=topics.dlq, dlq_producer=dlq,
