@@ -24,6 +24,7 @@ from typing import Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from finops.money import format_usd
+from schemas.control import control_key
 from schemas.models import Alert, ControlCommand, sign
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "compute_period_end",
     "compute_scope",
     "compute_spec",
-    "control_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,6 @@ class EnforcementSpec:
 
     def expires_at(self) -> datetime | None:
         return None if self.expires_at_us is None else datetime.fromtimestamp(self.expires_at_us / 1e6, UTC)
-
-
-def control_key(scope_type: str, scope_value: str) -> str:
-    """The control topic's message key: ``scope_type:scope_value``."""
-    return f"{scope_type}:{scope_value}"
 
 
 def compute_scope(alert: Alert) -> tuple[Literal["agent", "team", "project"], str] | None:

@@ -21,16 +21,17 @@ from datetime import datetime
 from typing import Any
 
 from alerting.channels import Destination
-from alerting.control_state import compute_obeyed, judge_control_message, read_control_messages
+from alerting.control_state import compute_obeyed, read_control_messages
 from alerting.delivery import AttemptRecord, DeliveryPolicy, DestinationSender
 from alerting.delivery_log import ControlAuditLog, DeliveryLog, DeliveryLogError
-from alerting.enforcement import Enforcer, control_key
+from alerting.enforcement import Enforcer
 from alerting.outbox import EnqueueResult, Outbox
 from alerting.router import RoutingTable
 from finops.clock import Clock, SystemClock
 from finops.http import HttpTransport, UrllibTransport
 from finops.kafka.clients import Role, build_consumer, build_producer
 from finops.kafka.loop import ConsumeLoop, FlushContext, FlushPolicy, Step
+from schemas.control import control_key, is_live, judge_control_message
 from schemas.errors import FinopsError
 from schemas.models import Alert, ControlCommand, verify
 from schemas.wire import AvroCodec
@@ -311,7 +312,7 @@ class AlertWorker(Step):
         except Exception as err:  # noqa: BLE001 - reported; the audit keeps following the topic
             log.warning("control audit: could not read the current control state of %s: %s", self.control_topic, err)
             return
-        self._obeyed = compute_obeyed(messages, self.verify_keys)
+        self._obeyed = compute_obeyed(messages, self.verify_keys, codec=self.codec)
 
     def stop(self) -> None:
         """Stop lanes, flush logs, close clients (reverse order of start)."""
@@ -417,13 +418,14 @@ class AlertWorker(Step):
                 continue
             raw_key = msg.key()
             key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else None
-            cmd, why = judge_control_message(key, msg.value(), self.verify_keys,
-                                             self._obeyed.get(key) if key else None, self.codec)
-            if why is None:
+            verdict = judge_control_message(key, msg.value(), self.verify_keys,
+                                            self._obeyed.get(key) if key else None, self.codec)
+            cmd, why = verdict.command, verdict.reason
+            if verdict.obeyed:
                 if key is not None and cmd is not None:
                     self._obeyed[key] = cmd
             else:
-                if not why.startswith("stale"):
+                if verdict.unverifiable:
                     # Unverifiable: guards ignore it (producers/guard.py); report it like a forgery. (A stale
                     # genuine command is ignored too, not forged; compaction would let it win all the same.)
                     self.forged_seen += 1
@@ -456,8 +458,7 @@ class AlertWorker(Step):
         key's latest value again; guards treat the repeat as the command they hold. Nothing is re-published for a
         key whose state is a resume or has expired (the unverifiable message cannot make a guard obey anything).
         A failure is logged and retried with the next unverifiable message, not fatal: agents are not affected."""
-        again = [cmd for key, cmd in self._obeyed.items() if key in suspect and cmd.action != "resume"
-                 and (cmd.expires_at is None or cmd.expires_at > now)]
+        again = [cmd for key, cmd in self._obeyed.items() if key in suspect and is_live(cmd, now)]
         if not again:
             return
         try:

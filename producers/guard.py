@@ -26,8 +26,9 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from finops.clock import Clock, SystemClock
 from finops.kafka.clients import Role, build_consumer
+from schemas.control import ControlVerdict, control_key, decode_control_message, is_live, judge_control_command
 from schemas.errors import FinopsError
-from schemas.models import ControlCommand, verify
+from schemas.models import ControlCommand
 from schemas.wire import AvroCodec
 
 __all__ = [
@@ -44,8 +45,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SCOPE_ORDER = ("agent", "project", "team")
-#: Why a tombstone is ignored (the same words in the TypeScript guard, producers/typescript/src/guard.ts).
-_TOMBSTONE_REASON = "unsigned tombstone (null value): it cannot be verified, so it changes no state"
 
 
 class AgentSuspended(FinopsError):
@@ -107,8 +106,7 @@ class ScopeState:
     offset: int | None = None
 
     def live(self, now: datetime) -> bool:
-        cmd = self.command
-        return cmd.action != "resume" and (cmd.expires_at is None or cmd.expires_at > now)
+        return is_live(self.command, now)
 
 
 @dataclass
@@ -287,44 +285,38 @@ class ControlGuard:
         """Apply one raw control message (Avro bytes, or None for a tombstone). True when it changed the state.
         Public so tests and other transports can feed the guard. A tombstone never changes the state (it cannot be
         verified, see the class docstring): it is reported as forged and False is returned."""
-        if value is None:
-            self._forged(ForgedCommand(key, partition, offset, _TOMBSTONE_REASON,
-                                       scope=key if key and ":" in key else None))
+        if self._codec is None:
+            self._codec = AvroCodec()
+        decoded = decode_control_message(value, self._codec)
+        if isinstance(decoded, ControlVerdict):
+            tombstone_scope = key if decoded.refusal == "tombstone" and key and ":" in key else None
+            self._forged(ForgedCommand(key, partition, offset, decoded.reason, scope=tombstone_scope))
             return False
-        try:
-            if self._codec is None:
-                self._codec = AvroCodec()
-            _, record = self._codec.decode(value)
-            cmd = ControlCommand.from_avro_dict(record)
-        except FinopsError as err:
-            self._forged(ForgedCommand(key, partition, offset, f"undecodable control message: {err}"))
-            return False
-        return self.apply(cmd, key=key, partition=partition, offset=offset)
+        return self.apply(decoded, key=key, partition=partition, offset=offset)
 
     def apply(self, cmd: ControlCommand, *, key: str | None = None, partition: int | None = None,
               offset: int | None = None) -> bool:
-        """Apply a decoded command after verifying its signature; True when it changed the state."""
-        scope = f"{cmd.scope_type}:{cmd.scope_value}"
-        if not verify(cmd, self.keys):
-            why = "unknown signing key id" if cmd.key_id not in self.keys else "signature does not verify"
-            self._forged(ForgedCommand(key, partition, offset, why, cmd.command_id, scope, cmd.action,
-                                       cmd.issued_by))
-            return False
-        if key is not None and key != scope:
-            self._forged(ForgedCommand(key, partition, offset, f"message key {key!r} does not match the signed "
-                                       f"scope {scope!r}", cmd.command_id, scope, cmd.action, cmd.issued_by))
-            return False
+        """Apply a decoded command if the control rules (:func:`schemas.control.judge_control_command`) obey it:
+        its signature verifies, ``key`` (when given) is its scope, it is not older than the scope's state. True
+        when it changed the state."""
+        scope = control_key(cmd.scope_type, cmd.scope_value)
         with self._lock:
             current = self._state.get(scope)
-            if current is not None and cmd.issued_at < current.command.issued_at:
+            verdict = judge_control_command(cmd, key, self.keys, current.command if current is not None else None)
+            if verdict.refusal == "stale" and current is not None:
                 self._stats.stale += 1
                 log.info("control guard: ignoring %s for %s issued %s, older than the current %s", cmd.action,
                          scope, cmd.issued_at.isoformat(), current.command.issued_at.isoformat())
                 return False
-            self._state[scope] = ScopeState(cmd, partition, offset)
-            if current is None or current.command.command_id != cmd.command_id:
-                self._buckets.pop(scope, None)  # a new throttle starts a fresh bucket
-            self._stats.applied += 1
+            if verdict.obeyed:
+                self._state[scope] = ScopeState(cmd, partition, offset)
+                if current is None or current.command.command_id != cmd.command_id:
+                    self._buckets.pop(scope, None)  # a new throttle starts a fresh bucket
+                self._stats.applied += 1
+        if not verdict.obeyed:
+            self._forged(ForgedCommand(key, partition, offset, verdict.reason, cmd.command_id, scope,
+                                       cmd.action, cmd.issued_by))
+            return False
         if self._applies_to_me(cmd):
             log.warning("control: %s %s (%s) issued by %s, expires %s", cmd.action, scope, cmd.reason,
                         cmd.issued_by, cmd.expires_at.isoformat() if cmd.expires_at else "never")
