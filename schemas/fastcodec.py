@@ -864,6 +864,7 @@ class _CheckedSpec:
     names: Mapping[str, Any]
     memo: tuple[str, ...] = ()
     item_guards: Mapping[str, str] = field(default_factory=dict)
+    closed: bool = False
 
 
 class _GuardFolder(ast.NodeTransformer):
@@ -957,9 +958,10 @@ def _memo_fields(spec: _CheckedSpec, fields: list[tuple[str, tuple[str, Any], An
 
 def _memo_run(e: _Emitter, t: _Types, fields: list[tuple[str, tuple[str, Any], Any]], memo: tuple[str, ...],
               local: Mapping[str, str], parts: list[str], check: Callable[[list[str], int], None],
-              slots: list[str]) -> None:
+              slots: list[str], utf8: Sequence[str]) -> dict[str, str]:
     """Emit the memoised encoding of the run ``memo``: a hit is the bytes of the same values checked and encoded
-    before; a miss checks the guard parts about them only, encodes them and remembers the bytes."""
+    before; a miss checks the guard parts about them only, encodes them and remembers the bytes. The UTF-8 bytes of
+    the fields in ``utf8`` are remembered beside them; returns their locals by field name."""
     key = f"({', '.join(local[name] for name in memo)},)"
     e.emit(2, f"mk = {key}")
     e.emit(2, "m = _MEMO_get(mk)")
@@ -967,12 +969,25 @@ def _memo_run(e: _Emitter, t: _Types, fields: list[tuple[str, tuple[str, Any], A
     check(parts, 3)
     inner: list[str] = []
     kinds = {name: kind for name, kind, _ in fields}
+    texts: dict[str, str] = {}
     for name in memo:
         _enc_value(e, t, kinds[name], local[name], 3, inner)
-    e.emit(3, f"m = b\"\".join(({', '.join(inner)},))")
+        texts[name] = inner[-1]  # a string's slots are (length, UTF-8 bytes)
+    kept = [name for name in memo if name in utf8]
+    joined = f"b\"\".join(({', '.join(inner)},))"
+    e.emit(3, f"m = ({joined}, {''.join(texts[name] + ', ' for name in kept)})" if kept else f"m = {joined}")
     e.emit(3, "if len(_MEMO) < _MEMO_MAX:")
     e.emit(4, "_MEMO[mk] = m")
-    slots.append("m")
+    if not kept:
+        slots.append("m")
+        return {}
+    names = {name: f"u{local[name]}" for name in kept}
+    e.emit(2, f"mb, {''.join(names[name] + ', ' for name in kept)}= m")
+    slots.append("mb")
+    return names
+
+
+_UTF8 = re.compile(r"\{(\w+)_utf8\}")
 
 
 def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
@@ -993,6 +1008,9 @@ def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | No
     plan: list[tuple[str, Any]] = []  # ("field", index) | ("const", run index)
     e.emit(0, f"def {fn}(rec{''.join(', ' + p for p in spec.params)}):")
     e.emit(1, "try:")
+    if spec.closed and present is None:  # a shape's keys were checked against the schema when it was compiled
+        e.emit(2, "if not _FIELDS.issuperset(rec):")
+        e.emit(3, "return None")
     for index, (name, kind, fld) in enumerate(fields):
         value = f"v{index}"
         if name in here:
@@ -1039,13 +1057,18 @@ def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | No
     check(main, 2)
     slots: list[str] = ["_PREFIX"]
     finals = dict(local)
+    utf8 = _UTF8.findall(spec.returns)
+    for name in utf8:
+        finals[f"{name}_utf8"] = f"{local[name]}.encode()"  # unless the memo has the bytes (below)
     for step, ref in plan:
         if step == "const":
             slots.append(f"_K{ref}")
             continue
         if memo and fields[ref][0] in memo:
             if fields[ref][0] == memo[0]:
-                _memo_run(e, t, fields, memo, local, [p for p in spec.guard if p not in main], check, slots)
+                texts = _memo_run(e, t, fields, memo, local, [p for p in spec.guard if p not in main], check,
+                                  slots, utf8)
+                finals.update({f"{name}_utf8": value for name, value in texts.items()})
             continue
         name, kind, _fld = fields[ref]
         value = f"v{ref}"
@@ -1094,23 +1117,28 @@ def build_checked_encoder(
     names: Mapping[str, Any] | None = None,
     memo: Sequence[str] = (),
     item_guards: Mapping[str, str] | None = None,
+    closed: bool = False,
 ) -> CheckedEncoder:
     """Compile a one-pass ``prepare(rec, *params)`` for record ``schema``: read each field once, check ``guard``
     (Python expressions that must all hold; ``{field}`` is the field's value as given: absent = its default, or None
     for a filled field), set absent filled fields from ``fills`` (field -> (value expression, expression of its
     encoded bytes or None)), then encode with the statements of :func:`build_fast_codec`, ``prefix`` (the framing)
     first. ``returns`` is the result (``{body}`` = the framed bytes, ``{field}`` = a field's final value); ``names``
-    are extra globals of the expressions. A plain dict runs the function specialised to its keys. ``memo`` names a
-    run of consecutive string fields whose guard parts and bytes are remembered by value (exact ``str`` only);
+    are extra globals of the expressions; ``{field_utf8}`` in ``returns`` is the UTF-8 bytes of a string field.
+    ``closed`` refuses a record with a key the schema lacks. A plain dict runs the function specialised to its keys.
+    ``memo`` names a run of consecutive string fields whose guard parts and bytes are remembered by value (exact
+    ``str`` only);
     ``item_guards`` maps a map field to a test of each entry (``{key}``, ``{value}``), made while it is encoded.
     Any failure inside returns None. Raises :class:`UnsupportedSchemaError` as :func:`build_fast_codec` does.
     """
     spec = _CheckedSpec(schema, params, tuple(guard), dict(fills or {}), returns, dict(names or {}), tuple(memo),
-                        dict(item_guards or {}))
+                        dict(item_guards or {}), closed)
     memo_table: dict[tuple[str, ...], bytes] = {}
     base: dict[str, Any] = {**_runtime_globals(), **(names or {}), "_PREFIX": bytes(prefix), "_MEMO": memo_table,
                             "_MEMO_get": memo_table.get, "_MEMO_MAX": _MEMO_MAX}
     full = _full_name(str(schema.get("name")), schema.get("namespace"))
+    known = frozenset(str(fld["name"]) for fld in schema.get("fields", []))
+    base["_FIELDS"] = known
 
     def compile_fn(present: tuple[str, ...] | None) -> Callable[..., Any]:
         source, consts = _checked_function(spec, "checked", present)
@@ -1120,7 +1148,6 @@ def build_checked_encoder(
         return fn
 
     generic = compile_fn(None)
-    known = frozenset(str(fld["name"]) for fld in schema.get("fields", []))
     shapes: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
     def refuse(*_args: Any) -> None:

@@ -172,8 +172,8 @@ class _Spy:
         self.real = real
         self.produced: list[tuple[bytes, bytes]] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes, **kwargs: Any) -> None:
-        self.real.produce(topic, value, key, **kwargs)
+    def produce(self, topic: str, value: bytes, key: bytes, *args: Any, **kwargs: Any) -> None:
+        self.real.produce(topic, value, key, *args, **kwargs)
         self.produced.append((key, value))
 
     def __getattr__(self, name: str) -> Any:
