@@ -37,13 +37,19 @@ __all__ = [
     "DEFAULT_PORT",
     "URL_FORMS",
     "ClickHouseError",
+    "ClickHouseFatalError",
     "ClickHouseQueryError",
+    "ClickHouseRejectedError",
     "ClickHouseTarget",
+    "ClickHouseTransientError",
     "ClickHouseUnavailableError",
+    "ErrorKind",
     "StoreBusyError",
     "StoreEndpoint",
     "chdb_path_owner",
     "check_identifier",
+    "classified_errors",
+    "classify_clickhouse_error",
     "connect",
     "endpoint_answers",
     "execute_raw",
@@ -96,6 +102,152 @@ class ClickHouseQueryError(ClickHouseError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+ErrorKind = Literal["transient", "rejected", "fatal"]
+
+
+class ClickHouseTransientError(ClickHouseQueryError):
+    """The statement may succeed if sent again later, unchanged: the connection was lost, the server is overloaded
+    or restarting, a replica or keeper is away. (An insert retried with its deduplication token cannot double
+    count.)"""
+
+
+class ClickHouseRejectedError(ClickHouseQueryError):
+    """ClickHouse, or the client's column serialisers, refused the data of the statement: sent again it fails again,
+    but the same statement without the offending rows can succeed."""
+
+
+class ClickHouseFatalError(ClickHouseQueryError):
+    """The table, the statement or the credentials are wrong: neither waiting nor dropping rows helps; fix the
+    deployment (migrations, grants, configuration) and restart."""
+
+
+_KIND_ERRORS: dict[ErrorKind, type[ClickHouseQueryError]] = {
+    "transient": ClickHouseTransientError, "rejected": ClickHouseRejectedError, "fatal": ClickHouseFatalError,
+}
+
+# ClickHouse error codes worth waiting out: the server is overloaded, restarting or a replica/keeper is away.
+# Names as the engine gives them (errorCodeToName), checked in tests/integration/test_clickhouse_errors.py.
+TRANSIENT_CODES: Mapping[int, str] = {
+    3: "UNEXPECTED_END_OF_FILE",  # connection cut mid-response (but see parsing_data)
+    32: "ATTEMPT_TO_READ_AFTER_EOF",
+    159: "TIMEOUT_EXCEEDED",
+    160: "TOO_SLOW",
+    173: "CANNOT_ALLOCATE_MEMORY",
+    198: "DNS_ERROR",
+    202: "TOO_MANY_SIMULTANEOUS_QUERIES",
+    209: "SOCKET_TIMEOUT",
+    210: "NETWORK_ERROR",
+    225: "NO_ZOOKEEPER",
+    236: "ABORTED",
+    241: "MEMORY_LIMIT_EXCEEDED",
+    242: "TABLE_IS_READ_ONLY",  # a replica lost its keeper session
+    243: "NOT_ENOUGH_SPACE",  # wait for an operator rather than dead-letter good data
+    252: "TOO_MANY_PARTS",
+    279: "ALL_CONNECTION_TRIES_FAILED",
+    285: "TOO_FEW_LIVE_REPLICAS",
+    286: "UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE",
+    319: "UNKNOWN_STATUS_OF_INSERT",
+    394: "QUERY_WAS_CANCELLED",
+    425: "SYSTEM_ERROR",
+    439: "CANNOT_SCHEDULE_TASK",
+    745: "SERVER_OVERLOADED",
+    999: "KEEPER_EXCEPTION",
+}
+# Codes about the table, the statement or the credentials, not the rows: splitting the data would dead-letter
+# every good row.
+FATAL_CODES: Mapping[int, str] = {
+    8: "THERE_IS_NO_COLUMN",
+    10: "NOT_FOUND_COLUMN_IN_BLOCK",
+    16: "NO_SUCH_COLUMN_IN_TABLE",
+    46: "UNKNOWN_FUNCTION",
+    47: "UNKNOWN_IDENTIFIER",
+    48: "NOT_IMPLEMENTED",
+    56: "UNKNOWN_STORAGE",
+    60: "UNKNOWN_TABLE",
+    62: "SYNTAX_ERROR",
+    73: "UNKNOWN_FORMAT",
+    81: "UNKNOWN_DATABASE",
+    115: "UNKNOWN_SETTING",
+    164: "READONLY",
+    192: "UNKNOWN_USER",
+    193: "WRONG_PASSWORD",
+    194: "REQUIRED_PASSWORD",
+    218: "TABLE_IS_DROPPED",
+    392: "QUERY_IS_PROHIBITED",
+    497: "ACCESS_DENIED",
+    516: "AUTHENTICATION_FAILED",
+}
+# The end-of-data codes, when they answer an insert whose data ClickHouse parses (FORMAT Avro): the data ended
+# early, so the same bytes would fail forever.
+_END_OF_DATA_CODES = frozenset({3, 32})
+
+
+def classify_clickhouse_error(err: BaseException, *, parsing_data: bool = False) -> ErrorKind:
+    """Whether a statement that raised ``err`` in clickhouse-connect is worth sending again (``transient``),
+    failed over some of its data (``rejected``) or cannot succeed as deployed (``fatal``). Pure.
+
+    A ClickHouse error code, when the error carries one (``Error.code``, from the server's header or message, on
+    chdb and over HTTP alike), decides: :data:`TRANSIENT_CODES`, :data:`FATAL_CODES`, any other code is the engine
+    refusing the data (type mismatch, unparsable input ...). The HTTP client raises ``OperationalError`` for any
+    server error once it has retried, so the type says less than the code. With ``parsing_data`` (the statement
+    carries data ClickHouse parses), an end-of-data code means data cut short: rejected. Without a code, by type:
+    ``OperationalError`` / ``InterfaceError`` (connection refused, reset, a read cut) and the OS's connection and
+    timeout errors are transient; ``DataError`` and the built-in errors the client's serialisers raise for a value
+    that does not fit its column (``ValueError``, ``TypeError``, ``ArithmeticError`` ...) are rejected;
+    ``ProgrammingError``, ``NotSupportedError`` and ``InternalError`` (an unknown column, a column count that does
+    not match, a type the client cannot write) and anything else are fatal.
+    """
+    import struct
+
+    from clickhouse_connect.driver import exceptions as ch_exc
+
+    code = _clickhouse_code(err)
+    if code is not None:
+        if parsing_data and code in _END_OF_DATA_CODES:
+            return "rejected"
+        if code in TRANSIENT_CODES:
+            return "transient"
+        return "fatal" if code in FATAL_CODES else "rejected"
+    if isinstance(err, ch_exc.OperationalError | ch_exc.InterfaceError | ConnectionError | TimeoutError):
+        return "transient"
+    if isinstance(err, ch_exc.ProgrammingError | ch_exc.NotSupportedError | ch_exc.InternalError):
+        return "fatal"
+    if isinstance(err, ch_exc.Error):
+        return "rejected"  # DataError (client-side serialisation), IntegrityError, a DatabaseError without a code
+    if isinstance(err, ValueError | TypeError | ArithmeticError | KeyError | struct.error):
+        return "rejected"
+    if isinstance(err, OSError):
+        return "transient"
+    return "fatal"
+
+
+def _clickhouse_code(err: BaseException) -> int | None:
+    """ClickHouse's error code carried by a clickhouse-connect error; None for other errors or when it sent none."""
+    from clickhouse_connect.driver import exceptions as ch_exc
+
+    code = getattr(err, "code", None) if isinstance(err, ch_exc.Error) else None
+    return code if isinstance(code, int) else None
+
+
+@contextmanager
+def classified_errors(what: str, *, parsing_data: bool = False) -> Iterator[None]:
+    """Translate any error raised by the clickhouse-connect call(s) in the block into
+    :class:`ClickHouseTransientError`, :class:`ClickHouseRejectedError` or :class:`ClickHouseFatalError`, as
+    :func:`classify_clickhouse_error` classes it (``parsing_data`` passed on), with ``code`` (None when ClickHouse
+    sent none) and ``reason`` (the error's type and first line, secrets scrubbed); ``raise ... from err``. Keep the
+    block to the client calls: whatever it raises is taken for the client's."""
+    try:
+        yield
+    except ClickHouseQueryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every failure is classed and re-raised, none is swallowed
+        kind = classify_clickhouse_error(err, parsing_data=parsing_data)
+        text = scrub(str(err)).strip()
+        reason = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:1000]
+        raise _KIND_ERRORS[kind](f"{what} failed ({kind}): {reason}", code=_clickhouse_code(err),
+                                 reason=reason) from err
 
 
 def scrub(text: str) -> str:

@@ -16,16 +16,19 @@ import hashlib
 import logging
 import random
 import re
-import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from clickhouse_connect.driver import exceptions as ch_exc
-
-from finops.clickhouse import check_identifier
+from finops.clickhouse import (
+    ClickHouseQueryError,
+    ClickHouseRejectedError,
+    ClickHouseTransientError,
+    check_identifier,
+    classified_errors,
+)
 from finops.retry import RetryPolicy, compute_backoff
 from schemas.errors import DecodeError, FinopsError
 from schemas.wire import AvroCodec
@@ -37,63 +40,19 @@ __all__ = [
     "ClickHouseBatchWriter",
     "DeadLetter",
     "DeadLetterSink",
-    "ErrorClass",
     "KafkaDeadLetterSink",
     "MessageBatch",
     "SinkHaltError",
     "SinkMessage",
     "WriteReport",
-    "classify_error",
     "compute_dedup_token",
 ]
 
 log = logging.getLogger(__name__)
 
-ErrorClass = Literal["transient", "rejected", "fatal"]
-
-# ClickHouse error codes worth waiting out: the server is overloaded, restarting or a replica/keeper is away. Retrying
-# the same insert later succeeds and, with the same token, cannot double count.
-_TRANSIENT_CODES: frozenset[int] = frozenset(
-    {
-        3,  # UNEXPECTED_END_OF_FILE (connection cut mid-response)
-        32,  # ATTEMPT_TO_READ_AFTER_EOF
-        159,  # TIMEOUT_EXCEEDED
-        160,  # TOO_SLOW
-        173,  # CANNOT_ALLOCATE_MEMORY
-        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
-        209,  # SOCKET_TIMEOUT
-        210,  # NETWORK_ERROR
-        225,  # NO_ZOOKEEPER
-        236,  # ABORTED
-        241,  # MEMORY_LIMIT_EXCEEDED
-        242,  # TABLE_IS_READ_ONLY (replica lost keeper)
-        243,  # NOT_ENOUGH_SPACE (wait for an operator rather than dead-letter good data)
-        252,  # TOO_MANY_PARTS
-        285,  # TOO_FEW_LIVE_REPLICAS
-        286,  # UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
-        319,  # UNKNOWN_STATUS_OF_INSERT
-        394,  # QUERY_WAS_CANCELLED
-        425,  # SYSTEM_ERROR
-        999,  # KEEPER_EXCEPTION
-    }
-)
 # Event ids a stored-id query may carry as a literal as they are (UUID text), and how many characters of them.
 _PLAIN_ID = re.compile(r"[0-9A-Za-z_.:\-]{1,128}")
 _LITERAL_BUDGET = 200_000
-# The two "end of data" codes above, when they answer an Avro container insert: the data ended early.
-_END_OF_DATA_CODES: frozenset[int] = frozenset({3, 32})
-# Errors about the table or the credentials, not the rows: bisecting would dead-letter every good row.
-_FATAL_CODES: frozenset[int] = frozenset(
-    {
-        16,  # NO_SUCH_COLUMN_IN_TABLE
-        47,  # UNKNOWN_IDENTIFIER
-        60,  # UNKNOWN_TABLE
-        81,  # UNKNOWN_DATABASE
-        164,  # READONLY
-        497,  # ACCESS_DENIED
-        516,  # AUTHENTICATION_FAILED
-    }
-)
 
 
 class SinkHaltError(FinopsError):
@@ -107,28 +66,6 @@ class BatchAbandonedError(FinopsError):
     Nothing was committed for it; whoever owns its partitions next reads it again, and the dedupe layers make the
     re-read safe even if an earlier attempt had in fact been stored.
     """
-
-
-def classify_error(err: BaseException) -> ErrorClass:
-    """Whether a failed insert or query should be retried (``transient``), bisected to find bad rows
-    (``rejected``), or stop the sink (``fatal``). Pure; judged by exception type and ClickHouse error code."""
-    code = getattr(err, "code", None)
-    if isinstance(code, int):
-        if code in _TRANSIENT_CODES:
-            return "transient"
-        if code in _FATAL_CODES:
-            return "fatal"
-    if isinstance(err, ch_exc.OperationalError | ch_exc.InterfaceError):
-        return "transient"  # connection refused / reset, HTTP errors without a ClickHouse code
-    if isinstance(err, ConnectionError | TimeoutError):
-        return "transient"
-    if isinstance(err, ch_exc.Error):
-        return "rejected"  # DataError (client-side serialisation) and server-side data errors with a code
-    if isinstance(err, ValueError | TypeError | OverflowError | ArithmeticError | KeyError | struct.error):
-        return "rejected"  # raised by the client's column serialisers for a value that does not fit its type
-    if isinstance(err, OSError):
-        return "transient"
-    return "fatal"
 
 
 class SinkMessage(NamedTuple):
@@ -321,7 +258,10 @@ class _Frame:
 
 
 def _describe(err: BaseException) -> str:
-    # The first line of a ClickHouse message names the code and the problem; the rest is a stack trace.
+    # The first line of a ClickHouse message names the code and the problem; the rest is a stack trace. A classed
+    # error of the boundary is described by the client's error it translates (its type names the failure).
+    if isinstance(err, ClickHouseQueryError) and err.__cause__ is not None:
+        err = err.__cause__
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     cause = err.__cause__
     if cause is not None and str(cause):
@@ -597,11 +537,12 @@ class ClickHouseBatchWriter:
         assert column is not None
         key_index = self._spec.columns.index(column)
         ids = sorted({str(row.values[key_index]) for row in rows})
-        result = self._client.query(
-            f"SELECT {', '.join(self._spec.columns)} FROM {self._table} FINAL "
-            f"WHERE {column} IN {{ids:Array(String)}}",
-            parameters={"ids": ids},
-        )
+        with classified_errors(f"reading the stored state of {self._table}"):
+            result = self._client.query(
+                f"SELECT {', '.join(self._spec.columns)} FROM {self._table} FINAL "
+                f"WHERE {column} IN {{ids:Array(String)}}",
+                parameters={"ids": ids},
+            )
         return {str(values[key_index]): list(values) for values in result.result_rows}
 
     def _stored_keys(self, rows: Sequence[_Row]) -> set[tuple[str, str]]:
@@ -633,7 +574,8 @@ class ClickHouseBatchWriter:
             others = [i for i in ids if not _PLAIN_ID.fullmatch(i)]
             chunks.append((sql.replace("{ids}", "{ids:Array(String)}"), {**bounds, "ids": others}))
         for query, parameters in chunks:
-            result = self._client.query(query, parameters=parameters)
+            with classified_errors(f"reading the stored ids of {self._table}"):
+                result = self._client.query(query, parameters=parameters)
             stored.update((str(source), str(event_id)) for source, event_id in result.result_rows)
         return stored
 
@@ -693,7 +635,7 @@ class ClickHouseBatchWriter:
         settings = {**self._spec.block_settings, "insert_deduplication_token": token}
         try:
             self._retrying(lambda: self._insert_block(frame, block, settings, report), report, wait, should_abort,
-                           rejectable=True, reading_data=True)
+                           rejectable=True)
             report.inserted += len(rows)
             return 0
         except _Rejected as rejected:
@@ -742,18 +684,22 @@ class ClickHouseBatchWriter:
 
     def _insert_block(self, frame: _Frame, block: bytes, settings: dict[str, Any], report: WriteReport) -> None:
         report.inserts += 1
-        self._client.raw_insert(self._table, column_names=list(frame.columns), insert_block=block, fmt="Avro",
-                                settings=settings)
+        # ClickHouse parses the container: an "unexpected end" then means a body shorter than its schema says.
+        with classified_errors(f"inserting an Avro container into {self._table}", parsing_data=True):
+            self._client.raw_insert(self._table, column_names=list(frame.columns), insert_block=block, fmt="Avro",
+                                    settings=settings)
 
     def _insert(self, rows: Sequence[_Row], token: str, report: WriteReport) -> None:
         report.inserts += 1
-        self._client.insert(
-            self._spec.table,
-            [row.values for row in rows],
-            column_names=list(self._spec.columns),
-            database=self._database,
-            settings={"insert_deduplication_token": token},
-        )
+        data = [row.values for row in rows]
+        with classified_errors(f"inserting rows into {self._table}"):
+            self._client.insert(
+                self._spec.table,
+                data,
+                column_names=list(self._spec.columns),
+                database=self._database,
+                settings={"insert_deduplication_token": token},
+            )
 
     def _retrying(
         self,
@@ -763,26 +709,18 @@ class ClickHouseBatchWriter:
         should_abort: Callable[[], bool],
         *,
         rejectable: bool = False,
-        reading_data: bool = False,
     ) -> Any:
+        """Run ``operation`` until it succeeds, retrying (backoff, same arguments) what the ClickHouse boundary
+        classed transient (:class:`~finops.clickhouse.ClickHouseTransientError`) and an unacknowledged dead letter.
+        Raises :class:`_Rejected` for refused rows when ``rejectable``, :class:`SinkHaltError` for everything else,
+        :class:`BatchAbandonedError` when ``should_abort`` says so during a wait."""
         attempt = 0
         while True:
             try:
                 return operation()
             except (BatchAbandonedError, SinkHaltError):
                 raise
-            except Exception as err:  # noqa: BLE001 - classified below; nothing is swallowed silently
-                kind = classify_error(err) if not isinstance(err, DeadLetterDeliveryError) else "transient"
-                if reading_data and getattr(err, "code", None) in _END_OF_DATA_CODES:
-                    # While ClickHouse parses an Avro container, "unexpected end" means a body shorter than its
-                    # schema says, not a cut connection: retrying the same bytes would fail forever.
-                    kind = "rejected"
-                if kind == "rejected" and rejectable:
-                    raise _Rejected(_describe(err)) from err
-                if kind != "transient":
-                    raise SinkHaltError(
-                        f"writing {self._table} failed with an error retrying cannot fix: {_describe(err)}"
-                    ) from err
+            except (ClickHouseTransientError, DeadLetterDeliveryError) as err:
                 attempt += 1
                 report.retries += 1
                 delay = compute_backoff(self._retry, attempt, self._rng)
@@ -793,6 +731,16 @@ class ClickHouseBatchWriter:
                 wait(delay)
                 if should_abort():
                     raise BatchAbandonedError(f"batch for {self._table} abandoned during retry") from err
+            except ClickHouseRejectedError as err:
+                if rejectable:
+                    raise _Rejected(_describe(err)) from err
+                raise SinkHaltError(
+                    f"writing {self._table} failed with an error retrying cannot fix: {_describe(err)}"
+                ) from err
+            except Exception as err:  # noqa: BLE001 - fatal ClickHouse errors and bugs halt; nothing is swallowed
+                raise SinkHaltError(
+                    f"writing {self._table} failed with an error retrying cannot fix: {_describe(err)}"
+                ) from err
 
 
 _UNSEEN: Any = object()  # a framing header the block path has not looked up yet

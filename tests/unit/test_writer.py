@@ -1,4 +1,5 @@
-"""Batch writer logic with a fake ClickHouse client: tokens, backoff, error classes, bisection, retry, abort."""
+"""Batch writer logic with a fake ClickHouse client: tokens, backoff, how it acts on each error class (the classes
+themselves: test_clickhouse_errors.py), bisection, retry, abort."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from sinks.writer import (
     MessageBatch,
     SinkHaltError,
     SinkMessage,
-    classify_error,
     compute_dedup_token,
 )
 
@@ -134,27 +134,6 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
         waits = {compute_backoff(policy, attempt, rng) for _ in range(50)}
         assert all(step / 10 <= w <= step for w in waits)
         assert len(waits) > 40  # jitter: not lockstep
-
-
-@pytest.mark.parametrize(
-    ("err", "kind"),
-    [
-        (ch_exc.OperationalError("connection refused"), "transient"),
-        (ch_exc.DatabaseError("Code: 252. Too many parts", code=252), "transient"),
-        (ch_exc.DatabaseError("Code: 241. Memory limit exceeded", code=241), "transient"),
-        (ch_exc.DatabaseError("Code: 159. Timeout", code=159), "transient"),
-        (TimeoutError("read timed out"), "transient"),
-        (ConnectionResetError(), "transient"),
-        (ch_exc.DataError("Unable to create native array"), "rejected"),
-        (OverflowError("int too big to convert"), "rejected"),
-        (ch_exc.DatabaseError("Code: 53. Type mismatch", code=53), "rejected"),
-        (ch_exc.DatabaseError("Code: 60. Unknown table", code=60), "fatal"),
-        (ch_exc.DatabaseError("Code: 497. Access denied", code=497), "fatal"),
-        (RuntimeError("bug"), "fatal"),
-    ],
-)
-def test_classify_error(err: BaseException, kind: str) -> None:
-    assert classify_error(err) == kind
 
 
 def test_batch_offsets_and_revoked_partitions() -> None:
