@@ -24,6 +24,7 @@ __all__ = [
     "BUDGET_SCOPE",
     "SCOPE",
     "TREND_DAYS",
+    "agent_control",
     "agent_detail",
     "agent_owner",
     "agents",
@@ -256,14 +257,18 @@ _AGENT_TASK_SUMMARY = (
     "FROM v_cost_per_task WHERE agent_id = {agent_id:String} AND toDate(last_call_at, 'UTC') >= {since:Date} AND "
     + SCOPE
 )
-_CONTROL = (
+_CONTROL_COLUMNS = (
     "SELECT command_id, scope_type, scope_value, action, rate_per_minute, target_model, reason, issued_by, "
-    "issued_at, expires_at FROM control_commands FINAL "
-    "WHERE (scope_type = 'agent' AND scope_value = {agent_id:String}) "
+    "issued_at, expires_at, verified FROM control_commands FINAL "
+    "WHERE ((scope_type = 'agent' AND scope_value = {agent_id:String}) "
     "OR (scope_type = 'team' AND scope_value = {team:String}) "
-    "OR (scope_type = 'project' AND scope_value = {project:String}) "
-    "ORDER BY issued_at DESC, command_id LIMIT 20"
+    "OR (scope_type = 'project' AND scope_value = {project:String})) "
 )
+# The audit keeps every command seen on the topic, forged ones flagged; the state is the newest verified command
+# per scope (agents obey no other), so forged rows can neither set it nor push it out of the history's window.
+_CONTROL = _CONTROL_COLUMNS + "ORDER BY issued_at DESC, command_id LIMIT 20"
+_CONTROL_OBEYED = (_CONTROL_COLUMNS + "AND verified "
+                   "ORDER BY issued_at DESC, command_id DESC LIMIT 1 BY scope_type, scope_value")
 _SEVERITY = {"resume": 0, "throttle": 1, "downgrade": 2, "suspend": 3}
 
 
@@ -274,7 +279,8 @@ def agent_owner(db: Runner, scope: Scope, agent_id: str) -> tuple[str, str] | No
 
 
 def compute_control_state(commands: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
-    """The control state an agent is under (pure): per scope the latest command counts; a resume or an expired
+    """The control state an agent is under (pure), from its scopes' verified ``commands`` (audit rows; the caller
+    leaves out forged ones, which agents ignore): per scope the latest command counts; a resume or an expired
     command releases; of the active ones the most restrictive (suspend > downgrade > throttle) wins."""
     latest: dict[tuple[str, str], Mapping[str, Any]] = {}
     for cmd in sorted(commands, key=lambda c: c["issued_at"]):
@@ -291,6 +297,15 @@ def compute_control_state(commands: Sequence[Mapping[str, Any]], now: datetime) 
     return {"state": worst["action"], "command": dict(worst)}
 
 
+def agent_control(db: Runner, agent_id: str, team: str, project: str, now: datetime) -> dict[str, Any]:
+    """The control state of an agent of ``team`` and ``project`` (:func:`compute_control_state` of the newest
+    verified command per scope) and the newest commands of its scopes as audited, forged ones flagged
+    ``verified: false`` (``history``)."""
+    params = {"agent_id": agent_id, "team": team, "project": project}
+    return {**compute_control_state(db.select(_CONTROL_OBEYED, params), now),
+            "history": db.select(_CONTROL, params)}
+
+
 def agent_detail(db: Runner, scope: Scope, agent_id: str, now: datetime) -> dict[str, Any] | None:
     """Cost per task and per day, models used, recent alerts and control state of one agent; None when the agent
     is not visible to the caller."""
@@ -301,7 +316,6 @@ def agent_detail(db: Runner, scope: Scope, agent_id: str, now: datetime) -> dict
     params = _params(scope, now, agent_id=agent_id, team=team, project=project)
     days = db.select(_AGENT_DAYS, params)
     summary = db.select(_AGENT_TASK_SUMMARY, params)[0]
-    commands = db.select(_CONTROL, params)
     by_day = {row["day"]: row for row in days}
     start = _days(now)["since"]
     per_day = []
@@ -329,7 +343,7 @@ def agent_detail(db: Runner, scope: Scope, agent_id: str, now: datetime) -> dict
             "cost_per_successful_task_usd": ratio(summary["cost_usd"], summary["successful_tasks"]),
         },
         "alerts": alerts(db, scope, now, agent_id=agent_id, limit=20),
-        "control": {**compute_control_state(commands, now), "history": commands},
+        "control": agent_control(db, agent_id, team, project, now),
     }
 
 
