@@ -13,12 +13,13 @@ Rules this module keeps (and tests/integration/test_api_rbac.py checks):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Protocol
 
 from dashboard.auth import Scope
 from finops.task_tree import compute_task_forest, largest_roots, node_from_row, rollup_as_json, summary_as_json
+from schemas.control import binds
 
 __all__ = [
     "BUDGET_SCOPE",
@@ -279,31 +280,42 @@ def agent_owner(db: Runner, scope: Scope, agent_id: str) -> tuple[str, str] | No
 
 
 def compute_control_state(commands: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
-    """The control state an agent is under (pure), from its scopes' verified ``commands`` (audit rows; the caller
-    leaves out forged ones, which agents ignore): per scope the latest command counts; a resume or an expired
-    command releases; of the active ones the most restrictive (suspend > downgrade > throttle) wins."""
+    """The control state an agent is under (pure), from its scopes' verified ``commands`` (audit rows with tz-aware
+    ``issued_at`` / ``expires_at``, as :func:`agent_control` reads them; the caller leaves out forged ones, which
+    agents ignore): per scope the latest command counts; whether it still binds is the guard's rule
+    (:func:`schemas.control.binds`: a resume or an expired command releases); of the binding ones the most
+    restrictive (suspend > downgrade > throttle) wins. A naive timestamp raises ``TypeError``."""
     latest: dict[tuple[str, str], Mapping[str, Any]] = {}
     for cmd in sorted(commands, key=lambda c: c["issued_at"]):
         latest[(cmd["scope_type"], cmd["scope_value"])] = cmd
-    naive_now = now.replace(tzinfo=None)
-    active = [
-        cmd for cmd in latest.values()
-        if cmd["action"] != "resume"
-        and (cmd["expires_at"] is None or cmd["expires_at"].replace(tzinfo=None) > naive_now)
-    ]
+    active = [cmd for cmd in latest.values() if binds(cmd["action"], cmd["expires_at"], now)]
     if not active:
         return {"state": "normal", "command": None}
     worst = max(active, key=lambda c: (_SEVERITY.get(c["action"], 0), c["issued_at"]))
     return {"state": worst["action"], "command": dict(worst)}
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    # ClickHouse DateTime64(6, 'UTC') columns come back naive from clickhouse-connect and chdb, and their values are
+    # UTC: tag them here, where rows are read, so the control rule compares aware times with an aware `now`.
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _control_rows(db: Runner, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of ``control_commands`` with ``issued_at`` and ``expires_at`` as tz-aware UTC datetimes."""
+    return [{**row, "issued_at": _utc(row["issued_at"]), "expires_at": _utc(row["expires_at"])}
+            for row in db.select(sql, params)]
+
+
 def agent_control(db: Runner, agent_id: str, team: str, project: str, now: datetime) -> dict[str, Any]:
-    """The control state of an agent of ``team`` and ``project`` (:func:`compute_control_state` of the newest
-    verified command per scope) and the newest commands of its scopes as audited, forged ones flagged
+    """The control state of an agent of ``team`` and ``project`` at the tz-aware ``now`` (:func:`compute_control_state`
+    of the newest verified command per scope) and the newest commands of its scopes as audited, forged ones flagged
     ``verified: false`` (``history``)."""
     params = {"agent_id": agent_id, "team": team, "project": project}
-    return {**compute_control_state(db.select(_CONTROL_OBEYED, params), now),
-            "history": db.select(_CONTROL, params)}
+    return {**compute_control_state(_control_rows(db, _CONTROL_OBEYED, params), now),
+            "history": _control_rows(db, _CONTROL, params)}
 
 
 def agent_detail(db: Runner, scope: Scope, agent_id: str, now: datetime) -> dict[str, Any] | None:

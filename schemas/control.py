@@ -26,6 +26,7 @@ __all__ = [
     "ControlDecoder",
     "ControlVerdict",
     "Refusal",
+    "binds",
     "control_key",
     "decode_control_message",
     "is_live",
@@ -113,7 +114,15 @@ def judge_control_message(key: str | None, value: bytes | None, keys: Mapping[st
     return judge_control_command(decoded, key, keys, current)
 
 
+def binds(action: str, expires_at: datetime | None, now: datetime) -> bool:
+    """True while an obeyed command of ``action`` that expires at ``expires_at`` (None: until replaced) binds its
+    scope at ``now``: not a ``resume`` and before its ``expires_at`` (the end of the period that caused it, so a
+    rollover releases a scope without any further message). The one statement of the rule, for callers that hold
+    the command's fields rather than a :class:`~schemas.models.ControlCommand` (the dashboard's audit rows).
+    Timestamps are tz-aware; a naive one raises ``TypeError`` rather than be read in a guessed zone. Pure."""
+    return action != "resume" and (expires_at is None or expires_at > now)
+
+
 def is_live(cmd: ControlCommand, now: datetime) -> bool:
-    """True while an obeyed ``cmd`` binds its scope at ``now``: not a ``resume`` and before its ``expires_at``
-    (the end of the period that caused it, so a rollover releases a scope without any further message)."""
-    return cmd.action != "resume" and (cmd.expires_at is None or cmd.expires_at > now)
+    """True while an obeyed ``cmd`` binds its scope at ``now`` (:func:`binds` of its action and expiry)."""
+    return binds(cmd.action, cmd.expires_at, now)

@@ -131,7 +131,7 @@ def test_scopes() -> None:
 
 def test_control_state_latest_per_scope_most_restrictive_wins() -> None:
     def cmd(scope: str, action: str, minutes: int, expires: int | None = None) -> dict[str, Any]:
-        at = NOW.replace(tzinfo=None) - timedelta(minutes=minutes)
+        at = NOW - timedelta(minutes=minutes)
         return {"scope_type": scope, "scope_value": "x", "action": action, "issued_at": at, "reason": "r",
                 "issued_by": "op", "expires_at": at + timedelta(minutes=expires) if expires else None}
 
