@@ -11,6 +11,7 @@ import pytest
 from schemas.control import (
     TOMBSTONE_REASON,
     ControlVerdict,
+    binds,
     control_key,
     decode_control_message,
     is_live,
@@ -122,3 +123,11 @@ def test_a_command_binds_until_its_expiry_and_a_resume_never_binds() -> None:
     assert is_live(_cmd(expires=None), T0 + timedelta(days=3650))
     assert not is_live(_cmd("resume", expires=None), T0)
     assert not is_live(_cmd("resume", expires=60.0), T0)
+
+
+def test_binds_is_the_rule_on_plain_fields_and_refuses_naive_times() -> None:
+    expires = T0 + timedelta(seconds=60)
+    assert binds("throttle", expires, T0) and not binds("throttle", expires, expires)
+    assert binds("suspend", None, T0) and not binds("resume", None, T0) and not binds("resume", expires, T0)
+    with pytest.raises(TypeError):  # a naive time's zone would be a guess
+        binds("suspend", expires.replace(tzinfo=None), T0)
