@@ -536,11 +536,12 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
     by the time until the last is queryable (not the stream bench's one-core figure: here the load generator, stream,
     sink with chdb, detection and alerts share the machine). A steady load is then driven with the producer SDK at
     25 / 50 / 75 % of it, each event's ``occurred_at`` stamped at emit time, and measured as event-to-queryable (the
-    ledger's ``ingested_at - occurred_at``, p50 / p99 over the level); event-to-alert (a few agents with a $1 daily
-    budget get one event that costs more; from its emit time to the receiver getting the first Slack POST naming the
-    agent; ``detect run`` runs with ``--no-clickhouse``, so the measured path is the stream's); the baseline, a bare
-    confluent-kafka consume -> produce loop at the same rate, from emit to the forwarded message's delivery report;
-    and peak memory (VmHWM from ``/proc/<pid>/status`` of each role at the end).
+    ledger's ``ingested_at - occurred_at``, p50 / p99 over the level, and its two legs split at ``priced_at``: SDK
+    -> broker -> stream, then the stream's batch -> priced topic -> sink -> insert); event-to-alert (a few agents
+    with a $1 daily budget get one event that costs more; from its emit time to the receiver getting the first Slack
+    POST naming the agent; ``detect run`` runs with ``--no-clickhouse``, so the measured path is the stream's); the
+    baseline, a bare confluent-kafka consume -> produce loop at the same rate, from emit to the forwarded message's
+    delivery report; and peak memory (VmHWM from ``/proc/<pid>/status`` of each role at the end).
 
     Blocks for the whole run (about a minute per level). Raises FinopsError when a role dies or a level does not
     drain within ``config.drain_timeout_s``.
@@ -666,16 +667,23 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
                 quiet.set()
                 trickle.join(5)
             firsts = alerted()
+            # priced_at is the stream's clock at the start of the consumed batch that priced the event (one stamp
+            # per batch), ingested_at the insert's now64() (one per insert); every role runs on this machine, so
+            # the three clocks are one and the legs add up to the whole.
             rows = reader.query(
-                "SELECT toUnixTimestamp64Micro(ingested_at) - toUnixTimestamp64Micro(occurred_at) FROM usage_ledger "
+                "SELECT toUnixTimestamp64Micro(occurred_at), toUnixTimestamp64Micro(priced_at), "
+                "toUnixTimestamp64Micro(ingested_at) FROM usage_ledger "
                 "WHERE tags['bench_level'] = {t:String}", parameters={"t": str(p)}).result_rows
-            queryable = _quantiles([r[0] / 1000.0 for r in rows])
+            queryable = _quantiles([(i - o) / 1000.0 for o, _, i in rows])
+            legs = {"to_priced_ms": _quantiles([(pr - o) / 1000.0 for o, pr, _ in rows]),
+                    "priced_to_queryable_ms": _quantiles([(i - pr) / 1000.0 for _, pr, i in rows]),
+                    "stream_batches": len({pr for _, pr, _ in rows}), "sink_inserts": len({i for _, _, i in rows})}
             to_alert = _quantiles([(firsts[a] - emitted[a]) * 1000.0 for a in emitted])
             per_agent = {a: sum(1 for _, r in received if a in json.dumps(r.get("payload"))
                                 and r["channel"] == "slack") for a in emitted}
             result["levels"].append({"percent": p, "target_events_per_s": rate, "achieved_events_per_s": achieved,
-                                     "events": sent, "queryable_ms": queryable, "alert_ms": to_alert,
-                                     "slack_posts_per_breach": per_agent, "cpu": used})
+                                     "events": sent, "queryable_ms": queryable, "queryable_legs": legs,
+                                     "alert_ms": to_alert, "slack_posts_per_breach": per_agent, "cpu": used})
             _say(f"latency: {p} %: queryable p50 {queryable['p50']:.0f} ms p99 {queryable['p99']:.0f} ms; "
                  f"alert p50 {to_alert['p50']:.0f} ms")
         result["peak_rss_mb"] = roles.peak_rss_mb()
@@ -768,6 +776,16 @@ def _cpu_line(what: str, cpu: Mapping[str, Any], events: int, cpus: int) -> str:
     return f"  CPU µs per event, {what}: {per}; machine busy {busy:.0f} % of {cpus} CPUs over {cpu['seconds']:.1f} s"
 
 
+def _legs_line(legs: Mapping[str, Any]) -> str:
+    """Where an event's time to queryable went: emit -> priced_at (SDK, broker, the stream's consume) and priced_at
+    -> ingested_at (the stream's batch and produce, the priced topic, the sink's batching, its checks and insert).
+    Quantiles of each leg on its own, so the legs' p99s need not add up to the whole's."""
+    a, b = legs["to_priced_ms"], legs["priced_to_queryable_ms"]
+    return (f"  of which emit->priced (SDK+broker+stream) p50 / p99 {_fmt(a['p50'])} / {_fmt(a['p99'])} ms, "
+            f"priced->queryable (priced topic+sink+insert) {_fmt(b['p50'])} / {_fmt(b['p99'])} ms; "
+            f"{legs.get('stream_batches', 0):,} stream batches, {legs.get('sink_inserts', 0):,} sink inserts")
+
+
 def render(result: Mapping[str, Any]) -> str:
     """One table: each measurement beside its baseline, then peak memory per role."""
     m = result["machine"]
@@ -828,6 +846,8 @@ def render(result: Mapping[str, Any]) -> str:
             row(f"event->queryable p50 ms {label}", q["p50"], b.get("p50"), "bare consume->produce, emit->ack",
                 higher_better=False)
             row(f"event->queryable p99 ms {label}", q["p99"], b.get("p99"), "same", higher_better=False)
+            if level.get("queryable_legs"):
+                lines.append(_legs_line(level["queryable_legs"]))
             if level.get("cpu"):
                 lines.append(_cpu_line(f"@{pct}%", level["cpu"], level["events"], m["cpus"]))
             a = level["alert_ms"]

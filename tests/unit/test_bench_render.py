@@ -53,3 +53,32 @@ def test_cpu_meter_counts_this_process_and_leaves_out_a_process_that_is_gone() -
     assert used["cpu_s"]["self"] >= 0.15
     assert used["cpu_s"]["load generator (bench process)"] >= 0.15
     assert used["cpu_s"]["machine"] >= 0.15
+
+
+def test_queryable_legs_line_sits_under_the_level_rows_with_each_legs_quantiles() -> None:
+    result = _result("measured: 100,000 events emitted at once")
+
+    def q(p50: float, p99: float) -> dict[str, float]:
+        return {"n": 100, "p50": p50, "p99": p99, "max": p99}
+
+    result["latency"]["levels"] = [{
+        "percent": 50, "achieved_events_per_s": 5_000.0, "events": 50_000, "queryable_ms": q(436.0, 1177.0),
+        "queryable_legs": {"to_priced_ms": q(31.0, 212.0), "priced_to_queryable_ms": q(401.0, 1012.0),
+                           "stream_batches": 812, "sink_inserts": 40},
+        "alert_ms": {"n": 3, "p50": 500.0, "max": 600.0}, "slack_posts_per_breach": {"a": 2}}]
+    lines = render(result).splitlines()
+    p99 = next(i for i, x in enumerate(lines) if x.startswith("event->queryable p99 ms @50%"))
+    legs = lines[p99 + 1]
+    assert legs.startswith("  of which emit->priced")
+    assert "(SDK+broker+stream) p50 / p99 31 / 212 ms" in legs
+    assert "(priced topic+sink+insert) 401 / 1,012 ms" in legs
+    assert "812 stream batches, 40 sink inserts" in legs
+
+
+def test_no_legs_line_for_a_result_without_them() -> None:
+    result = _result("measured: 100,000 events emitted at once")
+    result["latency"]["levels"] = [{
+        "percent": 50, "achieved_events_per_s": 5_000.0, "events": 50_000,
+        "queryable_ms": {"n": 1, "p50": 1.0, "p99": 1.0, "max": 1.0},
+        "alert_ms": {"n": 0, "p50": None, "max": None}, "slack_posts_per_breach": {}}]
+    assert "of which" not in render(result)
