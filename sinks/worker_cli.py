@@ -20,7 +20,7 @@ from confluent_kafka import KafkaException
 
 from finops.clickhouse import connect, open_client, parse_clickhouse_url, parse_query_url
 from finops.clock import utc_now
-from finops.kafka.loop import DEFAULT_MAX_BATCH_WAIT_S
+from finops.kafka.loop import DEFAULT_MAX_BATCH_WAIT_S, tune_gc
 from finops.secrets import load_store_credentials, secrets_dir
 from schemas.errors import ConfigError, FinopsError
 
@@ -233,6 +233,7 @@ def _sink_run(args: argparse.Namespace) -> int:
         for worker in workers:
             worker.stop()
 
+    tune_gc()  # start-up is done: what is alive now (modules, clients, chdb's bindings) is never collected
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     errors: list[BaseException] = []
 

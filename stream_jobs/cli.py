@@ -125,7 +125,8 @@ def _stream_run(args: argparse.Namespace) -> int:
     from finops.settings import load_settings
     from finops.topics import ensure_topics
     from stream_jobs.app import build_app
-    from stream_jobs.hotpath import HotPath, build_hot_path, tune_gc
+    from finops.kafka.loop import tune_gc
+    from stream_jobs.hotpath import HotPath, build_hot_path
 
     settings = load_settings()
     # Connectivity check and topics (raises FinopsError naming the broker when it is unreachable).

@@ -209,6 +209,7 @@ def _mb(n: int) -> str:
 def run_bench(args: argparse.Namespace) -> int:
     """Run the phases and print the table. Blocks for the whole run; needs a reachable broker."""
     from finops.kafka.clients import Role, build_producer
+    from finops.kafka.loop import tune_gc
     from finops.settings import load_settings
     from finops.tables import LEDGER_COLUMNS
     from finops.topics import TopicNames, ensure_topics
@@ -264,6 +265,9 @@ def run_bench(args: argparse.Namespace) -> int:
     rows = [compute_ledger_row(r) for r in records]
     t_map = time.perf_counter() - t0
     del records
+
+    # The process settings of `finops sink run` (its start-up is done here too), for the baseline and the sink alike.
+    tune_gc()
 
     # 3. baseline: bare inserts of the same pre-built rows
     columns = list(LEDGER_COLUMNS)

@@ -225,7 +225,7 @@ def _plain_phase(client: dict[str, Any], topic: str, events: int, cpu: int) -> B
 
     from finops.kafka.clients import Role, build_consumer
     from schemas.wire import without_uuid
-    from stream_jobs.hotpath import tune_gc
+    from finops.kafka.loop import tune_gc
 
     # The schema as our codec reads it (event_id as str, not uuid.UUID): the cheapest fair fastavro decode. The
     # baseline calls fastavro itself, not schemas.wire, so no wrapper of ours is counted against it.
@@ -289,7 +289,8 @@ def _hotpath_phase(client: dict[str, Any], topic: str, events: int, cpu: int) ->
     from finops.kafka.clients import Role, build_admin, build_consumer, build_producer
     from finops.pricing.engine import Pricer
     from finops.topics import TopicNames, ensure_topics
-    from stream_jobs.hotpath import HotPath, HotPathConfig, tune_gc
+    from finops.kafka.loop import tune_gc
+    from stream_jobs.hotpath import HotPath, HotPathConfig
 
     run = f"finops.bench.{uuid.uuid4().hex[:8]}."
     created = ensure_topics(client, prefix=run, usage_partitions=3)

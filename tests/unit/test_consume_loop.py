@@ -4,6 +4,7 @@ than the trackers allow. The four roles on a real broker: tests/integration, tes
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from finops.kafka.loop import (
     Step,
     TopicPartitionKey,
     classify_message_error,
+    tune_gc,
 )
 from finops.kafka.offsets import CommitTracker
 
@@ -491,3 +493,15 @@ def test_message_errors_are_classified_as_librdkafka_reports_them() -> None:
     assert classify_message_error(KafkaError(KafkaError._TRANSPORT, retriable=True)) == "retriable"
     assert classify_message_error(KafkaError(KafkaError._FATAL, fatal=True)) == "fatal"
     assert classify_message_error(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)) == "fatal"
+
+
+def test_tune_gc_freezes_the_start_up_heap_and_raises_the_young_threshold() -> None:
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    alive = [[i] for i in range(1000)]  # start-up state the collector must stop scanning
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() >= frozen + len(alive)
+        assert gc.get_threshold() == (20_000, 50, 100)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
