@@ -37,17 +37,8 @@ from producers.track import Track
 from schemas.errors import EncodeError, FieldProblem, FinopsError, ValidationFailed
 from schemas.fastcodec import CheckedEncoder, build_checked_encoder, encode_long
 from schemas.loader import load_schema
-from schemas.models import (
-    MAX_FUTURE_SKEW,
-    MAX_TAG_LENGTH,
-    MAX_TAGS,
-    USAGE_STATUSES,
-    UUID_TEXT,
-    UsageEvent,
-    check_usage_dict,
-    to_micros,
-    validate_event,
-)
+from schemas.models import USAGE_EVENT_RULES, UsageEvent, check_usage_dict, to_micros, validate_event
+from schemas.usage_rules import UsageRule, UsageRules
 from schemas.wire import (
     CONFLUENT_HEADER_LEN,
     SINGLE_OBJECT_HEADER_LEN,
@@ -104,7 +95,13 @@ _RETRIABLE_CODES: frozenset[int] = frozenset(
 _KNOWN_FIELDS: frozenset[str] = frozenset(UsageEvent.model_fields)
 #: produce()'s partition argument for "the partitioner picks" (by key), as confluent-kafka's own default.
 _ANY_PARTITION = -1
-_OPTIONAL_TEXT = ("task_id", "parent_task_id", "task_type", "environment", "prompt_hash")
+#: The SDK's own input rules, beside the usage rules (the encoder needs them; a decoded event always has them).
+_INPUT_RULES = UsageRules(
+    [UsageRule(name, "type", f"{{{name}}} is None or isinstance({{{name}}}, str)",
+               functools.partial(lambda name, v: f"{name} must be a string or null (got {v[name]!r})", name))
+     for name in ("task_id", "parent_task_id", "task_type", "environment", "prompt_hash")],
+    defaults={},
+)
 
 # States of the send path (guarded by UsageProducer._lock).
 _DIRECT = "direct"  # spool empty: emit hands events to librdkafka
@@ -256,10 +253,7 @@ def _complete_usage(record: dict[str, Any], now: datetime, source: str) -> list[
         except ValueError:
             problems.append(FieldProblem("occurred_at", "type",
                                          f"occurred_at {occurred[:40]!r} is not an ISO-8601 timestamp"))
-    for name in _OPTIONAL_TEXT:
-        value = record.get(name)
-        if value is not None and not isinstance(value, str):
-            problems.append(FieldProblem(name, "type", f"{name} must be a string or null (got {value!r})"))
+    problems.extend(_INPUT_RULES.diagnose(record, None))
     if record.get("tags", ()) is None:
         record.pop("tags", None)  # the tag map's type is checked by schemas' usage rules
     cost = record.get("reported_cost")
@@ -291,35 +285,15 @@ def complete_usage_record(record: dict[str, Any], now: datetime, source: str) ->
     return problems
 
 
-_TEXT = "{{{0}}}.__class__ is str and {{{0}}} and not {{{0}}}.isspace()"
-_COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-                 "reasoning_tokens", "input_audio_tokens", "output_audio_tokens", "cache_audio_read_tokens",
-                 "image_tokens", "web_search_calls", "requests", "attempt")
-#: What complete_usage_record accepts, as one expression over the fields as given (the one-pass path's guard). It
-#: may refuse more (subclasses, a uuid.UUID id, an ISO-8601 string time, a non-Decimal cost): those take the slow
-#: path, which fills, converts and diagnoses. It must never accept what the slow path refuses, nor give other bytes:
+#: What the slow path converts (a Decimal string, an int cost) and the one-pass path does not: it declines those.
+_FAST_ONLY = ("({reported_cost} is None or {reported_cost}.__class__ is _Decimal)",)
+#: The one-pass path's guard: the fast forms of the usage rules and of the SDK's input rules, over the fields as
+#: given (a field the SDK fills may be absent or None), plus the conversions it leaves to the slow path. It may
+#: refuse more (subclasses, a uuid.UUID id, an ISO-8601 string time): those take the slow path, which fills,
+#: converts and diagnoses. It never accepts what the slow path refuses, nor gives other bytes:
 #: tests/unit/test_producer_fastpath.py compares the two paths on edge cases, examples and traces.
-_USAGE_GUARD = (
-    "({event_id} is None or ({event_id}.__class__ is str and _uuid_match({event_id}) is not None))",
-    "({source} is None or (" + _TEXT.format("source") + "))",
-    "({occurred_at} is None or ({occurred_at}.__class__ is _datetime and {occurred_at}.tzinfo is not None"
-    " and {occurred_at} - now <= _SKEW))",
-    *(_TEXT.format(name) for name in ("agent_id", "team", "project", "provider", "model")),
-    *(f"{{{name}}}.__class__ is int" for name in _COUNT_FIELDS),
-    "0 <= {cache_read_tokens} and 0 <= {cache_write_tokens}"
-    " and {cache_read_tokens} + {cache_write_tokens} <= {input_tokens}"
-    " and 0 <= {cache_write_1h_tokens} <= {cache_write_tokens} and 0 <= {reasoning_tokens} <= {output_tokens}"
-    " and 0 <= {input_audio_tokens} <= {input_tokens} and 0 <= {output_audio_tokens} <= {output_tokens}"
-    " and 0 <= {cache_audio_read_tokens} <= {cache_read_tokens} and 0 <= {image_tokens} <= {input_tokens}"
-    " and 0 <= {web_search_calls} and 0 <= {requests} and 1 <= {attempt}",
-    *(f"({{{name}}} is None or {{{name}}}.__class__ is str)" for name in _OPTIONAL_TEXT),
-    "{status}.__class__ is str and {status} in _STATUSES",
-    "({latency_ms} is None or ({latency_ms}.__class__ is int and {latency_ms} >= 0))",
-    "({reported_cost} is None or {reported_cost}.__class__ is _Decimal)",
-    "{tags}.__class__ is dict and len({tags}) <= _MAX_TAGS",  # each entry: _TAG_ENTRY, while it is encoded
-)
-_TAG_ENTRY = ("{key}.__class__ is str and {value}.__class__ is str and len({key}) <= _MAX_TAG_LENGTH "
-              "and len({value}) <= _MAX_TAG_LENGTH")
+_USAGE_GUARD, _ITEM_GUARDS = USAGE_EVENT_RULES.guard(fills=("event_id", "source", "occurred_at"))
+_USAGE_GUARD += [*_INPUT_RULES.guard()[0], *_FAST_ONLY]
 
 
 def build_usage_fast_path(header: bytes) -> CheckedEncoder:
@@ -336,10 +310,8 @@ def build_usage_fast_path(header: bytes) -> CheckedEncoder:
         fills={"event_id": ("next_id()", None), "source": ("source", "source_bytes"),
                "occurred_at": ("now_micros", "now_bytes")},
         returns="({event_id}, {agent_id_utf8}, {body})",
-        names={"_uuid_match": UUID_TEXT.fullmatch, "_datetime": datetime,
-               "_SKEW": MAX_FUTURE_SKEW, "_STATUSES": USAGE_STATUSES, "_Decimal": Decimal, "_MAX_TAGS": MAX_TAGS,
-               "_MAX_TAG_LENGTH": MAX_TAG_LENGTH},
-        item_guards={"tags": _TAG_ENTRY},
+        names={**USAGE_EVENT_RULES.names, "_Decimal": Decimal},
+        item_guards=_ITEM_GUARDS,
         memo=("agent_id", "team", "project", "provider", "model"),  # an agent's attribution repeats
         closed=True,  # an unknown field is a typo the slow path names
     )

@@ -12,7 +12,6 @@ and :class:`schemas.wire.AvroCodec` falls back to fastavro, which stays the auth
 
 from __future__ import annotations
 
-import ast
 import builtins
 import decimal
 import re
@@ -867,74 +866,13 @@ class _CheckedSpec:
     closed: bool = False
 
 
-class _GuardFolder(ast.NodeTransformer):
-    """Partial evaluation of a guard in a boolean context: a part that reads no local and calls nothing is
-    evaluated once (against the module's globals), and ``and``/``or`` drop the parts that are then decided."""
-
-    def __init__(self, env: Mapping[str, Any], variables: set[str]) -> None:
-        self.env = dict(env)
-        self.variables = variables
-
-    def _constant(self, node: ast.expr) -> bool:
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Call):
-                return False
-            if isinstance(sub, ast.Name) and (sub.id in self.variables
-                                              or (sub.id not in self.env and not hasattr(builtins, sub.id))):
-                return False
-        return True
-
-    def visit(self, node: ast.AST) -> Any:
-        node = super().visit(node)
-        if isinstance(node, ast.Compare) and not self._constant(node):
-            node = self._drop_constant_links(node)
-        if isinstance(node, ast.BoolOp):
-            decided = isinstance(node.op, ast.Or)  # the value that decides an or (True) or an and (False)
-            kept: list[ast.expr] = []
-            seen: set[str] = set()
-            values: list[ast.expr] = []
-            for value in node.values:  # a and (b and c) is a and b and c
-                same = isinstance(value, ast.BoolOp) and type(value.op) is type(node.op)
-                values.extend(value.values if isinstance(value, ast.BoolOp) and same else [value])
-            for value in values:
-                if isinstance(value, ast.Constant):
-                    if bool(value.value) is decided:
-                        return ast.Constant(decided)
-                    continue
-                if ast.dump(value) not in seen:  # a repeated test (pure: reads and compares) decides nothing new
-                    seen.add(ast.dump(value))
-                    kept.append(value)
-            if not kept:
-                return ast.Constant(not decided)
-            return kept[0] if len(kept) == 1 else ast.BoolOp(node.op, kept)
-        if isinstance(node, (ast.Compare, ast.Attribute, ast.UnaryOp)) and self._constant(node):
-            try:
-                value = eval(compile(ast.Expression(node), "<guard>", "eval"), self.env)  # noqa: S307 - our own
-            except Exception:  # noqa: BLE001 - left for run time, where it makes the function return None
-                return node
-            if value is None or isinstance(value, (bool, int, str)):
-                return ast.Constant(bool(value) if isinstance(node, ast.Compare) else value)
-        return node
-
-    def _drop_constant_links(self, node: ast.Compare) -> ast.expr:
-        # ``0 <= 0 <= v`` is ``0 <= v``: leading links between constants that hold are dropped; one that fails
-        # decides the whole chain.
-        while len(node.ops) > 1 and self._constant(node.left) and self._constant(node.comparators[0]):
-            link = ast.Compare(node.left, node.ops[:1], node.comparators[:1])
-            try:
-                expression = ast.fix_missing_locations(ast.Expression(link))
-                holds = eval(compile(expression, "<guard>", "eval"), self.env)  # noqa: S307 - our own
-            except Exception:  # noqa: BLE001 - left for run time
-                return node
-            if not holds:
-                return ast.Constant(False)
-            node = ast.Compare(node.comparators[0], node.ops[1:], node.comparators[1:])
-        return node
-
-
-def _fold_guard(guard: str, env: Mapping[str, Any], variables: set[str]) -> str:
-    folder = _GuardFolder({"__builtins__": builtins, **env}, variables)
-    return ast.unparse(ast.fix_missing_locations(folder.visit(ast.parse(guard, mode="eval"))))
+def _decided(part: str, env: Mapping[str, Any]) -> bool | None:
+    """The value of a guard part that reads only constants (an absent field's default, the module's globals),
+    evaluated once at generation; None when it reads anything else (it is then tested at run time)."""
+    try:
+        return bool(eval(compile(part, "<guard>", "eval"), {"__builtins__": builtins, **env}))  # noqa: S307 - ours
+    except Exception:  # noqa: BLE001 - a local, a parameter, or a failure the run-time test reports as None
+        return None
 
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -1044,14 +982,23 @@ def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | No
     main = [part for part in spec.guard
             if not memo or not _PLACEHOLDER.findall(part) or not set(_PLACEHOLDER.findall(part)) <= set(memo)]
     main += [f"{{{name}}}.__class__ is str" for name in memo]  # a memo hit is then an exact string match
-    variables = {"rec", *spec.params, *(v for v in local.values() if v.isidentifier())}
+    absent = known - here
 
     def check(parts: list[str], ind: int) -> None:
-        guard = " and ".join(f"({part})" for part in parts).format_map(local) or "True"
-        if present is not None:
-            guard = _fold_guard(guard, {**_runtime_globals(), **spec.names, **e.consts}, variables)
-        if guard != "True":
-            e.emit(ind, f"if not ({guard}):")
+        kept: list[str] = []
+        for part in parts:
+            text = part.format_map(local)
+            # In a shape, a part about absent fields only is decided here: dropped when it holds, and when it
+            # fails the shape never passes.
+            fixed = set(_PLACEHOLDER.findall(part)) <= absent and present is not None
+            decided = _decided(text, {**_runtime_globals(), **spec.names, **e.consts}) if fixed else None
+            if decided is False:
+                kept = ["False"]
+                break
+            if decided is None and text not in kept:  # the same test twice decides nothing new
+                kept.append(text)
+        if kept:
+            e.emit(ind, f"if not ({' and '.join(f'({part})' for part in kept)}):")
             e.emit(ind + 1, "return None")
 
     check(main, 2)

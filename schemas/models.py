@@ -4,8 +4,9 @@ Guarantee: a model either holds a fully valid record or raises :class:`schemas.e
 every problem, each naming the field and a stable rule id; ``to_avro_dict`` output goes straight into fastavro and
 a decoded dict straight into ``from_avro_dict`` (the Avro <-> Python mapping is in :class:`AvroRecord`).
 
-The usage-event rules live in one plain function, :func:`check_usage_dict`, which is also the hot-path validator
-(no pydantic model per event); the model's validator calls the same function, so the two cannot drift apart. The
+The usage-event rules are declared once, in :mod:`schemas.usage_rules`; :func:`check_usage_dict` applies them and is
+also the hot-path validator (no pydantic model per event); the model's validator calls the same function, so the
+two cannot drift apart. The
 future-time rule's clock is injected (``now``), never read here. See DESIGN §3 and docs/CONTRACTS.md.
 """
 
@@ -40,12 +41,22 @@ from pydantic import (
 )
 
 from schemas.errors import ConfigError, FieldProblem, ValidationFailed
+from schemas.usage_rules import (
+    MAX_FUTURE_SKEW,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    USAGE_RULES,
+    USAGE_STATUSES,
+    UUID_TEXT,
+    UsageRules,
+)
 
 __all__ = [
     "MAX_FUTURE_SKEW",
     "MAX_TAG_LENGTH",
     "MAX_TAGS",
     "MODELS",
+    "USAGE_EVENT_RULES",
     "USAGE_STATUSES",
     "UUID_TEXT",
     "Alert",
@@ -79,12 +90,6 @@ _ONE_MICRO = timedelta(microseconds=1)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-#: Outcomes a usage event may report (Avro keeps it a string so adding one later is a compatible change).
-USAGE_STATUSES: frozenset[str] = frozenset({"ok", "error", "timeout", "rate_limited", "cancelled"})
-#: Clock skew tolerated between a producer and the validating clock.
-MAX_FUTURE_SKEW = timedelta(minutes=5)
-MAX_TAGS = 64
-MAX_TAG_LENGTH = 256
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -142,10 +147,7 @@ def _uuid_to_str(value: Any) -> Any:
 #: A UUID as its canonical lower-case string; the format is checked by the record rules (rule id ``uuid``) so the
 #: model and :func:`check_usage_dict` report it identically.
 EventId = Annotated[str, BeforeValidator(_uuid_to_str), AvroType(_UUID_AVRO)]
-# RFC 4122 text form as uuid.UUID prints it: dedupe compares strings, so one spelling per id.
-#: The canonical UUID text the ``uuid`` rule accepts (``UUID_TEXT.fullmatch(s)`` is not None).
-UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
+# RFC 4122 text form as uuid.UUID prints it (UUID_TEXT): dedupe compares strings, so one spelling per id.
 
 def to_micros(value: datetime) -> int:
     """Microseconds since the Unix epoch of a tz-aware datetime (exact integer arithmetic, no float)."""
@@ -263,36 +265,8 @@ def _blank_problems(record: Any, names: tuple[str, ...]) -> list[FieldProblem]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Usage event rules: one plain function, used by the hot path and by the model
+# Usage event rules: declared in schemas.usage_rules, used by the hot path and by the model
 # --------------------------------------------------------------------------------------------------------------------
-
-_REQUIRED_TEXT = ("source", "agent_id", "team", "project", "provider", "model")
-# (field, default when absent): counts that must be >= 0.
-_COUNTS: tuple[tuple[str, int | None], ...] = (
-    ("input_tokens", None),
-    ("output_tokens", None),
-    ("cache_read_tokens", 0),
-    ("cache_write_tokens", 0),
-    ("cache_write_1h_tokens", 0),
-    ("reasoning_tokens", 0),
-    ("input_audio_tokens", 0),
-    ("output_audio_tokens", 0),
-    ("cache_audio_read_tokens", 0),
-    ("image_tokens", 0),
-    ("web_search_calls", 0),
-    ("requests", 1),
-)
-# (part, whole, rule, why): a count documented as a part of another must not exceed it.
-_PARTS = (
-    ("cache_write_1h_tokens", "cache_write_tokens", "cache_1h_within_cache_write",
-     "1-hour cache writes are part of cache_write_tokens"),
-    ("reasoning_tokens", "output_tokens", "reasoning_within_output", "reasoning tokens are part of output_tokens"),
-    ("input_audio_tokens", "input_tokens", "audio_within_input", "audio input tokens are part of input_tokens"),
-    ("output_audio_tokens", "output_tokens", "audio_within_output", "audio output tokens are part of output_tokens"),
-    ("cache_audio_read_tokens", "cache_read_tokens", "cache_audio_within_cache_read",
-     "cached audio tokens are part of cache_read_tokens"),
-    ("image_tokens", "input_tokens", "image_within_input", "image tokens are part of input_tokens"),
-)
 
 
 def check_usage_dict(record: Mapping[str, Any], now: datetime) -> list[FieldProblem]:
@@ -314,174 +288,10 @@ def check_usage_dict(record: Mapping[str, Any], now: datetime) -> list[FieldProb
 
 
 def _check_usage(record: Mapping[str, Any], now: datetime | None) -> list[FieldProblem]:
-    if _usage_looks_valid(record, now):
+    # The generated fast accept first (one pass, no allocation): only a record it doubts is diagnosed.
+    if USAGE_EVENT_RULES.looks_valid(record, now):
         return []
-    return _diagnose_usage(record, now)
-
-
-def _usage_looks_valid(record: Mapping[str, Any], now: datetime | None) -> bool:
-    """Fast accept for the hot path: True only if :func:`_diagnose_usage` would find nothing.
-
-    One pass of cheap comparisons and no allocation; any doubt returns False and the full diagnosis runs. (Every rule
-    test goes through both, so this cannot accept what the diagnosis refuses without a test failing.)
-    """
-    get = record.get
-    itok = get("input_tokens")
-    otok = get("output_tokens")
-    cread = get("cache_read_tokens", 0)
-    cwrite = get("cache_write_tokens", 0)
-    cw1h = get("cache_write_1h_tokens", 0)
-    reason = get("reasoning_tokens", 0)
-    ain = get("input_audio_tokens", 0)
-    aout = get("output_audio_tokens", 0)
-    acache = get("cache_audio_read_tokens", 0)
-    image = get("image_tokens", 0)
-    search = get("web_search_calls", 0)
-    requests = get("requests", 1)
-    attempt = get("attempt", 1)
-    if not (
-        type(itok) is int and type(otok) is int and type(cread) is int and type(cwrite) is int
-        and type(cw1h) is int and type(reason) is int and type(ain) is int and type(aout) is int
-        and type(acache) is int and type(image) is int and type(search) is int and type(requests) is int
-        and type(attempt) is int
-    ):
-        return False
-    # input_tokens >= cache_read + cache_write >= 0 and output_tokens >= reasoning >= 0 follow from the chain.
-    if not (
-        0 <= cread and 0 <= cwrite and cread + cwrite <= itok and 0 <= cw1h <= cwrite and 0 <= reason <= otok
-        and 0 <= ain <= itok and 0 <= aout <= otok and 0 <= acache <= cread and 0 <= image <= itok
-        and 0 <= search and 0 <= requests and 1 <= attempt
-    ):
-        return False
-    for name in _REQUIRED_TEXT:
-        text = get(name)
-        if type(text) is not str or not text or text.isspace():
-            return False
-    event_id = get("event_id")
-    if type(event_id) is not str or UUID_TEXT.fullmatch(event_id) is None:
-        return False
-    if get("status", "ok") not in USAGE_STATUSES:
-        return False
-    latency = get("latency_ms")
-    if latency is not None and (type(latency) is not int or latency < 0):
-        return False
-    occurred_at = get("occurred_at")
-    if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
-        return False
-    if now is not None and occurred_at - now > MAX_FUTURE_SKEW:
-        return False
-    tags = get("tags")
-    if tags:
-        if len(tags) > MAX_TAGS:
-            return False
-        if not isinstance(tags, Mapping):
-            return False
-        for key, value in tags.items():
-            if type(key) is not str or type(value) is not str:
-                return False
-            if len(key) > MAX_TAG_LENGTH or len(value) > MAX_TAG_LENGTH:
-                return False
-    return True
-
-
-def _diagnose_usage(record: Mapping[str, Any], now: datetime | None) -> list[FieldProblem]:
-    """Every problem of a usage event, each naming its field and rule (the slow, explanatory path)."""
-    problems: list[FieldProblem] = []
-    add = problems.append
-    get = record.get
-
-    event_id = get("event_id")
-    if not isinstance(event_id, str):
-        add(FieldProblem("event_id", "required", f"event_id must be a UUID string (got {event_id!r})"))
-    elif UUID_TEXT.fullmatch(event_id) is None:
-        add(FieldProblem("event_id", "uuid",
-                         f"event_id must be a UUID in canonical lower-case form like str(uuid.uuid4()) "
-                         f"(got {event_id[:80]!r}): one spelling per id keeps deduplication exact"))
-
-    for name in _REQUIRED_TEXT:
-        text = get(name)
-        if not isinstance(text, str):
-            add(FieldProblem(name, "required", f"{name} is required and must be a string (got {text!r})"))
-        elif not text or text.isspace():
-            add(FieldProblem(name, "not_blank", f"{name} must not be empty or whitespace: it attributes the cost"))
-
-    # Only valid counts take part in the relations below: a broken count is reported once, by its own rule, not
-    # again by every rule that compares another field with it (input_tokens = -5 is one problem, not four).
-    counts: dict[str, int] = {}
-    for name, default in _COUNTS:
-        value = get(name, default)
-        if type(value) is not int:  # bool is an int subclass and still wrong here
-            add(FieldProblem(name, "required" if value is None else "type",
-                             f"{name} must be an integer (got {value!r})"))
-            continue
-        if value < 0:
-            add(FieldProblem(name, "non_negative", f"{name} ({value}) must be >= 0: counts cannot be negative"))
-            continue
-        counts[name] = value
-
-    input_tokens = counts.get("input_tokens")
-    cache_read = counts.get("cache_read_tokens")
-    cache_write = counts.get("cache_write_tokens")
-    if input_tokens is not None and cache_read is not None and cache_write is not None:
-        if cache_read > input_tokens:
-            add(FieldProblem("cache_read_tokens", "cache_within_input",
-                             f"cache_read_tokens ({cache_read}) must not exceed input_tokens ({input_tokens}): "
-                             "cache reads are part of input_tokens"))
-        elif cache_write > input_tokens:
-            add(FieldProblem("cache_write_tokens", "cache_within_input",
-                             f"cache_write_tokens ({cache_write}) must not exceed input_tokens ({input_tokens}): "
-                             "cache writes are part of input_tokens"))
-        elif cache_read + cache_write > input_tokens:
-            add(FieldProblem("cache_write_tokens", "cache_within_input",
-                             f"cache_read_tokens + cache_write_tokens ({cache_read} + {cache_write}) must not exceed "
-                             f"input_tokens ({input_tokens}): cache reads and writes are both part of input_tokens "
-                             "(an adapter for a provider that reports cache separately must add it to input)"))
-    for part, whole, rule, why in _PARTS:
-        part_value = counts.get(part)
-        whole_value = counts.get(whole)
-        if part_value is not None and whole_value is not None and part_value > whole_value:
-            add(FieldProblem(part, rule, f"{part} ({part_value}) must not exceed {whole} ({whole_value}): {why}"))
-
-    attempt = get("attempt", 1)
-    if type(attempt) is not int or attempt < 1:
-        add(FieldProblem("attempt", "attempt_min", f"attempt ({attempt!r}) must be an integer >= 1 (1 = first try)"))
-
-    status = get("status", "ok")
-    if status not in USAGE_STATUSES:
-        add(FieldProblem("status", "status_allowed",
-                         f"status {status!r} is not one of {', '.join(sorted(USAGE_STATUSES))}"))
-
-    latency = get("latency_ms")
-    if latency is not None and (type(latency) is not int or latency < 0):
-        add(FieldProblem("latency_ms", "non_negative", f"latency_ms ({latency!r}) must be null or an integer >= 0"))
-
-    occurred_at = get("occurred_at")
-    if not isinstance(occurred_at, datetime):
-        add(FieldProblem("occurred_at", "required", f"occurred_at must be a datetime (got {occurred_at!r})"))
-    elif occurred_at.tzinfo is None:
-        add(FieldProblem("occurred_at", "timezone", "occurred_at must be tz-aware (UTC); a naive time is ambiguous"))
-    elif now is not None and occurred_at - now > MAX_FUTURE_SKEW:
-        add(FieldProblem("occurred_at", "not_in_future",
-                         f"occurred_at ({occurred_at.isoformat()}) is {occurred_at - now} ahead of the validating "
-                         f"clock ({now.isoformat()}); at most {MAX_FUTURE_SKEW} of skew is accepted: "
-                         "fix the producer's clock"))
-
-    tags = get("tags")
-    if tags and (not isinstance(tags, Mapping)
-                 or not all(type(k) is str and type(v) is str for k, v in tags.items())):
-        # Same field, rule and message as the TypeScript SDK (producers/typescript/src/event.ts).
-        add(FieldProblem("tags", "type", "tags must map strings to strings"))
-    elif tags:
-        if len(tags) > MAX_TAGS:
-            add(FieldProblem("tags", "tags_max_entries", f"tags has {len(tags)} entries; at most {MAX_TAGS} allowed"))
-        for key, value in tags.items():
-            if len(key) > MAX_TAG_LENGTH:
-                add(FieldProblem(f"tags.{key[:40]}", "tag_key_length",
-                                 f"tag key of {len(key)} characters exceeds {MAX_TAG_LENGTH}"))
-            if len(value) > MAX_TAG_LENGTH:
-                add(FieldProblem(f"tags.{key[:40]}", "tag_value_length",
-                                 f"tag value of {len(value)} characters exceeds {MAX_TAG_LENGTH}"))
-    return problems
+    return USAGE_EVENT_RULES.diagnose(record, now)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -528,6 +338,12 @@ class UsageEvent(AvroRecord):
 
     def _rule_problems(self, now: datetime | None) -> list[FieldProblem]:
         return _check_usage(self.__dict__, now)
+
+
+#: The usage rules (:data:`schemas.usage_rules.USAGE_RULES`) compiled, absent fields taking UsageEvent's defaults.
+USAGE_EVENT_RULES = UsageRules(USAGE_RULES, {name: info.get_default(call_default_factory=True)
+                                             for name, info in UsageEvent.model_fields.items()
+                                             if not info.is_required()})
 
 
 _PRICE_SOURCE = re.compile(
