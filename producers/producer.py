@@ -451,6 +451,9 @@ class UsageProducer:
         # Delivered direct messages; written only by the thread serving delivery reports (lock-free on purpose:
         # this runs once per event). Messages still inside librdkafka are len(self._producer).
         self._delivered = 0
+        # The delivery report of a direct message nobody else asked to hear about.
+        self._direct_report: Callable[[KafkaError | None, Message], None] = (
+            self._on_direct_count if on_delivery is None else self._on_direct_report)
         self._waiters = 0  # threads waiting on _cond (flush, emit during a switch): DRs notify only then
         # A spool left non-empty by an earlier process is drained first; new events queue up behind it.
         self._state = _SPOOLING if self._spool is not None and self._spool.pending else _DIRECT
@@ -669,7 +672,7 @@ class UsageProducer:
                 self._wait_switch()
             if self._state == _DIRECT:
                 callback = (
-                    self._on_direct_report if on_delivery is None
+                    self._direct_report if on_delivery is None
                     else functools.partial(self._on_direct_report_to, on_delivery)
                 )
                 try:
@@ -689,7 +692,7 @@ class UsageProducer:
         """:meth:`_submit` for a batch under one lock acquisition: straight to librdkafka while the state is direct;
         from the first ``BufferError`` on (or when spooling), the rest goes to the spool, after the switch."""
         callback = (
-            self._on_direct_report if on_delivery is None
+            self._direct_report if on_delivery is None
             else functools.partial(self._on_direct_report_to, on_delivery)
         )
         produce = self._producer.produce
@@ -780,6 +783,17 @@ class UsageProducer:
         length = n >> 1
         start = self._header_len + 1
         return value[start : start + length].decode("utf-8", "replace")
+
+    def _on_direct_count(self, err: KafkaError | None, msg: Message) -> None:
+        """:meth:`_on_direct_report` when nobody listens for deliveries: a success is only counted (it runs once
+        per event, on the poll thread); a failure takes the full path (spool or report)."""
+        if err is None:
+            self._delivered += 1
+            if self._waiters:
+                with self._lock:
+                    self._cond.notify_all()
+            return
+        self._on_direct_report(err, msg)
 
     def _on_direct_report_to(self, callback: Callable[[Delivery], None], err: KafkaError | None, msg: Message) -> None:
         self._on_direct_report(err, msg, callback)

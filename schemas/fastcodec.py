@@ -389,10 +389,11 @@ def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: i
         _enc_optional(e, t, info, value, ind, out)
     elif k == "map":
         name = e.fresh("x")
-        parts, key, item = e.fresh("p"), e.fresh("k"), e.fresh("v")
+        parts, key, item, count = e.fresh("p"), e.fresh("k"), e.fresh("v"), e.fresh("n")
         # fastavro writes any empty sized value as an empty map, and needs .items() only when there are entries.
-        e.emit(ind, f"if len({value}):")
-        e.emit(ind + 1, f"{parts} = [_ZZ[len({value})] if len({value}) < 16384 else _zz(len({value}))]")
+        e.emit(ind, f"{count} = len({value})")
+        e.emit(ind, f"if {count}:")
+        e.emit(ind + 1, f"{parts} = [_ZZ[{count}] if {count} < 16384 else _zz({count})]")
         e.emit(ind + 1, f"for {key}, {item} in {value}.items():")
         if item_check is not None:
             e.emit(ind + 2, f"if not ({item_check.format(key=key, value=item)}):")
@@ -408,9 +409,10 @@ def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: i
         out.append(name)
     elif k == "array":
         name = e.fresh("x")
-        parts, item = e.fresh("p"), e.fresh("v")
-        e.emit(ind, f"if len({value}):")
-        e.emit(ind + 1, f"{parts} = [_ZZ[len({value})] if len({value}) < 16384 else _zz(len({value}))]")
+        parts, item, count = e.fresh("p"), e.fresh("v"), e.fresh("n")
+        e.emit(ind, f"{count} = len({value})")
+        e.emit(ind, f"if {count}:")
+        e.emit(ind + 1, f"{parts} = [_ZZ[{count}] if {count} < 16384 else _zz({count})]")
         e.emit(ind + 1, f"for {item} in {value}:")
         inner = []
         _enc_value(e, t, info, item, ind + 2, inner)
