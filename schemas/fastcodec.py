@@ -28,10 +28,12 @@ from schemas.errors import ConfigError, DecodeError, EncodeError
 __all__ = [
     "CheckedEncoder",
     "FastCodec",
+    "ProjectedDecoder",
     "Timestamps",
     "UnsupportedSchemaError",
     "build_checked_encoder",
     "build_fast_codec",
+    "build_projected_decoder",
     "encode_long",
     "generate_source",
 ]
@@ -792,6 +794,8 @@ def _runtime_globals() -> dict[str, Any]:
         "_zz_strict": _zz_strict,
         "_rlong": _rlong,
         "_rsized": _rsized,
+        "_skip_long": _skip_long,
+        "_NO8": _NO8,
         "_ZD": _ZD,
         "_U8": _U8,
         "_SL": _SL,
@@ -827,6 +831,278 @@ def build_fast_codec(schema: Mapping[str, Any], *, timestamps: Timestamps = "dat
         encode=namespace["encode"],
         decode=namespace["decode"],
     )
+
+
+# ------------------------------------------------------------------------------------------------ projected decoder
+# A decoder of some top-level fields of a record: the fields asked for are decoded by the very statements of the full
+# decoder; the others are skipped by their framing only (a varint to its last byte, a string, bytes or decimal by its
+# length, a union by its branch index and then the branch, a map or array item by item, a record field by field), so
+# no Decimal, datetime, str or dict is built for a value nobody reads.
+
+
+#: What a timestamp skip unpacks when fewer than 8 bytes are left: fails the 8-byte test, so _skip_long decides.
+_NO8 = (0,) * 8
+
+
+def _skip_long(buf: bytes, pos: int) -> int:
+    """The position after the varint at ``pos``, which :func:`_rlong` would read (at most 10 bytes; DecodeError for
+    a longer one, IndexError when truncated)."""
+    last = pos + 9
+    while buf[pos] & 0x80:
+        if pos == last:
+            raise DecodeError(f"varint longer than 10 bytes ending at offset {pos + 2}")
+        pos += 1
+    return pos + 1
+
+
+def _skip_value(e: _Emitter, t: _Types, kind: tuple[str, Any], ind: int) -> None:
+    """Emit code advancing ``pos`` past a value of ``kind`` at ``buf[pos]`` without building it: what the full
+    decoder would read, checked only where its framing says how far to go (lengths, union indexes, varints)."""
+    k, info = kind
+    if k == "null":
+        e.emit(ind, "pass")
+    elif k == "boolean":
+        e.emit(ind, "pos += 1")
+    elif k == "float" or k == "double":
+        e.emit(ind, f"pos += {4 if k == 'float' else 8}")
+    elif k == "timestamp":
+        # Timestamps of our era are 8-byte varints: one unpack and one test, as the decoder reads them.
+        e.emit(ind, "b0, b1, b2, b3, b4, b5, b6, b7 = _U8(buf, pos) if len(buf) - pos >= 8 else _NO8")
+        e.emit(ind, "if b0 & b1 & b2 & b3 & b4 & b5 & b6 & 128 and b7 < 128:")
+        e.emit(ind + 1, "pos += 8")
+        e.emit(ind, "else:")
+        e.emit(ind + 1, "pos = _skip_long(buf, pos)")
+    elif k in ("int", "long"):
+        e.emit(ind, "if buf[pos] < 128:")
+        e.emit(ind + 1, "pos += 1")
+        e.emit(ind, "elif buf[pos + 1] < 128:")
+        e.emit(ind + 1, "pos += 2")
+        e.emit(ind, "else:")
+        e.emit(ind + 1, "pos = _skip_long(buf, pos)")
+    elif k in ("string", "uuid", "bytes", "decimal"):
+        e.emit(ind, "n = _SL[buf[pos]]")
+        e.emit(ind, "if n >= 0:")
+        e.emit(ind + 1, "pos += n + 1")
+        e.emit(ind, "else:")
+        e.emit(ind + 1, "pos = _rsized(buf, pos)[2]")
+    elif k == "optional":
+        e.emit(ind, "b = buf[pos]")
+        e.emit(ind, "pos += 1")
+        e.emit(ind, "if b == 2:")
+        _skip_value(e, t, info, ind + 1)
+        e.emit(ind, "elif b:")
+        e.emit(ind + 1, "raise _DecodeError(f'union branch byte {b:#04x} at offset {pos - 1} is not 0 or 1')")
+    elif k in ("map", "array"):
+        fn = _container_skipper(e, t, kind)
+        e.emit(ind, "if buf[pos] == 0:")
+        e.emit(ind + 1, "pos += 1")
+        e.emit(ind, "else:")
+        e.emit(ind + 1, f"pos = {fn}(buf, pos)")
+    elif k == "record":
+        e.emit(ind, f"pos = {_record_skipper(e, info)}(buf, pos)")
+    else:  # pragma: no cover - norm() only yields the kinds above
+        raise UnsupportedSchemaError(f"cannot skip {k}")
+
+
+def _container_skipper(e: _Emitter, t: _Types, kind: tuple[str, Any]) -> str:
+    """Generate (into the pending functions) a skipper of a map or array. Item by item even for a block that states
+    its byte size, as the full decoder reads it: a wrong size then cannot make the two disagree."""
+    k, info = kind
+    key = ("container skip", repr(kind))
+    if key in e.const_keys:
+        return e.const_keys[key]
+    fn = e.fresh("_skip_" + k)
+    e.const_keys[key] = fn
+    saved, e.lines = e.lines, []
+    e.emit(0, f"def {fn}(buf, pos):")
+    e.emit(1, "while True:")
+    e.emit(2, "count, pos = _rlong(buf, pos)")
+    e.emit(2, "if count == 0:")
+    e.emit(3, "return pos")
+    e.emit(2, "if count < 0:")
+    e.emit(3, "count = -count")
+    e.emit(3, "_, pos = _rlong(buf, pos)")
+    e.emit(2, "for _ in range(count):")
+    if k == "map":
+        _skip_value(e, t, ("string", None), 3)
+    _skip_value(e, t, info, 3)
+    e.pending.append((fn, {"source": "\n".join(e.lines)}))
+    e.lines = saved
+    return fn
+
+
+def _record_skipper(e: _Emitter, full: str) -> str:
+    """The name of the skipper of a named record, generated on first use (recursive records call it by name)."""
+    key = ("record skip", full)
+    if key in e.const_keys:
+        return e.const_keys[key]
+    fn = e.fresh(f"_skip_{full.rsplit('.', 1)[-1]}_")
+    e.const_keys[key] = fn
+    schema = e.named[full]
+    namespace = full.rsplit(".", 1)[0] if "." in full else None
+    saved, e.lines = e.lines, []
+    e.emit(0, f"def {fn}(buf, pos):")
+    for _name, kind, _fld in _fields(_Types(e), schema, namespace):
+        _skip_value(e, _Types(e), kind, 1)
+    e.emit(1, "return pos")
+    e.pending.append((fn, {"source": "\n".join(e.lines)}))
+    e.lines = saved
+    return fn
+
+
+def _has_record(kind: tuple[str, Any]) -> bool:
+    k, info = kind
+    if k == "record":
+        return True
+    return k in ("optional", "map", "array") and _has_record(info)
+
+
+def _projection_plan(
+    t: _Types, schema: Mapping[str, Any], fields: Sequence[str], reader: Mapping[str, Any] | None
+) -> tuple[list[tuple[str, tuple[str, Any]]], dict[str, Any]]:
+    """The writer's fields (name, kind) in body order, and the values of the fields asked for that the writer does
+    not have (the reader's defaults). Raises ConfigError / UnsupportedSchemaError as build_projected_decoder says."""
+    full = t.norm(dict(schema), None)[1]
+    namespace = full.rsplit(".", 1)[0] if "." in full else None
+    writer = [(name, kind) for name, kind, _ in _fields(t, schema, namespace)]
+    if len(set(fields)) != len(fields):
+        raise ConfigError(f"fields {list(fields)} name a field twice")
+    have = dict(writer)
+    absent: dict[str, Any] = {}
+    if reader is None:
+        unknown = [name for name in fields if name not in have]
+        if unknown:
+            raise ConfigError(f"record {full} has no field {', '.join(unknown)}")
+        return writer, absent
+    rt = _Types(_Emitter(t.e.timestamps))
+    reader_full = rt.norm(dict(reader), None)[1]
+    reader_ns = reader_full.rsplit(".", 1)[0] if "." in reader_full else None
+    reader_fields = {name: (kind, fld) for name, kind, fld in _fields(rt, reader, reader_ns)}
+    for name in fields:
+        if name not in reader_fields:
+            raise ConfigError(f"reader record {reader_full} has no field {name}")
+        kind, fld = reader_fields[name]
+        if name not in have:
+            if "default" not in fld:
+                raise ConfigError(f"field {name} of {reader_full} is not written by {full} and has no default")
+            absent[name] = fld["default"]  # as written in the schema: what fastavro's resolution returns
+        elif have[name] != kind or _has_record(kind):
+            # A promotion, a new union or a nested record that may have changed: fastavro's resolution decides.
+            raise UnsupportedSchemaError(f"field {name} is {have[name][0]} in {full} and {kind[0]} in the reader")
+    return writer, absent
+
+
+def _projected_entry(e: _Emitter, t: _Types, schema: Mapping[str, Any], fields: Sequence[str],
+                     reader: Mapping[str, Any] | None) -> None:
+    """The ``decode`` of a projection: fields asked for decoded, the others skipped, the tuple in asked order."""
+    writer, absent = _projection_plan(t, schema, fields, reader)
+    wanted = set(fields)
+    local: dict[str, str] = {}
+    for name, value in absent.items():
+        local[name] = e.fresh("_ABS")
+        e.consts[local[name]] = value  # the default object itself, as fastavro's resolution hands it out
+    e.emit(0, "def decode(buf, pos=0):")
+    e.emit(1, '"""(values of the projected fields, position after the body at ``buf[pos:]``); raises DecodeError')
+    e.emit(1, 'when the framing of the body is malformed or truncated (skipped values are not checked)."""')
+    e.emit(1, "if buf.__class__ is not bytes:")
+    e.emit(2, "buf = bytes(buf)")
+    e.emit(1, "try:")
+    step = 0  # consecutive fixed-size skips (booleans, floats) collapse into one addition
+    index = 0
+    while index < len(writer):
+        name, kind = writer[index]
+        fixed = {"boolean": 1, "float": 4, "double": 8, "null": 0}.get(kind[0]) if name not in wanted else None
+        if fixed is not None:
+            step += fixed
+            index += 1
+            continue
+        if step:
+            e.emit(2, f"pos += {step}")
+            step = 0
+        run = 0  # skipped int/long fields in a row: mostly small counts, one byte each, tested at once
+        while (index + run < len(writer) and writer[index + run][0] not in wanted
+               and writer[index + run][1][0] in ("int", "long")):
+            run += 1
+        if run > 1:
+            e.emit(2, f"if max(buf[pos:pos + {run}]) < 128:")
+            e.emit(3, f"pos += {run}")
+            e.emit(2, "else:")
+            for _ in range(run):
+                _skip_value(e, t, ("long", None), 3)
+            index += run
+            continue
+        if name in wanted:
+            local[name] = f"f{index}"
+            _dec_value(e, t, kind, f"f{index}", 2)
+        else:
+            _skip_value(e, t, kind, 2)
+        index += 1
+    if step:
+        e.emit(2, f"pos += {step}")
+    e.emit(2, "pass")
+    e.emit(1, "except _DecodeError:")
+    e.emit(2, "raise")
+    e.emit(1, "except (IndexError, ValueError, OverflowError, ArithmeticError, struct_error) as err:")
+    e.emit(2, 'raise _DecodeError(f"{type(err).__name__}: {err} (input of {len(buf)} bytes)") from err')
+    e.emit(1, "if pos > len(buf):  # a skipped or sliced value ran past the end")
+    e.emit(2, 'raise _DecodeError(f"truncated: the record needs {pos} bytes, the input has {len(buf)}")')
+    e.emit(1, f"return ({''.join(local[name] + ', ' for name in fields)}), pos")
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectedDecoder:
+    """A compiled decoder of some fields of one writer schema (see :func:`build_projected_decoder`).
+
+    ``decode(buf, pos=0) -> (values, end)``: ``values`` is the tuple of ``fields`` in that order, each equal to what
+    :class:`FastCodec`'s ``decode`` (same ``timestamps``) returns for it; ``end`` the position after the body.
+    Raises :class:`DecodeError` where the body's framing is broken (a truncation, a union index other than 0/1, a
+    negative length, an over-long varint). A skipped value is read no further than its framing, so a body whose
+    unread strings are not UTF-8, say, decodes here and not in the full decoder. Thread-safe.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    timestamps: Timestamps
+    source: str
+    decode: Callable[..., tuple[tuple[Any, ...], int]]
+
+
+def build_projected_decoder(
+    schema: Mapping[str, Any],
+    fields: Sequence[str],
+    *,
+    timestamps: Timestamps = "datetime",
+    reader: Mapping[str, Any] | None = None,
+) -> ProjectedDecoder:
+    """Generate and compile a decoder of the top-level ``fields`` of bodies written with record ``schema`` (the
+    writer schema: the body's layout), skipping every other field. ``reader`` (e.g. the current version of an older
+    writer's record) resolves as fastavro does for the cases it can mirror exactly: a field only the reader has takes
+    the reader's default as the schema writes it; a field both have must have the same type in both.
+
+    Raises :class:`UnsupportedSchemaError` for a type the generator does not handle, or a field whose type differs
+    between writer and reader, or one holding a nested record when a reader is given (read those with fastavro);
+    :class:`ConfigError` for a field asked for twice, one that neither schema has, or one only the reader has
+    without a default. Costs a few milliseconds: build once per writer schema."""
+    if timestamps not in ("datetime", "micros"):
+        raise ConfigError(f"timestamps must be 'datetime' or 'micros', not {timestamps!r}")
+    if not isinstance(schema, Mapping) or schema.get("type") != "record":
+        raise UnsupportedSchemaError("the generator takes a record schema (a JSON object with type record)")
+    e = _Emitter(timestamps)
+    t = _Types(e)
+    full = t.norm(dict(schema), None)[1]
+    names = tuple(fields)
+    _projected_entry(e, t, schema, names, reader)
+    header = [
+        f"# Generated by schemas.fastcodec (projected decoder) for record {full}, fields {list(names)} "
+        f"(timestamps={timestamps!r}). Do not edit: regenerate.",
+        *(f"#   {name} = {_describe(value)}" for name, value in e.consts.items()),
+    ]
+    helpers = [source for _, item in e.pending for source in (item["source"], "", "")]
+    source = "\n".join([*header, "", "", *e.lines, "", "", *helpers])
+    namespace: dict[str, Any] = {**_runtime_globals(), **e.consts}
+    exec(compile(source, f"<fastcodec projection {full}>", "exec"), namespace)  # noqa: S102 - our own source
+    return ProjectedDecoder(name=full, fields=names, timestamps=timestamps, source=source,
+                            decode=namespace["decode"])
 
 
 # ------------------------------------------------------------------------------------------------ checked encoder

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,7 +24,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.errors import ConfigError, DecodeError, EncodeError, UnknownSchemaError
-from schemas.fastcodec import FastCodec, UnsupportedSchemaError, build_fast_codec
+from schemas.fastcodec import FastCodec, Timestamps, UnsupportedSchemaError, build_fast_codec, build_projected_decoder
 from schemas.loader import NAMESPACE, SCHEMA_NAMES, load_schema
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = [
     "SINGLE_OBJECT_HEADER_LEN",
     "SINGLE_OBJECT_MAGIC",
     "AvroCodec",
+    "AvroProjection",
     "Framing",
     "SchemaResolver",
     "build_registry_client",
@@ -371,6 +373,13 @@ class AvroCodec:
             raise DecodeError(f"{framing} {entry.name} body decoded to {type(record).__name__}, not a record")
         return name, record
 
+    def projection(self, schema_name: str, fields: Sequence[str], *,
+                   timestamps: Timestamps = "datetime") -> AvroProjection:
+        """A decoder of only ``fields`` of framed ``schema_name`` records (see :class:`AvroProjection`), for a
+        consumer that reads a few fields of a wide record. Raises :class:`UnknownSchemaError` for a record this
+        codec does not know and :class:`ConfigError` for a field its current schema does not have."""
+        return AvroProjection(self, schema_name, fields, timestamps)
+
     def container_schema(self, data: bytes) -> tuple[str, dict[str, Any] | None]:
         """The record name of the schema framed ``data`` was written with, and the current schema of that record as
         given to the codec (logical types included) when the writer schema is exactly it, else None (an older or
@@ -451,6 +460,115 @@ class AvroCodec:
         parsed = _parse_for_reading(reader_schema)
         self._readers[id(reader_schema)] = (reader_schema, parsed)
         return parsed
+
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MICRO = timedelta(microseconds=1)
+#: A projected decode of one writer schema: fn(data, header) -> (values, end), the header length, and the framing's
+#: name for error messages (None: fn raises errors that already say everything, and checks the end itself).
+_Projected = tuple[Callable[[bytes, int], tuple[tuple[Any, ...], int]], int, str | None]
+
+
+class AvroProjection:
+    """Decodes some fields of framed records of one record name: ``decode(data)`` is the tuple of the values of
+    ``fields`` (in that order) of the record :meth:`AvroCodec.decode` would return for ``data``, with timestamps as
+    UTC datetimes (``timestamps="datetime"``) or int microseconds (``"micros"``). Made by :meth:`AvroCodec.projection`.
+
+    Resolution by writer schema, as :meth:`AvroCodec.decode` does: per writer schema (fingerprint or registry id) a
+    projected decoder is generated once (:func:`schemas.fastcodec.build_projected_decoder`; an older writer is
+    resolved to the current schema: absent fields take their defaults); a writer it cannot mirror exactly (a changed
+    field type, a type the generator does not handle) is decoded in full by the codec and the fields picked.
+
+    Errors are the codec's: :class:`UnknownSchemaError` for an unknown writer, :class:`DecodeError` for bad framing,
+    a truncated or malformed body, trailing bytes, or a record of another name. Fields not asked for are skipped by
+    their framing only: a body whose unread values are malformed inside (a string that is not UTF-8) decodes here
+    and not in :meth:`AvroCodec.decode`. Thread-safe (caches only grow).
+    """
+
+    def __init__(self, codec: AvroCodec, schema_name: str, fields: Sequence[str], timestamps: Timestamps) -> None:
+        codec._current_entry(schema_name)  # raises UnknownSchemaError naming it
+        self.name = _short_name(schema_name)
+        self.fields = tuple(fields)
+        known = {field["name"] for field in codec._current_read[self.name]["fields"]}
+        unknown = [name for name in self.fields if name not in known]
+        if unknown:
+            raise ConfigError(f"record {self.name} has no field {', '.join(unknown)}")
+        if len(set(self.fields)) != len(self.fields):
+            raise ConfigError(f"fields {list(self.fields)} name a field twice")
+        if timestamps not in ("datetime", "micros"):
+            raise ConfigError(f"timestamps must be 'datetime' or 'micros', not {timestamps!r}")
+        self.timestamps: Timestamps = timestamps
+        self._codec = codec
+        # Keyed by the whole single-object header (magic + fingerprint) or the Confluent schema id bytes.
+        self._single: dict[bytes, _Projected] = {}
+        self._confluent: dict[bytes, _Projected] = {}
+
+    def decode(self, data: bytes) -> tuple[Any, ...]:
+        """The values of the projection's fields in framed ``data``; raises as the class says."""
+        hit = self._single.get(data[:SINGLE_OBJECT_HEADER_LEN])
+        if hit is None:
+            hit = self._resolve(data)
+        fn, header, framing = hit
+        if framing is None:
+            return fn(data, header)[0]
+        try:
+            values, end = fn(data, header)
+        except DecodeError as err:
+            raise DecodeError(
+                f"{framing} {self.name} body does not decode ({len(data) - header} body bytes): {err}; "
+                "the message is truncated or not written with this schema"
+            ) from err
+        if end != len(data):
+            raise DecodeError(
+                f"{framing} {self.name} decoded with {len(data) - end} trailing bytes left; "
+                "the message was written with a different schema than its header claims"
+            )
+        return values
+
+    def _resolve(self, data: bytes) -> _Projected:
+        """The projected decode of the writer schema named by the header of ``data`` (built on first sight)."""
+        if data[:1] == CONFLUENT_MAGIC:
+            hit = self._confluent.get(bytes(data[1:CONFLUENT_HEADER_LEN]))
+            if hit is not None:
+                return hit
+        entry, header, framing = self._codec._entry_of(data)  # raises what decode raises for the header
+        if entry.name != self.name:
+            raise DecodeError(f"{framing} message holds a {entry.name}, not a {self.name}; it is on the wrong topic")
+        hit = self._build(entry, header, framing)
+        if header == SINGLE_OBJECT_HEADER_LEN:
+            self._single[bytes(data[:header])] = hit
+        else:
+            self._confluent[bytes(data[1:header])] = hit
+        return hit
+
+    def _build(self, entry: _WriterEntry, header: int, framing: str) -> _Projected:
+        try:
+            projected = build_projected_decoder(entry.writer, self.fields, timestamps=self.timestamps,
+                                                reader=entry.reader)
+        except UnsupportedSchemaError:
+            pass  # not mirrored exactly: the codec decodes the whole record and resolves it, as decode does
+        else:
+            return projected.decode, header, framing
+        fields, micros, codec = self.fields, self.timestamps == "micros", self._codec
+
+        def whole(data: bytes, _header: int) -> tuple[tuple[Any, ...], int]:
+            record = codec.decode(data)[1]
+            values = tuple(record[name] for name in fields)
+            return (tuple(_as_micros(v) for v in values) if micros else values), len(data)
+
+        return whole, header, None
+
+
+def _as_micros(value: Any) -> Any:
+    """``value`` with its aware datetimes (fastavro's timestamp-micros values), nested ones included, as int micros."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return (value - _EPOCH) // _ONE_MICRO
+    if isinstance(value, dict):
+        return {key: _as_micros(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_micros(item) for item in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------- registry glue

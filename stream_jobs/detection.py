@@ -50,7 +50,9 @@ __all__ = [
     "DetectionError",
     "DetectionService",
     "LedgerReader",
+    "SPEND_FIELDS",
     "build_spend_event",
+    "build_spend_event_of",
     "register_detection",
     "state_topic",
     "waste_topic",
@@ -168,6 +170,33 @@ class ClickHouseLedgerReader:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+#: The PricedUsageEvent fields detection reads, in the order :func:`build_spend_event_of` takes them: the detectors'
+#: facts, then the dedupe's ``source`` and price drift's gate ``reported_cost``. Only these are decoded
+#: (:meth:`AvroCodec.projection`); an event with a reported cost is decoded whole for the drift watcher, which reads
+#: the prices and counts too.
+SPEND_FIELDS = ("occurred_at", "agent_id", "team", "project", "model", "cost_usd", "input_tokens", "output_tokens",
+                "task_id", "task_type", "tags", "event_id", "parent_task_id", "prompt_hash", "attempt", "status",
+                "cache_read_tokens", "cost_input_usd", "cost_cache_read_usd", "cost_cache_write_usd",
+                "pricing_status", "source", "reported_cost")
+_SOURCE = SPEND_FIELDS.index("source")
+_REPORTED = SPEND_FIELDS.index("reported_cost")
+#: What the dedupe rebuild reads of each priced message.
+_DEDUPE_FIELDS = ("source", "event_id", "occurred_at")
+
+
+def build_spend_event_of(values: Sequence[Any]) -> SpendEvent:
+    """:func:`build_spend_event` of the values of :data:`SPEND_FIELDS` (``occurred_at`` as int micros), as a
+    ``projection(..., SPEND_FIELDS, timestamps="micros")`` of the codec decodes them."""
+    (ts, agent_id, team, project, model, cost, input_tokens, output_tokens, task_id, task_type, tags, event_id,
+     parent_task_id, prompt_hash, attempt, status, cache_read_tokens, cost_input, cost_cache_read, cost_cache_write,
+     pricing_status, _source, _reported) = values
+    return SpendEvent(
+        ts, agent_id, team, project, model, cost, input_tokens, output_tokens, task_id, task_type, tags or {},
+        event_id, parent_task_id, prompt_hash, attempt, status, cache_read_tokens,
+        cost_input + cost_cache_read + cost_cache_write, pricing_status == "priced",
+    )
+
+
 def build_spend_event(record: Mapping[str, Any]) -> SpendEvent:
     """The facts of a decoded PricedUsageEvent the detectors read (one tuple per event, built once)."""
     occurred: datetime = record["occurred_at"]
@@ -242,6 +271,7 @@ class DetectionService(Step):
         self._sink_offsets_reader: Any = None
         self._sink_offsets: dict[int, int] | None = None
         self._codec = AvroCodec()
+        self._facts = self._codec.projection("PricedUsageEvent", SPEND_FIELDS, timestamps="micros")
         self.budgets = BudgetEngine()
         self.anomalies = AnomalyDetector(self.config.anomaly)
         self.waste = WasteDetectors(self.config.waste)
@@ -342,6 +372,7 @@ class DetectionService(Step):
         count = 0
         trackers = self._loop.trackers
         topic = self.topics.priced
+        facts = self._facts.decode
         for msg in messages:
             if msg.error() is not None:
                 code = msg.error().code()
@@ -354,8 +385,11 @@ class DetectionService(Step):
             if tracker is not None:  # else fetched before a revoke: processed, never committed here
                 tracker.on_consumed(offset)
             try:
-                _, record = self._codec.decode(msg.value())
-                event = build_spend_event(record)
+                value = msg.value()
+                values = facts(value)
+                event = build_spend_event_of(values)
+                # Drift reads prices and counts of reported calls only (the rest return at once): those alone whole.
+                record = None if values[_REPORTED] is None else self._codec.decode(value)[1]
             except (FinopsError, KeyError, TypeError, AttributeError) as err:
                 # The hot path validated these; a bad one here is counted and skipped (it reached the ledger
                 # through the sink's own DLQ handling, not ours to route).
@@ -366,7 +400,7 @@ class DetectionService(Step):
             if ts > self._partition_ts.get(partition, -1):
                 self._partition_ts[partition] = ts
             self._partition_seen_wall[partition] = now_wall
-            if self._deduper(partition).seen_or_add(record["source"], event.event_id, ts):
+            if self._deduper(partition).seen_or_add(values[_SOURCE], event.event_id, ts):
                 self.stats["duplicates"] += 1  # counted once already (the ledger drops it by id too)
                 continue
             count += 1
@@ -374,7 +408,8 @@ class DetectionService(Step):
             signals, alerts = self.waste.process(event)
             self._emit_waste(signals)
             self._emit_alerts(alerts)
-            self._emit_alerts(self.drift.observe(record))
+            if record is not None:
+                self._emit_alerts(self.drift.observe(record))
             if event.cost_usd:
                 self.anomalies.observe(ts, event.cost_usd, event.agent_id, event.team, event.project, event.model,
                                        event.task_type)
@@ -500,6 +535,7 @@ class DetectionService(Step):
         topic = self.topics.priced
         reader = build_consumer(self._client_config, Role.READER, f"{self.config.group_id}-dedupe-rebuild")
         deduper = self._deduper(partition)
+        keys = self._codec.projection("PricedUsageEvent", _DEDUPE_FIELDS, timestamps="micros")
         read = 0
         try:
             low, _ = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
@@ -522,9 +558,8 @@ class DetectionService(Step):
                     if offset >= end:
                         continue  # not applied yet: it is replayed, and remembered then
                     try:
-                        _, record = self._codec.decode(value)
-                        occurred = (record["occurred_at"] - _EPOCH) // timedelta(microseconds=1)
-                        deduper.seen_or_add(record["source"], record["event_id"], occurred)
+                        source, event_id, occurred = keys.decode(value)
+                        deduper.seen_or_add(source, event_id, occurred)
                         read += 1
                     except (FinopsError, KeyError, TypeError, AttributeError):
                         continue  # it was counted as a bad record when it was applied

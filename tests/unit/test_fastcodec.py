@@ -207,6 +207,10 @@ def _random_value(rng: random.Random, schema: Any, namespace: str | None, named:
             "int": lambda: _random_int(rng, INT32),
             "long": lambda: _random_int(rng, INT64),
             "string": lambda: _random_string(rng),
+            # (not in our schemas; the projection tests' schema has them) no NaN: it equals nothing
+            "float": lambda: rng.choice([0.0, -0.0, 1.5, -2.25, 3.4e38, 1e-45, rng.uniform(-1e6, 1e6)]),
+            "double": lambda: rng.choice([0.0, -0.0, 1e308, -5e-324, float("inf"), rng.uniform(-1e12, 1e12)]),
+            "bytes": lambda: bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 5, 70]))),
         }
         return makers[schema]()
     kind, logical = schema["type"], schema.get("logicalType")
