@@ -404,10 +404,14 @@ class DetectionService(Step):
                 self.stats["duplicates"] += 1  # counted once already (the ledger drops it by id too)
                 continue
             count += 1
-            self._emit_alerts(self.budgets.apply(event, partition, offset, self._watermark_us or ts))
+            alerts = self.budgets.apply(event, partition, offset, self._watermark_us or ts)
+            if alerts:  # mostly none: the emit calls are skipped, the order of what is emitted is kept
+                self._emit_alerts(alerts)
             signals, alerts = self.waste.process(event)
-            self._emit_waste(signals)
-            self._emit_alerts(alerts)
+            if signals:
+                self._emit_waste(signals)
+            if alerts:
+                self._emit_alerts(alerts)
             if record is not None:
                 self._emit_alerts(self.drift.observe(record))
             if event.cost_usd:
