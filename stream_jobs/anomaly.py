@@ -261,35 +261,21 @@ class AnomalyDetector:
             self.late_events += 1
             return
         task = task_type or "(none)"
-        by_model, by_task, by_project = ("model", model), ("task_type", task), ("project", project)
-        agent = self._entity("agent", agent_id)
-        agent.team, agent.project = team, project
-        if ts_us > agent.last_spend_us:
-            agent.last_spend_us = ts_us
-        window = agent.open.get(start)
-        if window is None:
-            window = agent.open[start] = ([_ZERO], {})
-        window[0][0] += cost
-        breakdown = window[1]
-        get = breakdown.get
-        breakdown[by_model] = get(by_model, _ZERO) + cost
-        breakdown[by_task] = get(by_task, _ZERO) + cost
-        breakdown[by_project] = get(by_project, _ZERO) + cost
-        group = self._entity("team", team)
-        group.team = team
-        if ts_us > group.last_spend_us:
-            group.last_spend_us = ts_us
-        window = group.open.get(start)
-        if window is None:
-            window = group.open[start] = ([_ZERO], {})
-        window[0][0] += cost
-        breakdown = window[1]
-        get = breakdown.get
-        by_agent = ("agent", agent_id)
-        breakdown[by_agent] = get(by_agent, _ZERO) + cost
-        breakdown[by_model] = get(by_model, _ZERO) + cost
-        breakdown[by_task] = get(by_task, _ZERO) + cost
-        breakdown[by_project] = get(by_project, _ZERO) + cost
+        for kind, key, dims in (
+            ("agent", agent_id, (("model", model), ("task_type", task), ("project", project))),
+            ("team", team, (("agent", agent_id), ("model", model), ("task_type", task), ("project", project))),
+        ):
+            entity = self._entity(kind, key)
+            entity.team, entity.last_spend_us = team, max(entity.last_spend_us, ts_us)
+            if kind == "agent":
+                entity.project = project
+            window = entity.open.get(start)
+            if window is None:
+                window = entity.open[start] = ([_ZERO], {})
+            window[0][0] += cost
+            breakdown = window[1]
+            for dim in dims:
+                breakdown[dim] = breakdown.get(dim, _ZERO) + cost
 
     def seed(self, kind: str, key: str, windows: Iterable[tuple[int, Decimal]], until_us: int,
              team: str | None = None) -> None:

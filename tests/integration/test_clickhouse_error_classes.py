@@ -24,8 +24,9 @@ from finops.clickhouse import (
 )
 from finops.retry import RetryPolicy
 from sinks.rows import LEDGER
-from sinks.writer import ClickHouseBatchWriter, DeadLetter, MessageBatch, SinkHaltError, SinkMessage
+from sinks.writer import ClickHouseBatchWriter, MessageBatch, SinkHaltError, SinkMessage
 from tests.integration.test_sink_support import make_codec, make_priced
+from tests.unit.test_writer import Letters
 
 pytestmark = pytest.mark.integration
 
@@ -96,17 +97,6 @@ def test_errors_of_the_table_or_statement_are_fatal(ch_client: Any, table: str, 
     assert caught.value.__cause__ is not None
 
 
-class _Letters:
-    def __init__(self) -> None:
-        self.letters: list[DeadLetter] = []
-
-    def send(self, letter: DeadLetter) -> None:
-        self.letters.append(letter)
-
-    def flush(self, timeout: float) -> None:
-        return None
-
-
 class _LosesConnection:
     """Delegates to the chdb client; the first ``failures`` inserts raise clickhouse-connect's OperationalError."""
 
@@ -142,7 +132,7 @@ def _ledger_batch(events: list[dict[str, Any]]) -> tuple[MessageBatch, Any]:
     return batch, codec
 
 
-def _writer(client: Any, database: str, codec: Any, letters: _Letters) -> ClickHouseBatchWriter:
+def _writer(client: Any, database: str, codec: Any, letters: Letters) -> ClickHouseBatchWriter:
     return ClickHouseBatchWriter(client, database, LEDGER, letters, codec=codec, rng=random.Random(0),
                                  retry=RetryPolicy(base_seconds=0.001, cap_seconds=0.002))
 
@@ -152,7 +142,7 @@ def test_the_writer_retries_a_lost_connection_until_the_same_batch_lands_once(ch
     rng = random.Random(21)
     batch, codec = _ledger_batch([make_priced(i, rng) for i in range(50)])
     flaky, waits = _LosesConnection(ch_client, failures=3), []
-    report = _writer(flaky, ch_database, codec, _Letters()).write(batch, wait=waits.append)
+    report = _writer(flaky, ch_database, codec, Letters()).write(batch, wait=waits.append)
     assert (report.retries, len(waits), flaky.attempts, report.inserted, report.dead_lettered) == (3, 3, 4, 50, 0)
     stored = ch_client.query(f"SELECT count(), uniqExact(event_id) FROM {ch_database}.usage_ledger").result_rows[0]
     assert tuple(stored) == (50, 50)
@@ -164,7 +154,7 @@ def test_the_writer_dead_letters_a_row_the_table_refuses_without_retrying(ch_cli
     events = [make_priced(i, rng) for i in range(40)]
     events[11]["output_tokens"] = -5  # an Avro long the UInt64 column refuses: a permanent error of one row
     batch, codec = _ledger_batch(events)
-    letters = _Letters()
+    letters = Letters()
     report = _writer(ch_client, ch_database, codec, letters).write(batch, wait=lambda s: pytest.fail("retried"))
     assert (report.retries, report.inserted, [lt.message.offset for lt in letters.letters]) == (0, 39, [11])
     assert letters.letters[0].reason.startswith("clickhouse: ")
@@ -176,7 +166,7 @@ def test_the_writer_halts_at_once_on_a_missing_table(ch_client: Any) -> None:
     try:
         rng = random.Random(23)
         batch, codec = _ledger_batch([make_priced(i, rng) for i in range(10)])
-        letters = _Letters()
+        letters = Letters()
         counting = _LosesConnection(ch_client, failures=0)
         with pytest.raises(SinkHaltError, match="cannot fix") as halted:
             _writer(counting, db, codec, letters).write(batch, wait=lambda s: pytest.fail("retried"))
