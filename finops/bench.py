@@ -502,7 +502,34 @@ def _bare_loop(client: dict[str, Any], in_topic: str, out_topic: str, expected: 
     out.put((latencies, _vm_hwm_mb(os.getpid())))
 
 
-def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledger_count: Callable[[str], int],
+class _LedgerWatch:
+    """Whether the ledger holds a phase's rows, asked through the sink's store endpoint as a user would ask.
+
+    The filtered count reads every row's tags inside the sink's process, whose CPU the bench measures, and the bench
+    asks ten times a second. Each phase's tag is new, so its rows all land after the phase began: until the table's
+    whole count (ClickHouse answers it from part metadata) has grown by ``n`` since :meth:`begin`, the answer is no
+    without reading a row."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+        self._base = 0
+
+    def _total(self) -> int:
+        return int(self._reader.query("SELECT count() FROM usage_ledger").result_rows[0][0])
+
+    def count(self, tag: str) -> int:
+        return int(self._reader.query("SELECT count() FROM usage_ledger WHERE tags['bench_level'] = {t:String}",
+                                      parameters={"t": tag}).result_rows[0][0])
+
+    def begin(self) -> None:
+        """Call before a phase emits its first row."""
+        self._base = self._total()
+
+    def holds(self, tag: str, n: int) -> bool:
+        return self._total() - self._base >= n and self.count(tag) >= n
+
+
+def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledger: _LedgerWatch,
                       check: Callable[[], None], meter: Callable[[], _CpuMeter]) -> tuple[float, dict[str, Any]]:
     """The running pipeline's throughput on this machine: ``n`` events emitted as fast as the SDK goes (``emit_many``
     in batches of 1,000, as an agent with a backlog sends them), divided by the time from the first emit until the
@@ -510,6 +537,7 @@ def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledge
     meanwhile (``meter`` starts the count).
     """
     _say(f"latency: capacity: {n:,} events at once through the whole pipeline ...")
+    ledger.begin()
     cpu = meter()
     t0 = time.monotonic()
     tags = {"bench_level": "capacity"}
@@ -518,7 +546,7 @@ def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledge
         producer.emit_many([{**events[i % len(events)], "occurred_at": stamp, "tags": tags}
                             for i in range(start, min(start + 1000, n))])
     producer.flush(120)
-    _wait(lambda: ledger_count("capacity") >= n, 600, "the capacity burst to be queryable", check)
+    _wait(lambda: ledger.holds("capacity", n), 600, "the capacity burst to be queryable", check)
     rate = n / (time.monotonic() - t0)
     used = cpu.stop()
     _say(f"latency: capacity {rate:,.0f} events/s end to end; CPU s: "
@@ -595,9 +623,7 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
         # The sink generated this installation's credentials in `home` at its start; read as the reader.
         reader = open_endpoint_client(f"http://127.0.0.1:{store_port}", "finops", readonly=True, data_dir=home)
 
-        def ledger_count(tag: str) -> int:
-            return int(reader.query("SELECT count() FROM usage_ledger WHERE tags['bench_level'] = {t:String}",
-                                    parameters={"t": tag}).result_rows[0][0])
+        ledger = _LedgerWatch(reader)
 
         def cpu_meter() -> _CpuMeter:
             return _CpuMeter({**{name: proc.pid for name, proc in roles.procs.items()},
@@ -609,12 +635,13 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
                                  compression=settings.producer.compression, linger_ms=settings.producer.linger_ms,
                                  register_atexit=False)
         # Warm-up: the pipeline is ready when a first handful of events is queryable (group joins, Faust start).
+        ledger.begin()
         warm = _drive(producer, events, 200, 1.0, {"bench_level": "warmup"})
         producer.flush(30)
-        _wait(lambda: ledger_count("warmup") >= warm, 180, "the warm-up events to be queryable", roles.check)
+        _wait(lambda: ledger.holds("warmup", warm), 180, "the warm-up events to be queryable", roles.check)
         if capacity is None:
             capacity, result["capacity_cpu"] = _measure_capacity(
-                producer, events, config.capacity_events, ledger_count, roles.check, cpu_meter)
+                producer, events, config.capacity_events, ledger, roles.check, cpu_meter)
             result["capacity_source"] = (f"measured: {config.capacity_events:,} events emitted at once, "
                                          "divided by the time until the last was queryable")
         else:
@@ -634,13 +661,14 @@ def run_latency(settings: Any, capacity: float | None, config: LatencyConfig) ->
             offsets = [(config.level_seconds * (k + 1) / (config.breaches + 1), breach(a))
                        for k, a in enumerate(breach_agents[p])]
             _say(f"latency: {p} % of capacity = {rate:,.0f} events/s for {config.level_seconds:g} s ...")
+            ledger.begin()
             level_cpu = cpu_meter()
             t0 = time.monotonic()
             sent = _drive(producer, events, rate, config.level_seconds, {"bench_level": str(p)}, offsets)
             achieved = sent / (time.monotonic() - t0)
             if producer.flush(60):
                 raise FinopsError("bench: the load generator's events were not acknowledged")
-            _wait(lambda tag=str(p), n=sent: ledger_count(tag) >= n, config.drain_timeout_s,  # type: ignore[misc]
+            _wait(lambda tag=str(p), n=sent: ledger.holds(tag, n), config.drain_timeout_s,  # type: ignore[misc]
                   f"{sent:,} events of level {p} % to be queryable", roles.check)
             used = level_cpu.stop()
 
