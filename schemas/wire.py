@@ -16,7 +16,7 @@ import json
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,6 +26,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from schemas.errors import ConfigError, DecodeError, EncodeError, UnknownSchemaError
 from schemas.fastcodec import FastCodec, Timestamps, UnsupportedSchemaError, build_fast_codec, build_projected_decoder
 from schemas.loader import NAMESPACE, SCHEMA_NAMES, load_schema
+from schemas.models import to_micros
 
 if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -340,19 +341,7 @@ class AvroCodec:
                 reader = None
 
         if reader is None and entry.fast is not None:
-            try:
-                fast_record, end = entry.fast.decode(data, header)
-            except DecodeError as err:
-                raise DecodeError(
-                    f"{framing} {entry.name} body does not decode ({len(data) - header} body bytes): {err}; "
-                    "the message is truncated or not written with this schema"
-                ) from err
-            if end != len(data):
-                raise DecodeError(
-                    f"{framing} {entry.name} decoded with {len(data) - end} trailing bytes left; "
-                    "the message was written with a different schema than its header claims"
-                )
-            return name, fast_record
+            return name, _run_generated(entry.fast.decode, data, header, framing, entry.name)
 
         body = BytesIO(data)
         body.seek(header)
@@ -463,8 +452,24 @@ class AvroCodec:
 
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MICRO = timedelta(microseconds=1)
+def _run_generated(fn: Callable[[bytes, int], tuple[Any, int]], data: bytes, header: int, framing: str,
+                   name: str) -> Any:
+    """A generated decoder's result for the body of framed ``data`` after its ``header``, its errors said as the
+    codec says them: DecodeError for a truncated or malformed body and for trailing bytes."""
+    try:
+        result, end = fn(data, header)
+    except DecodeError as err:
+        raise DecodeError(
+            f"{framing} {name} body does not decode ({len(data) - header} body bytes): {err}; "
+            "the message is truncated or not written with this schema"
+        ) from err
+    if end != len(data):
+        raise DecodeError(
+            f"{framing} {name} decoded with {len(data) - end} trailing bytes left; "
+            "the message was written with a different schema than its header claims"
+        )
+    return result
+
 #: A projected decode of one writer schema: fn(data, header) -> (values, end), the header length, and the framing's
 #: name for error messages (None: fn raises errors that already say everything, and checks the end itself).
 _Projected = tuple[Callable[[bytes, int], tuple[tuple[Any, ...], int]], int, str | None]
@@ -512,18 +517,7 @@ class AvroProjection:
         fn, header, framing = hit
         if framing is None:
             return fn(data, header)[0]
-        try:
-            values, end = fn(data, header)
-        except DecodeError as err:
-            raise DecodeError(
-                f"{framing} {self.name} body does not decode ({len(data) - header} body bytes): {err}; "
-                "the message is truncated or not written with this schema"
-            ) from err
-        if end != len(data):
-            raise DecodeError(
-                f"{framing} {self.name} decoded with {len(data) - end} trailing bytes left; "
-                "the message was written with a different schema than its header claims"
-            )
+        values: tuple[Any, ...] = _run_generated(fn, data, header, framing, self.name)
         return values
 
     def _resolve(self, data: bytes) -> _Projected:
@@ -563,7 +557,7 @@ class AvroProjection:
 def _as_micros(value: Any) -> Any:
     """``value`` with its aware datetimes (fastavro's timestamp-micros values), nested ones included, as int micros."""
     if isinstance(value, datetime) and value.tzinfo is not None:
-        return (value - _EPOCH) // _ONE_MICRO
+        return to_micros(value)
     if isinstance(value, dict):
         return {key: _as_micros(item) for key, item in value.items()}
     if isinstance(value, list):
