@@ -55,6 +55,7 @@ __all__ = ["LatencyConfig", "register", "render", "run_latency", "run_suite"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = Path("bench-results") / "latest.json"
 PARTS = ("producer", "stream", "sink", "intake", "latency")
+_BROKER_JIT = "broker JIT compiler"  # the part of the broker's CPU its JVM spent compiling
 _BROKER_PID: list[int] = []  # the bench's own broker while bench_broker() runs (its CPU is measured too)
 
 
@@ -334,6 +335,25 @@ def _proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _jit_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a JVM's JIT compiler threads (HotSpot's ``C1 CompilerThreadN`` / ``C2 CompilerThreadN``) in
+    ``pid``, or None when it is gone: how much of a broker's CPU went to compiling rather than serving requests."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            if not Path(f"/proc/{pid}/task/{task}/comm").read_text().startswith(("C1 Compiler", "C2 Compiler")):
+                continue
+            fields = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended between the listing and the read
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _machine_busy_s() -> float:
     """CPU seconds the whole machine has been busy (all CPUs: /proc/stat minus idle and iowait)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -351,6 +371,8 @@ class _CpuMeter:
 
     def _read(self) -> dict[str, float | None]:
         now: dict[str, float | None] = {name: _proc_cpu_s(pid) for name, pid in self._pids.items()}
+        if "broker" in self._pids:
+            now[_BROKER_JIT] = _jit_cpu_s(self._pids["broker"])
         now["load generator (bench process)"] = time.process_time()
         now["machine"] = _machine_busy_s()
         return now
@@ -799,7 +821,10 @@ def _fmt(value: float | None, unit: str = "") -> str:
 
 def _cpu_line(what: str, cpu: Mapping[str, Any], events: int, cpus: int) -> str:
     """CPU µs per event of each process over a phase, and how busy the whole machine was."""
-    per = ", ".join(f"{k} {v / events * 1e6:,.0f}" for k, v in cpu["cpu_s"].items() if k != "machine")
+    used = cpu["cpu_s"]
+    per = ", ".join(f"{k} {v / events * 1e6:,.0f}" + (f" (JIT compiler {used[_BROKER_JIT] / events * 1e6:,.0f} of it)"
+                                                    if k == "broker" and _BROKER_JIT in used else "")
+                    for k, v in used.items() if k not in ("machine", _BROKER_JIT))
     busy = cpu["cpu_s"].get("machine", 0.0) / max(cpu["seconds"], 1e-9) / cpus * 100
     return f"  CPU µs per event, {what}: {per}; machine busy {busy:.0f} % of {cpus} CPUs over {cpu['seconds']:.1f} s"
 

@@ -41,6 +41,23 @@ def test_cpu_per_event_line_names_each_process_and_the_machine_share() -> None:
     assert "machine 150" not in line  # the machine total is a share, not a process
 
 
+def test_cpu_line_shows_the_brokers_jit_compiling_as_part_of_the_broker_not_as_a_process() -> None:
+    result = _result("measured: 100,000 events emitted at once")
+    result["latency"]["capacity_events"] = 100_000
+    result["latency"]["capacity_cpu"] = {"seconds": 10.0, "cpu_s": {"sink": 3.0, "broker": 4.5,
+                                                                    "broker JIT compiler": 1.2, "machine": 15.0}}
+    line = next(x for x in render(result).splitlines() if "CPU µs per event, capacity burst" in x)
+    assert "sink 30, broker 45 (JIT compiler 12 of it);" in line
+    assert "broker JIT compiler 12" not in line
+
+
+def test_jit_cpu_of_a_process_without_compiler_threads_is_zero_and_of_a_gone_one_none() -> None:
+    from finops.bench import _jit_cpu_s
+
+    assert _jit_cpu_s(os.getpid()) == 0.0  # a Python process has no HotSpot compiler threads
+    assert _jit_cpu_s(2**22 + 12345) is None
+
+
 def test_cpu_meter_counts_this_process_and_leaves_out_a_process_that_is_gone() -> None:
     from finops.bench import _CpuMeter
 
