@@ -3,6 +3,7 @@
 Code that waits, paces or stamps takes a :class:`Clock` (the alert deliveries, the producer guard), so tests drive
 whole retry ladders with a fake clock in microseconds; code that only stamps takes :func:`utc_now`. Wall time is
 always timezone-aware UTC; durations come from the monotonic clock, never from differences of wall times.
+A naive datetime read back from ClickHouse (or written without an offset on a CLI) becomes one with :func:`as_utc`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,37 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, overload
 
-__all__ = ["Clock", "SystemClock", "utc_now"]
+__all__ = ["Clock", "SystemClock", "as_utc", "utc_now"]
 
 
 def utc_now() -> datetime:
     """The current wall time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+
+
+@overload
+def as_utc(value: None) -> None: ...
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """``value`` as an aware UTC datetime: a naive one is UTC (the zone is attached, the fields stay), an aware one
+    is converted with ``astimezone``; None (a NULL column) stays None.
+
+    Why naive means UTC: ClickHouse stores a DateTime / DateTime64 as a UTC instant (Unix time; the column's zone only
+    changes how it is rendered as text), and clickhouse-connect and chdb hand it back as a naive datetime holding the
+    UTC wall time (or an aware one, depending on the column's zone and the client's settings). Calling
+    ``astimezone`` on the naive value would read it as the host's local time and shift it by the host's offset.
+    The CLIs read an ISO time written without an offset the same way, so a time means one instant everywhere.
+    """
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Clock(Protocol):
