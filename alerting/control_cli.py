@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finops.clickhouse import open_client
-from finops.clock import utc_now
+from finops.clock import as_utc, utc_now
 from finops.secrets import (
     CONTROL_OPERATOR_KEY,
     CONTROL_SIGNING_KEY,
@@ -81,12 +81,10 @@ def parse_expiry(text: str | None, now: datetime) -> datetime | None:
         when = now + timedelta(seconds=seconds)
     else:
         try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            when = as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
         except ValueError as err:
             raise ConfigError(f"--expires {text!r}: expected a duration like 30m, 2h, 1d or an ISO 8601 time") \
                 from err
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
     if when <= now:
         raise ConfigError(f"--expires {text!r} is not in the future")
     return when.astimezone(UTC)

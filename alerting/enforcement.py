@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from finops.clock import as_utc
 from finops.money import format_usd
 from schemas.control import control_key
 from schemas.models import Alert, ControlCommand, sign
@@ -104,7 +105,7 @@ def compute_period_end(details: dict[str, str]) -> datetime | None:
         except ValueError:
             log.warning("ignoring unparsable details.period_end %r", raw)
         else:
-            return (end if end.tzinfo else end.replace(tzinfo=UTC)).astimezone(UTC)
+            return as_utc(end)
     label = details.get("period", "")
     try:
         zone = ZoneInfo(details.get("timezone") or "UTC")

@@ -13,11 +13,12 @@ Rules this module keeps (and tests/integration/test_api_rbac.py checks):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Protocol
 
 from dashboard.auth import Scope
+from finops.clock import as_utc
 from finops.task_tree import compute_task_forest, largest_roots, node_from_row, rollup_as_json, summary_as_json
 from schemas.control import binds
 
@@ -295,17 +296,9 @@ def compute_control_state(commands: Sequence[Mapping[str, Any]], now: datetime) 
     return {"state": worst["action"], "command": dict(worst)}
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # ClickHouse DateTime64(6, 'UTC') columns come back naive from clickhouse-connect and chdb, and their values are
-    # UTC: tag them here, where rows are read, so the control rule compares aware times with an aware `now`.
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _control_rows(db: Runner, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Rows of ``control_commands`` with ``issued_at`` and ``expires_at`` as tz-aware UTC datetimes."""
-    return [{**row, "issued_at": _utc(row["issued_at"]), "expires_at": _utc(row["expires_at"])}
+    return [{**row, "issued_at": as_utc(row["issued_at"]), "expires_at": as_utc(row["expires_at"])}
             for row in db.select(sql, params)]
 
 

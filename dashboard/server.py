@@ -20,7 +20,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +40,7 @@ from dashboard.auth import (
 from dashboard.metrics import MetricSample, collect_clickhouse_metrics, collect_kafka_metrics, render_prometheus
 from dashboard.params import ParameterError, month_bounds, parse_minutes, parse_request_params
 from dashboard.store import Store, StoreQueryError
-from finops.clock import utc_now
+from finops.clock import as_utc, utc_now
 from finops.kafka.clients import Role, build_producer
 from schemas.errors import FinopsError, ValidationFailed
 from schemas.models import BudgetPolicy, ControlCommand, sign
@@ -120,9 +120,7 @@ def _default(value: Any) -> Any:
         # money as a string, exact; 'f' so that a Decimal(38, 12) zero is 0.000000000000, not 0E-12
         return format(value, "f")
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)  # clickhouse-connect returns UTC columns naive
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return as_utc(value).isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, (set, tuple, frozenset)):

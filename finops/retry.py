@@ -10,7 +10,9 @@ from __future__ import annotations
 import email.utils
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+
+from finops.clock import as_utc
 
 __all__ = ["RetryPolicy", "compute_backoff", "parse_retry_after"]
 
@@ -49,6 +51,4 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    return max(0.0, (as_utc(when) - now).total_seconds())

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
+from finops.clock import as_utc
 from schemas.errors import FinopsError
 
 __all__ = [
@@ -53,7 +54,7 @@ class ParentClaim:
     first_event_id: str = ""
 
     def order(self) -> tuple[datetime, str, str]:
-        return (_aware(self.first_seen_at), self.first_event_id, self.parent_task_id)
+        return (as_utc(self.first_seen_at), self.first_event_id, self.parent_task_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,17 +186,12 @@ class TaskForest:
         )
 
 
-def _aware(moment: datetime) -> datetime:
-    """ClickHouse hands UTC columns back naive; compare everything as aware UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _ratio(amount: Decimal, count: int) -> Decimal | None:
     return None if not count else (amount / count).quantize(_PLACES, rounding=ROUND_DOWN)
 
 
 def _start_key(node: TaskNode) -> tuple[datetime, str]:
-    return (_aware(node.first_call_at) if node.first_call_at is not None else _NEVER, node.task_id)
+    return (as_utc(node.first_call_at) if node.first_call_at is not None else _NEVER, node.task_id)
 
 
 def compute_task_forest(nodes: Iterable[TaskNode]) -> TaskForest:

@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+from finops.clock import as_utc
 from finops.pricing.engine import Pricer
 from governance.period import Period, month_period
 from governance.store import qualified
@@ -327,9 +328,7 @@ def _add_list_costs(client: Any, database: str, period: Period, groups: dict[_Ke
            "AND row_kind = 'original' AND price_source = 'price_book'")
     for values in client.query(sql, parameters={"lo": period.start, "hi": period.end}).result_rows:
         event = dict(zip(columns, values, strict=True))
-        at = event["occurred_at"]
-        # chdb returns DateTime64 naive; the ledger's times are UTC (never let astimezone assume local time).
-        day = (at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)).date()
+        day = as_utc(event["occurred_at"]).date()
         key: _Key = (day, event["provider"], event["model"], event["team"],
                      event["project"], event["agent_id"], event["task_type"], "original", event["pricing_status"],
                      "price_book")

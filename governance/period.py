@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from finops.clock import as_utc
 from schemas.errors import ConfigError
 
 __all__ = ["Period", "parse_period", "month_period", "week_period", "previous_month", "DAYS_PER_MONTH"]
@@ -89,4 +90,4 @@ def _instant(text: str) -> datetime:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as err:
         raise ConfigError(f"{text!r} is not a date (YYYY-MM-DD) or ISO datetime") from err
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return as_utc(value)

@@ -18,10 +18,11 @@ import shlex
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from finops.clock import as_utc
 from finops.pricing.engine import Pricer
 from governance.config import RecommendSettings
 from governance.html import money, pct
@@ -126,18 +127,11 @@ def _shown_params(period: Period, agent_id: str) -> dict[str, str]:
             "agent": agent_id}
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """chdb hands DateTime64 back naive; the ledger's times are UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _rec(kind: Kind, period: Period, dims: tuple[str, str, str, str], title: str, saving: Decimal,
          evidence: dict[str, Any], query: str, first_at: datetime | None = None) -> Recommendation:
     team, project, agent, model = dims
     return Recommendation(kind, team, project, agent, model, title, saving, period.per_month(saving), evidence,
-                          query, _shown_params(period, agent), _utc(first_at))
+                          query, _shown_params(period, agent), as_utc(first_at))
 
 
 # -------------------------------------------------------------------------------------------------- retry waste

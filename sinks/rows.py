@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from finops.clock import as_utc
 from finops.tables import LEDGER_COLUMNS
 from schemas.errors import FinopsError
 
@@ -326,9 +327,7 @@ def budget_identity(row: Sequence[Any]) -> str:
 
 def _utc(value: Any) -> Any:
     # ClickHouse may hand back DateTime64(6, 'UTC') naive or aware depending on the client; compare as aware UTC.
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value
+    return as_utc(value) if isinstance(value, datetime) else value
 
 
 def _same_row(a: Sequence[Any], b: Sequence[Any]) -> bool:

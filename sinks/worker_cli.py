@@ -12,14 +12,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException
 
 from finops.clickhouse import connect, open_client, parse_clickhouse_url, parse_query_url
-from finops.clock import utc_now
+from finops.clock import as_utc, utc_now
 from finops.kafka.loop import DEFAULT_MAX_BATCH_WAIT_S, tune_gc
 from finops.secrets import load_store_credentials, secrets_dir
 from schemas.errors import ConfigError, FinopsError
@@ -100,7 +100,7 @@ def parse_instant(text: str) -> datetime:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as err:
         raise ConfigError(f"{text!r} is not an ISO 8601 time (e.g. 2025-01-01T00:00:00Z)") from err
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return as_utc(value)
 
 
 # --------------------------------------------------------------------------------------------------- sink run

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finops.clickhouse import check_identifier, open_client
-from finops.clock import utc_now
+from finops.clock import as_utc, utc_now
 from schemas.errors import ConfigError
 from schemas.errors import FinopsError as FinopsErrorType
 
@@ -310,8 +310,7 @@ def _drift_calls_from_ledger(since: str, until: str | None, settings: Any, price
     calls = []
     for row in rows:
         record = dict(zip(columns, row, strict=True))
-        at = record["occurred_at"]
-        record["occurred_at"] = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+        record["occurred_at"] = as_utc(record["occurred_at"])
         rates = {key: record[column] for key, column in _RATE_COLUMNS}
         computed = record["computed_cost_usd"]
         calls.append(DriftCall.from_event(record, computed, bool(record["cost_mismatch"]) or computed is None, rates,
@@ -324,7 +323,7 @@ def _parse_when(text: str, flag: str) -> datetime:
         parsed = datetime.fromisoformat(text)
     except ValueError as err:
         raise ConfigError(f"{flag} {text!r} is not an ISO date or time (e.g. 2025-12-01)") from err
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return as_utc(parsed)
 
 
 def _pricebook_suggest(args: argparse.Namespace) -> int:

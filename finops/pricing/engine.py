@@ -27,6 +27,7 @@ from genai_prices import types as gp_types
 from genai_prices.units import UnitDef, _get_registry  # private: pinned by genai-prices>=0.2.3,<0.3
 from genai_prices.validation import validate_priced_units
 
+from finops.clock import as_utc
 from finops.pricing.pricebook import (
     DiscountEntry,
     OverrideEntry,
@@ -564,9 +565,9 @@ def to_genai_usage(usage: Mapping[str, Any] | object) -> dict[str, int]:
 def _utc(at: Any) -> datetime:
     if not isinstance(at, datetime):
         raise InvalidUsageError(f"occurred_at must be a datetime, got {type(at).__name__}: {at!r}")
-    if at.tzinfo is UTC:
+    if at.tzinfo is UTC:  # the usual case, without a call: this runs for every priced event
         return at
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return as_utc(at)
 
 
 # --- per-model entries -----------------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ from pydantic import (
     model_validator,
 )
 
+from finops.clock import as_utc
+
 try:
     from schemas.errors import FinopsError
 except ImportError:  # pragma: no cover - only while schemas/errors.py is being written
@@ -108,7 +110,7 @@ class PriceBookError(FinopsError):
 def _to_utc(value: date | datetime) -> datetime:
     """A date means UTC midnight; a naive datetime is UTC; an aware one is converted."""
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
     return datetime.combine(value, time(0), tzinfo=UTC)
 
 

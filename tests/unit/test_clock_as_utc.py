@@ -4,14 +4,22 @@ FOCUS export and recommendations, the drift CLI's ledger rows, and the CLIs' ISO
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from finops.clock import as_utc
+from governance.period import month_period
+from governance.recommend import _rec
 
 pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("finops", "schemas", "producers", "stream_jobs", "sinks", "alerting", "governance", "dashboard")
 
 
 def test_a_naive_value_is_taken_as_utc_with_its_fields_unchanged() -> None:
@@ -42,3 +50,30 @@ def test_a_utc_value_comes_back_as_is_and_another_utc_zone_becomes_datetime_utc(
 
 def test_none_stays_none_for_a_null_column() -> None:
     assert as_utc(None) is None
+
+
+def test_a_recommendation_carries_its_first_call_in_utc() -> None:
+    # recommend used to attach UTC to a naive first call only; it now converts an aware one too, as every caller does
+    period = month_period(2026, 10)
+    dims = ("team", "project", "agent", "model")
+    first = datetime(2026, 10, 3, 8, tzinfo=UTC)
+    naive = _rec("retry_waste", period, dims, "t", Decimal(0), {}, "q", first.replace(tzinfo=None))
+    aware = _rec("retry_waste", period, dims, "t", Decimal(0), {}, "q", first.astimezone(timezone(timedelta(hours=2))))
+    none = _rec("retry_waste", period, dims, "t", Decimal(0), {}, "q")
+    assert naive.first_at == aware.first_at == first
+    assert naive.first_at is not None and aware.first_at is not None
+    assert naive.first_at.tzinfo is UTC and aware.first_at.tzinfo is UTC
+    assert none.first_at is None
+
+
+_COPY = re.compile(r"replace\(tzinfo=UTC\)\s+if\s+[\w.\[\]\"']+\.tzinfo\s+is\s+None\s+else\s+[\w.\[\]\"']+"
+                   r"\.astimezone\(UTC\)")
+
+
+def test_the_rule_is_written_once() -> None:
+    assert _COPY.search("x = v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)")
+    found = [f"{path.relative_to(ROOT)}:{source[:match.start()].count(chr(10)) + 1}"
+             for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
+             if "node_modules" not in path.parts and path != ROOT / "finops" / "clock.py"
+             for source in (path.read_text(encoding="utf-8"),) for match in _COPY.finditer(source)]
+    assert not found, f"call finops.clock.as_utc instead of writing the naive-means-UTC rule again: {found}"
