@@ -216,10 +216,10 @@ class KafkaStack:
 
     def _java(self, libs: Path, main: str, *args: str, heap: str = "256m") -> list[str]:
         # -XX:TieredStopAtLevel=1: the client compiler only. This broker shares a small machine with every role
-        # for minutes to hours, and HotSpot's optimising compiler (C2) spent 1.6-2.1 CPU s compiling during the
-        # bench's 100,000-event burst (18-27 of the broker's 37-51 µs/event) for no gain in request handling at
-        # these rates (the broker's other threads used as much CPU per event with C1 alone). KAFKA_OPTS, Kafka's
-        # own variable for extra JVM options, comes last and wins (e.g. -XX:TieredStopAtLevel=4 for C2).
+        # for minutes to hours, and HotSpot's optimising compiler (C2) compiles through the first heavy minutes:
+        # in the bench's capacity burst that compiling was about half of the broker's CPU, while the request
+        # threads used no more CPU per event with C1 alone (the README's Performance section has the figures).
+        # KAFKA_OPTS, Kafka's own variable for extra JVM options, comes last and wins (-XX:TieredStopAtLevel=4).
         return [
             find_java(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
