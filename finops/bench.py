@@ -550,6 +550,14 @@ class _LedgerWatch:
     def holds(self, tag: str, n: int) -> bool:
         return self._total() - self._base >= n and self.count(tag) >= n
 
+    def batches(self, tag: str) -> dict[str, int]:
+        """How a phase's rows travelled: the stream batches that priced them (one ``priced_at`` per batch) and the
+        sink inserts that stored them (one ``ingested_at`` per insert)."""
+        stream, sink = self._reader.query(
+            "SELECT uniqExact(priced_at), uniqExact(ingested_at) FROM usage_ledger "
+            "WHERE tags['bench_level'] = {t:String}", parameters={"t": tag}).result_rows[0]
+        return {"stream_batches": int(stream), "sink_inserts": int(sink)}
+
 
 def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledger: _LedgerWatch,
                       check: Callable[[], None], meter: Callable[[], _CpuMeter]) -> tuple[float, dict[str, Any]]:
@@ -571,6 +579,7 @@ def _measure_capacity(producer: Any, events: list[dict[str, Any]], n: int, ledge
     _wait(lambda: ledger.holds("capacity", n), 600, "the capacity burst to be queryable", check)
     rate = n / (time.monotonic() - t0)
     used = cpu.stop()
+    used.update(ledger.batches("capacity"))  # after the clock stopped: this query is not part of the measurement
     _say(f"latency: capacity {rate:,.0f} events/s end to end; CPU s: "
          + ", ".join(f"{k} {v:.2f}" for k, v in used["cpu_s"].items()))
     return rate, used
@@ -888,6 +897,11 @@ def render(result: Mapping[str, Any]) -> str:
         if lat.get("capacity_cpu"):
             lines.append(_cpu_line("capacity burst", lat["capacity_cpu"], lat.get("capacity_events") or 1,
                                    m["cpus"]))
+            inserts = lat["capacity_cpu"].get("sink_inserts")
+            if inserts:
+                events = lat.get("capacity_events") or 0
+                lines.append(f"  {lat['capacity_cpu'].get('stream_batches', 0):,} stream batches, {inserts:,} sink "
+                             f"inserts ({events / inserts:,.0f} rows each on average)")
         lines.append(f"latency at % of capacity = {lat['capacity_events_per_s']:,.0f} events/s, the whole pipeline's "
                      f"throughput here ({lat.get('capacity_source', '')}); finops = SDK -> broker -> stream -> sink "
                      "-> ClickHouse, all roles on this machine")

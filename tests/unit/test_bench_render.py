@@ -51,6 +51,16 @@ def test_cpu_line_shows_the_brokers_jit_compiling_as_part_of_the_broker_not_as_a
     assert "broker JIT compiler 12" not in line
 
 
+def test_capacity_burst_says_how_many_stream_batches_and_sink_inserts_carried_it() -> None:
+    result = _result("measured: 100,000 events emitted at once")
+    result["latency"]["capacity_events"] = 100_000
+    result["latency"]["capacity_cpu"] = {"seconds": 10.0, "cpu_s": {"sink": 3.0, "machine": 15.0},
+                                         "stream_batches": 180, "sink_inserts": 16}
+    lines = render(result).splitlines()
+    at = next(i for i, x in enumerate(lines) if "CPU µs per event, capacity burst" in x)
+    assert lines[at + 1] == "  180 stream batches, 16 sink inserts (6,250 rows each on average)"
+
+
 def test_jit_cpu_of_a_process_without_compiler_threads_is_zero_and_of_a_gone_one_none() -> None:
     from finops.bench import _jit_cpu_s
 
