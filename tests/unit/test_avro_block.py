@@ -91,3 +91,26 @@ def test_prefix_reader_reads_strings_of_one_and_many_length_bytes(length: int) -
     assert reader.read(frame, 10) == [event["event_id"], event["source"], event["occurred_at"]]
     with pytest.raises(DecodeError):
         reader.read(frame[:10] + b"\xff" * 11, 10)  # a varint longer than ten bytes
+
+
+def test_prefix_reader_agrees_with_the_full_decoder_and_refuses_every_cut_of_its_prefix() -> None:
+    codec = AvroCodec()
+    reader = PrefixReader(load_schema("PricedUsageEvent"), ("event_id", "source", "occurred_at"))
+    for event in _events(50):
+        frame = codec.encode(event, "PricedUsageEvent")
+        record = codec.decode(frame)[1]
+        assert reader.read(frame, 10) == [record["event_id"], record["source"], record["occurred_at"]]
+    frame = codec.encode(_events(1)[0], "PricedUsageEvent")
+    needed = 10 + 1 + 36 + 1 + len(_events(1)[0]["source"]) + 8  # header, event_id, source, occurred_at
+    for cut in range(10, needed):
+        with pytest.raises(DecodeError):
+            reader.read(frame[:cut], 10)
+    assert reader.read(frame[:needed], 10)[0] == _events(1)[0]["event_id"]  # nothing after the prefix is read
+
+
+def test_prefix_reader_refuses_an_id_that_is_not_utf8() -> None:
+    event = _events(1)[0]
+    frame = bytearray(AvroCodec().encode(event, "PricedUsageEvent"))
+    frame[11] = 0xFF  # the first byte of event_id's text
+    with pytest.raises(DecodeError):
+        PrefixReader(load_schema("PricedUsageEvent"), ("event_id", "source", "occurred_at")).read(bytes(frame), 10)
