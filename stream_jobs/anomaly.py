@@ -228,6 +228,12 @@ class _Entity:
     episode_start_us: int | None = None
     normal_streak: int = 0
     last: Anomaly | None = None
+    #: sequence number of the latest observed event folded into ``team``/``project`` (last seen wins)
+    seen_seq: int = 0
+
+
+#: A pending combination of an event's facts: (agent_id, team, project, model, task_type).
+_Combo = tuple[str, str, str, str, "str | None"]
 
 
 class AnomalyDetector:
@@ -238,16 +244,31 @@ class AnomalyDetector:
         self._window_us = self.config.window_s * _US
         self._grace_us = self.config.grace_s * _US
         self._zone = ZoneInfo(self.config.timezone)
-        self.entities: dict[tuple[str, str], _Entity] = {}
+        self._entities: dict[tuple[str, str], _Entity] = {}
         self._next_close_us: int | None = None  # start of the oldest window not judged yet
         self.late_events = 0
+        # Events not yet folded into their entities' windows: window start -> combination of facts -> [spend,
+        # latest ts, sequence number of the latest event]. One Decimal addition per event instead of one per window
+        # total and breakdown value of the agent and of the team (nine); folded (:meth:`_fold`) before anything
+        # reads the entities. The sums are exact Decimal additions, so grouping them per combination changes no
+        # digit nor exponent (the default context's 28 digits hold 10**16 USD at the priced 12-digit scale).
+        self._pending: dict[int, dict[_Combo, list[Any]]] = {}
+        self._pending_start: int | None = None  # the window of the latest event, checked not late ...
+        self._pending_window: dict[_Combo, list[Any]] = {}  # ... and its pending combinations
+        self._seq = 0
+
+    @property
+    def entities(self) -> dict[tuple[str, str], _Entity]:
+        """The entities by ``(kind, key)``, every observed event included."""
+        self._fold()
+        return self._entities
 
     # -- input --------------------------------------------------------------------------------------------------
 
     def _entity(self, kind: str, key: str) -> _Entity:
-        entity = self.entities.get((kind, key))
+        entity = self._entities.get((kind, key))
         if entity is None:
-            entity = self.entities[(kind, key)] = _Entity(kind, key, RobustBaseline(self.config))
+            entity = self._entities[(kind, key)] = _Entity(kind, key, RobustBaseline(self.config))
         return entity
 
     def observe(self, ts_us: int, cost: Decimal, agent_id: str, team: str, project: str, model: str,
@@ -255,32 +276,67 @@ class AnomalyDetector:
         """Add one priced call to its agent's and team's window. An event for a window already judged is late:
         it is counted in ``late_events`` and ignored here (the ledger still has it)."""
         start = ts_us - ts_us % self._window_us
-        if self._next_close_us is None:
-            self._next_close_us = start
-        elif start < self._next_close_us:
-            self.late_events += 1
-            return
-        task = task_type or "(none)"
-        for kind, key, dims in (
-            ("agent", agent_id, (("model", model), ("task_type", task), ("project", project))),
-            ("team", team, (("agent", agent_id), ("model", model), ("task_type", task), ("project", project))),
-        ):
-            entity = self._entity(kind, key)
-            entity.team, entity.last_spend_us = team, max(entity.last_spend_us, ts_us)
-            if kind == "agent":
-                entity.project = project
-            window = entity.open.get(start)
+        if start == self._pending_start:
+            window = self._pending_window  # checked not late when it became the latest window
+        else:
+            if self._next_close_us is None:
+                self._next_close_us = start
+            elif start < self._next_close_us:
+                self.late_events += 1
+                return
+            window = self._pending.get(start)
             if window is None:
-                window = entity.open[start] = ([_ZERO], {})
-            window[0][0] += cost
-            breakdown = window[1]
-            for dim in dims:
-                breakdown[dim] = breakdown.get(dim, _ZERO) + cost
+                window = self._pending[start] = {}
+            self._pending_start, self._pending_window = start, window
+        self._seq = seq = self._seq + 1
+        key = (agent_id, team, project, model, task_type)
+        cell = window.get(key)
+        if cell is None:
+            window[key] = [cost, ts_us, seq]
+            # Entities exist from their first event on, in that order (the order they are judged in).
+            self._entity("agent", agent_id)
+            self._entity("team", team)
+        else:
+            cell[0] += cost
+            if ts_us > cell[1]:
+                cell[1] = ts_us
+            cell[2] = seq
+
+    def _fold(self) -> None:
+        """Move the pending sums into the agents' and teams' windows, as :meth:`observe` did event by event."""
+        if not self._pending:
+            return
+        entities = self._entities
+        for start, window in self._pending.items():
+            for (agent_id, team, project, model, task_type), (cost, ts_us, seq) in window.items():
+                task = task_type or "(none)"
+                agent = entities[("agent", agent_id)]
+                if seq > agent.seen_seq:
+                    agent.seen_seq, agent.team, agent.project = seq, team, project
+                group = entities[("team", team)]
+                if seq > group.seen_seq:
+                    group.seen_seq, group.team = seq, team
+                for entity, dims in (
+                    (agent, (("model", model), ("task_type", task), ("project", project))),
+                    (group, (("agent", agent_id), ("model", model), ("task_type", task), ("project", project))),
+                ):
+                    if ts_us > entity.last_spend_us:
+                        entity.last_spend_us = ts_us
+                    spend = entity.open.get(start)
+                    if spend is None:
+                        spend = entity.open[start] = ([_ZERO], {})
+                    spend[0][0] += cost
+                    breakdown = spend[1]
+                    for dim in dims:
+                        breakdown[dim] = breakdown.get(dim, _ZERO) + cost
+        self._pending = {}
+        self._pending_start, self._pending_window = None, {}
 
     def seed(self, kind: str, key: str, windows: Iterable[tuple[int, Decimal]], until_us: int,
              team: str | None = None) -> None:
         """Load history (``(window_start_us, spend)`` pairs, e.g. from the ledger) for one entity, filling the
         windows without spend with zero up to ``until_us``; judging then starts from ``until_us``."""
+        self._fold()
         entity = self._entity(kind, key)
         entity.team = team or entity.team
         spends = {start - start % self._window_us: value for start, value in windows}
@@ -309,11 +365,13 @@ class AnomalyDetector:
         if self._next_close_us is None:
             return out
         horizon = watermark_us - self._grace_us
+        if self._next_close_us + self._window_us <= horizon:
+            self._fold()
         while self._next_close_us + self._window_us <= horizon:
             start = self._next_close_us
-            for entity in list(self.entities.values()):
+            for entity in list(self._entities.values()):
                 if start - entity.last_spend_us > self.config.forget_after_s * _US and not entity.open:
-                    del self.entities[(entity.kind, entity.key)]
+                    del self._entities[(entity.kind, entity.key)]
                     continue
                 result = self._judge(entity, start)
                 if result is not None:
