@@ -284,9 +284,10 @@ class AnomalyDetector:
             elif start < self._next_close_us:
                 self.late_events += 1
                 return
-            window = self._pending.get(start)
-            if window is None:
-                window = self._pending[start] = {}
+            pending = self._pending.get(start)
+            if pending is None:
+                pending = self._pending[start] = {}
+            window = pending
             self._pending_start, self._pending_window = start, window
         self._seq = seq = self._seq + 1
         key = (agent_id, team, project, model, task_type)

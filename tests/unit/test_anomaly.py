@@ -116,3 +116,74 @@ def test_seeded_history_skips_the_warm_up() -> None:
                   team="team-x")
     found = feed(detector, [3.0], start=50)
     assert [a.entity for a in found] == ["a1"]  # the team was not seeded: still warming up
+
+
+def _reference_windows(events: list[tuple[int, Decimal, str, str, str, str, str | None]]) -> dict[str, dict]:
+    """The per-event bookkeeping the detector's windows must equal: every event added to its agent's and its team's
+    window total and breakdown, last team / project seen, latest event time."""
+    out: dict[str, dict] = {}
+    for ts, cost, agent, team, project, model, task_type in events:
+        task = task_type or "(none)"
+        for kind, key, dims in (
+            ("agent", agent, (("model", model), ("task_type", task), ("project", project))),
+            ("team", team, (("agent", agent), ("model", model), ("task_type", task), ("project", project))),
+        ):
+            entity = out.setdefault(f"{kind}:{key}", {"open": {}, "last": 0, "team": None, "project": None})
+            entity["team"], entity["last"] = team, max(entity["last"], ts)
+            if kind == "agent":
+                entity["project"] = project
+            total, breakdown = entity["open"].setdefault(ts - ts % W, [Decimal(0), {}])
+            entity["open"][ts - ts % W][0] = total + cost
+            for dim in dims:
+                breakdown[dim] = breakdown.get(dim, Decimal(0)) + cost
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_window_sums_equal_the_per_event_decimal_sums(seed: int) -> None:
+    """The detector sums per combination of facts and folds later: the same Decimals (digits and exponent) as adding
+    each event to each window, for costs at the priced 12-digit scale from a micro-dollar to 10**13 USD (sums stay
+    within the 28-digit context: exact), agents that change team or project, tasks without a type, entity order."""
+    rnd = random.Random(seed)
+    events = []
+    ts = T0
+    for _ in range(3000):
+        ts += rnd.randint(0, 2_000_000)
+        agent = rnd.randrange(8)
+        team = f"team-{agent % 3}" if rnd.random() > 0.05 else "team-moved"
+        project = f"proj-{agent % 2}" if rnd.random() > 0.05 else "proj-moved"
+        cost = Decimal(rnd.randint(1, 10 ** rnd.choice([6, 12, 18, 25]))).scaleb(-12)
+        events.append((ts, cost, f"a{agent}", team, project, rnd.choice(["m1", "m2"]), rnd.choice([None, "chat"])))
+    detector = AnomalyDetector()
+    for event in events:
+        detector.observe(*event)
+    reference = _reference_windows(events)
+    entities = detector.entities
+    assert [f"{kind}:{key}" for kind, key in entities] == list(reference)  # first seen first (the judging order)
+    for (kind, key), entity in entities.items():
+        want = reference[f"{kind}:{key}"]
+        assert (entity.team, entity.last_spend_us) == (want["team"], want["last"])
+        assert entity.project == want["project"]
+        assert set(entity.open) == set(want["open"])
+        for start, (total, breakdown) in entity.open.items():
+            want_total, want_breakdown = want["open"][start]
+            assert total[0] == want_total and total[0].as_tuple() == want_total.as_tuple()
+            assert {k: v.as_tuple() for k, v in breakdown.items()} == \
+                {k: v.as_tuple() for k, v in want_breakdown.items()}
+    # Events after a fold (an advance or a look at the entities) add to the same windows.
+    more = [(ts + 1, Decimal("0.000000000001"), "a0", "team-0", "proj-0", "m1", None)]
+    detector.observe(*more[0])
+    reference = _reference_windows(events + more)
+    entity = detector.entities[("agent", "a0")]
+    start = (ts + 1) - (ts + 1) % W
+    assert entity.open[start][0][0].as_tuple() == reference["agent:a0"]["open"][start][0].as_tuple()
+
+
+def test_late_events_are_counted_once_windows_are_judged() -> None:
+    detector = AnomalyDetector()
+    detector.observe(T0 + 1, Decimal("1"), "a1", "team-x", "proj", "small", None)
+    detector.advance(T0 + 2 * W + detector.config.grace_s * 1_000_000)
+    detector.observe(T0 + 2, Decimal("1"), "a1", "team-x", "proj", "small", None)  # its window is judged
+    detector.observe(T0 + 2 * W + 5, Decimal("2"), "a1", "team-x", "proj", "small", None)
+    assert detector.late_events == 1
+    assert detector.entities[("agent", "a1")].open[T0 + 2 * W][0][0] == Decimal("2")
