@@ -335,10 +335,12 @@ def _proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _jit_cpu_s(pid: int) -> float | None:
-    """CPU seconds of a JVM's JIT compiler threads (HotSpot's ``C1 CompilerThreadN`` / ``C2 CompilerThreadN``) in
-    ``pid``, or None when it is gone: how much of a broker's CPU went to compiling rather than serving requests."""
-    total = 0
+def _jit_threads_s(pid: int) -> dict[str, float] | None:
+    """CPU seconds of each JIT compiler thread (HotSpot's ``C1 CompilerThreadN`` / ``C2 CompilerThreadN``) of the JVM
+    ``pid``, by thread id, or None when it is gone: how much of a broker's CPU went to compiling rather than serving
+    requests. HotSpot starts and stops compiler threads as its queue grows and shrinks, so a phase's figure is the
+    sum over the threads alive at its end (:class:`_CpuMeter`)."""
+    found: dict[str, float] = {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -350,8 +352,8 @@ def _jit_cpu_s(pid: int) -> float | None:
             fields = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # the thread ended between the listing and the read
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        found[task] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
 
 
 def _machine_busy_s() -> float:
@@ -367,12 +369,11 @@ class _CpuMeter:
     def __init__(self, pids: Mapping[str, int]) -> None:
         self._pids = dict(pids)
         self._t0 = time.monotonic()
+        self._jit_start = _jit_threads_s(self._pids["broker"]) if "broker" in self._pids else None
         self._start = self._read()
 
     def _read(self) -> dict[str, float | None]:
         now: dict[str, float | None] = {name: _proc_cpu_s(pid) for name, pid in self._pids.items()}
-        if "broker" in self._pids:
-            now[_BROKER_JIT] = _jit_cpu_s(self._pids["broker"])
         now["load generator (bench process)"] = time.process_time()
         now["machine"] = _machine_busy_s()
         return now
@@ -382,6 +383,12 @@ class _CpuMeter:
         end, wall = self._read(), time.monotonic() - self._t0
         used = {name: end[name] - begin for name, begin in self._start.items()  # type: ignore[operator]
                 if begin is not None and end.get(name) is not None}
+        if self._jit_start is not None:
+            jit_end = _jit_threads_s(self._pids["broker"])
+            if jit_end is not None:
+                # Per thread: one started during the phase counts from zero; one that ended during it is left out
+                # (its last figure died with it), so this is a lower bound, never a negative difference of totals.
+                used[_BROKER_JIT] = sum(v - self._jit_start.get(tid, 0.0) for tid, v in jit_end.items())
         return {"seconds": wall, "cpu_s": used}
 
 

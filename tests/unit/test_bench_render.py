@@ -6,6 +6,8 @@ import os
 import time
 from typing import Any
 
+import pytest
+
 from finops.bench import render
 
 
@@ -62,10 +64,20 @@ def test_capacity_burst_says_how_many_stream_batches_and_sink_inserts_carried_it
 
 
 def test_jit_cpu_of_a_process_without_compiler_threads_is_zero_and_of_a_gone_one_none() -> None:
-    from finops.bench import _jit_cpu_s
+    from finops.bench import _jit_threads_s
 
-    assert _jit_cpu_s(os.getpid()) == 0.0  # a Python process has no HotSpot compiler threads
-    assert _jit_cpu_s(2**22 + 12345) is None
+    assert _jit_threads_s(os.getpid()) == {}  # a Python process has no HotSpot compiler threads
+    assert _jit_threads_s(2**22 + 12345) is None
+
+
+def test_jit_share_counts_per_thread_so_a_compiler_thread_that_ends_cannot_make_it_negative(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import finops.bench as bench
+
+    reads = iter([{"10": 5.0, "11": 3.0}, {"11": 3.5, "12": 0.25}])  # thread 10 ended, 12 started meanwhile
+    monkeypatch.setattr(bench, "_jit_threads_s", lambda _pid: next(reads))
+    used = bench._CpuMeter({"broker": os.getpid()}).stop()
+    assert used["cpu_s"]["broker JIT compiler"] == 0.75  # 0.5 of thread 11 and 0.25 of thread 12
 
 
 def test_cpu_meter_counts_this_process_and_leaves_out_a_process_that_is_gone() -> None:
