@@ -326,13 +326,19 @@ def _vm_hwm_mb(pid: int) -> float:
     return 0.0
 
 
-def _proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds ``pid`` has used (its threads included), or None when it is gone."""
+def _stat_cpu_s(stat: str) -> float | None:
+    """User + system CPU seconds in a ``/proc/.../stat`` file (a process's, its threads included, or one thread's
+    under ``task/``), or None when it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used (its threads included), or None when it is gone."""
+    return _stat_cpu_s(f"/proc/{pid}/stat")
 
 
 def _jit_threads_s(pid: int) -> dict[str, float] | None:
@@ -347,12 +353,12 @@ def _jit_threads_s(pid: int) -> dict[str, float] | None:
         return None
     for task in tasks:
         try:
-            if not Path(f"/proc/{pid}/task/{task}/comm").read_text().startswith(("C1 Compiler", "C2 Compiler")):
-                continue
-            fields = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
+            compiler = Path(f"/proc/{pid}/task/{task}/comm").read_text().startswith(("C1 Compiler", "C2 Compiler"))
         except OSError:
             continue  # the thread ended between the listing and the read
-        found[task] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        seconds = _stat_cpu_s(f"/proc/{pid}/task/{task}/stat") if compiler else None
+        if seconds is not None:
+            found[task] = seconds
     return found
 
 
