@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from finops.clock import as_utc
 from finops.kafka.clients import Role, build_consumer
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,9 @@ def collect_clickhouse_metrics(db: Runner, now: datetime) -> list[MetricSample]:
 
     Reads only the last day of ``usage_ledger`` by ``ingested_at`` (the sink's write time; no FINAL: a duplicate
     written twice was written twice)."""
+    now_utc = as_utc(now).replace(tzinfo=None)  # the query's parameter and last_write are naive UTC
     try:
-        row = db.select(_LEDGER_STATS, {"now": now.replace(tzinfo=None)})[0]
+        row = db.select(_LEDGER_STATS, {"now": now_utc})[0]
     except Exception as err:  # noqa: BLE001 - the metrics endpoint reports, it does not fail
         log.warning("metrics: ClickHouse did not answer: %s", err)
         return [MetricSample("finops_up", 0, {"component": "clickhouse"})]
@@ -124,7 +126,7 @@ def collect_clickhouse_metrics(db: Runner, now: datetime) -> list[MetricSample]:
     ]
     last_write = row["last_write"]
     if row["last_minute"] or (last_write is not None and last_write.year > 1970):
-        age = (now.replace(tzinfo=None) - last_write.replace(tzinfo=None)).total_seconds()
+        age = (now_utc - as_utc(last_write).replace(tzinfo=None)).total_seconds()
         samples.append(MetricSample("finops_sink_last_write_age_seconds", max(age, 0.0)))
     latency = row["latency"] or []
     if latency and not any(math.isnan(v) for v in latency):
