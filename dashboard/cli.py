@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any
 
+from dashboard.auth import ROLES
 from finops.clickhouse import is_embedded
 from finops.clock import utc_now
 from finops.secrets import (
@@ -58,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     token = subparsers.add_parser("token", help="issue, revoke and list dashboard/API tokens")
     token_sub = token.add_subparsers(dest="token_cmd", required=True, metavar="{issue,revoke,list}")
     issue = token_sub.add_parser("issue", help="issue a token (printed once; only its hash is stored)")
-    issue.add_argument("--role", required=True, choices=("developer", "team_lead", "operator", "finops_admin"))
+    issue.add_argument("--role", required=True, choices=ROLES,
+                       help="the holder's role (what each role may do: the permission matrix in dashboard/auth.py)")
     issue.add_argument("--team", action="append", default=[], metavar="TEAM",
                        help="a team the holder may see (repeatable; '*' = every team)")
     issue.add_argument("--project", action="append", default=[], metavar="PROJECT",

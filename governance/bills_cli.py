@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "import", help="read a provider's organisation cost and usage reports into provider_bills / provider_usage",
         description="Re-importing a day replaces it (never adds). --api reads the provider's admin API with the key "
         "from FINOPS_BILLS_<PROVIDER>_ADMIN_KEY (OpenRouter: FINOPS_BILLS_OPENROUTER_MANAGEMENT_KEY).")
-    imp.add_argument("--provider", required=True, choices=("openai", "anthropic", "openrouter"))
+    imp.add_argument("--provider", required=True, choices=("openai", "anthropic", "openrouter"),
+                     help="the provider whose report it is")
     src = imp.add_mutually_exclusive_group(required=True)
     src.add_argument("--from", dest="file", type=Path, metavar="FILE",
                      help='a recorded report: JSON {"costs": [pages], "usage": [pages]}; '

@@ -16,6 +16,7 @@ from typing import Any
 from finops.clock import utc_now
 from producers import replay, simulator
 from schemas.errors import FieldProblem, FinopsError, ValidationFailed
+from schemas.usage_rules import USAGE_STATUSES
 
 # Imports inside functions: each handler imports what it runs, so `finops --help` loads no role's
 # dependencies (start-up cost; measure with `python -X importtime -m finops.cli --help`).
@@ -36,6 +37,41 @@ _STR_FIELDS = (
 
 EXIT_DELIVERED, EXIT_FAILED, EXIT_SPOOLED = 0, 1, 3
 
+#: The help of each field's flag: what the value is, its unit or allowed values, and what an absent field becomes
+#: (field semantics: schemas/avro/UsageEvent.avsc).
+_FIELD_HELP: dict[str, str] = {
+    "agent_id": "the agent that made the call (required, here or in --json)",
+    "team": "owning team, for attribution and budgets (required, here or in --json)",
+    "project": "owning project, for attribution and budgets (required, here or in --json)",
+    "provider": "model provider as the genai-prices catalogue names it: openai, anthropic, google, ... "
+                "(required, here or in --json)",
+    "model": "model id as the provider reported it, e.g. gpt-4o-2024-08-06 (required, here or in --json)",
+    "task_id": "the agent task this call belongs to (default: none)",
+    "parent_task_id": "the task that spawned this one, for sub-agent trees (default: none, a root task)",
+    "task_type": "kind of task, e.g. summarise or code_review (default: none)",
+    "environment": "deployment environment: prod, staging, dev, ... (default: none)",
+    "status": f"outcome of the call, one of {', '.join(sorted(USAGE_STATUSES))} (default ok)",
+    "prompt_hash": "hash of the normalised prompt, never the prompt (default: none)",
+    "source": "the emitting service (default FINOPS_PRODUCER_SOURCE, else the host name)",
+    "event_id": "UUID of this event; a resend with the same id is deduplicated (default: a new UUID)",
+    "occurred_at": "when the call finished, ISO-8601 with a UTC offset, e.g. 2026-01-31T12:00:00+00:00 "
+                   "(default: now)",
+    "input_tokens": "all input tokens, cached and audio/image ones included (required, here or in --json)",
+    "output_tokens": "all output tokens, reasoning and audio ones included (required, here or in --json)",
+    "cache_read_tokens": "input tokens read from the prompt cache, a part of --input-tokens (default 0)",
+    "cache_write_tokens": "input tokens written to the prompt cache, a part of --input-tokens (default 0)",
+    "cache_write_1h_tokens": "the part of --cache-write-tokens written with a 1-hour TTL (default 0)",
+    "reasoning_tokens": "reasoning tokens, a part of --output-tokens (default 0)",
+    "input_audio_tokens": "audio input tokens, a part of --input-tokens (default 0)",
+    "output_audio_tokens": "audio output tokens, a part of --output-tokens (default 0)",
+    "cache_audio_read_tokens": "audio tokens read from the prompt cache, a part of --cache-read-tokens (default 0)",
+    "image_tokens": "image input tokens, a part of --input-tokens (default 0)",
+    "web_search_calls": "provider-side web-search calls billed with this call (default 0)",
+    "requests": "billable provider requests this event stands for (default 1)",
+    "attempt": "1 for the first try, 2 for the first retry, ... (default 1)",
+    "latency_ms": "latency of the call in milliseconds (default: none)",
+}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``emit``, ``simulate`` and ``replay``."""
@@ -49,10 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "failed, 2 when it is invalid (the message names each field).",
     )
     emit.add_argument("--json", dest="json_event", default=None, help="the event as a JSON object")
-    for flag, _ in _STR_FIELDS:
-        emit.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None)
+    for flag, name in _STR_FIELDS:
+        emit.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=_FIELD_HELP[name])
     for name in _INT_FIELDS:
-        emit.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None)
+        emit.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None, help=_FIELD_HELP[name])
     emit.add_argument("--reported-cost", dest="reported_cost", default=None, help="USD billed, as a decimal string")
     emit.add_argument("--tag", action="append", default=[], metavar="K=V", help="a tag (repeatable)")
     emit.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker (default 15)")

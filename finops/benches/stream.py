@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument("--events", type=int, default=300_000, help="input events (default 300000)")
     bench.add_argument("--agents", type=int, default=10_000, help="active agents in the fleet (default 10000)")
     bench.add_argument("--rate", type=float, default=2_000.0, help="simulated fleet events per second (default 2000)")
-    bench.add_argument("--seed", type=int, default=7)
+    bench.add_argument("--seed", type=int, default=7, help="random seed of the simulated fleet's events (default 7)")
     bench.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one allowed)")
     bench.add_argument("--bootstrap", default=None, help="broker (default FINOPS_KAFKA_BOOTSTRAP)")
     bench.add_argument("--repeat", type=int, default=1, help="run both phases this many times, report the best")

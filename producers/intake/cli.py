@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     revoke.add_argument("token_id", help="the id shown by `finops intake token list` (the part after fi_)")
     revoke.set_defaults(func=_token_revoke)
     listing = token_sub.add_parser("list", help="list tokens (ids, sources, defaults; never secrets)")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print JSON (one record per token; never secrets)")
     listing.set_defaults(func=_token_list)
 
 
