@@ -323,10 +323,11 @@ class _Types:
 
 
 def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: int, out: list[str],
-               item_check: str | None = None) -> None:
+               item_check: str | None = None, item_memo: str | None = None) -> None:
     """Emit code that encodes the expression ``value`` (a local name) of type ``kind``; appends to ``out`` the local
     names holding its bytes, in order. ``item_check`` (maps, checked encoders only: ``{key}``/``{value}`` stand for
-    an entry) makes the function return None on an entry that fails it."""
+    an entry) makes the function return None on an entry that fails it. ``item_memo`` (with ``item_check``, a map of
+    strings) names the global dict that remembers a map's bytes by its entries (see :func:`_enc_memo_map`)."""
     k, info = kind
     if k == "null":
         out.append('b""')
@@ -389,9 +390,11 @@ def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: i
         out.extend((size, data))
     elif k == "optional":
         _enc_optional(e, t, info, value, ind, out)
+    elif k == "map" and item_check is not None and item_memo is not None and info == ("string", None):
+        _enc_memo_map(e, t, value, ind, out, item_check, item_memo)
     elif k == "map":
         name = e.fresh("x")
-        parts, key, item, count = e.fresh("p"), e.fresh("k"), e.fresh("v"), e.fresh("n")
+        parts, key, item, count = e.fresh("p"), e.fresh("k"), e.fresh("w"), e.fresh("n")
         # fastavro writes any empty sized value as an empty map, and needs .items() only when there are entries.
         e.emit(ind, f"{count} = len({value})")
         e.emit(ind, f"if {count}:")
@@ -411,7 +414,7 @@ def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: i
         out.append(name)
     elif k == "array":
         name = e.fresh("x")
-        parts, item, count = e.fresh("p"), e.fresh("v"), e.fresh("n")
+        parts, item, count = e.fresh("p"), e.fresh("w"), e.fresh("n")
         e.emit(ind, f"{count} = len({value})")
         e.emit(ind, f"if {count}:")
         e.emit(ind + 1, f"{parts} = [_ZZ[{count}] if {count} < 16384 else _zz({count})]")
@@ -431,6 +434,41 @@ def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: i
         out.append(name)
     else:  # pragma: no cover - norm() only yields the kinds above
         raise UnsupportedSchemaError(f"cannot encode {k}")
+
+
+def _enc_memo_map(e: _Emitter, t: _Types, value: str, ind: int, out: list[str], item_check: str,
+                  memo: str) -> None:
+    """A checked map of strings, remembered by its entries: the bytes of a map whose entries equal (as a tuple of
+    ``(key, value)`` pairs, in order) those of a map checked and encoded before are that map's bytes, once each entry
+    is an exact ``str`` (a subclass could compare equal to another value: it is refused, as ``item_check`` refuses
+    it); a miss checks and encodes the entries as the plain map path does and remembers the bytes (up to
+    ``_MEMO_MAX`` maps). Tags repeat across an agent's events, and their loop was the costliest step of an event."""
+    name, entries = e.fresh("x"), e.fresh("t")
+    parts, key, item, count = e.fresh("p"), e.fresh("k"), e.fresh("w"), e.fresh("n")
+    e.emit(ind, f"{count} = len({value})")
+    e.emit(ind, f"if {count}:")
+    e.emit(ind + 1, f"{entries} = tuple({value}.items())")
+    e.emit(ind + 1, f"{name} = {memo}_get({entries})")
+    e.emit(ind + 1, f"if {name} is None:")
+    e.emit(ind + 2, f"{parts} = [_ZZ[{count}] if {count} < 16384 else _zz({count})]")
+    e.emit(ind + 2, f"for {key}, {item} in {entries}:")
+    e.emit(ind + 3, f"if not ({item_check.format(key=key, value=item)}):")
+    e.emit(ind + 4, "return None")
+    inner: list[str] = []
+    _enc_value(e, t, ("string", None), key, ind + 3, inner)
+    _enc_value(e, t, ("string", None), item, ind + 3, inner)
+    e.emit(ind + 3, f"{parts} += ({', '.join(inner)},)")
+    e.emit(ind + 2, f'{parts}.append(b"\\x00")')
+    e.emit(ind + 2, f'{name} = b"".join({parts})')
+    e.emit(ind + 2, f"if len({memo}) < _MEMO_MAX:")
+    e.emit(ind + 3, f"{memo}[{entries}] = {name}")
+    e.emit(ind + 1, "else:")
+    e.emit(ind + 2, f"for {key}, {item} in {entries}:")
+    e.emit(ind + 3, f"if {key}.__class__ is not str or {item}.__class__ is not str:")
+    e.emit(ind + 4, "return None")
+    e.emit(ind, "else:")
+    e.emit(ind + 1, f'{name} = b"\\x00"')
+    out.append(name)
 
 
 def _enc_optional(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: int, out: list[str]) -> None:
@@ -1213,6 +1251,12 @@ def _memo_run(e: _Emitter, t: _Types, fields: list[tuple[str, tuple[str, Any], A
 _UTF8 = re.compile(r"\{(\w+)_utf8\}")
 
 
+def _map_memo_name(field_name: str) -> str:
+    """The global of a checked encoder that remembers the bytes of map field ``field_name`` (``<it>_get`` is its
+    bound ``get``): one per field, since each has its own entry test."""
+    return f"_MAP_MEMO_{field_name}"
+
+
 def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
     """Source of one checked function (generic when ``present`` is None) and the constants it needs; raises
     :class:`UnsupportedSchemaError`, or ``LookupError`` when the shape lacks a required field (no function then)."""
@@ -1315,7 +1359,9 @@ def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | No
         elif expr is not None:
             e.emit(2, f"if {value} is None:")
             e.emit(3, f"{value} = {expr}")
-        _enc_value(e, t, kind, value, 2, slots, spec.item_guards.get(name) if kind[0] == "map" else None)
+        entry_check = spec.item_guards.get(name) if kind[0] == "map" else None
+        _enc_value(e, t, kind, value, 2, slots, entry_check,
+                   _map_memo_name(name) if entry_check is not None else None)
     body = f"b\"\".join(({', '.join(slots)},))"
     e.emit(2, f"return {spec.returns.format_map({**finals, 'body': body})}")
     e.emit(1, "except Exception:  # anything odd: the caller's slow path decides (and explains)")
@@ -1371,6 +1417,10 @@ def build_checked_encoder(
     full = _full_name(str(schema.get("name")), schema.get("namespace"))
     known = frozenset(str(fld["name"]) for fld in schema.get("fields", []))
     base["_FIELDS"] = known
+    for name in spec.item_guards:  # every shape of one encoder shares a map field's memo (bounded as _MEMO)
+        map_memo: dict[tuple[tuple[str, str], ...], bytes] = {}
+        base[_map_memo_name(name)] = map_memo
+        base[_map_memo_name(name) + "_get"] = map_memo.get
 
     def compile_fn(present: tuple[str, ...] | None) -> Callable[..., Any]:
         source, consts = _checked_function(spec, "checked", present)

@@ -264,3 +264,52 @@ def test_batch_ids_are_random_version_4_uuids() -> None:
     assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122
                for i in ids)
     assert {i[19] for i in ids} == set("89ab") and {i[14] for i in ids} == {"4"}
+
+
+class _LiarStr(str):
+    """Equal to any string and hashed as "prod": a memo hit by equality alone would take another map's bytes."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("prod")
+
+
+def test_memoised_tags_are_the_slow_paths_bytes_and_only_hit_for_exact_strings(producers: Any) -> None:
+    # The first map is checked, encoded and remembered; equal maps then take the remembered bytes; anything that
+    # only compares equal (a str subclass) is declined, and the slow path decides it.
+    assert _agree(producers, _event(tags={"env": "prod", "region": "eu"}))
+    assert _agree(producers, _event(tags={"env": "prod", "region": "eu"}, input_tokens=7))  # a hit: same bytes
+    assert _agree(producers, _event(tags={"region": "eu", "env": "prod"}))  # other order: other bytes, agreed
+    assert not _agree(producers, _event(tags={_StrSub("env"): "prod", "region": "eu"}))
+    assert not _agree(producers, _event(tags={"env": _StrSub("prod"), "region": "eu"}))
+    assert not _agree(producers, _event(tags={"env": _LiarStr("dev"), "region": "eu"}))
+    assert not _agree(producers, _event(tags={"env": "prod", "region": "e" * 257}))  # too long: never equal
+    assert not _agree(producers, _event(tags={"env": "prod", "region": 1}))
+    fast, _ = producers
+    got = _one_pass(fast, _event(tags={"env": "prod", "region": "eu"}))
+    assert got is not None and CODEC.decode(got[2])[1]["tags"] == {"env": "prod", "region": "eu"}
+
+
+def test_seeded_random_events_with_repeating_tags_agree(producers: Any) -> None:
+    rng = random.Random(23)
+    pool: list[dict[Any, Any]] = [{}, {"env": "prod"}, {"env": "prod", "team": "x"}, {"k" * 256: "v"},
+                                  {"env": "dev", "ünï": "cødé ✓"}, {"env": _StrSub("prod")}, {"k": "v" * 257}]
+    taken = 0
+    for _ in range(2000):
+        event = _random_event(rng)
+        if "tags" in event:
+            event["tags"] = dict(rng.choice(pool))  # a fresh dict of repeated entries: memo hits
+        taken += _agree(producers, event)
+    assert taken > 200
+
+
+def test_beyond_the_memo_bound_tags_are_still_encoded_and_agree(producers: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastcodec, "_MEMO_MAX", 2)
+    fast, _ = producers
+    other = UsageProducer("127.0.0.1:1", "t", "unit-svc", None, register_atexit=False)
+    fast._fast, fast._fast_all = other._fast, other._fast_all
+    other.close(timeout=0)
+    assert all([_agree(producers, _event(tags={"n": str(i % 5)})) for i in range(20)])
