@@ -292,6 +292,8 @@ _FAST_ONLY = ("({reported_cost} is None or {reported_cost}.__class__ is _Decimal
 #: refuse more (subclasses, a uuid.UUID id, an ISO-8601 string time): those take the slow path, which fills,
 #: converts and diagnoses. It never accepts what the slow path refuses, nor gives other bytes:
 #: tests/unit/test_producer_fastpath.py compares the two paths on edge cases, examples and traces.
+#: The Avro length of a new event id (the 36 characters of a canonical UUID string), before its text.
+_ID_HEAD = encode_long(36)
 _USAGE_GUARD, _ITEM_GUARDS = USAGE_EVENT_RULES.guard(fills=("event_id", "source", "occurred_at"))
 _USAGE_GUARD += [*_INPUT_RULES.guard()[0], *_FAST_ONLY]
 
@@ -299,18 +301,19 @@ _USAGE_GUARD += [*_INPUT_RULES.guard()[0], *_FAST_ONLY]
 def build_usage_fast_path(header: bytes) -> CheckedEncoder:
     """The one-pass path of :meth:`UsageProducer.prepare` for an event dict, generated from the UsageEvent schema:
     ``prepare(event, next_id, source, source_bytes, now, now_micros, now_bytes)`` (``next_id()`` gives a new event
-    id; the ``_bytes`` are the Avro encodings of the value before) returns ``(event_id, key, value)``, the very
-    triple the slow path (complete, check, encode) returns, or None when the slow path must decide (any doubt, any
-    invalid event). ``header`` frames the value. Never mutates the event."""
+    id, a canonical 36-character UUID string as :func:`new_event_id` and :func:`new_event_ids` make, so its Avro
+    length is the constant ``_ID_HEAD``; the ``_bytes`` are the Avro encodings of the value before) returns
+    ``(event_id, key, value)``, the very triple the slow path (complete, check, encode) returns, or None when the
+    slow path must decide (any doubt, any invalid event). ``header`` frames the value. Never mutates the event."""
     return build_checked_encoder(
         load_schema("UsageEvent"),
         prefix=header,
         params=("next_id", "source", "source_bytes", "now", "now_micros", "now_bytes"),
         guard=_USAGE_GUARD,
-        fills={"event_id": ("next_id()", None), "source": ("source", "source_bytes"),
+        fills={"event_id": ("next_id()", "_ID_HEAD + {event_id}.encode()"), "source": ("source", "source_bytes"),
                "occurred_at": ("now_micros", "now_bytes")},
         returns="({event_id}, {agent_id_utf8}, {body})",
-        names={**USAGE_EVENT_RULES.names, "_Decimal": Decimal},
+        names={**USAGE_EVENT_RULES.names, "_Decimal": Decimal, "_ID_HEAD": _ID_HEAD},
         item_guards=_ITEM_GUARDS,
         memo=("agent_id", "team", "project", "provider", "model"),  # an agent's attribution repeats
         closed=True,  # an unknown field is a typo the slow path names

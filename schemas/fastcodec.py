@@ -1352,7 +1352,7 @@ def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | No
         expr, encoded = spec.fills.get(name, (None, None))
         if step == "fill" and encoded is not None:
             e.emit(2, f"{value} = {expr}")
-            slots.append(encoded)
+            slots.append(encoded.replace(f"{{{name}}}", value))
             continue
         if step == "fill":
             e.emit(2, f"{value} = {expr}")
@@ -1400,9 +1400,10 @@ def build_checked_encoder(
     """Compile a one-pass ``prepare(rec, *params)`` for record ``schema``: read each field once, check ``guard``
     (Python expressions that must all hold; ``{field}`` is the field's value as given: absent = its default, or None
     for a filled field), set absent filled fields from ``fills`` (field -> (value expression, expression of its
-    encoded bytes or None)), then encode with the statements of :func:`build_fast_codec`, ``prefix`` (the framing)
-    first. ``returns`` is the result (``{body}`` = the framed bytes, ``{field}`` = a field's final value); ``names``
-    are extra globals of the expressions; ``{field_utf8}`` in ``returns`` is the UTF-8 bytes of a string field.
+    encoded bytes, where ``{field}`` is the filled value, or None)), then encode with the statements of
+    :func:`build_fast_codec`, ``prefix`` (the framing) first. ``returns`` is the result (``{body}`` = the framed
+    bytes, ``{field}`` = a field's final value); ``names`` are extra globals of the expressions; ``{field_utf8}`` in
+    ``returns`` is the UTF-8 bytes of a string field.
     ``closed`` refuses a record with a key the schema lacks. A plain dict runs the function specialised to its keys.
     ``memo`` names a run of consecutive string fields whose guard parts and bytes are remembered by value (exact
     ``str`` only);

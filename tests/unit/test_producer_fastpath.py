@@ -313,3 +313,21 @@ def test_beyond_the_memo_bound_tags_are_still_encoded_and_agree(producers: Any,
     fast._fast, fast._fast_all = other._fast, other._fast_all
     other.close(timeout=0)
     assert all([_agree(producers, _event(tags={"n": str(i % 5)})) for i in range(20)])
+
+
+def test_filled_ids_of_a_batch_and_of_one_event_are_the_slow_paths_bytes(producers: Any) -> None:
+    # The one-pass path writes a new id's Avro length as a constant (36 characters): the bytes must be those the
+    # slow path writes for the same id, for a batch's ids (new_event_ids) and a single event's (new_event_id).
+    fast, slow = producers
+    rng = random.Random(41)
+    events = [_random_event(rng) for _ in range(400)]
+    for event in events:
+        event.pop("event_id", None)
+    valid = [e for e in events if not isinstance(_slow(slow, dict(e, event_id=new_event_id())), Exception)]
+    assert len(valid) > 40
+    batch = fast.prepare_many(valid)
+    assert batch == [slow.prepare(dict(e, event_id=got[0])) for e, got in zip(valid, batch,
+                                                                                              strict=True)]
+    single = [fast.prepare(e) for e in valid]
+    assert single == [slow.prepare(dict(e, event_id=got[0])) for e, got in zip(valid, single, strict=True)]
+    assert all(len(got[0]) == 36 and CODEC.decode(got[2])[1]["event_id"] == got[0] for got in batch + single)
