@@ -323,11 +323,12 @@ class _Types:
 
 
 def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: int, out: list[str],
-               item_check: str | None = None, item_memo: str | None = None) -> None:
+               item_check: str | None = None, item_memo: str | None = None, *, non_negative: bool = False) -> None:
     """Emit code that encodes the expression ``value`` (a local name) of type ``kind``; appends to ``out`` the local
     names holding its bytes, in order. ``item_check`` (maps, checked encoders only: ``{key}``/``{value}`` stand for
     an entry) makes the function return None on an entry that fails it. ``item_memo`` (with ``item_check``, a map of
-    strings) names the global dict that remembers a map's bytes by its entries (see :func:`_enc_memo_map`)."""
+    strings) names the global dict that remembers a map's bytes by its entries (see :func:`_enc_memo_map`).
+    ``non_negative``: ``value`` is known to be an exact int >= 0 (checked before), so an int skips the sign test."""
     k, info = kind
     if k == "null":
         out.append('b""')
@@ -339,8 +340,9 @@ def _enc_value(e: _Emitter, t: _Types, kind: tuple[str, Any], value: str, ind: i
         name = e.fresh("x")
         # A float passes the comparison and fails the list index (TypeError): refused, fastavro decides.
         # Up to 2**27 (two table bytes for the low 14 bits of the zigzag, one lookup for the rest) inline.
-        e.emit(ind, f"{name} = _ZZ[{value}] if 0 <= {value} < 16384 else (_C[({value} << 1) & 16383] + "
-                    f"_U[{value} >> 13] if 0 <= {value} < 134217728 else _zz({value}))")
+        low = "" if non_negative else "0 <= "
+        e.emit(ind, f"{name} = _ZZ[{value}] if {low}{value} < 16384 else (_C[({value} << 1) & 16383] + "
+                    f"_U[{value} >> 13] if {low}{value} < 134217728 else _zz({value}))")
         out.append(name)
     elif k == "timestamp":
         name = e.fresh("x")
@@ -1257,6 +1259,27 @@ def _map_memo_name(field_name: str) -> str:
     return f"_MAP_MEMO_{field_name}"
 
 
+_LOCAL = r"v\d+"
+_NON_POSITIVE_LE = re.compile(rf"\((0|-\d+)\) <= ({_LOCAL})")
+_PLUS_ZERO_LE = re.compile(rf"(?:({_LOCAL}) \+ \(0\)|\(0\) \+ ({_LOCAL})) <= ({_LOCAL})")
+
+
+def _given_whole(text: str, proven: set[str]) -> str | None:
+    """A formatted guard part simplified by what the rest of the guard proves (``proven``: locals that are exact
+    ints >= 0 whenever the whole guard holds, so only then do the two forms need to agree): None when the part then
+    always holds (``(0) <= v8``: an absent field's default against such an int), else the part, its ``+ (0)`` of such
+    an int dropped (``v10 + (0) <= v8`` is ``v10 <= v8``, then deduplicated). Any other text is kept as it is."""
+    if not proven:
+        return text
+    le = _NON_POSITIVE_LE.fullmatch(text)
+    if le is not None and le.group(2) in proven:
+        return None
+    plus = _PLUS_ZERO_LE.fullmatch(text)
+    if plus is not None and (plus.group(1) or plus.group(2)) in proven:
+        return f"{plus.group(1) or plus.group(2)} <= {plus.group(3)}"
+    return text
+
+
 def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
     """Source of one checked function (generic when ``present`` is None) and the constants it needs; raises
     :class:`UnsupportedSchemaError`, or ``LookupError`` when the shape lacks a required field (no function then)."""
@@ -1312,11 +1335,17 @@ def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | No
             if not memo or not _PLACEHOLDER.findall(part) or not set(_PLACEHOLDER.findall(part)) <= set(memo)]
     main += [f"{{{name}}}.__class__ is str" for name in memo]  # a memo hit is then an exact string match
     absent = known - here
+    # Fields the main guard proves exact non-negative ints (it runs before anything else is read or encoded).
+    whole = {name for name in here if local.get(name, "").isidentifier()
+             and f"{{{name}}}.__class__ is int" in main and f"{{{name}}} >= 0" in main}
+    proven = {local[name] for name in whole}
 
     def check(parts: list[str], ind: int) -> None:
         kept: list[str] = []
         for part in parts:
-            text = part.format_map(local)
+            text = _given_whole(part.format_map(local), proven)
+            if text is None:
+                continue
             # In a shape, a part about absent fields only is decided here: dropped when it holds, and when it
             # fails the shape never passes.
             fixed = set(_PLACEHOLDER.findall(part)) <= absent and present is not None
@@ -1361,7 +1390,7 @@ def _checked_function(spec: _CheckedSpec, fn: str, present: tuple[str, ...] | No
             e.emit(3, f"{value} = {expr}")
         entry_check = spec.item_guards.get(name) if kind[0] == "map" else None
         _enc_value(e, t, kind, value, 2, slots, entry_check,
-                   _map_memo_name(name) if entry_check is not None else None)
+                   _map_memo_name(name) if entry_check is not None else None, non_negative=name in whole)
     body = f"b\"\".join(({', '.join(slots)},))"
     e.emit(2, f"return {spec.returns.format_map({**finals, 'body': body})}")
     e.emit(1, "except Exception:  # anything odd: the caller's slow path decides (and explains)")

@@ -129,6 +129,8 @@ EDGE_CASES: list[dict[str, Any]] = [
     _event(input_tokens=2**27 + 1, cache_read_tokens=2**26), _event(input_tokens=2**63 - 1),
     _event(input_tokens=2**63), _event(input_tokens=-1), _event(input_tokens=True), _event(input_tokens=10.0),
     _event(cache_read_tokens=6, cache_write_tokens=4), _event(cache_read_tokens=6, cache_write_tokens=5),
+    _event(cache_read_tokens=10), _event(cache_read_tokens=11), _event(cache_read_tokens=-1),  # shape w/o cache_write
+    _event(cache_read_tokens=10, input_tokens=-1), _event(cache_read_tokens=_IntSub(3)),
     _event(cache_write_tokens=4, cache_write_1h_tokens=4), _event(cache_write_tokens=4, cache_write_1h_tokens=5),
     _event(reasoning_tokens=5), _event(reasoning_tokens=6), _event(input_audio_tokens=11),
     _event(output_audio_tokens=5), _event(cache_read_tokens=3, cache_audio_read_tokens=4), _event(image_tokens=10),
@@ -331,3 +333,16 @@ def test_filled_ids_of_a_batch_and_of_one_event_are_the_slow_paths_bytes(produce
     single = [fast.prepare(e) for e in valid]
     assert single == [slow.prepare(dict(e, event_id=got[0])) for e, got in zip(valid, single, strict=True)]
     assert all(len(got[0]) == 36 and CODEC.decode(got[2])[1]["event_id"] == got[0] for got in batch + single)
+
+
+def test_guard_parts_are_simplified_only_by_what_the_guard_proves() -> None:
+    proven = {"v8", "v10"}
+    assert fastcodec._given_whole("(0) <= v8", proven) is None  # v8 is an int >= 0 whenever the guard holds
+    assert fastcodec._given_whole("(-3) <= v8", proven) is None
+    assert fastcodec._given_whole("(1) <= v8", proven) == "(1) <= v8"
+    assert fastcodec._given_whole("(0) <= v9", proven) == "(0) <= v9"  # v9 is not proven
+    assert fastcodec._given_whole("v10 + (0) <= v8", proven) == "v10 <= v8"
+    assert fastcodec._given_whole("(0) + v10 <= v8", proven) == "v10 <= v8"
+    assert fastcodec._given_whole("v9 + (0) <= v8", proven) == "v9 + (0) <= v8"
+    assert fastcodec._given_whole("v10 + (0) * 2 <= v8", proven) == "v10 + (0) * 2 <= v8"
+    assert fastcodec._given_whole("(0) <= v8", set()) == "(0) <= v8"
