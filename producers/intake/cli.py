@@ -108,6 +108,14 @@ def _token_list(args: argparse.Namespace) -> int:
 
 def _backfill_openclaw(args: argparse.Namespace) -> int:
     from producers.intake.openclaw_transcripts import iter_transcript_events
+    # Checked before anything is published. A shell leaves a glob that matches nothing as it is, so
+    # `~/.openclaw/agents/*/sessions/*.jsonl` on a host without OpenClaw sessions arrives here literally.
+    missing = [str(path) for path in args.files if not path.is_file()]
+    if missing:
+        raise FinopsError(
+            f"backfill-openclaw: no such session file: {', '.join(missing)}; pass OpenClaw's session transcripts "
+            "(~/.openclaw/agents/<agent>/sessions/<session>.jsonl; a shell glob that matches nothing is passed on "
+            "as it is). Nothing was published")
     events = 0
     with open_sink(args.out, source_label=args.source) as sink:
         for path in args.files:

@@ -75,3 +75,15 @@ def test_the_command_writes_the_events(tmp_path: Path, capsys: pytest.CaptureFix
     assert [(e["team"], e["project"], e["model"]) for e in written] == \
         [("t", "p", "claude-sonnet-4-20250514"), ("t", "p", "gpt-4o-mini-2024-07-18")]
     assert "2 events" in capsys.readouterr().err
+
+
+def test_a_missing_file_or_an_unmatched_glob_is_named_and_nothing_is_published(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, LINES)
+    out = tmp_path / "events.jsonl"
+    glob = str(tmp_path / "none" / "agents" / "*" / "sessions" / "*.jsonl")  # a shell passes an unmatched glob as is
+    code = main(["intake", "backfill-openclaw", str(path), glob, "--team", "t", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"no such session file: {glob}" in err and "Nothing was published" in err
+    assert "Traceback" not in err and not out.exists()
