@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -194,12 +195,21 @@ def _emit(args: argparse.Namespace) -> int:
     # A spool of its own (as finops replay does): the machine's agents hold <data dir>/spool's lock.
     spool_dir = settings.spool_dir() / "cli-emit"
     producer = UsageProducer.from_settings(settings, spool_dir=spool_dir, register_atexit=False, close_timeout=0)
+    deadline = time.monotonic() + args.timeout
     try:
         event_id = producer.emit(event, on_delivery=on_delivery)
         print(f"event_id {event_id}")
         done.wait(args.timeout)
+        if result and result[0].status == "spooled":
+            # Spooled because the broker is down, or because events of an earlier `finops emit` wait in this spool
+            # (the SDK keeps the order, so the new one goes behind them): give the drainer the rest of --timeout to
+            # send them all, or the spool would only ever grow.
+            producer.flush(max(0.0, deadline - time.monotonic()))
     finally:
         left = producer.close(timeout=0)
+    if result and result[0].status == "spooled" and not left:
+        print(f"delivered to {producer.topic} through the spool {spool_dir}, with the events that waited there")
+        return EXIT_DELIVERED
     if not result and left:
         print(f"spooled: the broker did not answer within {args.timeout:.0f}s; the event is kept in "
               f"{spool_dir} and sent by the next `finops emit`")
@@ -212,8 +222,8 @@ def _emit(args: argparse.Namespace) -> int:
         print(f"delivered to {delivery.topic} partition {delivery.partition} offset {delivery.offset}")
         return EXIT_DELIVERED
     if delivery.status == "spooled":
-        print(f"spooled: the broker is unreachable; the event is kept in {spool_dir} "
-              "and sent by the next `finops emit`")
+        print(f"spooled: the broker is unreachable (the spool was not sent within --timeout {args.timeout:.0f}s); "
+              f"the event is kept in {spool_dir} and sent by the next `finops emit`")
         return EXIT_SPOOLED
     print(f"{delivery.status}: {delivery.error}", file=sys.stderr)
     return EXIT_FAILED

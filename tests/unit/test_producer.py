@@ -287,3 +287,50 @@ def test_emit_many_names_the_event_that_cannot_be_encoded_and_sends_none(produce
     with pytest.raises(EncodeError, match=r"event 2 of the batch \(none was sent\)"):
         producer.emit_many([_event(), _event(), odd, _event()])
     assert producer.stats().emitted == 0 and spy.produced == []
+
+
+class _SpoolingProducer:
+    """A UsageProducer opened on a spool that still holds events: emit reports "spooled" at once (the new event
+    goes behind them); flush is the drainer sending the whole spool when ``broker_up``."""
+
+    topic = "agent.usage.v1"
+
+    def __init__(self, broker_up: bool) -> None:
+        self.broker_up = broker_up
+        self.pending = 3
+        self.flushed: list[float] = []
+
+    def emit(self, event: dict[str, Any], on_delivery: Any) -> str:
+        from producers.producer import Delivery
+
+        self.pending += 1
+        on_delivery(Delivery(event_id="e1", status="spooled"))
+        return "e1"
+
+    def flush(self, timeout: float) -> int:
+        self.flushed.append(timeout)
+        if self.broker_up:
+            self.pending = 0
+        return self.pending
+
+    def close(self, timeout: float | None = None) -> int:
+        return self.pending
+
+
+@pytest.mark.parametrize("broker_up", [True, False])
+def test_emit_sends_what_waits_in_its_spool_when_the_broker_is_back(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], broker_up: bool) -> None:
+    from finops.cli import main
+    from producers.producer import UsageProducer
+
+    fake = _SpoolingProducer(broker_up)
+    monkeypatch.setattr(UsageProducer, "from_settings", staticmethod(lambda *a, **k: fake))
+    monkeypatch.setenv("FINOPS_DATA_DIR", str(tmp_path))
+    code = main(["emit", "--agent", "a1", *_EMIT_OK, "--timeout", "1"])
+    out = capsys.readouterr().out
+    assert len(fake.flushed) == 1 and 0 < fake.flushed[0] <= 1  # waited for the drainer, within --timeout
+    if broker_up:
+        assert code == 0 and "delivered to agent.usage.v1 through the spool" in out, out
+    else:
+        assert code == 3 and fake.pending == 4
+        assert "spooled: the broker is unreachable (the spool was not sent within --timeout 1s)" in out, out
