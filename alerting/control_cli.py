@@ -29,7 +29,9 @@ from finops.clock import as_utc, utc_now
 from finops.secrets import (
     CONTROL_OPERATOR_KEY,
     CONTROL_SIGNING_KEY,
+    SecretFileError,
     load_control_signing_key,
+    load_or_create_secret,
     operator_key_matches,
     secret_path,
 )
@@ -64,8 +66,16 @@ def authorize(presented: str | None, data_dir: Path) -> None:
     needs no operator key (it only reads)."""
     where = secret_path(data_dir, CONTROL_OPERATOR_KEY)
     if not presented:
+        # Generated here on first use too, so the file this message points the owner at exists (on a fresh
+        # installation nothing else may have created it yet); a user who cannot write the data dir gets the same
+        # message.
+        try:
+            load_or_create_secret(where)
+        except SecretFileError:
+            pass
         raise NotAuthorized("operator role required: present this installation's operator key with --operator-key "
-                            f"or FINOPS_CONTROL_OPERATOR_KEY (the installation's owner finds it in {where})")
+                            f"or FINOPS_CONTROL_OPERATOR_KEY; the installation's owner finds it in {where} "
+                            f"(generated at first use), e.g. --operator-key \"$(cat {where})\"")
     if not operator_key_matches(data_dir, presented.strip()):
         raise NotAuthorized(f"operator role required: the operator key presented is not valid (not the one in {where})")
 

@@ -114,11 +114,14 @@ def test_operator_key_is_checked_against_the_installations_stored_key(tmp_path: 
     """The reference is the data dir's 0600 key file (generated once), never a variable the caller sets."""
     from finops.secrets import CONTROL_OPERATOR_KEY, secret_path
 
-    with pytest.raises(NotAuthorized, match="present this installation's operator key"):
-        authorize(None, tmp_path)
-    with pytest.raises(NotAuthorized, match="not valid") as caught:
-        authorize("op-key", tmp_path)  # generates the installation's key on first use; a guess does not match
     stored_file = secret_path(tmp_path, CONTROL_OPERATOR_KEY)
+    with pytest.raises(NotAuthorized, match="present this installation's operator key") as missing:
+        authorize(None, tmp_path)
+    # On a fresh installation the first call creates the key it points at, so `--operator-key "$(cat FILE)"` works.
+    assert stored_file.is_file() and f'--operator-key "$(cat {stored_file})"' in str(missing.value)
+    assert stored_file.read_text().strip() not in str(missing.value)
+    with pytest.raises(NotAuthorized, match="not valid") as caught:
+        authorize("op-key", tmp_path)  # a guess does not match the generated key
     stored = stored_file.read_text().strip()
     assert (stored_file.stat().st_mode & 0o777) == 0o600 and len(stored) >= 40
     assert stored not in str(caught.value) and "op-key" not in str(caught.value)
