@@ -365,7 +365,7 @@ def read_compacted_topic(client_config: Mapping[str, Any], topic: str, *,
                 # librdkafka does not flag NOT_LEADER / LEADER_NOT_AVAILABLE on a new topic as retriable here, but
                 # they clear within seconds; anything that persists fails at the deadline with its reason.
                 if _time.monotonic() > deadline:
-                    raise PolicyPublishError(f"cannot read {topic}: {err}") from err
+                    raise PolicyPublishError(_unreadable(client_config, topic, err)) from err
                 _time.sleep(0.2)  # a topic created moments ago has no leader yet: the broker says retry
         if not ends:
             return latest
@@ -382,10 +382,16 @@ def read_compacted_topic(client_config: Mapping[str, Any], topic: str, *,
                 if partition is not None and offset is not None and offset + 1 >= ends[partition]:
                     done.add(partition)
     except KafkaException as err:
-        raise PolicyPublishError(f"cannot read {topic}: {err}") from err
+        raise PolicyPublishError(_unreadable(client_config, topic, err)) from err
     finally:
         consumer.close()
     return latest
+
+
+def _unreadable(client_config: Mapping[str, Any], topic: str, err: KafkaException) -> str:
+    bootstrap = client_config.get("bootstrap.servers", "?")
+    return (f"cannot read {topic} from the broker at {bootstrap} ({err}): is it running? Start the local one with "
+            "`finops stack up` (or `make stack-up`), or set FINOPS_KAFKA_BOOTSTRAP to yours")
 
 
 def load_published_policies(client_config: Mapping[str, Any], topic: str, *, timeout: float = 30.0,

@@ -100,3 +100,14 @@ def test_a_rescope_is_marked_in_the_diff_and_refused_without_allow_rescope() -> 
     assert [c.rescope for c in changes] == [None, None]
     check_rescopes(changes, allow=False)
     assert compute_diff([taken], {})[0].rescope is None
+
+
+def test_an_unreachable_broker_is_named_with_how_to_start_one() -> None:
+    """`finops policy list` with nothing running: the error names the broker and the command that starts it."""
+    from stream_jobs.policies import PolicyPublishError, read_compacted_topic
+
+    with pytest.raises(PolicyPublishError) as caught:
+        read_compacted_topic({"bootstrap.servers": "127.0.0.1:1", "log_level": 0}, "finops.policies.v1", timeout=0.5)
+    message = str(caught.value)
+    assert "finops.policies.v1 from the broker at 127.0.0.1:1" in message
+    assert "`finops stack up`" in message and "FINOPS_KAFKA_BOOTSTRAP" in message
