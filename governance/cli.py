@@ -394,7 +394,9 @@ def _handle_agent_request(args: argparse.Namespace) -> int:
                               policy=config.approval, now=utc_now(), note=args.note)
         _print_entry(entry)
         if entry.status == "requested":
-            approvers = ", ".join(config.approval.approvers(entry.team)) or "(none configured)"
+            approvers = ", ".join(config.approval.approvers(entry.team)) or (
+                "none configured (approval.team_leads in the governance config: `--config FILE` or "
+                "FINOPS_GOVERNANCE_CONFIG, as in infra/governance.example.yaml)")
             print(f"needs approval by a lead of {entry.team}: {approvers}", file=sys.stderr)
         return 0
 

@@ -147,7 +147,8 @@ def approve_agent(client: Any, database: str, *, agent_id: str, approver: str, p
         raise ApprovalError(
             f"{approver} may not approve agents of team {entry.team}; "
             f"approvers: {', '.join(allowed) or 'none configured'}"
-            " (approval.team_leads in the governance config)")
+            " (approval.team_leads in the governance config: `--config FILE` or FINOPS_GOVERNANCE_CONFIG, as in "
+            "infra/governance.example.yaml)")
     decided = RegistryEntry(
         agent_id=entry.agent_id, team=entry.team, owner=entry.owner,
         expected_monthly_cost_usd=entry.expected_monthly_cost_usd, status="rejected" if reject else "approved",

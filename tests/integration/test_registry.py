@@ -48,6 +48,13 @@ def test_request_approve_list(ch_client: Any, ch_database: str) -> None:
     assert costly.status == "requested"
     with pytest.raises(ApprovalError, match="alice"):
         approve_agent(ch_client, ch_database, agent_id="researcher", approver="mallory", policy=POLICY, now=NOW)
+    request_agent(ch_client, ch_database, agent_id="lonely", team="nobody-leads", owner="bob",
+                  expected_monthly_cost_usd=Decimal(2500), requested_by="bob",
+                  policy=ApprovalPolicy(threshold_usd=Decimal(100)), now=NOW)
+    with pytest.raises(ApprovalError, match=r"none configured \(approval.team_leads in the governance config: "
+                                            r"`--config FILE` or FINOPS_GOVERNANCE_CONFIG"):
+        approve_agent(ch_client, ch_database, agent_id="lonely", approver="bob",
+                      policy=ApprovalPolicy(threshold_usd=Decimal(100)), now=NOW)
     with pytest.raises(ApprovalError, match="not registered"):
         approve_agent(ch_client, ch_database, agent_id="ghost", approver="alice", policy=POLICY, now=NOW)
     approved = approve_agent(ch_client, ch_database, agent_id="researcher", approver="alice", policy=POLICY,
@@ -57,7 +64,7 @@ def test_request_approve_list(ch_client: Any, ch_database: str) -> None:
     assert listed["researcher"].status == "approved" and listed["faq-bot"].status == "approved"
     audit = ch_client.query(f"SELECT agent_id, action, actor FROM {ch_database}.agent_approvals ORDER BY at, action"
                             ).result_rows
-    assert ("researcher", "approve", "alice") in audit and len(audit) == 3
+    assert ("researcher", "approve", "alice") in audit and len(audit) == 4
 
 
 def test_unapproved_agent_emitting_events_raises_a_throttle_alert(ch_client: Any, ch_database: str) -> None:
