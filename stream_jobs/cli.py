@@ -348,8 +348,11 @@ def _pricebook_suggest(args: argparse.Namespace) -> int:
     sys.stdout.write(text)
     drifting = [s for s in suggestions if s.drifting]
     for s in suggestions:
-        state = "DRIFT" if s.drifting else "ok"
+        # Under --min-calls nothing was judged: "ok" would read as "checked, agrees" for a model whose calls disagree.
+        state = "DRIFT" if s.drifting else "ok" if s.calls >= args.min_calls else "not judged"
         detail = f", {s.problem}" if s.problem else ""
+        if state == "not judged":
+            detail += f" (fewer than --min-calls {args.min_calls})"
         detail += "".join(f"; NOT DETERMINED: {item}" for item in s.undetermined)
         print(f"{state}: {s.provider}/{s.model} ({s.source}): {s.disagreeing} of {s.calls} reported calls disagree"
               f"{detail}", file=sys.stderr)  # fmt: skip

@@ -249,3 +249,15 @@ def test_the_watcher_solves_tiers_when_given_the_pricer_s_thresholds() -> None:
     assert parsed.details["exact"] == "true"
     assert parsed.details["input_mtok"] == "1.05" and parsed.details["input_mtok>200000"] == "2.1"
     assert parsed.details["output_mtok>200000"] == "12.6"
+
+
+def test_a_model_with_fewer_calls_than_min_calls_is_not_reported_ok(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINOPS_DATA_DIR", str(tmp_path / "data"))
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(FIXTURE.read_text().splitlines(keepends=True)[:2]))
+    assert main(["pricebook", "suggest", "--file", str(few)]) == 0
+    err = capsys.readouterr().err
+    assert "not judged: anthropic/claude-sonnet-4-20250514 (claude-code): " in err, err
+    assert "(fewer than --min-calls 3)" in err and "ok:" not in err
