@@ -28,7 +28,13 @@ from finops.settings import load_settings
 from finops.topics import TopicNames
 from stream_jobs.dlq import DeadLetter
 from stream_jobs.hotpath import build_hot_path
-from tests.integration.hotpath_child import independent_team_totals, load_fleet, read_all, write_fleet
+from tests.integration.hotpath_child import (
+    independent_team_totals,
+    isolated_data_dir,
+    load_fleet,
+    read_all,
+    write_fleet,
+)
 from tests.integration.test_sink_support import RunningWorker, start_sink, wait_for
 
 __all__ = ["Pipeline", "Reconciled", "fleet", "reconcile", "report"]
@@ -61,7 +67,8 @@ class Pipeline:
 
     def settings(self) -> Any:
         return load_settings({"FINOPS_KAFKA_BOOTSTRAP": self.kafka_config["bootstrap.servers"],
-                              "FINOPS_KAFKA_TOPIC_PREFIX": self.topics.prefix, "FINOPS_STREAM_GROUP_ID": self.group})
+                              "FINOPS_KAFKA_TOPIC_PREFIX": self.topics.prefix, "FINOPS_STREAM_GROUP_ID": self.group,
+                              "FINOPS_DATA_DIR": isolated_data_dir()})
 
     def start_hot_path(self) -> None:
         """The hot path in a thread, as the worker runs it, until :meth:`stop`."""

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable
@@ -239,6 +240,20 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.05
         time.sleep(interval)
 
 
+_DATA_DIR: tempfile.TemporaryDirectory[str] | None = None
+
+
+def isolated_data_dir() -> str:
+    """A data directory of this process's own (made on first use, removed at exit), for settings built from an
+    explicit environment (``load_settings`` given a dict replaces the whole environment). Without one, FINOPS_DATA_DIR
+    falls back to the checkout's ``./.finops``, where ``finops prices update`` may have installed a newer catalogue
+    than the bundled one these tests compute their expected costs with."""
+    global _DATA_DIR
+    if _DATA_DIR is None:
+        _DATA_DIR = tempfile.TemporaryDirectory(prefix="finops-test-data-")
+    return _DATA_DIR.name
+
+
 # ---- the child ----------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
@@ -256,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(
         {"FINOPS_KAFKA_BOOTSTRAP": args.bootstrap, "FINOPS_KAFKA_TOPIC_PREFIX": args.prefix,
-         "FINOPS_STREAM_GROUP_ID": args.group}
+         "FINOPS_STREAM_GROUP_ID": args.group, "FINOPS_DATA_DIR": isolated_data_dir()}
     )  # fmt: skip
     hot = build_hot_path(
         settings,

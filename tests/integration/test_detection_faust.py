@@ -16,6 +16,7 @@ from finops.topics import TopicNames
 import stream_jobs.detection as detection
 from stream_jobs.detection import register_detection
 from stream_jobs.policies import compute_diff, load_policy_text, publish_changes
+from tests.integration.hotpath_child import isolated_data_dir
 from tests.integration.test_detection_support import OutputReader, make_priced, produce_priced
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,8 @@ def test_registered_service_runs_the_loop_and_stops(kafka_config: dict[str, Any]
     settings = load_settings({"FINOPS_KAFKA_BOOTSTRAP": kafka_bootstrap,
                               "FINOPS_KAFKA_TOPIC_PREFIX": topics.prefix,
                               # No ClickHouse here: the service must run without reconciliation.
-                              "FINOPS_CLICKHOUSE_URL": "http://127.0.0.1:9/finops"})
+                              "FINOPS_CLICKHOUSE_URL": "http://127.0.0.1:9/finops",
+                              "FINOPS_DATA_DIR": isolated_data_dir()})
     app = faust.App("detection-wiring-test", broker=f"kafka://{kafka_bootstrap}")
     register_detection(app, settings)
     (service_class,) = app._extra_services

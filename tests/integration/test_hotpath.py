@@ -32,6 +32,7 @@ from tests.integration.hotpath_child import (
     Published,
     committed_offsets,
     end_offsets,
+    isolated_data_dir,
     independent_team_totals,
     load_fleet,
     publish_fleet,
@@ -95,7 +96,8 @@ def test_fleet_with_duplicates_and_malformed_events_is_priced_once_and_windowed_
 
     settings = load_settings(
         {"FINOPS_KAFKA_BOOTSTRAP": kafka_bootstrap, "FINOPS_KAFKA_TOPIC_PREFIX": topics.prefix,
-         "FINOPS_STREAM_GROUP_ID": f"hp-{uuid.uuid4().hex[:8]}"}
+         "FINOPS_STREAM_GROUP_ID": f"hp-{uuid.uuid4().hex[:8]}",
+         "FINOPS_DATA_DIR": isolated_data_dir()}
     )  # fmt: skip
     hot = build_hot_path(settings, overrides={"idle_close_us": 1_000_000, "grace_us": 2_000_000})
     ends = end_offsets(kafka_bootstrap, topics.usage)
@@ -178,7 +180,7 @@ def test_a_second_worker_joining_mid_stream_shares_the_load_and_changes_no_total
     group = f"hp-two-{uuid.uuid4().hex[:8]}"
     settings = load_settings(
         {"FINOPS_KAFKA_BOOTSTRAP": kafka_bootstrap, "FINOPS_KAFKA_TOPIC_PREFIX": topics.prefix,
-         "FINOPS_STREAM_GROUP_ID": group}
+         "FINOPS_STREAM_GROUP_ID": group, "FINOPS_DATA_DIR": isolated_data_dir()}
     )  # fmt: skip
     finished = threading.Event()
     errors: list[BaseException] = []
