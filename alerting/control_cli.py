@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finops.clickhouse import open_client
+from finops.clickhouse import ROLE_STORE_WAIT_S, open_client
 from finops.clock import as_utc, utc_now
 from finops.secrets import (
     CONTROL_OPERATOR_KEY,
@@ -261,7 +261,7 @@ def _alerts_run(args: argparse.Namespace) -> int:
     # In embedded mode the sink owns the chdb path; write deliveries and commands through its store endpoint
     # (opening the path here would fail while the sink runs, which is exactly when the alert worker runs).
     ch, _ = open_client(settings.clickhouse_url(), settings.clickhouse.database, settings.clickhouse.query_url,
-                        readonly=False, data_dir=settings.data_dir)
+                        readonly=False, data_dir=settings.data_dir, owner_wait=ROLE_STORE_WAIT_S)
     outbox = Outbox(args.outbox or settings.data_dir / "alerting" / "outbox.sqlite")
     enforcer = Enforcer(outbox, key_id=key_id, secret=secret, scopes=outbox.enforcement_scopes)
     worker = AlertWorker(kafka_config=kafka, alerts_topic=names.alerts, control_topic=names.control, routes=routes,

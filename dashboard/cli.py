@@ -81,14 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     listing.set_defaults(func=_handle_list)
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+def _open(args: argparse.Namespace, *, owner_wait: float = 0.0) -> tuple[Any, Any]:
     from dashboard.store import open_store
     from finops.settings import load_settings
 
     settings = load_settings()
     database = args.database or settings.clickhouse.database
     return settings, open_store(settings.clickhouse_url(), database, settings.clickhouse.query_url,
-                                data_dir=settings.data_dir)
+                                data_dir=settings.data_dir, owner_wait=owner_wait)
 
 
 def _audit_cli(store: Any, action: str, target: str, details: dict[str, Any], *, actor: str) -> None:
@@ -203,9 +203,10 @@ def _handle_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from dashboard.server import DashboardConfig, KafkaPublisher, build_app
+    from finops.clickhouse import ROLE_STORE_WAIT_S
     from finops.topics import TopicNames
 
-    settings, store = _open(args)
+    settings, store = _open(args, owner_wait=ROLE_STORE_WAIT_S)  # started with the sink: wait for its endpoint
     publisher: KafkaPublisher | None = None
     kafka_config: dict[str, Any] | None = None
     topics = TopicNames(settings.kafka.topic_prefix)

@@ -87,13 +87,16 @@ class Store:
 
 
 def open_store(
-    clickhouse_url: str, database: str, query_url: str | None = None, *, data_dir: Path | None
+    clickhouse_url: str, database: str, query_url: str | None = None, *, data_dir: Path | None,
+    owner_wait: float = 0.0,
 ) -> Store:
     """Connect the dashboard to ClickHouse (see the module docstring for where). At the store endpoint the reader
     logs in as the installation's read-only user and the writer as its writer (secrets of ``data_dir``).
 
-    Blocks while probing the store endpoint and connecting. Raises the errors of
+    Blocks while probing the store endpoint and connecting (and up to ``owner_wait`` seconds for an endpoint whose
+    owner holds the path but does not answer yet). Raises the errors of
     :func:`finops.clickhouse.open_client` (ConfigError, StoreBusyError, ClickHouseUnavailableError).
     """
-    reader, writer, where = open_reader_writer(clickhouse_url, database, query_url, data_dir=data_dir)
+    reader, writer, where = open_reader_writer(clickhouse_url, database, query_url, data_dir=data_dir,
+                                               owner_wait=owner_wait)
     return Store(reader, writer, where)

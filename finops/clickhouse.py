@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -28,12 +30,15 @@ from urllib.parse import quote, unquote, urlsplit
 from finops.secrets import load_store_credentials, secrets_dir
 from schemas.errors import ConfigError, FinopsError
 
+log = logging.getLogger(__name__)
+
 # Imports inside functions: clickhouse-connect (pipeline extra) loads on the first HTTP connect, not
 # when `finops --help` imports this module (start-up cost; measure with
 # `python -X importtime -c "import clickhouse_connect"`).
 
 __all__ = [
     "DEFAULT_HOST",
+    "ROLE_STORE_WAIT_S",
     "DEFAULT_PORT",
     "URL_FORMS",
     "ClickHouseError",
@@ -76,6 +81,11 @@ _UNKNOWN_DATABASE = 81
 # settings (max_execution_time ...) that the dashboard passes. Checked in tests/integration/test_clickhouse_client.py.
 _READONLY_SETTING = 2
 _PING_TIMEOUT_S = 1.0
+#: How long a long-running role (``serve``, ``alerts run``, ``detect run``) waits for the store endpoint when the
+#: embedded store's path is held: started together with the sink, it finds the path locked a moment before the
+#: sink's endpoint answers. One-shot commands (``finops sql``, reports) do not wait.
+ROLE_STORE_WAIT_S = 60.0
+_OWNER_POLL_S = 0.5
 _CODE = re.compile(r"Code: (\d+)")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 # Passwords of the clients opened in this process, scrubbed from every message (drivers may echo them).
@@ -603,7 +613,7 @@ def open_endpoint_client(
 
 def open_client(
     clickhouse_url: str, database: str, query_url: str | None = None, *, readonly: bool,
-    data_dir: Path | None, ping_timeout: float = _PING_TIMEOUT_S, session_ids: bool = True,
+    data_dir: Path | None, ping_timeout: float = _PING_TIMEOUT_S, session_ids: bool = True, owner_wait: float = 0.0,
 ) -> tuple[Any, str]:
     """A client for any role but the store owner, and a printable description of where it points.
 
@@ -614,7 +624,9 @@ def open_client(
     4. else :class:`StoreBusyError` naming the holder and the endpoint it should serve.
 
     ``readonly`` applies ``readonly = 2`` and, at the endpoint, logs in as the reader instead of the writer. Blocks
-    up to ``ping_timeout`` probing the endpoint, then while connecting.
+    up to ``ping_timeout`` probing the endpoint, then while connecting. With ``owner_wait`` > 0 (the long-running
+    roles pass :data:`ROLE_STORE_WAIT_S`), a path held while nothing answers yet is waited on for up to that many
+    seconds: the endpoint once it answers, the path itself if its holder lets go, else step 4.
 
     Raises:
         ConfigError: bad URL, bad credentials or a missing database; credentials the endpoint refuses.
@@ -626,11 +638,13 @@ def open_client(
         return (connect(clickhouse_url, database=database, readonly=readonly, session_ids=session_ids),
                 target.redacted())
     endpoint = parse_query_url(query_url)
-    if endpoint_answers(endpoint.url, ping_timeout):
+    assert target.path is not None
+    if endpoint_answers(endpoint.url, ping_timeout) or _owner_starts_endpoint(
+        target.path, endpoint.url, owner_wait, ping_timeout
+    ):
         client = open_endpoint_client(query_url, database, readonly=readonly, data_dir=data_dir,
                                       session_ids=session_ids)
         return client, f"{endpoint.url} (store endpoint)"
-    assert target.path is not None
     owner = chdb_path_owner(target.path)
     if owner is not None:
         raise _busy(target.path, owner, endpoint.url)
@@ -643,8 +657,28 @@ def open_client(
         raise
 
 
+def _owner_starts_endpoint(path: str, endpoint_url: str, wait_s: float, ping_timeout: float) -> bool:
+    """True once the endpoint answers within ``wait_s`` while ``path`` stays held; False at once when nobody holds
+    it or ``wait_s`` is 0, and as soon as its holder lets go (the caller opens the path then) or time is up."""
+    owner = chdb_path_owner(path) if wait_s > 0 else None
+    if owner is None:
+        return False
+    who = f"process {owner}" if owner > 0 else "another process"
+    log.info("the embedded store at %s is held by %s and its endpoint %s does not answer yet: waiting up to %.0f s "
+             "for it (the sink may be starting)", path, who, endpoint_url, wait_s)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(_OWNER_POLL_S)
+        if endpoint_answers(endpoint_url, ping_timeout):
+            return True
+        if chdb_path_owner(path) is None:
+            return False
+    return False
+
+
 def open_reader_writer(
     clickhouse_url: str, database: str, query_url: str | None = None, *, data_dir: Path | None,
+    owner_wait: float = 0.0,
 ) -> tuple[Any, Any, str]:
     """A read-only client, a writer at the same place (see :func:`open_client`), and where they point.
 
@@ -652,7 +686,7 @@ def open_reader_writer(
     :func:`open_client` raises.
     """
     reader, where = open_client(clickhouse_url, database, query_url, readonly=True, data_dir=data_dir,
-                                session_ids=False)
+                                session_ids=False, owner_wait=owner_wait)
     try:
         if is_embedded(reader):
             writer = connect(clickhouse_url, database=database)  # the same process' chdb path

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import mode
 from confluent_kafka import TopicPartition
 
-from finops.clickhouse import check_identifier, open_client
+from finops.clickhouse import ROLE_STORE_WAIT_S, check_identifier, open_client
 from finops.kafka.clients import Role, build_consumer, build_producer
 from finops.kafka.loop import Assignment, ConsumeLoop, FlushContext, FlushPolicy, Step, TopicPartitionKey
 from finops.pricing.catalogue import build_pricer
@@ -737,7 +737,8 @@ def build_ledger_reader(settings: FinopsSettings) -> LedgerReader | None:
     warning) when ClickHouse cannot be reached: detection runs without reconciliation rather than not at all."""
     try:
         client, where = open_client(settings.clickhouse_url(), settings.clickhouse.database,
-                                    settings.clickhouse.query_url, readonly=True, data_dir=settings.data_dir)
+                                    settings.clickhouse.query_url, readonly=True, data_dir=settings.data_dir,
+                                    owner_wait=ROLE_STORE_WAIT_S)
     except FinopsError as err:
         log.warning("ClickHouse not reachable (%s): no reconciliation or baseline seeding", err)
         return None

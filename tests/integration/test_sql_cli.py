@@ -8,9 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -145,8 +147,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_path_held_by_another_process_names_the_endpoint(tmp_path: Path, free_port: int) -> None:
-    path = tmp_path / "owned"
+@contextmanager
+def _held(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the chdb path ``path`` (as a running sink does) until the block ends or it is
+    told to let go (a line on its stdin)."""
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, chdb; c = chdb.connect(sys.argv[1]); print('ready', flush=True); sys.stdin.readline()",
@@ -160,17 +164,83 @@ def test_path_held_by_another_process_names_the_endpoint(tmp_path: Path, free_po
             assert time.monotonic() < deadline, "the holder never locked its chdb path"
             time.sleep(0.05)
         assert chdb_path_owner(path) == holder.pid
+        yield holder
+    finally:
+        _release(holder)
+    assert chdb_path_owner(path) is None
+
+
+def _release(holder: subprocess.Popen[str]) -> None:
+    if holder.poll() is None:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(30)
+
+
+def test_path_held_by_another_process_names_the_endpoint(tmp_path: Path, free_port: int) -> None:
+    path = tmp_path / "owned"
+    with _held(path) as holder:
         endpoint = f"http://127.0.0.1:{free_port}"
         with pytest.raises(StoreBusyError) as caught:
             open_client(f"chdb://{path}", "default", endpoint, readonly=True, data_dir=None, ping_timeout=0.5)
         message = str(caught.value)
         assert f"process {holder.pid}" in message and f"Start the store endpoint at {endpoint}" in message
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(30)
-    assert chdb_path_owner(path) is None
+        # A role that waits gives up the same way when the endpoint never comes.
+        with pytest.raises(StoreBusyError, match=f"process {holder.pid}"):
+            open_client(f"chdb://{path}", "default", endpoint, readonly=True, data_dir=None, ping_timeout=0.2,
+                        owner_wait=1.0)
+
+
+def test_a_role_started_with_the_sink_waits_for_its_endpoint(
+    tmp_path: Path, free_port: int, ch_client: Any, database: str, store_credentials: Any, store_data_dir: Path,
+) -> None:
+    """The path is held before the endpoint answers (the sink opens its store, then serves it): a role that waits
+    connects through the endpoint once it is up instead of exiting."""
+    path = tmp_path / "owned"
+    endpoint = f"http://127.0.0.1:{free_port}"
+    stop = threading.Event()
+
+    def serve_late() -> None:
+        time.sleep(1.5)
+        with serve_store(ch_client, "127.0.0.1", free_port, credentials=store_credentials):
+            stop.wait(60)
+
+    with _held(path):
+        server = threading.Thread(target=serve_late, daemon=True)
+        server.start()
+        try:
+            client, where = open_client(f"chdb://{path}", database, endpoint, readonly=True,
+                                        data_dir=store_data_dir, ping_timeout=0.5, owner_wait=30.0)
+            try:
+                assert where == f"{endpoint} (store endpoint)"
+                assert run_readonly_query(client, "SELECT count() FROM spend")[1] == [(2,)]
+            finally:
+                client.close()
+        finally:
+            stop.set()
+            server.join(30)
+
+
+def test_a_waiting_role_opens_the_path_when_its_holder_lets_go(tmp_path: Path, free_port: int) -> None:
+    # The waiting role is a process of its own: chdb opens one data path per process, and this one may hold the
+    # suite's.
+    path = tmp_path / "owned"
+    role = ("import sys; from finops.clickhouse import open_client\n"
+            "c, where = open_client(sys.argv[1], 'default', sys.argv[2], readonly=True, data_dir=None,"
+            " ping_timeout=0.2, owner_wait=30.0)\n"
+            "print(where, c.query('SELECT 41 + 1').result_rows, flush=True)")
+    with _held(path) as holder:
+        waiting = subprocess.Popen(
+            [sys.executable, "-c", role, f"chdb://{path}", f"http://127.0.0.1:{free_port}"], cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(1.0)
+        assert waiting.poll() is None, "the role did not wait for the held path: " + waiting.communicate()[1]
+        _release(holder)
+        out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert out.split()[0] == f"chdb://{path}" and "[(42,)]" in out
 
 
 def _run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> int:

@@ -75,3 +75,22 @@ def test_reported_costs_reach_the_drift_watcher_whole() -> None:
     service.submit([_Msg(0, i, codec.encode(r, "PricedUsageEvent")) for i, r in enumerate(records)])
     assert service.stats["events"] == 6 and service.stats["bad_records"] == 0
     assert seen == [codec.decode(codec.encode(r, "PricedUsageEvent"))[1] for r in records[::2]]
+
+
+def test_detection_waits_for_a_starting_store_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started together with the sink, detection waits for the store endpoint instead of running without its
+    ledger reader (no reconciliation, no baseline seeding) when the path is held a moment before it answers."""
+    from finops.clickhouse import ROLE_STORE_WAIT_S
+    from finops.settings import load_settings
+    from schemas.errors import FinopsError
+    from stream_jobs import detection
+
+    seen: dict[str, object] = {}
+
+    def refuse(*args: object, **kwargs: object) -> tuple[object, str]:
+        seen.update(kwargs)
+        raise FinopsError("store busy")
+
+    monkeypatch.setattr(detection, "open_client", refuse)
+    assert detection.build_ledger_reader(load_settings({"FINOPS_DATA_DIR": "/nonexistent"})) is None
+    assert seen["owner_wait"] == ROLE_STORE_WAIT_S and seen["readonly"] is True
