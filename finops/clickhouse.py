@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_HOST",
-    "ROLE_STORE_WAIT_S",
     "DEFAULT_PORT",
+    "ROLE_STORE_WAIT_S",
     "URL_FORMS",
     "ClickHouseError",
     "ClickHouseFatalError",

@@ -349,9 +349,10 @@ def _pricebook_suggest(args: argparse.Namespace) -> int:
     drifting = [s for s in suggestions if s.drifting]
     for s in suggestions:
         # Under --min-calls nothing was judged: "ok" would read as "checked, agrees" for a model whose calls disagree.
-        state = "DRIFT" if s.drifting else "ok" if s.calls >= args.min_calls else "not judged"
+        judged = s.drifting or s.calls >= args.min_calls
+        state = "DRIFT" if s.drifting else "ok" if judged else "not judged"
         detail = f", {s.problem}" if s.problem else ""
-        if state == "not judged":
+        if not judged:
             detail += f" (fewer than --min-calls {args.min_calls})"
         detail += "".join(f"; NOT DETERMINED: {item}" for item in s.undetermined)
         print(f"{state}: {s.provider}/{s.model} ({s.source}): {s.disagreeing} of {s.calls} reported calls disagree"

@@ -189,13 +189,18 @@ def test_seeded_random_events_agree_and_most_take_the_one_pass_path(producers: A
     assert taken > 300  # the comparison is not vacuous
 
 
-def test_beyond_the_shape_bound_the_generic_function_still_agrees(producers: Any,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fastcodec, "_MAX_SHAPES", 0)
+def _rebuild_encoders(producers: Any) -> None:
+    """Give the fast producer encoders built now, under the limits a test patched in (they are read at build)."""
     fast, _ = producers
     other = UsageProducer("127.0.0.1:1", "t", "unit-svc", None, register_atexit=False)
     fast._fast, fast._fast_all = other._fast, other._fast_all
     other.close(timeout=0)
+
+
+def test_beyond_the_shape_bound_the_generic_function_still_agrees(producers: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastcodec, "_MAX_SHAPES", 0)
+    _rebuild_encoders(producers)
     rng = random.Random(5)
     assert sum(_agree(producers, _random_event(rng)) for _ in range(500)) > 50
     assert _agree(producers, MappingProxyType(_event(tags={"k": "v"})))  # not a dict: the generic function
@@ -310,10 +315,7 @@ def test_seeded_random_events_with_repeating_tags_agree(producers: Any) -> None:
 def test_beyond_the_memo_bound_tags_are_still_encoded_and_agree(producers: Any,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fastcodec, "_MEMO_MAX", 2)
-    fast, _ = producers
-    other = UsageProducer("127.0.0.1:1", "t", "unit-svc", None, register_atexit=False)
-    fast._fast, fast._fast_all = other._fast, other._fast_all
-    other.close(timeout=0)
+    _rebuild_encoders(producers)
     assert all([_agree(producers, _event(tags={"n": str(i % 5)})) for i in range(20)])
 
 
