@@ -20,8 +20,8 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +51,7 @@ __all__ = [
     "ErrorKind",
     "StoreBusyError",
     "StoreEndpoint",
+    "avro_file_insert_sql",
     "chdb_path_owner",
     "check_identifier",
     "classified_errors",
@@ -58,7 +59,9 @@ __all__ = [
     "connect",
     "endpoint_answers",
     "execute_raw",
+    "insert_avro_container",
     "is_embedded",
+    "read_types",
     "open_client",
     "open_endpoint_client",
     "open_reader_writer",
@@ -732,6 +735,56 @@ def query_errors(what: str = "ClickHouse query", error: type[ClickHouseQueryErro
             match = _CODE.search(reason)
             code = int(match.group(1)) if match else None
         raise error(f"{what} failed: {reason}", code=code, reason=reason) from err
+
+
+def read_types(types: Mapping[str, str]) -> dict[str, str]:
+    """The types to read a table's columns as from an Avro container (name -> ClickHouse type), given the table's
+    column types (``system.columns``): ``LowCardinality(T)`` is read as ``T``, anything else as it is declared.
+
+    ClickHouse's Avro reader fills a LowCardinality column one value at a time; read as plain ``T``, the insert casts
+    each whole column to the table's type in one pass. The stored values are the same (tests/integration/
+    test_sink_avro.py compares both forms row for row)."""
+    prefix = "LowCardinality("
+    return {name: kind[len(prefix):-1] if kind.startswith(prefix) and kind.endswith(")") else kind
+            for name, kind in types.items()}
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def avro_file_insert_sql(table: str, columns: Sequence[str], path: str, types: Mapping[str, str]) -> str:
+    """``INSERT INTO table (columns) SELECT columns FROM file(path, 'Avro', structure)``, each column read as
+    ``types[column]``: the statement :func:`insert_avro_container` runs on chdb (and the sink bench's engine floor)."""
+    names = ", ".join(f"`{name}`" for name in columns)
+    structure = ", ".join(f"`{name}` {types[name]}" for name in columns)
+    return f"INSERT INTO {table} ({names}) SELECT {names} FROM file({_sql_string(path)}, 'Avro', {_sql_string(structure)})"
+
+
+def insert_avro_container(client: Any, table: str, columns: Sequence[str], block: bytes, *,
+                          settings: Mapping[str, Any], types: Mapping[str, str] | None = None) -> None:
+    """Insert the Avro object container ``block`` into ``columns`` of ``table`` (``database.table``).
+
+    A server (HTTP, or the store endpoint) gets clickhouse-connect's raw insert: ``INSERT INTO t (cols) FORMAT Avro``
+    with the bytes as the body. On chdb with ``types`` (each column's type to read it as, :func:`read_types`), the
+    container goes to a private temporary file (what the raw insert does there too) read by ``INSERT INTO t (cols)
+    SELECT cols FROM file(path, Avro, structure)``, so ClickHouse converts whole columns to the table's types; an
+    embedded client without ``types`` takes the raw insert. ``settings`` (the deduplication token ...) apply to the
+    insert either way. Raises clickhouse-connect's errors untranslated (callers classify them).
+    """
+    if types is None or not is_embedded(client):
+        client.raw_insert(table, column_names=list(columns), insert_block=block, fmt="Avro", settings=dict(settings))
+        return
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="finops-block-", suffix=".avro")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(block)
+        client.command(avro_file_insert_sql(table, columns, path, types), settings=dict(settings))
+    finally:
+        with suppress(OSError):
+            os.unlink(path)
 
 
 def execute_raw(client: Any, sql: str | bytes, bind_params: Mapping[str, str], database: str) -> bytes:

@@ -28,6 +28,9 @@ from finops.clickhouse import (
     ClickHouseTransientError,
     check_identifier,
     classified_errors,
+    insert_avro_container,
+    is_embedded,
+    read_types,
 )
 from finops.retry import RetryPolicy, compute_backoff
 from schemas.errors import DecodeError, FinopsError
@@ -344,6 +347,10 @@ class ClickHouseBatchWriter:
         # frames by container header, so both framings of one schema share one container.
         self._frames: dict[bytes, _Frame | None] = {}
         self._frames_by_head: dict[bytes, _Frame] = {}
+        # On chdb, the types the block path reads the table's columns as (finops.clickhouse.read_types), looked up
+        # in system.columns at the first block insert; a server takes the raw insert and needs none.
+        self._read_types: dict[str, str] | None = None
+        self._embedded = is_embedded(client)
 
     @property
     def spec(self) -> RowSpec:
@@ -685,9 +692,21 @@ class ClickHouseBatchWriter:
     def _insert_block(self, frame: _Frame, block: bytes, settings: dict[str, Any], report: WriteReport) -> None:
         report.inserts += 1
         # ClickHouse parses the container: an "unexpected end" then means a body shorter than its schema says.
+        types = self._column_read_types() if self._embedded else None
+        if types is not None and not all(column in types for column in frame.columns):
+            types = None  # a column the table lacks: the raw insert lets ClickHouse name it
         with classified_errors(f"inserting an Avro container into {self._table}", parsing_data=True):
-            self._client.raw_insert(self._table, column_names=list(frame.columns), insert_block=block, fmt="Avro",
-                                    settings=settings)
+            insert_avro_container(self._client, self._table, frame.columns, block, settings=settings, types=types)
+
+    def _column_read_types(self) -> dict[str, str]:
+        if self._read_types is None:
+            with classified_errors(f"reading the column types of {self._table}"):
+                result = self._client.query(
+                    "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String}",
+                    parameters={"db": self._database, "table": self._spec.table},
+                )
+            self._read_types = read_types({str(name): str(kind) for name, kind in result.result_rows})
+        return self._read_types
 
     def _insert(self, rows: Sequence[_Row], token: str, report: WriteReport) -> None:
         report.inserts += 1

@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from finops.clickhouse import connect
+from finops.clickhouse import avro_file_insert_sql, connect, read_types
 from schemas.errors import FinopsError
 from schemas.loader import load_schema
 from sinks.worker_cli import DEFAULT_BATCH_ROWS, build_dlq_producer, build_sink_worker
@@ -123,8 +123,9 @@ class _RssSampler:
 
 
 class _OutageClient:
-    """Delegates to a clickhouse-connect client; ``insert`` and ``raw_insert`` (the sink's Avro containers) raise a
-    transient error while ``outage`` is set."""
+    """Delegates to a clickhouse-connect client; ``insert``, ``raw_insert`` and ``command`` (the sink's Avro
+    containers: raw inserts on a server, ``INSERT ... SELECT FROM file()`` statements on chdb) raise a transient
+    error while ``outage`` is set."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -143,6 +144,10 @@ class _OutageClient:
     def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
         self._fail_in_outage()
         return self._client.raw_insert(*args, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        self._fail_in_outage()
+        return self._client.command(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -181,12 +186,16 @@ def _engine_floor(client: Any, database: str, payloads: list[bytes], batch_rows:
         path = directory / f"floor-{lo}.avro"
         path.write_bytes(build_container(head, sync, chunk, [10] * len(chunk)))
         files.append(path)
-    columns = ", ".join(LEDGER.columns)
+    # Read as the sink's block path reads them on chdb (finops.clickhouse.insert_avro_container): each
+    # LowCardinality column as its plain type, converted by the insert.
+    declared = client.query(f"SELECT name, type FROM system.columns WHERE database = '{database}' AND "
+                            f"table = '{LEDGER.table}'").result_rows
+    types = read_types({str(name): str(kind) for name, kind in declared})
     settings = ", ".join(f"{k} = {v}" for k, v in LEDGER.block_settings.items())
     t0, c0 = time.perf_counter(), time.process_time()
     for path in files:
-        client.command(f"INSERT INTO {database}.{LEDGER.table} ({columns}) SELECT {columns} FROM "
-                       f"file('{path}', Avro)" + (f" SETTINGS {settings}" if settings else ""))
+        client.command(avro_file_insert_sql(f"{database}.{LEDGER.table}", LEDGER.columns, str(path), types)
+                       + (f" SETTINGS {settings}" if settings else ""))
     elapsed = (time.perf_counter() - t0, time.process_time() - c0)
     for path in files:
         path.unlink()

@@ -49,6 +49,11 @@ class _CountingOutage(_OutageClient):
             self.failures += 1
         return super().raw_insert(*args, **kwargs)
 
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        if self.outage.is_set():
+            self.failures += 1
+        return super().command(*args, **kwargs)
+
 
 def test_broker_stopped_and_restarted_mid_stream(own_kafka: Callable[[], KafkaStack], ch_client: Any,
                                                  ch_database: str, tmp_path: Path, record_property: Record) -> None:

@@ -119,6 +119,10 @@ class _LosesConnection:
         self._maybe_fail()
         return self._client.raw_insert(*args, **kwargs)
 
+    def command(self, *args: Any, **kwargs: Any) -> Any:  # the block path's insert on chdb
+        self._maybe_fail()
+        return self._client.command(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 

@@ -1,6 +1,9 @@
 """The block path of the ledger and spend sinks on chdb: Avro containers built from real priced frames land as
 exactly the rows the row path writes (every column, Decimals exact), for both framings, mixed writer schemas, a
-corrupt body (bisected to the one bad message, which goes to the DLQ) and through the store endpoint (HTTP)."""
+corrupt body (bisected to the one bad message, which goes to the DLQ) and through the store endpoint (HTTP). On chdb
+a container is read with LowCardinality columns as plain types (finops.clickhouse.insert_avro_container): stored
+exactly as the raw insert stores it, its temporary file gone afterwards, a quote in the temporary directory's name
+harmless."""
 
 from __future__ import annotations
 
@@ -41,6 +44,11 @@ class CountingClient:
     def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
         self.blocks += 1
         return self._client.raw_insert(*args, **kwargs)
+
+    def command(self, cmd: str, *args: Any, **kwargs: Any) -> Any:
+        # On chdb a container is inserted by an INSERT ... SELECT FROM file() statement (insert_avro_container).
+        self.blocks += cmd.startswith("INSERT INTO")
+        return self._client.command(cmd, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -310,6 +318,63 @@ def test_retried_container_is_dropped_by_its_token(ch_client: Any, ch_database: 
     assert count == 100 and Decimal(cost) == sum(e["cost_usd"] for e in events)
     hourly = ch_client.query(f"SELECT sum(calls) FROM {ch_database}.spend_hourly").result_rows[0][0]
     assert hourly == 100
+
+
+def _container(events: list[dict[str, Any]]) -> tuple[bytes, tuple[str, ...]]:
+    from sinks.avro_block import build_container, build_container_header
+
+    codec = make_codec()
+    values = [codec.encode(e, "PricedUsageEvent") for e in events]
+    head, sync = build_container_header(load_schema("PricedUsageEvent"))
+    return build_container(head, sync, values, [10] * len(values)), tuple(LEDGER.columns)
+
+
+def test_embedded_container_read_as_plain_types_is_stored_as_the_raw_insert_stores_it(
+        ch_client: Any, ch_database: str, second_database: str, tmp_path: Any, monkeypatch: Any) -> None:
+    import tempfile
+
+    from finops.clickhouse import insert_avro_container, read_types
+
+    block, columns = _container(_edge_events(200, seed=18))
+    declared = dict(ch_client.query(f"SELECT name, type FROM system.columns WHERE database = '{ch_database}' AND "
+                                    "table = 'usage_ledger'").result_rows)
+    types = read_types(declared)
+    assert types["team"] == "String" and declared["team"] == "LowCardinality(String)"
+    odd = tmp_path / "it's a \\ dir"
+    odd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(odd))
+    insert_avro_container(ch_client, f"{ch_database}.usage_ledger", columns, block,
+                          settings={"insert_deduplication_token": "plain-types"}, types=types)
+    assert list(odd.iterdir()) == []
+    insert_avro_container(ch_client, f"{second_database}.usage_ledger", columns, block,
+                          settings={"insert_deduplication_token": "raw"}, types=None)
+    stored = _stored(ch_client, ch_database, "usage_ledger", "event_id")
+    assert len(stored) == 200 and stored == _stored(ch_client, second_database, "usage_ledger", "event_id")
+    after = dict(ch_client.query(f"SELECT name, type FROM system.columns WHERE database = '{ch_database}' AND "
+                                 "table = 'usage_ledger'").result_rows)
+    assert after == declared  # the table keeps its types: only the reading differs
+    for table in ("spend_hourly", "spend_daily"):
+        q = f"SELECT sum(calls), sum(cost_usd) FROM {{}}.{table}"
+        assert ch_client.query(q.format(ch_database)).result_rows == ch_client.query(
+            q.format(second_database)).result_rows
+
+
+def test_embedded_truncated_container_is_refused_as_data_and_leaves_no_file(
+        ch_client: Any, ch_database: str, tmp_path: Any, monkeypatch: Any) -> None:
+    import tempfile
+
+    from finops.clickhouse import classify_clickhouse_error, insert_avro_container, read_types
+
+    block, columns = _container(_edge_events(20, seed=19))
+    types = read_types(dict(ch_client.query(f"SELECT name, type FROM system.columns WHERE database = "
+                                            f"'{ch_database}' AND table = 'usage_ledger'").result_rows))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(Exception) as caught:
+        insert_avro_container(ch_client, f"{ch_database}.usage_ledger", columns, block[:-30],
+                              settings={"insert_deduplication_token": "cut"}, types=types)
+    assert classify_clickhouse_error(caught.value, parsing_data=True) == "rejected"
+    assert list(tmp_path.iterdir()) == []
+    assert ch_client.query(f"SELECT count() FROM {ch_database}.usage_ledger").result_rows[0][0] == 0
 
 
 def test_confluent_id_layout() -> None:

@@ -181,7 +181,8 @@ def test_retried_identical_batch_is_dropped_by_its_token_before_the_views(ch_cli
 
 
 class FlakyClient:
-    """Delegates to the chdb client; ``insert`` and ``raw_insert`` raise a transient error while ``outage`` is set."""
+    """Delegates to the chdb client; its inserts (``insert``, ``raw_insert``, and ``command``, which carries the block
+    path's INSERT on chdb) raise a transient error while ``outage`` is set."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -203,6 +204,14 @@ class FlakyClient:
             self.failures += 1
             raise OperationalError("simulated: connection refused (ClickHouse restarting)")
         return self._client.raw_insert(*args, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:  # the block path's insert on chdb
+        if self.outage.is_set():
+            from clickhouse_connect.driver.exceptions import OperationalError
+
+            self.failures += 1
+            raise OperationalError("simulated: connection refused (ClickHouse restarting)")
+        return self._client.command(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)

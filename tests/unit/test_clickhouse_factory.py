@@ -79,3 +79,26 @@ def test_errors_have_one_root() -> None:
 
     for error in (clickhouse.ClickHouseUnavailableError, clickhouse.StoreBusyError, clickhouse.ClickHouseQueryError):
         assert issubclass(error, clickhouse.ClickHouseError) and issubclass(error, FinopsError)
+
+
+def test_read_types_reads_low_cardinality_columns_as_their_inner_type_and_keeps_the_rest() -> None:
+    from finops.clickhouse import read_types
+
+    declared = {
+        "team": "LowCardinality(String)",
+        "price_book_version": "LowCardinality(Nullable(String))",
+        "occurred_at": "DateTime64(6, 'UTC')",
+        "cost_usd": "Decimal(38, 12)",
+        "reported_cost": "Nullable(Decimal(38, 12))",
+        "tags": "Map(LowCardinality(String), String)",
+        "event_id": "String",
+    }
+    assert read_types(declared) == {
+        "team": "String",
+        "price_book_version": "Nullable(String)",
+        "occurred_at": "DateTime64(6, 'UTC')",
+        "cost_usd": "Decimal(38, 12)",
+        "reported_cost": "Nullable(Decimal(38, 12))",
+        "tags": "Map(LowCardinality(String), String)",  # only a column's own wrapper is read through
+        "event_id": "String",
+    }
