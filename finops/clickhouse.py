@@ -758,7 +758,8 @@ def avro_file_insert_sql(table: str, columns: Sequence[str], path: str, types: M
     ``types[column]``: the statement :func:`insert_avro_container` runs on chdb (and the sink bench's engine floor)."""
     names = ", ".join(f"`{name}`" for name in columns)
     structure = ", ".join(f"`{name}` {types[name]}" for name in columns)
-    return f"INSERT INTO {table} ({names}) SELECT {names} FROM file({_sql_string(path)}, 'Avro', {_sql_string(structure)})"
+    source = f"file({_sql_string(path)}, 'Avro', {_sql_string(structure)})"
+    return f"INSERT INTO {table} ({names}) SELECT {names} FROM {source}"
 
 
 def insert_avro_container(client: Any, table: str, columns: Sequence[str], block: bytes, *,

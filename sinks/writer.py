@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from finops.clickhouse import (
@@ -242,7 +242,8 @@ class WriteReport:
 class _Row:
     """One message on its way to ClickHouse. Row path (``frame`` None): ``values`` is the whole row. Block path:
     ``values`` holds only the spec's ``avro_prefix`` fields (the first columns, so ``key_of`` and ``time_index``
-    read them as from a row) and the body, ``message.value[start:]``, goes to ClickHouse as it is."""
+    read them as from a row; a timestamp as its int of microseconds since the epoch) and the body,
+    ``message.value[start:]``, goes to ClickHouse as it is."""
 
     message: SinkMessage
     values: list[Any]
@@ -259,6 +260,13 @@ class _Frame:
     head: bytes
     sync: bytes
     columns: tuple[str, ...]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def _describe(err: BaseException) -> str:
@@ -500,7 +508,8 @@ class ClickHouseBatchWriter:
         if (name == self._spec.schema_name and schema is not None and prefix_names is not None
                 and all(column in fields for column in self._spec.columns)):
             try:
-                prefix = PrefixReader(schema, prefix_names)
+                # Timestamps as the body's microseconds: only the batch's least and greatest are ever converted.
+                prefix = PrefixReader(schema, prefix_names, timestamps="micros")
             except FinopsError:
                 prefix = None
             if prefix is not None:
@@ -558,9 +567,11 @@ class ClickHouseBatchWriter:
         event id but are other rows). Bounded by the batch's occurred_at range, so only its partitions are read."""
         assert self._spec.key_of is not None and self._spec.time_index is not None
         key_of, time_index = self._spec.key_of, self._spec.time_index
-        times: list[datetime] = [row.values[time_index] for row in rows]
+        # Block-path rows hold occurred_at as microseconds, row-path rows as a datetime.
+        micros = [t if t.__class__ is int else _micros(t) for t in (row.values[time_index] for row in rows)]
         ids = sorted({key_of(row.values)[1] for row in rows})
-        bounds = {"lo": min(times), "hi": max(times)}
+        bounds = {"lo": _EPOCH + timedelta(microseconds=min(micros)),
+                  "hi": _EPOCH + timedelta(microseconds=max(micros))}
         # The id set is the selective condition (and the one the bloom-filter index serves): PREWHERE reads the
         # event_id column first and the other columns only of the rows it keeps.
         sql = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastavro
@@ -114,3 +114,18 @@ def test_prefix_reader_refuses_an_id_that_is_not_utf8() -> None:
     frame[11] = 0xFF  # the first byte of event_id's text
     with pytest.raises(DecodeError):
         PrefixReader(load_schema("PricedUsageEvent"), ("event_id", "source", "occurred_at")).read(bytes(frame), 10)
+
+
+def test_prefix_reader_gives_timestamps_as_the_bodys_microseconds_when_asked() -> None:
+    codec = AvroCodec()
+    schema = load_schema("PricedUsageEvent")
+    micros = PrefixReader(schema, ("event_id", "source", "occurred_at"), timestamps="micros")
+    moments = PrefixReader(schema, ("event_id", "source", "occurred_at"))
+    for moment in (datetime(2025, 6, 1, 12, 0, 0, 123_456, tzinfo=UTC),
+                   datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)):
+        frame = codec.encode({**_events(1)[0], "occurred_at": moment}, "PricedUsageEvent")
+        event_id, source, at = micros.read(frame, 10)
+        assert at == (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        assert [event_id, source] == moments.read(frame, 10)[:2] and isinstance(at, int)
+        with pytest.raises(DecodeError):
+            micros.read(frame[:30], 10)
