@@ -20,7 +20,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,8 @@ __all__ = [
     "parse_query_url",
     "query_errors",
     "scrub",
+    "require_plain_temp_dir",
+    "strings_file",
 ]
 
 URL_FORMS = "chdb:///abs/path (embedded) or http(s)://user:password@host:port/database"
@@ -500,7 +502,7 @@ def connect(
     concurrent queries (a server refuses those within one session). Blocks while connecting.
 
     Raises:
-        ConfigError: a bad URL, bad credentials or a missing database.
+        ConfigError: a bad URL, bad credentials, a missing database, or (chdb) a TMPDIR with a glob character.
         ClickHouseUnavailableError: ClickHouse cannot be reached, or the chdb path cannot be opened.
     """
     import clickhouse_connect
@@ -516,6 +518,7 @@ def connect(
     _remember(target.password)
     try:
         if target.kind == "chdb":
+            require_plain_temp_dir()
             return clickhouse_connect.get_client(dsn=f"chdb://{target.path}", database=db, settings=client_settings)
         return clickhouse_connect.get_client(
             host=target.host,
@@ -762,6 +765,61 @@ def avro_file_insert_sql(table: str, columns: Sequence[str], path: str, types: M
     return f"INSERT INTO {table} ({names}) SELECT {names} FROM {source}"
 
 
+_GLOB_CHARACTERS = frozenset("*?{}[]")
+
+
+def require_plain_temp_dir() -> None:
+    """Raise :class:`ConfigError` unless chdb can be pointed at a private temporary file by its path.
+
+    ClickHouse reads a path given to ``file()`` or ``FROM INFILE`` with ``*``, ``?``, ``{`` or ``[`` in it as a
+    glob, and a glob matching nothing reads as empty, silently. clickhouse-connect's chdb backend inserts every row
+    batch through such a file in the temporary directory, so with ``TMPDIR`` set to a path holding one of them each
+    insert would store nothing and report success (tests/integration/test_sink_avro.py shows it). The names
+    ``tempfile`` makes hold none, so only the directory matters."""
+    import tempfile
+
+    directory = tempfile.gettempdir()
+    if _GLOB_CHARACTERS.intersection(directory):
+        raise ConfigError(
+            f"the temporary directory {directory!r} has a glob character (* ? {{ }} [ ]) in its path: embedded "
+            "ClickHouse would read its insert files as a pattern and store nothing; set TMPDIR to a plain path"
+        )
+
+
+@contextmanager
+def strings_file(values: Iterable[str]) -> Iterator[str]:
+    """A private temporary file holding ``values`` (RowBinary strings: exact for any text), as the SQL of a
+    one-column subquery that reads it, ``(SELECT value FROM file(path, 'RowBinary', 'value String'))``; removed on
+    exit. For an embedded (chdb) client only: the engine reads the file on this machine. A large ``IN`` set this
+    way costs the engine less than the same set as a literal it has to parse. Raises :class:`ConfigError` from
+    :func:`require_plain_temp_dir`."""
+    import tempfile
+
+    require_plain_temp_dir()
+
+    handle, path = tempfile.mkstemp(prefix="finops-ids-", suffix=".bin")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(b"".join(_row_binary_string(value) for value in values))
+        yield f"(SELECT value FROM file({_sql_string(path)}, 'RowBinary', 'value String'))"
+    finally:
+        with suppress(OSError):
+            os.unlink(path)
+
+
+def _row_binary_string(value: str) -> bytes:
+    data = value.encode()
+    size = len(data)
+    if size < 0x80:
+        return bytes((size,)) + data
+    head = bytearray()
+    while size >= 0x80:  # unsigned LEB128, as RowBinary writes a String's length
+        head.append((size & 0x7F) | 0x80)
+        size >>= 7
+    head.append(size)
+    return bytes(head) + data
+
+
 def insert_avro_container(client: Any, table: str, columns: Sequence[str], block: bytes, *,
                           settings: Mapping[str, Any], types: Mapping[str, str] | None = None) -> None:
     """Insert the Avro object container ``block`` into ``columns`` of ``table`` (``database.table``).
@@ -771,9 +829,13 @@ def insert_avro_container(client: Any, table: str, columns: Sequence[str], block
     container goes to a private temporary file (what the raw insert does there too) read by ``INSERT INTO t (cols)
     SELECT cols FROM file(path, Avro, structure)``, so ClickHouse converts whole columns to the table's types; an
     embedded client without ``types`` takes the raw insert. ``settings`` (the deduplication token ...) apply to the
-    insert either way. Raises clickhouse-connect's errors untranslated (callers classify them).
+    insert either way. Raises :class:`ConfigError` from :func:`require_plain_temp_dir` on chdb, and
+    clickhouse-connect's errors untranslated (callers classify them).
     """
-    if types is None or not is_embedded(client):
+    embedded = is_embedded(client)
+    if embedded:
+        require_plain_temp_dir()
+    if types is None or not embedded:
         client.raw_insert(table, column_names=list(columns), insert_block=block, fmt="Avro", settings=dict(settings))
         return
     import tempfile

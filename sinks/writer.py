@@ -32,6 +32,7 @@ from finops.clickhouse import (
     insert_avro_container,
     is_embedded,
     read_types,
+    strings_file,
 )
 from finops.retry import RetryPolicy, compute_backoff
 from schemas.errors import DecodeError, FinopsError
@@ -569,7 +570,7 @@ class ClickHouseBatchWriter:
         key_of, time_index = self._spec.key_of, self._spec.time_index
         # Block-path rows hold occurred_at as microseconds, row-path rows as a datetime.
         micros = [t if t.__class__ is int else _micros(t) for t in (row.values[time_index] for row in rows)]
-        ids = sorted({key_of(row.values)[1] for row in rows})
+        ids = {key_of(row.values)[1] for row in rows}
         bounds = {"lo": _EPOCH + timedelta(microseconds=min(micros)),
                   "hi": _EPOCH + timedelta(microseconds=max(micros))}
         # The id set is the selective condition (and the one the bloom-filter index serves): PREWHERE reads the
@@ -579,28 +580,37 @@ class ClickHouseBatchWriter:
             f"WHERE {self._spec.time_column} >= {{lo:DateTime64(6, 'UTC')}} "
             f"AND {self._spec.time_column} <= {{hi:DateTime64(6, 'UTC')}} AND row_kind = 'original'"
         )
+        if self._embedded:
+            # On chdb the id set goes to the engine as a file it reads (RowBinary: any id as it is), one query.
+            with strings_file(ids) as subquery:
+                return self._stored_pairs(sql.replace("{ids}", subquery), bounds)
         stored: set[tuple[str, str]] = set()
-        # UUID-text ids travel as ONE string literal split by the engine: a bound array costs the client µs per id
-        # to escape and a literal array costs the parser as much. Chunks keep each query under ClickHouse's
-        # max_query_size (256 KiB); ids with other characters are bound (and escaped) as before.
-        plain = [i for i in ids if _PLAIN_ID.fullmatch(i)]
+        # On a server, UUID-text ids travel as ONE string literal split by the engine: a bound array costs the
+        # client µs per id to escape and a literal array costs the parser as much. Chunks keep each query under
+        # ClickHouse's max_query_size (256 KiB); ids with other characters are bound (and escaped) as before.
+        plain = sorted(i for i in ids if _PLAIN_ID.fullmatch(i))
         chunks: list[tuple[str, dict[str, Any]]] = []
         step = max(1, _LITERAL_BUDGET // (max((len(i) for i in plain), default=1) + 1))
         for lo in range(0, len(plain), step):
             literal = ",".join(plain[lo : lo + step])
             chunks.append((sql.replace("{ids}", f"splitByChar(',', '{literal}')"), bounds))
         if len(plain) < len(ids):
-            others = [i for i in ids if not _PLAIN_ID.fullmatch(i)]
+            others = sorted(i for i in ids if not _PLAIN_ID.fullmatch(i))
             chunks.append((sql.replace("{ids}", "{ids:Array(String)}"), {**bounds, "ids": others}))
         for query, parameters in chunks:
-            # A raw query: the usual answer is no row, and clickhouse-connect's query() scans the SQL (a quarter
-            # MiB of ids) with several regular expressions and builds a result object before the engine answers.
-            with classified_errors(f"reading the stored ids of {self._table}"):
-                body = self._client.raw_query(query, parameters=parameters, fmt="JSONCompactEachRow")
-            for line in bytes(body).splitlines():
-                if line:
-                    source, event_id = json.loads(line)
-                    stored.add((str(source), str(event_id)))
+            stored |= self._stored_pairs(query, parameters)
+        return stored
+
+    def _stored_pairs(self, query: str, parameters: Mapping[str, Any]) -> set[tuple[str, str]]:
+        # A raw query: the usual answer is no row, and clickhouse-connect's query() scans the SQL (up to a quarter
+        # MiB of ids) with several regular expressions and builds a result object before the engine answers.
+        with classified_errors(f"reading the stored ids of {self._table}"):
+            body = self._client.raw_query(query, parameters=dict(parameters), fmt="JSONCompactEachRow")
+        stored: set[tuple[str, str]] = set()
+        for line in bytes(body).splitlines():
+            if line:
+                source, event_id = json.loads(line)
+                stored.add((str(source), str(event_id)))
         return stored
 
     def _insert_or_bisect(

@@ -20,7 +20,7 @@ from fastavro import parse_schema, schemaless_writer
 from schemas.loader import load_schema
 from schemas.wire import AvroCodec, schema_fingerprint
 from sinks.rows import LEDGER, SPEND, SPEND_COLUMNS
-from sinks.writer import ClickHouseBatchWriter, DeadLetter, MessageBatch, SinkMessage
+from sinks.writer import ClickHouseBatchWriter, DeadLetter, MessageBatch, SinkHaltError, SinkMessage
 from tests.integration.test_sink_support import CONFLUENT_ID, make_codec, make_priced, spend_partials
 
 pytestmark = pytest.mark.integration
@@ -380,6 +380,75 @@ def test_embedded_truncated_container_is_refused_as_data_and_leaves_no_file(
                               settings={"insert_deduplication_token": "cut"}, types=types)
     assert classify_clickhouse_error(caught.value, parsing_data=True) == "rejected"
     assert list(tmp_path.iterdir()) == []
+    assert ch_client.query(f"SELECT count() FROM {ch_database}.usage_ledger").result_rows[0][0] == 0
+
+
+_AWKWARD_IDS = ("it's", "a,b", "line\nbreak", "tab\tand\\slash", "résumé ✓", "{ids:String}", "x" * 300, "'); --")
+
+
+@pytest.mark.parametrize("through", ["chdb", "endpoint"])
+def test_stored_id_check_finds_awkward_ids_exactly(ch_client: Any, ch_database: str, store_credentials: Any,
+                                                    through: str) -> None:
+    """The stored-id check with ids no UUID looks like (quotes, separators, escapes, non-ASCII, a length past one
+    varint byte, SQL): on chdb the set travels as a RowBinary file, through the endpoint as a bound array; either
+    way a redelivered batch is found stored, id for id, and a batch of fresh ids is not."""
+    import clickhouse_connect
+
+    from sinks.store_server import serve_store
+
+    rng = random.Random(23)
+    events = [{**make_priced(i, rng), "event_id": event_id} for i, event_id in enumerate(_AWKWARD_IDS)]
+    fresh = [{**make_priced(i, rng), "event_id": event_id + "?"} for i, event_id in enumerate(_AWKWARD_IDS)]
+    codec = make_codec()
+    batch = _batch([codec.encode(e, "PricedUsageEvent") for e in events])
+    with serve_store(ch_client, "127.0.0.1", 0, credentials=store_credentials) as server:
+        client: Any = ch_client
+        if through == "endpoint":
+            user, password = store_credentials.for_role(readonly=False)
+            client = clickhouse_connect.get_client(host=server.host, port=server.port, database=ch_database,
+                                                   username=user, password=password)
+        writer = ClickHouseBatchWriter(client, ch_database, LEDGER, Letters(), codec=codec)
+        first = writer.write(batch)
+        again = writer.write(batch)
+        later = MessageBatch()  # fresh events at later offsets (so under another deduplication token)
+        for offset, e in enumerate(fresh, start=100):
+            later.add(SinkMessage("priced", offset % 3, offset, b"agent", codec.encode(e, "PricedUsageEvent")), now=0.0)
+        other = writer.write(later)
+    assert (first.inserted, first.duplicates) == (len(events), 0)
+    assert (again.inserted, again.duplicates) == (0, len(events))
+    assert (other.inserted, other.duplicates) == (len(events), 0)
+    stored = {event_id for (event_id,) in ch_client.query(
+        f"SELECT event_id FROM {ch_database}.usage_ledger").result_rows}
+    assert stored == set(_AWKWARD_IDS) | {e["event_id"] for e in fresh}
+
+
+def test_a_temporary_directory_with_glob_characters_is_refused_rather_than_inserting_nothing(
+        ch_client: Any, ch_database: str, tmp_path: Any, monkeypatch: Any) -> None:
+    """chdb reads an insert's temporary file by its path, as a glob when it holds {, *, ? or [: a pattern matching
+    nothing reads as empty, so clickhouse-connect's own insert stores nothing and reports success. Every chdb path
+    of ours refuses such a TMPDIR with an error that says so, and nothing is stored meanwhile."""
+    import tempfile
+
+    from finops.clickhouse import connect, insert_avro_container, strings_file
+    from schemas.errors import ConfigError
+
+    globbed = tmp_path / "{a,b}*"
+    globbed.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(globbed))
+    ch_client.insert(f"{ch_database}.usage_ledger", [], column_names=["event_id"])  # the hazard being guarded
+    with pytest.raises(ConfigError, match="TMPDIR"):
+        connect(f"chdb://{tmp_path / 'other'}")
+    with pytest.raises(ConfigError, match="glob character"), strings_file(["x"]):
+        pass
+    block, columns = _container(_edge_events(5, seed=24))
+    with pytest.raises(ConfigError, match="TMPDIR"):
+        insert_avro_container(ch_client, f"{ch_database}.usage_ledger", columns, block, settings={}, types=None)
+    codec = make_codec()
+    writer = ClickHouseBatchWriter(ch_client, ch_database, LEDGER, Letters(), codec=codec)
+    with pytest.raises(SinkHaltError, match="set TMPDIR to a plain path"):  # the sink stops, committing nothing
+        writer.write(_batch([codec.encode(e, "PricedUsageEvent") for e in _edge_events(5, seed=25)]))
+    assert list(globbed.iterdir()) == []
+    monkeypatch.setattr(tempfile, "tempdir", None)
     assert ch_client.query(f"SELECT count() FROM {ch_database}.usage_ledger").result_rows[0][0] == 0
 
 
