@@ -189,6 +189,118 @@ def test_secrets_are_not_printed(caplog: pytest.LogCaptureFixture, monkeypatch: 
     assert "kafka producer for control" in caplog.text
     assert "SCRAM-SHA-512" in caplog.text
     assert SECRET not in caplog.text
-    # the clients themselves get the real secret, and the logger when one is given
+    # the clients themselves get the real secret, and the logger when one is given (else the kernel's), throttled
     assert [made[0]["sasl.password"] for made in FakeClient.made] == [SECRET] * 3
-    assert [made[1] for made in FakeClient.made] == [{"logger": librdkafka_log}, {}, {}]
+    kernel_log = logging.getLogger(clients.LIBRDKAFKA_LOGGER)
+    assert [made[0]["logger"] for made in FakeClient.made] == [librdkafka_log, kernel_log, kernel_log]
+    assert [made[1] for made in FakeClient.made] == [{}, {}, {}]
+    assert all(any(isinstance(f, clients.LogThrottle) for f in made[0]["logger"].filters)  # type: ignore[attr-defined]
+               for made in FakeClient.made)
+
+
+def librdkafka_record(name: str, fac: str, text: str, logger: str = "test.rdk",
+                      level: int = logging.ERROR) -> logging.LogRecord:
+    """A record as confluent-kafka's log callback makes it (``logger.log(level, "%s [%s] %s", fac, name, text)``)."""
+    return logging.LogRecord(logger, level, "librdkafka", 0, "%s [%s] %s", (fac, name, text), None)
+
+
+def test_repeated_librdkafka_lines_pass_once_per_interval_per_client_and_facility() -> None:
+    now = [0.0]
+    throttle = clients.LogThrottle(interval_s=30.0, clock=lambda: now[0])
+    refused = "Connect to ipv4#127.0.0.1:1 failed: Connection refused"
+    passed = []
+    for step in range(100):  # a reconnect attempt every 50 ms for 5 s, from two clients
+        now[0] = step * 0.05
+        passed += [throttle.filter(librdkafka_record("finops-reader#consumer-1", "FAIL", refused)),
+                   throttle.filter(librdkafka_record("finops-control#producer-2", "FAIL", refused))]
+    assert passed.count(True) == 2  # the first line of each client
+    # another facility of the same client is a line of its own
+    assert throttle.filter(librdkafka_record("finops-reader#consumer-1", "ERROR", "1/1 brokers are down"))
+    now[0] = 30.0
+    again = librdkafka_record("finops-reader#consumer-1", "FAIL", refused)
+    assert throttle.filter(again)  # an interval later it passes again, saying how many were held back
+    assert again.getMessage().endswith("(99 more like it in the last 30s, at DEBUG)")
+    other = logging.LogRecord("test.rdk", logging.INFO, "x", 0, "assigned %s", ([1],), None)
+    assert all(throttle.filter(other) for _ in range(3))  # not a librdkafka line: untouched
+
+
+def test_held_back_lines_go_out_at_debug_when_debug_is_on() -> None:
+    throttle = clients.LogThrottle(interval_s=30.0, clock=lambda: 0.0)
+    logger = logging.getLogger("test.rdk.debug")
+    logger.setLevel(logging.DEBUG)
+    try:
+        assert throttle.filter(librdkafka_record("c#consumer-1", "FAIL", "refused", logger=logger.name))
+        held = librdkafka_record("c#consumer-1", "FAIL", "refused", logger=logger.name)
+        assert throttle.filter(held) and held.levelno == logging.DEBUG and held.levelname == "DEBUG"
+    finally:
+        logger.setLevel(logging.NOTSET)
+    quiet = librdkafka_record("c#consumer-1", "FAIL", "refused", logger="test.rdk.quiet")
+    assert not throttle.filter(quiet)  # DEBUG off: dropped
+
+
+def test_secrets_are_masked_in_librdkafka_lines() -> None:
+    throttle = clients.LogThrottle()
+    throttle.add_secrets([SECRET, None, ""])
+    record = librdkafka_record("c#producer-1", "CONFWARN", f"sasl.password={SECRET} looks odd")
+    assert throttle.filter(record)
+    assert SECRET not in record.getMessage() and "sasl.password=********** looks odd" in record.getMessage()
+
+
+def test_a_dead_broker_logs_through_python_logging_once_and_fails_in_time(
+        caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    """A real librdkafka client against a port nothing listens on: its reconnect failures reach the kernel's logger
+    (not raw stderr), one line for the client, and :func:`require_broker` fails naming the address and the fix."""
+    conf = {"bootstrap.servers": "127.0.0.1:1", "sasl.password": SECRET}
+    with caplog.at_level(logging.DEBUG, logger=clients.LIBRDKAFKA_LOGGER):
+        logging.getLogger(clients.LIBRDKAFKA_LOGGER).setLevel(logging.INFO)
+        try:
+            producer = clients.build_producer({"bootstrap.servers": "127.0.0.1:1"}, Role.CONTROL,
+                                              overrides={"reconnect.backoff.ms": 10, "reconnect.backoff.max.ms": 10})
+            with pytest.raises(clients.BrokerUnreachable) as caught:
+                clients.require_broker(producer, conf, what="publish to t on", timeout=1.0)
+            producer.poll(0.5)  # serves the queued log lines
+        finally:
+            logging.getLogger(clients.LIBRDKAFKA_LOGGER).setLevel(logging.NOTSET)
+    message = str(caught.value)
+    assert message.startswith("cannot publish to t on the broker at 127.0.0.1:1 (")
+    assert "`finops stack up`" in message and "FINOPS_KAFKA_BOOTSTRAP" in message and SECRET not in message
+    fails = [r for r in caplog.records if r.name == clients.LIBRDKAFKA_LOGGER and r.args and r.args[0] == "FAIL"]
+    assert len(fails) == 1, [r.getMessage() for r in fails]
+    assert "Connection refused" in fails[0].getMessage()
+    assert "%3|" not in capfd.readouterr().err  # nothing printed by librdkafka itself
+
+
+def test_a_role_waits_for_the_broker_with_one_line_per_ask(caplog: pytest.LogCaptureFixture) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    class DeadClient:
+        asks: list[float] = []
+
+        def list_topics(self, topic: str | None = None, timeout: float = 0.0) -> object:
+            DeadClient.asks.append(timeout)
+            now[0] += timeout
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    now = [0.0]
+    with caplog.at_level(logging.INFO, logger=clients.__name__), pytest.raises(clients.BrokerUnreachable) as caught:
+        clients.wait_for_broker(DeadClient(), {"bootstrap.servers": "10.0.0.9:9092"}, what="list the topics of",
+                                timeout=12.0, interval=5.0, clock=lambda: now[0])
+    assert DeadClient.asks == [5.0, 5.0, 2.0]
+    waits = [r.getMessage() for r in caplog.records if "waiting for the Kafka broker" in r.getMessage()]
+    assert len(waits) == 2 and all("10.0.0.9:9092" in w for w in waits)
+    assert "cannot list the topics of the broker at 10.0.0.9:9092" in str(caught.value)
+
+
+def test_a_role_goes_on_once_the_broker_answers() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    answers: list[object] = [KafkaException(KafkaError(KafkaError._TRANSPORT)), "metadata"]
+
+    class LateClient:
+        def list_topics(self, topic: str | None = None, timeout: float = 0.0) -> object:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    assert clients.wait_for_broker(LateClient(), {"bootstrap.servers": "b:1"}, timeout=30.0, interval=0.1) == "metadata"
