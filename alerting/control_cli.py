@@ -163,7 +163,7 @@ def _signing(settings: Any) -> tuple[str, bytes]:
 
 def _operator_command(args: argparse.Namespace) -> int:
     from alerting.worker import publish_commands
-    from finops.kafka.clients import Role, build_producer
+    from finops.kafka.clients import Role, build_producer, require_broker
     from finops.settings import load_settings
     from finops.topics import TopicNames
     from schemas.models import ControlCommand, sign
@@ -189,6 +189,7 @@ def _operator_command(args: argparse.Namespace) -> int:
     cmd = sign(cmd, key_id, secret)
     topic = TopicNames(settings.kafka.topic_prefix).control
     producer = build_producer(settings.kafka, Role.CONTROL)
+    require_broker(producer, settings.kafka, what=f"publish to {topic} on")
     publish_commands(producer, topic, [cmd], AvroCodec(), timeout=30)
     expiry = cmd.expires_at.isoformat() if cmd.expires_at else "until replaced"
     print(f"{cmd.action} {scope[0]}:{scope[1]} published ({cmd.command_id}, issued by {cmd.issued_by}, "
@@ -241,6 +242,7 @@ def _alerts_run(args: argparse.Namespace) -> int:
     from alerting.router import build_default_routes, load_routes
     from alerting.worker import AlertWorker, WorkerOptions
     from finops.settings import load_settings
+    from finops.kafka.clients import ROLE_BROKER_WAIT_S
     from finops.topics import TopicNames, ensure_topics
     settings = load_settings()
     a = settings.alerting
@@ -256,7 +258,7 @@ def _alerts_run(args: argparse.Namespace) -> int:
     key_id, secret = _signing(settings)
     kafka = settings.kafka.client_config()
     ensure_topics(kafka, prefix=settings.kafka.topic_prefix, usage_partitions=settings.kafka.usage_partitions,
-                  replication_factor=settings.kafka.replication_factor)
+                  replication_factor=settings.kafka.replication_factor, connect_timeout=ROLE_BROKER_WAIT_S)
     names = TopicNames(settings.kafka.topic_prefix)
     # In embedded mode the sink owns the chdb path; write deliveries and commands through its store endpoint
     # (opening the path here would fail while the sink runs, which is exactly when the alert worker runs).

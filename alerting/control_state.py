@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from finops.clock import utc_now
-from finops.kafka.clients import Role, build_consumer
+from finops.kafka.clients import CONNECT_TIMEOUT_S, Role, build_consumer, require_broker
 from schemas.control import ControlDecoder, control_key, is_live, judge_control_message
 from schemas.models import ControlCommand
 from schemas.wire import AvroCodec
@@ -91,12 +91,14 @@ def compute_control_state(messages: Iterable[tuple[str | None, bytes | None]], k
 def read_control_messages(kafka_config: Mapping[str, Any], topic: str,
                           timeout: float = 15.0) -> list[tuple[str | None, bytes | None]]:
     """Every message of the control topic as ``(key, value)``, read from the beginning to the end of every partition
-    (bounded by ``timeout``), in Kafka order per partition."""
+    (bounded by ``timeout``), in Kafka order per partition. A broker that does not answer within
+    :data:`~finops.kafka.clients.CONNECT_TIMEOUT_S` raises :class:`~finops.kafka.clients.BrokerUnreachable`."""
     consumer = build_consumer(kafka_config, Role.READER, f"finops-control-status-{uuid.uuid4().hex[:8]}",
                               overrides={"enable.partition.eof": True})
     messages: list[tuple[str | None, bytes | None]] = []
     try:
-        md = consumer.list_topics(topic, timeout=timeout)
+        md = require_broker(consumer, kafka_config, what=f"read {topic} from", topic=topic,
+                            timeout=min(timeout, CONNECT_TIMEOUT_S))
         parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         done: set[int] = set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from finops.kafka.clients import Connection, Role, build_producer
+from finops.kafka.clients import Connection, Role, build_producer, require_broker
 from schemas.errors import FinopsError
 from schemas.wire import AvroCodec
 
@@ -22,8 +22,9 @@ def publish_alerts(connection: Connection, topic: str, alerts: Sequence[Mapping[
                    timeout: float = 15.0) -> None:
     """Publish ``alerts`` (Alert dicts) to ``topic`` and wait for every acknowledgement.
 
-    Blocks up to ``timeout`` seconds. Raises FinopsError naming the topic when the broker does not acknowledge them
-    all in time or refuses one.
+    Blocks up to ``timeout`` seconds; a broker that does not answer within
+    :data:`~finops.kafka.clients.CONNECT_TIMEOUT_S` raises :class:`~finops.kafka.clients.BrokerUnreachable`. Raises
+    FinopsError naming the topic when the broker does not acknowledge them all in time or refuses one.
     """
     codec = AvroCodec()
     failures: list[str] = []
@@ -33,6 +34,7 @@ def publish_alerts(connection: Connection, topic: str, alerts: Sequence[Mapping[
             failures.append(str(err))
 
     producer = build_producer(connection, Role.CONTROL)
+    require_broker(producer, connection, what=f"publish to {topic} on")
     for alert in alerts:
         producer.produce(topic, key=alert["dedup_key"].encode(), value=codec.encode(alert, "Alert"),
                          on_delivery=delivered)

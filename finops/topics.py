@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from finops.kafka.clients import build_admin
+from finops.kafka.clients import CONNECT_TIMEOUT_S, build_admin, wait_for_broker
 from schemas.errors import FinopsError
 
 log = logging.getLogger(__name__)
@@ -143,21 +143,19 @@ def ensure_topics(
     usage_partitions: int = 6,
     replication_factor: int = 1,
     timeout: float = 30.0,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
 ) -> list[str]:
     """Create the declared topics that do not exist yet; return the names created.
 
-    Blocks until the broker answers or ``timeout`` passes. Raises FinopsError naming the topic and the broker's
+    Blocks until the broker answers or ``timeout`` passes; a broker that does not answer within ``connect_timeout``
+    (one-shot commands: :data:`~finops.kafka.clients.CONNECT_TIMEOUT_S`; a role starting beside its broker waits
+    :data:`~finops.kafka.clients.ROLE_BROKER_WAIT_S`, a line per ask) raises
+    :class:`~finops.kafka.clients.BrokerUnreachable`. Raises FinopsError naming the topic and the broker's
     reason when a creation fails for any reason but "already exists".
     """
 
     admin = build_admin(client_config)
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as err:
-        raise FinopsError(
-            f"cannot reach Kafka at {client_config.get('bootstrap.servers')}: {err}; "
-            "start it with `finops stack up` or set FINOPS_KAFKA_BOOTSTRAP"
-        ) from err
+    existing = set(wait_for_broker(admin, client_config, what="list the topics of", timeout=connect_timeout).topics)
     names = TopicNames(prefix)
     wanted = [
         NewTopic(

@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaException
 
 from finops.clickhouse import connect, open_client, parse_clickhouse_url, parse_query_url
 from finops.clock import as_utc, utc_now
@@ -107,15 +106,9 @@ def parse_instant(text: str) -> datetime:
 
 
 def _check_kafka(kafka_config: dict[str, Any]) -> None:
-    from finops.kafka.clients import build_admin
+    from finops.kafka.clients import build_admin, wait_for_broker
 
-    try:
-        build_admin(kafka_config).list_topics(timeout=10)
-    except KafkaException as err:
-        raise FinopsError(
-            f"cannot reach Kafka at {kafka_config.get('bootstrap.servers')}: {err}; start it with `finops stack up` "
-            "or set FINOPS_KAFKA_BOOTSTRAP"
-        ) from err
+    wait_for_broker(build_admin(kafka_config), kafka_config, timeout=10)
 
 
 def check_tables(client: Any, database: str) -> None:

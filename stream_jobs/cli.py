@@ -123,6 +123,7 @@ def _stream_run(args: argparse.Namespace) -> int:
 
     from finops.pricing.catalogue import build_pricer
     from finops.settings import load_settings
+    from finops.kafka.clients import ROLE_BROKER_WAIT_S
     from finops.topics import ensure_topics
     from stream_jobs.app import build_app
     from finops.kafka.loop import tune_gc
@@ -135,6 +136,7 @@ def _stream_run(args: argparse.Namespace) -> int:
         prefix=settings.kafka.topic_prefix,
         usage_partitions=settings.kafka.usage_partitions,
         replication_factor=settings.kafka.replication_factor,
+        connect_timeout=ROLE_BROKER_WAIT_S,
     )
     # A broken price book, cost-basis setting or catalogue stops us here, with its errors, not inside the worker.
     pricer = build_pricer(settings.stream, settings.core.data_dir)

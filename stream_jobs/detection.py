@@ -27,7 +27,7 @@ import mode
 from confluent_kafka import TopicPartition
 
 from finops.clickhouse import ROLE_STORE_WAIT_S, check_identifier, open_client
-from finops.kafka.clients import Role, build_consumer, build_producer
+from finops.kafka.clients import ROLE_BROKER_WAIT_S, Role, build_consumer, build_producer
 from finops.kafka.loop import Assignment, ConsumeLoop, FlushContext, FlushPolicy, Step, TopicPartitionKey
 from finops.pricing.catalogue import build_pricer
 from finops.topics import LEDGER_SINK_GROUP, TopicNames, ensure_topics
@@ -303,7 +303,8 @@ class DetectionService(Step):
     def start(self) -> None:
         """Create own topics, restore counters from the state topic, load the policies (whole topic), seed the
         anomaly baselines from the ledger, subscribe to the priced topic. Raises DetectionError."""
-        ensure_topics(dict(self._client_config), prefix=self.topics.prefix)  # every worker creates what is missing
+        # Every worker creates what is missing.
+        ensure_topics(dict(self._client_config), prefix=self.topics.prefix, connect_timeout=ROLE_BROKER_WAIT_S)
         self._restore_state()
         self._producer = build_producer(self._client_config, Role.DETECTION)
         self._policy_consumer = build_consumer(self._client_config, Role.READER, f"{self.config.group_id}-policies",

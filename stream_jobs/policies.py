@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from confluent_kafka import KafkaException, TopicPartition
 
-from finops.kafka.clients import Role, build_consumer, build_producer
+from finops.kafka.clients import CONNECT_TIMEOUT_S, Role, build_consumer, build_producer, unreachable_message
 from schemas.errors import ConfigError, FinopsError, ValidationFailed
 from schemas.models import BudgetPolicy
 from schemas.wire import AvroCodec
@@ -339,16 +339,21 @@ def decode_policy(codec: Any, value: bytes | None) -> BudgetPolicy | None:
     return BudgetPolicy.from_avro_dict(record)
 
 
-def read_compacted_topic(client_config: Mapping[str, Any], topic: str, *,
-                         timeout: float = 30.0) -> dict[str, bytes | None]:
+def read_compacted_topic(client_config: Mapping[str, Any], topic: str, *, timeout: float = 30.0,
+                         connect_timeout: float = CONNECT_TIMEOUT_S) -> dict[str, bytes | None]:
     """The last value per key of a (compacted) topic: every partition from the beginning to its high watermark at
-    call time (None = tombstone). Retries the broker's transient answers for a new topic (no leader yet) until
-    ``timeout``. Raises :class:`PolicyPublishError`."""
+    call time (None = tombstone). A broker that does not answer within ``connect_timeout`` fails at once; once it
+    answered, its transient answers for a new topic (no leader yet) are retried until ``timeout``. Raises
+    :class:`PolicyPublishError`."""
     consumer = build_consumer(client_config, Role.READER, "finops-compacted-reader",
                               overrides={"auto.offset.reset": "earliest"})
     latest: dict[str, bytes | None] = {}
     deadline = _time.monotonic() + timeout
     try:
+        try:
+            consumer.list_topics(topic, timeout=min(timeout, connect_timeout))
+        except KafkaException as err:
+            raise PolicyPublishError(_unreadable(client_config, topic, err)) from err
         ends: dict[int, int] = {}
         while True:
             try:
@@ -389,9 +394,7 @@ def read_compacted_topic(client_config: Mapping[str, Any], topic: str, *,
 
 
 def _unreadable(client_config: Mapping[str, Any], topic: str, err: KafkaException) -> str:
-    bootstrap = client_config.get("bootstrap.servers", "?")
-    return (f"cannot read {topic} from the broker at {bootstrap} ({err}): is it running? Start the local one with "
-            "`finops stack up` (or `make stack-up`), or set FINOPS_KAFKA_BOOTSTRAP to yours")
+    return unreachable_message(str(client_config.get("bootstrap.servers", "?")), f"read {topic} from", err)
 
 
 def load_published_policies(client_config: Mapping[str, Any], topic: str, *, timeout: float = 30.0,
