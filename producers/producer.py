@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from finops.clock import utc_now
-from finops.kafka.clients import Role, build_producer
+from finops.kafka.clients import LOG_INTERVAL_S, Role, build_producer
 from finops.topics import TopicNames
 from producers.spool import Spool, SpoolFull, SpoolRecord
 from producers.track import Track
@@ -461,6 +461,7 @@ class UsageProducer:
         # A spool left non-empty by an earlier process is drained first; new events queue up behind it.
         self._state = _SPOOLING if self._spool is not None and self._spool.pending else _DIRECT
         self._broker_ok = False
+        self._down_said_at: float | None = None  # when the "all brokers down" warning was last logged
         self._closed = False
         self._stop = threading.Event()
         self._drain_wake = threading.Event()
@@ -845,7 +846,13 @@ class UsageProducer:
                 if self._state == _DIRECT:
                     self._begin_switch("all brokers are down")
             self._drain_abort.set()  # a drain batch in flight will not be acknowledged: take it back now
-            log.warning("kafka: all brokers down; usage events go to the spool until the broker is back")
+            # librdkafka reports this at every failed reconnect: say it once per LOG_INTERVAL_S, the rest at DEBUG.
+            now = time.monotonic()
+            if self._down_said_at is None or now - self._down_said_at >= LOG_INTERVAL_S:
+                self._down_said_at = now
+                log.warning("kafka: all brokers down; usage events go to the spool until the broker is back")
+            else:
+                log.debug("kafka: all brokers down (still)")
         elif err.fatal():
             log.error("kafka: fatal producer error %s: %s", err.name(), err.str())
         else:

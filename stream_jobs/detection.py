@@ -698,6 +698,7 @@ class DetectionService(Step):
             topic = self.topics.priced
             parts = reader.list_topics(topic, timeout=10).topics[topic].partitions
             committed = reader.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+            reader.poll(0)  # serves its queued librdkafka log lines; it is never assigned, so no message comes
         except Exception as err:  # noqa: BLE001 - unknown means "do not lower", nothing worse
             log.warning("ledger sink offsets unknown (%s): counters are not lowered this time", err)
             return None

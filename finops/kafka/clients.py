@@ -241,7 +241,7 @@ def wait_for_broker(client: Any, connection: Connection, *, what: str = "reach",
             return require_broker(client, connection, what=what, topic=topic, timeout=max(0.1, min(interval, left)))
         except BrokerUnreachable:
             left = deadline - clock()
-            if left <= 0:
+            if left < min(1.0, interval):  # no time left for another ask worth the name
                 raise
             log.warning("waiting for the Kafka broker at %s to answer (%.0fs left); start it with `finops stack up` "
                         "or set FINOPS_KAFKA_BOOTSTRAP", _bootstrap(connection), left)
