@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +87,32 @@ def test_emit_after_close_is_refused(tmp_path: Path) -> None:
     p.close(timeout=0)
     with pytest.raises(FinopsError, match="closed"):
         p.emit(_event())
+
+
+def test_all_brokers_down_is_said_once_per_interval_through_an_outage(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka reports _ALL_BROKERS_DOWN at every failed reconnect: one warning per LOG_INTERVAL_S, the rest at
+    DEBUG, and the producer spools either way."""
+    import producers.producer as module
+    from confluent_kafka import KafkaError
+    from finops.kafka.clients import LOG_INTERVAL_S
+
+    p = UsageProducer("127.0.0.1:1", "t", "s", tmp_path / "spool", register_atexit=False)
+    p.close(timeout=0)  # stops its poll thread, whose real reports of the dead port would mix in
+    p._down_said_at = None
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    down = KafkaError(KafkaError._ALL_BROKERS_DOWN)
+    with caplog.at_level(logging.DEBUG, logger=module.__name__):
+        caplog.clear()
+        for step in range(20):  # a report every 2 s, for 40 s
+            now[0] = 1000.0 + 2 * step
+            p._on_error(down)
+    said = [r for r in caplog.records if "all brokers down" in r.getMessage() and r.name == module.__name__]
+    warnings = [r.created for r in said if r.levelno == logging.WARNING]
+    assert len(said) == 20 and len(warnings) == 2  # at 0 s and once LOG_INTERVAL_S has passed
+    assert LOG_INTERVAL_S <= 38
+    assert not p._broker_ok
 
 
 def _parse(*argv: str) -> argparse.Namespace:
