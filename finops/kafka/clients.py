@@ -195,7 +195,7 @@ def redacted(conf: Mapping[str, Any]) -> dict[str, Any]:
 
 #: How long a one-shot command waits for the broker's first answer (its metadata) before it reports the broker
 #: unreachable: a reachable broker answers a metadata request in milliseconds.
-CONNECT_TIMEOUT_S: Final = 5.0
+CONNECT_TIMEOUT_S: Final = 10.0
 #: How long a role (stream, detect, alerts, sink) started beside its broker waits for it before it gives up.
 ROLE_BROKER_WAIT_S: Final = 30.0
 #: A client repeats a librdkafka log line of one facility (a failed reconnect ...) at most once in this interval.
