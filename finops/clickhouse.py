@@ -766,6 +766,7 @@ def avro_file_insert_sql(table: str, columns: Sequence[str], path: str, types: M
 
 
 _GLOB_CHARACTERS = frozenset("*?{}[]")
+_TSV_SPECIAL = re.compile(r"[\\\t\r]")  # besides the line break, which is counted
 
 
 def require_plain_temp_dir() -> None:
@@ -797,11 +798,19 @@ def strings_file(values: Iterable[str]) -> Iterator[str]:
 
     require_plain_temp_dir()
 
+    items = list(values)
+    # Lines as they are when no value holds a character TSV escapes (event ids never do): one join, no per-value
+    # Python. Otherwise RowBinary, length-prefixed, exact for any text.
+    text = "\n".join(items)
+    plain = (_TSV_SPECIAL.search(text) is None and text.count("\n") == max(len(items) - 1, 0)
+             and "" not in items)
+    data = text.encode() if plain else b"".join(_row_binary_string(value) for value in items)
+    fmt = "TSV" if plain else "RowBinary"
     handle, path = tempfile.mkstemp(prefix="finops-ids-", suffix=".bin")
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(b"".join(_row_binary_string(value) for value in values))
-        yield f"(SELECT value FROM file({_sql_string(path)}, 'RowBinary', 'value String'))"
+            file.write(data)
+        yield f"(SELECT value FROM file({_sql_string(path)}, '{fmt}', 'value String'))"
     finally:
         with suppress(OSError):
             os.unlink(path)

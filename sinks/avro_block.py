@@ -114,6 +114,10 @@ class PrefixReader:
 
     def read(self, data: bytes, pos: int) -> list[Any]:
         """The prefix values of the body starting at ``data[pos]``, in field order."""
+        return list(self.read_tuple(data, pos))
+
+    def read_tuple(self, data: bytes, pos: int) -> tuple[Any, ...]:
+        """:meth:`read` as a tuple (the sink's per-message form: no list to build)."""
         if self._decode is None:
-            return []
-        return list(self._decode(data, pos)[0])
+            return ()
+        return self._decode(data, pos)[0]

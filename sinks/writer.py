@@ -247,7 +247,7 @@ class _Row:
     ``message.value[start:]``, goes to ClickHouse as it is."""
 
     message: SinkMessage
-    values: list[Any]
+    values: Sequence[Any]
     start: int = 0
     frame: _Frame | None = None
 
@@ -486,7 +486,7 @@ class ClickHouseBatchWriter:
                 continue
             start = len(header)
             try:
-                prefix = frame.prefix.read(value, start)
+                prefix = frame.prefix.read_tuple(value, start)
             except DecodeError:
                 self._decode_one(message, rows, letters)
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import random
 import struct
 from decimal import Decimal, localcontext
@@ -384,6 +385,21 @@ def test_embedded_truncated_container_is_refused_as_data_and_leaves_no_file(
 
 
 _AWKWARD_IDS = ("it's", "a,b", "line\nbreak", "tab\tand\\slash", "résumé ✓", "{ids:String}", "x" * 300, "'); --")
+
+
+@pytest.mark.parametrize("values", [
+    [f"00000000-0000-4000-8000-{i:012d}" for i in range(5000)],  # ids as they come: lines as they are
+    ["a", "", "b"],  # an empty value: length-prefixed
+    ["a", "b", ""],
+    list(_AWKWARD_IDS),
+    [],
+], ids=["uuids", "empty-inside", "empty-last", "awkward", "none"])
+def test_strings_file_reads_back_exactly_the_values(ch_client: Any, values: list[str]) -> None:
+    from finops.clickhouse import strings_file
+
+    with strings_file(values) as subquery:
+        body = ch_client.raw_query(f"SELECT value FROM {subquery}", fmt="JSONCompactEachRow")
+    assert [json.loads(line)[0] for line in bytes(body).splitlines() if line] == values
 
 
 @pytest.mark.parametrize("through", ["chdb", "endpoint"])
