@@ -789,11 +789,11 @@ def require_plain_temp_dir() -> None:
 
 @contextmanager
 def strings_file(values: Iterable[str]) -> Iterator[str]:
-    """A private temporary file holding ``values`` (RowBinary strings: exact for any text), as the SQL of a
-    one-column subquery that reads it, ``(SELECT value FROM file(path, 'RowBinary', 'value String'))``; removed on
-    exit. For an embedded (chdb) client only: the engine reads the file on this machine. A large ``IN`` set this
-    way costs the engine less than the same set as a literal it has to parse. Raises :class:`ConfigError` from
-    :func:`require_plain_temp_dir`."""
+    """A private temporary file holding ``values`` (plain lines when none needs escaping, else RowBinary strings:
+    exact for any text), as the SQL of a one-column subquery that reads it, ``(SELECT value FROM file(path, fmt,
+    'value String'))``; removed on exit. For an embedded (chdb) client only: the engine reads the file on this
+    machine. A large ``IN`` set this way costs the engine less than the same set as a literal it has to parse.
+    Raises :class:`ConfigError` from :func:`require_plain_temp_dir`."""
     import tempfile
 
     require_plain_temp_dir()

@@ -581,7 +581,7 @@ class ClickHouseBatchWriter:
             f"AND {self._spec.time_column} <= {{hi:DateTime64(6, 'UTC')}} AND row_kind = 'original'"
         )
         if self._embedded:
-            # On chdb the id set goes to the engine as a file it reads (RowBinary: any id as it is), one query.
+            # On chdb the id set goes to the engine as a file it reads (any id exactly as it is), one query.
             with strings_file(ids) as subquery:
                 return self._stored_pairs(sql.replace("{ids}", subquery), bounds)
         stored: set[tuple[str, str]] = set()
