@@ -20,7 +20,6 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from finops.clickhouse import (
@@ -36,6 +35,7 @@ from finops.clickhouse import (
 )
 from finops.retry import RetryPolicy, compute_backoff
 from schemas.errors import DecodeError, FinopsError
+from schemas.models import from_micros, to_micros
 from schemas.wire import AvroCodec
 from sinks.avro_block import PrefixReader, build_container, build_container_header, compute_frame_header
 from sinks.rows import RowMappingError, RowSpec
@@ -261,13 +261,6 @@ class _Frame:
     head: bytes
     sync: bytes
     columns: tuple[str, ...]
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def _describe(err: BaseException) -> str:
@@ -569,10 +562,9 @@ class ClickHouseBatchWriter:
         assert self._spec.key_of is not None and self._spec.time_index is not None
         key_of, time_index = self._spec.key_of, self._spec.time_index
         # Block-path rows hold occurred_at as microseconds, row-path rows as a datetime.
-        micros = [t if t.__class__ is int else _micros(t) for t in (row.values[time_index] for row in rows)]
+        micros = [t if t.__class__ is int else to_micros(t) for t in (row.values[time_index] for row in rows)]
         ids = {key_of(row.values)[1] for row in rows}
-        bounds = {"lo": _EPOCH + timedelta(microseconds=min(micros)),
-                  "hi": _EPOCH + timedelta(microseconds=max(micros))}
+        bounds = {"lo": from_micros(min(micros)), "hi": from_micros(max(micros))}
         # The id set is the selective condition (and the one the bloom-filter index serves): PREWHERE reads the
         # event_id column first and the other columns only of the rows it keeps.
         sql = (
