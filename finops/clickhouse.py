@@ -56,6 +56,7 @@ __all__ = [
     "check_identifier",
     "classified_errors",
     "classify_clickhouse_error",
+    "column_read_types",
     "connect",
     "endpoint_answers",
     "execute_raw",
@@ -68,6 +69,7 @@ __all__ = [
     "parse_clickhouse_url",
     "parse_query_url",
     "query_errors",
+    "quote_sql_string",
     "scrub",
     "require_plain_temp_dir",
     "strings_file",
@@ -752,8 +754,18 @@ def read_types(types: Mapping[str, str]) -> dict[str, str]:
             for name, kind in types.items()}
 
 
-def _sql_string(text: str) -> str:
+def quote_sql_string(text: str) -> str:
+    """``text`` as a ClickHouse string literal (backslash and quote escaped)."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def column_read_types(client: Any, database: str, table: str) -> dict[str, str]:
+    """:func:`read_types` of ``database.table``'s columns as ``system.columns`` declares them."""
+    result = client.query(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String}",
+        parameters={"db": database, "table": table},
+    )
+    return read_types({str(name): str(kind) for name, kind in result.result_rows})
 
 
 def avro_file_insert_sql(table: str, columns: Sequence[str], path: str, types: Mapping[str, str]) -> str:
@@ -761,7 +773,7 @@ def avro_file_insert_sql(table: str, columns: Sequence[str], path: str, types: M
     ``types[column]``: the statement :func:`insert_avro_container` runs on chdb (and the sink bench's engine floor)."""
     names = ", ".join(f"`{name}`" for name in columns)
     structure = ", ".join(f"`{name}` {types[name]}" for name in columns)
-    source = f"file({_sql_string(path)}, 'Avro', {_sql_string(structure)})"
+    source = f"file({quote_sql_string(path)}, 'Avro', {quote_sql_string(structure)})"
     return f"INSERT INTO {table} ({names}) SELECT {names} FROM {source}"
 
 
@@ -810,7 +822,7 @@ def strings_file(values: Iterable[str]) -> Iterator[str]:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
-        yield f"(SELECT value FROM file({_sql_string(path)}, '{fmt}', 'value String'))"
+        yield f"(SELECT value FROM file({quote_sql_string(path)}, '{fmt}', 'value String'))"
     finally:
         with suppress(OSError):
             os.unlink(path)

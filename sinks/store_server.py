@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from finops.clickhouse import DEFAULT_HOST, DEFAULT_PORT, connect, execute_raw, is_embedded
+from finops.clickhouse import DEFAULT_HOST, DEFAULT_PORT, connect, execute_raw, is_embedded, quote_sql_string
 from finops.secrets import StoreCredentials
 from schemas.errors import FinopsError
 from sinks.query_policy import ACCESS_DENIED, QueryPolicy, QueryRefusedError, format_allowed, load_query_policy
@@ -469,11 +469,6 @@ class EngineAnswer:
     summary: dict[str, str]
 
 
-def _quote_setting(value: str) -> str:
-    # A quoted literal is accepted for every setting type (ClickHouse converts it), so values never need typing.
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _database_error(err: Exception) -> ClickHouseHTTPError:
     code = getattr(err, "code", None)
     message = str(err).strip()
@@ -511,7 +506,7 @@ class StoreEngine:
 
     def _set_locked(self, key: str, value: str | None) -> None:
         # Setting names cannot be bound as parameters; they are checked against _SETTING_NAME in build_request.
-        literal = "DEFAULT" if value is None else _quote_setting(value)
+        literal = "DEFAULT" if value is None else quote_sql_string(value)
         try:
             self._client.command(f"SET {key} = {literal}", use_database=False)
         except Exception as err:  # clickhouse-connect DatabaseError: answer it as ClickHouse would

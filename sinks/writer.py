@@ -28,9 +28,9 @@ from finops.clickhouse import (
     ClickHouseTransientError,
     check_identifier,
     classified_errors,
+    column_read_types,
     insert_avro_container,
     is_embedded,
-    read_types,
     strings_file,
 )
 from finops.retry import RetryPolicy, compute_backoff
@@ -720,11 +720,7 @@ class ClickHouseBatchWriter:
     def _column_read_types(self) -> dict[str, str]:
         if self._read_types is None:
             with classified_errors(f"reading the column types of {self._table}"):
-                result = self._client.query(
-                    "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String}",
-                    parameters={"db": self._database, "table": self._spec.table},
-                )
-            self._read_types = read_types({str(name): str(kind) for name, kind in result.result_rows})
+                self._read_types = column_read_types(self._client, self._database, self._spec.table)
         return self._read_types
 
     def _insert(self, rows: Sequence[_Row], token: str, report: WriteReport) -> None:

@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from finops.clickhouse import avro_file_insert_sql, connect, read_types
+from finops.clickhouse import avro_file_insert_sql, column_read_types, connect
 from schemas.errors import FinopsError
 from schemas.loader import load_schema
 from sinks.worker_cli import DEFAULT_BATCH_ROWS, build_dlq_producer, build_sink_worker
@@ -188,9 +188,7 @@ def _engine_floor(client: Any, database: str, payloads: list[bytes], batch_rows:
         files.append(path)
     # Read as the sink's block path reads them on chdb (finops.clickhouse.insert_avro_container): each
     # LowCardinality column as its plain type, converted by the insert.
-    declared = client.query(f"SELECT name, type FROM system.columns WHERE database = '{database}' AND "
-                            f"table = '{LEDGER.table}'").result_rows
-    types = read_types({str(name): str(kind) for name, kind in declared})
+    types = column_read_types(client, database, LEDGER.table)
     settings = ", ".join(f"{k} = {v}" for k, v in LEDGER.block_settings.items())
     t0, c0 = time.perf_counter(), time.process_time()
     for path in files:
